@@ -1,0 +1,6 @@
+"""archnet: convert networks to Arch-Nets a chip runs, verified on the integer simulator.
+
+The PyTorch side (quantizers, students, distillation, export) lives here; torch is imported
+only by the modules that need it, so the command line starts fast.
+"""
+__version__ = "0.1.0"

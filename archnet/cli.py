@@ -1,0 +1,25 @@
+"""The ``archnet`` command: the simulator's commands now, conversion commands as they land."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simulator import cli as simulator_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="archnet",
+        description="Arch-Net toolkit: bit-exact NPU simulation and per-chip cost estimates")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    simulator_cli.add_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    return simulator_cli.run(build_parser(), argv, prog="archnet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Command line of the simulator: profiles, simulate, estimate, regress.
+
+``archnet`` (archnet/cli.py) mounts these commands; ``python -m simulator`` runs them alone.
+User errors print one line and exit 2; a divergence found by ``--check`` exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simulator.errors import InputError, ModelImportError, SimulatorError
+
+EXAMPLE = "the bundled example CNN (simulator.examples)"
+
+
+# ----------------------------------------------------------------------------- model and data
+
+def load_model(path: str | None, input_shapes: dict | None = None):
+    """A Program from a ``.program`` file, an ONNX file, or the bundled example when None."""
+    from simulator.ir.program import load_program
+    if path is None:
+        from simulator.examples import example_program
+        return example_program()
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such model file (give a .program or .onnx file)")
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    if magic.startswith(b"PK"):
+        return load_program(p)
+    try:
+        from simulator.onnx_import import import_onnx
+    except ImportError as exc:  # pragma: no cover - the importer ships with the package
+        raise ModelImportError(f"{path}: ONNX import unavailable ({exc})") from None
+    return import_onnx(p, input_shapes=input_shapes)
+
+
+def load_inputs(path: str | None, program) -> dict[str, np.ndarray]:
+    if path is None:
+        if program.metadata.get("source") == "simulator.examples.example_program":
+            from simulator.examples import example_input
+            return {program.inputs[0]: example_input()}
+        raise InputError("--input is required: a .npy (one input) or .npz (inputs by name)")
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such input file")
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except Exception as exc:  # numpy raises many kinds for a damaged file
+        raise InputError(f"{path}: not a readable .npy/.npz file ({type(exc).__name__}: {exc})") from None
+    if isinstance(loaded, np.ndarray):
+        if len(program.inputs) != 1:
+            raise InputError(f"{path}: one array given, the model takes {len(program.inputs)} inputs "
+                             f"{program.inputs}: use an .npz keyed by input name")
+        return {program.inputs[0]: loaded}
+    with loaded:
+        return {k: loaded[k] for k in loaded.files}
+
+
+def _atomic_save(path: Path, writer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """One array to ``.npy``; several (or an ``.npz`` name) to ``.npz`` keyed by tensor name."""
+    p = Path(path)
+    if p.suffix == ".npy":
+        if len(arrays) != 1:
+            raise InputError(f"{path}: the model has {len(arrays)} outputs; use an .npz name")
+        (value,) = arrays.values()
+        _atomic_save(p, lambda fh: np.save(fh, value, allow_pickle=False))
+    elif p.suffix == ".npz":
+        _atomic_save(p, lambda fh: np.savez(fh, **arrays))
+    else:
+        raise InputError(f"{path}: output must end in .npy or .npz")
+
+
+def _parse_shapes(items: list[str] | None) -> dict | None:
+    if not items:
+        return None
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise InputError(f"--input-shape {item!r}: use NAME=1x3x224x224") from None
+    return shapes
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_profiles(args) -> int:
+    from simulator.profiles import list_profiles, load_profile
+    if args.action == "list":
+        for name in list_profiles():
+            prof = load_profile(name)
+            print(f"{name:24s} {prof.description}")
+        return 0
+    if args.action == "show":
+        if not args.target:
+            raise InputError("profiles show needs a profile NAME")
+        prof = load_profile(args.target)
+        print(Path(prof.path).read_text())
+        return 0
+    if not args.target:
+        raise InputError("profiles validate needs a FILE")
+    prof = load_profile(args.target)
+    print(f"{args.target}: valid profile {prof.name!r}")
+    return 0
+
+
+def _overflow_table(program, result, chip) -> str:
+    bits = chip.arithmetic.accumulator.bits
+    rows = [f"{'MAC op':24s} {'outputs':>8s} {'overflows':>9s} {'acc bits':>8s} {'safe bits':>9s}"]
+    for node, stats in result.overflow.items():
+        flag = "  <- overflow" if stats.events else ""
+        rows.append(f"{node:24s} {stats.outputs:8d} {stats.events:9d} {bits:8d} "
+                    f"{stats.required_bits:9d}{flag}")
+    return "\n".join(rows)
+
+
+def cmd_simulate(args) -> int:
+    from simulator.execute import execute, output_array
+    from simulator.profiles import load_profile
+    chip = load_profile(args.chip)
+    program = load_model(args.model)
+    if not program.executable:
+        raise InputError(f"{args.model}: a float graph can be estimated but not simulated; "
+                         f"give an integer (QLinear/ConvInteger) ONNX file or a Program file")
+    inputs = load_inputs(args.input, program)
+    name = args.model or EXAMPLE
+    print(f"simulating {name} on {chip.name} ({len(program.nodes)} ops, backend {args.backend})",
+          file=sys.stderr)
+    bar = _progress(len(program.nodes), "simulate")
+    start = time.perf_counter()
+    result = execute(program, chip, inputs, backend=args.backend, trace=bool(args.check or args.trace),
+                     progress=(lambda i, n, node: bar.update(1)) if bar else None)
+    if bar:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    outputs = {n: output_array(program.tensors[n], v) for n, v in result.outputs.items()}
+    if args.output:
+        save_arrays(args.output, outputs)
+    if args.trace:
+        save_arrays(args.trace, {n: output_array(program.tensors[n], v)
+                                 for n, v in result.tensors.items() if program.tensors[n].data is None})
+    for n, v in outputs.items():
+        flat = v.ravel()
+        shown = " ".join(str(x) for x in flat[:16]) + (" ..." if flat.size > 16 else "")
+        print(f"output {n} {program.tensors[n].dtype} {list(v.shape)}: {shown}")
+    if result.overflow:
+        print(_overflow_table(program, result, chip))
+    print(f"simulated in {elapsed * 1000:.1f} ms" + (f"; wrote {args.output}" if args.output else ""))
+    if args.check:
+        return _check(args, program, chip, inputs, result)
+    return 0
+
+
+def _check(args, program, chip, inputs, result) -> int:
+    from simulator.compare import find_divergence
+    from simulator.execute import execute
+    if args.check == "reference":
+        other = execute(program, chip, inputs, backend="reference", trace=True).tensors
+        names = (args.backend, "reference")
+    else:
+        if not args.model or not args.model.endswith(".onnx"):
+            raise InputError("--check onnxruntime needs an ONNX model file")
+        from simulator.onnx_import.peers import run_onnxruntime
+        other = run_onnxruntime(args.model, inputs, intermediates=True)
+        names = ("simulator", "onnxruntime")
+    div = find_divergence(program, result.tensors, other, chip, names)
+    if div is None:
+        compared = sum(1 for n in program.nodes if n.outputs[0] in other)
+        print(f"bit-exact: {names[0]} and {names[1]} agree on every element of {compared} tensors")
+        return 0
+    print(div.format())
+    return 1
+
+
+def cmd_estimate(args) -> int:
+    from simulator.cost import estimate, format_estimate
+    from simulator.profiles import load_profile
+    chip = load_profile(args.chip)
+    program = load_model(args.model, _parse_shapes(args.input_shape))
+    est = estimate(program, chip)
+    if args.json:
+        print(json.dumps(est.to_dict(), indent=2))
+    else:
+        print(f"estimate of {args.model or EXAMPLE} on {chip.name}")
+        print(format_estimate(est))
+    return 0
+
+
+def cmd_regress(args) -> int:
+    from simulator import golden
+    directory = Path(args.dir) if args.dir else golden.default_dir()
+    if args.regenerate:
+        count = golden.regenerate(directory, progress=None)
+        print(f"regenerated {count} golden cases in {directory} from the reference")
+        return 0
+    backends = ("kernels", "reference") if args.backend == "both" else (args.backend,)
+    results = golden.check(directory, backends)
+    print(f"{'case':52s} {'backend':9s} {'elements':>8s}  status")
+    for r in results:
+        status = "ok" if r.ok else f"FAIL ({r.mismatches} differ; first {r.first})"
+        print(f"{r.case:52s} {r.backend:9s} {r.elements:8d}  {status}")
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _progress(total: int, desc: str):
+    if total < 50:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit="op", file=sys.stderr, leave=False)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("profiles", help="list, show or validate chip profiles")
+    p.add_argument("action", nargs="?", choices=["list", "show", "validate"], default="list")
+    p.add_argument("target", nargs="?", help="profile NAME (show) or FILE (validate)")
+    p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("simulate", help="run a Program or integer ONNX model bit-exactly on a chip")
+    p.add_argument("model", nargs="?", help=".program or .onnx file (default: the bundled example)")
+    p.add_argument("--chip", required=True, help="profile name or TOML file")
+    p.add_argument("--input", help=".npy (one input) or .npz (by name)")
+    p.add_argument("--output", help=".npy or .npz for the outputs")
+    p.add_argument("--trace", help=".npz to write every intermediate tensor")
+    p.add_argument("--backend", choices=["kernels", "reference"], default="kernels")
+    p.add_argument("--check", choices=["reference", "onnxruntime"],
+                   help="run a second execution and name the first element that differs")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("estimate", help="per-op cycles and latency of a model on a chip")
+    p.add_argument("model", nargs="?", help=".program or .onnx file (default: the bundled example)")
+    p.add_argument("--chip", required=True, help="profile name or TOML file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224",
+                   help="override an ONNX input shape (repeatable)")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("regress", help="check every kernel against the stored golden vectors")
+    p.add_argument("--dir", help="golden folder (default: tests/golden)")
+    p.add_argument("--backend", choices=["kernels", "reference", "both"], default="both")
+    p.add_argument("--regenerate", action="store_true",
+                   help="rewrite the goldens from the reference (deliberate: review the diff)")
+    p.set_defaults(func=cmd_regress)
+
+
+def run(parser: argparse.ArgumentParser, argv=None, prog: str = "archnet") -> int:
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except SimulatorError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser(prog: str = "simulator") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="bit-exact integer NPU simulator")
+    add_commands(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def main(argv=None) -> int:
+    return run(build_parser("python -m simulator"), argv, prog="simulator")

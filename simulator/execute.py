@@ -1,0 +1,256 @@
+"""Run a Program on a chip's arithmetic: the kernels (fast) or the reference (obviously right).
+
+The executor prepares each node once for the chip (real scales -> multipliers and shifts via
+``fixed_point``), calls the backend, and records every tensor and every MAC op's accumulator
+statistics. Cost is not computed here: numerics and cost meet only in the reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+
+from simulator.contract import ArithmeticSpec, IntType, RequantMode
+from simulator.errors import InputError, UnsupportedOpError
+from simulator.ir.ops import MAC_OPS, OpKind
+from simulator.ir.program import Node, Program, TensorInfo
+from simulator.numerics import fixed_point as fp
+from simulator.numerics import host_ops, reference
+from simulator.numerics.fixed_point import OverflowStats
+
+BACKENDS = ("kernels", "reference")
+
+
+@dataclass
+class ExecutionResult:
+    outputs: dict[str, np.ndarray]
+    tensors: dict[str, np.ndarray]
+    overflow: dict[str, OverflowStats] = field(default_factory=dict)
+    backend: str = "kernels"
+
+
+def backend_module(name: str) -> ModuleType:
+    if name == "reference":
+        return reference
+    if name == "kernels":
+        from simulator.numerics import kernels
+        return kernels
+    raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def arithmetic_of(chip) -> ArithmeticSpec:
+    """Accept a ChipProfile (anything with ``.arithmetic``) or an ArithmeticSpec."""
+    return chip if isinstance(chip, ArithmeticSpec) else chip.arithmetic
+
+
+# ---------------------------------------------------------------------- input checks
+
+def check_input(info: TensorInfo, value, where: str = "input") -> np.ndarray:
+    """An input array of the right shape, kind and range, or an InputError naming it."""
+    arr = np.asarray(value)
+    if tuple(arr.shape) != info.shape:
+        raise InputError(f"{where} {info.name!r}: shape {tuple(arr.shape)} != expected {info.shape}")
+    if isinstance(info.dtype, IntType):
+        if arr.dtype.kind not in "iu":
+            raise InputError(f"{where} {info.name!r}: dtype {arr.dtype} is not an integer type "
+                             f"(expected values of {info.dtype})")
+        lo, hi = info.dtype.qmin, info.dtype.qmax
+        if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+            raise InputError(f"{where} {info.name!r}: values [{int(arr.min())}, {int(arr.max())}] "
+                             f"outside {info.dtype} range [{lo}, {hi}]")
+        return arr.astype(np.int64)
+    if arr.dtype.kind != "f":
+        raise InputError(f"{where} {info.name!r}: dtype {arr.dtype} is not float (expected f32)")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{where} {info.name!r}: contains NaN or infinity")
+    return arr.astype(np.float32)
+
+
+# ---------------------------------------------------------------------- node runners
+
+def _zp_array(t: TensorInfo) -> np.ndarray:
+    return np.asarray(t.zero_point, dtype=np.int64)
+
+
+def _ratio(num: tuple[float, ...] | None, den: tuple[float, ...] | None, where: str) -> float:
+    if not num or not den or len(num) != 1 or len(den) != 1:
+        raise UnsupportedOpError(f"{where}: needs per-tensor scales on operands and output")
+    return num[0] / den[0]
+
+
+def _run_mac(node, p, ins, arith, be):
+    acc = arith.accumulator
+    t = [p.tensors[i] for i in node.inputs]
+    if node.op is OpKind.MATMUL:
+        return be.matmul(ins[0], ins[1], t[0].zp_scalar, t[1].zp_scalar, acc)
+    bias = ins[2] if len(ins) > 2 else None
+    if node.op is OpKind.FULLY_CONNECTED:
+        return be.fully_connected(ins[0], ins[1], bias, t[0].zp_scalar, _zp_array(t[1]), acc)
+    a = node.attrs
+    return be.conv2d(ins[0], ins[1], bias, t[0].zp_scalar, _zp_array(t[1]), tuple(a["strides"]),
+                     tuple(a["pads"]), tuple(a["dilations"]), a["groups"], acc)
+
+
+def _clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
+    lo, hi = out.dtype.qmin, out.dtype.qmax
+    if attrs.get("clamp_min") is not None:
+        lo = max(lo, attrs["clamp_min"])
+    if attrs.get("clamp_max") is not None:
+        hi = min(hi, attrs["clamp_max"])
+    return lo, hi
+
+
+def _run_requantize(node, p, ins, arith, be):
+    src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
+    prepared = fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
+    lo, hi = _clamp_bounds(out, node.attrs)
+    return be.requantize(ins[0], src.zp_scalar, prepared, node.attrs["axis"] % len(out.shape),
+                         out.zp_scalar, lo, hi)
+
+
+def _run_add(node, p, ins, arith, be):
+    ta, tb, out = (p.tensors[n] for n in (*node.inputs, node.outputs[0]))
+    ra = _ratio(ta.scale, out.scale, f"node {node.name!r}")
+    rb = _ratio(tb.scale, out.scale, f"node {node.name!r}")
+    if arith.requant.mode is RequantMode.FLOAT_SCALE:
+        ma, mb, shift = np.float32(ra), np.float32(rb), 0
+    else:
+        ma, mb, shift = fp.quantize_multiplier_pair(ra, rb, arith.requant.multiplier_bits)
+    lo, hi = _clamp_bounds(out, node.attrs)
+    return be.add(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, ma, mb, shift, arith.requant.mode,
+                  arith.requant.rounding, out.zp_scalar, lo, hi)
+
+
+def _run_softmax(node, p, ins, arith, be):
+    out = p.tensors[node.outputs[0]]
+    out_shift = int(round(-math.log2(out.scale[0])))
+    return be.softmax(ins[0], node.attrs["axis"], np.asarray(node.attrs["exp_table"], np.int64),
+                      out_shift, out.zp_scalar, out.dtype.qmin, out.dtype.qmax,
+                      arith.requant.rounding)
+
+
+def _dequantized(t: TensorInfo, v: np.ndarray) -> np.ndarray:
+    if not t.is_int:
+        return v
+    scale = np.asarray(t.scale if t.scale else (1.0,), np.float32)
+    zp = _zp_array(t)
+    if t.axis is not None and (scale.size > 1 or zp.size > 1):
+        shape = [1] * v.ndim
+        shape[t.axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return fp.dequantize(v, scale, zp)
+
+
+def _run_fallback(node, p, ins, arith, be):
+    out = p.tensors[node.outputs[0]]
+    args = [_dequantized(p.tensors[n], v) for n, v in zip(node.inputs, ins)]
+    y = host_ops.run_host_op(node.attrs["op_type"], args, node.attrs["attributes"],
+                             f"node {node.name!r}")
+    if tuple(y.shape) != out.shape:
+        raise UnsupportedOpError(f"node {node.name!r}: host {node.attrs['op_type']} gave shape "
+                                 f"{y.shape}, Program declares {out.shape}")
+    if out.is_int:
+        return fp.quantize_float(y, out.scale[0], out.zp_scalar, out.dtype.qmin, out.dtype.qmax)
+    return y
+
+
+def _run_quantize(node, p, ins, arith, be):
+    out = p.tensors[node.outputs[0]]
+    if len(out.scale) != 1:
+        raise UnsupportedOpError(f"node {node.name!r}: per-channel quantize is not supported")
+    return fp.quantize_float(ins[0], out.scale[0], out.zp_scalar, out.dtype.qmin, out.dtype.qmax)
+
+
+def _window(node):
+    a = node.attrs
+    return tuple(a["kernel"]), tuple(a["strides"]), tuple(a["pads"])
+
+
+RUNNERS: dict[OpKind, Callable] = {
+    OpKind.REQUANTIZE: _run_requantize,
+    OpKind.ADD: _run_add,
+    OpKind.SOFTMAX: _run_softmax,
+    OpKind.FALLBACK: _run_fallback,
+    OpKind.QUANTIZE: _run_quantize,
+    OpKind.DEQUANTIZE: lambda n, p, ins, a, be: _dequantized(p.tensors[n.inputs[0]], ins[0]),
+    OpKind.MAXPOOL2D: lambda n, p, ins, a, be: be.maxpool2d(ins[0], *_window(n)),
+    OpKind.AVGPOOL2D: lambda n, p, ins, a, be: be.avgpool2d(
+        ins[0], p.tensors[n.inputs[0]].zp_scalar, *_window(n), n.attrs["count_include_pad"],
+        a.requant.rounding),
+    OpKind.GLOBAL_AVGPOOL2D: lambda n, p, ins, a, be: be.global_avgpool2d(
+        ins[0], p.tensors[n.inputs[0]].zp_scalar, a.requant.rounding),
+    OpKind.CONCAT: lambda n, p, ins, a, be: reference.concat(ins, n.attrs["axis"]),
+    OpKind.CLAMP: lambda n, p, ins, a, be: be.clamp(ins[0], n.attrs["min"], n.attrs["max"]),
+    OpKind.LOOKUP_TABLE: lambda n, p, ins, a, be: be.lookup_table(
+        ins[0], np.asarray(n.attrs["table"], np.int64), p.tensors[n.inputs[0]].dtype.qmin),
+    OpKind.RESHAPE: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),
+    OpKind.FLATTEN: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),
+    OpKind.TRANSPOSE: lambda n, p, ins, a, be: reference.transpose(ins[0], n.attrs["perm"]),
+}
+
+
+def run_node(node: Node, program: Program, inputs: list[np.ndarray], arith: ArithmeticSpec,
+             backend: str = "kernels") -> tuple[np.ndarray, OverflowStats | None]:
+    """Run one node; MAC ops also return their accumulator statistics."""
+    be = backend_module(backend)
+    if node.op in MAC_OPS:
+        for name in node.inputs:
+            if not program.tensors[name].is_int:
+                raise UnsupportedOpError(
+                    f"node {node.name!r}: {node.op.value} on float tensor {name!r} cannot be "
+                    f"executed (this Program was imported for estimation only)")
+        return _run_mac(node, program, inputs, arith, be)
+    return RUNNERS[node.op](node, program, inputs, arith, be), None
+
+
+def execute(program: Program, chip, inputs: dict[str, np.ndarray], backend: str = "kernels",
+            trace: bool = True, progress: Callable[[int, int, Node], None] | None = None
+            ) -> ExecutionResult:
+    """Run ``program`` on the chip's arithmetic; every tensor is kept when ``trace``."""
+    arith = arithmetic_of(chip)
+    backend_module(backend)
+    missing = [n for n in program.inputs if n not in inputs]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; the Program takes {program.inputs}")
+    extra = [n for n in inputs if n not in program.inputs]
+    if extra:
+        raise InputError(f"unknown input(s) {extra}; the Program takes {program.inputs}")
+    values = {n: check_input(program.tensors[n], inputs[n]) for n in program.inputs}
+    for name, t in program.tensors.items():
+        if t.data is not None:
+            values[name] = t.data.astype(np.int64) if t.is_int else t.data
+    overflow: dict[str, OverflowStats] = {}
+    remaining = {n: sum(1 for m in program.nodes if n in m.inputs) for n in program.tensors}
+    keep = set(program.outputs) | set(program.inputs)
+    for i, node in enumerate(program.nodes):
+        if progress:
+            progress(i, len(program.nodes), node)
+        value, stats = run_node(node, program, [values[n] for n in node.inputs], arith, backend)
+        values[node.outputs[0]] = value
+        if stats is not None:
+            overflow[node.name] = stats
+        if not trace:
+            for name in node.inputs:
+                remaining[name] -= 1
+                if remaining[name] == 0 and name not in keep and program.tensors[name].data is None:
+                    del values[name]
+    outputs = {n: values[n] for n in program.outputs}
+    return ExecutionResult(outputs, values if trace else dict(outputs), overflow, backend)
+
+
+def output_array(info: TensorInfo, value: np.ndarray) -> np.ndarray:
+    """A tensor value in the smallest NumPy dtype that holds its type, for saving."""
+    if not isinstance(info.dtype, IntType):
+        return np.asarray(value, np.float32)
+    value = np.asarray(value)
+    lo = min(info.dtype.qmin, int(value.min(initial=0)))
+    hi = max(info.dtype.qmax, int(value.max(initial=0)))  # accumulators may be wider than s32
+    for dt in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64):
+        lim = np.iinfo(dt)
+        if lim.min <= lo and hi <= lim.max:
+            return np.asarray(value).astype(dt)
+    return np.asarray(value, np.int64)

@@ -1,0 +1,380 @@
+"""Golden-vector regression of every quantized kernel.
+
+Cases are declared here, once, in Python: a tiny Program per op, an arithmetic contract, inputs
+from a seeded generator. ``regenerate`` runs the reference (the oracle) and writes one small
+``.npz`` per case (the Program file's bytes, the contract, the inputs and every expected
+tensor). ``check`` runs the stored Program on the stored inputs with a backend and compares
+every tensor exactly: a kernel change that moves one bit fails.
+
+Regenerating is deliberate: ``archnet regress --regenerate`` (see README), and only after
+deciding that the new integers are the right ones.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from simulator.contract import (AccumulatorSpec, ArithmeticSpec, MacOrder, Overflow, RequantMode,
+                                RequantSpec, RoundingMode, SaturationPoint, parse_dtype)
+from simulator.errors import SimulatorError
+from simulator.execute import execute, output_array
+from simulator.ir.builder import ProgramBuilder
+from simulator.ir.program import Program, load_program, save_program
+
+# ----------------------------------------------------------------------------- contracts
+
+ACCUMULATORS = {
+    "acc32_sat_final": AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL),
+    "acc24_wrap": AccumulatorSpec(24, Overflow.WRAP, SaturationPoint.FINAL),
+    "acc16_sat_per_mac_cin": AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC,
+                                             mac_order=MacOrder.CIN_KH_KW),
+    "acc16_sat_per_mac_hwc": AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC,
+                                             mac_order=MacOrder.KH_KW_CIN),
+    "acc20_sat_tile8": AccumulatorSpec(20, Overflow.SATURATE, SaturationPoint.PER_TILE, tile_k=8,
+                                       mac_order=MacOrder.KH_KW_CIN),
+    "acc12_sat_final": AccumulatorSpec(12, Overflow.SATURATE, SaturationPoint.FINAL),
+}
+
+REQUANTS = {
+    "tflite_m32": RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE, 32),
+    "half_up_m16": RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.HALF_UP, 16),
+    "half_even_m24": RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.HALF_EVEN, 24),
+    "half_away_m32": RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.HALF_AWAY, 32),
+    "floor_m8": RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.FLOOR, 8),
+    "float_half_even": RequantSpec(RequantMode.FLOAT_SCALE, RoundingMode.HALF_EVEN, 32),
+}
+
+_ACC_DEFAULT = ACCUMULATORS["acc32_sat_final"]
+_RQ_DEFAULT = REQUANTS["tflite_m32"]
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    name: str
+    op: str
+    accumulator: str
+    requant: str
+    build: Callable[[np.random.Generator], tuple[Program, dict[str, np.ndarray]]]
+
+    @property
+    def arithmetic(self) -> ArithmeticSpec:
+        return ArithmeticSpec(ACCUMULATORS[self.accumulator], REQUANTS[self.requant])
+
+
+def _rand(rng, dtype: str, shape) -> np.ndarray:
+    t = parse_dtype(dtype)
+    return rng.integers(t.qmin, t.qmax, size=shape, endpoint=True).astype(np.int64)
+
+
+def _mac_program(op: str, x_t: str, w_t: str, out_t: str, rng, per_channel: bool, **attrs):
+    b = ProgramBuilder(f"golden_{op}")
+    if op == "conv2d":
+        groups = attrs.get("groups", 1)
+        x_shape, w_shape = (1, 4, 7, 6), (4 if groups == 1 else 4, 4 // groups, 3, 3)
+    else:
+        x_shape, w_shape = (3, 20), (5, 20)
+    xt, wt = parse_dtype(x_t), parse_dtype(w_t)
+    x_zp = (xt.qmax + 1) // 2 if not xt.signed else 0
+    x = b.input("x", x_shape, x_t, scale=0.05, zero_point=x_zp)
+    oc = w_shape[0]
+    w_scale = list(rng.uniform(0.01, 0.05, oc)) if per_channel else 0.03
+    w = b.constant("w", _rand(rng, w_t, w_shape), w_t, scale=w_scale,
+                   zero_point=0, axis=0 if per_channel else None)
+    # spread the outputs over their range: typical |acc| ~ sqrt(K) * |x| * |w|
+    k = int(np.prod(w_shape[1:]))
+    typical = np.sqrt(k) * max(abs(xt.qmin), xt.qmax) / 2 * max(abs(wt.qmin), wt.qmax) / 2
+    bias = b.constant("bias", rng.integers(-typical, typical, oc, endpoint=True), "s32")
+    acc = b.node(op, [x, w, bias], "acc", **attrs)
+    out = parse_dtype(out_t)
+    base = (out.qmax - out.qmin) / 4 / typical
+    ratio = list(base * rng.uniform(0.6, 1.4, oc)) if per_channel else [base]
+    y = b.node("requantize", [acc], "y", dtype=out_t, scale=0.1,
+               zero_point=0 if out.signed else (out.qmax + 1) // 4, real_multiplier=ratio, axis=1)
+    b.output(y)
+    return b.build(), {"x": _rand(rng, x_t, x_shape)}
+
+
+def _single_input(op: str, dtype: str, shape, rng, out_dtype=None, out_scale=None, **attrs):
+    b = ProgramBuilder(f"golden_{op}")
+    t = parse_dtype(dtype)
+    zp = 0 if t.signed else (t.qmax + 1) // 2
+    x = b.input("x", shape, dtype, scale=0.07, zero_point=zp)
+    kwargs = {}
+    if out_dtype:
+        kwargs = {"dtype": out_dtype, "scale": out_scale, "zero_point": 0}
+    y = b.node(op, [x], "y", **kwargs, **attrs)
+    b.output(y)
+    return b.build(), {"x": _rand(rng, dtype, shape)}
+
+
+def _add_program(rng, dtype: str):
+    b = ProgramBuilder("golden_add")
+    t = parse_dtype(dtype)
+    zp = 0 if t.signed else (t.qmax + 1) // 2
+    a = b.input("a", (2, 3, 4, 5), dtype, scale=0.031, zero_point=zp)
+    c = b.input("b", (2, 3, 4, 5), dtype, scale=0.017, zero_point=zp // 2)
+    y = b.node("add", [a, c], "y", dtype=dtype, scale=0.04, zero_point=zp)
+    b.output(y)
+    return b.build(), {"a": _rand(rng, dtype, (2, 3, 4, 5)), "b": _rand(rng, dtype, (2, 3, 4, 5))}
+
+
+def _softmax_program(rng, dtype: str):
+    t = parse_dtype(dtype)
+    table = [int(round(np.exp(-d * 0.1) * (1 << 15))) for d in range(1 << t.bits)]
+    return _single_input("softmax", dtype, (3, 2, 9), rng, out_dtype="u8", out_scale=1 / 256,
+                         axis=-1, exp_table=table)
+
+
+def _lut_program(rng, dtype: str):
+    t = parse_dtype(dtype)
+    table = [int(np.clip(round(np.tanh((i + t.qmin) * 0.05) * 127), -128, 127))
+             for i in range(1 << t.bits)]
+    return _single_input("lookup_table", dtype, (2, 3, 5, 5), rng, out_dtype="s8", out_scale=1 / 127,
+                         table=table)
+
+
+def _requant_program(rng, in_t: str, out_t: str, per_channel: bool):
+    """Dyadic ratios make exact ties frequent, so every rounding mode shows where it differs."""
+    b = ProgramBuilder("golden_requantize")
+    x = b.input("x", (2, 6, 5, 4), in_t, scale=0.001)
+    dyadic = [1 / 8, 3 / 32, 0.0073, 5 / 64, 0.011, 1 / 16]
+    ratios = dyadic if per_channel else [1 / 8]
+    out, src = parse_dtype(out_t), parse_dtype(in_t)
+    y = b.node("requantize", [x], "y", dtype=out_t, scale=0.1,
+               zero_point=0 if out.signed else 3, real_multiplier=ratios, axis=1)
+    b.output(y)
+    reach = ((out.qmax - out.qmin) * 0.75 / np.resize(ratios, 6)).astype(np.int64)
+    x_values = rng.integers(-reach[None, :, None, None], reach[None, :, None, None],
+                            (2, 6, 5, 4), endpoint=True)
+    return b.build(), {"x": np.clip(x_values, src.qmin, src.qmax)}
+
+
+def cases() -> Iterator[GoldenCase]:
+    """Every op under every semantic combination that matters, each a few hundred integers."""
+    mac_types = [("u8", "s8", "u8"), ("s8", "s4", "s8"), ("u4", "s2", "u4"), ("s16", "s8", "s16")]
+    for acc_name in ACCUMULATORS:
+        for x_t, w_t, out_t in mac_types:
+            if acc_name == "acc12_sat_final" and x_t in ("s16", "u8"):
+                continue  # a 12-bit accumulator only makes sense for narrow operands
+            for per_channel in (False, True):
+                tag = f"{x_t}x{w_t}_{'pc' if per_channel else 'pt'}"
+                yield GoldenCase(f"conv3x3_{tag}_{acc_name}", "conv2d", acc_name, "tflite_m32",
+                                 lambda rng, a=(x_t, w_t, out_t, per_channel): _mac_program(
+                                     "conv2d", *a[:3], rng, a[3], pads=[1, 1, 1, 1]))
+            yield GoldenCase(f"fc_{x_t}x{w_t}_{acc_name}", "fully_connected", acc_name, "tflite_m32",
+                             lambda rng, a=(x_t, w_t, out_t): _mac_program(
+                                 "fully_connected", *a, rng, True))
+        yield GoldenCase(f"conv_s2_d2_{acc_name}", "conv2d", acc_name, "half_up_m16",
+                         lambda rng: _mac_program("conv2d", "u8", "s8", "u8", rng, True,
+                                                  strides=[2, 2], dilations=[1, 2], pads=[2, 1, 0, 2]))
+        yield GoldenCase(f"depthwise_{acc_name}", "conv2d", acc_name, "half_even_m24",
+                         lambda rng: _mac_program("conv2d", "s8", "s8", "s8", rng, True,
+                                                  groups=4, pads=[1, 1, 1, 1]))
+    for rq_name in REQUANTS:
+        for in_t, out_t in (("s32", "u8"), ("s32", "s8"), ("s24", "s4"), ("s16", "u4")):
+            for per_channel in (False, True):
+                yield GoldenCase(f"requantize_{in_t}_{out_t}_{'pc' if per_channel else 'pt'}_{rq_name}",
+                                 "requantize", "acc32_sat_final", rq_name,
+                                 lambda rng, a=(in_t, out_t, per_channel): _requant_program(rng, *a))
+        yield GoldenCase(f"add_s8_{rq_name}", "add", "acc32_sat_final", rq_name,
+                         lambda rng: _add_program(rng, "s8"))
+        yield GoldenCase(f"add_u8_{rq_name}", "add", "acc32_sat_final", rq_name,
+                         lambda rng: _add_program(rng, "u8"))
+        yield GoldenCase(f"avgpool_{rq_name}", "avgpool2d", "acc32_sat_final", rq_name,
+                         lambda rng: _single_input("avgpool2d", "s8", (1, 3, 7, 7), rng,
+                                                   kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+        yield GoldenCase(f"global_avgpool_{rq_name}", "global_avgpool2d", "acc32_sat_final", rq_name,
+                         lambda rng: _single_input("global_avgpool2d", "u8", (2, 4, 5, 3), rng))
+        yield GoldenCase(f"softmax_s8_{rq_name}", "softmax", "acc32_sat_final", rq_name,
+                         lambda rng: _softmax_program(rng, "s8"))
+    yield GoldenCase("softmax_u4", "softmax", "acc32_sat_final", "half_up_m16",
+                     lambda rng: _softmax_program(rng, "u4"))
+    for dtype in ("u8", "s8", "s4", "u2", "s16"):
+        yield GoldenCase(f"maxpool2x2_{dtype}", "maxpool2d", "acc32_sat_final", "tflite_m32",
+                         lambda rng, d=dtype: _single_input("maxpool2d", d, (1, 3, 8, 7), rng,
+                                                            kernel=[2, 2], strides=[2, 2]))
+        yield GoldenCase(f"maxpool3x3_pad_{dtype}", "maxpool2d", "acc32_sat_final", "tflite_m32",
+                         lambda rng, d=dtype: _single_input("maxpool2d", d, (1, 2, 6, 6), rng,
+                                                            kernel=[3, 3], strides=[2, 2],
+                                                            pads=[1, 1, 1, 1]))
+        t = parse_dtype(dtype)
+        yield GoldenCase(f"clamp_relu_{dtype}", "clamp", "acc32_sat_final", "tflite_m32",
+                         lambda rng, d=dtype, t=t: _single_input(
+                             "clamp", d, (2, 3, 4), rng, min=0 if t.signed else (t.qmax + 1) // 2,
+                             max=t.qmax))
+    for dtype in ("u8", "s8", "s4"):
+        yield GoldenCase(f"lookup_table_{dtype}", "lookup_table", "acc32_sat_final", "tflite_m32",
+                         lambda rng, d=dtype: _lut_program(rng, d))
+    for dtype in ("u8", "s4"):
+        yield GoldenCase(f"concat_{dtype}", "concat", "acc32_sat_final", "tflite_m32",
+                         lambda rng, d=dtype: _concat_program(rng, d))
+    for acc_name in ("acc32_sat_final", "acc16_sat_per_mac_cin", "acc20_sat_tile8", "acc24_wrap"):
+        yield GoldenCase(f"matmul_s8_{acc_name}", "matmul", acc_name, "tflite_m32", _matmul_program)
+
+
+def _concat_program(rng, dtype: str):
+    b = ProgramBuilder("golden_concat")
+    a = b.input("a", (1, 2, 3, 4), dtype, scale=0.05, zero_point=1)
+    c = b.input("b", (1, 3, 3, 4), dtype, scale=0.05, zero_point=1)
+    y = b.node("concat", [a, c], "y", axis=1)
+    z = b.node("transpose", [y], "z", perm=[0, 2, 3, 1])
+    f = b.node("flatten", [z], "f", axis=1)
+    r = b.node("reshape", [f], "r", shape=[1, -1, 5])
+    b.output(r)
+    return b.build(), {"a": _rand(rng, dtype, (1, 2, 3, 4)), "b": _rand(rng, dtype, (1, 3, 3, 4))}
+
+
+def _matmul_program(rng):
+    b = ProgramBuilder("golden_matmul")
+    a = b.input("a", (2, 3, 4, 16), "s8", scale=0.05)
+    c = b.input("b", (2, 3, 16, 5), "s8", scale=0.04, zero_point=3)
+    acc = b.node("matmul", [a, c], "acc")
+    y = b.node("requantize", [acc], "y", dtype="s8", scale=0.2, real_multiplier=[0.01])
+    b.output(y)
+    return b.build(), {"a": _rand(rng, "s8", (2, 3, 4, 16)), "b": _rand(rng, "s8", (2, 3, 16, 5))}
+
+
+# ----------------------------------------------------------------------------- files
+
+def default_dir() -> Path:
+    """``tests/golden`` of the source tree this package runs from, else of the working dir."""
+    here = Path(__file__).resolve().parent.parent / "tests" / "golden"
+    return here if here.is_dir() else Path.cwd() / "tests" / "golden"
+
+
+def _seed(name: str) -> int:
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little") ^ 0x5EED
+
+
+def _program_bytes(program: Program) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_program(program, Path(tmp) / "case.program")
+        return np.frombuffer(path.read_bytes(), dtype=np.uint8)
+
+
+def _program_from_bytes(data: np.ndarray, where: str) -> Program:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "case.program"
+        path.write_bytes(data.tobytes())
+        try:
+            return load_program(path)
+        except SimulatorError as exc:
+            raise SimulatorError(f"{where}: {exc}") from None
+
+
+def regenerate(directory: Path | None = None, progress: Callable[[str], None] | None = None) -> int:
+    """Write every case's expected integers as computed by the reference. Returns the count."""
+    directory = Path(directory or default_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    count = 0
+    names = set()
+    for case in cases():
+        if progress:
+            progress(case.name)
+        program, inputs = case.build(np.random.default_rng(_seed(case.name)))
+        result = execute(program, case.arithmetic, inputs, backend="reference", trace=True)
+        payload = {"program": _program_bytes(program),
+                   "case": np.frombuffer(json.dumps(
+                       {"name": case.name, "op": case.op, "accumulator": case.accumulator,
+                        "requant": case.requant}).encode(), dtype=np.uint8)}
+        for name, value in inputs.items():
+            payload[f"in:{name}"] = output_array(program.tensors[name], value)
+        for node in program.nodes:
+            t = node.outputs[0]
+            payload[f"out:{t}"] = output_array(program.tensors[t], result.tensors[t])
+        for node_name, stats in result.overflow.items():
+            payload[f"overflow:{node_name}"] = np.asarray(
+                [stats.events, stats.outputs, stats.required_bits], np.int64)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **payload)
+        target = directory / f"{case.name}.npz"
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, target)
+        names.add(target.name)
+        count += 1
+    for stale in directory.glob("*.npz"):
+        if stale.name not in names:
+            stale.unlink()
+    return count
+
+
+@dataclass
+class GoldenResult:
+    case: str
+    op: str
+    semantics: str
+    backend: str
+    elements: int
+    mismatches: int
+    first: str
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0
+
+
+def check_file(path: Path, backend: str) -> GoldenResult:
+    """Run one stored case with ``backend`` and compare every tensor and overflow count exactly."""
+    where = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = {k: z[k] for k in z.files}
+    except Exception as exc:  # a damaged archive can fail in many numpy/zip ways
+        raise SimulatorError(f"{where}: unreadable golden file ({type(exc).__name__}: {exc})") from None
+    if "program" not in stored or "case" not in stored:
+        raise SimulatorError(f"{where}: not a golden file (needs 'program' and 'case')")
+    meta = json.loads(stored["case"].tobytes().decode())
+    if meta["accumulator"] not in ACCUMULATORS or meta["requant"] not in REQUANTS:
+        raise SimulatorError(f"{where}: unknown contract {meta['accumulator']}/{meta['requant']}")
+    arith = ArithmeticSpec(ACCUMULATORS[meta["accumulator"]], REQUANTS[meta["requant"]])
+    program = _program_from_bytes(stored["program"], where)
+    inputs = {k[3:]: v for k, v in stored.items() if k.startswith("in:")}
+    result = execute(program, arith, inputs, backend=backend, trace=True)
+    elements, mismatches, first = 0, 0, ""
+    for key, expected in stored.items():
+        if key.startswith("out:"):
+            got = np.asarray(result.tensors[key[4:]], np.int64)
+            diff = got != expected.astype(np.int64)
+            elements += expected.size
+            if diff.any():
+                mismatches += int(diff.sum())
+                if not first:
+                    idx = tuple(int(i) for i in np.argwhere(diff)[0])
+                    first = f"{key[4:]}{list(idx)}: got {got[idx]} expected {expected[idx]}"
+        elif key.startswith("overflow:"):
+            stats = result.overflow.get(key[9:])
+            got = [stats.events, stats.outputs, stats.required_bits] if stats else None
+            if got != expected.tolist():
+                mismatches += 1
+                first = first or f"overflow stats of {key[9:]}: got {got} expected {expected.tolist()}"
+    return GoldenResult(meta["name"], meta["op"], f"{meta['accumulator']}/{meta['requant']}",
+                        backend, elements, mismatches, first)
+
+
+def check(directory: Path | None = None, backends=("kernels", "reference"),
+          progress: Callable[[str], None] | None = None) -> list[GoldenResult]:
+    directory = Path(directory or default_dir())
+    files = sorted(directory.glob("*.npz"))
+    if not files:
+        raise SimulatorError(f"{directory}: no golden files (*.npz); run `archnet regress --regenerate`")
+    results = []
+    for path in files:
+        if progress:
+            progress(path.stem)
+        for backend in backends:
+            results.append(check_file(path, backend))
+    return results
+
+
+__all__ = ["ACCUMULATORS", "REQUANTS", "GoldenCase", "GoldenResult", "cases", "check", "check_file",
+           "default_dir", "regenerate", "asdict"]

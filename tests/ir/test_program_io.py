@@ -1,0 +1,146 @@
+"""The Program file: exact round trips, strict validation, and no crash on any damaged file."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from simulator.contract import AccumulatorSpec, ArithmeticSpec, Overflow, RequantMode, RequantSpec
+from simulator.contract import RoundingMode, SaturationPoint
+from simulator.errors import ProgramError
+from simulator.examples import example_input, example_program
+from simulator.execute import execute
+from simulator.ir import ProgramBuilder, load_program, save_program
+
+ARITH = ArithmeticSpec(AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL),
+                       RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE, 32))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prog") / "example.program"
+    save_program(example_program(), path)
+    return path
+
+
+def test_round_trip_is_exact(saved, tmp_path):
+    original = example_program()
+    loaded = load_program(saved)
+    assert loaded.nodes == original.nodes
+    assert loaded.inputs == original.inputs and loaded.outputs == original.outputs
+    for name, t in original.tensors.items():
+        u = loaded.tensors[name]
+        assert (u.shape, u.dtype, u.scale, u.zero_point, u.axis) == (t.shape, t.dtype, t.scale,
+                                                                      t.zero_point, t.axis)
+        if t.data is not None:
+            assert np.array_equal(u.data, t.data) and u.data.dtype == t.data.dtype
+    again = save_program(loaded, tmp_path / "again.program")
+    assert load_program(again).nodes == loaded.nodes
+    x = {"image": example_input()}
+    a = execute(original, ARITH, x, backend="reference").outputs["logits"]
+    b = execute(loaded, ARITH, x, backend="reference").outputs["logits"]
+    assert np.array_equal(a, b)
+
+
+def _doc(path):
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("program.json")), {n: zf.read(n) for n in zf.namelist()}
+
+
+def _write(path, doc, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, json.dumps(doc) if name == "program.json" else data)
+    return path
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["nodes"][0].update(op="conv7"), "unknown op 'conv7'"),
+    (lambda d: d["nodes"][0]["attrs"].update(strides=[1]), "strides must have 2 values"),
+    (lambda d: d["nodes"][0]["attrs"].update(colour=1), "unknown attribute"),
+    (lambda d: d["tensors"]["stem_out"].update(shape=[1, 8, 16, 15]), "declared"),
+    (lambda d: d["tensors"]["image"].update(zero_point=[300]), "zero point"),
+    (lambda d: d["nodes"].reverse(), "used before it is produced"),
+    (lambda d: d.update(version=99), "version 99 unsupported"),
+    (lambda d: d["tensors"]["pool"].update(scale=[0.0]), "must be finite and > 0"),
+    (lambda d: d["tensors"]["stem_w"].update(dtype="s3"), "data outside s3"),
+    (lambda d: d.pop("nodes"), "missing field 'nodes'"),
+])
+def test_invalid_programs_name_the_fault(saved, tmp_path, mutate, message):
+    doc, members = _doc(saved)
+    mutate(doc)
+    with pytest.raises(ProgramError, match=message) as err:
+        load_program(_write(tmp_path / "bad.program", doc, members))
+    assert "\n" not in str(err.value) and "bad.program" in str(err.value)
+
+
+def test_concat_needs_one_scale():
+    b = ProgramBuilder("c")
+    x = b.input("x", (1, 2, 3, 3), "u8", scale=0.1)
+    y = b.input("y", (1, 2, 3, 3), "u8", scale=0.2)
+    b.tensor("z", (1, 4, 3, 3), "u8", scale=0.1)
+    from simulator.ir.program import make_node
+    b.nodes.append(make_node("cat", "concat", [x, y], ["z"], {"axis": 1}))
+    b.output("z")
+    with pytest.raises(ProgramError, match="insert a requantize"):
+        b.build()
+
+
+def test_missing_and_non_program_files(tmp_path):
+    with pytest.raises(ProgramError, match="no such Program file"):
+        load_program(tmp_path / "nope.program")
+    (tmp_path / "text.program").write_text("hello")
+    with pytest.raises(ProgramError, match="not a zip archive"):
+        load_program(tmp_path / "text.program")
+
+
+@given(data=st.data())
+def test_fuzzed_files_fail_cleanly(saved, tmp_path_factory, data):
+    raw = saved.read_bytes()
+    kind = data.draw(st.sampled_from(["truncate", "flip", "random", "json"]))
+    if kind == "truncate":
+        blob = raw[:data.draw(st.integers(0, len(raw) - 1))]
+    elif kind == "flip":
+        blob = bytearray(raw)
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(blob) - 1))
+            blob[i] = data.draw(st.integers(0, 255))
+        blob = bytes(blob)
+    elif kind == "random":
+        blob = data.draw(st.binary(max_size=2048))
+    else:
+        doc, members = _doc(saved)
+        json_value = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) |
+                                  st.floats(allow_nan=True) | st.text(max_size=5),
+                                  lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+                                  max_leaves=6)
+        for _ in range(data.draw(st.integers(1, 3))):
+            target = data.draw(st.sampled_from(["tensor", "node", "top"]))
+            if target == "tensor":
+                t = doc["tensors"][data.draw(st.sampled_from(sorted(doc["tensors"])))]
+                t[data.draw(st.sampled_from(sorted(t) + ["extra"]))] = data.draw(json_value)
+            elif target == "node":
+                n = doc["nodes"][data.draw(st.integers(0, len(doc["nodes"]) - 1))]
+                key = data.draw(st.sampled_from(["op", "inputs", "outputs", "attrs", "name"]))
+                if key == "attrs" and n["attrs"] and data.draw(st.booleans()):
+                    n["attrs"][data.draw(st.sampled_from(sorted(n["attrs"])))] = data.draw(json_value)
+                else:
+                    n[key] = data.draw(json_value)
+            else:
+                doc[data.draw(st.sampled_from(sorted(doc)))] = data.draw(json_value)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, content in members.items():
+                zf.writestr(name, json.dumps(doc) if name == "program.json" else content)
+        blob = buf.getvalue()
+    path = tmp_path_factory.mktemp("fuzz") / "f.program"
+    path.write_bytes(blob)
+    try:
+        program = load_program(path)
+    except ProgramError as exc:
+        assert "\n" not in str(exc)
+        return
+    program.validate()
