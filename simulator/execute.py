@@ -213,6 +213,9 @@ def execute(program: Program, chip, inputs: dict[str, np.ndarray], backend: str 
     """Run ``program`` on the chip's arithmetic; every tensor is kept when ``trace``."""
     arith = arithmetic_of(chip)
     backend_module(backend)
+    if not program.executable:
+        raise UnsupportedOpError(f"program {program.name!r} holds float compute and was imported "
+                                 f"for estimation only; it cannot be executed")
     missing = [n for n in program.inputs if n not in inputs]
     if missing:
         raise InputError(f"missing input(s) {missing}; the Program takes {program.inputs}")

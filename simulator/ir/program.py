@@ -117,6 +117,9 @@ class Program:
                 raise ProgramError(f"{where}: input {name!r} is a constant")
             available.add(name)
         available |= {n for n, t in self.tensors.items() if t.data is not None}
+        if not self.executable:  # estimate-only graphs keep parameters as shapes, without data
+            produced = {o for node in self.nodes for o in node.outputs}
+            available |= {n for n in self.tensors if n not in produced}
         seen_nodes = set()
         for node in self.nodes:
             nwhere = f"{where}: node {node.name!r}"

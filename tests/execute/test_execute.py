@@ -1,0 +1,87 @@
+"""The executor: input checking, overflow accounting, host fallbacks, both backends agree."""
+
+import numpy as np
+import pytest
+
+from simulator.contract import (AccumulatorSpec, ArithmeticSpec, Overflow, RequantMode, RequantSpec,
+                                RoundingMode, SaturationPoint)
+from simulator.errors import InputError, UnsupportedOpError
+from simulator.examples import example_input, example_program
+from simulator.execute import execute
+from simulator.ir import ProgramBuilder
+
+TFLITE = RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE, 32)
+WIDE = ArithmeticSpec(AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL), TFLITE)
+NARROW = ArithmeticSpec(AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC), TFLITE)
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.zeros((1, 1, 16, 15), np.uint8), "shape"),
+    (np.zeros((1, 1, 16, 16), np.float32), "not an integer type"),
+    (np.full((1, 1, 16, 16), 300, np.int32), "outside u8 range"),
+    (np.full((1, 1, 16, 16), -1, np.int16), "outside u8 range"),
+])
+def test_bad_inputs_are_named(value, message):
+    with pytest.raises(InputError, match=f"'image'.*{message}"):
+        execute(example_program(), WIDE, {"image": value}, backend="reference")
+
+
+def test_missing_and_unknown_inputs():
+    with pytest.raises(InputError, match="missing input"):
+        execute(example_program(), WIDE, {}, backend="reference")
+    with pytest.raises(InputError, match="unknown input"):
+        execute(example_program(), WIDE, {"image": example_input(), "x": 1}, backend="reference")
+
+
+def test_overflow_counted_and_safe_width_reported():
+    x = {"image": example_input()}
+    wide = execute(example_program(), WIDE, x, backend="reference")
+    narrow = execute(example_program(), NARROW, x, backend="reference")
+    assert all(s.events == 0 for s in wide.overflow.values())
+    assert narrow.overflow["stem_acc"].events > 0
+    # the narrowest safe accumulator for the final-saturating wide run is what the exact sums need
+    for name, stats in wide.overflow.items():
+        acc = wide.tensors[name]
+        needed = max(int(acc.max()).bit_length(), int(-acc.min() - 1).bit_length()) + 1
+        assert stats.required_bits == needed
+    # and a 16-bit per-MAC accumulator changes the stem's output exactly where it overflowed
+    changed = (wide.tensors["stem_acc"] != narrow.tensors["stem_acc"]).sum()
+    assert 0 < changed <= narrow.overflow["stem_acc"].events
+
+
+def test_float_mac_is_not_executable():
+    b = ProgramBuilder("f", metadata={"estimate_only": True})
+    x = b.input("x", (1, 2, 4, 4), "f32")
+    w = b.tensor("w", (2, 2, 3, 3), "f32")
+    b.node("conv2d", [x, w], "y", dtype="f32")
+    b.output("y")
+    with pytest.raises(UnsupportedOpError, match="estimation only"):
+        execute(b.build(), WIDE, {"x": np.zeros((1, 2, 4, 4), np.float32)}, backend="reference")
+
+
+def test_host_fallback_runs_in_float_and_requantizes():
+    b = ProgramBuilder("fb")
+    x = b.input("x", (2, 5), "s8", scale=0.1)
+    y = b.node("fallback", [x], "y", dtype="u8", scale=1 / 256, out_shape=(2, 5),
+               op_type="Softmax", attributes={"axis": -1})
+    b.output(y)
+    xs = np.array([[0, 10, 20, 30, 40], [-5, -5, -5, -5, -5]], np.int8)
+    out = execute(b.build(), WIDE, {"x": xs}, backend="reference").outputs["y"]
+    expected = np.exp(xs * 0.1) / np.exp(xs * 0.1).sum(axis=1, keepdims=True)
+    assert np.abs(out / 256 - expected).max() <= 1 / 256
+    b2 = ProgramBuilder("fb2")
+    x = b2.input("x", (2,), "s8", scale=0.1)
+    b2.node("fallback", [x], "y", dtype="s8", scale=0.1, out_shape=(2,), op_type="LRN")
+    b2.output("y")
+    with pytest.raises(UnsupportedOpError, match="'LRN' has no float implementation"):
+        execute(b2.build(), WIDE, {"x": np.zeros(2, np.int8)}, backend="reference")
+
+
+@pytest.mark.parametrize("arith", [WIDE, NARROW], ids=["acc32_final", "acc16_per_mac"])
+def test_kernels_equal_reference_on_the_example(arith):
+    x = {"image": example_input()}
+    a = execute(example_program(), arith, x, backend="kernels")
+    b = execute(example_program(), arith, x, backend="reference")
+    for name in b.tensors:
+        assert np.array_equal(a.tensors[name], b.tensors[name]), name
+    assert a.overflow == b.overflow
