@@ -147,10 +147,12 @@ def cmd_simulate(args) -> int:
     if not program.executable:
         raise InputError(f"{args.model}: a float graph can be estimated but not simulated; "
                          f"give an integer (QLinear/ConvInteger) ONNX file or a Program file")
+    for path in (args.output, args.trace):
+        if path and Path(path).suffix not in (".npy", ".npz"):
+            raise InputError(f"{path}: output must end in .npy or .npz")
     inputs = load_inputs(args.input, program)
     name = args.model or EXAMPLE
-    print(f"simulating {name} on {chip.name} ({len(program.nodes)} ops, backend {args.backend})",
-          file=sys.stderr)
+    print(f"simulating {name} on {chip.name} ({len(program.nodes)} ops, backend {args.backend})")
     bar = _progress(len(program.nodes), "simulate")
     start = time.perf_counter()
     result = execute(program, chip, inputs, backend=args.backend, trace=bool(args.check or args.trace),

@@ -38,7 +38,7 @@ def _conv_block(b: ProgramBuilder, rng, x: str, name: str, cin: int, cout: int, 
     bias = b.constant(f"{name}_b", rng.integers(-500, 500, cout), "s32", scale=x_scale * w_scale, axis=0)
     pad = k // 2
     acc = b.node("conv2d", [x, wt, bias], f"{name}_acc", strides=[stride, stride],
-                 pads=[pad, pad, pad, pad], scale=x_scale * w_scale, axis=1)
+                 pads=[pad, pad, pad, pad], scale=x_scale * w_scale, quant_axis=1)
     return acc, name
 
 

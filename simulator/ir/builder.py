@@ -55,9 +55,14 @@ class ProgramBuilder:
         return self.tensor(name, data.shape, dtype, scale, zero_point, axis, data)
 
     def node(self, op: str | OpKind, inputs, output: str, dtype: DType | str | None = None,
-             scale=None, zero_point=0, axis=None, name: str | None = None,
+             scale=None, zero_point=0, quant_axis=None, name: str | None = None,
              out_shape=None, **attrs) -> str:
-        """Append a node; its output shape is inferred unless ``out_shape`` is given (fallbacks)."""
+        """Append a node; its output shape is inferred unless ``out_shape`` is given (fallbacks).
+
+        ``quant_axis`` is the output tensor's per-channel axis; op attributes (including an op's
+        own ``axis``) go in ``attrs``.
+        """
+        axis = quant_axis
         node = make_node(name or output, op, inputs, [output], attrs)
         shape = out_shape
         if shape is None:

@@ -119,15 +119,18 @@ def test_fuzzed_files_fail_cleanly(saved, tmp_path_factory, data):
                                   max_leaves=6)
         for _ in range(data.draw(st.integers(1, 3))):
             target = data.draw(st.sampled_from(["tensor", "node", "top"]))
-            if target == "tensor":
-                t = doc["tensors"][data.draw(st.sampled_from(sorted(doc["tensors"])))]
-                t[data.draw(st.sampled_from(sorted(t) + ["extra"]))] = data.draw(json_value)
-            elif target == "node":
-                n = doc["nodes"][data.draw(st.integers(0, len(doc["nodes"]) - 1))]
+            tensors, nodes = doc.get("tensors"), doc.get("nodes")
+            if target == "tensor" and isinstance(tensors, dict) and tensors:
+                t = tensors[data.draw(st.sampled_from(sorted(tensors)))]
+                if isinstance(t, dict):
+                    t[data.draw(st.sampled_from(sorted(t) + ["extra"]))] = data.draw(json_value)
+            elif target == "node" and isinstance(nodes, list) and nodes:
+                n = nodes[data.draw(st.integers(0, len(nodes) - 1))]
                 key = data.draw(st.sampled_from(["op", "inputs", "outputs", "attrs", "name"]))
-                if key == "attrs" and n["attrs"] and data.draw(st.booleans()):
+                if isinstance(n, dict) and key == "attrs" and isinstance(n.get("attrs"), dict) \
+                        and n["attrs"] and data.draw(st.booleans()):
                     n["attrs"][data.draw(st.sampled_from(sorted(n["attrs"])))] = data.draw(json_value)
-                else:
+                elif isinstance(n, dict):
                     n[key] = data.draw(json_value)
             else:
                 doc[data.draw(st.sampled_from(sorted(doc)))] = data.draw(json_value)

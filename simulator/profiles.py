@@ -1,0 +1,663 @@
+"""Floor 2: chip profiles. Load a TOML file, resolve ``inherit``, validate strictly, freeze.
+
+A profile is data only (``chip_profiles/<name>.toml``, every key documented in
+``chip_profiles/README.md``): what a chip runs, with which integer arithmetic, and what it costs.
+Validation is strict, unlike Vela's "all properties are optional and initialised to 1": an unknown
+key, a missing key, a wrong type or an impossible value is a ``ProfileError`` of one line that
+names the file, the dotted field and what is allowed. No hardware number lives in this module.
+
+Lookup of a bare name such as ``ethos-u55-128``: the directories in ``$ARCHNET_PROFILE_PATH``
+(``os.pathsep``-separated), then ``chip_profiles/`` next to the ``simulator`` package: the repo's
+folder in a checkout or editable install, and the copy pyproject.toml installs beside
+``simulator/`` in site-packages (``packages.find`` includes ``chip_profiles*`` and
+``package-data`` takes ``*.toml`` and ``*.md``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from simulator.contract import (AccumulatorSpec, ArithmeticSpec, MacOrder, Overflow,
+                                RequantMode, RequantSpec, RoundingMode, SaturationPoint)
+from simulator.errors import ProfileError, SimulatorError
+
+PROFILE_PATH_ENV = "ARCHNET_PROFILE_PATH"
+BUNDLED_PROFILE_DIR = Path(__file__).resolve().parent.parent / "chip_profiles"
+MAX_PROFILE_BYTES = 1 << 20      # a profile is a page of text; anything larger is not one
+MAX_INHERIT_DEPTH = 16
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+class ReductionMapping(str, enum.Enum):
+    """What fills the MAC array's reduction lanes (decides the utilisation lost to tiling)."""
+
+    INPUT_CHANNELS = "input_channels"  # input channels; kernel taps run in sequence
+    KERNEL_TAPS = "kernel_taps"        # kernel taps (K210: 3x3 = 9); channels run in sequence
+    IM2COL = "im2col"                  # the flattened cin*kh*kw reduction (a systolic GEMM)
+
+
+class FeatureMapTiling(str, enum.Enum):
+    """What of a layer's feature maps must fit in ``memory.sram_bytes`` for them to stay on chip."""
+
+    WHOLE = "whole"      # the whole input and output tensors (layer by layer execution)
+    STRIPES = "stripes"  # a stripe of kernel-height input rows and one output row (cascading)
+
+
+# ----------------------------------------------------------------------------- frozen profile
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the numbers come from: citations per field, the fields that are assumptions, and
+    what the cycle count includes and leaves out."""
+
+    sources: Mapping[str, str] = field(hash=False)   # a read-only mapping: compared, not hashed
+    assumed: tuple[str, ...]
+    cycles_include: str
+    cycles_exclude: str
+
+
+@dataclass(frozen=True)
+class PrecisionMode:
+    """One supported (weight_bits, activation_bits) pair and the MACs per cycle it runs at."""
+
+    weight_bits: int
+    activation_bits: int
+    macs_per_cycle: float
+
+    @property
+    def label(self) -> str:
+        return f"w{self.weight_bits}a{self.activation_bits}"
+
+
+@dataclass(frozen=True)
+class ArrayGeometry:
+    """Shape of the MAC array (for tiling utilisation), its calibrated efficiency and the fixed
+    cost of issuing one op."""
+
+    output_channel_lanes: int
+    reduction_lanes: int
+    output_pixel_lanes: int
+    reduction_mapping: ReductionMapping
+    efficiency: float
+    op_overhead_cycles: float
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """On-chip capacity and the two external interfaces the NPU reads and writes."""
+
+    sram_bytes: int                # on-chip buffer for activations and weight tiles
+    feature_map_tiling: FeatureMapTiling
+    weight_cache_bytes: int        # persistent parameter cache (0: weights stream every inference)
+    activation_bytes_per_s: float  # interface of spilled feature maps, graph inputs and outputs
+    weight_bytes_per_s: float      # interface the uncached weights stream from (flash, DRAM, USB)
+
+
+@dataclass(frozen=True)
+class ElementRates:
+    """Throughput of the non-MAC units, per NPU cycle."""
+
+    elements_per_cycle: float          # clamp, standalone requantize
+    add_elements_per_cycle: float
+    pool_elements_per_cycle: float     # window elements: output elements x kernel area
+    lut_elements_per_cycle: float
+    softmax_elements_per_cycle: float
+    data_movement_bytes_per_cycle: float  # concat, transpose
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """The CPU that runs fallback ops, and the link between it and the NPU."""
+
+    flops_per_s: float
+    link_bytes_per_s: float
+    fallback_overhead_s: float    # paid at each switch from the NPU to the host
+    sticky_fallback: bool         # after the first host op, every later op stays on the host
+
+
+@dataclass(frozen=True)
+class OpLimits:
+    """Limits of one op kind; fields not meaningful for a kind are None. ``kernel_sizes``,
+    ``strides`` and ``dilations`` are None for "any" (within the max_* fields)."""
+
+    supported: bool
+    kernel_sizes: tuple[tuple[int, int], ...] | None = None
+    max_kernel_hw: tuple[int, int] | None = None
+    strides: tuple[tuple[int, int], ...] | None = None
+    max_stride: int | None = None
+    dilations: tuple[int, ...] | None = None
+    max_input_channels: int | None = None
+    max_output_channels: int | None = None
+    max_input_hw: tuple[int, int] | None = None
+    depthwise: bool | None = None
+    grouped: bool | None = None
+    max_input_features: int | None = None
+    max_output_features: int | None = None
+    max_inner_dim: int | None = None
+    max_inputs: int | None = None
+    max_input_bits: int | None = None
+    max_axis_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ChipProfile:
+    name: str
+    path: str
+    description: str
+    provenance: Provenance
+    clock_hz: float
+    arithmetic: ArithmeticSpec
+    precision: tuple[PrecisionMode, ...]
+    default_weight_bits: int      # widths assumed for float graphs imported for estimation
+    default_activation_bits: int
+    array: ArrayGeometry
+    memory: MemorySpec
+    elementwise: ElementRates
+    host: HostSpec
+    ops: Mapping[str, OpLimits] = field(hash=False)
+
+    def op(self, kind: str) -> OpLimits:
+        return self.ops[kind]
+
+    def mode_for(self, weight_bits: int, activation_bits: int) -> PrecisionMode | None:
+        """The mode an op of these widths runs in: the fastest supported pair at least as wide
+        (narrow integers run exactly on a wider datapath, at its rate); None if none is."""
+        fits = [m for m in self.precision
+                if m.weight_bits >= weight_bits and m.activation_bits >= activation_bits]
+        if not fits:
+            return None
+        return min(fits, key=lambda m: (-m.macs_per_cycle, m.weight_bits + m.activation_bits))
+
+    @property
+    def default_mode(self) -> PrecisionMode:
+        return next(m for m in self.precision if (m.weight_bits, m.activation_bits)
+                    == (self.default_weight_bits, self.default_activation_bits))
+
+    @property
+    def max_activation_bits(self) -> int:
+        return max(m.activation_bits for m in self.precision)
+
+
+# ----------------------------------------------------------------------------- field checkers
+
+class _Bad(Exception):
+    """A value is wrong; ``allowed`` says what would be right, ``sub`` refines the field path."""
+
+    def __init__(self, allowed: str, sub: str = ""):
+        super().__init__(allowed)
+        self.allowed, self.sub = allowed, sub
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    parse: Callable[[Any], Any]
+    allowed: str
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _integer(lo: int, hi: int | None = None) -> _Leaf:
+    allowed = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+
+    def parse(v):
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            raise _Bad(allowed)
+        return v
+    return _Leaf(parse, allowed)
+
+
+def _number(lo: float, *, above: bool = False, hi: float | None = None) -> _Leaf:
+    allowed = f"a finite number {'>' if above else '>='} {lo:g}" + (f" and <= {hi:g}" if hi else "")
+
+    def parse(v):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise _Bad(allowed)
+        try:
+            f = float(v)
+        except OverflowError:  # a TOML integer beyond float range
+            raise _Bad(allowed) from None
+        if not math.isfinite(f) or f < lo or (above and f == lo) or (hi is not None and f > hi):
+            raise _Bad(allowed)
+        return f
+    return _Leaf(parse, allowed)
+
+
+def _flag() -> _Leaf:
+    def parse(v):
+        if not isinstance(v, bool):
+            raise _Bad("true or false")
+        return v
+    return _Leaf(parse, "true or false")
+
+
+def _text() -> _Leaf:
+    def parse(v):
+        if not isinstance(v, str) or not v.strip():
+            raise _Bad("a non-empty string")
+        return v.strip()
+    return _Leaf(parse, "a non-empty string")
+
+
+def _choice(enum_cls) -> _Leaf:
+    values = [e.value for e in enum_cls]
+    allowed = "one of " + ", ".join(repr(v) for v in values)
+
+    def parse(v):
+        if not isinstance(v, str) or v not in values:
+            raise _Bad(allowed)
+        return enum_cls(v)
+    return _Leaf(parse, allowed)
+
+
+def _hw(lo: int) -> _Leaf:
+    allowed = f"[height, width], integers >= {lo}"
+
+    def parse(v):
+        if not isinstance(v, list) or len(v) != 2 or not all(_is_int(x) and x >= lo for x in v):
+            raise _Bad(allowed)
+        return (v[0], v[1])
+    return _Leaf(parse, allowed)
+
+
+def _hw_list_or_any() -> _Leaf:
+    allowed = '"any" or a non-empty list of [height, width] pairs of integers >= 1'
+
+    def parse(v):
+        if v == "any":
+            return None
+        if not isinstance(v, list) or not v:
+            raise _Bad(allowed)
+        pairs = []
+        for x in v:
+            if not isinstance(x, list) or len(x) != 2 or not all(_is_int(i) and i >= 1 for i in x):
+                raise _Bad(allowed)
+            pairs.append((x[0], x[1]))
+        return tuple(pairs)
+    return _Leaf(parse, allowed)
+
+
+def _int_list_or_any() -> _Leaf:
+    allowed = '"any" or a non-empty list of integers >= 1'
+
+    def parse(v):
+        if v == "any":
+            return None
+        if not isinstance(v, list) or not v or not all(_is_int(x) and x >= 1 for x in v):
+            raise _Bad(allowed)
+        return tuple(v)
+    return _Leaf(parse, allowed)
+
+
+def _str_list() -> _Leaf:
+    allowed = "a list of strings"
+
+    def parse(v):
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise _Bad(allowed)
+        return tuple(v)
+    return _Leaf(parse, allowed)
+
+
+def _str_map() -> _Leaf:
+    allowed = "a table of field = \"citation\" strings"
+
+    def parse(v):
+        if not isinstance(v, dict) or not all(isinstance(x, str) and x.strip() for x in v.values()):
+            raise _Bad(allowed)
+        return MappingProxyType(dict(v))
+    return _Leaf(parse, allowed)
+
+
+_MODE_FIELDS = {"weight_bits": _integer(1, 16), "activation_bits": _integer(1, 16),
+                "macs_per_cycle": _number(0, above=True)}
+
+
+def _modes() -> _Leaf:
+    allowed = ("a non-empty list of {weight_bits = 1..16, activation_bits = 1..16, "
+               "macs_per_cycle > 0} tables")
+
+    def parse(v):
+        if not isinstance(v, list) or not v:
+            raise _Bad(allowed)
+        modes, seen = [], set()
+        for i, item in enumerate(v):
+            if not isinstance(item, dict):
+                raise _Bad(allowed, f"[{i}]")
+            unknown = sorted(set(item) - set(_MODE_FIELDS))
+            if unknown:
+                raise _Bad(f"no field {unknown[0]!r}; allowed: {', '.join(_MODE_FIELDS)}",
+                           f"[{i}]")
+            vals = {}
+            for key, leaf in _MODE_FIELDS.items():
+                if key not in item:
+                    raise _Bad(f"missing; {leaf.allowed}", f"[{i}].{key}")
+                try:
+                    vals[key] = leaf.parse(item[key])
+                except _Bad as bad:
+                    raise _Bad(bad.allowed, f"[{i}].{key}") from None
+            mode = PrecisionMode(**vals)
+            if (mode.weight_bits, mode.activation_bits) in seen:
+                raise _Bad(f"{mode.label} listed twice; each pair once", f"[{i}]")
+            seen.add((mode.weight_bits, mode.activation_bits))
+            modes.append(mode)
+        return tuple(modes)
+    return _Leaf(parse, allowed)
+
+
+# ----------------------------------------------------------------------------- the schema
+
+_WINDOW = {"supported": _flag(), "kernel_sizes": _hw_list_or_any(), "max_kernel_hw": _hw(1),
+           "strides": _hw_list_or_any(), "max_stride": _integer(1), "max_input_hw": _hw(1)}
+
+OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
+    "conv2d": {**_WINDOW, "dilations": _int_list_or_any(), "max_input_channels": _integer(1),
+               "max_output_channels": _integer(1), "depthwise": _flag(), "grouped": _flag()},
+    "fully_connected": {"supported": _flag(), "max_input_features": _integer(1),
+                        "max_output_features": _integer(1)},
+    "matmul": {"supported": _flag(), "max_inner_dim": _integer(1)},
+    "maxpool2d": dict(_WINDOW),
+    "avgpool2d": dict(_WINDOW),
+    "global_avgpool2d": {"supported": _flag(), "max_input_hw": _hw(1)},
+    "add": {"supported": _flag()},
+    "concat": {"supported": _flag(), "max_inputs": _integer(1)},
+    "clamp": {"supported": _flag()},
+    "lookup_table": {"supported": _flag(), "max_input_bits": _integer(1, 16)},
+    "softmax": {"supported": _flag(), "max_axis_length": _integer(1)},
+    "requantize": {"supported": _flag()},
+    "reshape": {"supported": _flag()},
+    "flatten": {"supported": _flag()},
+    "transpose": {"supported": _flag()},
+}
+
+SCHEMA: dict[str, Any] = {
+    "name": _text(),
+    "description": _text(),
+    "clock_hz": _number(0, above=True),
+    "provenance": {"sources": _str_map(), "assumed": _str_list(),
+                   "cycles_include": _text(), "cycles_exclude": _text()},
+    "arithmetic": {"accumulator_bits": _integer(8, 48), "overflow": _choice(Overflow),
+                   "saturation_point": _choice(SaturationPoint), "tile_k": _integer(0),
+                   "mac_order": _choice(MacOrder), "requantize": _choice(RequantMode),
+                   "rounding": _choice(RoundingMode), "multiplier_bits": _integer(2, 32)},
+    "precision": {"modes": _modes(), "default_weight_bits": _integer(1, 16),
+                  "default_activation_bits": _integer(1, 16)},
+    "array": {"output_channel_lanes": _integer(1), "reduction_lanes": _integer(1),
+              "output_pixel_lanes": _integer(1), "reduction_mapping": _choice(ReductionMapping),
+              "efficiency": _number(0, above=True, hi=1.0), "op_overhead_cycles": _number(0)},
+    "memory": {"sram_bytes": _integer(1), "feature_map_tiling": _choice(FeatureMapTiling),
+               "weight_cache_bytes": _integer(0),
+               "activation_bytes_per_s": _number(0, above=True),
+               "weight_bytes_per_s": _number(0, above=True)},
+    "elementwise": {"elements_per_cycle": _number(0, above=True),
+                    "add_elements_per_cycle": _number(0, above=True),
+                    "pool_elements_per_cycle": _number(0, above=True),
+                    "lut_elements_per_cycle": _number(0, above=True),
+                    "softmax_elements_per_cycle": _number(0, above=True),
+                    "data_movement_bytes_per_cycle": _number(0, above=True)},
+    "host": {"flops_per_s": _number(0, above=True), "link_bytes_per_s": _number(0, above=True),
+             "fallback_overhead_s": _number(0), "sticky_fallback": _flag()},
+    "ops": OP_SCHEMA,
+}
+
+
+def schema_fields(schema: Mapping = SCHEMA, prefix: str = "") -> list[str]:
+    """Every dotted field path of the schema (tables and leaves), for docs and provenance."""
+    out = []
+    for key, spec in schema.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(spec, dict):
+            out.extend(schema_fields(spec, path + "."))
+    return out
+
+
+# ----------------------------------------------------------------------------- reading files
+
+def profile_dirs() -> list[Path]:
+    """Directories searched for a bare profile name, in order."""
+    dirs = [Path(p) for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
+    return dirs + [BUNDLED_PROFILE_DIR]
+
+
+def list_profiles() -> list[str]:
+    """Names of every loadable profile on the search path (``_``-prefixed fragments excluded)."""
+    names = set()
+    for d in profile_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.toml") if not p.stem.startswith("_"))
+    return sorted(names)
+
+
+def _resolve(name_or_path, near: Path | None = None) -> Path:
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ProfileError(f"{name_or_path!r}: a profile is named by a string or a path")
+    text = os.fspath(name_or_path)
+    if isinstance(name_or_path, os.PathLike) or text.endswith(".toml") or os.sep in text \
+            or "/" in text:
+        path = Path(text)
+        if near is not None and not path.is_absolute():
+            path = near / path
+        return path
+    if not _NAME.fullmatch(text):
+        raise ProfileError(f"{text!r}: not a profile name or a .toml path; names look like "
+                           f"'ethos-u55-128'")
+    dirs = ([near] if near is not None else []) + profile_dirs()
+    for d in dirs:
+        candidate = d / f"{text}.toml"
+        if candidate.is_file():
+            return candidate
+    raise ProfileError(f"{text}: no such profile in {', '.join(str(d) for d in dirs)}; "
+                       f"known: {', '.join(list_profiles()) or 'none'}")
+
+
+def _read_toml(path: Path) -> dict:
+    where = str(path)
+    try:
+        if path.is_dir():
+            raise ProfileError(f"{where}: is a directory, not a profile file")
+        if not path.is_file():
+            raise ProfileError(f"{where}: no such profile file")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"{where}: unreadable ({exc.strerror or exc})") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"{where}: {len(raw)} bytes is too large for a profile "
+                           f"(at most {MAX_PROFILE_BYTES})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{where}: not UTF-8 text (byte {exc.start}); a profile is TOML") \
+            from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{where}: not valid TOML ({_one_line(exc)})") from None
+    except (RecursionError, ValueError, TypeError) as exc:  # pathological nesting and the like
+        raise ProfileError(f"{where}: not valid TOML ({type(exc).__name__})") from None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _record_origins(tree: dict, where: str, origins: dict, prefix: tuple = ()) -> None:
+    for key, value in tree.items():
+        origins[prefix + (key,)] = where
+        if isinstance(value, dict):
+            _record_origins(value, where, origins, prefix + (key,))
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """Deep merge: tables merge key by key, anything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_tree(path: Path, stack: tuple[Path, ...]) -> tuple[dict, dict]:
+    """The merged TOML tree of ``path`` and its ``inherit`` chain, with each field's file."""
+    real = path.resolve()
+    if real in stack:
+        chain = " -> ".join(p.name for p in stack + (real,))
+        raise ProfileError(f"{stack[-1]}: field inherit: cycle {chain}; an inherit chain must end")
+    if len(stack) >= MAX_INHERIT_DEPTH:
+        raise ProfileError(f"{path}: field inherit: chain deeper than {MAX_INHERIT_DEPTH}")
+    tree = _read_toml(path)
+    origins: dict = {}
+    _record_origins(tree, str(path), origins)
+    parent = tree.pop("inherit", None)
+    if parent is None:
+        return tree, origins
+    if not isinstance(parent, str) or not parent:
+        raise ProfileError(f"{path}: field inherit: must be a profile name or a .toml path")
+    try:
+        base_path = _resolve(parent, near=path.parent)
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: field inherit: {_one_line(exc)}") from None
+    if not base_path.is_file():
+        raise ProfileError(f"{path}: field inherit: {parent!r} not found ({base_path})")
+    base, base_origins = _load_tree(base_path, stack + (real,))
+    base_origins.update({k: v for k, v in origins.items() if k != ("inherit",)})
+    return _merge(base, tree), base_origins
+
+
+# ----------------------------------------------------------------------------- validation
+
+class _Checker:
+    def __init__(self, path: Path, origins: dict):
+        self.path, self.origins = path, origins
+
+    def file_of(self, dotted: tuple) -> str:
+        for i in range(len(dotted), 0, -1):
+            if dotted[:i] in self.origins:
+                return self.origins[dotted[:i]]
+        return str(self.path)
+
+    def fail(self, dotted: tuple, message: str, sub: str = "") -> ProfileError:
+        field = ".".join(dotted) + sub
+        return ProfileError(f"{self.file_of(dotted)}: field {field}: {message}")
+
+    def walk(self, tree: dict, schema: dict, prefix: tuple = ()) -> dict:
+        for key in tree:
+            if key not in schema:
+                allowed = ", ".join(schema)
+                raise self.fail(prefix + (key,), f"unknown field; allowed here: {allowed}")
+        out = {}
+        for key, spec in schema.items():
+            dotted = prefix + (key,)
+            if key not in tree:
+                what = "a table" if isinstance(spec, dict) else spec.allowed
+                raise ProfileError(f"{self.path}: field {'.'.join(dotted)}: missing; "
+                                   f"must be {what}")
+            value = tree[key]
+            if isinstance(spec, dict):
+                if not isinstance(value, dict):
+                    raise self.fail(dotted, f"must be a table, got {type(value).__name__}")
+                out[key] = self.walk(value, spec, dotted)
+                continue
+            try:
+                out[key] = spec.parse(value)
+            except _Bad as bad:
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise self.fail(dotted, f"{shown} not allowed; must be {bad.allowed}",
+                                bad.sub) from None
+        return out
+
+
+def _cross_check(c: _Checker, v: dict) -> None:
+    """Rules that relate fields to each other; each names the field to change."""
+    a = v["arithmetic"]
+    if a["saturation_point"] is SaturationPoint.PER_TILE and a["tile_k"] < 1:
+        raise c.fail(("arithmetic", "tile_k"), f"{a['tile_k']} not allowed; saturation_point "
+                     "per_tile needs tile_k >= 1")
+    if a["rounding"] is RoundingMode.TFLITE and a["multiplier_bits"] != 32:
+        raise c.fail(("arithmetic", "multiplier_bits"), "rounding 'tflite' needs multiplier_bits"
+                     " = 32 (a Q0.31 multiplier)")
+    if a["rounding"] is RoundingMode.TFLITE and a["accumulator_bits"] > 32:
+        raise c.fail(("arithmetic", "accumulator_bits"), "rounding 'tflite' needs "
+                     "accumulator_bits <= 32")
+    integer_m = a["requantize"] is RequantMode.MULTIPLIER_SHIFT
+    if integer_m and a["rounding"] is not RoundingMode.TFLITE \
+            and a["accumulator_bits"] + a["multiplier_bits"] > 64:
+        raise c.fail(("arithmetic", "multiplier_bits"), f"accumulator_bits {a['accumulator_bits']}"
+                     f" + multiplier_bits {a['multiplier_bits']} > 64; acc * M must fit int64")
+    p = v["precision"]
+    default = (p["default_weight_bits"], p["default_activation_bits"])
+    modes = {(m.weight_bits, m.activation_bits): m for m in p["modes"]}
+    if default not in modes:
+        labels = ", ".join(m.label for m in p["modes"])
+        raise c.fail(("precision", "default_weight_bits"), f"default pair w{default[0]}a"
+                     f"{default[1]} is not in precision.modes ({labels})")
+    arr = v["array"]
+    lanes = arr["output_channel_lanes"] * arr["reduction_lanes"] * arr["output_pixel_lanes"]
+    if lanes != modes[default].macs_per_cycle:
+        raise c.fail(("array", "output_channel_lanes"), f"array lanes {arr['output_channel_lanes']}"
+                     f" x {arr['reduction_lanes']} x {arr['output_pixel_lanes']} = {lanes} must "
+                     f"equal macs_per_cycle {modes[default].macs_per_cycle:g} of the default pair")
+    for kind in ("conv2d", "maxpool2d", "avgpool2d"):
+        limits = v["ops"][kind]
+        for k in limits["kernel_sizes"] or ():
+            if k[0] > limits["max_kernel_hw"][0] or k[1] > limits["max_kernel_hw"][1]:
+                raise c.fail(("ops", kind, "kernel_sizes"), f"{list(k)} exceeds max_kernel_hw "
+                             f"{list(limits['max_kernel_hw'])}")
+        for s in limits["strides"] or ():
+            if max(s) > limits["max_stride"]:
+                raise c.fail(("ops", kind, "strides"), f"{list(s)} exceeds max_stride "
+                             f"{limits['max_stride']}")
+    known = set(schema_fields())
+    prov = v["provenance"]
+    for key in list(prov["sources"]) + list(prov["assumed"]):
+        field = key.split("[")[0]
+        if field not in known:
+            where = "sources" if key in prov["sources"] else "assumed"
+            raise c.fail(("provenance", where), f"{key!r} names no profile field; use dotted "
+                         f"paths such as 'memory.sram_bytes' or 'ops.conv2d'")
+
+
+def _freeze(path: Path, v: dict) -> ChipProfile:
+    a = v["arithmetic"]
+    arithmetic = ArithmeticSpec(
+        AccumulatorSpec(a["accumulator_bits"], a["overflow"], a["saturation_point"], a["tile_k"],
+                        a["mac_order"]),
+        RequantSpec(a["requantize"], a["rounding"], a["multiplier_bits"]))
+    p = v["provenance"]
+    ops = {kind: OpLimits(**limits) for kind, limits in v["ops"].items()}
+    return ChipProfile(
+        name=v["name"], path=str(path), description=v["description"],
+        provenance=Provenance(p["sources"], p["assumed"], p["cycles_include"], p["cycles_exclude"]),
+        clock_hz=v["clock_hz"], arithmetic=arithmetic, precision=v["precision"]["modes"],
+        default_weight_bits=v["precision"]["default_weight_bits"],
+        default_activation_bits=v["precision"]["default_activation_bits"],
+        array=ArrayGeometry(**v["array"]), memory=MemorySpec(**v["memory"]),
+        elementwise=ElementRates(**v["elementwise"]), host=HostSpec(**v["host"]),
+        ops=MappingProxyType(ops))
+
+
+def load_profile(name_or_path: str | os.PathLike) -> ChipProfile:
+    """Load, merge (``inherit``) and validate a chip profile; any defect is a one-line
+    ProfileError naming the file and the field."""
+    path = _resolve(name_or_path)
+    tree, origins = _load_tree(path, ())
+    checker = _Checker(path, origins)
+    values = checker.walk(tree, SCHEMA)
+    if values["name"] != path.stem:
+        raise checker.fail(("name",), f"{values['name']!r} must equal the file name {path.stem!r}")
+    _cross_check(checker, values)
+    try:
+        return _freeze(path, values)
+    except SimulatorError as exc:  # the contract's own checks, should a rule above miss one
+        raise ProfileError(f"{path}: field arithmetic: {_one_line(exc)}") from None

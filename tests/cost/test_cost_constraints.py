@@ -1,0 +1,110 @@
+"""The op-set rules: each names the profile field it checks; the generated doc is current."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import MappingProxyType
+
+import pytest
+
+from cost_programs import conv_program
+from simulator import constraints
+from simulator.constraints import check_node, place, supported_ops_markdown
+from simulator.ir import ProgramBuilder
+from simulator.profiles import load_profile
+
+K210, ETHOS, IDEAL = load_profile("k210-kpu"), load_profile("ethos-u55-128"), load_profile("ideal")
+
+
+def reasons(program, profile, node="conv_acc"):
+    return check_node(program, next(n for n in program.nodes if n.name == node), profile)
+
+
+def with_op(profile, kind, **limits):
+    ops = dict(profile.ops)
+    ops[kind] = replace(ops[kind], **limits)
+    return replace(profile, ops=MappingProxyType(ops))
+
+
+@pytest.mark.parametrize("kwargs,profile,expected", [
+    (dict(k=5), K210, "conv2d kernel 5x5 not in ops.conv2d.kernel_sizes [[1,1],[3,3]]"),
+    (dict(stride=3), K210, "conv2d stride 3x3 not in ops.conv2d.strides [[1,1],[2,2]]"),
+    (dict(stride=4), ETHOS, "conv2d stride 4x4 exceeds ops.conv2d.max_stride 3"),
+    (dict(dilation=2), K210, "conv2d dilation 2x2 not in ops.conv2d.dilations [1]"),
+    (dict(cin=2048, hw=4), K210, "conv2d 2048 input channels exceed ops.conv2d.max_input_channels 1024"),
+    (dict(cout=2048, hw=4), K210, "conv2d 2048 output channels exceed ops.conv2d.max_output_channels 1024"),
+    (dict(hw=299, cin=3), K210, "conv2d input 299x299 exceeds ops.conv2d.max_input_hw [240, 320]"),
+    (dict(cin=16, cout=16, groups=4), ETHOS, "conv2d with 4 groups not supported (ops.conv2d.grouped = false)"),
+    (dict(wdtype="s16"), K210, "conv2d w16a8 not covered by precision.modes [w8a8]"),
+    (dict(k=65, hw=70), ETHOS, "conv2d kernel extent 65x65 exceeds ops.conv2d.max_kernel_hw [64, 64]"),
+])
+def test_conv_rules_name_their_field(kwargs, profile, expected):
+    assert expected in reasons(conv_program(**kwargs), profile)
+    assert reasons(conv_program(**kwargs), IDEAL) == []
+
+
+def test_every_violation_is_listed():
+    assert reasons(conv_program(dilation=2), K210) == [
+        "conv2d kernel extent 5x5 exceeds ops.conv2d.max_kernel_hw [3, 3]",
+        "conv2d dilation 2x2 not in ops.conv2d.dilations [1]"]
+
+
+def test_depthwise_rule():
+    prog = conv_program(16, 16, groups=16)
+    assert reasons(prog, K210) == []
+    assert reasons(prog, with_op(K210, "conv2d", depthwise=False)) == \
+        ["depthwise conv2d not supported (ops.conv2d.depthwise = false)"]
+
+
+def test_unsupported_kind_stops_at_one_reason():
+    prof = with_op(K210, "conv2d", supported=False)
+    assert reasons(conv_program(k=7, stride=3), prof) == \
+        ["conv2d not supported (ops.conv2d.supported = false)"]
+
+
+def test_sixteen_bit_data_exceeds_an_eight_bit_chip():
+    b = ProgramBuilder("pool")
+    x = b.input("x", (1, 4, 8, 8), "s16", scale=0.1)
+    b.output(b.node("maxpool2d", [x], "pool", kernel=[2, 2], strides=[2, 2]))
+    prog = b.build()
+    assert reasons(prog, K210, "pool") == \
+        ["maxpool2d on 16-bit data exceeds the widest precision.modes activation_bits 8"]
+    assert reasons(prog, ETHOS, "pool") == []
+
+
+def quant_sandwich(mid_graph: bool):
+    """f32 -> quantize -> clamp -> dequantize -> f32 (optionally twice, so one pair is inside)."""
+    b = ProgramBuilder("q")
+    x = b.input("x", (1, 4, 8, 8), "f32")
+    rounds = 2 if mid_graph else 1
+    for i in range(rounds):
+        q = b.node("quantize", [x], f"q{i}", dtype="s8", scale=0.1)
+        c = b.node("clamp", [q], f"c{i}", min=0, max=127)
+        x = b.node("dequantize", [c], f"d{i}", dtype="f32", scale=None)
+    b.output(x)
+    return b.build()
+
+
+def test_boundary_quantize_is_host_work_not_a_fallback():
+    placed = {p.node: p for p in place(quant_sandwich(False), K210)}
+    assert placed["q0"].on_host and placed["q0"].boundary and placed["q0"].fallback_reason is None
+    assert placed["d0"].boundary and not placed["c0"].on_host
+    inner = {p.node: p for p in place(quant_sandwich(True), K210)}
+    assert "inside the graph" in inner["d0"].fallback_reason
+    assert "inside the graph" in inner["q1"].fallback_reason
+    assert inner["q0"].boundary and inner["d1"].boundary
+
+
+def test_every_rule_has_its_rule_as_docstring():
+    for _, rule in constraints.RULES:
+        assert rule.__name__.startswith("constraint_") and len(rule.__doc__.split()) >= 5
+
+
+def test_supported_ops_doc_is_current(monkeypatch):
+    monkeypatch.delenv("ARCHNET_PROFILE_PATH", raising=False)
+    committed = constraints.DOC_PATH.read_text()
+    assert committed == supported_ops_markdown(), \
+        "docs/SUPPORTED_OPS.md is stale: run `python -m simulator.constraints`"
+    for _, rule in constraints.RULES:
+        assert rule.__name__ in committed
+    assert "constraint_sticky_fallback" in committed and "constraint_epilogue_of_host_op" in committed
