@@ -65,8 +65,16 @@ def split_inputs(v: NodeView) -> tuple[list[str], list[str]]:
     names = list(v.node.inputs)
     if v.kind in (OpKind.CONV2D, OpKind.FULLY_CONNECTED):
         return names[:1], names[1:]
-    acts = [n for n in names if v.program.tensors[n].data is None]
+    acts = [n for n in names if not _is_parameter(v.program, n)]
     return acts, [n for n in names if n not in acts]
+
+
+def _is_parameter(program, name: str) -> bool:
+    """Constant data, or in an estimate-only graph a tensor no node produces and no input is."""
+    if program.tensors[name].data is not None:
+        return True
+    return (not program.executable and name not in program.inputs
+            and program.producer(name) is None)
 
 
 def param_bytes(v: NodeView, params: list[str], profile: ChipProfile) -> float:

@@ -1,0 +1,88 @@
+"""The arithmetic contract in torch: archnet's own integer forward, checked against the simulator.
+
+MAC sums are computed exactly (float64 convolution of integers, guarded by a 2**53 bound) and
+then put through the chip's accumulator: wrap or saturate at the end, or saturate after every
+MAC or K-tile in the declared order (an unfolded, lane-parallel loop over K). Requantization
+calls ``simulator.numerics.fixed_point``, the one definition of multipliers and rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from simulator.contract import AccumulatorSpec, MacOrder, Overflow, SaturationPoint
+from simulator.numerics import fixed_point as fp
+
+EXACT_FLOAT64 = 2 ** 53
+
+
+def _check_exact(x: torch.Tensor, w: torch.Tensor, k: int, bias: torch.Tensor | None) -> None:
+    bound = k * int(x.abs().max()) * int(w.abs().max()) + (int(bias.abs().max()) if bias is not None else 0)
+    if bound >= EXACT_FLOAT64:
+        raise OverflowError(f"MAC sums up to {bound} are not exact in float64")
+
+
+def _wrap(v: torch.Tensor, bits: int) -> torch.Tensor:
+    offset = 1 << (bits - 1)
+    return torch.remainder(v + offset, 1 << bits) - offset
+
+
+def _finish(exact: torch.Tensor, acc: AccumulatorSpec) -> torch.Tensor:
+    if acc.overflow is Overflow.WRAP:
+        return _wrap(exact, acc.bits)
+    return exact.clamp(acc.lo, acc.hi)
+
+
+def _sequential(cols: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, acc: AccumulatorSpec):
+    """cols [N, K, P], w [O, K] in declared order -> acc [N, O, P], saturating per MAC or tile."""
+    step = 1 if acc.saturation_point is SaturationPoint.PER_MAC else acc.tile_k
+    total = bias.view(1, -1, 1).expand(cols.shape[0], -1, cols.shape[2]).clamp(acc.lo, acc.hi)
+    for start in range(0, cols.shape[1], step):
+        partial = torch.einsum("ok,nkp->nop", w[:, start:start + step], cols[:, start:start + step])
+        total = (total + partial).clamp(acc.lo, acc.hi)
+    return total
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+           acc: AccumulatorSpec) -> torch.Tensor:
+    """acc = bias + sum x * w under the chip's accumulator; x, w int64 (zero points 0)."""
+    out_ch, in_ch, kh, kw = w.shape
+    b = bias if bias is not None else torch.zeros(out_ch, dtype=torch.int64)
+    _check_exact(x, w, in_ch * kh * kw, b)
+    if acc.order_independent:
+        exact = F.conv2d(x.to(torch.float64), w.to(torch.float64), b.to(torch.float64),
+                         stride=stride, padding=padding)
+        return _finish(exact.round().to(torch.int64), acc)
+    n, _, h, wd = x.shape
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (wd + 2 * padding - kw) // stride + 1
+    cols = F.unfold(x.to(torch.float64), (kh, kw), padding=padding, stride=stride).round().to(torch.int64)
+    weights = w.reshape(out_ch, -1)
+    if acc.mac_order is MacOrder.KH_KW_CIN:  # unfold is channel-major; reorder taps outermost
+        cols = cols.view(n, in_ch, kh * kw, -1).transpose(1, 2).reshape(n, in_ch * kh * kw, -1)
+        weights = w.permute(0, 2, 3, 1).reshape(out_ch, -1)
+    return _sequential(cols, weights, b, acc).view(n, out_ch, oh, ow)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, acc: AccumulatorSpec) -> torch.Tensor:
+    """acc[n, o] = bias[o] + sum_k x[n, k] * w[o, k] under the chip's accumulator."""
+    b = bias if bias is not None else torch.zeros(w.shape[0], dtype=torch.int64)
+    _check_exact(x, w, w.shape[1], b)
+    if acc.order_independent:
+        exact = x.to(torch.float64) @ w.to(torch.float64).T + b.to(torch.float64)
+        return _finish(exact.round().to(torch.int64), acc)
+    return _sequential(x.unsqueeze(2), w, b, acc).squeeze(2)
+
+
+def requantize(acc: torch.Tensor, real_multiplier, requant_spec, qmin: int, qmax: int) -> torch.Tensor:
+    """The contract's requantize (per output channel along axis 1), via fixed_point."""
+    prepared = fp.prepare_scale(real_multiplier, requant_spec)
+    out = fp.requantize(acc.numpy(), 0, prepared, 0, qmin, qmax, axis=1)
+    return torch.from_numpy(np.ascontiguousarray(out)).to(torch.int64)
+
+
+def requant_multiplier(in_scale: float, weight_scales: torch.Tensor, out_scale: float) -> list[float]:
+    """Real multipliers s_in * s_w[c] / s_out in float64: export and emulation share these bits."""
+    return [float(in_scale) * float(s) / float(out_scale) for s in weight_scales.tolist()]

@@ -1,0 +1,197 @@
+"""The Arch-Net operator set as modules: the only layers a student may hold.
+
+3x3 (or 1x1-on-the-teacher-side) convolution with folded batch-norm and ReLU, fully connected,
+2x2 max-pool, concat, flatten, and the input quantizer. Each has a fake-quant ``forward``, an
+``integer_forward`` under a chip's arithmetic, and ``export`` into a simulator Program; the
+numbers the last two use come from one method (``integer_params``), so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archnet.quant import integer
+from archnet.quant.lsq import LsqQuantizer
+from archnet.quant.qtensor import QTensor
+from simulator.contract import ArithmeticSpec, IntType
+from simulator.ir.builder import ProgramBuilder
+
+BIAS_TYPE = IntType(32, True)
+
+
+@dataclass
+class IntegerParams:
+    weight: torch.Tensor        # int64, on the weight quantizer's grid
+    weight_scale: torch.Tensor  # float32 per output channel
+    bias: torch.Tensor          # int64 on the accumulator grid in_scale * weight_scale
+    multiplier: list[float]     # real requantization multipliers, float64
+    out_scale: float
+    out_type: IntType
+
+
+class QInput(nn.Module):
+    """Images in [0, 1] onto the chip's u8 input grid (scale 1/255, as the pixels were stored)."""
+
+    qtype = IntType(8, False)
+    scale = 1.0 / 255.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x.clamp(0, 1) * 255) / 255
+
+    def integer_forward(self, x: torch.Tensor, arith: ArithmeticSpec | None = None) -> QTensor:
+        return QTensor(torch.round(x.clamp(0, 1).to(torch.float64) * 255).to(torch.int64),
+                       self.scale, self.qtype)
+
+    def export(self, b: ProgramBuilder, shape: tuple[int, ...], name: str = "image") -> str:
+        return b.input(name, shape, self.qtype, scale=self.scale, zero_point=0)
+
+
+class _QMac(nn.Module):
+    """Shared machinery of QConv2d and QLinear: folded BN, weight and output quantizers."""
+
+    def __init__(self, weight_shape, w_bits: int, a_bits: int, relu: bool, batch_norm: bool,
+                 output_quant: LsqQuantizer | None):
+        super().__init__()
+        out_ch = weight_shape[0]
+        self.weight = nn.Parameter(torch.empty(weight_shape))
+        nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.bn = nn.BatchNorm2d(out_ch) if batch_norm else None
+        self.relu = relu
+        self.weight_quant = LsqQuantizer(w_bits, signed=True, channels=out_ch)
+        self.output_quant = output_quant or LsqQuantizer(a_bits, signed=not relu)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights and bias with batch-norm folded in, using its running (fixed) statistics."""
+        if self.bn is None:
+            return self.weight, self.bias
+        inv_std = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        weight = self.weight * inv_std.view(shape)
+        bias = (self.bias - self.bn.running_mean) * inv_std + self.bn.bias
+        return weight, bias
+
+    @torch.no_grad()
+    def integer_params(self, in_scale: float) -> IntegerParams:
+        weight, bias = self.folded()
+        w_scale = self.weight_quant.step()
+        w_int = self.weight_quant.integer(weight)
+        acc_scale = float(in_scale) * w_scale.to(torch.float64)
+        b_int = torch.round(bias.to(torch.float64) / acc_scale).clamp(BIAS_TYPE.qmin, BIAS_TYPE.qmax)
+        out_scale = float(self.output_quant.step())
+        return IntegerParams(w_int, w_scale, b_int.to(torch.int64),
+                             integer.requant_multiplier(in_scale, w_scale, out_scale), out_scale,
+                             self.output_quant.qtype)
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        return self.output_quant(F.relu(y) if self.relu else y)
+
+    def _requantize(self, acc: torch.Tensor, p: IntegerParams, arith: ArithmeticSpec) -> QTensor:
+        qmin = max(p.out_type.qmin, 0) if self.relu else p.out_type.qmin
+        value = integer.requantize(acc, p.multiplier, arith.requant, qmin, p.out_type.qmax)
+        return QTensor(value, p.out_scale, p.out_type)
+
+    def _export_mac(self, b: ProgramBuilder, x: str, name: str, op: str, **attrs) -> str:
+        in_scale = b.tensors[x].scale[0]
+        p = self.integer_params(in_scale)
+        per_channel = dict(quant_axis=0) if p.weight_scale.numel() > 1 else {}
+        w = b.constant(f"{name}.weight", p.weight.numpy(), self.weight_quant.qtype,
+                       scale=p.weight_scale.tolist(), axis=per_channel.get("quant_axis"))
+        acc_scale = [in_scale * s for s in p.weight_scale.tolist()]
+        bias = b.constant(f"{name}.bias", p.bias.numpy(), BIAS_TYPE, scale=acc_scale,
+                          axis=per_channel.get("quant_axis"))
+        acc = b.node(op, [x, w, bias], f"{name}.acc", scale=acc_scale,
+                     quant_axis=1 if len(acc_scale) > 1 else None, **attrs)
+        clamp = {"clamp_min": 0} if self.relu and p.out_type.signed else {}
+        return b.node("requantize", [acc], name, dtype=p.out_type, scale=p.out_scale,
+                      real_multiplier=p.multiplier, axis=1, **clamp)
+
+
+class QConv2d(_QMac):
+    """k x k convolution (stride 1 or 2, 'same' padding) + folded BN + optional ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
+                 w_bits: int = 8, a_bits: int = 8, relu: bool = True, batch_norm: bool = True,
+                 output_quant: LsqQuantizer | None = None):
+        super().__init__((out_ch, in_ch, kernel_size, kernel_size), w_bits, a_bits, relu, batch_norm,
+                         output_quant)
+        self.stride = stride
+        self.padding = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.folded()
+        y = F.conv2d(x, self.weight_quant(weight), bias, stride=self.stride, padding=self.padding)
+        return self._activate(y)
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
+        p = self.integer_params(x.scale)
+        acc = integer.conv2d(x.value, p.weight, p.bias, self.stride, self.padding, arith.accumulator)
+        return self._requantize(acc, p, arith)
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        pad = self.padding
+        return self._export_mac(b, x, name, "conv2d", strides=[self.stride] * 2, pads=[pad] * 4)
+
+
+class QLinear(_QMac):
+    """Fully connected layer (+ optional ReLU); a logits head keeps a signed output grid."""
+
+    def __init__(self, in_features: int, out_features: int, w_bits: int = 8, a_bits: int = 8,
+                 relu: bool = False, output_quant: LsqQuantizer | None = None):
+        super().__init__((out_features, in_features), w_bits, a_bits, relu, False, output_quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.folded()
+        return self._activate(F.linear(x, self.weight_quant(weight), bias))
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
+        p = self.integer_params(x.scale)
+        acc = integer.linear(x.value, p.weight, p.bias, arith.accumulator)
+        return self._requantize(acc, p, arith)
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        return self._export_mac(b, x, name, "fully_connected")
+
+
+class QMaxPool2d(nn.Module):
+    """2x2 max-pool, stride 2: exact on integers, so fake-quant and integer paths agree by design."""
+
+    def __init__(self, kernel_size: int = 2):
+        super().__init__()
+        self.kernel_size = kernel_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.kernel_size)
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec | None = None) -> QTensor:
+        pooled = F.max_pool2d(x.value.to(torch.float64), self.kernel_size)
+        return QTensor(pooled.to(torch.int64), x.scale, x.dtype)
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        k = self.kernel_size
+        return b.node("maxpool2d", [x], name, kernel=[k, k], strides=[k, k])
+
+
+class QFlatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 1)
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec | None = None) -> QTensor:
+        return QTensor(torch.flatten(x.value, 1), x.scale, x.dtype)
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        return b.node("flatten", [x], name, axis=1)
+
+
+def concat(xs: list[QTensor]) -> QTensor:
+    """Integer concat along channels: operands must already share one grid (a shared quantizer)."""
+    first = xs[0]
+    for other in xs[1:]:
+        if other.scale != first.scale or other.dtype != first.dtype:
+            raise ValueError(f"concat operands on different grids: {first.scale} {first.dtype} vs "
+                             f"{other.scale} {other.dtype}")
+    return QTensor(torch.cat([x.value for x in xs], dim=1), first.scale, first.dtype)
