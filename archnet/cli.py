@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from archnet.teachers import cli as teachers_cli
 from simulator import cli as simulator_cli
 
 
@@ -14,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Arch-Net toolkit: bit-exact NPU simulation and per-chip cost estimates")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     simulator_cli.add_commands(sub)
+    teachers_cli.add_teacher_commands(sub)
     return parser
 
 

@@ -22,6 +22,9 @@ def run(capsys, *argv):
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     save_program(example_program(), d / "example.program")
+    plain = example_program()
+    plain.metadata = {}
+    save_program(plain, d / "plain.program")
     np.save(d / "x.npy", example_input())
     np.save(d / "x_bad_shape.npy", np.zeros((1, 1, 8, 8), np.uint8))
     np.save(d / "x_bad_range.npy", np.full((1, 1, 16, 16), 999, np.int16))
@@ -40,7 +43,7 @@ def files(tmp_path_factory):
     (["simulate", "{d}/example.program", "--chip", "ideal", "--input", "{d}/x_bad_range.npy"], "outside u8"),
     (["simulate", "{d}/example.program", "--chip", "ideal", "--input", "{d}/x_float.npy"], "not an integer"),
     (["simulate", "{d}/example.program", "--chip", "ideal", "--input", "{d}/x_garbage.npy"], "not a readable"),
-    (["simulate", "{d}/example.program", "--chip", "ideal"], "--input is required"),
+    (["simulate", "{d}/plain.program", "--chip", "ideal"], "--input is required"),
     (["simulate", "{d}/example.program", "--chip", "no-such-chip", "--input", "{d}/x.npy"], "no-such-chip"),
     (["simulate", "{d}/example.program", "--chip", "{d}/bad.toml", "--input", "{d}/x.npy"], "bad.toml"),
     (["simulate", "{d}/example.program", "--chip", "ideal", "--input", "{d}/x.npy",

@@ -1,0 +1,1 @@
+"""Label-free blockwise distillation (Arch-Net): schedule, taps, adapters, losses, the loop."""

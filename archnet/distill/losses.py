@@ -1,0 +1,42 @@
+"""Distillation losses: per-block feature MSE (optionally teacher-attention weighted), logit cosine."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def block_weights(period: int, decay: float = 0.8) -> torch.Tensor:
+    """Weights of blocks 0..period: the newest block 1, each older one ``decay`` times less
+    (Arch-Net's ``torch.logspace(base=0.8)``), so a period concentrates on its new block."""
+    return torch.tensor([decay ** (period - i) for i in range(period + 1)])
+
+
+def teacher_attention(feature: torch.Tensor) -> torch.Tensor:
+    """Spatial attention of a teacher feature map: mean of squares over channels, normalised
+    to mean 1 per sample; where the teacher's activations are strong, errors cost more."""
+    if feature.dim() != 4:
+        return torch.ones_like(feature[:, :1])
+    att = feature.detach().pow(2).mean(dim=1, keepdim=True)
+    return att / att.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+
+
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor, attention: bool = True) -> torch.Tensor:
+    """MSE to the teacher's feature, plus the attention-weighted MSE when asked."""
+    err = (student - teacher.detach()).pow(2)
+    loss = err.mean()
+    if attention and student.dim() == 4:
+        loss = loss + (err * teacher_attention(teacher)).mean()
+    return loss
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity of flattened outputs (logits or embeddings), averaged over the batch."""
+    return (1 - F.cosine_similarity(student.flatten(1), teacher.detach().flatten(1), dim=1)).mean()
+
+
+def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.4) -> torch.Tensor:
+    """Label-free mixup: convex combinations of shuffled images (no targets involved)."""
+    lam = torch.distributions.Beta(alpha, alpha).sample().item() if alpha > 0 else 1.0
+    order = torch.randperm(images.shape[0], generator=generator)
+    return lam * images + (1 - lam) * images[order]

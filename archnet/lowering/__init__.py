@@ -1,0 +1,15 @@
+"""Lowering passes: a teacher in, an Arch-Net student made only of a chip's ops out.
+
+- ``resnet``: torchvision-style ResNets (7x7 stem, 1x1 convs, residual adds, global pooling)
+- ``plan``: writing student configs within a chip's channel limits (channel split)
+- ``transfer``: teacher -> student parameters as explicit tables
+- ``calibrate``: initial weight steps, batch-norm statistics of new layers
+- ``check``: ``assert_deployable``, the gate: no node of the exported student falls back
+"""
+
+from archnet.lowering.calibrate import calibrate_batchnorm, init_weight_quantizers
+from archnet.lowering.check import assert_deployable
+from archnet.lowering.resnet import convert_resnet, parse_bits, plan_resnet
+
+__all__ = ["assert_deployable", "calibrate_batchnorm", "convert_resnet", "init_weight_quantizers",
+           "parse_bits", "plan_resnet"]

@@ -1,0 +1,79 @@
+"""Initial quantizer steps and batch-norm statistics of a freshly lowered student.
+
+``init_weight_quantizers``: LSQ's step ``2 mean|w| / sqrt(qmax)`` is computed over the *non-zero*
+taps (a 1x1 kernel in a 3x3 centre, or a shift kernel, is mostly structural zeros that would
+shrink the step and clip the real weights), and capped at ``max|w| / qmax``, the finest step
+that still covers the channel's largest weight. Structural kernels of 0/1 (shift, identity sum)
+land exactly on the grid that way, at any width.
+
+``calibrate_batchnorm``: layers the teacher has no batch-norm for (the residual merge convs)
+start with an identity batch-norm. Calibration sets their fixed running statistics to the data's
+(per channel mean and variance of the conv output over the images, in float). With
+``preserve_function`` (the default) the affine weight and bias are moved with them so that the
+folded layer is unchanged: the student still starts at the teacher, and training sees
+normalised statistics. Without it the batch-norm becomes a fresh one (weight 1, bias 0) that
+normalises its input, as in a network initialised from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from archnet.quant.modules import QConv2d
+
+
+@torch.no_grad()
+def init_weight_quantizers(student) -> None:
+    """Set every MAC layer's per-channel weight step from its folded weights (see module doc)."""
+    for block in student.blocks:
+        for m in block.mac_layers().values():
+            weight, _ = m.folded()
+            w = weight.detach().reshape(weight.shape[0], -1).abs()
+            q = m.weight_quant
+            nonzero = (w > 0).sum(dim=1).clamp_min(1)
+            lsq = 2 * (w.sum(dim=1) / nonzero) / math.sqrt(q.qmax)
+            cover = w.max(dim=1).values / q.qmax
+            step = torch.minimum(lsq, cover)
+            step = torch.where(step > 0, step, torch.full_like(step, 1.0 / q.qmax))
+            q.scale.copy_(step)
+            q.initialised.fill_(True)
+
+
+def new_batchnorm_layers(student) -> list[tuple[int, str]]:
+    """(block index, step name) of every conv whose batch-norm the teacher did not provide."""
+    return [(i, step["name"]) for i, block in enumerate(student.blocks)
+            for step in block.spec["steps"] if step.get("bn_init") == "new"]
+
+
+@torch.no_grad()
+def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: bool = True
+                        ) -> list[tuple[int, str]]:
+    """Fixed running statistics of the new batch-norms from ``images`` (float, no quantizers);
+    returns the (block index, step) pairs it set."""
+    todo = new_batchnorm_layers(student)
+    x = images
+    for i, block in enumerate(student.blocks):
+        for _, name in [t for t in todo if t[0] == i]:
+            m: QConv2d = block.layers[name]
+            step = next(s for s in block.spec["steps"] if s["name"] == name)
+            env = block.trace(x, quantize=False)
+            z = F.conv2d(env[step["inputs"][0]], m.weight, m.bias, stride=m.stride, padding=m.padding)
+            mean = z.mean(dim=(0, 2, 3))
+            var = z.var(dim=(0, 2, 3), unbiased=False)
+            bn = m.bn
+            if preserve_function:
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                new_weight = scale * torch.sqrt(var + bn.eps)
+                bn.bias.add_(scale * (mean - bn.running_mean))
+                bn.weight.copy_(new_weight)
+            else:
+                bn.weight.fill_(1.0)
+                bn.bias.zero_()
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+        x = block(x, quantize=False)
+    return todo
+

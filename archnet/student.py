@@ -1,0 +1,493 @@
+"""The Arch-Net student: an ordered list of blocks made only of the chip's ops.
+
+A student is described completely by a JSON-able ``config`` (its architecture: blocks, their
+steps, which activation quantizer each step writes to) and a ``state_dict`` (its numbers):
+``build_student(config)`` makes the modules, ``load_state_dict`` fills them. The lowering passes
+(``archnet.lowering``) write configs; distillation trains the result; export hands it to the
+simulator.
+
+Each block is one ``GraphBlock``: a small straight-line program of steps over named tensors,
+
+- ``conv``     3x3 QConv2d ('same' padding, stride 1 or 2, folded BN, optional ReLU)
+- ``linear``   QLinear (fully connected, optional ReLU)
+- ``maxpool``  QMaxPool2d (2x2, stride 2)
+- ``flatten``  QFlatten
+- ``concat``   channel concat of tensors that share one activation quantizer
+- ``global_avgpool``  QGlobalAvgPool2d (only where a chip runs it and the lowering asked for it)
+
+and it has the three faces of every Arch-Net module: ``forward`` (fake-quant float, or plain
+float with ``quantize=False``), ``integer_forward`` (the chip's arithmetic) and ``export``
+(simulator nodes). A block reads and writes *pieces*: when a chip's channel limit forces a tensor
+to be split, its channel groups stay separate tensors (the chips have no slice op), all on one
+quantizer grid so that any run of them may be concatenated. ``forward`` takes and returns the
+pieces concatenated along channels (a lossless view, since they share a grid), so that a block's
+output is one tensor the teacher's feature can be compared with. ``export`` takes and returns the
+list of piece names.
+
+Training-only parts (feature adapters, attention) never live here (ANCHORS style rule 9).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archnet.errors import ArchnetError
+from archnet.quant.lsq import LsqQuantizer, round_ste
+from archnet.quant.modules import QConv2d, QFlatten, QInput, QLinear, QMaxPool2d, concat
+from archnet.quant.qtensor import QTensor
+from simulator.contract import ArithmeticSpec
+from simulator.ir.builder import ProgramBuilder
+from simulator.ir.program import Program
+from simulator.numerics import fixed_point as fp
+
+CONFIG_FORMAT = "archnet-student"
+CONFIG_VERSION = 1
+IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
+STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool")
+_IDENT = re.compile(r"[A-Za-z0-9_]+")
+_NODE_OPS = {  # simulator op kinds each step exports
+    "conv": ("conv2d", "requantize"), "linear": ("fully_connected", "requantize"),
+    "maxpool": ("maxpool2d",), "flatten": ("flatten",), "concat": ("concat",),
+    "global_avgpool": ("global_avgpool2d",),
+}
+
+
+class QGlobalAvgPool2d(nn.Module):
+    """Global average pool on the chip's integers: the sum of each channel divided by H*W with
+    the chip's rounding (``simulator.numerics.reference.global_avgpool2d``); the output stays on
+    the input's grid, so the module holds that grid's quantizer (shared, not owned)."""
+
+    def __init__(self, input_quant: LsqQuantizer):
+        super().__init__()
+        self.input_quant = input_quant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.input_quant.step()
+        return round_ste(x.mean(dim=(2, 3), keepdim=True) / step) * step
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
+        h, w = x.value.shape[2:]
+        sums = x.value.sum(dim=(2, 3), keepdim=True).numpy()
+        value = fp.round_div(sums, h * w, arith.requant.rounding)
+        return QTensor(torch.from_numpy(np.ascontiguousarray(value)).to(torch.int64), x.scale, x.dtype)
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        return b.node("global_avgpool2d", [x], name)
+
+
+# ----------------------------------------------------------------------------- config checks
+
+def _fail(where: str, message: str) -> ArchnetError:
+    return ArchnetError(f"student config {where}: {message}")
+
+
+def _need(d: dict, key: str, kind, where: str):
+    if key not in d:
+        raise _fail(where, f"missing field {key!r}")
+    value = d[key]
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise _fail(where, f"field {key!r} must be an integer, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise _fail(where, f"field {key!r} must be true or false, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise _fail(where, f"field {key!r} must be a string, got {value!r}")
+    if kind is list and not isinstance(value, list):
+        raise _fail(where, f"field {key!r} must be a list, got {value!r}")
+    return value
+
+
+def _out_hw(h: int, w: int, stride: int) -> tuple[int, int]:
+    """Spatial size after a 3x3 'same' conv (padding 1) of the given stride."""
+    return (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
+
+
+def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
+                  quantizers: dict) -> tuple[dict, dict]:
+    """Shapes (without batch) and quantizer keys of every tensor of a block; checks each step."""
+    where = f"block {block['name']!r}"
+    shapes = {f"in:{k}": s for k, s in enumerate(in_shapes)}
+    quant = {ref: in_quant for ref in shapes}
+    for step in block["steps"]:
+        name = _need(step, "name", str, where)
+        at = f"{where} step {name!r}"
+        if not _IDENT.fullmatch(name) or name in shapes:
+            raise _fail(at, "step names are unique identifiers of letters, digits and _")
+        kind = _need(step, "kind", str, at)
+        if kind not in STEP_KINDS:
+            raise _fail(at, f"kind {kind!r} not one of {', '.join(STEP_KINDS)}")
+        inputs = _need(step, "inputs", list, at)
+        for ref in inputs:
+            if ref not in shapes:
+                raise _fail(at, f"input {ref!r} is not an earlier tensor of the block")
+        if kind != "concat" and len(inputs) != 1:
+            raise _fail(at, f"{kind} takes one input, got {len(inputs)}")
+        if kind == "concat" and len(inputs) < 2:
+            raise _fail(at, "concat takes at least two inputs")
+        x = shapes[inputs[0]]
+        if kind in ("conv", "linear"):
+            key = _need(step, "quant", str, at)
+            if key not in quantizers:
+                raise _fail(at, f"quantizer {key!r} is not declared in 'quantizers'")
+            relu = _need(step, "relu", bool, at)
+            if not relu and not quantizers[key]["signed"]:
+                raise _fail(at, f"no ReLU, so its quantizer {key!r} must be signed")
+            _need(step, "w_bits", int, at)
+            quant[name] = key
+        else:
+            quant[name] = quant[inputs[0]]
+        if kind == "conv":
+            cin, cout, stride = (_need(step, k, int, at)
+                                 for k in ("in_channels", "out_channels", "stride"))
+            _need(step, "batch_norm", bool, at)
+            if len(x) != 3 or x[0] != cin:
+                raise _fail(at, f"expects {cin} input channels of a map, input shape is {x}")
+            if stride not in (1, 2):
+                raise _fail(at, f"stride {stride} not 1 or 2")
+            shapes[name] = (cout, *_out_hw(x[1], x[2], stride))
+        elif kind == "linear":
+            fin, fout = (_need(step, k, int, at) for k in ("in_features", "out_features"))
+            if len(x) != 1 or x[0] != fin:
+                raise _fail(at, f"expects {fin} input features, input shape is {x}")
+            shapes[name] = (fout,)
+        elif kind == "maxpool":
+            k = _need(step, "kernel", int, at)
+            if len(x) != 3 or x[1] < k or x[2] < k:
+                raise _fail(at, f"a {k}x{k} pool does not fit input shape {x}")
+            shapes[name] = (x[0], x[1] // k, x[2] // k)
+        elif kind == "global_avgpool":
+            if len(x) != 3 or quant[name] == IMAGE:
+                raise _fail(at, "global_avgpool takes a quantized feature map")
+            shapes[name] = (x[0], 1, 1)
+        elif kind == "flatten":
+            shapes[name] = (math.prod(x),)
+        else:  # concat
+            keys = {quant[ref] for ref in inputs}
+            if len(keys) != 1:
+                raise _fail(at, f"concat operands must share one quantizer, got {sorted(keys)}")
+            ranks = {len(shapes[ref]) for ref in inputs}
+            rest = {shapes[ref][1:] for ref in inputs}
+            if len(ranks) != 1 or len(rest) != 1:
+                raise _fail(at, f"concat operands differ outside channels: "
+                                f"{[shapes[ref] for ref in inputs]}")
+            shapes[name] = (sum(shapes[ref][0] for ref in inputs), *x[1:])
+    for ref in _need(block, "outputs", list, where):
+        if ref not in shapes:
+            raise _fail(where, f"output {ref!r} is not a tensor of the block")
+    if len({quant[ref] for ref in block["outputs"]}) != 1:
+        raise _fail(where, "output pieces must share one quantizer")
+    return shapes, quant
+
+
+def validate_config(config: dict) -> dict:
+    """A checked deep copy of a student config (through JSON, so it is JSON-able by proof).
+
+    Checks every field, every tensor reference, channel and feature counts through the whole
+    network, and that concatenated tensors share a quantizer; raises ``ArchnetError`` naming the
+    block and step at fault.
+    """
+    try:
+        config = json.loads(json.dumps(config))
+    except (TypeError, ValueError) as exc:
+        raise ArchnetError(f"student config is not JSON-able: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        raise _fail("", f"'format' must be {CONFIG_FORMAT!r}")
+    if config.get("version") != CONFIG_VERSION:
+        raise _fail("", f"'version' {config.get('version')!r} unsupported (this is {CONFIG_VERSION})")
+    shape = _need(config, "input_shape", list, "")
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise _fail("", f"'input_shape' must be [channels, height, width], got {shape}")
+    quantizers = _need(config, "quantizers", dict, "")
+    for key, spec in quantizers.items():
+        if not _IDENT.fullmatch(key) or key == IMAGE:
+            raise _fail(f"quantizer {key!r}", "keys are identifiers of letters, digits and _ "
+                                              f"(and {IMAGE!r} is the input's)")
+        bits = _need(spec, "bits", int, f"quantizer {key!r}")
+        if not 2 <= bits <= 16:
+            raise _fail(f"quantizer {key!r}", f"bits {bits} outside 2..16")
+        _need(spec, "signed", bool, f"quantizer {key!r}")
+    blocks = _need(config, "blocks", list, "")
+    if not blocks:
+        raise _fail("", "a student needs at least one block")
+    names = [b.get("name") for b in blocks]
+    if len(set(names)) != len(names):
+        raise _fail("", f"block names repeat: {names}")
+    in_shapes, in_quant = [tuple(shape)], IMAGE
+    for block in blocks:
+        where = f"block {block.get('name')!r}"
+        for key in ("name", "tap"):
+            _need(block, key, str, where)
+        for key in ("w_bits", "a_bits"):
+            _need(block, key, int, where)
+        sizes = _need(block, "inputs", list, where)
+        if sizes != [s[0] for s in in_shapes]:
+            raise _fail(where, f"input pieces {sizes} != previous outputs {[s[0] for s in in_shapes]}")
+        if _need(block, "input_quant", str, where) != in_quant:
+            raise _fail(where, f"input_quant {block['input_quant']!r} != previous block's {in_quant!r}")
+        shapes, quant = _trace_shapes(block, in_shapes, in_quant, quantizers)
+        in_shapes = [shapes[ref] for ref in block["outputs"]]
+        in_quant = quant[block["outputs"][0]]
+    return config
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def _make_quantizer(spec: dict) -> LsqQuantizer:
+    q = LsqQuantizer(spec["bits"], spec["signed"])
+    if spec.get("step") is not None:  # a grid fixed by construction (e.g. lossless pixel shifts)
+        with torch.no_grad():
+            q.scale.fill_(float(spec["step"]))
+            q.initialised.fill_(True)
+    return q
+
+
+def _float_mac(module: QConv2d | QLinear, x: torch.Tensor) -> torch.Tensor:
+    """The layer without any quantizer: folded weights and bias, then ReLU."""
+    weight, bias = module.folded()
+    if isinstance(module, QConv2d):
+        y = F.conv2d(x, weight, bias, stride=module.stride, padding=module.padding)
+    else:
+        y = F.linear(x, weight, bias)
+    return F.relu(y) if module.relu else y
+
+
+class GraphBlock(nn.Module):
+    """One student block: a straight-line program of chip steps over named tensors."""
+
+    def __init__(self, spec: dict, quantizers: nn.ModuleDict, tensor_quant: dict[str, str]):
+        super().__init__()
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.tap: str = spec["tap"]
+        self.in_sizes: list[int] = list(spec["inputs"])
+        self.layers = nn.ModuleDict()
+        for step in spec["steps"]:
+            kind = step["kind"]
+            if kind == "conv":
+                m = QConv2d(step["in_channels"], step["out_channels"], 3, step["stride"],
+                            w_bits=step["w_bits"], relu=step["relu"], batch_norm=step["batch_norm"],
+                            output_quant=quantizers[step["quant"]])
+            elif kind == "linear":
+                m = QLinear(step["in_features"], step["out_features"], w_bits=step["w_bits"],
+                            relu=step["relu"], output_quant=quantizers[step["quant"]])
+            elif kind == "maxpool":
+                m = QMaxPool2d(step["kernel"])
+            elif kind == "flatten":
+                m = QFlatten()
+            elif kind == "global_avgpool":
+                m = QGlobalAvgPool2d(quantizers[tensor_quant[step["inputs"][0]]])
+            else:
+                continue
+            self.layers[step["name"]] = m
+
+    def mac_layers(self) -> dict[str, QConv2d | QLinear]:
+        return {k: m for k, m in self.layers.items() if isinstance(m, (QConv2d, QLinear))}
+
+    def trace(self, x: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
+        """Every tensor of the block by name (inputs are ``in:<k>``), for calibration and tests."""
+        env = dict(zip((f"in:{k}" for k in range(len(self.in_sizes))),
+                       torch.split(x, self.in_sizes, dim=1), strict=True))
+        for step in self.spec["steps"]:
+            args = [env[ref] for ref in step["inputs"]]
+            name, kind = step["name"], step["kind"]
+            if kind == "concat":
+                env[name] = torch.cat(args, dim=1)
+            elif kind in ("conv", "linear") and not quantize:
+                env[name] = _float_mac(self.layers[name], args[0])
+            elif kind == "global_avgpool" and not quantize:
+                env[name] = args[0].mean(dim=(2, 3), keepdim=True)
+            else:
+                env[name] = self.layers[name](args[0])
+        return env
+
+    def forward(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        """The block's output pieces concatenated along channels; ``quantize=False`` runs the
+        same network in plain float (folded BN, no quantizers)."""
+        env = self.trace(x, quantize)
+        outs = [env[ref] for ref in self.spec["outputs"]]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
+        pieces = torch.split(x.value, self.in_sizes, dim=1)
+        env = {f"in:{k}": QTensor(v.contiguous(), x.scale, x.dtype) for k, v in enumerate(pieces)}
+        for step in self.spec["steps"]:
+            args = [env[ref] for ref in step["inputs"]]
+            name, kind = step["name"], step["kind"]
+            if kind == "concat":
+                env[name] = concat(args)
+            elif kind in ("conv", "linear", "global_avgpool"):
+                env[name] = self.layers[name].integer_forward(args[0], arith)
+            else:
+                env[name] = self.layers[name].integer_forward(args[0])
+        outs = [env[ref] for ref in self.spec["outputs"]]
+        return outs[0] if len(outs) == 1 else concat(outs)
+
+    def export(self, b: ProgramBuilder, x: str | Sequence[str], prefix: str | None = None) -> list[str]:
+        """Append the block's nodes; ``x`` names its input pieces, the result its output pieces.
+
+        Tensor names are ``<prefix>.<step>`` (prefix defaults to the block name)."""
+        prefix = self.name if prefix is None else prefix
+        pieces = [x] if isinstance(x, str) else list(x)
+        if len(pieces) != len(self.in_sizes):
+            raise ArchnetError(f"block {self.name!r} takes {len(self.in_sizes)} input pieces, "
+                               f"got {len(pieces)}")
+        env = {f"in:{k}": name for k, name in enumerate(pieces)}
+        for step in self.spec["steps"]:
+            name, kind = step["name"], step["kind"]
+            out = f"{prefix}.{name}"
+            if kind == "concat":
+                env[name] = b.node("concat", [env[ref] for ref in step["inputs"]], out, axis=1)
+            else:
+                env[name] = self.layers[name].export(b, env[step["inputs"][0]], out)
+        return [env[ref] for ref in self.spec["outputs"]]
+
+
+# ----------------------------------------------------------------------------- the student
+
+class ArchNetStudent(nn.Module):
+    """``QInput`` then blocks; the last block is the head (its output the logits).
+
+    ``block_taps[i]`` names the teacher module whose output block ``i`` imitates.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = validate_config(config)
+        self.input = QInput()
+        self.quantizers = nn.ModuleDict({k: _make_quantizer(s)
+                                         for k, s in self.config["quantizers"].items()})
+        blocks, in_shapes, in_quant = [], [tuple(self.config["input_shape"])], IMAGE
+        self._shapes: list[dict] = []
+        for spec in self.config["blocks"]:
+            shapes, quant = _trace_shapes(spec, in_shapes, in_quant, self.config["quantizers"])
+            blocks.append(GraphBlock(spec, self.quantizers, quant))
+            self._shapes.append(shapes)
+            in_shapes = [shapes[ref] for ref in spec["outputs"]]
+            in_quant = quant[spec["outputs"][0]]
+        self.blocks = nn.ModuleList(blocks)
+
+    # -- descriptions
+    @property
+    def block_names(self) -> list[str]:
+        return [b.name for b in self.blocks]
+
+    @property
+    def block_taps(self) -> list[str]:
+        return [b.tap for b in self.blocks]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.config["input_shape"])
+
+    # -- the three faces
+    def features(self, images: torch.Tensor, quantize: bool = True) -> list[torch.Tensor]:
+        """Every block's output, in order (the last is the logits). ``quantize=False``: plain
+        float, no quantizer anywhere (the input is used as given)."""
+        x = self.input(images) if quantize else images
+        out = []
+        for block in self.blocks:
+            x = block(x, quantize)
+            out.append(x)
+        return out
+
+    def forward(self, images: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        return self.features(images, quantize)[-1]
+
+    def integer_features(self, images: torch.Tensor, arith) -> list[QTensor]:
+        """Every block's output on the chip's integers; ``arith`` is an ArithmeticSpec or a
+        ChipProfile."""
+        arith = arith if isinstance(arith, ArithmeticSpec) else arith.arithmetic
+        x = self.input.integer_forward(images)
+        out = []
+        with torch.no_grad():
+            for block in self.blocks:
+                x = block.integer_forward(x, arith)
+                out.append(x)
+        return out
+
+    def integer_forward(self, images: torch.Tensor, arith) -> QTensor:
+        return self.integer_features(images, arith)[-1]
+
+    def full_input_shape(self, input_shape: Sequence[int] | None = None) -> tuple[int, ...]:
+        if input_shape is None:
+            return (1, *self.input_shape)
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) == 3:
+            shape = (1, *shape)
+        if len(shape) != 4 or shape[1:] != self.input_shape:
+            raise ArchnetError(f"input shape {tuple(input_shape)} does not match the student's "
+                               f"[N, {', '.join(map(str, self.input_shape))}] (its head is sized "
+                               f"for that map)")
+        return shape
+
+    def export(self, input_shape: Sequence[int] | None = None, *, feature_outputs: bool = False,
+               name: str = "archnet_student") -> Program:
+        """The student as a validated simulator Program with the image (u8) as its input.
+
+        The outputs are the logits; with ``feature_outputs`` also every block's output pieces,
+        listed per block in ``metadata['archnet']['block_outputs']``.
+        """
+        b = ProgramBuilder(name)
+        pieces = [self.input.export(b, self.full_input_shape(input_shape))]
+        per_block = []
+        for block in self.blocks:
+            pieces = block.export(b, pieces, block.name)
+            per_block.append(pieces)
+        outputs = [p for ps in per_block for p in ps] if feature_outputs else pieces
+        b.output(*outputs)
+        b.metadata["archnet"] = {"blocks": self.block_names, "block_taps": self.block_taps,
+                                 "block_outputs": per_block}
+        return b.build()
+
+    # -- summary
+    def summary(self) -> list[dict]:
+        """Per block: name, tap, bits, simulator ops, parameters, MACs per image, output shape."""
+        rows = []
+        for block, shapes in zip(self.blocks, self._shapes, strict=True):
+            ops: Counter = Counter()
+            macs = 0
+            for step in block.spec["steps"]:
+                ops.update(_NODE_OPS[step["kind"]])
+                out = shapes[step["name"]]
+                if step["kind"] == "conv":
+                    macs += step["in_channels"] * 9 * math.prod(out)
+                elif step["kind"] == "linear":
+                    macs += step["in_features"] * step["out_features"]
+            params = sum(p.numel() for m in block.mac_layers().values()
+                         for n, p in m.named_parameters() if "quant" not in n)
+            outs = [shapes[ref] for ref in block.spec["outputs"]]
+            rows.append({"block": block.name, "tap": block.tap,
+                         "bits": f"{block.spec['w_bits']}w{block.spec['a_bits']}a",
+                         "ops": dict(sorted(ops.items())), "params": params, "macs": macs,
+                         "pieces": len(outs),
+                         "output": (sum(s[0] for s in outs), *outs[0][1:])})
+        return rows
+
+    def describe(self) -> str:
+        """A table of ``summary()``: one line per block and a total."""
+        rows = self.summary()
+        lines = [f"{'block':<12} {'tap':<12} {'bits':<6} {'params':>10} {'MACs':>13} "
+                 f"{'output':<16} ops"]
+        for r in rows:
+            ops = ", ".join(f"{k} {v}" for k, v in r["ops"].items())
+            out = "x".join(map(str, r["output"]))
+            out += f" ({r['pieces']} pieces)" if r["pieces"] > 1 else ""
+            lines.append(f"{r['block']:<12} {r['tap']:<12} {r['bits']:<6} {r['params']:>10,} "
+                         f"{r['macs']:>13,} {out:<16} {ops}")
+        lines.append(f"{'total':<12} {'':<12} {'':<6} {sum(r['params'] for r in rows):>10,} "
+                     f"{sum(r['macs'] for r in rows):>13,}")
+        return "\n".join(lines)
+
+
+def build_student(config: dict) -> ArchNetStudent:
+    """The student a config describes, with fresh parameters (``load_state_dict`` fills them)."""
+    return ArchNetStudent(copy.deepcopy(config))

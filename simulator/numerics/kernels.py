@@ -1,0 +1,1323 @@
+"""The fast backend: numba ports of ``reference.py``, equal to it bit for bit.
+
+Same function names, same arguments (specs and ``PreparedScale`` included), same int64 results
+and the same ``OverflowStats``. Each public function unpacks its Python-level arguments into
+plain integers and arrays and hands them to ``@njit(cache=True)`` inner functions; the rounding
+and overflow rules are those of ``fixed_point`` (the spec), written again here in scalar form.
+tests/numerics/test_kernels_vs_reference.py proves the equality over random cases.
+
+How the MAC ops are made fast without changing a single bit:
+
+* **Order-independent accumulators** (``wrap``, or ``saturate`` at ``final``) see only the exact
+  sum, so any summation order is allowed; an exact GEMM computes it, and the bias is added, the
+  sum wrapped or clamped and the statistics taken afterwards in int64, as
+  ``fixed_point.accumulate`` does. Which GEMM is decided by a bound B >= |sum over any subset of
+  the products| for every output (``max|x - zx| * max_o sum_k |w[o, k] - zw[o]|``):
+
+  - ``vnni16``: where the CPU has AVX512-VNNI and both operands fit int16, the products are
+    summed in int32 lanes by VPDPWSSD (wrapping, in any order). Integer addition mod 2**32 is
+    associative, so the lanes hold the true sum mod 2**32, which *is* the true sum when
+    B < 2**31. Conv reads a padded NHWC copy of the input directly (no im2col).
+  - ``float32`` / ``float64``: im2col, then BLAS; exact when B < 2**24 / 2**53, since every
+    partial sum in whatever order and blocking BLAS uses (FMA or not) is then an integer that
+    the float type represents.
+  - ``int64``: a numba loop, always exact (it wraps where the reference's int64 does).
+* **Order-dependent accumulators** (``saturate`` ``per_mac`` / ``per_tile``) follow the declared
+  order for every output, but vectorise *across* outputs: for each k in order,
+  ``acc[j] = clip(acc[j] + col[k, j] * w[k])`` over a contiguous lane of outputs j, beside the
+  exact running sum and its extremes (for ``required_bits`` and the clipped-ever flag). Lanes
+  are int32 when a bound proves nothing leaves int32, else int64.
+
+Threads: the heavy kernels are serial ``nogil`` functions over a range of independent tasks,
+spread over a small pool of Python threads (``numba.config.NUMBA_NUM_THREADS`` of them). No
+numba parallel region is used: on a loaded machine (and next to OpenBLAS, whose workers spin
+after each call) OpenMP's spinning barriers made a 1 ms conv take 50 ms; blocked Python threads
+cost nothing while they wait, and the pool is safe to call from several threads at once.
+
+Arguments outside the domain the inner kernels are written for (a shift outside 0..62, a
+per-channel multiplier that does not match the axis, negative pads, ...) are handed to the
+reference, which is the definition, so the answer is still the reference's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir as llir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from simulator.contract import (AccumulatorSpec, MacOrder, Overflow, RequantMode, RoundingMode,
+                                SaturationPoint)
+from simulator.numerics import reference
+from simulator.numerics.fixed_point import OverflowStats, PreparedScale, signed_bits_needed
+
+# data movement carries no arithmetic: the reference's functions are the kernels
+reshape = reference.reshape
+transpose = reference.transpose
+concat = reference.concat
+conv_output_size = reference.conv_output_size
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+FLOAT32_EXACT = 1 << 24   # every integer of magnitude <= 2**24 is a float32
+FLOAT64_EXACT = 1 << 53   # ... <= 2**53 is a float64
+INT32_LANE = 1 << 31
+LANE = 256                # outputs per vector lane block in the order-dependent engine
+PARALLEL_WORK = 1 << 20   # below this many scalar operations a kernel runs on the caller's thread
+COL_BUDGET_BYTES = 32 << 20  # an im2col chunk is at most this big
+
+_ROUNDING_CODE = {RoundingMode.FLOOR: 0, RoundingMode.HALF_UP: 1, RoundingMode.HALF_EVEN: 2,
+                  RoundingMode.HALF_AWAY: 3, RoundingMode.TFLITE: 4}
+I32 = np.int32
+
+
+# ============================================================================ scalar spec
+
+@njit(inline="always", **_JIT)
+def _round_shift(v, s, rnd):
+    """fixed_point.round_shift for one value, 0 <= s <= 62; rnd 0..3 (floor/up/even/away)."""
+    half = (np.int64(1) << (s - 1)) if s > 0 else np.int64(0)
+    if rnd == 0:
+        return v >> s
+    if rnd == 1:
+        return (v + half) >> s
+    if rnd == 2:
+        q = v >> s
+        r = v - (q << s)
+        if r > half or (r == half and half > 0 and (q & 1) == 1):
+            return q + 1
+        return q
+    mag = (abs(v) + half) >> s
+    return -mag if v < 0 else mag
+
+
+@njit(inline="always", **_JIT)
+def _round_div(n, d, rnd):
+    """fixed_point.round_div for one value (d > 0; d == 0 behaves as NumPy's n // 0 == 0)."""
+    if d == 0:
+        q = np.int64(0)
+        r = n
+    else:
+        q = n // d
+        r = n - q * d
+    if rnd == 0:
+        return q
+    if rnd == 1:
+        return q + 1 if 2 * r >= d else q
+    if rnd == 2:
+        if 2 * r > d or (2 * r == d and (q & 1) == 1):
+            return q + 1
+        return q
+    if d == 0:
+        return np.int64(0)
+    mag = (abs(n) * 2 + d) // (2 * d)
+    return -mag if n < 0 else mag
+
+
+@njit(inline="always", **_JIT)
+def _wrap(v, bits):
+    if bits >= 64:
+        return v
+    off = np.int64(1) << (bits - 1)
+    mask = (np.int64(1) << bits) - 1
+    return ((v + off) & mask) - off
+
+
+@njit(inline="always", **_JIT)
+def _trunc_div_2_31(x):
+    """x / 2**31 rounded toward zero (|x| < 2**63)."""
+    return x >> 31 if x >= 0 else -((-x) >> 31)
+
+
+@njit(inline="always", **_JIT)
+def _srdhm(a, b):
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64."""
+    if a == -2147483648 and b == -2147483648:
+        return np.int64(2147483647)
+    ab = a * b
+    nudge = np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30))
+    return _trunc_div_2_31(ab + nudge)
+
+
+@njit(inline="always", **_JIT)
+def _rdbpot(x, e):
+    """gemmlowp RoundingDivideByPOT: ties away from zero."""
+    mask = (np.int64(1) << e) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> e) + (1 if remainder > threshold else 0)
+
+
+@njit(inline="always", **_JIT)
+def _tflite_multiply(acc, m, s):
+    """fixed_point.tflite_multiply: int32-wrapped left shift, SRDHM, rounding divide by POT."""
+    exponent = 31 - s
+    left = exponent if exponent > 0 else 0
+    right = -exponent if exponent < 0 else 0
+    x = _wrap(acc << left, 32)
+    return _rdbpot(_srdhm(x, m), right)
+
+
+# ============================================================================ threads
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: start a fresh pool there if needed."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def thread_count() -> int:
+    """Threads the heavy kernels use: numba's own setting (NUMBA_NUM_THREADS), at least 1."""
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, thread_count() - 1),
+                                       thread_name_prefix="archnet-kernels")
+        return _POOL
+
+
+class _Pieces:
+    """Task ranges claimed one at a time by whichever thread is free (the caller included)."""
+
+    def __init__(self, fn, bounds, args):
+        self.fn, self.bounds, self.args = fn, bounds, args
+        self.claims = itertools.count()   # next() is atomic under the GIL
+        self.lock = threading.Lock()
+        self.finished = 0
+        self.error: BaseException | None = None
+        self.all_done = threading.Event()
+
+    def work(self) -> None:
+        pieces = len(self.bounds) - 1
+        while True:
+            i = next(self.claims)
+            if i >= pieces:
+                return
+            try:
+                if self.error is None:
+                    self.fn(self.bounds[i], self.bounds[i + 1], *self.args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+                self.error = exc
+            with self.lock:
+                self.finished += 1
+                if self.finished == pieces:
+                    self.all_done.set()
+
+
+def _run_tasks(fn, ntask: int, work: int, *args) -> None:
+    """fn(t0, t1, *args) for task ranges covering [0, ntask), on the pool when it pays.
+
+    ``fn`` is a serial ``nogil`` kernel whose tasks write disjoint outputs; ``work`` estimates
+    the scalar operations of the whole call. The calling thread works too and the pool's
+    threads join in as they wake, each claiming the next range: on a busy machine, where a
+    sleeping thread may take milliseconds to be scheduled, the call never waits for a thread
+    that has not started (it is never slower than running alone), and the ranges are finer than
+    the threads (8 per thread) so that one slowed thread does not hold the others up for long.
+    """
+    threads = thread_count()
+    if threads == 1 or ntask < 2 or work < PARALLEL_WORK:
+        fn(0, ntask, *args)
+        return
+    pieces = min(ntask, 8 * threads)
+    job = _Pieces(fn, [ntask * i // pieces for i in range(pieces + 1)], args)
+    for _ in range(threads - 1):
+        _executor().submit(job.work)
+    job.work()
+    job.all_done.wait()
+    if job.error is not None:
+        raise job.error
+
+
+# ============================================================================ SIMD vocabulary
+# A 512-bit vector of 16 int32 as a numba type, and the three operations the VNNI GEMM needs.
+# Only compiled (lazily, on first call) where the host CPU has AVX512-VNNI; see _vnni_available.
+
+class _Vec16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="Vec16xI32")
+
+
+_vec16 = _Vec16Type()
+_LL_V16I32 = llir.VectorType(llir.IntType(32), 16)
+_LL_V32I16 = llir.VectorType(llir.IntType(16), 32)
+
+
+@register_model(_Vec16Type)
+class _Vec16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _LL_V16I32)
+
+
+def _element_pointer(context, builder, arrty, arr, idx):
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.gep(data, [idx])
+
+
+@intrinsic
+def _vzero(typingctx):
+    def codegen(context, builder, sig, args):
+        return llir.Constant(_LL_V16I32, None)
+    return _vec16(), codegen
+
+
+@intrinsic
+def _vload(typingctx, arr, idx):
+    """The 16 int32 at flat index idx.. of a contiguous int32 array (unaligned load)."""
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(ptr, _LL_V16I32.as_pointer()), align=4)
+    return _vec16(arr, idx), codegen
+
+
+@intrinsic
+def _vstore(typingctx, arr, idx, vec):
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _LL_V16I32.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.void(arr, idx, _vec16), codegen
+
+
+_LL_V64I8 = llir.VectorType(llir.IntType(8), 64)
+
+
+def _vnni_operand(name: str, new_type):
+    """The operand type this LLVM declares the VNNI intrinsic ``name`` with (a vector of i16
+    or i8 since LLVM 21 or so, <16 x i32> before), found by verifying a one-call module;
+    None if neither form verifies."""
+    for operand in (new_type, _LL_V16I32):
+        text = (f"declare <16 x i32> @{name}(<16 x i32>, {operand}, {operand})\n"
+                f"define <16 x i32> @probe(<16 x i32> %a, {operand} %b, {operand} %c) {{\n"
+                f"  %r = call <16 x i32> @{name}(<16 x i32> %a, {operand} %b, {operand} %c)\n"
+                f"  ret <16 x i32> %r\n}}\n")
+        try:
+            llvm_binding.parse_assembly(text).verify()
+        except Exception:  # noqa: BLE001 - this form is not the one
+            continue
+        return operand
+    return None
+
+
+_VPDPWSSD = "llvm.x86.avx512.vpdpwssd.512"
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_VPDPWSSD_OPERAND = _vnni_operand(_VPDPWSSD, _LL_V32I16)
+_VPDPBUSD_OPERAND = _vnni_operand(_VPDPBUSD, _LL_V64I8)
+
+
+def _vnni_codegen(name, operand):
+    """acc + VNNI(name)(w, broadcast of the int32 word xarr[xidx])."""
+    def codegen(context, builder, sig, args):
+        acc_v, w_v, xa, xi = args
+        word = builder.load(_element_pointer(context, builder, sig.args[2], xa, xi), align=4)
+        zero = llir.Constant(_LL_V16I32, None)
+        splat = builder.insert_element(zero, word, llir.Constant(llir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, zero, llir.Constant(_LL_V16I32, [0] * 16))
+        op = operand or _LL_V16I32
+        fnty = llir.FunctionType(_LL_V16I32, [_LL_V16I32, op, op])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        return builder.call(fn, [acc_v, builder.bitcast(w_v, op), builder.bitcast(splat, op)])
+    return codegen
+
+
+@intrinsic
+def _vdpwssd(typingctx, acc, w, xarr, xidx):
+    """acc[i] += w16[2i] * x16[0] + w16[2i+1] * x16[1], x = the int32 word xarr[xidx] (two
+    int16) broadcast; int32 lanes wrap (AVX512-VNNI VPDPWSSD, no saturation)."""
+    return _vec16(_vec16, _vec16, xarr, xidx), _vnni_codegen(_VPDPWSSD, _VPDPWSSD_OPERAND)
+
+
+@intrinsic
+def _vdpbusd(typingctx, acc, w, xarr, xidx):
+    """acc[i] += sum_j u8(w)[4i+j] * s8(x)[j], x = the int32 word xarr[xidx] (four int8)
+    broadcast; int32 lanes wrap (AVX512-VNNI VPDPBUSD, no saturation)."""
+    return _vec16(_vec16, _vec16, xarr, xidx), _vnni_codegen(_VPDPBUSD, _VPDPBUSD_OPERAND)
+
+
+def _vnni_available() -> bool:
+    """AVX512-VNNI on the host, numba compiling for the host (not a generic CPU), and an LLVM
+    that knows both instructions."""
+    if numba.config.CPU_NAME not in (None, "", "host") or numba.config.CPU_FEATURES:
+        return False
+    if _VPDPWSSD_OPERAND is None or _VPDPBUSD_OPERAND is None:
+        return False
+    try:
+        features = llvm_binding.get_host_cpu_features()
+    except Exception:  # noqa: BLE001 - any failure to ask means: do not use it
+        return False
+    return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
+
+
+VNNI_AVAILABLE = _vnni_available()
+
+
+# ============================================================================ MAC engines
+
+VNNI_POSITIONS = 6   # output positions per VNNI micro-tile (x 64 output channels)
+
+
+@njit(**_JIT)
+def _pack_nhwc16(t0, t1, x, bi, zx, pt, pl, xh, los, his):
+    """Rows t of batch bi: xh[pt + t, pl + ix, c] = x[bi, c, t, ix] - zx as int16 (the rest of
+    xh stays 0), and los/his[t] = min/max of the row, so that the caller can check afterwards
+    that int16 held it."""
+    c_in, w = x.shape[1], x.shape[3]
+    for iy in range(t0, t1):
+        lo = x[bi, 0, iy, 0]
+        hi = lo
+        for ix in range(w):
+            for c in range(c_in):
+                v = x[bi, c, iy, ix]
+                lo = min(lo, v)
+                hi = max(hi, v)
+                xh[pt + iy, pl + ix, c] = v - zx
+        los[iy] = lo
+        his[iy] = hi
+
+
+@njit(**_JIT)
+def _conv_vnni(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, c2n, opad, bias, lo, hi, bits, wrap,
+               oc, oh, ow, outf, ev, mins, maxs):
+    """An int16 conv on AVX512-VNNI, exact in wrapping int32 lanes, then bias + wrap/clamp.
+
+    xf: the padded NHWC input as int32 words (pairs of int16 channels), rows of ``wpe``
+    positions and ``c2n`` words; wp: weights as int32 words [kh, kw, c2n, opad] (pairs of int16
+    taps). Micro-tile: 6 positions x 64 channels in 24 vector registers, summed in any order
+    (the caller proved every sum fits int32, so the wrapped lanes hold it exactly). Task t is
+    output row oy = t // (opad / 64) for the 64 channels of block t % (opad / 64); after the
+    row, outf (out [oc, oh, ow] flattened) gets wrap/clamp(sum + bias[o]), and the task leaves
+    (events, min, max) of its exact values in ev/mins/maxs[t], as fixed_point.accumulate counts
+    them for order-independent specs.
+    """
+    nxb = (ow + 5) // 6
+    nob = opad // 64
+    row = np.empty(nxb * 6 * 64, np.int32)   # row[ox * 64 + j]: position ox, channel oc0 + j
+    line = np.empty(ow, np.int64)
+    for t in range(t0, t1):
+        ob = t % nob
+        oy = t // nob
+        oc0 = ob * 64
+        for xb in range(nxb):
+            ox0 = xb * 6
+            a00 = _vzero(); a01 = _vzero(); a02 = _vzero(); a03 = _vzero()  # noqa: E702
+            a10 = _vzero(); a11 = _vzero(); a12 = _vzero(); a13 = _vzero()  # noqa: E702
+            a20 = _vzero(); a21 = _vzero(); a22 = _vzero(); a23 = _vzero()  # noqa: E702
+            a30 = _vzero(); a31 = _vzero(); a32 = _vzero(); a33 = _vzero()  # noqa: E702
+            a40 = _vzero(); a41 = _vzero(); a42 = _vzero(); a43 = _vzero()  # noqa: E702
+            a50 = _vzero(); a51 = _vzero(); a52 = _vzero(); a53 = _vzero()  # noqa: E702
+            step = sw * c2n
+            for ky in range(kh):
+                iy = oy * sh + ky * dh
+                for kx in range(kw):
+                    b0 = (iy * wpe + ox0 * sw + kx * dw) * c2n
+                    b1 = b0 + step
+                    b2 = b1 + step
+                    b3 = b2 + step
+                    b4 = b3 + step
+                    b5 = b4 + step
+                    wb = (ky * kw + kx) * c2n * opad + oc0
+                    for c2 in range(c2n):
+                        wi = wb + c2 * opad
+                        w0 = _vload(wp, wi)
+                        w1 = _vload(wp, wi + 16)
+                        w2 = _vload(wp, wi + 32)
+                        w3 = _vload(wp, wi + 48)
+                        i0 = b0 + c2
+                        i1 = b1 + c2
+                        i2 = b2 + c2
+                        i3 = b3 + c2
+                        i4 = b4 + c2
+                        i5 = b5 + c2
+                        a00 = _vdpwssd(a00, w0, xf, i0); a01 = _vdpwssd(a01, w1, xf, i0)  # noqa
+                        a02 = _vdpwssd(a02, w2, xf, i0); a03 = _vdpwssd(a03, w3, xf, i0)  # noqa
+                        a10 = _vdpwssd(a10, w0, xf, i1); a11 = _vdpwssd(a11, w1, xf, i1)  # noqa
+                        a12 = _vdpwssd(a12, w2, xf, i1); a13 = _vdpwssd(a13, w3, xf, i1)  # noqa
+                        a20 = _vdpwssd(a20, w0, xf, i2); a21 = _vdpwssd(a21, w1, xf, i2)  # noqa
+                        a22 = _vdpwssd(a22, w2, xf, i2); a23 = _vdpwssd(a23, w3, xf, i2)  # noqa
+                        a30 = _vdpwssd(a30, w0, xf, i3); a31 = _vdpwssd(a31, w1, xf, i3)  # noqa
+                        a32 = _vdpwssd(a32, w2, xf, i3); a33 = _vdpwssd(a33, w3, xf, i3)  # noqa
+                        a40 = _vdpwssd(a40, w0, xf, i4); a41 = _vdpwssd(a41, w1, xf, i4)  # noqa
+                        a42 = _vdpwssd(a42, w2, xf, i4); a43 = _vdpwssd(a43, w3, xf, i4)  # noqa
+                        a50 = _vdpwssd(a50, w0, xf, i5); a51 = _vdpwssd(a51, w1, xf, i5)  # noqa
+                        a52 = _vdpwssd(a52, w2, xf, i5); a53 = _vdpwssd(a53, w3, xf, i5)  # noqa
+            p = ox0 * 64
+            _vstore(row, p, a00); _vstore(row, p + 16, a01)  # noqa: E702
+            _vstore(row, p + 32, a02); _vstore(row, p + 48, a03)  # noqa: E702
+            _vstore(row, p + 64, a10); _vstore(row, p + 80, a11)  # noqa: E702
+            _vstore(row, p + 96, a12); _vstore(row, p + 112, a13)  # noqa: E702
+            _vstore(row, p + 128, a20); _vstore(row, p + 144, a21)  # noqa: E702
+            _vstore(row, p + 160, a22); _vstore(row, p + 176, a23)  # noqa: E702
+            _vstore(row, p + 192, a30); _vstore(row, p + 208, a31)  # noqa: E702
+            _vstore(row, p + 224, a32); _vstore(row, p + 240, a33)  # noqa: E702
+            _vstore(row, p + 256, a40); _vstore(row, p + 272, a41)  # noqa: E702
+            _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
+            _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
+            _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
+        # positions past ow are not outputs (they read whatever lies beyond) and are skipped
+        e = 0
+        mn = np.int64(0)
+        mx = np.int64(0)
+        for j in range(min(64, oc - oc0)):
+            b = bias[oc0 + j]
+            for ox in range(ow):
+                line[ox] = np.int64(row[ox * 64 + j]) + b
+            for ox in range(ow):
+                v = line[ox]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                e += (v < lo) | (v > hi)
+            base = ((oc0 + j) * oh + oy) * ow
+            dst = outf[base:base + ow]
+            if wrap:
+                for ox in range(ow):
+                    dst[ox] = _wrap(line[ox], bits)
+            else:
+                for ox in range(ow):
+                    dst[ox] = min(max(line[ox], lo), hi)
+        ev[t] = e
+        mins[t] = mn
+        maxs[t] = mx
+
+
+@njit(**_JIT)
+def _im2col(x, bi, zx, row_c, row_ky, row_kx, sh, sw, dh, dw, pt, pl, oy0, oy1, ow, col):
+    """col[r, (oy - oy0) * ow + ox] = x[bi, c, iy, ix] - zx, 0 where (iy, ix) is padding.
+
+    Row r is the tap (row_c[r], row_ky[r], row_kx[r]); ``col``'s dtype (float32, float64,
+    int32, int64) is the GEMM's. Serial: it runs between BLAS calls, whose idle workers spin.
+    """
+    h, w = x.shape[2], x.shape[3]
+    for r in range(col.shape[0]):
+        c, ky, kx = row_c[r], row_ky[r], row_kx[r]
+        for oy in range(oy0, oy1):
+            base = (oy - oy0) * ow
+            iy = oy * sh + ky * dh - pt
+            if iy < 0 or iy >= h:
+                for ox in range(ow):
+                    col[r, base + ox] = 0
+            else:
+                for ox in range(ow):
+                    ix = ox * sw + kx * dw - pl
+                    col[r, base + ox] = x[bi, c, iy, ix] - zx if 0 <= ix < w else 0
+
+
+@njit(**_JIT)
+def _finish_exact(g, bias_r, bias_j, lo, hi, bits, wrap, out, r0, c0):
+    """Exact sums g[r, j] (float holding integers, or int64) + bias -> wrapped / clamped.
+
+    Writes out[r0 + r, c0 + j]; returns (events, min, max) of the exact values (min/max with 0),
+    as fixed_point.accumulate does for order-independent specs. Single-threaded (runs after BLAS).
+    """
+    events = 0
+    seen_lo = np.int64(0)
+    seen_hi = np.int64(0)
+    for r in range(g.shape[0]):
+        br = bias_r[r]
+        for j in range(g.shape[1]):
+            v = np.int64(g[r, j]) + br + bias_j[j]
+            seen_lo = min(seen_lo, v)
+            seen_hi = max(seen_hi, v)
+            if v < lo or v > hi:
+                events += 1
+            out[r0 + r, c0 + j] = _wrap(v, bits) if wrap else min(max(v, lo), hi)
+    return events, seen_lo, seen_hi
+
+
+@njit(**_JIT)
+def _gemm_exact(t0, t1, a, col, rows_per_group, out):
+    """out[r, j] = sum_k a[r, k] * col[g(r) * K + k, j] in int64 (wraps as NumPy does).
+
+    Task t covers row r = t % R and the lane block t // R of LANE columns.
+    """
+    rr, kk = a.shape
+    jj = col.shape[1]
+    for t in range(t0, t1):
+        jb = t // rr
+        r = t - jb * rr
+        j0 = jb * LANE
+        j1 = min(jj, j0 + LANE)
+        krow = (r // rows_per_group) * kk
+        lane = np.zeros(j1 - j0, np.int64)
+        for k in range(kk):
+            wk = a[r, k]
+            src = col[krow + k, j0:j1]
+            for q in range(j1 - j0):
+                lane[q] += src[q] * wk
+        out[r, j0:j1] = lane
+
+
+# The order-dependent engine. For every output lane q it keeps the saturated accumulator
+# ``acc``, the exact running sum ``run`` and its extremes ``rmin``/``rmax`` over the points where
+# the policy applies. The clipped-ever flag needs no state of its own: until the first clip the
+# accumulator equals the exact sum, so an output is clipped at some point if and only if one of
+# those running sums (bias included) leaves [lo, hi], i.e. iff rmin < lo or rmax > hi.
+
+@njit(inline="always", **_JIT)
+def _lanes_start(bias_r, bias_j, r, j0, n, lo, hi, acc, run, rmin, rmax):
+    for q in range(n):
+        b = bias_r[r] + bias_j[j0 + q]
+        acc[q] = min(max(b, lo), hi)
+        run[q] = b
+        rmin[q] = min(b, 0)
+        rmax[q] = max(b, 0)
+
+
+@njit(inline="always", **_JIT)
+def _lanes_end(out, r0, r, c0, j0, n, lo, hi, acc, rmin, rmax):
+    e = 0
+    mn = np.int64(0)
+    mx = np.int64(0)
+    for q in range(n):
+        out[r0 + r, c0 + j0 + q] = acc[q]
+        lo_q = np.int64(rmin[q])
+        hi_q = np.int64(rmax[q])
+        if lo_q < lo or hi_q > hi:
+            e += 1
+        mn = min(mn, lo_q)
+        mx = max(mx, hi_q)
+    return e, mn, mx
+
+
+@njit(**_JIT)
+def _saturating_lanes(t0, t1, a, col, rows_per_group, bias_r, bias_j, lo, hi, step, out, r0, c0,
+                      ev, mins, maxs):
+    """Saturation per MAC (step 1) or per tile of ``step`` products, in the declared order.
+
+    Output (r, j): acc = clip(bias_r[r] + bias_j[j]); for each tile of k in order,
+    acc = clip(acc + sum of a[r, k] * col[g(r) * K + k, j] over the tile). ``a``/``col`` dtype
+    is the lane type (int64 here, or int32 when the caller proved it safe). Task t covers row
+    r = t % R and the lane block t // R; it leaves its (events, min, max) in ev/mins/maxs[t].
+    """
+    rr, kk = a.shape
+    jj = col.shape[1]
+    for t in range(t0, t1):
+        jb = t // rr
+        r = t - jb * rr
+        j0 = jb * LANE
+        j1 = min(jj, j0 + LANE)
+        n = j1 - j0
+        krow = (r // rows_per_group) * kk
+        acc = np.empty(n, col.dtype)
+        run = np.empty(n, col.dtype)
+        rmin = np.empty(n, col.dtype)
+        rmax = np.empty(n, col.dtype)
+        part = np.empty(n, col.dtype)
+        _lanes_start(bias_r, bias_j, r, j0, n, lo, hi, acc, run, rmin, rmax)
+        for k0 in range(0, kk, step):
+            part[:] = 0
+            for k in range(k0, min(k0 + step, kk)):
+                wk = a[r, k]
+                src = col[krow + k, j0:j1]
+                for q in range(n):
+                    part[q] += src[q] * wk
+            for q in range(n):
+                acc[q] = min(max(acc[q] + part[q], lo), hi)
+                s = run[q] + part[q]
+                run[q] = s
+                rmin[q] = min(rmin[q], s)
+                rmax[q] = max(rmax[q], s)
+        ev[t], mins[t], maxs[t] = _lanes_end(out, r0, r, c0, j0, n, lo, hi, acc, rmin, rmax)
+
+
+@njit(inline="always", **_JIT)
+def _mac8_i32(c0, c1, c2, c3, c4, c5, c6, c7, a, r, k, lo, hi, acc, run, rmin, rmax):
+    """Eight per-MAC saturating steps k..k+7 on int32 lanes, state in registers meanwhile."""
+    w0 = I32(a[r, k])
+    w1 = I32(a[r, k + 1])
+    w2 = I32(a[r, k + 2])
+    w3 = I32(a[r, k + 3])
+    w4 = I32(a[r, k + 4])
+    w5 = I32(a[r, k + 5])
+    w6 = I32(a[r, k + 6])
+    w7 = I32(a[r, k + 7])
+    for q in range(acc.size):
+        v = acc[q]
+        s = run[q]
+        mn = rmin[q]
+        mx = rmax[q]
+        t = I32(c0[q] * w0)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        t = I32(c1[q] * w1)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        t = I32(c2[q] * w2)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        t = I32(c3[q] * w3)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        t = I32(c4[q] * w4)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        t = I32(c5[q] * w5)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        t = I32(c6[q] * w6)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        t = I32(c7[q] * w7)
+        v = min(max(I32(v + t), lo), hi)
+        s = I32(s + t)
+        mn = min(mn, s)
+        mx = max(mx, s)
+        acc[q] = v
+        run[q] = s
+        rmin[q] = mn
+        rmax[q] = mx
+
+
+@njit(**_JIT)
+def _per_mac_lanes_i32(t0, t1, a, col, rows_per_group, bias_r, bias_j, lo, hi, out, r0, c0, ev,
+                       mins, maxs):
+    """``_saturating_lanes`` with step 1 on int32 lanes (the caller proved nothing leaves
+    int32), eight MACs per pass over the lane so the state stays in registers meanwhile.
+    ``a``/``col`` may be int16 or int32 (the operands); the lanes are int32."""
+    rr, kk = a.shape
+    jj = col.shape[1]
+    lo32 = I32(lo)
+    hi32 = I32(hi)
+    k8 = kk - kk % 8
+    for t in range(t0, t1):
+        jb = t // rr
+        r = t - jb * rr
+        j0 = jb * LANE
+        j1 = min(jj, j0 + LANE)
+        n = j1 - j0
+        kr = (r // rows_per_group) * kk
+        acc = np.empty(n, np.int32)
+        run = np.empty(n, np.int32)
+        rmin = np.empty(n, np.int32)
+        rmax = np.empty(n, np.int32)
+        _lanes_start(bias_r, bias_j, r, j0, n, lo, hi, acc, run, rmin, rmax)
+        for k in range(0, k8, 8):
+            _mac8_i32(col[kr + k, j0:j1], col[kr + k + 1, j0:j1], col[kr + k + 2, j0:j1],
+                      col[kr + k + 3, j0:j1], col[kr + k + 4, j0:j1], col[kr + k + 5, j0:j1],
+                      col[kr + k + 6, j0:j1], col[kr + k + 7, j0:j1], a, r, k, lo32, hi32,
+                      acc, run, rmin, rmax)
+        for k in range(k8, kk):
+            wk = I32(a[r, k])
+            src = col[kr + k, j0:j1]
+            for q in range(n):
+                term = I32(src[q] * wk)
+                acc[q] = min(max(I32(acc[q] + term), lo32), hi32)
+                s = I32(run[q] + term)
+                run[q] = s
+                rmin[q] = min(rmin[q], s)
+                rmax[q] = max(rmax[q], s)
+        ev[t], mins[t], maxs[t] = _lanes_end(out, r0, r, c0, j0, n, lo, hi, acc, rmin, rmax)
+
+
+# ============================================================================ MAC planning
+
+def _i64(a) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.int64))
+
+
+@njit(**_JIT)
+def _min_max(a):
+    lo = a[0]
+    hi = a[0]
+    for v in a:
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+def _max_abs(a: np.ndarray, offset: int = 0) -> int:
+    """max |a - offset| over a (0 for an empty array), without forming a - offset."""
+    if a.size == 0:
+        return 0
+    lo, hi = _min_max(_i64(a).ravel())
+    return max(abs(int(hi) - offset), abs(int(lo) - offset))
+
+
+def _max_l1(rows: np.ndarray) -> int:
+    """max over rows (last axis summed) of sum |row|, exactly."""
+    if rows.size == 0:
+        return 0
+    k = rows.shape[-1]
+    if _max_abs(rows) * max(k, 1) < (1 << 62):
+        return int(np.abs(rows).sum(axis=-1).max())
+    return max(sum(abs(int(v)) for v in row) for row in rows.reshape(-1, k))
+
+
+# Paths a test may switch off (monkeypatch) to exercise the ones behind them.
+DISABLED_PATHS: set[str] = set()
+INT16_MAX = (1 << 15) - 1
+
+
+def gemm_path(bound: int, max_operand: int = INT16_MAX + 1, vnni_shape: bool = False) -> str:
+    """The exact GEMM for order-independent sums whose every partial sum is at most ``bound``.
+
+    ``vnni16``: int16 operands (``max_operand`` <= 32767) summed in wrapping int32, exact when
+    the whole sum fits int32 (then its residue mod 2**32 is the sum); ``float32`` / ``float64``:
+    BLAS, exact below 2**24 / 2**53; ``int64``: the numba loop, always exact.
+    """
+    if (vnni_shape and VNNI_AVAILABLE and "vnni16" not in DISABLED_PATHS
+            and max_operand <= INT16_MAX and bound < INT32_LANE):
+        return "vnni16"
+    if bound < FLOAT32_EXACT and "float32" not in DISABLED_PATHS:
+        return "float32"
+    if bound < FLOAT64_EXACT and "float64" not in DISABLED_PATHS:
+        return "float64"
+    return "int64"
+
+
+_GEMM_DTYPE = {"vnni16": np.int16, "float32": np.float32, "float64": np.float64,
+               "int64": np.int64}
+
+
+class MacPlan:
+    """How one MAC op is computed, decided from the spec and bounds on the operands.
+
+    ``kind`` 'gemm' (order-independent: any exact GEMM, then wrap/clamp) or 'lanes'
+    (order-dependent saturation in the declared order); ``path`` the engine.
+    """
+
+    def __init__(self, acc: AccumulatorSpec, bound: int, max_x: int, max_w: int, max_bias: int,
+                 vnni_shape: bool = False):
+        self.lo, self.hi, self.bits = acc.lo, acc.hi, acc.bits
+        self.wrap = acc.overflow is Overflow.WRAP
+        if acc.order_independent:
+            self.kind = "gemm"
+            self.step = 0
+            self.path = gemm_path(bound, max(max_x, max_w), vnni_shape)
+        else:
+            self.kind = "lanes"
+            self.step = 1 if acc.saturation_point is SaturationPoint.PER_MAC else acc.tile_k
+            fits32 = (bound + max_bias < INT32_LANE
+                      and max(-acc.lo, acc.hi) + bound < INT32_LANE
+                      and "int32" not in DISABLED_PATHS)
+            self.path = "int32" if fits32 else "int64"
+        self.dtype = np.int32 if self.path == "int32" else _GEMM_DTYPE.get(self.path, np.int64)
+        if self.path == "int32" and self.step == 1 and max(max_x, max_w) <= INT16_MAX:
+            self.dtype = np.int16  # operands only: half the memory traffic; lanes stay int32
+
+    def run(self, a, col, rows_per_group, bias_r, bias_j, out, r0, c0):
+        """Accumulate one block into out[r0 + r, c0 + j]; returns (events, min, max)."""
+        rr, kk = a.shape
+        ntask = rr * -(-col.shape[1] // LANE)
+        work = rr * kk * col.shape[1]
+        if self.kind == "lanes":
+            ev, mins, maxs = (np.zeros(ntask, np.int64) for _ in range(3))
+            if self.path == "int32" and self.step == 1:
+                _run_tasks(_per_mac_lanes_i32, ntask, 8 * work, a, col, rows_per_group, bias_r,
+                           bias_j, self.lo, self.hi, out, r0, c0, ev, mins, maxs)
+            else:
+                _run_tasks(_saturating_lanes, ntask, 8 * work, a, col, rows_per_group, bias_r,
+                           bias_j, self.lo, self.hi, self.step, out, r0, c0, ev, mins, maxs)
+            if ntask == 0:
+                return 0, 0, 0
+            return int(ev.sum()), int(mins.min()), int(maxs.max())
+        if self.path == "int64":
+            g = np.empty((a.shape[0], col.shape[1]), np.int64)
+            _run_tasks(_gemm_exact, ntask, 2 * work, a, col, rows_per_group, g)
+        else:
+            groups = a.shape[0] // rows_per_group
+            kk = a.shape[1]
+            if groups == 1:
+                g = a @ col
+            else:
+                g = np.matmul(a.reshape(groups, rows_per_group, kk),
+                              col.reshape(groups, kk, col.shape[1]))
+                g = g.reshape(a.shape[0], col.shape[1])
+        ev, mn, mx = _finish_exact(g, bias_r, bias_j, self.lo, self.hi, self.bits, self.wrap,
+                                   out, r0, c0)
+        return int(ev), int(mn), int(mx)
+
+
+class _Stats:
+    def __init__(self):
+        self.events, self.lo, self.hi = 0, 0, 0
+
+    def add(self, ev, lo, hi):
+        self.events += int(ev)
+        self.lo, self.hi = min(self.lo, int(lo)), max(self.hi, int(hi))
+
+    def result(self, outputs: int) -> OverflowStats:
+        return OverflowStats(self.events, outputs, signed_bits_needed(self.lo, self.hi))
+
+
+class _VnniConv:
+    """A conv (groups 1) prepared for the VNNI engine: weights packed once, then batch by batch
+    the input is packed (its range found on the way) and, if the plan allows, convolved."""
+
+    def __init__(self, wz, x_shape, strides, pads, dilations, oh, ow):
+        _, c, h, w = x_shape
+        oc, _, kh, kw = wz.shape
+        self.geometry = (kh, kw, *strides, *dilations)
+        self.pads = pads
+        self.oc, self.oh, self.ow = oc, oh, ow
+        self.c2n = (c + 1) // 2
+        self.opad = -(-oc // 64) * 64
+        owe = -(-ow // VNNI_POSITIONS) * VNNI_POSITIONS
+        (sh, sw), (dh, dw) = strides, dilations
+        self.hp = max(pads[0] + h, (oh - 1) * sh + (kh - 1) * dh + 1)
+        self.wpe = max(pads[1] + w, (owe - 1) * sw + (kw - 1) * dw + 1)
+        wt = np.zeros((kh, kw, 2 * self.c2n, self.opad), np.int16)
+        wt[:, :, :c, :oc] = wz.transpose(2, 3, 1, 0)
+        wp = wt.reshape(kh, kw, self.c2n, 2, self.opad).transpose(0, 1, 2, 4, 3)
+        self.wp = np.ascontiguousarray(wp).view(np.int32).ravel()
+        self.ntask = oh * (self.opad // 64)
+        self.work = self.ntask * owe * 64 * kh * kw * self.c2n
+        self.xh = None
+
+    def pack(self, x, bi, zx) -> tuple[int, int]:
+        """Pack batch bi; returns the min and max of x[bi]."""
+        self.xh = np.zeros((self.hp, self.wpe, 2 * self.c2n), np.int16)
+        h = x.shape[2]
+        los, his = np.empty(h, np.int64), np.empty(h, np.int64)
+        _run_tasks(_pack_nhwc16, h, 8 * x[bi].size, x, bi, zx, self.pads[0], self.pads[1],
+                   self.xh, los, his)
+        return int(los.min()), int(his.max())
+
+    def run(self, b, plan, out3) -> tuple[int, int, int]:
+        """Convolve the packed batch into out3 [oc, oh, ow] (C-contiguous)."""
+        ev, mins, maxs = (np.zeros(self.ntask, np.int64) for _ in range(3))
+        _run_tasks(_conv_vnni, self.ntask, self.work, self.xh.view(np.int32).ravel(), self.wp,
+                   *self.geometry, self.wpe, self.c2n, self.opad, b, plan.lo, plan.hi,
+                   plan.bits, plan.wrap, self.oc, self.oh, self.ow, out3.reshape(-1), ev, mins,
+                   maxs)
+        return int(ev.sum()), int(mins.min()), int(maxs.max())
+
+
+def conv_plan(x, w, bias, x_zp, w_zp, groups, acc: AccumulatorSpec) -> MacPlan:
+    """The plan conv2d would use for these operands (for tests and the benchmark)."""
+    x = _i64(x)
+    w = np.asarray(w, dtype=np.int64)
+    wz = w - reference._channel_zero_points(w_zp, w.shape[0])[:, None, None, None]
+    b = np.zeros(w.shape[0], np.int64) if bias is None else _i64(bias)
+    xmax = _max_abs(x, int(x_zp))
+    return MacPlan(acc, xmax * _max_l1(wz.reshape(wz.shape[0], -1)), xmax, _max_abs(wz),
+                   _max_abs(b), vnni_shape=groups == 1)
+
+
+# ============================================================================ MAC ops
+
+def conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups,
+           acc: AccumulatorSpec) -> tuple[np.ndarray, OverflowStats]:
+    """acc[n, o, y, x] = bias[o] + sum over (c, ky, kx) of (x - x_zp) * (w - w_zp[o]).
+
+    Planned batch by batch (the exactness bounds use that batch's input range), so one call
+    may use different engines for different batches; each is exact.
+    """
+    x = _i64(x)
+    w = np.asarray(w, dtype=np.int64)
+    zx = int(x_zp)
+    n, c, h, wd = x.shape
+    oc, icg, kh, kw = w.shape
+    if min(pads) < 0 or oc % groups or c != icg * groups:
+        return reference.conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc)
+    wz = w - reference._channel_zero_points(w_zp, oc)[:, None, None, None]
+    b = np.zeros(oc, np.int64) if bias is None else _i64(bias).reshape(oc)
+    (sh, sw), (dh, dw) = strides, dilations
+    pt, pl, pb, pr = (int(p) for p in pads)
+    oh = conv_output_size(h, kh, sh, pt, pb, dh)
+    ow = conv_output_size(wd, kw, sw, pl, pr, dw)
+    out = np.empty((n, oc, oh, ow), np.int64)
+    if out.size == 0:
+        return out, OverflowStats(0, 0, 1)
+    wl1, wmax, bmax = _max_l1(wz.reshape(oc, -1)), _max_abs(wz), _max_abs(b)
+    vnni = None
+    if (acc.order_independent and groups == 1 and VNNI_AVAILABLE and wmax <= INT16_MAX
+            and "vnni16" not in DISABLED_PATHS):
+        vnni = _VnniConv(wz, x.shape, (sh, sw), (pt, pl), (dh, dw), oh, ow)
+    stats = _Stats()
+    for bi in range(n):
+        if vnni is not None:
+            lo, hi = vnni.pack(x, bi, zx)
+            xmax = max(abs(hi - zx), abs(lo - zx))
+        else:
+            xmax = _max_abs(x[bi], zx)
+        plan = MacPlan(acc, xmax * wl1, xmax, wmax, bmax, vnni_shape=vnni is not None)
+        if plan.path == "vnni16":
+            stats.add(*vnni.run(b, plan, out[bi]))
+        else:
+            _conv_batch(x, bi, wz, b, zx, (sh, sw), (pt, pl), (dh, dw), groups, oh, ow, acc,
+                        plan, out[bi].reshape(oc, oh * ow), stats)
+    return out, stats.result(out.size)
+
+
+def _conv_batch(x, bi, wz, b, zx, strides, pads, dilations, groups, oh, ow, acc, plan, out2,
+                stats):
+    """One batch through im2col and a GEMM or lane engine, row chunk by row chunk."""
+    oc, icg, kh, kw = wz.shape
+    (sh, sw), (pt, pl), (dh, dw) = strides, pads, dilations
+    per_group = oc // groups
+    kg = icg * kh * kw
+    # rows of each group's K in the declared order (any order serves order-independent plans)
+    cc, yy, xx = np.meshgrid(np.arange(icg), np.arange(kh), np.arange(kw), indexing="ij")
+    wmat = wz.reshape(oc, kg)
+    if plan.kind == "lanes" and acc.mac_order is MacOrder.KH_KW_CIN:
+        cc, yy, xx = (v.transpose(1, 2, 0) for v in (cc, yy, xx))
+        wmat = wz.transpose(0, 2, 3, 1).reshape(oc, kg)
+    row_c = np.concatenate([cc.ravel() + g * icg for g in range(groups)]).astype(np.int64)
+    row_ky = np.tile(yy.ravel(), groups).astype(np.int64)
+    row_kx = np.tile(xx.ravel(), groups).astype(np.int64)
+    a = np.ascontiguousarray(wmat, dtype=plan.dtype)
+    itemsize = np.dtype(plan.dtype).itemsize
+    rows_per_chunk = max(1, min(oh, COL_BUDGET_BYTES // max(1, groups * kg * ow * itemsize)))
+    for oy0 in range(0, oh, rows_per_chunk):
+        oy1 = min(oh, oy0 + rows_per_chunk)
+        col = np.empty((groups * kg, (oy1 - oy0) * ow), plan.dtype)
+        _im2col(x, bi, zx, row_c, row_ky, row_kx, sh, sw, dh, dw, pt, pl, oy0, oy1, ow, col)
+        stats.add(*plan.run(a, col, per_group, b, np.zeros(col.shape[1], np.int64), out2, 0,
+                            oy0 * ow))
+
+
+def fully_connected(x, w, bias, x_zp, w_zp, acc: AccumulatorSpec):
+    """acc[n, m] = bias[m] + sum over k of (x[n, k] - x_zp) * (w[m, k] - w_zp[m])."""
+    x = _i64(x)
+    zx = int(x_zp)
+    w = np.asarray(w, dtype=np.int64)
+    m_out, k = w.shape
+    wz = w - reference._channel_zero_points(w_zp, m_out)[:, None]
+    b = np.zeros(m_out, np.int64) if bias is None else _i64(bias).reshape(m_out)
+    out = np.empty((x.shape[0], m_out), np.int64)
+    if out.size == 0:
+        return out, OverflowStats(0, 0, 1)
+    xz = x - np.int64(zx)
+    xmax = _max_abs(xz)
+    plan = MacPlan(acc, xmax * _max_l1(wz), xmax, _max_abs(wz), _max_abs(b), vnni_shape=True)
+    stats = _Stats()
+    if plan.path == "vnni16":
+        # a 1 x N "image" of K channels and a 1x1 kernel: the output [M, 1, N] is out transposed
+        x4 = np.ascontiguousarray(x.T).reshape(1, k, 1, x.shape[0])
+        conv = _VnniConv(wz.reshape(m_out, k, 1, 1), x4.shape, (1, 1), (0, 0), (1, 1), 1,
+                         x.shape[0])
+        conv.pack(x4, 0, zx)
+        out_t = np.empty((m_out, 1, x.shape[0]), np.int64)
+        stats.add(*conv.run(b, plan, out_t))
+        out[:] = out_t.reshape(m_out, -1).T
+        return out, stats.result(out.size)
+    a = np.ascontiguousarray(xz, dtype=plan.dtype)
+    col = np.ascontiguousarray(wz.T, dtype=plan.dtype)
+    stats.add(*plan.run(a, col, a.shape[0], np.zeros(a.shape[0], np.int64), b, out, 0, 0))
+    return out, stats.result(out.size)
+
+
+def matmul(a, b, a_zp, b_zp, acc: AccumulatorSpec):
+    """acc[..., n, m] = sum over k of (a[..., n, k] - a_zp) * (b[..., k, m] - b_zp)."""
+    a = np.asarray(a, dtype=np.int64) - np.int64(a_zp)
+    b = np.asarray(b, dtype=np.int64) - np.int64(b_zp)
+    b = np.broadcast_to(b, a.shape[:-2] + b.shape[-2:])
+    batch = a.shape[:-2]
+    a2 = np.ascontiguousarray(a.reshape(-1, *a.shape[-2:]))
+    b2 = np.ascontiguousarray(b.reshape(-1, *b.shape[-2:]))
+    nb, rows, kk = a2.shape
+    cols = b2.shape[2]
+    out = np.empty((nb, rows, cols), np.int64)
+    if out.size == 0:
+        return out.reshape(*batch, a.shape[-2], b.shape[-1]), OverflowStats(0, 0, 1)
+    amax = _max_abs(a2)
+    plan = MacPlan(acc, amax * _max_l1(b2.transpose(0, 2, 1)), amax, _max_abs(b2), 0)
+    a2t = a2.astype(plan.dtype)
+    b2t = b2.astype(plan.dtype)
+    zero_r, zero_j = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
+    stats = _Stats()
+    if plan.kind == "gemm" and plan.path != "int64" and nb > 1:
+        g = np.matmul(a2t, b2t).reshape(nb * rows, cols)
+        stats.add(*_finish_exact(g, np.zeros(nb * rows, np.int64), zero_j, plan.lo, plan.hi,
+                                 plan.bits, plan.wrap, out.reshape(nb * rows, cols), 0, 0))
+    else:
+        for i in range(nb):
+            stats.add(*plan.run(a2t[i], b2t[i], rows, zero_r, zero_j, out[i], 0, 0))
+    return out.reshape(*batch, a.shape[-2], b.shape[-1]), stats.result(out.size)
+
+
+# ============================================================================ requantize
+
+@njit(inline="always", **_JIT)
+def _requant_one(d, m, s, rnd, yzp, qmin, qmax):
+    y = _tflite_multiply(d, m, s) if rnd == 4 else _round_shift(d * m, s, rnd)
+    return min(max(y + yzp, qmin), qmax)
+
+
+@njit(inline="always", **_JIT)
+def _requant_one_float(d, f, yzp, qmin, qmax):
+    y = np.int64(np.rint(np.float32(d) * f))  # float32 product, ties to even
+    return min(max(y + yzp, qmin), qmax)
+
+
+SEGMENT = 4096  # elements per requantize task: one channel's scale throughout
+
+
+@njit(inline="always", **_JIT)
+def _segment(t, size, inner, ch):
+    """Task t -> (start, end, channel): runs of ``inner`` elements share a channel (i // inner
+    % ch) and are cut into SEGMENT-long pieces, so a task's loop has one scale throughout."""
+    per_run = (inner + SEGMENT - 1) // SEGMENT
+    run = t // per_run
+    start = run * inner + (t - run * per_run) * SEGMENT
+    end = min(start + SEGMENT, (run + 1) * inner, size)
+    return start, end, run % ch
+
+
+@njit(**_JIT)
+def _requant_int(t0, t1, v, inner, zx, mult, shift, rnd, yzp, qmin, qmax, out):
+    """Segments t0..t1 of v (flat): integer (M, S) requantization."""
+    for t in range(t0, t1):
+        start, end, c = _segment(t, v.size, inner, mult.size)
+        m, s = mult[c], shift[c]
+        for i in range(start, end):
+            out[i] = _requant_one(v[i] - zx, m, s, rnd, yzp, qmin, qmax)
+
+
+@njit(**_JIT)
+def _requant_float(t0, t1, v, inner, zx, scale, yzp, qmin, qmax, out):
+    """Segments t0..t1 of v (flat): float32 scale, ties to even."""
+    for t in range(t0, t1):
+        start, end, c = _segment(t, v.size, inner, scale.size)
+        f = scale[c]
+        for i in range(start, end):
+            out[i] = _requant_one_float(v[i] - zx, f, yzp, qmin, qmax)
+
+
+def requantize(x, x_zp, prepared: PreparedScale, axis: int, y_zp: int, qmin: int, qmax: int):
+    """y = clamp(round((x - x_zp) * scale) + y_zp, qmin, qmax), per channel along axis."""
+    v = _i64(x)
+    m, s = np.asarray(prepared.multiplier), np.asarray(prepared.shift)
+    if m.size > 1:
+        if v.ndim == 0 or m.size != v.shape[axis] or s.size != m.size:
+            return reference.requantize(x, x_zp, prepared, axis, y_zp, qmin, qmax)
+        inner = math.prod(v.shape[axis + 1:])  # elements per channel run
+    elif m.size == 1 and s.size == 1:
+        inner = v.size
+    else:
+        return reference.requantize(x, x_zp, prepared, axis, y_zp, qmin, qmax)
+    flat = v.reshape(-1)
+    out = np.empty(flat.size, np.int64)
+    if flat.size == 0:
+        return out.reshape(v.shape)
+    ntask = (flat.size // inner) * -(-inner // SEGMENT)
+    zx, yzp, lo, hi = int(x_zp), int(y_zp), int(qmin), int(qmax)
+    if prepared.mode is RequantMode.FLOAT_SCALE:
+        f = np.ascontiguousarray(m, dtype=np.float32).ravel()
+        _run_tasks(_requant_float, ntask, 4 * flat.size, flat, inner, zx, f, yzp, lo, hi, out)
+    else:
+        mult = np.ascontiguousarray(m, dtype=np.int64).ravel()
+        shift = np.ascontiguousarray(s, dtype=np.int64).ravel()
+        if shift.size and (shift.min() < 0 or shift.max() > 62):
+            return reference.requantize(x, x_zp, prepared, axis, y_zp, qmin, qmax)
+        rnd = _ROUNDING_CODE[prepared.rounding]
+        _run_tasks(_requant_int, ntask, 8 * flat.size, flat, inner, zx, mult, shift, rnd, yzp,
+                   lo, hi, out)
+    return out.reshape(v.shape)
+
+
+# ============================================================================ pooling
+
+@njit(**_JIT)
+def _pool(t0, t1, x, zx, kh, kw, sh, sw, pt, pl, oh, ow, kind, include_pad, rnd, out):
+    """Planes t = (n, c): kind 0, max of the in-bounds taps (INT64_MIN if none); kind 1, the
+    mean of (x - zx) over the window, padding counted only with ``include_pad``, rounded."""
+    n, c, h, w = x.shape
+    for t in range(t0, t1):
+        bi = t // c
+        ci = t - bi * c
+        for oy in range(oh):
+            for ox in range(ow):
+                best = np.int64(-9223372036854775807 - 1)
+                total = np.int64(0)
+                count = np.int64(0)
+                for ky in range(kh):
+                    iy = oy * sh + ky - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = ox * sw + kx - pl
+                        if ix < 0 or ix >= w:
+                            continue
+                        v = x[bi, ci, iy, ix]
+                        best = max(best, v)
+                        total += v - zx
+                        count += 1
+                if kind == 0:
+                    out[bi, ci, oy, ox] = best
+                else:
+                    d = np.int64(kh * kw) if include_pad else count
+                    out[bi, ci, oy, ox] = _round_div(total, d, rnd) + zx
+
+
+def maxpool2d(x, kernel, strides, pads):
+    """Max of the integers in each window; padding never wins."""
+    x = _i64(x)
+    return _pool_call(x, 0, kernel, strides, pads, 0, False, 0)
+
+
+def avgpool2d(x, x_zp, kernel, strides, pads, count_include_pad: bool, rounding: RoundingMode):
+    """Mean of (x - zp) over each window, divided with ``rounding``, plus zp."""
+    x = _i64(x)
+    return _pool_call(x, int(x_zp), kernel, strides, pads, 1, bool(count_include_pad),
+                      _ROUNDING_CODE[rounding])
+
+
+def _pool_call(x, zx, kernel, strides, pads, kind, include_pad, rnd):
+    (kh, kw), (sh, sw) = kernel, strides
+    pt, pl, pb, pr = (int(p) for p in pads)
+    oh = conv_output_size(x.shape[2], kh, sh, pt, pb, 1)
+    ow = conv_output_size(x.shape[3], kw, sw, pl, pr, 1)
+    out = np.empty((x.shape[0], x.shape[1], oh, ow), np.int64)
+    if out.size:
+        _run_tasks(_pool, x.shape[0] * x.shape[1], out.size * kh * kw * 2, x, zx, int(kh),
+                   int(kw), int(sh), int(sw), pt, pl, oh, ow, kind, include_pad, rnd, out)
+    return out
+
+
+def global_avgpool2d(x, x_zp, rounding: RoundingMode):
+    x = _i64(x)
+    h, w = x.shape[2], x.shape[3]
+    return avgpool2d(x, x_zp, (h, w), (1, 1), (0, 0, 0, 0), False, rounding)
+
+
+# ============================================================================ elementwise
+
+@njit(inline="always", **_JIT)
+def _add_one(da, db, ma, mb, shift, rnd, yzp, qmin, qmax):
+    y = _round_shift(da * ma + db * mb, shift, rnd)
+    return min(max(y + yzp, qmin), qmax)
+
+
+@njit(**_JIT)
+def _add_int(t0, t1, a, za, b, zb, ma, mb, shift, rnd, yzp, qmin, qmax, out):
+    for i in range(t0, t1):
+        out[i] = _add_one(a[i] - za, b[i] - zb, ma, mb, shift, rnd, yzp, qmin, qmax)
+
+
+@njit(**_JIT)
+def _add_float(a, za, b, zb, fa, fb, yzp, qmin, qmax, out):
+    for i in range(a.size):
+        total = np.float32(a[i] - za) * fa + np.float32(b[i] - zb) * fb
+        y = np.int64(np.rint(total))
+        out[i] = min(max(y + yzp, qmin), qmax)
+
+
+def add(a, a_zp, b, b_zp, multiplier_a, multiplier_b, shift, mode: RequantMode,
+        rounding: RoundingMode, y_zp, qmin, qmax):
+    """y = clamp(round((a - za) * ra + (b - zb) * rb) + zy): one rounding of the exact sum."""
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+    shape = a.shape
+    a1, b1 = _i64(a).ravel(), _i64(b).ravel()
+    out = np.empty(a1.size, np.int64)
+    za, zb, yzp, lo, hi = int(a_zp), int(b_zp), int(y_zp), int(qmin), int(qmax)
+    if mode is RequantMode.FLOAT_SCALE:
+        _add_float(a1, za, b1, zb, np.float32(multiplier_a), np.float32(multiplier_b), yzp, lo,
+                   hi, out)
+        return out.reshape(shape)
+    if not 0 <= int(shift) <= 62:
+        return reference.add(a, a_zp, b, b_zp, multiplier_a, multiplier_b, shift, mode,
+                             rounding, y_zp, qmin, qmax)
+    single = RoundingMode.HALF_AWAY if rounding is RoundingMode.TFLITE else rounding
+    _run_tasks(_add_int, a1.size, 8 * a1.size, a1, za, b1, zb, int(multiplier_a),
+               int(multiplier_b), int(shift), _ROUNDING_CODE[single], yzp, lo, hi, out)
+    return out.reshape(shape)
+
+
+@njit(**_JIT)
+def _clamp(x, lo, hi, out):
+    for i in range(x.size):
+        out[i] = min(max(x[i], lo), hi)
+
+
+def clamp(x, lo: int, hi: int):
+    x = _i64(x)
+    out = np.empty(x.size, np.int64)
+    _clamp(x.ravel(), int(lo), int(hi), out)
+    return out.reshape(x.shape)
+
+
+@njit(**_JIT)
+def _lookup(x, table, offset, out):
+    """out = table[x - offset] with NumPy's negative-index wrap; False if an index is out."""
+    size = table.size
+    for i in range(x.size):
+        idx = x[i] - offset
+        if idx < 0:
+            idx += size
+        if idx < 0 or idx >= size:
+            return False
+        out[i] = table[idx]
+    return True
+
+
+def lookup_table(x, table, offset: int):
+    """y = table[x - offset]; offset is the input type's qmin."""
+    x = _i64(x)
+    t = _i64(table).ravel()
+    out = np.empty(x.size, np.int64)
+    if not _lookup(x.ravel(), t, int(offset), out):
+        raise IndexError(f"lookup_table: an index x - {offset} is outside the {t.size}-entry table")
+    return out.reshape(x.shape)
+
+
+@njit(**_JIT)
+def _softmax(x, table, out_shift, yzp, qmin, qmax, rnd, out):
+    """Rows of x [R, L]; False if an exp_table index is out of range."""
+    rows, length = x.shape
+    e = np.empty(length, np.int64)
+    for r in range(rows):
+        mx = x[r, 0]
+        for i in range(1, length):
+            mx = max(mx, x[r, i])
+        total = np.int64(0)
+        for i in range(length):
+            idx = mx - x[r, i]
+            if idx >= table.size:
+                return False
+            e[i] = table[idx]
+            total += e[i]
+        total = max(total, 1)
+        for i in range(length):
+            y = _round_div(e[i] << out_shift, total, rnd) + yzp
+            out[r, i] = min(max(y, qmin), qmax)
+    return True
+
+
+def softmax(x, axis: int, exp_table, out_shift: int, y_zp: int, qmin: int, qmax: int,
+            rounding: RoundingMode):
+    """Integer softmax: e = exp_table[max - x]; y = round(e * 2**out_shift / sum(e)) + zp."""
+    x = np.asarray(x, dtype=np.int64)
+    if x.ndim == 0 or x.size == 0 or not 0 <= int(out_shift) <= 62:
+        return reference.softmax(x, axis, exp_table, out_shift, y_zp, qmin, qmax, rounding)
+    moved = np.moveaxis(x, axis, -1)
+    x2 = np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
+    out = np.empty(x2.shape, np.int64)
+    ok = _softmax(x2, _i64(exp_table).ravel(), int(out_shift), int(y_zp), int(qmin), int(qmax),
+                  _ROUNDING_CODE[rounding], out)
+    if not ok:
+        raise IndexError("softmax: max - x is outside exp_table")
+    return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))

@@ -1,0 +1,566 @@
+"""Every numba kernel equals the NumPy reference, bit for bit, statistics included.
+
+Style rule 1 ("reference first, ports second"): the reference is the oracle; a kernel that
+moves one bit, one overflow event or one bit of ``required_bits`` fails here. Property tests
+draw random small cases over the whole arithmetic contract; targeted tests pin the edges
+(ties, INT32_MIN * INT32_MIN, accumulators exactly at their limits, order-dependent
+saturation, the exactness bounds of the fast GEMM paths).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numerics.strategies import (ConvCase, accumulator_specs, conv_cases, edgy_integers,
+                                 fc_cases, int_arrays, int_types, matmul_cases,
+                                 narrow_accumulators, of_type, prepared_scales, roundings)
+from simulator.contract import (AccumulatorSpec, MacOrder, Overflow, RequantMode, RequantSpec,
+                                RoundingMode, SaturationPoint)
+from simulator.numerics import fixed_point as fp
+from simulator.numerics import kernels, reference
+from simulator.numerics.fixed_point import INT32_MAX, INT32_MIN, OverflowStats, PreparedScale
+
+FAST = settings(deadline=None)
+
+# Each engine behind the order-independent and order-dependent plans, switched off in turn so
+# that every one of them is compared with the reference on whatever machine runs the tests.
+GEMM_ENGINES = {
+    "best": set(),
+    "float32": {"vnni16"},
+    "float64": {"vnni16", "float32"},
+    "int64": {"vnni16", "float32", "float64"},
+}
+LANE_ENGINES = {"best": set(), "int64": {"int32"}}
+
+
+@contextlib.contextmanager
+def disabled(paths):
+    saved = set(kernels.DISABLED_PATHS)
+    kernels.DISABLED_PATHS.clear()
+    kernels.DISABLED_PATHS.update(paths)
+    try:
+        yield
+    finally:
+        kernels.DISABLED_PATHS.clear()
+        kernels.DISABLED_PATHS.update(saved)
+
+
+def engines_for(acc: AccumulatorSpec):
+    return GEMM_ENGINES if acc.order_independent else LANE_ENGINES
+
+
+def assert_same(fn_name, *args):
+    """kernels.fn(*args) == reference.fn(*args): values, dtype, shape and (MAC ops) stats."""
+    want = getattr(reference, fn_name)(*args)
+    got = getattr(kernels, fn_name)(*args)
+    if isinstance(want, tuple):
+        (want, want_stats), (got, got_stats) = want, got
+        assert isinstance(got_stats, OverflowStats)
+        assert got_stats == want_stats, f"{fn_name} stats {got_stats} != reference {want_stats}"
+    assert got.dtype == np.int64 and want.dtype == np.int64
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want, err_msg=f"{fn_name} differs from the reference")
+    return got
+
+
+def assert_mac_same(fn_name, *args):
+    """Every engine the plan could pick agrees with the reference."""
+    acc = args[-1]
+    for paths in engines_for(acc).values():
+        with disabled(paths):
+            assert_same(fn_name, *args)
+
+
+# ============================================================================ MAC properties
+
+@FAST
+@given(conv_cases(), accumulator_specs())
+def test_conv2d_equals_reference(case: ConvCase, acc):
+    assert_mac_same("conv2d", *case.args(acc))
+
+
+@FAST
+@given(conv_cases(), narrow_accumulators())
+def test_conv2d_narrow_accumulators_equal_reference(case: ConvCase, acc):
+    assert_mac_same("conv2d", *case.args(acc))
+
+
+@settings(deadline=None, max_examples=max(5, settings.default.max_examples // 4))
+@given(st.data(), accumulator_specs())
+def test_conv2d_wide_layer_equals_reference(data, acc):
+    """More than 64 output channels and widths that do not fill a VNNI micro-tile."""
+    xt, wt = data.draw(int_types(bits=(4, 8))), data.draw(int_types(bits=(2, 4, 8)))
+    c = data.draw(st.integers(1, 5))
+    oc = data.draw(st.sampled_from([16, 65, 70]))
+    dilation = data.draw(st.integers(1, 2))
+    w = data.draw(st.integers(2 * dilation - 1, 9))
+    x = data.draw(of_type((1, c, 3, w), xt))
+    wts = data.draw(of_type((oc, c, 3, 3), wt))
+    stride = data.draw(st.integers(1, 2))
+    case = ConvCase(x, wts, data.draw(int_arrays((oc,), -500, 500)),
+                    data.draw(edgy_integers(xt.qmin, xt.qmax)), 0, (1, stride), (1, 1, 1, 1),
+                    (1, dilation), 1)
+    assert_mac_same("conv2d", *case.args(acc))
+
+
+@FAST
+@given(fc_cases(), accumulator_specs())
+def test_fully_connected_equals_reference(case, acc):
+    assert_mac_same("fully_connected", *case, acc)
+
+
+@FAST
+@given(fc_cases(), narrow_accumulators())
+def test_fully_connected_narrow_accumulators_equal_reference(case, acc):
+    assert_mac_same("fully_connected", *case, acc)
+
+
+@FAST
+@given(matmul_cases(), accumulator_specs())
+def test_matmul_equals_reference(case, acc):
+    assert_mac_same("matmul", *case, acc)
+
+
+@FAST
+@given(matmul_cases(), narrow_accumulators())
+def test_matmul_narrow_accumulators_equal_reference(case, acc):
+    assert_mac_same("matmul", *case, acc)
+
+
+# ============================================================================ other properties
+
+@FAST
+@given(st.data())
+def test_requantize_equals_reference(data):
+    shape = data.draw(st.sampled_from([(7,), (2, 3, 4), (1, 4, 3, 2), (2, 5)]))
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    prepared, _ = data.draw(prepared_scales(shape[axis]))
+    src = data.draw(int_types(bits=(8, 16, 24, 32)))
+    x = data.draw(of_type(shape, src))
+    dst = data.draw(int_types(bits=(2, 4, 8, 16)))
+    y_zp = data.draw(edgy_integers(dst.qmin, dst.qmax))
+    assert_same("requantize", x, data.draw(edgy_integers(src.qmin, src.qmax)), prepared, axis,
+                y_zp, dst.qmin, dst.qmax)
+
+
+@contextlib.contextmanager
+def threaded_always():
+    """Every kernel splits its tasks over the thread pool, however small the call."""
+    saved = kernels.PARALLEL_WORK
+    kernels.PARALLEL_WORK = 0
+    try:
+        yield
+    finally:
+        kernels.PARALLEL_WORK = saved
+
+
+@settings(deadline=None, max_examples=max(5, settings.default.max_examples // 2))
+@given(conv_cases(max_ocg=20), accumulator_specs(), st.data())
+def test_threaded_task_split_equals_reference(case: ConvCase, acc, data):
+    """The task ranges handed to the pool cover every output exactly once."""
+    with threaded_always():
+        assert_mac_same("conv2d", *case.args(acc))
+        prepared, _ = data.draw(prepared_scales(4))
+        x = data.draw(int_arrays((2, 4, 3, 5), -(1 << 31), (1 << 31) - 1))
+        assert_same("requantize", x, 0, prepared, 1, 3, -128, 127)
+        assert_same("avgpool2d", x, 1, (2, 2), (1, 2), (1, 0, 1, 1), True, RoundingMode.HALF_EVEN)
+        assert_same("maxpool2d", x, (3, 2), (2, 1), (1, 1, 1, 0))
+        assert_same("add", x, 1, x[::-1], -2, 37, -21, 6, RequantMode.MULTIPLIER_SHIFT,
+                    RoundingMode.HALF_AWAY, 0, -99, 99)
+
+
+@st.composite
+def pool_cases(draw):
+    t = draw(int_types())
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = (draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)),
+            draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)))
+    h = draw(st.integers(max(1, kh - pads[0] - pads[2]), 7))
+    w = draw(st.integers(max(1, kw - pads[1] - pads[3]), 7))
+    x = draw(of_type((draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), t))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    return t, x, (kh, kw), strides, pads
+
+
+@FAST
+@given(pool_cases())
+def test_maxpool2d_equals_reference(case):
+    _, x, kernel, strides, pads = case
+    assert_same("maxpool2d", x, kernel, strides, pads)
+
+
+@FAST
+@given(pool_cases(), st.booleans(), roundings(), st.data())
+def test_avgpool2d_equals_reference(case, include_pad, rounding, data):
+    t, x, kernel, strides, pads = case
+    assert_same("avgpool2d", x, data.draw(edgy_integers(t.qmin, t.qmax)), kernel, strides, pads,
+                include_pad, rounding)
+
+
+@FAST
+@given(int_types(), roundings(), st.data())
+def test_global_avgpool2d_equals_reference(t, rounding, data):
+    x = data.draw(of_type((data.draw(st.integers(1, 2)), 3, data.draw(st.integers(1, 5)),
+                           data.draw(st.integers(1, 5))), t))
+    assert_same("global_avgpool2d", x, data.draw(edgy_integers(t.qmin, t.qmax)), rounding)
+
+
+@FAST
+@given(int_types(), int_types(), int_types(bits=(2, 4, 8)), st.sampled_from(list(RoundingMode)),
+       st.integers(2, 32), st.data())
+def test_add_equals_reference(ta, tb, ty, rounding, mbits, data):
+    shape = data.draw(st.sampled_from([(5,), (2, 3, 2)]))
+    a, b = data.draw(of_type(shape, ta)), data.draw(of_type(shape, tb))
+    za = data.draw(edgy_integers(ta.qmin, ta.qmax))
+    zb = data.draw(edgy_integers(tb.qmin, tb.qmax))
+    zy = data.draw(edgy_integers(ty.qmin, ty.qmax))
+    if rounding is RoundingMode.TFLITE:
+        mbits = 32
+    top = float(min(8, (1 << (mbits - 1)) - 1))  # ratios a right shift can express
+    ra = data.draw(st.floats(1e-4, top))
+    rb = data.draw(st.floats(1e-4, top))
+    if data.draw(st.booleans()):
+        assert_same("add", a, za, b, zb, np.float32(ra), np.float32(rb), 0,
+                    RequantMode.FLOAT_SCALE, RoundingMode.HALF_EVEN, zy, ty.qmin, ty.qmax)
+    else:
+        ma, mb, shift = fp.quantize_multiplier_pair(ra, rb, mbits)
+        assert_same("add", a, za, b, zb, ma, mb, shift, RequantMode.MULTIPLIER_SHIFT, rounding,
+                    zy, ty.qmin, ty.qmax)
+
+
+@FAST
+@given(int_types(), st.data())
+def test_clamp_equals_reference(t, data):
+    x = data.draw(of_type((3, 4), t))
+    lo = data.draw(edgy_integers(t.qmin, t.qmax))
+    hi = data.draw(edgy_integers(t.qmin, t.qmax))
+    assert_same("clamp", x, lo, hi)
+
+
+@FAST
+@given(int_types(bits=(2, 4, 8)), st.data())
+def test_lookup_table_equals_reference(t, data):
+    x = data.draw(of_type((2, 5), t))
+    table = data.draw(int_arrays((t.qmax - t.qmin + 1,), -(1 << 15), 1 << 15))
+    assert_same("lookup_table", x, table, t.qmin)
+
+
+def test_lookup_table_out_of_range_raises_like_reference():
+    with pytest.raises(IndexError):
+        reference.lookup_table(np.array([300]), np.arange(256), 0)
+    with pytest.raises(IndexError):
+        kernels.lookup_table(np.array([300]), np.arange(256), 0)
+
+
+@FAST
+@given(int_types(bits=(4, 8)), roundings(), st.integers(0, 15), st.data())
+def test_softmax_equals_reference(t, rounding, out_shift, data):
+    shape = data.draw(st.sampled_from([(6,), (2, 5), (2, 3, 4)]))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = data.draw(of_type(shape, t))
+    span = t.qmax - t.qmin + 1
+    table = data.draw(int_arrays((span,), 0, 1 << 16))
+    y = int_types(bits=(8,))
+    yt = data.draw(y)
+    assert_same("softmax", x, axis, table, out_shift, data.draw(edgy_integers(yt.qmin, yt.qmax)),
+                yt.qmin, yt.qmax, rounding)
+
+
+def test_data_movement_is_the_reference():
+    assert kernels.reshape is reference.reshape
+    assert kernels.transpose is reference.transpose
+    assert kernels.concat is reference.concat
+
+
+# ============================================================================ rounding edges
+
+TIES = np.arange(-7, 8, dtype=np.int64)  # with M = 1, S = 1: every odd value is a tie
+
+
+@pytest.mark.parametrize("rounding, expected", [
+    (RoundingMode.FLOOR, [-4, -3, -3, -2, -2, -1, -1, 0, 0, 1, 1, 2, 2, 3, 3]),
+    (RoundingMode.HALF_UP, [-3, -3, -2, -2, -1, -1, 0, 0, 1, 1, 2, 2, 3, 3, 4]),
+    (RoundingMode.HALF_EVEN, [-4, -3, -2, -2, -2, -1, 0, 0, 0, 1, 2, 2, 2, 3, 4]),
+    (RoundingMode.HALF_AWAY, [-4, -3, -3, -2, -2, -1, -1, 0, 1, 1, 2, 2, 3, 3, 4]),
+])
+def test_requantize_ties_every_single_rounding_mode(rounding, expected):
+    prepared = PreparedScale(RequantMode.MULTIPLIER_SHIFT, rounding, np.array([1]), np.array([1]))
+    got = assert_same("requantize", TIES, 0, prepared, 0, 0, -100, 100)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_requantize_ties_tflite_double_rounding():
+    # M = 2**30 is 0.5 in Q0.31; S = 31 means no extra shift: SRDHM rounds v/2 ties upward
+    prepared = PreparedScale(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE,
+                             np.array([1 << 30]), np.array([31]))
+    got = assert_same("requantize", TIES, 0, prepared, 0, 0, -100, 100)
+    np.testing.assert_array_equal(got, [-3, -3, -2, -2, -1, -1, 0, 0, 1, 1, 2, 2, 3, 3, 4])
+    # S = 32: SRDHM by 0.5 then a rounding divide by 2 (ties away): two roundings, so 5 / 4
+    # becomes 3 (from 2.5) and then 2 (from 1.5), where one rounding of 1.25 would give 1
+    prepared = PreparedScale(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE,
+                             np.array([1 << 30]), np.array([32]))
+    got = assert_same("requantize", TIES, 0, prepared, 0, 0, -100, 100)
+    np.testing.assert_array_equal(got, [-2, -2, -1, -1, -1, -1, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+
+
+def test_requantize_float_scale_ties_to_even():
+    prepared = fp.prepare_scale(0.5, RequantSpec(RequantMode.FLOAT_SCALE, RoundingMode.HALF_EVEN))
+    got = assert_same("requantize", TIES, 0, prepared, 0, 0, -100, 100)
+    np.testing.assert_array_equal(got, [-4, -3, -2, -2, -2, -1, 0, 0, 0, 1, 2, 2, 2, 3, 4])
+
+
+def test_srdhm_int32_min_times_int32_min_saturates():
+    prepared = PreparedScale(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE,
+                             np.array([INT32_MIN]), np.array([31]))
+    x = np.array([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])
+    got = assert_same("requantize", x, 0, prepared, 0, 0, -(1 << 40), 1 << 40)
+    # INT32_MIN * INT32_MIN is the one product that does not fit: it saturates to INT32_MAX
+    np.testing.assert_array_equal(got, [INT32_MAX, INT32_MAX, 1, 0, -1, -INT32_MAX])
+
+
+def test_tflite_left_shift_wraps_in_int32():
+    # S = 29: TFLite shifts left by 2 first, in int32: 2**29 << 2 wraps to INT32_MIN
+    prepared = PreparedScale(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE,
+                             np.array([1 << 30]), np.array([29]))
+    x = np.array([1 << 29, 1 << 30, 3, -(1 << 29)])
+    got = assert_same("requantize", x, 0, prepared, 0, 0, -(1 << 40), 1 << 40)
+    np.testing.assert_array_equal(got, [-(1 << 30), 0, 6, -(1 << 30)])
+
+
+@pytest.mark.parametrize("rounding", list(RoundingMode))
+def test_pool_and_add_ties(rounding):
+    # windows of 2 whose sums are odd: every mean is a tie
+    x = np.array([[[[1, 2, -1, -2, 3, 4, -3, -4]]]])
+    assert_same("avgpool2d", x, 0, (1, 2), (1, 1), (0, 0, 0, 0), False, rounding)
+    assert_same("avgpool2d", x, 1, (1, 2), (1, 2), (0, 1, 0, 1), True, rounding)
+    assert_same("global_avgpool2d", x[..., :2], 0, rounding)
+    a = np.arange(-5, 6)
+    assert_same("add", a, 0, a, 0, 1, 0, 1, RequantMode.MULTIPLIER_SHIFT, rounding, 0, -99, 99)
+    assert_same("softmax", np.array([[0, 0, 1]]), -1, np.array([3, 1, 0]), 0, 0, -99, 99,
+                rounding)
+
+
+# ============================================================================ accumulator edges
+
+@pytest.mark.parametrize("bits", [8, 16, 24, 32, 48])
+@pytest.mark.parametrize("overflow", list(Overflow))
+@pytest.mark.parametrize("point", list(SaturationPoint))
+def test_accumulator_exactly_at_its_limits(bits, overflow, point):
+    tile_k = 2 if point is SaturationPoint.PER_TILE else 0
+    acc = AccumulatorSpec(bits, overflow, point, tile_k=tile_k)
+    lo, hi = acc.lo, acc.hi
+    w = np.array([[1]])
+    for paths in engines_for(acc).values():
+        with disabled(paths):
+            # exactly at hi / lo: no event, and the accumulator's own width is what it needed
+            for target in (hi, lo):
+                got = assert_same("fully_connected", np.array([[target]]), w, None, 0, 0, acc)
+                _, stats = kernels.fully_connected(np.array([[target]]), w, None, 0, 0, acc)
+                assert got[0, 0] == target and stats == OverflowStats(0, 1, bits)
+            # one past: an event, one more bit needed, and the policy decides the value
+            for target, step, wrapped, clamped in ((hi, 1, lo, hi), (lo, -1, hi, lo)):
+                args = (np.array([[target]]), w, np.array([step]), 0, 0, acc)
+                got = assert_same("fully_connected", *args)
+                assert kernels.fully_connected(*args)[1] == OverflowStats(1, 1, bits + 1)
+                assert got[0, 0] == (wrapped if overflow is Overflow.WRAP else clamped)
+
+
+def test_conv_accumulator_at_limits_on_every_engine():
+    # 2x2 kernel of 127s over 1s: each sum is 4 * 127 = 508; with bias 2**15 - 1 - 508 the sum
+    # is exactly hi of a 16-bit accumulator; one more and all four outputs leave it
+    x = np.ones((1, 1, 3, 3), np.int64)
+    w = np.full((1, 1, 2, 2), 127)
+    for point in SaturationPoint:
+        acc = AccumulatorSpec(16, Overflow.SATURATE, point, tile_k=3)
+        for extra, events in ((0, 0), (1, 4)):
+            args = (x, w, np.array([(1 << 15) - 1 - 508 + extra]), 0, 0, (1, 1), (0, 0, 0, 0),
+                    (1, 1), 1, acc)
+            for paths in engines_for(acc).values():
+                with disabled(paths):
+                    got = assert_same("conv2d", *args)
+                    stats = kernels.conv2d(*args)[1]
+                    assert (got == (1 << 15) - 1).all()
+                    assert stats == OverflowStats(events, 4, 16 + (extra > 0))
+
+
+def _per_mac_order_case():
+    """One output, two input channels, a 1x2 kernel: the MAC order decides the answer.
+
+    Products in cin_kh_kw order (c0k0, c0k1, c1k0, c1k1) = (100, 100, -100, -100) and in
+    kh_kw_cin order (c0k0, c1k0, c0k1, c1k1) = (100, -100, 100, -100). With an 8-bit accumulator
+    saturating per MAC the first order clips at 200 -> 127 and ends at -73; the second never
+    leaves the range and ends at 0, which is also the final-saturation answer.
+    """
+    x = np.array([[[[10, 10]], [[10, 10]]]])
+    w = np.array([[[[10, 10]], [[-10, -10]]]])
+    return x, w
+
+
+@pytest.mark.parametrize("order, expected, events, bits", [
+    (MacOrder.CIN_KH_KW, -73, 1, 9),
+    (MacOrder.KH_KW_CIN, 0, 0, 8),
+])
+def test_per_mac_saturation_follows_the_declared_order(order, expected, events, bits):
+    x, w = _per_mac_order_case()
+    acc = AccumulatorSpec(8, Overflow.SATURATE, SaturationPoint.PER_MAC, mac_order=order)
+    for paths in LANE_ENGINES.values():
+        with disabled(paths):
+            got = assert_same("conv2d", x, w, None, 0, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1, acc)
+            _, stats = kernels.conv2d(x, w, None, 0, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1, acc)
+            assert got.ravel().tolist() == [expected]
+            assert stats == OverflowStats(events, 1, bits)
+    final = AccumulatorSpec(8, Overflow.SATURATE, SaturationPoint.FINAL, mac_order=order)
+    got = assert_same("conv2d", x, w, None, 0, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1, final)
+    assert got.ravel().tolist() == [0]
+
+
+def test_per_tile_saturation_differs_from_per_mac_and_final():
+    # terms 100, 100, -100, -100 in k order; 8-bit saturating accumulator
+    x = np.array([[1, 1, 1, 1]])
+    w = np.array([[100, 100, -100, -100]])
+    answers = {}
+    for point, tile in ((SaturationPoint.PER_MAC, 0), (SaturationPoint.PER_TILE, 2),
+                        (SaturationPoint.PER_TILE, 4), (SaturationPoint.FINAL, 0)):
+        acc = AccumulatorSpec(8, Overflow.SATURATE, point, tile_k=tile)
+        answers[(point, tile)] = int(assert_mac_same_value("fully_connected", x, w, None, 0, 0,
+                                                           acc))
+    assert answers == {(SaturationPoint.PER_MAC, 0): -73, (SaturationPoint.PER_TILE, 2): -73,
+                       (SaturationPoint.PER_TILE, 4): 0, (SaturationPoint.FINAL, 0): 0}
+
+
+def assert_mac_same_value(fn_name, *args):
+    assert_mac_same(fn_name, *args)
+    return getattr(kernels, fn_name)(*args)[0].ravel()[0]
+
+
+def test_per_mac_int32_lanes_with_a_k_tail_and_many_lanes():
+    """The 8-way unrolled int32 engine: K not a multiple of 8, more outputs than one lane."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (1, 3, 20, 19))
+    w = rng.integers(-128, 128, (5, 3, 3, 3))  # K = 27 = 3 * 8 + 3
+    for order in MacOrder:
+        acc = AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC, mac_order=order)
+        assert kernels.conv_plan(x, w, None, 128, 0, 1, acc).path == "int32"
+        assert_mac_same("conv2d", x, w, rng.integers(-9000, 9000, 5), 128, 0, (1, 1),
+                        (1, 1, 1, 1), (1, 1), 1, acc)
+
+
+# ============================================================================ fast-path bounds
+
+def test_gemm_path_thresholds():
+    assert kernels.gemm_path((1 << 24) - 1) == "float32"
+    assert kernels.gemm_path(1 << 24) == "float64"
+    assert kernels.gemm_path((1 << 53) - 1) == "float64"
+    assert kernels.gemm_path(1 << 53) == "int64"
+    if kernels.VNNI_AVAILABLE:
+        assert kernels.gemm_path((1 << 31) - 1, (1 << 15) - 1, vnni_shape=True) == "vnni16"
+        assert kernels.gemm_path(1 << 31, 100, vnni_shape=True) != "vnni16"
+        assert kernels.gemm_path(100, 1 << 15, vnni_shape=True) != "vnni16"
+
+
+def test_float64_bound_just_above_2_53_falls_back_to_exact_int64():
+    # products 2**53 and 1: their sum 2**53 + 1 is not a float64, so float64 BLAS would give
+    # 2**53; the bound max|x| * max L1(w) = 2**26 * (2**27 + 1) is just above 2**53
+    x = np.array([[1 << 26, 1]])
+    w = np.array([[1 << 27, 1]])
+    assert float(np.float64(1 << 53) + np.float64(1)) == float(1 << 53)  # the trap is real
+    acc = AccumulatorSpec(48, Overflow.WRAP, SaturationPoint.FINAL)
+    plan = kernels.MacPlan(acc, (1 << 26) * ((1 << 27) + 1), 1 << 26, 1 << 27, 0)
+    assert plan.path == "int64"
+    got = assert_same("fully_connected", x, w, None, 0, 0, acc)
+    # 2**53 + 1 wraps to 1 in 48 bits; the inexact float sum would have wrapped to 0
+    assert got.tolist() == [[1]]
+    assert fp.wrap(np.int64(np.float64(1 << 53) + np.float64(1)), 48) == 0
+
+
+def test_float64_bound_just_below_2_53_uses_float64_exactly():
+    # products 2**52 + (2**52 - 1) = 2**53 - 1, the largest odd float64 integer; bound = the sum
+    x = np.array([[1, 1]])
+    w = np.array([[1 << 52, (1 << 52) - 1]])
+    acc = AccumulatorSpec(48, Overflow.WRAP, SaturationPoint.FINAL)
+    with disabled({"vnni16"}):
+        plan = kernels.MacPlan(acc, (1 << 53) - 1, 1, 1 << 52, 0)
+        assert plan.path == "float64"
+        got = assert_same("fully_connected", x, w, None, 0, 0, acc)
+    assert got.tolist() == [[int(fp.wrap((1 << 53) - 1, 48))]]
+
+
+def test_float32_bound_just_above_2_24_falls_back():
+    # 2**24 + 1 is not a float32: x = [2**12, 1], w = [2**12, 1]
+    x = np.array([[1 << 12, 1]])
+    w = np.array([[1 << 12, 1]])
+    acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
+    with disabled({"vnni16"}):
+        assert kernels.MacPlan(acc, (1 << 12) * ((1 << 12) + 1), 1 << 12, 1 << 12, 0).path \
+            == "float64"
+        got = assert_same("fully_connected", x, w, None, 0, 0, acc)
+    assert got.tolist() == [[(1 << 24) + 1]]
+    assert float(np.float32(1 << 24) + np.float32(1)) == float(1 << 24)  # the trap is real
+
+
+def test_int16_operands_past_the_int32_sum_bound_leave_the_vnni_path():
+    # 3 * 32767 * 32767 > 2**31: int32 lanes would wrap, so the plan must not choose them
+    x = np.full((2, 3), 32767)
+    w = np.full((70, 3), 32767)
+    acc = AccumulatorSpec(48, Overflow.SATURATE, SaturationPoint.FINAL)
+    got = assert_same("fully_connected", x, w, None, 0, 0, acc)
+    assert (got == 3 * 32767 * 32767).all()
+    xc, wc = np.full((1, 3, 2, 2), 32767), np.full((64, 3, 1, 1), -32767)
+    assert kernels.conv_plan(xc, wc, None, 0, 0, 1, acc).path != "vnni16"
+    assert_mac_same("conv2d", xc, wc, None, 0, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1, acc)
+
+
+def test_int32_lanes_only_when_proven_safe():
+    acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.PER_MAC)
+    # |acc| + |term| can reach 2**31 + ...: int64 lanes
+    assert kernels.MacPlan(acc, 1 << 10, 32, 32, 0).path == "int64"
+    acc16 = AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC)
+    assert kernels.MacPlan(acc16, 1 << 20, 255, 128, 1 << 20).path == "int32"
+    assert kernels.MacPlan(acc16, 1 << 30, 255, 128, 1 << 30).path == "int64"
+    x = np.array([[1 << 30, 1 << 30, -(1 << 30)]])
+    w = np.array([[1, 1, 1]])
+    # bias 2**30 is clipped at once to 32767, the adds keep it there, the last one pulls it down
+    got = assert_same("fully_connected", x, w, np.array([1 << 30]), 0, 0, acc16)
+    assert got.tolist() == [[-(1 << 15)]]
+
+
+def test_bias_outside_the_accumulator_counts_as_an_event():
+    x = np.zeros((1, 2), np.int64)
+    w = np.zeros((1, 2), np.int64)
+    for point in SaturationPoint:
+        acc = AccumulatorSpec(8, Overflow.SATURATE, point, tile_k=1)
+        got = assert_same("fully_connected", x, w, np.array([300]), 0, 0, acc)
+        assert got.tolist() == [[127]]
+        stats = kernels.fully_connected(x, w, np.array([300]), 0, 0, acc)[1]
+        assert stats == OverflowStats(1, 1, 10)
+
+
+def test_batches_are_planned_one_by_one():
+    """Batch 0 fits int16 (VNNI where available), batch 1 does not: each exact on its own."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (2, 3, 6, 7))
+    x[1, 0, 2, 3] = 40000
+    w = rng.integers(-128, 128, (66, 3, 3, 3))
+    acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
+    expected = "vnni16" if kernels.VNNI_AVAILABLE else "float32"
+    assert kernels.conv_plan(x[:1], w, None, 7, 0, 1, acc).path == expected
+    assert kernels.conv_plan(x[1:], w, None, 7, 0, 1, acc).path == "float64"
+    assert_mac_same("conv2d", x, w, rng.integers(-99, 99, 66), 7, 0, (1, 2), (1, 0, 2, 1),
+                    (2, 1), 1, acc)
+
+
+def test_benchmark_layer_takes_the_fast_path():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (1, 64, 8, 8))
+    w = rng.integers(-127, 128, (64, 64, 3, 3))
+    acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
+    plan = kernels.conv_plan(x, w, None, 128, 0, 1, acc)
+    assert plan.path == ("vnni16" if kernels.VNNI_AVAILABLE else "float32")
+    per_mac = AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC)
+    assert kernels.conv_plan(x, w, None, 128, 0, 1, per_mac).path == "int32"
+    assert_mac_same("conv2d", x, w, None, 128, 0, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc)
