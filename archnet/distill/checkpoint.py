@@ -9,11 +9,7 @@ from pathlib import Path
 
 import torch
 
-from simulator.errors import SimulatorError
-
-
-class CheckpointError(SimulatorError):
-    """A checkpoint is missing, damaged or from another run."""
+from archnet.errors import CheckpointError
 
 
 def save_atomic(obj, path: str | os.PathLike) -> Path:

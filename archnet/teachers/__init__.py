@@ -110,6 +110,7 @@ def save_teacher(path: str | os.PathLike, model, metadata: dict | None = None) -
             fh.write(buf.getvalue())
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -162,6 +163,12 @@ def load_teacher(path: str | os.PathLike):
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, meta
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 __all__ = ["ARCHS", "BUILD_OPTIONS", "build_teacher", "save_teacher", "load_teacher"]

@@ -26,8 +26,8 @@ from archnet.errors import TeacherError
 PRESETS: dict[str, dict] = {
     "digits": dict(arch="resnet8", width=16, stem_stride=1, stem_pool=False,
                    epochs=8, batch_size=16, lr=0.1, weight_decay=5e-4, crop_pad=2, flip=False),
-    "fashion-mnist": dict(arch="resnet8", width=32, stem_stride=2, stem_pool=False,
-                          epochs=12, batch_size=128, lr=0.1, weight_decay=5e-4, crop_pad=2,
+    "fashion-mnist": dict(arch="resnet8", width=32, stem_stride=1, stem_pool=True,
+                          epochs=15, batch_size=128, lr=0.1, weight_decay=5e-4, crop_pad=2,
                           flip=True),
 }
 

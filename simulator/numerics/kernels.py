@@ -14,10 +14,12 @@ How the MAC ops are made fast without changing a single bit:
   ``fixed_point.accumulate`` does. Which GEMM is decided by a bound B >= |sum over any subset of
   the products| for every output (``max|x - zx| * max_o sum_k |w[o, k] - zw[o]|``):
 
-  - ``vnni16``: where the CPU has AVX512-VNNI and both operands fit int16, the products are
-    summed in int32 lanes by VPDPWSSD (wrapping, in any order). Integer addition mod 2**32 is
-    associative, so the lanes hold the true sum mod 2**32, which *is* the true sum when
-    B < 2**31. Conv reads a padded NHWC copy of the input directly (no im2col).
+  - ``vnni8`` / ``vnni16``: where the CPU has AVX512-VNNI and both operands fit int8 / int16,
+    the products are summed in int32 lanes by VPDPBUSD / VPDPWSSD (wrapping, in any order).
+    Integer addition mod 2**32 is associative, so the lanes hold the true sum mod 2**32, which
+    *is* the true sum when its bound is below 2**31. VPDPBUSD multiplies unsigned by signed
+    bytes, so the weights go in as w - zw + 128 and 128 * sum(x - zx) over each window is taken
+    off afterwards, exactly. Conv reads a padded NHWC copy of the input directly (no im2col).
   - ``float32`` / ``float64``: im2col, then BLAS; exact when B < 2**24 / 2**53, since every
     partial sum in whatever order and blocking BLAS uses (FMA or not) is then an integer that
     the float type represents.
@@ -26,7 +28,8 @@ How the MAC ops are made fast without changing a single bit:
   order for every output, but vectorise *across* outputs: for each k in order,
   ``acc[j] = clip(acc[j] + col[k, j] * w[k])`` over a contiguous lane of outputs j, beside the
   exact running sum and its extremes (for ``required_bits`` and the clipped-ever flag). Lanes
-  are int32 when a bound proves nothing leaves int32, else int64.
+  are int32 when a bound proves nothing leaves int32, else int64; with AVX-512 the int32 lanes
+  are 64 outputs per task held in 16 zmm registers for the whole reduction.
 
 Threads: the heavy kernels are serial ``nogil`` functions over a range of independent tasks,
 spread over a small pool of Python threads (``numba.config.NUMBA_NUM_THREADS`` of them). No
@@ -93,9 +96,8 @@ def _round_shift(v, s, rnd):
     if rnd == 2:
         q = v >> s
         r = v - (q << s)
-        if r > half or (r == half and half > 0 and (q & 1) == 1):
-            return q + 1
-        return q
+        # bitwise, not short-circuit: no data-dependent branch
+        return q + ((r > half) | ((r == half) & (half > 0) & ((q & 1) == 1)))
     mag = (abs(v) + half) >> s
     return -mag if v < 0 else mag
 
@@ -114,9 +116,7 @@ def _round_div(n, d, rnd):
     if rnd == 1:
         return q + 1 if 2 * r >= d else q
     if rnd == 2:
-        if 2 * r > d or (2 * r == d and (q & 1) == 1):
-            return q + 1
-        return q
+        return q + ((2 * r > d) | ((2 * r == d) & ((q & 1) == 1)))
     if d == 0:
         return np.int64(0)
     mag = (abs(n) * 2 + d) // (2 * d)
@@ -134,18 +134,18 @@ def _wrap(v, bits):
 
 @njit(inline="always", **_JIT)
 def _trunc_div_2_31(x):
-    """x / 2**31 rounded toward zero (|x| < 2**63)."""
-    return x >> 31 if x >= 0 else -((-x) >> 31)
+    """x / 2**31 rounded toward zero (|x| < 2**62): add 2**31 - 1 to negatives, then floor."""
+    return (x + ((x >> 63) & np.int64((1 << 31) - 1))) >> 31
 
 
 @njit(inline="always", **_JIT)
 def _srdhm(a, b):
     """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64."""
-    if a == -2147483648 and b == -2147483648:
-        return np.int64(2147483647)
     ab = a * b
-    nudge = np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30))
-    return _trunc_div_2_31(ab + nudge)
+    nudge = np.int64(1 << 30) + ((ab >> 63) & np.int64(1 - (1 << 31)))  # 1 - 2**30 if ab < 0
+    result = _trunc_div_2_31(ab + nudge)
+    both_min = (a == -2147483648) & (b == -2147483648)  # the one product that overflows
+    return np.int64(2147483647) if both_min else result
 
 
 @njit(inline="always", **_JIT)
@@ -153,8 +153,8 @@ def _rdbpot(x, e):
     """gemmlowp RoundingDivideByPOT: ties away from zero."""
     mask = (np.int64(1) << e) - 1
     remainder = x & mask
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> e) + (1 if remainder > threshold else 0)
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> e) + (remainder > threshold)
 
 
 @njit(inline="always", **_JIT)
@@ -231,8 +231,8 @@ def _run_tasks(fn, ntask: int, work: int, *args) -> None:
     the scalar operations of the whole call. The calling thread works too and the pool's
     threads join in as they wake, each claiming the next range: on a busy machine, where a
     sleeping thread may take milliseconds to be scheduled, the call never waits for a thread
-    that has not started (it is never slower than running alone), and the ranges are finer than
-    the threads (8 per thread) so that one slowed thread does not hold the others up for long.
+    that has not started, and the ranges are finer than the threads (8 per thread) so that a
+    thread slowed in the middle of one holds the others up as little as possible.
     """
     threads = thread_count()
     if threads == 1 or ntask < 2 or work < PARALLEL_WORK:
@@ -249,8 +249,9 @@ def _run_tasks(fn, ntask: int, work: int, *args) -> None:
 
 
 # ============================================================================ SIMD vocabulary
-# A 512-bit vector of 16 int32 as a numba type, and the three operations the VNNI GEMM needs.
-# Only compiled (lazily, on first call) where the host CPU has AVX512-VNNI; see _vnni_available.
+# A 512-bit vector of 16 int32 as a numba type, and the operations the VNNI GEMMs and the
+# 512-bit per-MAC engine need. Kernels using them are compiled lazily, on first call, and are
+# only called where the host has the instructions (VNNI_AVAILABLE, AVX512_AVAILABLE).
 
 class _Vec16Type(types.Type):
     def __init__(self):
@@ -370,41 +371,159 @@ def _vnni_available() -> bool:
 VNNI_AVAILABLE = _vnni_available()
 
 
+# Plain 16 x int32 lane arithmetic (generic LLVM IR, plus VPMADDWD; used where the host has
+# AVX-512F and AVX-512BW).
+
+@intrinsic
+def _vsplat(typingctx, value):
+    """16 lanes of int32(value)."""
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int32)
+        zero = llir.Constant(_LL_V16I32, None)
+        vec = builder.insert_element(zero, v, llir.Constant(llir.IntType(32), 0))
+        return builder.shuffle_vector(vec, zero, llir.Constant(_LL_V16I32, [0] * 16))
+    return _vec16(value), codegen
+
+
+@intrinsic
+def _vlanes(typingctx, arr, idx):
+    """The 16 elements at flat index idx.. of a contiguous int16 or int32 array, as int32."""
+    if not isinstance(arr, types.Array) or arr.dtype not in (types.int16, types.int32):
+        return None
+    width = arr.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        vec_t = llir.VectorType(llir.IntType(width), 16)
+        vec = builder.load(builder.bitcast(ptr, vec_t.as_pointer()), align=width // 8)
+        return builder.sext(vec, _LL_V16I32) if width < 32 else vec
+    return _vec16(arr, idx), codegen
+
+
+@intrinsic
+def _vterm(typingctx, arr, idx, w):
+    """The 16 products arr[idx + i] * w (int32 lanes; w a splat). For int16 arrays (and w
+    known to fit int16) by VPMADDWD on (value, 0) pairs, one uop where VPMULLD takes two."""
+    if not isinstance(arr, types.Array) or arr.dtype not in (types.int16, types.int32):
+        return None
+    width = arr.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        vec_t = llir.VectorType(llir.IntType(width), 16)
+        vec = builder.load(builder.bitcast(ptr, vec_t.as_pointer()), align=width // 8)
+        if width == 32:
+            return builder.mul(vec, args[2])
+        pairs = builder.bitcast(builder.zext(vec, _LL_V16I32), _LL_V32I16)       # (x, 0)
+        low = builder.and_(args[2], llir.Constant(_LL_V16I32, [0xFFFF] * 16))
+        fnty = llir.FunctionType(_LL_V16I32, [_LL_V32I16, _LL_V32I16])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.pmaddw.d.512")
+        return builder.call(fn, [pairs, builder.bitcast(low, _LL_V32I16)])           # x*w + 0*0
+    return _vec16(arr, idx, _vec16), codegen
+
+
+def _vector_binary(op):
+    def make(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            if op == "add":
+                return builder.add(args[0], args[1])
+            fnty = llir.FunctionType(_LL_V16I32, [_LL_V16I32, _LL_V16I32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{op}.v16i32")
+            return builder.call(fn, args)
+        return _vec16(_vec16, _vec16), codegen
+    return intrinsic(make)
+
+
+_vadd = _vector_binary("add")   # wrapping, as int32 addition is (callers prove no overflow)
+_vmin = _vector_binary("smin")
+_vmax = _vector_binary("smax")
+
+
+def _avx512_available() -> bool:
+    if numba.config.CPU_NAME not in (None, "", "host") or numba.config.CPU_FEATURES:
+        return False
+    try:
+        features = llvm_binding.get_host_cpu_features()
+    except Exception:  # noqa: BLE001 - any failure to ask means: do not use it
+        return False
+    return all(features.get(f, False) for f in ("avx512f", "avx512bw"))
+
+
+AVX512_AVAILABLE = _avx512_available()
+ZMM_LANES = 64   # outputs per task of the 512-bit per-MAC engine (4 vectors of 16)
+
+
 # ============================================================================ MAC engines
 
 VNNI_POSITIONS = 6   # output positions per VNNI micro-tile (x 64 output channels)
 
 
 @njit(**_JIT)
-def _pack_nhwc16(t0, t1, x, bi, zx, pt, pl, xh, los, his):
+def _pack_nhwc16(t0, t1, x, bi, zx, pt, pl, xh):
     """Rows t of batch bi: xh[pt + t, pl + ix, c] = x[bi, c, t, ix] - zx as int16 (the rest of
-    xh stays 0), and los/his[t] = min/max of the row, so that the caller can check afterwards
-    that int16 held it."""
+    xh stays 0). The caller has checked that int16 holds every value."""
     c_in, w = x.shape[1], x.shape[3]
     for iy in range(t0, t1):
-        lo = x[bi, 0, iy, 0]
-        hi = lo
         for ix in range(w):
             for c in range(c_in):
-                v = x[bi, c, iy, ix]
-                lo = min(lo, v)
-                hi = max(hi, v)
-                xh[pt + iy, pl + ix, c] = v - zx
-        los[iy] = lo
-        his[iy] = hi
+                xh[pt + iy, pl + ix, c] = x[bi, c, iy, ix] - zx
 
 
 @njit(**_JIT)
-def _conv_vnni(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, c2n, opad, bias, lo, hi, bits, wrap,
-               oc, oh, ow, outf, ev, mins, maxs):
-    """An int16 conv on AVX512-VNNI, exact in wrapping int32 lanes, then bias + wrap/clamp.
+def _pack_nhwc8(t0, t1, x, bi, zx, pt, pl, xq, csum):
+    """Rows t of batch bi: xq[pt + t, pl + ix, c] = x[bi, c, t, ix] - zx as int8 (the rest of xq
+    stays 0) and csum[pt + t, pl + ix] = the sum over c of those values. The caller has checked
+    that int8 holds every value."""
+    c_in, w = x.shape[1], x.shape[3]
+    for iy in range(t0, t1):
+        for ix in range(w):
+            total = np.int64(0)
+            for c in range(c_in):
+                v = x[bi, c, iy, ix] - zx
+                xq[pt + iy, pl + ix, c] = v
+                total += v
+            csum[pt + iy, pl + ix] = total
+
+
+@njit(inline="always", **_JIT)
+def _vnni_row_out(row, line, corr, oc0, oc, oy, oh, ow, bias, lo, hi, bits, wrap, outf):
+    """One output row of one 64-channel block: row[ox * 64 + j] + corr[ox] + bias[oc0 + j],
+    wrapped or clamped into outf (out [oc, oh, ow] flattened); returns (events, min, max) of
+    the exact values. Positions past ow (computed on whatever lies beyond) are skipped."""
+    e = 0
+    mn = np.int64(0)
+    mx = np.int64(0)
+    for j in range(min(64, oc - oc0)):
+        b = bias[oc0 + j]
+        for ox in range(ow):
+            line[ox] = np.int64(row[ox * 64 + j]) + corr[ox] + b
+        for ox in range(ow):
+            v = line[ox]
+            mn = min(mn, v)
+            mx = max(mx, v)
+            e += (v < lo) | (v > hi)
+        base = ((oc0 + j) * oh + oy) * ow
+        dst = outf[base:base + ow]
+        if wrap:
+            for ox in range(ow):
+                dst[ox] = _wrap(line[ox], bits)
+        else:
+            for ox in range(ow):
+                dst[ox] = min(max(line[ox], lo), hi)
+    return e, mn, mx
+
+
+@njit(**_JIT)
+def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, bias, lo, hi, bits,
+                 wrap, oc, oh, ow, outf, ev, mins, maxs):
+    """An int16 conv on AVX512-VNNI (VPDPWSSD), exact in wrapping int32 lanes, then bias and
+    wrap/clamp.
 
     xf: the padded NHWC input as int32 words (pairs of int16 channels), rows of ``wpe``
-    positions and ``c2n`` words; wp: weights as int32 words [kh, kw, c2n, opad] (pairs of int16
+    positions and ``cwn`` words; wp: weights as int32 words [kh, kw, cwn, opad] (pairs of int16
     taps). Micro-tile: 6 positions x 64 channels in 24 vector registers, summed in any order
     (the caller proved every sum fits int32, so the wrapped lanes hold it exactly). Task t is
-    output row oy = t // (opad / 64) for the 64 channels of block t % (opad / 64); after the
-    row, outf (out [oc, oh, ow] flattened) gets wrap/clamp(sum + bias[o]), and the task leaves
+    output row oy = t // (opad / 64) for the 64 channels of block t % (opad / 64); it leaves
     (events, min, max) of its exact values in ev/mins/maxs[t], as fixed_point.accumulate counts
     them for order-independent specs.
     """
@@ -412,6 +531,7 @@ def _conv_vnni(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, c2n, opad, bias, lo,
     nob = opad // 64
     row = np.empty(nxb * 6 * 64, np.int32)   # row[ox * 64 + j]: position ox, channel oc0 + j
     line = np.empty(ow, np.int64)
+    corr = np.zeros(ow, np.int64)
     for t in range(t0, t1):
         ob = t % nob
         oy = t // nob
@@ -424,29 +544,29 @@ def _conv_vnni(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, c2n, opad, bias, lo,
             a30 = _vzero(); a31 = _vzero(); a32 = _vzero(); a33 = _vzero()  # noqa: E702
             a40 = _vzero(); a41 = _vzero(); a42 = _vzero(); a43 = _vzero()  # noqa: E702
             a50 = _vzero(); a51 = _vzero(); a52 = _vzero(); a53 = _vzero()  # noqa: E702
-            step = sw * c2n
+            step = sw * cwn
             for ky in range(kh):
                 iy = oy * sh + ky * dh
                 for kx in range(kw):
-                    b0 = (iy * wpe + ox0 * sw + kx * dw) * c2n
+                    b0 = (iy * wpe + ox0 * sw + kx * dw) * cwn
                     b1 = b0 + step
                     b2 = b1 + step
                     b3 = b2 + step
                     b4 = b3 + step
                     b5 = b4 + step
-                    wb = (ky * kw + kx) * c2n * opad + oc0
-                    for c2 in range(c2n):
-                        wi = wb + c2 * opad
+                    wb = (ky * kw + kx) * cwn * opad + oc0
+                    for cw in range(cwn):
+                        wi = wb + cw * opad
                         w0 = _vload(wp, wi)
                         w1 = _vload(wp, wi + 16)
                         w2 = _vload(wp, wi + 32)
                         w3 = _vload(wp, wi + 48)
-                        i0 = b0 + c2
-                        i1 = b1 + c2
-                        i2 = b2 + c2
-                        i3 = b3 + c2
-                        i4 = b4 + c2
-                        i5 = b5 + c2
+                        i0 = b0 + cw
+                        i1 = b1 + cw
+                        i2 = b2 + cw
+                        i3 = b3 + cw
+                        i4 = b4 + cw
+                        i5 = b5 + cw
                         a00 = _vdpwssd(a00, w0, xf, i0); a01 = _vdpwssd(a01, w1, xf, i0)  # noqa
                         a02 = _vdpwssd(a02, w2, xf, i0); a03 = _vdpwssd(a03, w3, xf, i0)  # noqa
                         a10 = _vdpwssd(a10, w0, xf, i1); a11 = _vdpwssd(a11, w1, xf, i1)  # noqa
@@ -472,30 +592,94 @@ def _conv_vnni(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, c2n, opad, bias, lo,
             _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
             _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
-        # positions past ow are not outputs (they read whatever lies beyond) and are skipped
-        e = 0
-        mn = np.int64(0)
-        mx = np.int64(0)
-        for j in range(min(64, oc - oc0)):
-            b = bias[oc0 + j]
-            for ox in range(ow):
-                line[ox] = np.int64(row[ox * 64 + j]) + b
-            for ox in range(ow):
-                v = line[ox]
-                mn = min(mn, v)
-                mx = max(mx, v)
-                e += (v < lo) | (v > hi)
-            base = ((oc0 + j) * oh + oy) * ow
-            dst = outf[base:base + ow]
-            if wrap:
-                for ox in range(ow):
-                    dst[ox] = _wrap(line[ox], bits)
-            else:
-                for ox in range(ow):
-                    dst[ox] = min(max(line[ox], lo), hi)
-        ev[t] = e
-        mins[t] = mn
-        maxs[t] = mx
+        ev[t], mins[t], maxs[t] = _vnni_row_out(row, line, corr, oc0, oc, oy, oh, ow, bias, lo,
+                                                hi, bits, wrap, outf)
+
+
+@njit(**_JIT)
+def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, bias, lo, hi, bits,
+                wrap, oc, oh, ow, csum, outf, ev, mins, maxs):
+    """``_conv_vnni16`` for int8 operands on VPDPBUSD, four channels per word: twice the MACs.
+
+    VPDPBUSD multiplies unsigned by signed bytes; the broadcast input words are the signed
+    side (x - zx as int8) and the weights the unsigned one, stored as w - zw + 128. So each lane
+    holds sum (w - zw) * (x - zx) + 128 * sum (x - zx) over the window, and the second term is
+    taken off exactly, from csum (per-position channel sums of x - zx):
+    corr = -128 * sum over the taps of csum.
+    """
+    nxb = (ow + 5) // 6
+    nob = opad // 64
+    row = np.empty(nxb * 6 * 64, np.int32)
+    line = np.empty(ow, np.int64)
+    corr = np.empty(ow, np.int64)
+    for t in range(t0, t1):
+        ob = t % nob
+        oy = t // nob
+        oc0 = ob * 64
+        for xb in range(nxb):
+            ox0 = xb * 6
+            a00 = _vzero(); a01 = _vzero(); a02 = _vzero(); a03 = _vzero()  # noqa: E702
+            a10 = _vzero(); a11 = _vzero(); a12 = _vzero(); a13 = _vzero()  # noqa: E702
+            a20 = _vzero(); a21 = _vzero(); a22 = _vzero(); a23 = _vzero()  # noqa: E702
+            a30 = _vzero(); a31 = _vzero(); a32 = _vzero(); a33 = _vzero()  # noqa: E702
+            a40 = _vzero(); a41 = _vzero(); a42 = _vzero(); a43 = _vzero()  # noqa: E702
+            a50 = _vzero(); a51 = _vzero(); a52 = _vzero(); a53 = _vzero()  # noqa: E702
+            step = sw * cwn
+            for ky in range(kh):
+                iy = oy * sh + ky * dh
+                for kx in range(kw):
+                    b0 = (iy * wpe + ox0 * sw + kx * dw) * cwn
+                    b1 = b0 + step
+                    b2 = b1 + step
+                    b3 = b2 + step
+                    b4 = b3 + step
+                    b5 = b4 + step
+                    wb = (ky * kw + kx) * cwn * opad + oc0
+                    for cw in range(cwn):
+                        wi = wb + cw * opad
+                        w0 = _vload(wp, wi)
+                        w1 = _vload(wp, wi + 16)
+                        w2 = _vload(wp, wi + 32)
+                        w3 = _vload(wp, wi + 48)
+                        i0 = b0 + cw
+                        i1 = b1 + cw
+                        i2 = b2 + cw
+                        i3 = b3 + cw
+                        i4 = b4 + cw
+                        i5 = b5 + cw
+                        a00 = _vdpbusd(a00, w0, xf, i0); a01 = _vdpbusd(a01, w1, xf, i0)  # noqa
+                        a02 = _vdpbusd(a02, w2, xf, i0); a03 = _vdpbusd(a03, w3, xf, i0)  # noqa
+                        a10 = _vdpbusd(a10, w0, xf, i1); a11 = _vdpbusd(a11, w1, xf, i1)  # noqa
+                        a12 = _vdpbusd(a12, w2, xf, i1); a13 = _vdpbusd(a13, w3, xf, i1)  # noqa
+                        a20 = _vdpbusd(a20, w0, xf, i2); a21 = _vdpbusd(a21, w1, xf, i2)  # noqa
+                        a22 = _vdpbusd(a22, w2, xf, i2); a23 = _vdpbusd(a23, w3, xf, i2)  # noqa
+                        a30 = _vdpbusd(a30, w0, xf, i3); a31 = _vdpbusd(a31, w1, xf, i3)  # noqa
+                        a32 = _vdpbusd(a32, w2, xf, i3); a33 = _vdpbusd(a33, w3, xf, i3)  # noqa
+                        a40 = _vdpbusd(a40, w0, xf, i4); a41 = _vdpbusd(a41, w1, xf, i4)  # noqa
+                        a42 = _vdpbusd(a42, w2, xf, i4); a43 = _vdpbusd(a43, w3, xf, i4)  # noqa
+                        a50 = _vdpbusd(a50, w0, xf, i5); a51 = _vdpbusd(a51, w1, xf, i5)  # noqa
+                        a52 = _vdpbusd(a52, w2, xf, i5); a53 = _vdpbusd(a53, w3, xf, i5)  # noqa
+            p = ox0 * 64
+            _vstore(row, p, a00); _vstore(row, p + 16, a01)  # noqa: E702
+            _vstore(row, p + 32, a02); _vstore(row, p + 48, a03)  # noqa: E702
+            _vstore(row, p + 64, a10); _vstore(row, p + 80, a11)  # noqa: E702
+            _vstore(row, p + 96, a12); _vstore(row, p + 112, a13)  # noqa: E702
+            _vstore(row, p + 128, a20); _vstore(row, p + 144, a21)  # noqa: E702
+            _vstore(row, p + 160, a22); _vstore(row, p + 176, a23)  # noqa: E702
+            _vstore(row, p + 192, a30); _vstore(row, p + 208, a31)  # noqa: E702
+            _vstore(row, p + 224, a32); _vstore(row, p + 240, a33)  # noqa: E702
+            _vstore(row, p + 256, a40); _vstore(row, p + 272, a41)  # noqa: E702
+            _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
+            _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
+            _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
+        for ox in range(ow):
+            total = np.int64(0)
+            for ky in range(kh):
+                for kx in range(kw):
+                    total += csum[oy * sh + ky * dh, ox * sw + kx * dw]
+            corr[ox] = -128 * total
+        ev[t], mins[t], maxs[t] = _vnni_row_out(row, line, corr, oc0, oc, oy, oh, ow, bias, lo,
+                                                hi, bits, wrap, outf)
 
 
 @njit(**_JIT)
@@ -741,6 +925,73 @@ def _per_mac_lanes_i32(t0, t1, a, col, rows_per_group, bias_r, bias_j, lo, hi, o
         ev[t], mins[t], maxs[t] = _lanes_end(out, r0, r, c0, j0, n, lo, hi, acc, rmin, rmax)
 
 
+@njit(inline="always", **_JIT)
+def _mac16(acc, run, mn, mx, colf, base, w, lov, hiv):
+    term = _vterm(colf, base, w)
+    acc = _vmin(_vmax(_vadd(acc, term), lov), hiv)
+    run = _vadd(run, term)
+    return acc, run, _vmin(mn, run), _vmax(mx, run)
+
+
+@njit(**_JIT)
+def _per_mac_lanes_zmm(t0, t1, a, colf, jp, jj, rows_per_group, bias_r, bias_j, lo, hi, out,
+                       r0, c0, ev, mins, maxs):
+    """``_per_mac_lanes_i32`` on 512-bit vectors: 64 outputs per task in 16 registers (the
+    saturated accumulator, the exact running sum and its min and max, 4 x 16 lanes each),
+    kept there for the whole reduction. colf is col [G * K, jp] flattened, jp a multiple of
+    64 (columns jj.. are padding whose outputs are not kept). With int16 operands (a and
+    colf both int16, as the plan chooses only when both fit) the products use VPMADDWD."""
+    rr, kk = a.shape
+    nblk = jp // ZMM_LANES
+    lov = _vsplat(lo)
+    hiv = _vsplat(hi)
+    buf = np.empty(4 * ZMM_LANES, np.int32)
+    for t in range(t0, t1):
+        jb = t // rr
+        r = t - jb * rr
+        j0 = jb * ZMM_LANES
+        n = min(ZMM_LANES, jj - j0)
+        kr = (r // rows_per_group) * kk
+        for q in range(ZMM_LANES):
+            b = bias_r[r] + (bias_j[j0 + q] if q < n else 0)
+            buf[q] = min(max(b, lo), hi)
+            buf[ZMM_LANES + q] = b
+            buf[2 * ZMM_LANES + q] = min(b, 0)
+            buf[3 * ZMM_LANES + q] = max(b, 0)
+        acc0 = _vlanes(buf, 0)
+        acc1 = _vlanes(buf, 16)
+        acc2 = _vlanes(buf, 32)
+        acc3 = _vlanes(buf, 48)
+        run0 = _vlanes(buf, 64)
+        run1 = _vlanes(buf, 80)
+        run2 = _vlanes(buf, 96)
+        run3 = _vlanes(buf, 112)
+        mn0 = _vlanes(buf, 128)
+        mn1 = _vlanes(buf, 144)
+        mn2 = _vlanes(buf, 160)
+        mn3 = _vlanes(buf, 176)
+        mx0 = _vlanes(buf, 192)
+        mx1 = _vlanes(buf, 208)
+        mx2 = _vlanes(buf, 224)
+        mx3 = _vlanes(buf, 240)
+        for k in range(kk):
+            w = _vsplat(a[r, k])
+            base = (kr + k) * jp + j0
+            acc0, run0, mn0, mx0 = _mac16(acc0, run0, mn0, mx0, colf, base, w, lov, hiv)
+            acc1, run1, mn1, mx1 = _mac16(acc1, run1, mn1, mx1, colf, base + 16, w, lov, hiv)
+            acc2, run2, mn2, mx2 = _mac16(acc2, run2, mn2, mx2, colf, base + 32, w, lov, hiv)
+            acc3, run3, mn3, mx3 = _mac16(acc3, run3, mn3, mx3, colf, base + 48, w, lov, hiv)
+        _vstore(buf, 0, acc0); _vstore(buf, 16, acc1)  # noqa: E702
+        _vstore(buf, 32, acc2); _vstore(buf, 48, acc3)  # noqa: E702
+        _vstore(buf, 128, mn0); _vstore(buf, 144, mn1)  # noqa: E702
+        _vstore(buf, 160, mn2); _vstore(buf, 176, mn3)  # noqa: E702
+        _vstore(buf, 192, mx0); _vstore(buf, 208, mx1)  # noqa: E702
+        _vstore(buf, 224, mx2); _vstore(buf, 240, mx3)  # noqa: E702
+        ev[t], mins[t], maxs[t] = _lanes_end(out, r0, r, c0, j0, n, lo, hi, buf[:ZMM_LANES],
+                                             buf[2 * ZMM_LANES:3 * ZMM_LANES],
+                                             buf[3 * ZMM_LANES:])
+
+
 # ============================================================================ MAC planning
 
 def _i64(a) -> np.ndarray:
@@ -765,6 +1016,50 @@ def _max_abs(a: np.ndarray, offset: int = 0) -> int:
     return max(abs(int(hi) - offset), abs(int(lo) - offset))
 
 
+@njit(**_JIT)
+def _row_stats(w2):
+    """min, max, max over rows of sum |w| and of sum (w + 128), for w2 [rows, k] whose sums
+    the caller knows fit int64."""
+    lo = w2[0, 0]
+    hi = w2[0, 0]
+    l1 = np.int64(0)
+    l1_128 = np.int64(0)
+    for r in range(w2.shape[0]):
+        a = np.int64(0)
+        b = np.int64(0)
+        for k in range(w2.shape[1]):
+            v = w2[r, k]
+            lo = min(lo, v)
+            hi = max(hi, v)
+            a += abs(v)
+            b += v + 128
+        l1 = max(l1, a)
+        l1_128 = max(l1_128, b)
+    return lo, hi, l1, l1_128
+
+
+@njit(**_JIT)
+def _pack_weights(wz, width, cwn, opad, wp):
+    """wp[((ky * kw + kx) * cwn + cw) * opad + o] = the int32 word of channels
+    cw * per_word .. + per_word of tap (ky, kx) for output o: int16 pairs (w) for width 16,
+    uint8 quads (w + 128) for width 8; channels past C pad with w = 0."""
+    oc, c_in, kh, kw = wz.shape
+    per_word = 32 // width
+    mask = (1 << width) - 1
+    offset = 128 if width == 8 else 0
+    for ky in range(kh):
+        for kx in range(kw):
+            for cw in range(cwn):
+                base = ((ky * kw + kx) * cwn + cw) * opad
+                for o in range(opad):
+                    word = np.int64(0)
+                    for i in range(per_word):
+                        c = cw * per_word + i
+                        v = wz[o, c, ky, kx] if (o < oc and c < c_in) else 0
+                        word |= ((v + offset) & mask) << (i * width)
+                    wp[base + o] = np.int32(word - (1 << 32) if word >= (1 << 31) else word)
+
+
 def _max_l1(rows: np.ndarray) -> int:
     """max over rows (last axis summed) of sum |row|, exactly."""
     if rows.size == 0:
@@ -780,15 +1075,22 @@ DISABLED_PATHS: set[str] = set()
 INT16_MAX = (1 << 15) - 1
 
 
-def gemm_path(bound: int, max_operand: int = INT16_MAX + 1, vnni_shape: bool = False) -> str:
+def gemm_path(bound: int, max_operand: int = INT16_MAX + 1, vnni_shape: bool = False,
+              int8_bound: int | None = None) -> str:
     """The exact GEMM for order-independent sums whose every partial sum is at most ``bound``.
 
-    ``vnni16``: int16 operands (``max_operand`` <= 32767) summed in wrapping int32, exact when
-    the whole sum fits int32 (then its residue mod 2**32 is the sum); ``float32`` / ``float64``:
-    BLAS, exact below 2**24 / 2**53; ``int64``: the numba loop, always exact.
+    ``vnni8``: int8 operands (the caller passes ``int8_bound``, the bound of the biased sum
+    VPDPBUSD forms, only when both operands fit int8) and ``vnni16``: int16 operands
+    (``max_operand`` <= 32767), both summed in wrapping int32 lanes, exact when the sum fits
+    int32 (its residue mod 2**32 is then the sum); ``float32`` / ``float64``: BLAS, exact
+    below 2**24 / 2**53; ``int64``: the numba loop, always exact.
     """
-    if (vnni_shape and VNNI_AVAILABLE and "vnni16" not in DISABLED_PATHS
-            and max_operand <= INT16_MAX and bound < INT32_LANE):
+    vnni = vnni_shape and VNNI_AVAILABLE
+    if (vnni and int8_bound is not None and int8_bound < INT32_LANE
+            and "vnni8" not in DISABLED_PATHS):
+        return "vnni8"
+    if (vnni and max_operand <= INT16_MAX and bound < INT32_LANE
+            and "vnni16" not in DISABLED_PATHS):
         return "vnni16"
     if bound < FLOAT32_EXACT and "float32" not in DISABLED_PATHS:
         return "float32"
@@ -797,8 +1099,8 @@ def gemm_path(bound: int, max_operand: int = INT16_MAX + 1, vnni_shape: bool = F
     return "int64"
 
 
-_GEMM_DTYPE = {"vnni16": np.int16, "float32": np.float32, "float64": np.float64,
-               "int64": np.int64}
+_GEMM_DTYPE = {"vnni8": np.int8, "vnni16": np.int16, "float32": np.float32,
+               "float64": np.float64, "int64": np.int64}
 
 
 class MacPlan:
@@ -809,13 +1111,13 @@ class MacPlan:
     """
 
     def __init__(self, acc: AccumulatorSpec, bound: int, max_x: int, max_w: int, max_bias: int,
-                 vnni_shape: bool = False):
+                 vnni_shape: bool = False, int8_bound: int | None = None):
         self.lo, self.hi, self.bits = acc.lo, acc.hi, acc.bits
         self.wrap = acc.overflow is Overflow.WRAP
         if acc.order_independent:
             self.kind = "gemm"
             self.step = 0
-            self.path = gemm_path(bound, max(max_x, max_w), vnni_shape)
+            self.path = gemm_path(bound, max(max_x, max_w), vnni_shape, int8_bound)
         else:
             self.kind = "lanes"
             self.step = 1 if acc.saturation_point is SaturationPoint.PER_MAC else acc.tile_k
@@ -834,7 +1136,20 @@ class MacPlan:
         work = rr * kk * col.shape[1]
         if self.kind == "lanes":
             ev, mins, maxs = (np.zeros(ntask, np.int64) for _ in range(3))
-            if self.path == "int32" and self.step == 1:
+            if (self.path == "int32" and self.step == 1 and AVX512_AVAILABLE
+                    and "zmm" not in DISABLED_PATHS):
+                jj = col.shape[1]
+                jp = -(-jj // ZMM_LANES) * ZMM_LANES
+                if jp != jj or not col.flags.c_contiguous:
+                    padded = np.zeros((col.shape[0], jp), col.dtype)
+                    padded[:, :jj] = col
+                    col = padded
+                ntask = rr * (jp // ZMM_LANES)
+                ev, mins, maxs = (np.zeros(ntask, np.int64) for _ in range(3))
+                _run_tasks(_per_mac_lanes_zmm, ntask, 8 * work, a, col.reshape(-1), jp, jj,
+                           rows_per_group, bias_r, bias_j, self.lo, self.hi, out, r0, c0, ev,
+                           mins, maxs)
+            elif self.path == "int32" and self.step == 1:
                 _run_tasks(_per_mac_lanes_i32, ntask, 8 * work, a, col, rows_per_group, bias_r,
                            bias_j, self.lo, self.hi, out, r0, c0, ev, mins, maxs)
             else:
@@ -873,57 +1188,90 @@ class _Stats:
 
 
 class _VnniConv:
-    """A conv (groups 1) prepared for the VNNI engine: weights packed once, then batch by batch
-    the input is packed (its range found on the way) and, if the plan allows, convolved."""
+    """A conv (groups 1) prepared for a VNNI engine of ``width`` 8 or 16 bits: weights packed
+    once, then batch by batch the input is packed and convolved."""
 
-    def __init__(self, wz, x_shape, strides, pads, dilations, oh, ow):
+    def __init__(self, width, wz, x_shape, strides, pads, dilations, oh, ow):
         _, c, h, w = x_shape
         oc, _, kh, kw = wz.shape
+        per_word = 32 // width
+        self.width = width
         self.geometry = (kh, kw, *strides, *dilations)
         self.pads = pads
         self.oc, self.oh, self.ow = oc, oh, ow
-        self.c2n = (c + 1) // 2
+        self.cwn = -(-c // per_word)               # int32 words per position
         self.opad = -(-oc // 64) * 64
         owe = -(-ow // VNNI_POSITIONS) * VNNI_POSITIONS
         (sh, sw), (dh, dw) = strides, dilations
         self.hp = max(pads[0] + h, (oh - 1) * sh + (kh - 1) * dh + 1)
         self.wpe = max(pads[1] + w, (owe - 1) * sw + (kw - 1) * dw + 1)
-        wt = np.zeros((kh, kw, 2 * self.c2n, self.opad), np.int16)
-        wt[:, :, :c, :oc] = wz.transpose(2, 3, 1, 0)
-        wp = wt.reshape(kh, kw, self.c2n, 2, self.opad).transpose(0, 1, 2, 4, 3)
-        self.wp = np.ascontiguousarray(wp).view(np.int32).ravel()
+        # for width 8 the weights are the unsigned side of VPDPBUSD: w - zw + 128
+        self.wp = np.empty(kh * kw * self.cwn * self.opad, np.int32)
+        _pack_weights(_i64(wz), width, self.cwn, self.opad, self.wp)
         self.ntask = oh * (self.opad // 64)
-        self.work = self.ntask * owe * 64 * kh * kw * self.c2n
-        self.xh = None
+        self.work = self.ntask * owe * 64 * kh * kw * self.cwn
 
-    def pack(self, x, bi, zx) -> tuple[int, int]:
-        """Pack batch bi; returns the min and max of x[bi]."""
-        self.xh = np.zeros((self.hp, self.wpe, 2 * self.c2n), np.int16)
+    def run(self, x, bi, zx, b, plan, out3) -> tuple[int, int, int]:
+        """Pack batch bi and convolve it into out3 [oc, oh, ow] (C-contiguous); the caller has
+        checked that the operands fit and the sums are exact."""
         h = x.shape[2]
-        los, his = np.empty(h, np.int64), np.empty(h, np.int64)
-        _run_tasks(_pack_nhwc16, h, 8 * x[bi].size, x, bi, zx, self.pads[0], self.pads[1],
-                   self.xh, los, his)
-        return int(los.min()), int(his.max())
-
-    def run(self, b, plan, out3) -> tuple[int, int, int]:
-        """Convolve the packed batch into out3 [oc, oh, ow] (C-contiguous)."""
+        dtype = np.int8 if self.width == 8 else np.int16
+        xq = np.zeros((self.hp, self.wpe, (32 // self.width) * self.cwn), dtype)
+        common = (self.wpe, self.cwn, self.opad, b, plan.lo, plan.hi, plan.bits, plan.wrap,
+                  self.oc, self.oh, self.ow)
         ev, mins, maxs = (np.zeros(self.ntask, np.int64) for _ in range(3))
-        _run_tasks(_conv_vnni, self.ntask, self.work, self.xh.view(np.int32).ravel(), self.wp,
-                   *self.geometry, self.wpe, self.c2n, self.opad, b, plan.lo, plan.hi,
-                   plan.bits, plan.wrap, self.oc, self.oh, self.ow, out3.reshape(-1), ev, mins,
-                   maxs)
+        if self.width == 8:
+            csum = np.zeros((self.hp, self.wpe), np.int64)
+            _run_tasks(_pack_nhwc8, h, 8 * x[bi].size, x, bi, zx, self.pads[0], self.pads[1],
+                       xq, csum)
+            _run_tasks(_conv_vnni8, self.ntask, self.work, xq.view(np.int32).ravel(), self.wp,
+                       *self.geometry, *common, csum, out3.reshape(-1), ev, mins, maxs)
+        else:
+            _run_tasks(_pack_nhwc16, h, 8 * x[bi].size, x, bi, zx, self.pads[0], self.pads[1],
+                       xq)
+            _run_tasks(_conv_vnni16, self.ntask, self.work, xq.view(np.int32).ravel(), self.wp,
+                       *self.geometry, *common, out3.reshape(-1), ev, mins, maxs)
         return int(ev.sum()), int(mins.min()), int(maxs.max())
 
 
 def conv_plan(x, w, bias, x_zp, w_zp, groups, acc: AccumulatorSpec) -> MacPlan:
-    """The plan conv2d would use for these operands (for tests and the benchmark)."""
+    """The plan conv2d would use for these operands (all batches at once; for tests and the
+    benchmark)."""
     x = _i64(x)
     w = np.asarray(w, dtype=np.int64)
     wz = w - reference._channel_zero_points(w_zp, w.shape[0])[:, None, None, None]
     b = np.zeros(w.shape[0], np.int64) if bias is None else _i64(bias)
-    xmax = _max_abs(x, int(x_zp))
-    return MacPlan(acc, xmax * _max_l1(wz.reshape(wz.shape[0], -1)), xmax, _max_abs(wz),
-                   _max_abs(b), vnni_shape=groups == 1)
+    return _Weights(wz, b, groups).plan(x.ravel(), int(x_zp), acc)
+
+
+class _Weights:
+    """What the plan needs to know of the weights and bias, computed once per call."""
+
+    def __init__(self, wz, b, groups):
+        self.wz = wz
+        w2 = _i64(wz).reshape(wz.shape[0], -1)
+        self.w_lo = self.w_hi = self.l1 = self.l1_128 = 0
+        if w2.size and _max_abs(w2) * w2.shape[1] < (1 << 60):  # int64 sums are exact
+            self.w_lo, self.w_hi, self.l1, self.l1_128 = (int(v) for v in _row_stats(w2))
+        elif w2.size:
+            self.w_lo, self.w_hi = (int(v) for v in _min_max(w2.ravel()))
+            self.l1 = _max_l1(w2)
+            self.l1_128 = None  # never int8 anyway
+        self.max_w = max(-self.w_lo, self.w_hi, 0)
+        self.max_b = _max_abs(b)
+        self.vnni_shape = groups == 1
+
+    def plan(self, xs, zx, acc) -> MacPlan:
+        """The plan for inputs xs (any shape) with zero point zx."""
+        lo, hi = _min_max(xs) if xs.size else (zx, zx)
+        x_lo, x_hi = int(lo) - zx, int(hi) - zx
+        max_x = max(-x_lo, x_hi, 0)
+        int8 = None
+        if (self.vnni_shape and VNNI_AVAILABLE and -128 <= x_lo and x_hi <= 127
+                and -128 <= self.w_lo and self.w_hi <= 127):
+            int8 = max_x * self.l1_128  # bound of |sum (w - zw + 128) * (x - zx)|
+        return MacPlan(acc, max_x * self.l1, max_x, self.max_w, self.max_b, self.vnni_shape,
+                       int8)
 
 
 # ============================================================================ MAC ops
@@ -951,21 +1299,16 @@ def conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups,
     out = np.empty((n, oc, oh, ow), np.int64)
     if out.size == 0:
         return out, OverflowStats(0, 0, 1)
-    wl1, wmax, bmax = _max_l1(wz.reshape(oc, -1)), _max_abs(wz), _max_abs(b)
-    vnni = None
-    if (acc.order_independent and groups == 1 and VNNI_AVAILABLE and wmax <= INT16_MAX
-            and "vnni16" not in DISABLED_PATHS):
-        vnni = _VnniConv(wz, x.shape, (sh, sw), (pt, pl), (dh, dw), oh, ow)
+    weights = _Weights(wz, b, groups)
+    engines: dict[str, _VnniConv] = {}
     stats = _Stats()
     for bi in range(n):
-        if vnni is not None:
-            lo, hi = vnni.pack(x, bi, zx)
-            xmax = max(abs(hi - zx), abs(lo - zx))
-        else:
-            xmax = _max_abs(x[bi], zx)
-        plan = MacPlan(acc, xmax * wl1, xmax, wmax, bmax, vnni_shape=vnni is not None)
-        if plan.path == "vnni16":
-            stats.add(*vnni.run(b, plan, out[bi]))
+        plan = weights.plan(x[bi].reshape(-1), zx, acc)
+        if plan.path in ("vnni8", "vnni16"):
+            if plan.path not in engines:
+                engines[plan.path] = _VnniConv(8 if plan.path == "vnni8" else 16, wz, x.shape,
+                                               (sh, sw), (pt, pl), (dh, dw), oh, ow)
+            stats.add(*engines[plan.path].run(x, bi, zx, b, plan, out[bi]))
         else:
             _conv_batch(x, bi, wz, b, zx, (sh, sw), (pt, pl), (dh, dw), groups, oh, ow, acc,
                         plan, out[bi].reshape(oc, oh * ow), stats)
@@ -1010,20 +1353,18 @@ def fully_connected(x, w, bias, x_zp, w_zp, acc: AccumulatorSpec):
     out = np.empty((x.shape[0], m_out), np.int64)
     if out.size == 0:
         return out, OverflowStats(0, 0, 1)
-    xz = x - np.int64(zx)
-    xmax = _max_abs(xz)
-    plan = MacPlan(acc, xmax * _max_l1(wz), xmax, _max_abs(wz), _max_abs(b), vnni_shape=True)
+    plan = _Weights(wz, b, 1).plan(x.reshape(-1), zx, acc)
     stats = _Stats()
-    if plan.path == "vnni16":
+    if plan.path in ("vnni8", "vnni16"):
         # a 1 x N "image" of K channels and a 1x1 kernel: the output [M, 1, N] is out transposed
         x4 = np.ascontiguousarray(x.T).reshape(1, k, 1, x.shape[0])
-        conv = _VnniConv(wz.reshape(m_out, k, 1, 1), x4.shape, (1, 1), (0, 0), (1, 1), 1,
-                         x.shape[0])
-        conv.pack(x4, 0, zx)
+        conv = _VnniConv(8 if plan.path == "vnni8" else 16, wz.reshape(m_out, k, 1, 1),
+                         x4.shape, (1, 1), (0, 0), (1, 1), 1, x.shape[0])
         out_t = np.empty((m_out, 1, x.shape[0]), np.int64)
-        stats.add(*conv.run(b, plan, out_t))
+        stats.add(*conv.run(x4, 0, zx, b, plan, out_t))
         out[:] = out_t.reshape(m_out, -1).T
         return out, stats.result(out.size)
+    xz = x - np.int64(zx)
     a = np.ascontiguousarray(xz, dtype=plan.dtype)
     col = np.ascontiguousarray(wz.T, dtype=plan.dtype)
     stats.add(*plan.run(a, col, a.shape[0], np.zeros(a.shape[0], np.int64), b, out, 0, 0))

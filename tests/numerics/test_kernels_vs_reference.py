@@ -31,11 +31,12 @@ FAST = settings(deadline=None)
 # that every one of them is compared with the reference on whatever machine runs the tests.
 GEMM_ENGINES = {
     "best": set(),
-    "float32": {"vnni16"},
-    "float64": {"vnni16", "float32"},
-    "int64": {"vnni16", "float32", "float64"},
+    "vnni16": {"vnni8"},
+    "float32": {"vnni8", "vnni16"},
+    "float64": {"vnni8", "vnni16", "float32"},
+    "int64": {"vnni8", "vnni16", "float32", "float64"},
 }
-LANE_ENGINES = {"best": set(), "int64": {"int32"}}
+LANE_ENGINES = {"best": set(), "int32-ymm": {"zmm"}, "int64": {"int32"}}
 
 
 @contextlib.contextmanager
@@ -54,10 +55,7 @@ def engines_for(acc: AccumulatorSpec):
     return GEMM_ENGINES if acc.order_independent else LANE_ENGINES
 
 
-def assert_same(fn_name, *args):
-    """kernels.fn(*args) == reference.fn(*args): values, dtype, shape and (MAC ops) stats."""
-    want = getattr(reference, fn_name)(*args)
-    got = getattr(kernels, fn_name)(*args)
+def _check(fn_name, want, got):
     if isinstance(want, tuple):
         (want, want_stats), (got, got_stats) = want, got
         assert isinstance(got_stats, OverflowStats)
@@ -68,12 +66,17 @@ def assert_same(fn_name, *args):
     return got
 
 
+def assert_same(fn_name, *args):
+    """kernels.fn(*args) == reference.fn(*args): values, dtype, shape and (MAC ops) stats."""
+    return _check(fn_name, getattr(reference, fn_name)(*args), getattr(kernels, fn_name)(*args))
+
+
 def assert_mac_same(fn_name, *args):
     """Every engine the plan could pick agrees with the reference."""
-    acc = args[-1]
-    for paths in engines_for(acc).values():
+    want = getattr(reference, fn_name)(*args)
+    for paths in engines_for(args[-1]).values():
         with disabled(paths):
-            assert_same(fn_name, *args)
+            _check(fn_name, want, getattr(kernels, fn_name)(*args))
 
 
 # ============================================================================ MAC properties
@@ -439,7 +442,8 @@ def assert_mac_same_value(fn_name, *args):
 
 
 def test_per_mac_int32_lanes_with_a_k_tail_and_many_lanes():
-    """The 8-way unrolled int32 engine: K not a multiple of 8, more outputs than one lane."""
+    """The int32 engines: K not a multiple of 8 (the ymm engine's unrolling), outputs not a
+    multiple of 64 (the zmm engine's task), int16 and int32 operands."""
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, (1, 3, 20, 19))
     w = rng.integers(-128, 128, (5, 3, 3, 3))  # K = 27 = 3 * 8 + 3
@@ -448,6 +452,10 @@ def test_per_mac_int32_lanes_with_a_k_tail_and_many_lanes():
         assert kernels.conv_plan(x, w, None, 128, 0, 1, acc).path == "int32"
         assert_mac_same("conv2d", x, w, rng.integers(-9000, 9000, 5), 128, 0, (1, 1),
                         (1, 1, 1, 1), (1, 1), 1, acc)
+        wide = AccumulatorSpec(24, Overflow.SATURATE, SaturationPoint.PER_MAC, mac_order=order)
+        x16 = rng.integers(0, 60000, (1, 3, 9, 11))  # operands past int16, sums within int32
+        assert kernels.conv_plan(x16, w, None, 0, 0, 1, wide).dtype == np.int32
+        assert_mac_same("conv2d", x16, w, None, 0, 0, (1, 1), (1, 1, 1, 1), (1, 1), 1, wide)
 
 
 # ============================================================================ fast-path bounds
@@ -461,6 +469,9 @@ def test_gemm_path_thresholds():
         assert kernels.gemm_path((1 << 31) - 1, (1 << 15) - 1, vnni_shape=True) == "vnni16"
         assert kernels.gemm_path(1 << 31, 100, vnni_shape=True) != "vnni16"
         assert kernels.gemm_path(100, 1 << 15, vnni_shape=True) != "vnni16"
+        assert kernels.gemm_path(100, 100, vnni_shape=True, int8_bound=(1 << 31) - 1) == "vnni8"
+        assert kernels.gemm_path(100, 100, vnni_shape=True, int8_bound=1 << 31) == "vnni16"
+        assert kernels.gemm_path(100, 100, vnni_shape=False, int8_bound=100) == "float32"
 
 
 def test_float64_bound_just_above_2_53_falls_back_to_exact_int64():
@@ -483,7 +494,7 @@ def test_float64_bound_just_below_2_53_uses_float64_exactly():
     x = np.array([[1, 1]])
     w = np.array([[1 << 52, (1 << 52) - 1]])
     acc = AccumulatorSpec(48, Overflow.WRAP, SaturationPoint.FINAL)
-    with disabled({"vnni16"}):
+    with disabled({"vnni8", "vnni16"}):
         plan = kernels.MacPlan(acc, (1 << 53) - 1, 1, 1 << 52, 0)
         assert plan.path == "float64"
         got = assert_same("fully_connected", x, w, None, 0, 0, acc)
@@ -495,12 +506,24 @@ def test_float32_bound_just_above_2_24_falls_back():
     x = np.array([[1 << 12, 1]])
     w = np.array([[1 << 12, 1]])
     acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
-    with disabled({"vnni16"}):
+    with disabled({"vnni8", "vnni16"}):
         assert kernels.MacPlan(acc, (1 << 12) * ((1 << 12) + 1), 1 << 12, 1 << 12, 0).path \
             == "float64"
         got = assert_same("fully_connected", x, w, None, 0, 0, acc)
     assert got.tolist() == [[(1 << 24) + 1]]
     assert float(np.float32(1 << 24) + np.float32(1)) == float(1 << 24)  # the trap is real
+
+
+def test_int8_operands_past_the_int32_sum_bound_leave_the_vnni8_path():
+    # VPDPBUSD sums (w + 128) * x: with x = -128 and w = 127 that is 255 * -128 per tap;
+    # 65794 taps would leave int32, so 1x1 conv with that many channels may not use it
+    k = 65794
+    x = np.full((1, k, 1, 1), -128)
+    w = np.full((1, k, 1, 1), 127)
+    acc = AccumulatorSpec(48, Overflow.WRAP, SaturationPoint.FINAL)
+    assert kernels.conv_plan(x, w, None, 0, 0, 1, acc).path != "vnni8"
+    got = assert_same("conv2d", x, w, None, 0, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1, acc)
+    assert got.item() == int(fp.wrap(-128 * 127 * k, 48))
 
 
 def test_int16_operands_past_the_int32_sum_bound_leave_the_vnni_path():
@@ -560,7 +583,9 @@ def test_benchmark_layer_takes_the_fast_path():
     w = rng.integers(-127, 128, (64, 64, 3, 3))
     acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
     plan = kernels.conv_plan(x, w, None, 128, 0, 1, acc)
-    assert plan.path == ("vnni16" if kernels.VNNI_AVAILABLE else "float32")
+    assert plan.path == ("vnni8" if kernels.VNNI_AVAILABLE else "float32")
+    assert kernels.conv_plan(x, w, None, 0, 0, 1, acc).path == (  # x - 0 leaves int8
+        "vnni16" if kernels.VNNI_AVAILABLE else "float32")
     per_mac = AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC)
     assert kernels.conv_plan(x, w, None, 128, 0, 1, per_mac).path == "int32"
     assert_mac_same("conv2d", x, w, None, 128, 0, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc)
