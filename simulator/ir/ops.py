@@ -99,6 +99,9 @@ def _matmul_shape(shapes, attrs):
 def _pool_shape(shapes, attrs):
     n, c, h, w = shapes[0]
     k, st, pd = attrs["kernel"], attrs["strides"], attrs["pads"]
+    if pd[0] >= k[0] or pd[2] >= k[0] or pd[1] >= k[1] or pd[3] >= k[1]:
+        raise ProgramError(f"pool pads {pd} must be smaller than the kernel {k}: a window of "
+                           f"padding alone has no value")
     return (n, c, _pool_out(h, k[0], st[0], pd[0], pd[2]), _pool_out(w, k[1], st[1], pd[1], pd[3]))
 
 

@@ -129,7 +129,8 @@ def _trunc_div(x: np.ndarray, d: int) -> np.ndarray:
 
 
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
-    """gemmlowp SRDHM on int32 values held in int64: ``round(a * b / 2**31)``, ties away."""
+    """gemmlowp SRDHM on int32 values held in int64: ``a * b / 2**31`` rounded with gemmlowp's nudge
+    (positive ties up, negative ties toward zero), INT32_MIN * INT32_MIN saturating."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     ab = a * b

@@ -1434,8 +1434,9 @@ def _requant_int(t0, t1, v, inner, zx, mult, shift, rnd, yzp, qmin, qmax, out):
     for t in range(t0, t1):
         start, end, c = _segment(t, v.size, inner, mult.size)
         m, s = mult[c], shift[c]
-        for i in range(start, end):
-            out[i] = _requant_one(v[i] - zx, m, s, rnd, yzp, qmin, qmax)
+        src, dst = v[start:end], out[start:end]  # indexes known >= 0: no wraparound checks
+        for i in range(src.size):
+            dst[i] = _requant_one(src[i] - zx, m, s, rnd, yzp, qmin, qmax)
 
 
 @njit(**_JIT)
@@ -1444,8 +1445,9 @@ def _requant_float(t0, t1, v, inner, zx, scale, yzp, qmin, qmax, out):
     for t in range(t0, t1):
         start, end, c = _segment(t, v.size, inner, scale.size)
         f = scale[c]
-        for i in range(start, end):
-            out[i] = _requant_one_float(v[i] - zx, f, yzp, qmin, qmax)
+        src, dst = v[start:end], out[start:end]
+        for i in range(src.size):
+            dst[i] = _requant_one_float(src[i] - zx, f, yzp, qmin, qmax)
 
 
 def requantize(x, x_zp, prepared: PreparedScale, axis: int, y_zp: int, qmin: int, qmax: int):
@@ -1468,14 +1470,14 @@ def requantize(x, x_zp, prepared: PreparedScale, axis: int, y_zp: int, qmin: int
     zx, yzp, lo, hi = int(x_zp), int(y_zp), int(qmin), int(qmax)
     if prepared.mode is RequantMode.FLOAT_SCALE:
         f = np.ascontiguousarray(m, dtype=np.float32).ravel()
-        _run_tasks(_requant_float, ntask, 4 * flat.size, flat, inner, zx, f, yzp, lo, hi, out)
+        _run_tasks(_requant_float, ntask, flat.size, flat, inner, zx, f, yzp, lo, hi, out)
     else:
         mult = np.ascontiguousarray(m, dtype=np.int64).ravel()
         shift = np.ascontiguousarray(s, dtype=np.int64).ravel()
         if shift.size and (shift.min() < 0 or shift.max() > 62):
             return reference.requantize(x, x_zp, prepared, axis, y_zp, qmin, qmax)
         rnd = _ROUNDING_CODE[prepared.rounding]
-        _run_tasks(_requant_int, ntask, 8 * flat.size, flat, inner, zx, mult, shift, rnd, yzp,
+        _run_tasks(_requant_int, ntask, flat.size, flat, inner, zx, mult, shift, rnd, yzp,
                    lo, hi, out)
     return out.reshape(v.shape)
 
@@ -1555,8 +1557,9 @@ def _add_one(da, db, ma, mb, shift, rnd, yzp, qmin, qmax):
 
 @njit(**_JIT)
 def _add_int(t0, t1, a, za, b, zb, ma, mb, shift, rnd, yzp, qmin, qmax, out):
-    for i in range(t0, t1):
-        out[i] = _add_one(a[i] - za, b[i] - zb, ma, mb, shift, rnd, yzp, qmin, qmax)
+    sa, sb, dst = a[t0:t1], b[t0:t1], out[t0:t1]
+    for i in range(dst.size):
+        dst[i] = _add_one(sa[i] - za, sb[i] - zb, ma, mb, shift, rnd, yzp, qmin, qmax)
 
 
 @njit(**_JIT)
