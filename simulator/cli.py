@@ -7,16 +7,16 @@ User errors print one line and exit 2; a divergence found by ``--check`` exits 1
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from simulator.errors import InputError, ModelImportError, SimulatorError
+from simulator.fileio import atomic_write_bytes
 
 EXAMPLE = "the bundled example CNN (simulator.examples)"
 
@@ -66,16 +66,9 @@ def load_inputs(path: str | None, program) -> dict[str, np.ndarray]:
 
 
 def _atomic_save(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    writer(buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:

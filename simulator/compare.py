@@ -49,7 +49,7 @@ class Divergence:
 
 
 def _requant_variants(arith: ArithmeticSpec) -> list[tuple[str, ArithmeticSpec]]:
-    acc, rq = arith.accumulator, arith.requant
+    rq = arith.requant
     out = []
     for rounding in RoundingMode:
         if rounding is rq.rounding and rq.mode is RequantMode.MULTIPLIER_SHIFT:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from simulator.contract import (AccumulatorSpec, ArithmeticSpec, MacOrder, Overf
                                 RequantSpec, RoundingMode, SaturationPoint, parse_dtype)
 from simulator.errors import SimulatorError
 from simulator.execute import execute, output_array
+from simulator.fileio import atomic_write_bytes
 from simulator.ir.builder import ProgramBuilder
 from simulator.ir.program import Program, load_program, save_program
 
@@ -295,11 +295,7 @@ def regenerate(directory: Path | None = None, progress: Callable[[str], None] | 
                 [stats.events, stats.outputs, stats.required_bits], np.int64)
         buf = io.BytesIO()
         np.savez_compressed(buf, **payload)
-        target = directory / f"{case.name}.npz"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, target)
+        target = atomic_write_bytes(directory / f"{case.name}.npz", buf.getvalue())
         names.add(target.name)
         count += 1
     for stale in directory.glob("*.npz"):

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 
 from archnet.errors import CheckpointError, TeacherError
+from simulator.fileio import atomic_write_bytes
 
 # name -> (block, blocks per stage). The 4-stage ones are torchvision's; the 3-stage ones are
 # the small CIFAR-sized family (fewer, narrower stages) for 16x16 and 28x28 images.
@@ -103,20 +103,7 @@ def save_teacher(path: str | os.PathLike, model, metadata: dict | None = None) -
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def load_teacher(path: str | os.PathLike):
@@ -164,11 +151,6 @@ def load_teacher(path: str | os.PathLike):
     model.eval()
     return model, meta
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 __all__ = ["ARCHS", "BUILD_OPTIONS", "build_teacher", "save_teacher", "load_teacher"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.contract import ACCUMULATOR, DType, FloatType, IntType, parse_dtype
+from simulator.contract import ACCUMULATOR, DType, FloatType, parse_dtype
 from simulator.ir.ops import MAC_OPS, OpKind, infer_shape
 from simulator.ir.program import Node, Program, TensorInfo, make_node
 

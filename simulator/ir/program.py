@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.contract import DType, FloatType, IntType, parse_dtype
+from simulator.contract import DType, IntType, parse_dtype
 from simulator.errors import ProgramError, SimulatorError
+from simulator.fileio import atomic_write_bytes
 from simulator.ir.ops import OP_INFO, OpKind, infer_shape, normalise_attrs
 
 FORMAT = "archnet-program"
@@ -271,21 +271,14 @@ def save_program(program: Program, path: str | os.PathLike) -> Path:
            "nodes": [{"name": n.name, "op": n.op.value, "inputs": list(n.inputs),
                       "outputs": list(n.outputs), "attrs": n.attrs} for n in program.nodes],
            "metadata": program.metadata}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("program.json", json.dumps(doc, indent=1, sort_keys=True))
-            for i, arr in enumerate(arrays):
-                buf = io.BytesIO()
-                np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-                zf.writestr(f"constants/{i}.npy", buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    blob = io.BytesIO()
+    with zipfile.ZipFile(blob, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("program.json", json.dumps(doc, indent=1, sort_keys=True))
+        for i, arr in enumerate(arrays):
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            zf.writestr(f"constants/{i}.npy", buf.getvalue())
+    return atomic_write_bytes(path, blob.getvalue())
 
 
 def _field(doc: dict, key: str, kind, where: str):
