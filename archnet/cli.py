@@ -1,10 +1,11 @@
-"""The ``archnet`` command: the simulator's commands now, conversion commands as they land."""
+"""The ``archnet`` command: the simulator's commands, teachers, convert, verify, latency-table."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from archnet import bit_allocation_cli, convert_cli, verify_cli
 from archnet.teachers import cli as teachers_cli
 from simulator import cli as simulator_cli
 
@@ -16,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     simulator_cli.add_commands(sub)
     teachers_cli.add_teacher_commands(sub)
+    convert_cli.add_commands(sub)
+    verify_cli.add_commands(sub)
+    bit_allocation_cli.add_commands(sub)
     return parser
 
 

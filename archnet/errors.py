@@ -27,3 +27,7 @@ class TeacherError(ArchnetError):
 
 class CheckpointError(ArchnetError):
     """A checkpoint is missing, damaged, of another kind, or does not match its metadata."""
+
+
+class DistillError(ArchnetError):
+    """Distillation cannot go on: a NaN loss, a resume that does not match the run it resumes."""

@@ -430,21 +430,26 @@ class ArchNetStudent(nn.Module):
         return shape
 
     def export(self, input_shape: Sequence[int] | None = None, *, feature_outputs: bool = False,
-               name: str = "archnet_student") -> Program:
+               name: str = "archnet_student", upto: int | None = None) -> Program:
         """The student as a validated simulator Program with the image (u8) as its input.
 
         The outputs are the logits; with ``feature_outputs`` also every block's output pieces,
-        listed per block in ``metadata['archnet']['block_outputs']``.
+        listed per block in ``metadata['archnet']['block_outputs']``. ``upto=k`` exports only
+        blocks 0..k-1 (a prefix, whose outputs are block k-1's pieces): what distillation runs
+        on the simulator to feed the next blocks.
         """
+        n = len(self.blocks) if upto is None else int(upto)
+        if not 1 <= n <= len(self.blocks):
+            raise ArchnetError(f"export upto={upto}: the student has {len(self.blocks)} blocks")
         b = ProgramBuilder(name)
         pieces = [self.input.export(b, self.full_input_shape(input_shape))]
         per_block = []
-        for block in self.blocks:
+        for block in list(self.blocks)[:n]:
             pieces = block.export(b, pieces, block.name)
             per_block.append(pieces)
         outputs = [p for ps in per_block for p in ps] if feature_outputs else pieces
         b.output(*outputs)
-        b.metadata["archnet"] = {"blocks": self.block_names, "block_taps": self.block_taps,
+        b.metadata["archnet"] = {"blocks": self.block_names[:n], "block_taps": self.block_taps[:n],
                                  "block_outputs": per_block}
         return b.build()
 

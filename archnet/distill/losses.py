@@ -1,15 +1,17 @@
-"""Distillation losses: per-block feature MSE (optionally teacher-attention weighted), logit cosine."""
+"""Distillation losses: per-block feature MSE (teacher-attention weighted), logit cosine, mixup."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def block_weights(period: int, decay: float = 0.8) -> torch.Tensor:
-    """Weights of blocks 0..period: the newest block 1, each older one ``decay`` times less
-    (Arch-Net's ``torch.logspace(base=0.8)``), so a period concentrates on its new block."""
-    return torch.tensor([decay ** (period - i) for i in range(period + 1)])
+def block_weights(period: int, first: int = 0, decay: float = 0.8) -> torch.Tensor:
+    """Weights of blocks ``first``..``period``: the newest block 1, each older one ``decay``
+    times less (Arch-Net's ``torch.logspace(base=0.8)``), so a period concentrates on its new
+    block while the blocks before it keep adjusting to it."""
+    return torch.tensor([decay ** (period - i) for i in range(first, period + 1)])
 
 
 def teacher_attention(feature: torch.Tensor) -> torch.Tensor:
@@ -21,12 +23,18 @@ def teacher_attention(feature: torch.Tensor) -> torch.Tensor:
     return att / att.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
 
 
-def feature_loss(student: torch.Tensor, teacher: torch.Tensor, attention: bool = True) -> torch.Tensor:
-    """MSE to the teacher's feature, plus the attention-weighted MSE when asked."""
-    err = (student - teacher.detach()).pow(2)
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor, attention: bool = True,
+                 relative: bool = True) -> torch.Tensor:
+    """MSE to the teacher's feature, plus the attention-weighted MSE when asked. ``relative``
+    divides by the teacher feature's mean square, so blocks of different magnitude (feature maps,
+    logits) weigh as the schedule says, not as their units happen to be."""
+    target = teacher.detach()
+    err = (student - target).pow(2)
     loss = err.mean()
     if attention and student.dim() == 4:
-        loss = loss + (err * teacher_attention(teacher)).mean()
+        loss = loss + (err * teacher_attention(target)).mean()
+    if relative:
+        loss = loss / target.pow(2).mean().clamp_min(1e-12)
     return loss
 
 
@@ -36,7 +44,12 @@ def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.4) -> torch.Tensor:
-    """Label-free mixup: convex combinations of shuffled images (no targets involved)."""
-    lam = torch.distributions.Beta(alpha, alpha).sample().item() if alpha > 0 else 1.0
+    """Label-free mixup: convex combinations of shuffled images (no targets involved).
+
+    The weight is Beta(alpha, alpha), drawn from a NumPy stream seeded by ``generator`` (torch's
+    Beta sampler only reads the global RNG), so a resumed run mixes the same images as an
+    uninterrupted one."""
+    seed = int(torch.randint(2 ** 31 - 1, (), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha)) if alpha > 0 else 1.0
     order = torch.randperm(images.shape[0], generator=generator)
     return lam * images + (1 - lam) * images[order]

@@ -7,9 +7,10 @@
 - ``check``: ``assert_deployable``, the gate: no node of the exported student falls back
 """
 
-from archnet.lowering.calibrate import calibrate_batchnorm, init_weight_quantizers
+from archnet.lowering.calibrate import (calibrate_activations, calibrate_batchnorm,
+                                      init_weight_quantizers)
 from archnet.lowering.check import assert_deployable
 from archnet.lowering.resnet import convert_resnet, parse_bits, plan_resnet
 
-__all__ = ["assert_deployable", "calibrate_batchnorm", "convert_resnet", "init_weight_quantizers",
+__all__ = ["assert_deployable", "calibrate_activations", "calibrate_batchnorm", "convert_resnet", "init_weight_quantizers",
            "parse_bits", "plan_resnet"]

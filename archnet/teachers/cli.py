@@ -56,7 +56,7 @@ def cmd_teacher_eval(args) -> int:
 
 def add_teacher_commands(sub) -> None:
     """Mount ``teacher train`` and ``teacher eval`` on an argparse sub-parser collection."""
-    p = sub.add_parser("teacher", help="train or evaluate a teacher ResNet (the only command that reads labels)")
+    p = sub.add_parser("teacher", help="train or evaluate a teacher ResNet (the only command that trains on labels)")
     tsub = p.add_subparsers(dest="teacher_command", metavar="ACTION")
     p.set_defaults(func=lambda args, _p=p: (_p.print_help(), 2)[1])
 

@@ -1,0 +1,236 @@
+"""``archnet convert``: teacher + unlabeled images + chip profile -> a verified Arch-Net run folder.
+
+The whole job, in order:
+
+1. load the teacher checkpoint and the *unlabeled* training images (labels are never opened);
+2. choose bits: one width for every block, or, with a latency budget, per-block widths chosen by
+   the cost model (``archnet.bit_allocation``, HAQ-style);
+3. lower the teacher to a student of the chip's ops (``archnet.lowering``), calibrate its new
+   batch-norms and activation grids on the images, and prove it deploys without fallback;
+4. distil blockwise with the simulator in the loop (``archnet.distill``), a checkpoint per period;
+5. export the Program, check archnet's integer emulation against the simulator on a sample
+   (every element must agree), and write the run folder atomically file by file:
+
+   - ``student.pt``      the student checkpoint (config, weights, metadata)
+   - ``model.program``   the integer Program the simulator and the reports run
+   - ``convert.json``    settings, bits (and the allocation), per-period history, timings,
+                         the simulator's share of the time, estimated latency on the chip
+   - ``checkpoints/``    one checkpoint per distillation period (``--resume`` continues there)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from archnet import distributed as dist
+from archnet.distill.loop import DistillConfig, distill
+from archnet.errors import ArchnetError, ConversionError, DataError
+from archnet.lowering import (assert_deployable, calibrate_activations, calibrate_batchnorm,
+                              convert_resnet, parse_bits)
+from archnet.student_io import save_student
+from simulator.cost import estimate
+from simulator.execute import execute
+from simulator.fileio import atomic_write_bytes
+from simulator.ir.program import save_program
+from simulator.profiles import load_profile
+
+STUDENT_FILE = "student.pt"
+PROGRAM_FILE = "model.program"
+SUMMARY_FILE = "convert.json"
+
+
+@dataclass
+class ConvertOptions:
+    teacher: str
+    chip: str
+    out: str
+    bits: str | None = "4w4a"
+    latency_budget_ms: float | None = None
+    dataset: str | None = None       # default: the teacher's
+    data_path: str | None = None
+    max_images: int | None = None
+    calibration_images: int = 512
+    keep_global_pool: bool = False
+    resume: bool = False
+    check_images: int = 256
+    threads: int | None = None
+    command: str | None = None
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_images(dataset: str, data_path: str | None, max_images: int | None) -> torch.Tensor:
+    """Unlabeled training images: a named data set (``data_path`` = its folder), or a ``.npy``
+    file of images (N, C, H, W), uint8 pixels or floats in [0, 1]."""
+    from archnet.data import load_dataset
+    if data_path is not None and str(data_path).endswith(".npy"):
+        path = Path(data_path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such image file")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a NumPy image array ({exc})") from None
+        if arr.ndim != 4:
+            raise DataError(f"{path}: images must be (N, C, H, W), got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        elif arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+                raise DataError(f"{path}: float images must lie in [0, 1]")
+            arr = arr.astype(np.float32)
+        else:
+            raise DataError(f"{path}: images must be uint8 or float, got {arr.dtype}")
+        images = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        images = load_dataset(dataset, data_path, "train", labels=False).images
+    if max_images is not None:
+        images = images[:max_images]
+    if len(images) == 0:
+        raise DataError("no images to distil on")
+    return images
+
+
+def _calibration_set(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(images), generator=gen)[: min(n, len(images))]
+    return images[idx.sort().values]
+
+
+def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, opts: ConvertOptions,
+                      seed: int = 0):
+    """Lower, calibrate and gate: the student distillation starts from."""
+    student = convert_resnet(teacher, profile, bits, meta["input_shape"],
+                             keep_global_pool=opts.keep_global_pool)
+    calib = _calibration_set(images, opts.calibration_images, seed)
+    calibrate_batchnorm(student, calib)
+    calibrate_activations(student, calib, seed=seed)
+    assert_deployable(student, profile)
+    return student
+
+
+def check_against_simulator(student, profile, images: torch.Tensor, backend: str = "kernels") -> dict:
+    """Every element of every block output: archnet's integer emulation vs the simulator."""
+    program = student.export((len(images), *student.input_shape), feature_outputs=True)
+    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
+    sim = execute(program, profile, {program.inputs[0]: pixels}, backend, trace=False).outputs
+    emu = student.integer_features(images, profile)
+    per_block = program.metadata["archnet"]["block_outputs"]
+    matched = total = 0
+    first_bad = None
+    for name, pieces, q in zip(student.block_names, per_block, emu, strict=True):
+        value = np.concatenate([sim[p] for p in pieces], axis=1)
+        same = value == q.value.numpy()
+        matched += int(same.sum())
+        total += same.size
+        if first_bad is None and not same.all():
+            first_bad = name
+    return {"images": len(images), "elements": total, "matching": matched,
+            "agreement": matched / total if total else 1.0, "first_divergent_block": first_bad}
+
+
+def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
+    """Run the whole conversion; returns the summary written to ``convert.json``."""
+    from archnet.teachers import load_teacher
+    t0 = time.perf_counter()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    dist.init_from_env()
+    profile = load_profile(opts.chip)
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise ArchnetError(f"--out {out}: exists and is not a folder")
+    if not opts.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise ArchnetError(f"--out {out}: holds checkpoints of an earlier run; pass --resume to "
+                           f"continue it or choose another folder")
+    teacher, meta = load_teacher(opts.teacher)
+    dataset = opts.dataset or meta.get("dataset")
+    images = load_images(dataset, opts.data_path, opts.max_images)
+    if list(images.shape[1:]) != list(meta["input_shape"]):
+        raise DataError(f"images of shape {list(images.shape[1:])} do not fit the teacher's input "
+                        f"{meta['input_shape']} ({opts.teacher})")
+    log(f"teacher {opts.teacher}: {meta.get('arch')} on {dataset}, {len(images)} unlabeled images, "
+        f"chip {profile.name}")
+
+    allocation = None
+    if opts.latency_budget_ms is not None:
+        from archnet.bit_allocation import allocate_bits
+        calib = _calibration_set(images, min(opts.calibration_images, 256), cfg.seed)
+        allocation = allocate_bits(teacher, profile, meta["input_shape"], opts.latency_budget_ms,
+                                   calib, log=log if dist.is_main() else (lambda _m: None))
+        bits = list(allocation.bits)
+        log(f"bits per block under {opts.latency_budget_ms} ms: {bits} "
+            f"(estimated {allocation.estimated_ms:.4f} ms)")
+    else:
+        bits = opts.bits
+        parse_bits(bits)
+    student = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed)
+    log(student.describe())
+    metadata = {
+        "teacher": str(opts.teacher), "teacher_sha256": sha256_file(opts.teacher),
+        "teacher_arch": meta.get("arch"), "teacher_test_accuracy": meta.get("test_accuracy"),
+        "profile": profile.name, "profile_path": str(profile.path),
+        "bits": [f"{b['w_bits']}w{b['a_bits']}a" for b in student.config["blocks"]],
+        "allocation": allocation.to_dict() if allocation is not None else None,
+        "dataset": dataset, "data_path": opts.data_path, "images": len(images),
+        "input_shape": list(meta["input_shape"]), "command": opts.command,
+        "distill": asdict(cfg),
+    }
+    result = distill(student, teacher, images, profile, cfg, out, resume=opts.resume, log=log,
+                     metadata=metadata)
+    check = check_against_simulator(student, profile,
+                                     _calibration_set(images, opts.check_images, cfg.seed + 1),
+                                     cfg.backend)
+    if check["agreement"] != 1.0:
+        raise ConversionError(f"integer emulation and simulator differ in "
+                              f"{check['elements'] - check['matching']} of {check['elements']} "
+                              f"elements (first in block {check['first_divergent_block']!r}); "
+                              f"run `archnet verify` on {out / PROGRAM_FILE} for the divergence")
+    program = student.export(name=f"archnet_{meta.get('arch', 'student')}_{profile.name}")
+    program.metadata["archnet"]["student_checkpoint"] = STUDENT_FILE
+    est = estimate(program, profile)
+    summary = {
+        "teacher": metadata["teacher"], "teacher_sha256": metadata["teacher_sha256"],
+        "chip": profile.name, "profile_path": str(profile.path), "bits": metadata["bits"],
+        "allocation": metadata["allocation"], "dataset": dataset, "images": len(images),
+        "estimated_latency_ms": est.total_latency_ms, "fallbacks": len(est.fallbacks),
+        "blocks": student.summary(), "history": result.history,
+        "distill_seconds": round(result.seconds, 2),
+        "simulator_seconds": round(result.simulator_seconds, 2),
+        "simulator_share": round(result.simulator_share, 4),
+        "resumed_from_period": result.resumed_from,
+        "emulation_vs_simulator": check,
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "world_size": dist.world_size(), "threads": torch.get_num_threads(),
+        "command": opts.command, "torch": torch.__version__,
+    }
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_student(out / STUDENT_FILE, student, metadata)
+        save_program(program, out / PROGRAM_FILE)
+        atomic_write_bytes(out / SUMMARY_FILE, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        log(f"wrote {out / PROGRAM_FILE}, {out / STUDENT_FILE}, {out / SUMMARY_FILE}: "
+            f"{profile.name} estimate {est.total_latency_ms:.4f} ms, {len(est.fallbacks)} fallbacks; "
+            f"emulation = simulator on {check['elements']:,} elements of {check['images']} images; "
+            f"distillation {result.seconds:.0f} s, simulator share {100 * result.simulator_share:.1f}%")
+    dist.barrier()
+    return summary
+
+
+def command_line() -> str:
+    return "archnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,367 @@
+"""Label-free blockwise distillation with the simulator in the loop (Arch-Net, progressive).
+
+One *period* per student block. Period ``k`` trains a window of blocks ``first..k``
+(``first = max(0, k - window + 1)``) against the teacher's features at their taps: MSE (plus the
+teacher-attention weighted MSE) through training-only feature adapters, per-block weights
+decaying by 0.8 towards older blocks (the paper's schedule); the head's period adds a cosine loss
+on the logits. Blocks before the window are frozen: they are exported and run on the chip
+profile's **simulator**, and the window trains on the simulator's integer outputs times their
+step, so the blocks downstream learn what the integer hardware computes. With ``window`` equal
+to the number of blocks every period trains from the image (the paper's pure progressive form;
+the simulator then only verifies); ``window=1`` is strictly blockwise.
+
+No labels exist here: the data is an ``UnlabeledImages``. A fraction of batches is mixup of
+two images (their simulator prefix computed for the mixed pixels on the fly). Adam, with a
+cosine schedule restarting ``restarts`` times per period (and at every period).
+
+After each period a checkpoint (student, adapters, history) is written atomically to
+``<run_dir>/checkpoints/period_NN.pt``. ``resume=True`` continues after the last complete one;
+because every period derives its random stream from ``(seed, period)`` alone and starts from
+the checkpointed state alone, a resumed run trains exactly the weights an uninterrupted run does.
+A loss that is not finite stops the run with ``DistillError`` and leaves the last good
+checkpoint in place. Under ``torchrun`` the window is wrapped in DistributedDataParallel, each
+rank takes its slice of every batch, the simulator's work is sharded, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from archnet import distributed as dist
+from archnet.data import unlabeled
+from archnet.distill.adapters import adapt, build_adapters
+from archnet.distill.checkpoint import load_checkpoint, save_atomic
+from archnet.distill.hardware import HardwarePrefix
+from archnet.distill.losses import block_weights, cosine_loss, feature_loss, mixup
+from archnet.distill.taps import TeacherTaps
+from archnet.errors import ConversionError, DistillError
+from archnet.student import ArchNetStudent
+from archnet.student_io import student_from_payload, student_payload
+from simulator.profiles import ChipProfile, load_profile
+
+CHECKPOINT_FORMAT = "archnet-distill-checkpoint"
+CHECKPOINT_VERSION = 1
+_PERIOD_FILE = re.compile(r"period_(\d+)\.pt")
+
+
+@dataclass
+class DistillConfig:
+    epochs_per_period: float = 1.0      # passes over the unlabeled set per period
+    steps_per_period: int | None = None  # overrides epochs_per_period
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    restarts: int = 1                   # cosine cycles per period
+    window: int = 2                     # blocks trained per period (the newest and older ones)
+    decay: float = 0.8                  # weight of each older block's loss relative to the next
+    mixup_fraction: float = 0.25
+    mixup_alpha: float = 0.4
+    cosine_weight: float = 1.0          # weight of the logit cosine loss in the head's period
+    attention: bool = True
+    simulator_in_loop: bool = True      # False: train on fake-quant prefix outputs (ablation)
+    sim_batch: int = 256
+    backend: str = "kernels"
+    seed: int = 0
+    progress: bool | None = None        # tqdm bars (None: only on a terminal)
+
+    def check(self) -> "DistillConfig":
+        bad = []
+        if self.steps_per_period is None and not self.epochs_per_period > 0:
+            bad.append(f"epochs_per_period {self.epochs_per_period} must be > 0")
+        if self.steps_per_period is not None and self.steps_per_period < 1:
+            bad.append(f"steps_per_period {self.steps_per_period} must be >= 1")
+        if self.batch_size < 1 or self.batch_size % dist.world_size():
+            bad.append(f"batch_size {self.batch_size} must be a positive multiple of the "
+                       f"{dist.world_size()} processes")
+        if not self.lr > 0:
+            bad.append(f"lr {self.lr} must be > 0")
+        if self.window < 1:
+            bad.append(f"window {self.window} must be >= 1")
+        if not 0 <= self.mixup_fraction <= 1:
+            bad.append(f"mixup_fraction {self.mixup_fraction} outside [0, 1]")
+        if self.restarts < 1:
+            bad.append(f"restarts {self.restarts} must be >= 1")
+        if bad:
+            raise DistillError("distillation settings: " + "; ".join(bad))
+        return self
+
+
+@dataclass
+class DistillResult:
+    student: ArchNetStudent
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    simulator_seconds: float = 0.0
+    resumed_from: int | None = None
+
+    @property
+    def simulator_share(self) -> float:
+        return self.simulator_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+def period_seed(seed: int, period: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * (period + 1)) % (2 ** 62)
+
+
+def checkpoint_path(run_dir: Path, period: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"period_{period:02d}.pt"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in folder.glob("period_*.pt")
+                   if (m := _PERIOD_FILE.fullmatch(p.name)))
+    return found[-1][1] if found else None
+
+
+class _PeriodNet(nn.Module):
+    """The trainable window of one period and its loss; what DDP wraps."""
+
+    def __init__(self, student: ArchNetStudent, adapters: nn.ModuleDict, first: int, last: int,
+                 cfg: DistillConfig):
+        super().__init__()
+        self.student, self.adapters = student, adapters
+        self.first, self.last, self.cfg = first, last, cfg
+        self.head = len(student.blocks) - 1
+        self.register_buffer("weights", block_weights(last, first, cfg.decay), persistent=False)
+
+    def forward(self, images: torch.Tensor, x_in: torch.Tensor | None,
+                targets: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.student.input(images) if self.first == 0 else x_in
+        total, parts = 0.0, []
+        for j, i in enumerate(range(self.first, self.last + 1)):
+            block = self.student.blocks[i]
+            x = block(x)
+            loss = feature_loss(adapt(self.adapters, block.name, x), targets[i], self.cfg.attention)
+            if i == self.head:
+                loss = loss + self.cfg.cosine_weight * cosine_loss(x, targets[i])
+            parts.append(loss.detach())
+            total = total + self.weights[j] * loss
+        return total, parts
+
+
+def _trainable(student: ArchNetStudent, adapters: nn.ModuleDict, first: int, last: int) -> list:
+    """Freeze everything, then open the window: its layers (weights, bias, batch-norm affine,
+    weight steps; not the structural layers, whose 0/1 kernels are exact by construction), its
+    adapters, and the activation grids only the window writes (a grid a frozen block writes is
+    frozen with it: the simulator's cached outputs live on it)."""
+    for p in list(student.parameters()) + list(adapters.parameters()):
+        p.requires_grad_(False)
+    frozen_grids = {s["quant"] for b in student.blocks[:first] for s in b.spec["steps"] if "quant" in s}
+    fixed = {k for k, spec in student.config["quantizers"].items() if spec.get("step") is not None}
+    params: list[nn.Parameter] = []
+    grids: set[str] = set()
+    for block in student.blocks[first:last + 1]:
+        structural = {s["name"] for s in block.spec["steps"] if s.get("role") == "structural"}
+        for name, m in block.mac_layers().items():
+            if name in structural:
+                continue
+            params += [m.weight, m.bias, m.weight_quant.scale]
+            if m.bn is not None:
+                params += [m.bn.weight, m.bn.bias]
+        grids |= {s["quant"] for s in block.spec["steps"] if "quant" in s}
+        key = block.name.replace(".", "_")
+        if key in adapters:
+            params += list(adapters[key].parameters())
+    params += [student.quantizers[k].scale for k in sorted(grids - frozen_grids - fixed)]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _steps(cfg: DistillConfig, n: int) -> int:
+    if cfg.steps_per_period is not None:
+        return cfg.steps_per_period
+    return max(1, math.ceil(cfg.epochs_per_period * n / cfg.batch_size))
+
+
+def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
+    """``steps`` index batches of size ``batch`` over epochs of fresh permutations (the last
+    partial batch of an epoch is completed from the next permutation)."""
+    pool = torch.empty(0, dtype=torch.int64)
+    for _ in range(steps):
+        while pool.numel() < batch:
+            pool = torch.cat([pool, torch.randperm(n, generator=gen)])
+        yield pool[:batch]
+        pool = pool[batch:]
+
+
+def _fingerprint(student, teacher, images, profile, cfg) -> dict:
+    """What a resumed run must share with the run it resumes (else it would train other weights)."""
+    t_sum = float(sum(p.detach().double().sum() for p in teacher.state_dict().values()
+                      if p.is_floating_point()))
+    arch = hashlib.sha256(json.dumps(student.config, sort_keys=True).encode()).hexdigest()[:16]
+    return {"blocks": student.block_names, "student_config": arch, "images": int(images.shape[0]),
+            "image_sum": round(float(images[: min(1024, len(images))].double().sum()), 6),
+            "teacher_sum": round(t_sum, 6), "profile": profile.name,
+            "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+            "world_size": dist.world_size()}
+
+
+def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipProfile | str,
+            cfg: DistillConfig, run_dir: str | Path, *, resume: bool = False,
+            log: Callable[[str], None] = print,
+            step_callback: Callable[[int, int, float], None] | None = None,
+            metadata: dict | None = None) -> DistillResult:
+    """Distil ``teacher`` into ``student`` on unlabeled ``images`` for ``profile``; returns the
+    trained student (the same object, updated) and the per-period history."""
+    cfg.check()
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    images = unlabeled(images).images.float().contiguous()
+    run_dir = Path(run_dir)
+    n_blocks = len(student.blocks)
+    taps = TeacherTaps(teacher, student.block_taps)
+    probe = images[: min(8, len(images))]
+    targets = taps.features(probe)
+    with torch.no_grad():
+        outs = student.features(probe)
+    for name, s, t in zip(student.block_names, outs, targets, strict=True):
+        if tuple(s.shape) != tuple(t.shape):
+            raise ConversionError(f"student block {name!r} gives {tuple(s.shape[1:])} but its "
+                                  f"teacher tap gives {tuple(t.shape[1:])}")
+    adapters = build_adapters(student.block_names, targets, n_blocks - 1)
+    fingerprint = _fingerprint(student, teacher, images, profile, cfg)
+    history: list[dict] = []
+    start, resumed_from = 0, None
+    if resume:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            log(f"resume: no complete period in {run_dir / 'checkpoints'}; starting at period 0")
+        else:
+            ck = load_checkpoint(path)
+            if ck.get("format") != CHECKPOINT_FORMAT or ck.get("version") != CHECKPOINT_VERSION:
+                raise DistillError(f"{path}: not an archnet distillation checkpoint")
+            for key, value in fingerprint.items():
+                if ck["fingerprint"].get(key) != value:
+                    raise DistillError(f"{path}: cannot resume, {key} differs from the run it "
+                                       f"resumes ({ck['fingerprint'].get(key)!r} != {value!r})")
+            saved, _ = student_from_payload(ck["student"], str(path))
+            student.load_state_dict(saved.state_dict(), strict=True)
+            adapters.load_state_dict(ck["adapters"], strict=True)
+            history = list(ck["history"])
+            start = resumed_from = int(ck["period"]) + 1
+            log(f"resume: continuing after period {start - 1} ({path.name})")
+    sim_seconds = sum(h.get("simulator_seconds", 0.0) for h in history)
+    for period in range(start, n_blocks):
+        entry = _run_period(student, adapters, taps, images, profile, cfg, period, log, step_callback)
+        sim_seconds += entry["simulator_seconds"]
+        history.append(entry)
+        if dist.is_main():
+            save_atomic({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                         "period": period, "fingerprint": fingerprint,
+                         "student": student_payload(student, metadata),
+                         "adapters": {k: v.clone() for k, v in adapters.state_dict().items()},
+                         "history": history},
+                        checkpoint_path(run_dir, period))
+        dist.barrier()
+    seconds = sum(h["seconds"] for h in history)
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return DistillResult(student, history, seconds, sim_seconds, resumed_from)
+
+
+def _run_period(student, adapters, taps, images, profile, cfg, period, log, step_callback) -> dict:
+    from tqdm import tqdm
+    n_blocks = len(student.blocks)
+    first = max(0, period - cfg.window + 1)
+    names = student.block_names
+    label = f"period {period + 1}/{n_blocks} ({'+'.join(names[first:period + 1])})"
+    t0 = time.perf_counter()
+    hw, cache, rescale = None, None, None
+    if first > 0:
+        if cfg.simulator_in_loop:
+            hw = HardwarePrefix(student, first, profile, cfg.backend, cfg.sim_batch)
+            cache = hw.run_all(images, desc=f"{label}: simulator, blocks 1-{first}",
+                               progress=cfg.progress)
+            rescale = hw.rescale
+        else:  # ablation: the prefix's fake-quant float outputs
+            with torch.no_grad():
+                cache = torch.cat([_prefix_float(student, images[i:i + cfg.sim_batch], first)
+                                   for i in range(0, len(images), cfg.sim_batch)])
+            rescale = lambda v: v  # noqa: E731
+    sim_prefix = hw.seconds if hw else 0.0
+    params = _trainable(student, adapters, first, period)
+    student.train()
+    net = _PeriodNet(student, adapters, first, period, cfg)
+    model = net
+    if dist.active():
+        model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = _steps(cfg, len(images))
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=max(1, steps // cfg.restarts), eta_min=cfg.lr * 0.01)
+    gen = torch.Generator().manual_seed(period_seed(cfg.seed, period))
+    per_rank = cfg.batch_size // dist.world_size()
+    lo = dist.rank() * per_rank
+    bar = tqdm(total=steps, desc=label, unit="step", leave=False,
+               disable=(not dist.is_main()) or (None if cfg.progress is None else not cfg.progress))
+    losses, part_sums, mixed = [], None, 0
+    for step, idx in enumerate(_batches(len(images), cfg.batch_size, steps, gen)):
+        idx = idx[lo:lo + per_rank]
+        batch = images[idx]
+        x_in = None
+        if cfg.mixup_fraction > 0 and float(torch.rand((), generator=gen)) < cfg.mixup_fraction:
+            batch = mixup(batch, gen, cfg.mixup_alpha)
+            mixed += 1
+            if first > 0:
+                x_in = rescale(hw.run(batch)) if hw else _prefix_float(student, batch, first)
+        elif first > 0:
+            x_in = rescale(cache[idx])
+        targets = taps.features(batch)
+        loss, parts = model(batch, x_in, targets)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            bar.close()
+            raise DistillError(f"{label} step {step}: loss is {value}; stopped. The last good "
+                               f"checkpoint is kept (lower --lr, or check the data for NaN)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(value)
+        stacked = torch.stack(parts)
+        part_sums = stacked if part_sums is None else part_sums + stacked
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{value:.4f}")
+        if step_callback is not None:
+            step_callback(period, step, value)
+    bar.close()
+    student.eval()
+    sim_seconds = (hw.seconds if hw else 0.0)
+    tail = losses[-max(1, len(losses) // 10):]
+    entry = {
+        "period": period, "blocks": names[first:period + 1], "new_block": names[period],
+        "steps": steps, "mixup_batches": mixed, "batch_size": cfg.batch_size,
+        "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
+        "block_losses": {names[first + j]: float(v) / steps for j, v in enumerate(part_sums)},
+        "simulator_in_loop": bool(hw), "simulator_prefix_blocks": first if hw else 0,
+        "simulator_images": hw.images_run if hw else 0,
+        "simulator_seconds": round(sim_seconds, 3),
+        "simulator_prefix_seconds": round(sim_prefix, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if dist.is_main():
+        log(f"{label}: loss {entry['loss_first']:.4f} -> {entry['loss_last']:.4f} in {steps} steps, "
+            f"{entry['seconds']:.1f} s (simulator {sim_seconds:.1f} s on "
+            f"{entry['simulator_images']} images)")
+    return entry
+
+
+def _prefix_float(student: ArchNetStudent, images: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    with torch.no_grad():
+        x = student.input(images)
+        for block in student.blocks[:n_blocks]:
+            x = block(x)
+    return x

@@ -1,0 +1,49 @@
+"""The teacher's intermediate features at the modules the student's blocks imitate.
+
+A student block names its teacher module by path (``block.tap``: ``maxpool``, ``layer2.0``,
+``fc``). ``TeacherTaps`` runs the teacher once per batch and returns the output of every tapped
+module, captured with forward hooks (the teacher is only read: eval mode, no gradients).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from archnet.errors import ConversionError
+
+
+class TeacherTaps:
+    def __init__(self, teacher: nn.Module, taps: Sequence[str]):
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        modules = dict(teacher.named_modules())
+        missing = [t for t in taps if t not in modules]
+        if missing:
+            raise ConversionError(f"teacher has no module(s) {missing} that the student's blocks "
+                                  f"imitate (taps {list(taps)})")
+        self.taps = list(taps)
+        self._modules = {t: modules[t] for t in dict.fromkeys(taps)}
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        found: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, module in self._modules.items():
+            def hook(_m, _inp, out, name=name):
+                found[name] = out.detach().clone()  # later in-place ops must not touch it
+            handles.append(module.register_forward_hook(hook))
+        try:
+            self.teacher(images)
+        finally:
+            for h in handles:
+                h.remove()
+        return found
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """One target per student block, in block order."""
+        found = self(images)
+        return [found[t] for t in self.taps]

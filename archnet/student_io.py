@@ -1,0 +1,81 @@
+"""Student checkpoints: the architecture (config), the numbers (state_dict) and what made them.
+
+A student checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights_only=True``)::
+
+    {"format": "archnet-student", "version": 1, "config": {...}, "state_dict": {...},
+     "metadata": {"teacher": ..., "profile": ..., "bits": [...], "dataset": ..., ...}}
+
+``save_student`` writes it atomically; ``load_student`` rebuilds the exact module
+(``build_student(config)`` + ``load_state_dict``) and checks that the two fit. The metadata is
+free-form but plain (str/int/float/bool/list/dict), so it survives ``weights_only`` loading.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+
+from archnet.errors import ArchnetError, CheckpointError
+from archnet.student import ArchNetStudent, build_student
+from archnet.teachers import _plain
+from simulator.fileio import atomic_write_bytes
+
+STUDENT_FORMAT = "archnet-student-checkpoint"
+STUDENT_VERSION = 1
+
+
+def student_payload(student: ArchNetStudent, metadata: dict | None = None) -> dict:
+    """The plain dict a student checkpoint holds (also embedded in distillation checkpoints)."""
+    return {
+        "format": STUDENT_FORMAT,
+        "version": STUDENT_VERSION,
+        "config": student.config,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+        "metadata": _plain(dict(metadata or {}), "student metadata"),
+    }
+
+
+def save_student(path: str | os.PathLike, student: ArchNetStudent, metadata: dict | None = None) -> Path:
+    buf = io.BytesIO()
+    torch.save(student_payload(student, metadata), buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def student_from_payload(obj, where: str) -> tuple[ArchNetStudent, dict]:
+    if not isinstance(obj, dict) or obj.get("format") != STUDENT_FORMAT:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{where}: not an archnet student checkpoint (format {found!r})")
+    if obj.get("version") != STUDENT_VERSION:
+        raise CheckpointError(f"{where}: student checkpoint version {obj.get('version')!r}, "
+                              f"this archnet reads {STUDENT_VERSION}")
+    try:
+        student = build_student(obj["config"])
+    except (ArchnetError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where}: bad student config: {exc}") from None
+    try:
+        student.load_state_dict(obj["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{where}: weights do not fit the student config: {first[:300]}") from None
+    return student.eval(), dict(obj.get("metadata") or {})
+
+
+def load_student(path: str | os.PathLike) -> tuple[ArchNetStudent, dict]:
+    """``(student in eval mode, metadata)``; a missing, damaged or foreign file is a
+    ``CheckpointError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such student checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch reports damaged files in many ways
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: unreadable student checkpoint ({type(exc).__name__}: "
+                              f"{msg[:200]})") from None
+    return student_from_payload(obj, str(path))
+
+
+__all__ = ["load_student", "save_student", "student_from_payload", "student_payload"]

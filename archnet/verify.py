@@ -1,0 +1,553 @@
+"""``archnet verify``: run a converted network's test set through the simulator and report.
+
+A converted run folder holds ``student.pt`` (the trained student) and ``model.program`` (its
+export). ``verify(program, chip)`` checks that the Program is the student's own export, then runs
+the labelled test set, in batches, four ways:
+
+- the **simulator** executing the Program file's own nodes and constants (re-batched, and with
+  every block's output pieces added as outputs when ``check_features``) on ``chip``'s arithmetic;
+- archnet's **integer emulation** (``student.integer_features``) on the same arithmetic;
+- the **fake-quant student** (``student(images)``, float);
+- the **teacher** (float).
+
+The first two must agree on every element (logits, and every block output with
+``check_features``); when they do not, the first divergence is located and explained with
+``simulator.compare.find_divergence``. The chip may differ from the one the student was converted
+for: the Program stores real requantization multipliers and every profile turns them into its own
+integers, so the run is always under the given chip's arithmetic.
+
+Under ``torchrun`` each rank takes ``archnet.distributed.shard(n)`` of the images and the counts
+are summed over ranks (``all_reduce_sum``); every rank returns the same report, and only the
+caller on the main rank should print or write it (the CLI does so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from archnet import distributed as dist
+from archnet.errors import ArchnetError, CheckpointError
+from simulator.errors import SimulatorError
+from simulator.ir.program import Program, load_program
+
+STUDENT_FILE = "student.pt"   # the converter writes it beside model.program
+SPLIT = "test"
+
+
+# ----------------------------------------------------------------------------- the report
+
+@dataclass
+class TensorAgreement:
+    """Elements of one block output (all its pieces) where emulation and simulator agree."""
+
+    name: str          # block name
+    tensors: list[str]  # the simulator tensor names of its pieces
+    matched: int
+    total: int
+    logits: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return self.matched / self.total if self.total else 1.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "tensors": list(self.tensors), "matched": self.matched,
+                "total": self.total, "fraction": self.fraction, "logits": self.logits}
+
+
+@dataclass
+class VerifyReport:
+    program: str
+    student: str
+    teacher: str
+    chip: str
+    chip_path: str
+    converted_for: str | None
+    bits: list | None
+    dataset: str
+    data_path: str | None
+    split: str
+    images: int
+    limit: int | None
+    batch_size: int
+    batches: int
+    world_size: int
+    backend: str
+    check_features: bool
+    agreement: list[TensorAgreement]
+    teacher_correct: int
+    student_correct: int
+    simulator_correct: int
+    sim_teacher_agree: int
+    sim_student_agree: int
+    latency_ms: float
+    latency_batch: int
+    fallbacks: list[dict]
+    wall_s: float
+    simulator_s: float
+    stage_s: dict[str, float]
+    commands: dict[str, str | None]
+    divergence: dict | None = None
+
+    # -- derived
+    @property
+    def matched(self) -> int:
+        return sum(a.matched for a in self.agreement)
+
+    @property
+    def total(self) -> int:
+        return sum(a.total for a in self.agreement)
+
+    @property
+    def bit_exact(self) -> bool:
+        return self.matched == self.total
+
+    def _acc(self, correct: int) -> float:
+        return correct / self.images if self.images else float("nan")
+
+    @property
+    def teacher_accuracy(self) -> float:
+        return self._acc(self.teacher_correct)
+
+    @property
+    def student_accuracy(self) -> float:
+        return self._acc(self.student_correct)
+
+    @property
+    def simulator_accuracy(self) -> float:
+        return self._acc(self.simulator_correct)
+
+    @property
+    def simulator_share(self) -> float:
+        """Share of the processes' wall time spent inside ``simulator.execute``."""
+        busy = self.wall_s * self.world_size
+        return self.simulator_s / busy if busy > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.bit_exact else 1
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["agreement"] = [a.to_dict() for a in self.agreement]
+        d.update(bit_exact=self.bit_exact, elements_matched=self.matched,
+                 elements_total=self.total,
+                 agreement_fraction=self.matched / self.total if self.total else 1.0,
+                 teacher_accuracy=self.teacher_accuracy, student_accuracy=self.student_accuracy,
+                 simulator_accuracy=self.simulator_accuracy,
+                 sim_teacher_agreement=self._acc(self.sim_teacher_agree),
+                 sim_student_agreement=self._acc(self.sim_student_agree),
+                 fallback_count=len(self.fallbacks), simulator_share=self.simulator_share)
+        return _jsonable(d)
+
+    def format(self) -> str:
+        bits = ""
+        if self.bits:
+            uniq = sorted({str(b) for b in self.bits})
+            bits = f", bits {uniq[0]} x{len(self.bits)}" if len(uniq) == 1 else \
+                f", bits {' '.join(map(str, self.bits))}"
+        lines = [
+            f"verify {self.program} on {self.chip} ({self.chip_path})",
+            f"  student  {self.student} (converted for {self.converted_for or '?'}{bits})",
+            f"  teacher  {self.teacher}",
+            f"  data     {self.dataset} {self.split} split, {self.images} images"
+            + (f" (first {self.limit})" if self.limit is not None else "")
+            + f", data path {self.data_path or 'default'}; batch {self.batch_size}, "
+              f"{self.batches} batches, {self.world_size} process"
+            + ("es" if self.world_size != 1 else "") + f", backend {self.backend}",
+            "",
+            "integer emulation vs simulator" + ("" if self.check_features else " (logits only)"),
+            f"  {'block output':<24} {'matched':>12} {'total':>12} {'agree':>9}",
+        ]
+        for a in self.agreement:
+            name = a.name + (" (logits)" if a.logits else "")
+            lines.append(f"  {name:<24} {a.matched:>12,} {a.total:>12,} {_pct(a.fraction):>9}")
+        lines.append(f"  {'all':<24} {self.matched:>12,} {self.total:>12,} "
+                     f"{_pct(self.matched / self.total if self.total else 1.0):>9}")
+        n = self.images
+        lines += [
+            "",
+            f"accuracy on {n} labelled images",
+            f"  {'teacher (float)':<36} {self.teacher_accuracy:8.4f}  ({self.teacher_correct}/{n})",
+            f"  {'fake-quant student (float)':<36} {self.student_accuracy:8.4f}  "
+            f"({self.student_correct}/{n})",
+            f"  {'simulator (integer logits)':<36} {self.simulator_accuracy:8.4f}  "
+            f"({self.simulator_correct}/{n})",
+            f"  {'simulator = teacher prediction':<36} {self._acc(self.sim_teacher_agree):8.4f}  "
+            f"({self.sim_teacher_agree}/{n})",
+            f"  {'simulator = fake-quant prediction':<36} {self._acc(self.sim_student_agree):8.4f}  "
+            f"({self.sim_student_agree}/{n})",
+            "",
+            f"estimate on {self.chip}: {self.latency_ms:.4f} ms per batch of {self.latency_batch}, "
+            f"{len(self.fallbacks)} fallback" + ("" if len(self.fallbacks) == 1 else "s")
+            + (": " + ", ".join(f["name"] for f in self.fallbacks[:5]) if self.fallbacks else ""),
+            f"time     {self.wall_s:.2f} s wall, {self.simulator_s:.2f} s in the simulator "
+            f"({self.simulator_share:.0%})"
+            + ("" if self.world_size == 1 else " (summed over processes)")
+            + "; " + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_s.items()),
+        ]
+        for key, cmd in self.commands.items():
+            if cmd:
+                lines.append(f"  {key + ':':<10} {cmd}")
+        lines.append("")
+        if self.bit_exact:
+            lines.append(f"result: BIT-EXACT: all {self.total:,} elements agree")
+        else:
+            lines.append(f"result: MISMATCH: {self.total - self.matched:,} of {self.total:,} "
+                         f"elements differ")
+            if self.divergence:
+                lines.append(f"  in image {self.divergence['image']} of the data set; "
+                             f"{self.divergence['text'].splitlines()[0]}")
+                lines += ["  " + ln for ln in self.divergence["text"].splitlines()[1:]]
+        return "\n".join(lines)
+
+
+def _pct(frac: float) -> str:
+    if frac == 1.0:
+        return "100%"
+    return f"{min(frac * 100, 99.999):.3f}%"
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# ----------------------------------------------------------------------------- files
+
+def _load_program(path: Path) -> Program:
+    if not path.is_file():
+        raise ArchnetError(f"{path}: no such Program file")
+    try:
+        return load_program(path)
+    except ArchnetError:
+        raise
+    except SimulatorError as exc:
+        raise ArchnetError(str(exc)) from None
+
+
+def _resolve_near(value: str, near: Path) -> Path | None:
+    """``value`` as given (relative to the current directory), else relative to ``near``."""
+    p = Path(value)
+    if p.exists() or p.is_absolute():
+        return p if p.exists() else None
+    q = near / p
+    return q if q.exists() else None
+
+
+def _teacher_path(teacher_path, student_path: Path, meta: dict) -> Path:
+    if teacher_path is not None:
+        p = Path(teacher_path)
+        if not p.is_file():
+            raise CheckpointError(f"{p}: no such teacher checkpoint")
+        return p
+    recorded = meta.get("teacher")
+    if not isinstance(recorded, str) or not recorded:
+        raise CheckpointError(f"{student_path}: metadata names no teacher; give one with --teacher")
+    p = _resolve_near(recorded, student_path.parent)
+    if p is None or not p.is_file():
+        tried = [recorded] if Path(recorded).is_absolute() else \
+            [recorded, str(student_path.parent / recorded)]
+        raise CheckpointError(f"{recorded}: no such teacher checkpoint (named by {student_path}; "
+                              f"looked at {' and '.join(tried)}); give one with --teacher")
+    return p
+
+
+def _diff_programs(a: Program, b: Program) -> str | None:
+    """The first way ``a`` differs from ``b`` (names, ops, attributes, tensor types and
+    constants; the program name and metadata are ignored), or None."""
+    if a.inputs != b.inputs:
+        return f"inputs {a.inputs} != {b.inputs}"
+    if a.outputs != b.outputs:
+        return f"outputs {a.outputs} != {b.outputs}"
+    if len(a.nodes) != len(b.nodes):
+        return f"{len(a.nodes)} nodes != {len(b.nodes)}"
+    for na, nb in zip(a.nodes, b.nodes):
+        if na != nb:
+            if (na.name, na.op) != (nb.name, nb.op):
+                return f"node {na.name!r} ({na.op.value}) where the export has {nb.name!r} ({nb.op.value})"
+            if (na.inputs, na.outputs) != (nb.inputs, nb.outputs):
+                return f"node {na.name!r}: wiring {na.inputs}->{na.outputs} != {nb.inputs}->{nb.outputs}"
+            keys = sorted(k for k in set(na.attrs) | set(nb.attrs) if na.attrs.get(k) != nb.attrs.get(k))
+            return f"node {na.name!r}: attribute(s) {', '.join(keys)} differ"
+    if set(a.tensors) != set(b.tensors):
+        extra = sorted(set(a.tensors) ^ set(b.tensors))
+        return f"tensor names differ ({', '.join(extra[:3])})"
+    for name, ta in a.tensors.items():
+        tb = b.tensors[name]
+        if ta != tb:
+            what = [f for f in ("shape", "dtype", "scale", "zero_point", "axis")
+                    if getattr(ta, f) != getattr(tb, f)]
+            return f"tensor {name!r}: {', '.join(what)} differ"
+        if (ta.data is None) != (tb.data is None):
+            return f"tensor {name!r}: constant in one, not in the other"
+        if ta.data is not None:
+            da, db = np.asarray(ta.data), np.asarray(tb.data)
+            if da.shape != db.shape or not np.array_equal(da, db):
+                differ = np.argwhere(da != db) if da.shape == db.shape else None
+                if differ is None or not len(differ):
+                    return f"constant {name!r} differs"
+                idx = tuple(int(i) for i in differ[0])
+                return (f"constant {name!r} differs in {len(differ)} element(s), first at "
+                        f"{list(idx)}: {da[idx].item()} in the Program, {db[idx].item()} exported")
+    return None
+
+
+def check_program_matches(program: Program, student, program_path, student_path) -> None:
+    """An ``ArchnetError`` naming both files unless ``program`` is ``student``'s own export."""
+    def fail(why: str) -> ArchnetError:
+        return ArchnetError(f"{program_path} is not the export of {student_path}: {why}")
+    if program.inputs != ["image"]:
+        raise fail(f"its inputs are {program.inputs}, a student's export takes ['image']")
+    shape = program.tensors["image"].shape
+    try:
+        ref = student.export(shape)
+    except ArchnetError as exc:
+        raise fail(f"image input {list(shape)}: {exc}") from None
+    if program.outputs != ref.outputs:  # maybe exported with every block's output
+        feats = student.export(shape, feature_outputs=True)
+        if program.outputs == feats.outputs:
+            ref = feats
+    why = _diff_programs(program, ref)
+    if why:
+        raise fail(why)
+
+
+def rebatch(program: Program, n: int, outputs: list[str] | None = None) -> Program:
+    """``program`` with batch ``n`` (dimension 0 of every non-constant tensor) and, optionally,
+    other outputs; validated. The nodes and constants are the file's own."""
+    tensors = {k: t if t.data is not None else dataclasses.replace(t, shape=(n, *t.shape[1:]))
+               for k, t in program.tensors.items()}
+    out = dataclasses.replace(program, tensors=tensors,
+                              outputs=list(outputs if outputs is not None else program.outputs),
+                              metadata=dict(program.metadata))
+    return out.validate(f"{program.name} re-batched to {n}")
+
+
+# ----------------------------------------------------------------------------- verification
+
+def _progress_bar(total: int, progress: bool | None, chip: str):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress or not dist.is_main():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc=f"verify on {chip}", unit="batch", file=sys.stderr, leave=False)
+
+
+def _first_divergence(program_b: Program, chip, image_ints, ours, pieces, backend):
+    """The first block output where the simulator and archnet's emulation part, explained."""
+    from simulator.compare import find_divergence
+    from simulator.execute import execute
+    sim = execute(program_b, chip, {"image": image_ints}, backend=backend, trace=True).tensors
+    trace_b = {}
+    for q, names in zip(ours, pieces):
+        sizes = [program_b.tensors[n].shape[1] for n in names]
+        for name, v in zip(names, torch.split(q.value, sizes, dim=1)):
+            trace_b[name] = v.numpy()
+    return find_divergence(program_b, sim, trace_b, chip, names=("simulator", "archnet"))
+
+
+def verify(program_path, chip, *, student_path=None, teacher_path=None, data_path=None,
+           dataset=None, limit=None, batch_size=256, progress=None, check_features=True,
+           backend: str = "kernels", command: str | None = None) -> VerifyReport:
+    """Verify a converted network on ``chip`` (a profile name, file or ``ChipProfile``).
+
+    ``student_path`` defaults to ``student.pt`` beside the Program; ``teacher_path`` to the
+    student's metadata ``teacher`` (relative to the current directory, else to the student's
+    folder); ``dataset``/``data_path`` to the student's metadata. ``limit``: the first N test
+    images. ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
+    ``command``: the command line to record in the report. Raises ``ArchnetError`` (one line,
+    naming the file) for missing or mismatched files and data that does not fit.
+    """
+    from archnet.data import load_dataset
+    from archnet.student_io import load_student
+    from archnet.teachers import load_teacher
+    from simulator.cost import estimate
+    from simulator.execute import execute
+    from simulator.profiles import ChipProfile, load_profile
+
+    start = time.perf_counter()
+    if batch_size is None or int(batch_size) < 1:
+        raise ArchnetError(f"batch size must be at least 1, got {batch_size}")
+    batch_size = int(batch_size)
+    if limit is not None and int(limit) < 1:
+        raise ArchnetError(f"limit must be at least 1, got {limit}")
+    limit = None if limit is None else int(limit)
+
+    # -- files
+    program_path = Path(program_path)
+    program = _load_program(program_path)
+    defaulted = student_path is None
+    student_path = Path(student_path) if student_path is not None else program_path.parent / STUDENT_FILE
+    if not student_path.is_file():
+        hint = f" (the default beside {program_path}; give one with --student)" if defaulted else ""
+        raise CheckpointError(f"{student_path}: no such student checkpoint{hint}")
+    student, meta = load_student(student_path)
+    check_program_matches(program, student, program_path, student_path)
+    teacher_file = _teacher_path(teacher_path, student_path, meta)
+    teacher, teacher_meta = load_teacher(teacher_file)
+    profile = chip if isinstance(chip, ChipProfile) else load_profile(chip)
+    arith = profile.arithmetic
+
+    # -- data
+    name = dataset if dataset is not None else meta.get("dataset")
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{student_path}: metadata names no data set; give one with --dataset")
+    if data_path is None and dataset is None and meta.get("data_path"):
+        recorded = str(meta["data_path"])
+        data_path = _resolve_near(recorded, student_path.parent) or recorded
+    test = load_dataset(name, data_path, SPLIT, labels=True)
+    images, labels = test.tensors
+    if tuple(images.shape[1:]) != tuple(student.input_shape):
+        raise ArchnetError(f"{student_path}: the student takes images {list(student.input_shape)}, "
+                           f"data set {name!r} ({data_path or 'default path'}) has "
+                           f"{list(images.shape[1:])}")
+    t_shape = teacher_meta.get("input_shape")
+    if t_shape is not None and list(t_shape) != list(images.shape[1:]):
+        raise ArchnetError(f"{teacher_file}: the teacher takes images {list(t_shape)}, data set "
+                           f"{name!r} has {list(images.shape[1:])}")
+    n_all = len(images) if limit is None else min(limit, len(images))
+    mine = dist.shard(n_all)
+    lo, hi = mine.start, mine.stop
+
+    # -- the block outputs as simulator tensors
+    ref_feats = student.export(program.tensors["image"].shape, feature_outputs=True)
+    pieces: list[list[str]] = ref_feats.metadata["archnet"]["block_outputs"]
+    blocks = student.block_names
+    compared = list(range(len(blocks))) if check_features else [len(blocks) - 1]
+    sim_outputs = [n for i in compared for n in pieces[i]]
+    if len(pieces[-1]) != 1:
+        raise ArchnetError(f"{student_path}: the head's output is split into {len(pieces[-1])} "
+                           f"pieces {pieces[-1]}; the logits must be one tensor")
+    logits_name = pieces[-1][0]
+    programs: dict[int, Program] = {}
+
+    matched = np.zeros(len(compared), np.int64)
+    totals = np.zeros(len(compared), np.int64)
+    counts = np.zeros(5, np.int64)  # teacher, student, simulator correct; sim=teacher; sim=student
+    stage = {"simulator": 0.0, "emulation": 0.0, "fake-quant": 0.0, "teacher": 0.0}
+    divergence = None
+    starts = list(range(lo, hi, batch_size))
+    bar = _progress_bar(len(starts), progress, profile.name)
+    try:
+        for b0 in starts:
+            b1 = min(b0 + batch_size, hi)
+            x, y = images[b0:b1].contiguous(), labels[b0:b1].numpy()
+            n = b1 - b0
+            if n not in programs:
+                programs[n] = rebatch(program, n, sim_outputs)
+            img = student.input.integer_forward(x).value.numpy()
+
+            t = time.perf_counter()
+            sim = execute(programs[n], arith, {"image": img}, backend=backend, trace=False).outputs
+            stage["simulator"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            ours = student.integer_features(x, arith)
+            stage["emulation"] += time.perf_counter() - t
+
+            bad = False
+            for k, i in enumerate(compared):
+                whole = np.concatenate([np.asarray(sim[p]) for p in pieces[i]], axis=1)
+                mine_v = ours[i].value.numpy()
+                if whole.shape != mine_v.shape:
+                    same = 0
+                else:
+                    same = int((whole.astype(np.int64) == mine_v).sum())
+                matched[k] += same
+                totals[k] += mine_v.size
+                bad |= same != mine_v.size
+            if bad and divergence is None:
+                div = _first_divergence(programs[n], arith, img, ours, pieces, backend)
+                if div is not None:
+                    first = b0 + (div.index[0] if div.index else 0)
+                    divergence = {"image": int(first), "node": div.node, "tensor": div.tensor,
+                                  "index": list(div.index), "simulator": div.value_a,
+                                  "archnet": div.value_b, "explanations": list(div.explanations),
+                                  "text": div.format()}
+
+            with torch.inference_mode():
+                t = time.perf_counter()
+                fq = student(x).argmax(1).numpy()
+                stage["fake-quant"] += time.perf_counter() - t
+                t = time.perf_counter()
+                tp = teacher(x).argmax(1).numpy()
+                stage["teacher"] += time.perf_counter() - t
+            sp = np.asarray(sim[logits_name]).argmax(1)   # numpy: the first of tied maxima
+            counts += [int((tp == y).sum()), int((fq == y).sum()), int((sp == y).sum()),
+                       int((sp == tp).sum()), int((sp == fq).sum())]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(agree=_pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    # -- sum over ranks
+    summed = dist.all_reduce_sum(torch.from_numpy(np.concatenate([matched, totals, counts])))
+    summed = summed.numpy()
+    matched, totals, counts = (summed[:len(compared)], summed[len(compared):2 * len(compared)],
+                               summed[2 * len(compared):])
+    secs = dist.all_reduce_sum(torch.tensor(list(stage.values()), dtype=torch.float64)).tolist()
+    stage = dict(zip(stage, secs))
+    if dist.active():
+        has = torch.tensor([dist.rank() if divergence is not None else dist.world_size()])
+        torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MIN)
+        src = int(has.item())
+        if src < dist.world_size():
+            divergence = dist.broadcast_object(divergence, src=src)
+
+    est = estimate(program, profile)
+    agreement = [TensorAgreement(blocks[i], list(pieces[i]), int(matched[k]), int(totals[k]),
+                                 logits=i == len(blocks) - 1) for k, i in enumerate(compared)]
+    sim_s = stage.pop("simulator")
+    wall = dist.all_reduce_sum(torch.tensor([time.perf_counter() - start], dtype=torch.float64))
+    wall_s = float(wall.item()) / dist.world_size()
+    report = VerifyReport(
+        program=str(program_path), student=str(student_path), teacher=str(teacher_file),
+        chip=profile.name, chip_path=str(profile.path), converted_for=meta.get("profile"),
+        bits=meta.get("bits"), dataset=name, data_path=None if data_path is None else str(data_path),
+        split=SPLIT, images=n_all, limit=limit, batch_size=batch_size,
+        batches=int(dist.all_reduce_sum(torch.tensor([len(starts)])).item()),
+        world_size=dist.world_size(), backend=backend, check_features=check_features,
+        agreement=agreement, teacher_correct=int(counts[0]), student_correct=int(counts[1]),
+        simulator_correct=int(counts[2]), sim_teacher_agree=int(counts[3]),
+        sim_student_agree=int(counts[4]), latency_ms=float(est.total_latency_ms),
+        latency_batch=int(program.tensors["image"].shape[0]),
+        fallbacks=[{"name": op.name, "reason": op.fallback_reason} for op in est.fallbacks],
+        wall_s=wall_s, simulator_s=sim_s, stage_s=stage,
+        commands={"verify": command, "convert": _str_or_none(meta.get("command")),
+                  "teacher": _str_or_none(teacher_meta.get("command"))},
+        divergence=divergence,
+    )
+    return report
+
+
+def _str_or_none(v) -> str | None:
+    if v is None:
+        return None
+    return v if isinstance(v, str) else " ".join(map(str, v))
+
+
+__all__ = ["TensorAgreement", "VerifyReport", "check_program_matches", "rebatch", "verify"]

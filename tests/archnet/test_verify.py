@@ -1,0 +1,224 @@
+"""``archnet verify``: a converted run folder's test set through the simulator, archnet's integer
+emulation, the fake-quant student and the teacher (digits, a tiny 4w4a student, few images)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from archnet import verify_cli
+from archnet.errors import ArchnetError
+from archnet.verify import verify
+from simulator.cli import run
+from simulator.ir.program import load_program, save_program
+
+ROOT = Path(__file__).resolve().parents[2]
+TEACHER = ROOT / "reports" / "teachers" / "digits_resnet8.pt"
+LIMIT = 72
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _make_run(run_dir: Path, teacher: str) -> Path:
+    from archnet.data import load_dataset
+    from archnet.lowering import calibrate_activations, calibrate_batchnorm, convert_resnet
+    from archnet.student_io import save_student
+    from archnet.teachers import load_teacher
+    t, m = load_teacher(TEACHER)
+    s = convert_resnet(t, "ideal", "4w4a", m["input_shape"])
+    imgs = load_dataset("digits", split="train", labels=False).images[:256]
+    calibrate_batchnorm(s, imgs)
+    calibrate_activations(s, imgs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_student(run_dir / "student.pt", s,
+                 {"teacher": teacher, "profile": "ideal", "bits": ["4w4a"] * 5,
+                  "dataset": "digits", "data_path": None, "input_shape": m["input_shape"],
+                  "command": "archnet convert (test fixture)"})
+    save_program(s.export((1, *m["input_shape"])), run_dir / "model.program")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return _make_run(tmp_path_factory.mktemp("verify") / "run", str(TEACHER))
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    from archnet.data import load_dataset
+    images, labels = load_dataset("digits", None, "test", labels=True).tensors
+    return images[:LIMIT], labels[:LIMIT]
+
+
+def _cli(argv) -> int:
+    parser = argparse.ArgumentParser(prog="archnet")
+    verify_cli.add_commands(parser.add_subparsers(dest="command"))
+    return run(parser, argv, prog="archnet")
+
+
+@pytest.mark.parametrize("chip", ["ideal", "onnx-qlinear", "k210-kpu"])
+def test_bit_exact_on_chips_whose_arithmetic_differs(run_dir, test_set, chip):
+    from archnet.teachers import load_teacher
+    from archnet.teachers.train import evaluate
+    report = verify(run_dir / "model.program", chip, limit=LIMIT, batch_size=32, progress=False)
+    assert report.bit_exact and report.exit_code == 0
+    assert [a.name for a in report.agreement] == ["stem", "layer1.0", "layer2.0", "layer3.0", "head"]
+    assert all(a.matched == a.total > 0 for a in report.agreement)
+    assert report.agreement[-1].logits and report.agreement[-1].total == LIMIT * 10
+    assert report.images == LIMIT and report.batches == 3  # 32 + 32 + a ragged 8
+    assert report.chip == chip and report.chip_path.endswith(f"{chip}.toml")
+    assert report.converted_for == "ideal" and report.student.endswith("student.pt")
+    for acc in (report.teacher_accuracy, report.student_accuracy, report.simulator_accuracy):
+        assert 0.0 <= acc <= 1.0
+    images, labels = test_set
+    assert report.teacher_accuracy == evaluate(load_teacher(TEACHER)[0], images, labels)
+    assert report.latency_ms > 0 and report.latency_batch == 1
+    assert 0 <= report.simulator_s <= report.wall_s * report.world_size
+    doc = json.loads(json.dumps(report.to_dict()))
+    assert doc["bit_exact"] and doc["elements_matched"] == doc["elements_total"]
+    assert doc["fallback_count"] == len(report.fallbacks)
+    text = report.format()
+    assert "BIT-EXACT" in text and chip in text
+
+
+def test_cli_exit_0_writes_json(run_dir, tmp_path, capsys):
+    out = tmp_path / "reports" / "verify.json"
+    rc = _cli(["verify", str(run_dir / "model.program"), "--chip", "k210-kpu", "--limit", "40",
+               "--batch-size", "16", "--no-features", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    doc = json.loads(out.read_text())
+    assert doc["bit_exact"] and doc["images"] == 40 and doc["chip"] == "k210-kpu"
+    assert [a["name"] for a in doc["agreement"]] == ["head"]  # logits only
+    assert doc["commands"]["verify"].startswith("archnet verify ")
+    assert "--limit 40" in doc["commands"]["verify"]
+    assert "BIT-EXACT" in printed.out and str(out) in printed.out
+    assert printed.err == ""  # no progress bar when asked for none
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_cli_json_to_stdout(run_dir, capsys):
+    rc = _cli(["verify", str(run_dir / "model.program"), "--chip", "ideal", "--limit", "8",
+               "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 8
+
+
+def test_tampered_program_names_both_files(run_dir, tmp_path):
+    program = load_program(run_dir / "model.program")
+    w = program.tensors["layer2.0.conv1.weight"]
+    data = w.data.copy()
+    data.flat[5] = 1 if data.flat[5] != 1 else 2
+    program.tensors["layer2.0.conv1.weight"] = dataclasses.replace(w, data=data)
+    tampered = tmp_path / "tampered.program"
+    save_program(program, tampered)
+    with pytest.raises(ArchnetError) as err:
+        verify(tampered, "ideal", student_path=run_dir / "student.pt", limit=8)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(tampered) in msg and str(run_dir / "student.pt") in msg
+    assert "layer2.0.conv1.weight" in msg
+
+
+def test_missing_student_is_one_line(run_dir, tmp_path, capsys):
+    lone = tmp_path / "model.program"
+    shutil.copy(run_dir / "model.program", lone)
+    with pytest.raises(ArchnetError) as err:
+        verify(lone, "ideal", limit=8)
+    assert "\n" not in str(err.value) and str(tmp_path / "student.pt") in str(err.value)
+    assert _cli(["verify", str(lone), "--chip", "ideal"]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "student.pt" in err_lines[0]
+    assert _cli(["verify", str(tmp_path / "nothing.program"), "--chip", "ideal"]) == 2
+    assert "nothing.program: no such Program file" in capsys.readouterr().err
+
+
+def test_teacher_found_beside_the_student_or_named_missing(tmp_path):
+    run = _make_run(tmp_path / "run", "teacher.pt")  # relative: not in cwd, beside the student
+    with pytest.raises(ArchnetError, match=r"teacher\.pt: no such teacher checkpoint"):
+        verify(run / "model.program", "ideal", limit=8)
+    shutil.copy(TEACHER, run / "teacher.pt")
+    report = verify(run / "model.program", "ideal", limit=8)
+    assert report.bit_exact and report.teacher == str(run / "teacher.pt")
+    with pytest.raises(ArchnetError, match="nowhere.pt: no such teacher"):
+        verify(run / "model.program", "ideal", teacher_path=tmp_path / "nowhere.pt", limit=8)
+
+
+def test_data_that_does_not_fit_the_student(run_dir, monkeypatch):
+    import archnet.data as data
+    real = data.load_dataset
+
+    def wrong_size(name, data_path=None, split="train", labels=True):
+        ds = real(name, data_path, split, labels)
+        x, y = ds.tensors
+        return torch.utils.data.TensorDataset(x[:, :, :8, :8].contiguous(), y)
+    monkeypatch.setattr(data, "load_dataset", wrong_size)
+    with pytest.raises(ArchnetError) as err:
+        verify(run_dir / "model.program", "ideal", limit=8)
+    assert "student.pt" in str(err.value) and "[1, 8, 8]" in str(err.value)
+
+
+def test_broken_integer_path_is_caught(run_dir, tmp_path, monkeypatch, capsys):
+    from archnet.quant.qtensor import QTensor
+    from archnet.student import GraphBlock
+    real = GraphBlock.integer_forward
+
+    def off_by_one(self, x, arith):
+        q = real(self, x, arith)
+        return QTensor(q.value + 1, q.scale, q.dtype) if self.name == "layer2.0" else q
+    monkeypatch.setattr(GraphBlock, "integer_forward", off_by_one)
+    report = verify(run_dir / "model.program", "ideal", limit=16, progress=False)
+    assert not report.bit_exact and report.exit_code == 1
+    rows = {a.name: a for a in report.agreement}
+    assert rows["stem"].matched == rows["stem"].total
+    assert rows["layer1.0"].matched == rows["layer1.0"].total
+    assert rows["layer2.0"].matched < rows["layer2.0"].total
+    div = report.divergence
+    assert div["tensor"] == "layer2.0.merge" and div["image"] == 0
+    assert div["archnet"] == div["simulator"] + 1
+    assert "MISMATCH" in report.format() and "layer2.0" in report.format()
+    out = tmp_path / "bad.json"
+    assert _cli(["verify", str(run_dir / "model.program"), "--chip", "ideal", "--limit", "8",
+                 "--out", str(out)]) == 1
+    assert "first divergence" in capsys.readouterr().out
+    assert json.loads(out.read_text())["bit_exact"] is False
+
+
+def test_shards_add_up(run_dir, monkeypatch):
+    """Each rank takes ``shard(n)``; the counts of the shards add up to the whole run."""
+    import archnet.verify as v
+    whole = verify(run_dir / "model.program", "ideal", limit=20, batch_size=8)
+    parts = []
+    for lo, hi in ((0, 7), (7, 20)):
+        monkeypatch.setattr(v.dist, "shard", lambda n, lo=lo, hi=hi: range(lo, hi))
+        parts.append(verify(run_dir / "model.program", "ideal", limit=20, batch_size=8))
+    for field in ("teacher_correct", "student_correct", "simulator_correct", "sim_teacher_agree",
+                  "matched", "total"):
+        assert getattr(whole, field) == sum(getattr(p, field) for p in parts), field
+    assert np.isclose(whole.simulator_accuracy * 20,
+                      sum(p.simulator_correct for p in parts))
+
+
+def test_program_exported_with_features_and_a_batch(run_dir, tmp_path):
+    """A Program exported with every block's outputs and batch 8 is still the student's; it is
+    re-batched to the run's batches and the estimate is for its own batch."""
+    from archnet.student_io import load_student
+    student, _ = load_student(run_dir / "student.pt")
+    path = tmp_path / "feat8.program"
+    save_program(student.export((8, 1, 16, 16), feature_outputs=True), path)
+    report = verify(path, "onnx-qlinear", student_path=run_dir / "student.pt", limit=10,
+                    batch_size=6)
+    assert report.bit_exact and report.latency_batch == 8 and report.batches == 2
