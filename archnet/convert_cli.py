@@ -20,7 +20,11 @@ def cmd_convert(args) -> int:
         mixup_fraction=args.mixup, cosine_weight=args.cosine_weight,
         attention=not args.no_attention, simulator_in_loop=not args.no_simulator_in_loop,
         seed=args.seed, progress=args.progress)
-    convert(opts, cfg, log=lambda line: print(line, flush=True))
+    from archnet import distributed
+    try:
+        convert(opts, cfg, log=lambda line: print(line, flush=True) if distributed.is_main() else None)
+    finally:
+        distributed.shutdown()
     return 0
 
 

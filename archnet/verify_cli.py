@@ -38,10 +38,11 @@ def cmd_verify(args) -> int:
                         teacher_path=args.teacher, data_path=args.data, dataset=args.dataset,
                         limit=args.limit, batch_size=args.batch_size, progress=args.progress,
                         check_features=args.check_features, command=_command(args))
+        main = distributed.is_main()  # asked before shutdown, after which every rank is "rank 0"
     finally:
         if started:
             distributed.shutdown()
-    if distributed.is_main():
+    if main:
         doc = report.to_dict()
         if args.out:
             atomic_write_bytes(args.out, (json.dumps(doc, indent=2) + "\n").encode())

@@ -1,0 +1,177 @@
+"""Label-free blockwise distillation with the simulator in the loop, on digits (small and fast).
+
+The properties users rely on: the distilled student runs on the chip bit-exactly (archnet's
+integer emulation = the simulator, every element), holds only the chip's ops, is far above
+chance on the simulator's integer logits, never reads a label, and a run killed mid-period and
+resumed trains exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from archnet.data import load_dataset
+from archnet.distill import loop as loop_mod
+from archnet.distill.loop import DistillConfig, checkpoint_path, distill, latest_checkpoint
+from archnet.errors import DistillError
+from archnet.lowering import calibrate_activations, calibrate_batchnorm, convert_resnet
+from archnet.lowering.check import violations
+from archnet.teachers import load_teacher
+from simulator.execute import execute
+from simulator.profiles import load_profile
+
+TEACHER = Path(__file__).resolve().parents[3] / "reports" / "teachers" / "digits_resnet8.pt"
+CHIP = "k210-kpu"
+ALLOWED_OPS = {"conv2d", "requantize", "maxpool2d", "concat", "flatten", "fully_connected"}
+
+
+def _fresh(bits: str, images: torch.Tensor):
+    teacher, meta = load_teacher(TEACHER)
+    student = convert_resnet(teacher, CHIP, bits, meta["input_shape"])
+    calibrate_batchnorm(student, images[:256])
+    calibrate_activations(student, images[:256])
+    return teacher, student
+
+
+def _cfg(**kw) -> DistillConfig:
+    base = dict(steps_per_period=6, batch_size=16, lr=1e-3, progress=False, sim_batch=128, seed=3)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def train_images() -> torch.Tensor:
+    return load_dataset("digits", split="train", labels=False).images[:384]
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_dataset("digits", split="test", labels=True).tensors
+
+
+@pytest.fixture(scope="module")
+def distilled_2w4a(train_images, tmp_path_factory):
+    teacher, student = _fresh("2w4a", train_images)
+    images, labels = load_dataset("digits", split="test", labels=True).tensors
+    with torch.no_grad():
+        before = float((student(images).argmax(1) == labels).float().mean())
+    result = distill(student, teacher, train_images, CHIP, _cfg(steps_per_period=30),
+                     tmp_path_factory.mktemp("distill"), log=lambda _m: None)
+    return before, result
+
+
+def _simulator_logits(student, images: torch.Tensor) -> np.ndarray:
+    program = student.export((len(images), *student.input_shape))
+    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
+    return execute(program, load_profile(CHIP), {"image": pixels}).outputs[program.outputs[0]]
+
+
+def test_distillation_lifts_2w4a_far_above_chance_on_the_simulator(distilled_2w4a, test_set):
+    before, result = distilled_2w4a
+    images, labels = test_set
+    logits = _simulator_logits(result.student, images)
+    accuracy = float((torch.from_numpy(logits).argmax(1) == labels).float().mean())
+    assert accuracy >= 0.85, (before, accuracy)          # chance is 0.10
+    assert accuracy > before + 0.1, (before, accuracy)    # distillation, not calibration, did it
+    for entry in result.history:
+        assert entry["loss_last"] < entry["loss_first"], entry
+
+
+def test_distilled_student_is_bit_exact_and_uses_only_chip_ops(distilled_2w4a, test_set):
+    student = distilled_2w4a[1].student
+    images = test_set[0][:64]
+    logits = _simulator_logits(student, images)
+    emulated = student.integer_forward(images, load_profile(CHIP)).value.numpy()
+    assert np.array_equal(logits, emulated)
+    program = student.export()
+    assert {n.op.value for n in program.nodes} <= ALLOWED_OPS
+    assert violations(program, load_profile(CHIP)) == []
+
+
+def test_simulator_runs_inside_the_loop(distilled_2w4a):
+    history = distilled_2w4a[1].history
+    fed = [h for h in history if h["simulator_in_loop"]]
+    # window 2: from the third period on, the frozen prefix runs on the simulator
+    assert [h["period"] for h in fed] == list(range(2, len(history)))
+    assert all(h["simulator_images"] >= 384 and h["simulator_seconds"] > 0 for h in fed)
+    assert 0 < distilled_2w4a[1].simulator_share < 1
+
+
+def test_distillation_never_reads_labels(train_images, tmp_path, monkeypatch):
+    from archnet.data import digits
+
+    def no_labels(*a, **kw):
+        raise AssertionError("distillation opened the labels")
+    monkeypatch.setattr(digits, "load", no_labels)
+    teacher, student = _fresh("8w8a", train_images)
+    distill(student, teacher, train_images[:64], CHIP, _cfg(steps_per_period=1, window=5),
+            tmp_path, log=lambda _m: None)
+
+
+def _states(path):
+    return torch.load(path, weights_only=False)["student"]["state_dict"]
+
+
+def test_resume_after_a_kill_trains_the_same_weights(train_images, tmp_path):
+    images = train_images[:128]
+    cfg = _cfg(steps_per_period=4, mixup_fraction=0.5)
+    teacher, student = _fresh("4w4a", images)
+    full = distill(student, teacher, images, CHIP, cfg, tmp_path / "full", log=lambda _m: None)
+
+    def kill(period, step, loss):
+        if period == 3 and step == 2:
+            raise KeyboardInterrupt
+    teacher, student = _fresh("4w4a", images)
+    with pytest.raises(KeyboardInterrupt):
+        distill(student, teacher, images, CHIP, cfg, tmp_path / "killed", step_callback=kill,
+                log=lambda _m: None)
+    assert latest_checkpoint(tmp_path / "killed") == checkpoint_path(tmp_path / "killed", 2)
+
+    teacher, student = _fresh("4w4a", images)   # a new process: nothing survives but the files
+    resumed = distill(student, teacher, images, CHIP, cfg, tmp_path / "killed", resume=True,
+                      log=lambda _m: None)
+    assert resumed.resumed_from == 3
+    for period in (3, 4):
+        a = _states(checkpoint_path(tmp_path / "full", period))
+        b = _states(checkpoint_path(tmp_path / "killed", period))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), period
+    assert all(torch.equal(x, y) for x, y in zip(full.student.state_dict().values(),
+                                                   resumed.student.state_dict().values()))
+
+
+def test_resume_with_other_settings_is_refused(train_images, tmp_path):
+    images = train_images[:64]
+    teacher, student = _fresh("8w8a", images)
+    distill(student, teacher, images, CHIP, _cfg(steps_per_period=1), tmp_path, log=lambda _m: None)
+    teacher, student = _fresh("8w8a", images)
+    with pytest.raises(DistillError, match="config"):
+        distill(student, teacher, images, CHIP, _cfg(steps_per_period=1, lr=0.5), tmp_path,
+                resume=True, log=lambda _m: None)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train_images, tmp_path, monkeypatch):
+    images = train_images[:64]
+    teacher, student = _fresh("8w8a", images)
+    real = loop_mod.feature_loss
+
+    def poisoned(s, t, *a, **kw):
+        value = real(s, t, *a, **kw)
+        return value * float("nan") if s.dim() == 4 and s.shape[1] == 32 else value  # layer2.0
+    monkeypatch.setattr(loop_mod, "feature_loss", poisoned)
+    with pytest.raises(DistillError, match="nan"):
+        distill(student, teacher, images, CHIP, _cfg(steps_per_period=2), tmp_path, log=lambda _m: None)
+    last = latest_checkpoint(tmp_path)
+    assert last == checkpoint_path(tmp_path, 1)
+    assert torch.load(last, weights_only=False)["period"] == 1
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(DistillError, match="window"):
+        DistillConfig(window=0).check()
+    with pytest.raises(DistillError, match="mixup_fraction"):
+        DistillConfig(mixup_fraction=2).check()
