@@ -12,16 +12,14 @@ free-form but plain (str/int/float/bool/list/dict), so it survives ``weights_onl
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import torch
 
 from archnet.errors import ArchnetError, CheckpointError
 from archnet.student import ArchNetStudent, build_student
 from archnet.teachers import _plain
-from simulator.fileio import atomic_write_bytes
+from archnet.torchfile import load_torch, save_torch
 
 STUDENT_FORMAT = "archnet-student-checkpoint"
 STUDENT_VERSION = 1
@@ -39,9 +37,7 @@ def student_payload(student: ArchNetStudent, metadata: dict | None = None) -> di
 
 
 def save_student(path: str | os.PathLike, student: ArchNetStudent, metadata: dict | None = None) -> Path:
-    buf = io.BytesIO()
-    torch.save(student_payload(student, metadata), buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_torch(student_payload(student, metadata), path)
 
 
 def student_from_payload(obj, where: str) -> tuple[ArchNetStudent, dict]:
@@ -66,16 +62,7 @@ def student_from_payload(obj, where: str) -> tuple[ArchNetStudent, dict]:
 def load_student(path: str | os.PathLike) -> tuple[ArchNetStudent, dict]:
     """``(student in eval mode, metadata)``; a missing, damaged or foreign file is a
     ``CheckpointError`` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such student checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch reports damaged files in many ways
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{path}: unreadable student checkpoint ({type(exc).__name__}: "
-                              f"{msg[:200]})") from None
-    return student_from_payload(obj, str(path))
+    return student_from_payload(load_torch(path, "student checkpoint"), str(path))
 
 
 __all__ = ["load_student", "save_student", "student_from_payload", "student_payload"]

@@ -13,7 +13,8 @@ scale). For Fashion-MNIST, ``x * 255`` is the stored uint8 pixel exactly, so an 
 input quantizer with scale 1/255 and zero point 0 is lossless.
 
 Labels are only reachable through ``load_dataset(..., labels=True)`` and ``load_arrays``; the
-teacher-training command is the only caller that asks for them. Distillation takes
+callers that ask for them are teacher training (which learns from them) and ``archnet verify``
+(which scores test-set accuracy with them). Distillation takes
 ``unlabeled(...)`` / ``load_dataset(..., labels=False)``: an ``UnlabeledImages`` data set that holds
 one tensor (the images), yields one tensor per item, and for ``labels=False`` is built without ever
 opening a labels file.

@@ -12,12 +12,10 @@ A checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights_only=T
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 from archnet.errors import CheckpointError, TeacherError
-from simulator.fileio import atomic_write_bytes
 
 # name -> (block, blocks per stage). The 4-stage ones are torchvision's; the 3-stage ones are
 # the small CIFAR-sized family (fewer, narrower stages) for 16x16 and 28x28 images.
@@ -82,7 +80,6 @@ def save_teacher(path: str | os.PathLike, model, metadata: dict | None = None) -
     ``arch`` and ``kwargs`` come from ``model.teacher_spec`` (set by ``build_teacher``) unless
     ``metadata`` gives them; they must agree with each other.
     """
-    import torch
     path = Path(path)
     meta = dict(metadata or {})
     spec = getattr(model, "teacher_spec", None)
@@ -101,9 +98,8 @@ def save_teacher(path: str | os.PathLike, model, metadata: dict | None = None) -
         "metadata": _plain(meta, str(path)),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    from archnet.torchfile import save_torch
+    return save_torch(payload, path)
 
 
 def load_teacher(path: str | os.PathLike):
@@ -113,15 +109,10 @@ def load_teacher(path: str | os.PathLike):
     raise ``CheckpointError`` naming the file.
     """
     import torch
+
+    from archnet.torchfile import load_torch
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such teacher checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch reports damaged files in many ways
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{path}: unreadable teacher checkpoint ({type(exc).__name__}: "
-                              f"{msg[:200]})") from None
+    obj = load_torch(path, "teacher checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an archnet teacher checkpoint "
                               f"(format {obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r})")

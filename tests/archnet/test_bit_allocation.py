@@ -29,15 +29,6 @@ BLOCKS = ["stem", "layer1.0", "layer2.0", "layer3.0", "head"]
 RK = "rk3588-npu-core"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Many small ops: on 2 shared cores torch's thread pool costs more than it gives."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def teacher():
     model, meta = load_teacher(TEACHER)

@@ -24,14 +24,6 @@ TEACHER = ROOT / "reports" / "teachers" / "digits_resnet8.pt"
 LIMIT = 72
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _make_run(run_dir: Path, teacher: str) -> Path:
     from archnet.data import load_dataset
     from archnet.lowering import calibrate_activations, calibrate_batchnorm, convert_resnet
