@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from archnet import bit_allocation_cli, convert_cli, verify_cli
+from archnet import bit_allocation_cli, convert_cli, demo_cli, report_cli, verify_cli
 from archnet.teachers import cli as teachers_cli
 from simulator import cli as simulator_cli
 
@@ -17,13 +17,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     simulator_cli.add_commands(sub)
     teachers_cli.add_teacher_commands(sub)
+    demo_cli.add_commands(sub)
     convert_cli.add_commands(sub)
     verify_cli.add_commands(sub)
     bit_allocation_cli.add_commands(sub)
+    report_cli.add_commands(sub)
     return parser
 
 
+ARGV: list[str] = []   # the arguments of the running command, recorded in what it writes
+
+
 def main(argv=None) -> int:
+    ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     return simulator_cli.run(build_parser(), argv, prog="archnet")
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -228,9 +227,15 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
             f"{profile.name} estimate {est.total_latency_ms:.4f} ms, {len(est.fallbacks)} fallbacks; "
             f"emulation = simulator on {check['elements']:,} elements of {check['images']} images; "
             f"distillation {result.seconds:.0f} s, simulator share {100 * result.simulator_share:.1f}%")
+        from archnet.report import write_report
+        report = write_report(out, latency_only=True, log=None)
+        log(f"report (latency only until `archnet verify {out / PROGRAM_FILE} --chip CHIP --out "
+            f"{out}/verify_CHIP.json` adds accuracy): {report / 'report.md'}")
     dist.barrier()
     return summary
 
 
 def command_line() -> str:
-    return "archnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """The running ``archnet`` command as typed (the argv given to ``archnet.cli.main``)."""
+    from archnet.cli import ARGV
+    return "archnet " + " ".join(shlex.quote(a) for a in ARGV)

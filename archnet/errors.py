@@ -31,3 +31,8 @@ class CheckpointError(ArchnetError):
 
 class DistillError(ArchnetError):
     """Distillation cannot go on: a NaN loss, a resume that does not match the run it resumes."""
+
+
+class ReportError(ArchnetError):
+    """A report or comparison cannot be made: a run folder missing a file (the message names it
+    and the command that writes it), no accuracy data, an unreadable summary or verify record."""

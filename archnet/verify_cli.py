@@ -52,7 +52,23 @@ def cmd_verify(args) -> int:
             print(report.format())
             if args.out:
                 print(f"wrote {args.out}")
+        _refresh_report(args)
     return report.exit_code
+
+
+def _refresh_report(args) -> None:
+    """A verify record written into a run folder (next to its convert.json) updates the run's
+    report, which now has accuracy for this chip."""
+    from pathlib import Path
+    if not args.out:
+        return
+    run_dir = Path(args.program).resolve().parent
+    if Path(args.out).resolve().parent != run_dir or not (run_dir / "convert.json").is_file():
+        return
+    from archnet.report import write_report
+    path = write_report(run_dir)
+    if not args.json:
+        print(f"report: {path / 'report.md'}")
 
 
 def _positive(text: str) -> int:

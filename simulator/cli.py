@@ -268,6 +268,9 @@ def add_commands(sub) -> None:
                    help="rewrite the goldens from the reference (deliberate: review the diff)")
     p.set_defaults(func=cmd_regress)
 
+    from simulator.onnx_export import cli as export_cli  # after regress: the same help order
+    export_cli.add_commands(sub)
+
 
 def run(parser: argparse.ArgumentParser, argv=None, prog: str = "archnet") -> int:
     args = parser.parse_args(argv)

@@ -28,3 +28,8 @@ class UnsupportedOpError(SimulatorError):
 
 class ModelImportError(SimulatorError):
     """An ONNX file cannot be read or translated."""
+
+
+class ExportError(SimulatorError):
+    """A Program cannot be written in the requested interchange form (an op or a number the form
+    cannot express); nothing is written."""

@@ -942,7 +942,6 @@ def _per_mac_lanes_zmm(t0, t1, a, colf, jp, jj, rows_per_group, bias_r, bias_j, 
     64 (columns jj.. are padding whose outputs are not kept). With int16 operands (a and
     colf both int16, as the plan chooses only when both fit) the products use VPMADDWD."""
     rr, kk = a.shape
-    nblk = jp // ZMM_LANES
     lov = _vsplat(lo)
     hiv = _vsplat(hi)
     buf = np.empty(4 * ZMM_LANES, np.int32)

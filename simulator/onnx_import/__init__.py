@@ -2,10 +2,10 @@
 
 ``import_onnx(path)`` decides by itself: a graph with float compute (a float Conv, MatMul,
 Softmax ...) is imported for cost estimation only; a graph of ONNX integer ops
-(QuantizeLinear, QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, MaxPool, Concat, Relu,
-Reshape/Flatten/Transpose, DequantizeLinear) becomes a Program the simulator executes with the
-``onnx-qlinear`` arithmetic. Every failure is a one-line ``ModelImportError`` naming the file and
-the node or field at fault.
+(QuantizeLinear, QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, onnxruntime's QGemm,
+MaxPool, Concat, Relu, Reshape/Flatten/Transpose, DequantizeLinear) becomes a Program the
+simulator executes with the ``onnx-qlinear`` arithmetic. Every failure is a one-line
+``ModelImportError`` naming the file and the node or field at fault.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from simulator.ir.program import Program
 
 QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
                        "ConvInteger", "MatMulInteger"})
+# onnxruntime's contrib integer ops the executable import maps (domain, op_type): QGemm is how
+# onnxruntime's own quantizer writes a fully connected layer with an int32 bias
+CONTRIB_QUANT_OPS = frozenset({("com.microsoft", "QGemm")})
 REMOVABLE_OPS = frozenset({"Identity", "Dropout"})
 
 __all__ = ["import_onnx", "has_float_compute", "QUANT_OPS"]
@@ -28,6 +31,9 @@ def has_float_compute(graph, translator) -> str | None:
         if translator.is_const_node(node) or node.op_type in QUANT_OPS | REMOVABLE_OPS:
             continue
         label = node.name or (node.output[0] if node.output else "?")
+        if (node.domain, node.op_type) in CONTRIB_QUANT_OPS and \
+                all(graph.elem_types.get(n) not in (None, 1) for n in node.output if n):
+            continue  # integer output (FLOAT = 1 would be a float QGemm)
         if node.domain not in ("", "ai.onnx"):
             return f"{label!r} ({node.domain}.{node.op_type})"
         names = [n for n in list(node.input) + list(node.output) if n]

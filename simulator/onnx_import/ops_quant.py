@@ -1,21 +1,30 @@
 """The ONNX integer ops: QuantizeLinear, DequantizeLinear, QLinearConv, QLinearMatMul,
-ConvInteger, MatMulInteger.
+ConvInteger, MatMulInteger, and onnxruntime's QGemm (com.microsoft).
 
 QLinear* become a MAC op (int32 accumulator, wrap) followed by a requantize whose real
 multiplier per output channel is computed in float32 exactly as onnxruntime does,
 ``float32(x_scale) * float32(w_scale[c]) / float32(y_scale)`` (left to right, each step rounded
 to float32), and stored as the float64 holding that float32 value. The onnx-qlinear arithmetic
 then multiplies the int32 accumulator (converted to float32) by it and rounds half to even.
+
+A requantize followed by DequantizeLinear -> QuantizeLinear that maps every integer the
+requantize can produce back to itself (the same scale, up to float32 rounding that never moves an
+integer) is one requantize to the QuantizeLinear's type, zero point and range: onnxruntime's
+QLinearConv and QGemm write their input's type, so this pair is how an ONNX graph changes the
+type (u8 -> s8) or narrows the range (ReLU) of a requantized output.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from simulator.contract import IntType
 from simulator.errors import ModelImportError
 from simulator.ir.ops import OpKind
+from simulator.ir.program import make_node
 from simulator.onnx_import import mac
 from simulator.onnx_import.attributes import attr
+from simulator.onnx_import.quant_params import QParams
 
 
 def _opt(node, i: int) -> str | None:
@@ -52,6 +61,13 @@ def _accumulator_scale(t, node, x_scale, w_scale):
     return tuple(float(v) for v in prod), (1 if prod.size > 1 else None)
 
 
+def _declare_bias(t, node, bias: str | None, scale, axis) -> None:
+    """An int32 bias is quantized with the accumulator's scale (x_scale * w_scale), zero point 0."""
+    if bias and not t.estimate and t.is_const(bias) and t.resolve(bias) not in t.b.tensors:
+        t.declare_constant(t.resolve(bias), node,
+                           params=QParams(scale, (0,), 0 if axis is not None else None))
+
+
 def _check_scalar_zero_point(t, node, tensor: str, what: str) -> None:
     if not t.estimate and len(t.qp(t.resolve(tensor)).zero_point) != 1:
         raise ModelImportError(f"{t.where(node)}: per-channel zero point of {what} {tensor!r} "
@@ -69,10 +85,55 @@ def _check_activation_per_tensor(t, node, tensor: str) -> None:
 
 # ------------------------------------------------------------------ quantize / dequantize
 
+def _fold_requantize_retype(t, node) -> bool:
+    """requantize -> DequantizeLinear -> QuantizeLinear as one requantize (see the module doc);
+    False (nothing changed) unless each link is the only reader of the one before and the pair
+    maps every integer the requantize can produce to itself."""
+    x, y = node.input[0], node.output[0]
+    i_dq = t.producer.get(t.resolve(x))
+    if i_dq is None or t.b.nodes[i_dq].op is not OpKind.DEQUANTIZE or not t.sole_consumer(node):
+        return False
+    mid = t.b.nodes[i_dq].inputs[0]
+    i_rq = t.producer.get(mid)
+    if i_rq is None or t.b.nodes[i_rq].op is not OpKind.REQUANTIZE or \
+            t.consumers[mid] != 1 or mid in t.graph_outputs:
+        return False
+    src, q, dtype = t.b.tensors[mid], t.qp(y), t.elem_dtype(y, node)
+    if not isinstance(dtype, IntType) or q.scale is None or len(q.scale) != 1 or \
+            len(q.zero_point) != 1 or src.scale is None or len(src.scale) != 1 or \
+            len(src.zero_point) != 1:
+        return False
+    rq = t.b.nodes[i_rq]
+    z1, z = src.zero_point[0], q.zero_point[0]
+    a1 = max(src.dtype.qmin, rq.attrs["clamp_min"] if rq.attrs["clamp_min"] is not None else
+             src.dtype.qmin)
+    b1 = min(src.dtype.qmax, rq.attrs["clamp_max"] if rq.attrs["clamp_max"] is not None else
+             src.dtype.qmax)
+    k = np.arange(a1 - z1, b1 - z1 + 1, dtype=np.int64)
+    real = k.astype(np.float32) * np.float32(src.scale[0])       # DequantizeLinear, float32
+    back = (np.rint(real / np.float32(q.scale[0])),              # QuantizeLinear (divide)
+            np.rint(real * (np.float32(1) / np.float32(q.scale[0]))))  # (or reciprocal)
+    if not all(np.array_equal(b.astype(np.int64), k) for b in back):
+        return False
+    lo, hi = max(dtype.qmin, a1 - z1 + z), min(dtype.qmax, b1 - z1 + z)
+    if lo > hi:
+        return False
+    attrs = dict(rq.attrs, clamp_min=lo if lo > dtype.qmin else None,
+                 clamp_max=hi if hi < dtype.qmax else None)
+    t.b.tensor(y, src.shape, dtype, q.scale, q.zero_point, None)
+    t.b.nodes[i_rq] = make_node(rq.name, OpKind.REQUANTIZE, rq.inputs, [y], attrs)
+    t.producer[y] = i_rq  # the DequantizeLinear and the old output are dead: dropped at the end
+    t.meta.setdefault("requantize_retyped", []).append(
+        {"node": rq.name, "through": [t.b.nodes[i_dq].name, node.name or y], "output": y})
+    return True
+
+
 def quantize_linear(t, node) -> None:
     x, y = node.input[0], node.output[0]
     if int(attr(node, "block_size", 0)):
         return t.unsupported(node, "blocked quantization (block_size)")
+    if not t.estimate and _fold_requantize_retype(t, node):
+        return
     if not t.estimate:
         if t.elem_dtype(x, node).name != "f32":
             return t.unsupported(node, f"QuantizeLinear of {t.elem_dtype(x, node)}")
@@ -101,6 +162,7 @@ def qlinear_conv(t, node) -> None:
     channels = t.shape(w, node)[0]
     acc = t.fresh(f"{y}_acc")
     scale, axis = _accumulator_scale(t, node, node.input[1], node.input[4])
+    _declare_bias(t, node, bias, scale, axis)
     mac.conv2d(t, node, x, w, bias, acc, **mac.accumulator_kwargs(t, scale, axis))
     t.emit(node, OpKind.REQUANTIZE, [acc], y, suffix="/requantize",
            real_multiplier=real_multipliers(t, node, node.input[1], node.input[4],
@@ -174,8 +236,41 @@ def matmul_integer(t, node) -> None:
     _matrix_product(t, node, node.input[0], node.input[1], node.output[0], None)
 
 
+def qgemm(t, node) -> None:
+    """onnxruntime's QGemm (com.microsoft): A[N,K] x B (constant; [M,K] with transB) + int32 C,
+    requantized like QLinearMatMul (``alpha * a_scale * b_scale / y_scale`` in float32, alpha 1):
+    fully_connected with bias, then requantize."""
+    a, b, y, bias = node.input[0], node.input[3], node.output[0], _opt(node, 6)
+    if _opt(node, 7) is None:
+        return t.unsupported(node, "QGemm with a float output (no y_scale)")
+    if float(attr(node, "alpha", 1.0)) != 1.0 or int(attr(node, "transA", 0)):
+        return t.unsupported(node, "QGemm with alpha != 1 or transA")
+    trans_b = bool(int(attr(node, "transB", 0)))
+    a_shape, b_shape = t.shape(a, node), t.shape(b, node)
+    if len(a_shape) != 2 or len(b_shape) != 2 or not t.is_const(b):
+        return t.unsupported(node, "QGemm other than a 2-D input times constant 2-D weights")
+    _check_activation_per_tensor(t, node, a)
+    channels = b_shape[0] if trans_b else b_shape[1]
+    if bias and t.shape(bias, node) != (channels,):
+        return t.unsupported(node, f"QGemm bias of shape {t.shape(bias, node)} (only "
+                                   f"({channels},))")
+    scale, axis = _accumulator_scale(t, node, node.input[1], node.input[4])
+    _declare_bias(t, node, bias, scale, axis)
+    w = mac.weight_matrix(t, node, b, transpose=not trans_b)
+    acc = t.fresh(f"{y}_acc")
+    ins = [t.use(a, node), w] + ([t.use(bias, node)] if bias else [])
+    t.emit(node, OpKind.FULLY_CONNECTED, ins, acc, **mac.accumulator_kwargs(t, scale, axis),
+           check_onnx_shape=False)
+    dtype = t.elem_dtype(_opt(node, 8) or y, node)  # onnx shape inference does not know QGemm
+    t.emit(node, OpKind.REQUANTIZE, [acc], y, suffix="/requantize",
+           real_multiplier=real_multipliers(t, node, node.input[1], node.input[4],
+                                            node.input[7], channels),
+           axis=1, **t.output_kwargs(y, node, dtype))
+
+
 HANDLERS = {
     "QuantizeLinear": quantize_linear, "DequantizeLinear": dequantize_linear,
     "QLinearConv": qlinear_conv, "ConvInteger": conv_integer,
     "QLinearMatMul": qlinear_matmul, "MatMulInteger": matmul_integer,
+    "com.microsoft.QGemm": qgemm,
 }

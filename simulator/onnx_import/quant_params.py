@@ -110,6 +110,10 @@ def collect(nodes, value: Callable, const_node: Callable, where: Callable,
             claim(node.input[0], node, opt(node, 1), opt(node, 2))
             claim(node.input[3], node, opt(node, 4), opt(node, 5), -1)
             claim(node.output[0], node, opt(node, 6), opt(node, 7))
+        elif op == "QGemm" and node.domain == "com.microsoft":
+            claim(node.input[0], node, opt(node, 1), opt(node, 2))
+            claim(node.input[3], node, opt(node, 4), opt(node, 5), 0 if _trans_b(node) else -1)
+            claim(node.output[0], node, opt(node, 7), opt(node, 8))
         elif op == "ConvInteger":
             claim(node.input[0], node, None, opt(node, 2))
             claim(node.input[1], node, None, opt(node, 3), 0)
@@ -173,3 +177,7 @@ def _axis(node) -> int:
         if a.name == "axis":
             return int(a.i)
     return 1
+
+
+def _trans_b(node) -> bool:
+    return any(a.name == "transB" and a.i for a in node.attribute)

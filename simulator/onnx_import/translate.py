@@ -345,7 +345,7 @@ class Translator:
             if not any(self.used(o) for o in node.output):
                 continue
             handler = handlers.get(node.op_type, default) if node.domain in ("", "ai.onnx") \
-                else default
+                else handlers.get(f"{node.domain}.{node.op_type}", default)  # e.g. QGemm
             handler(self, node)
         for name in self.g.outputs:
             r = self.resolve(name)

@@ -1,0 +1,124 @@
+"""``archnet report RUN_DIR`` and ``archnet compare MODEL --chips a,b,c``: the command lines of
+``archnet.report`` (pandas, matplotlib and torch are imported in the handlers only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+
+def _report_command(args) -> str:
+    parts = ["archnet", "report", args.run_dir]
+    for o in args.others or []:
+        parts += ["--with", o]
+    if args.chips:
+        parts += ["--chips", args.chips]
+    if args.out:
+        parts += ["--out", args.out]
+    if args.images != 64:
+        parts += ["--images", str(args.images)]
+    if args.latency_only:
+        parts.append("--latency-only")
+    return shlex.join(parts)
+
+
+def cmd_report(args) -> int:
+    from archnet.report import write_report
+    out = write_report(args.run_dir, others=args.others or (), chips=args.chips, out=args.out,
+                       images=args.images, latency_only=args.latency_only,
+                       command=_report_command(args),
+                       log=None if args.quiet else (lambda m: print(m, flush=True)))
+    files = sorted(p.name for p in out.iterdir())
+    pngs = sum(f.endswith(".png") for f in files)
+    csvs = sum(f.endswith(".csv") for f in files)
+    print(f"wrote {out / 'report.md'} with {pngs} PNG plot(s) and {csvs} CSV table(s) in {out}")
+    return 0
+
+
+def _compare_command(args) -> str:
+    parts = ["archnet", "compare", args.model, "--chips", args.chips]
+    if args.plot:
+        parts += ["--plot", args.plot]
+    if args.csv:
+        parts += ["--csv", args.csv]
+    if args.json:
+        parts.append("--json")
+    return shlex.join(parts)
+
+
+def cmd_compare(args) -> int:
+    from archnet.errors import ReportError
+    from archnet.report.compare import (compare_model, comparison_dict, format_comparison,
+                                        per_op_frame, plot_comparison)
+    from simulator.fileio import atomic_write_bytes
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ReportError(f"--plot {args.plot}: the plot is a PNG; give a name ending in .png")
+    c = compare_model(args.model, args.chips, command=_compare_command(args))
+    if args.json:
+        print(json.dumps(comparison_dict(c), indent=2))
+    else:
+        print(format_comparison(c))
+    if args.csv:
+        atomic_write_bytes(args.csv, per_op_frame(c).to_csv(index=False).encode())
+    if args.plot:
+        plot_comparison(c, args.plot)
+    if not args.json:
+        for what, path in (("per-op table", args.csv), ("plot", args.plot)):
+            if path:
+                print(f"wrote {what} {path}")
+    return 0
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def add_commands(sub) -> None:
+    """Mount ``report`` and ``compare`` on an argparse sub-parser collection."""
+    p = sub.add_parser(
+        "report", help="a run folder's report: report.md, CSV tables and PNG plots per chip",
+        description="Write RUN_DIR/report/ (or --out): report.md with per-chip latency per op "
+                    "(compute, memory, overhead; fallbacks marked), accuracy against latency "
+                    "across bit widths and chips (with --with runs), per-layer error between the "
+                    "fake-quant student and the simulator's integers, the teacher's graph against "
+                    "the Arch-Net graph, and the distillation history; every table as CSV, every "
+                    "figure as PNG naming the command, profile file and data behind it. The folder "
+                    "is written under a temporary name and renamed into place.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `archnet convert`")
+    p.add_argument("--with", dest="others", action="extend", nargs="+", metavar="OTHER_RUN",
+                   help="more run folders (other bit widths) for the accuracy-latency figure")
+    p.add_argument("--chips", metavar="A,B", help="chips to report, separated by commas (default: "
+                   "the conversion chip and every chip with a verify_<chip>.json)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/report)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="no accuracy data needed (no verify_<chip>.json) and none reported")
+    p.add_argument("--images", type=_count, default=64, metavar="N",
+                   help="unlabeled training images for the per-layer error (default 64; 0 leaves "
+                        "it out)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the last line")
+    p.set_defaults(func=cmd_report)
+
+    c = sub.add_parser(
+        "compare", help="one network's estimated latency and fallbacks on several chips, side "
+                        "by side",
+        description="Estimate MODEL (a .program, an .onnx imported for estimation only, or a run "
+                    "folder's model.program) on every chip of --chips and print, per chip, the "
+                    "total latency, NPU and host time, the fallbacks with their reasons, and a "
+                    "per-op table across the chips.")
+    c.add_argument("model", metavar="MODEL", help=".program, .onnx or run folder")
+    c.add_argument("--chips", required=True, metavar="A,B,C",
+                   help="chip profile names or TOML files, separated by commas")
+    c.add_argument("--plot", metavar="FILE.png", help="also plot the chips side by side")
+    c.add_argument("--csv", metavar="FILE", help="also write the per-op table across chips")
+    c.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    c.set_defaults(func=cmd_compare)
+
+
+__all__ = ["add_commands", "cmd_compare", "cmd_report"]
