@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
+
+from simulator.cli import int_at_least
 
 
 def _report_command(args) -> str:
@@ -70,16 +71,6 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
 def add_commands(sub) -> None:
     """Mount ``report`` and ``compare`` on an argparse sub-parser collection."""
     p = sub.add_parser(
@@ -99,7 +90,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/report)")
     p.add_argument("--latency-only", action="store_true",
                    help="no accuracy data needed (no verify_<chip>.json) and none reported")
-    p.add_argument("--images", type=_count, default=64, metavar="N",
+    p.add_argument("--images", type=int_at_least(0), default=64, metavar="N",
                    help="unlabeled training images for the per-layer error (default 64; 0 leaves "
                         "it out)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the last line")

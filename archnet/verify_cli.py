@@ -12,6 +12,8 @@ import argparse
 import json
 import shlex
 
+from simulator.cli import int_at_least
+
 
 def _command(args) -> str:
     parts = ["archnet", "verify", args.program, "--chip", args.chip]
@@ -71,16 +73,6 @@ def _refresh_report(args) -> None:
         print(f"report: {path / 'report.md'}")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def add_commands(sub) -> None:
     """Mount ``verify`` on an argparse sub-parser collection."""
     p = sub.add_parser(
@@ -97,8 +89,8 @@ def add_commands(sub) -> None:
                                                      "student's metadata names)")
     p.add_argument("--data", metavar="PATH", help="data set files (default: the student's)")
     p.add_argument("--dataset", metavar="NAME", help="data set (default: the student's)")
-    p.add_argument("--limit", type=_positive, metavar="N", help="only the first N test images")
-    p.add_argument("--batch-size", type=_positive, default=256, metavar="N",
+    p.add_argument("--limit", type=int_at_least(1), metavar="N", help="only the first N test images")
+    p.add_argument("--batch-size", type=int_at_least(1), default=256, metavar="N",
                    help="images per simulator run (default 256)")
     p.add_argument("--no-features", dest="check_features", action="store_false",
                    help="compare the logits only, not every block's output")

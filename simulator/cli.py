@@ -272,6 +272,19 @@ def add_commands(sub) -> None:
     export_cli.add_commands(sub)
 
 
+def int_at_least(minimum: int):
+    """An argparse ``type`` for integers >= ``minimum`` (a bad value is argparse's one line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+    return parse
+
+
 def run(parser: argparse.ArgumentParser, argv=None, prog: str = "archnet") -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

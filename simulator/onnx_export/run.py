@@ -106,24 +106,8 @@ def run_exported(path, program: Program, inputs: dict, *, runtime: str = "onnxru
             raise SimulatorError(f"{path}: onnx.reference fails ({type(exc).__name__}: "
                                  f"{exc})") from None
     else:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise SimulatorError("onnxruntime is not installed (pip install 'archnet[peers]')") \
-                from None
-        options = ort.SessionOptions()
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        options.log_severity_level = 3
-        options.intra_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
-            names = [o.name for o in session.get_outputs()]
-            got = dict(zip(names, session.run(names, feeds)))
-        except Exception as exc:
-            raise SimulatorError(f"{path}: onnxruntime fails "
-                                 f"({' '.join(str(exc).split())[:300]})") from None
+        from simulator.onnx_import.peers import ort_run
+        got = ort_run(model, feeds, optimize, where=str(path))
     out = {}
     for v in wanted:
         t = program.tensors[values[v]]

@@ -80,14 +80,20 @@ def run_onnxruntime(path, inputs: dict, intermediates: bool = False,
     """Outputs (and with ``intermediates`` every node output) of ``path`` under onnxruntime's
     CPU provider. Graph optimisations are off by default so that every ONNX node runs as the
     kernel it names (fusions would hide intermediates); ``optimize=True`` turns them all on."""
+    model = _load(path)
+    if intermediates:
+        model = _with_all_outputs(model)
+    return ort_run(model, _feeds(model, inputs), optimize, where=str(path))
+
+
+def ort_run(model, feeds: dict, optimize: bool = False, where: str = "model") -> dict[str, np.ndarray]:
+    """Every graph output of an in-memory ONNX ``model`` under onnxruntime's CPU provider, one
+    thread; graph optimisations off unless ``optimize``; failures as one-line SimulatorErrors."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise SimulatorError("onnxruntime is not installed (pip install 'archnet[peers]')") \
             from None
-    model = _load(path)
-    if intermediates:
-        model = _with_all_outputs(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -97,11 +103,11 @@ def run_onnxruntime(path, inputs: dict, intermediates: bool = False,
         session = ort.InferenceSession(model.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        values = session.run(names, _feeds(model, inputs))
+        values = session.run(names, feeds)
     except SimulatorError:
         raise
     except Exception as exc:
-        raise SimulatorError(f"{path}: onnxruntime fails ({one_line(exc)})") from None
+        raise SimulatorError(f"{where}: onnxruntime fails ({one_line(exc)})") from None
     return dict(zip(names, values))
 
 
