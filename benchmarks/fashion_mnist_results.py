@@ -39,19 +39,29 @@ def run(cmd: list[str], log) -> float:
     return time.perf_counter() - t0
 
 
-def convert_and_verify(bits: str, threads: int, progress: bool) -> None:
+def convert_and_verify(bits: str, threads: int, progress: bool, verify_only: bool = False) -> None:
     epochs, _ = RECIPES[bits]
     run_dir = OUT / bits
     bar = ["--progress"] if progress else ["--no-progress"]
     with open(OUT / "commands.log", "a") as log:
-        wall = run(["archnet", "convert", TEACHER, "--chip", CONVERT_CHIP, "--bits", bits,
-                    "--out", str(run_dir.relative_to(ROOT)), "--epochs-per-period", str(epochs),
-                    "--threads", str(threads), *bar], log)
-        (run_dir / "convert_wall.json").write_text(json.dumps({"wall_seconds": round(wall, 1)}) + "\n")
+        if not verify_only:
+            wall = run(["archnet", "convert", TEACHER, "--chip", CONVERT_CHIP, "--bits", bits,
+                        "--out", str(run_dir.relative_to(ROOT)), "--epochs-per-period", str(epochs),
+                        "--threads", str(threads), *bar], log)
+            (run_dir / "convert_wall.json").write_text(json.dumps({"wall_seconds": round(wall, 1)}) + "\n")
         for chip in VERIFY_CHIPS:
             out = run_dir / f"verify_{chip}.json"
             run(["archnet", "verify", str((run_dir / "model.program").relative_to(ROOT)),
                  "--chip", chip, "--out", str(out.relative_to(ROOT)), *bar], log)
+
+
+def run_reports() -> None:
+    """``archnet report`` of every converted width, each with the others in its Pareto figure."""
+    done = [b for b in RECIPES if (OUT / b / "convert.json").is_file()]
+    with open(OUT / "commands.log", "a") as log:
+        for bits in done:
+            others = [a for b in done if b != bits for a in ("--with", f"reports/fashion_mnist/{b}")]
+            run(["archnet", "report", f"reports/fashion_mnist/{bits}", *others], log)
 
 
 def _load(path: Path) -> dict | None:
@@ -111,8 +121,13 @@ def write_report() -> Path:
     lines += ["", "## Commands (exactly as run, from the repository root)", "", "```"]
     log = OUT / "commands.log"
     if log.is_file():
-        lines += [ln[2:] for ln in log.read_text().splitlines() if ln.startswith("$ ")]
+        lines += list(dict.fromkeys(ln[2:] for ln in log.read_text().splitlines()
+                                    if ln.startswith("$ ")))
     lines += ["```", "",
+              "Each width's full report (latency per op per chip, the accuracy/latency Pareto "
+              "picture across widths and chips, per-layer error between fake-quant and the "
+              "simulator's integers, the teacher's graph against the Arch-Net graph, the "
+              "distillation history) is in `<bits>/report/report.md`.", "",
               "Regenerate: `python benchmarks/fashion_mnist_results.py` (convert + verify, then "
               "this report); `--report-only` rebuilds this file from the JSON. Per-period losses, "
               "timings and the bits are in each `<bits>/convert.json`; per-block agreement and "
@@ -133,11 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--verify-only", action="store_true",
+                    help="verify (and report) run folders already converted")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for bits in args.bits or list(RECIPES):
-            convert_and_verify(bits, args.threads, args.progress)
+            convert_and_verify(bits, args.threads, args.progress, args.verify_only)
+    run_reports()
     write_report()
     return 0
 
