@@ -25,13 +25,16 @@ VERIFY_KEYS = ("chip", "simulator_accuracy", "latency_ms")
 
 
 def show_path(path) -> str:
-    """``path`` relative to the current folder when it lies below it, else as given."""
+    """``path`` relative to the current folder when it lies below it; a bundled profile as
+    ``chip_profiles/<name>.toml`` wherever the checkout that read it lived; else as given."""
     if path is None:
         return "?"
     p = Path(path)
     try:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
+        if p.parent.name == "chip_profiles" and p.suffix == ".toml":
+            return f"chip_profiles/{p.name}"
         return str(path)
 
 
