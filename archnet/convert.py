@@ -61,6 +61,7 @@ class ConvertOptions:
     keep_global_pool: bool = False
     resume: bool = False
     check_images: int = 256
+    report: bool = True              # a latency-only report at the end (the demo writes a full one)
     threads: int | None = None
     command: str | None = None
 
@@ -227,6 +228,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
             f"{profile.name} estimate {est.total_latency_ms:.4f} ms, {len(est.fallbacks)} fallbacks; "
             f"emulation = simulator on {check['elements']:,} elements of {check['images']} images; "
             f"distillation {result.seconds:.0f} s, simulator share {100 * result.simulator_share:.1f}%")
+    if dist.is_main() and opts.report:
         from archnet.report import write_report
         report = write_report(out, latency_only=True, log=None)
         log(f"report (latency only until `archnet verify {out / PROGRAM_FILE} --chip CHIP --out "

@@ -57,7 +57,7 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
         shutil.rmtree(run_dir)
     summary = convert(
         ConvertOptions(teacher=str(teacher), chip=DEMO_CHIP, out=str(run_dir), bits=bits,
-                       threads=threads, command=f"archnet demo --out {out}"),
+                       threads=threads, command=f"archnet demo --out {out}", report=False),
         DistillConfig(epochs_per_period=2.0, batch_size=32, lr=1e-3, seed=seed, progress=progress),
         log=lambda line: log("      " + line) if line.startswith(("period", "wrote")) else None)
     stages["convert"] = time.perf_counter() - t

@@ -95,7 +95,8 @@ def _run_mac(node, p, ins, arith, be):
                      tuple(a["pads"]), tuple(a["dilations"]), a["groups"], acc)
 
 
-def _clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
+def clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
+    """The integer range a requantize/clamp writes: the type's range cut by clamp_min/max."""
     lo, hi = out.dtype.qmin, out.dtype.qmax
     if attrs.get("clamp_min") is not None:
         lo = max(lo, attrs["clamp_min"])
@@ -107,7 +108,7 @@ def _clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
 def _run_requantize(node, p, ins, arith, be):
     src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
     prepared = fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
-    lo, hi = _clamp_bounds(out, node.attrs)
+    lo, hi = clamp_bounds(out, node.attrs)
     return be.requantize(ins[0], src.zp_scalar, prepared, node.attrs["axis"] % len(out.shape),
                          out.zp_scalar, lo, hi)
 
@@ -120,7 +121,7 @@ def _run_add(node, p, ins, arith, be):
         ma, mb, shift = np.float32(ra), np.float32(rb), 0
     else:
         ma, mb, shift = fp.quantize_multiplier_pair(ra, rb, arith.requant.multiplier_bits)
-    lo, hi = _clamp_bounds(out, node.attrs)
+    lo, hi = clamp_bounds(out, node.attrs)
     return be.add(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, ma, mb, shift, arith.requant.mode,
                   arith.requant.rounding, out.zp_scalar, lo, hi)
 

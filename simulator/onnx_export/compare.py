@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator.execute import clamp_bounds
 from simulator.ir.ops import OpKind
 from simulator.ir.program import Program, TensorInfo
 
@@ -38,12 +39,7 @@ def _axis(t: TensorInfo):
 
 
 def _bounds(attrs: dict, out: TensorInfo) -> tuple[int, int]:
-    lo, hi = out.dtype.qmin, out.dtype.qmax
-    if attrs.get("clamp_min") is not None:
-        lo = max(lo, attrs["clamp_min"])
-    if attrs.get("clamp_max") is not None:
-        hi = min(hi, attrs["clamp_max"])
-    return lo, hi
+    return clamp_bounds(out, attrs)
 
 
 class _Comparison:

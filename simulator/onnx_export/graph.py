@@ -17,6 +17,7 @@ import numpy as np
 
 from simulator.contract import FloatType
 from simulator.errors import ExportError
+from simulator.execute import clamp_bounds as execute_clamp_bounds
 from simulator.ir.program import Node, Program, TensorInfo
 
 # onnx.TensorProto element types (numbers fixed by onnx.proto; onnx is imported lazily)
@@ -186,9 +187,4 @@ def per_tensor(t: TensorInfo, where: str) -> tuple[float, int]:
 
 
 def clamp_bounds(node: Node, out: TensorInfo) -> tuple[int, int]:
-    lo, hi = out.dtype.qmin, out.dtype.qmax
-    if node.attrs.get("clamp_min") is not None:
-        lo = max(lo, node.attrs["clamp_min"])
-    if node.attrs.get("clamp_max") is not None:
-        hi = min(hi, node.attrs["clamp_max"])
-    return lo, hi
+    return execute_clamp_bounds(out, node.attrs)  # the executor's rule, not a copy
