@@ -74,6 +74,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def run_folder(path: str | Path, resume: bool) -> Path:
+    """``--out``: a folder, and one without an earlier run's checkpoints unless resuming."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ArchnetError(f"--out {out}: exists and is not a folder")
+    if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise ArchnetError(f"--out {out}: holds checkpoints of an earlier run; pass --resume to "
+                           f"continue it or choose another folder")
+    return out
+
+
 def load_images(dataset: str, data_path: str | None, max_images: int | None) -> torch.Tensor:
     """Unlabeled training images: a named data set (``data_path`` = its folder), or a ``.npy``
     file of images (N, C, H, W), uint8 pixels or floats in [0, 1]."""
@@ -152,12 +163,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
         torch.set_num_threads(opts.threads)
     dist.init_from_env()
     profile = load_profile(opts.chip)
-    out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise ArchnetError(f"--out {out}: exists and is not a folder")
-    if not opts.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise ArchnetError(f"--out {out}: holds checkpoints of an earlier run; pass --resume to "
-                           f"continue it or choose another folder")
+    out = run_folder(opts.out, opts.resume)
     teacher, meta = load_teacher(opts.teacher)
     dataset = opts.dataset or meta.get("dataset")
     images = load_images(dataset, opts.data_path, opts.max_images)

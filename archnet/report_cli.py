@@ -1,5 +1,8 @@
 """``archnet report RUN_DIR`` and ``archnet compare MODEL --chips a,b,c``: the command lines of
-``archnet.report`` (pandas, matplotlib and torch are imported in the handlers only)."""
+``archnet.report`` (pandas, matplotlib and torch are imported in the handlers only).
+
+Text run folders (convert.json records family "text") go to
+``archnet.text.report.write_text_report``, which takes several RUN_DIRs side by side."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from simulator.cli import int_at_least
 
 
 def _report_command(args) -> str:
-    parts = ["archnet", "report", args.run_dir]
+    parts = ["archnet", "report", args.run_dirs[0]]
     for o in args.others or []:
         parts += ["--with", o]
     if args.chips:
@@ -25,8 +28,15 @@ def _report_command(args) -> str:
 
 
 def cmd_report(args) -> int:
+    from archnet.errors import ReportError
+    from archnet.text.report import is_text_run
+    if any(is_text_run(d) for d in [*args.run_dirs, *(args.others or [])]):
+        return _cmd_report_text(args)
+    if len(args.run_dirs) > 1:
+        raise ReportError(f"{len(args.run_dirs)} RUN_DIRs: a CNN run is reported one at a time; "
+                          f"add other runs to its accuracy-latency figure with --with")
     from archnet.report import write_report
-    out = write_report(args.run_dir, others=args.others or (), chips=args.chips, out=args.out,
+    out = write_report(args.run_dirs[0], others=args.others or (), chips=args.chips, out=args.out,
                        images=args.images, latency_only=args.latency_only,
                        command=_report_command(args),
                        log=None if args.quiet else (lambda m: print(m, flush=True)))
@@ -34,6 +44,29 @@ def cmd_report(args) -> int:
     pngs = sum(f.endswith(".png") for f in files)
     csvs = sum(f.endswith(".csv") for f in files)
     print(f"wrote {out / 'report.md'} with {pngs} PNG plot(s) and {csvs} CSV table(s) in {out}")
+    return 0
+
+
+def _cmd_report_text(args) -> int:
+    from pathlib import Path
+
+    from archnet.errors import ReportError
+    from archnet.report.build import parse_chips
+    from archnet.text.report import report_command, write_text_report
+    runs = [*args.run_dirs, *(args.others or [])]
+    given = (["--images"] if args.images != 64 else []) + \
+        (["--latency-only"] if args.latency_only else [])
+    if given:
+        raise ReportError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to "
+                          f"CNN runs; a text report always has latency, and quality where a "
+                          f"verify_<chip>.json is present")
+    out = Path(args.out) if args.out else Path(runs[0]) / "report"
+    write_text_report(runs, out, chips=args.chips,
+                      command=report_command(runs, args.out, parse_chips(args.chips)),
+                      log=None if args.quiet else (lambda m: print(m, flush=True)))
+    files = sorted(p.name for p in out.iterdir())
+    csvs = sum(f.endswith(".csv") for f in files)
+    print(f"wrote {out / 'report.md'} with {csvs} CSV table(s) in {out}")
     return 0
 
 
@@ -81,13 +114,21 @@ def add_commands(sub) -> None:
                     "fake-quant student and the simulator's integers, the teacher's graph against "
                     "the Arch-Net graph, and the distillation history; every table as CSV, every "
                     "figure as PNG naming the command, profile file and data behind it. The folder "
-                    "is written under a temporary name and renamed into place.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `archnet convert`")
+                    "is written under a temporary name and renamed into place. Text runs "
+                    "(converted from a text teacher; several RUN_DIRs side by side): report.md, "
+                    "latency.csv and quality.csv with the sentence-embedding quality of each "
+                    "verify_<chip>.json and the teacher's graph against each student on every "
+                    "bundled chip profile (or --chips).")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                   help="a run folder written by `archnet convert` (text runs: one or more, "
+                        "reported side by side)")
     p.add_argument("--with", dest="others", action="extend", nargs="+", metavar="OTHER_RUN",
                    help="more run folders (other bit widths) for the accuracy-latency figure")
     p.add_argument("--chips", metavar="A,B", help="chips to report, separated by commas (default: "
-                   "the conversion chip and every chip with a verify_<chip>.json)")
-    p.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/report)")
+                   "the conversion chip and every chip with a verify_<chip>.json; text runs: "
+                   "every bundled profile)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/report, the first "
+                                                "RUN_DIR's)")
     p.add_argument("--latency-only", action="store_true",
                    help="no accuracy data needed (no verify_<chip>.json) and none reported")
     p.add_argument("--images", type=int_at_least(0), default=64, metavar="N",

@@ -4,6 +4,10 @@ Prints the report (or ``--json``); ``--out FILE.json`` writes the JSON atomicall
 archnet's integer emulation and the simulator agree on every element, 1 when any differs, 2 for a
 user error (``simulator.cli.run``). Under ``torchrun`` the images are sharded over the ranks and
 only rank 0 prints and writes. torch is imported inside the handler only.
+
+A Program whose metadata records family "text" (a text student) goes to
+``archnet.text.verify.verify_text``: held-out sentences instead of test images (``--max-sentences``,
+``--batch``), sentence-embedding quality against the teacher instead of accuracy.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 
 from simulator.cli import int_at_least
 
@@ -28,7 +33,82 @@ def _command(args) -> str:
     return shlex.join(parts)
 
 
+CNN_DEFAULT_BATCH = 256
+CNN_ONLY = (("--student", "student"), ("--teacher", "teacher"), ("--data", "data"),
+            ("--dataset", "dataset"), ("--limit", "limit"))
+
+
+def _max_sentences(text: str) -> int | None:
+    if text == "all":
+        return None
+    return int_at_least(3)(text)
+
+
 def cmd_verify(args) -> int:
+    from archnet.text.verify import program_family
+    if program_family(args.program) == "text":
+        return _cmd_verify_text(args)
+    from archnet.errors import ArchnetError
+    if hasattr(args, "max_sentences"):
+        raise ArchnetError("--max-sentences is for text runs; give a CNN run's number of test "
+                           "images with --limit")
+    if args.batch_size is None:
+        args.batch_size = CNN_DEFAULT_BATCH
+    return _cmd_verify_cnn(args)
+
+
+def _cmd_verify_text(args) -> int:
+    from archnet.errors import ArchnetError
+    from archnet.text.verify import (DEFAULT_BATCH, DEFAULT_MAX_SENTENCES, format_text_verify,
+                                     verify_command, verify_text)
+    given = [flag for flag, dest in CNN_ONLY if getattr(args, dest) is not None]
+    if not args.check_features:
+        given.append("--no-features")
+    if given:
+        raise ArchnetError(f"{args.program} is a text student: {', '.join(given)} "
+                           f"{'applies' if len(given) == 1 else 'apply'} to CNN runs only (text "
+                           f"runs take --max-sentences and --batch; the student, teacher and "
+                           f"corpus are the run folder's)")
+    # absent unless given (argparse.SUPPRESS): None means "all"
+    max_sentences = getattr(args, "max_sentences", DEFAULT_MAX_SENTENCES)
+    batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
+    doc = verify_text(args.program, args.chip, out=args.out, max_sentences=max_sentences,
+                      batch=batch, progress=args.progress,
+                      log=(lambda m: print(m, file=sys.stderr)) if args.json else print,
+                      command=verify_command(args.program, args.chip, args.out, max_sentences,
+                                             batch))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_text_verify(doc))
+        if args.out:
+            print(f"wrote {args.out}")
+    _refresh_text_report(args)
+    return 0 if doc["bit_exact"] else 1
+
+
+def _refresh_text_report(args) -> None:
+    """As ``_refresh_report``, for a text run folder; a report that cannot be made (the teacher
+    moved, say) is a note, not a failure of the verification."""
+    from pathlib import Path
+
+    from archnet.errors import ArchnetError
+    from archnet.text.report import is_text_run, write_text_report
+    if not args.out:
+        return
+    run_dir = Path(args.program).resolve().parent
+    if Path(args.out).resolve().parent != run_dir or not is_text_run(run_dir):
+        return
+    try:
+        path = write_text_report([run_dir], run_dir / "report", log=None)
+    except ArchnetError as exc:
+        print(f"report not refreshed: {exc}", file=sys.stderr)
+        return
+    if not args.json:
+        print(f"report: {path / 'report.md'}")
+
+
+def _cmd_verify_cnn(args) -> int:
     from archnet import distributed
     from archnet.verify import verify
     from simulator.fileio import atomic_write_bytes
@@ -80,7 +160,10 @@ def add_commands(sub) -> None:
         description="Run the test set through the simulator (the Program), archnet's integer "
                     "emulation, the fake-quant student and the teacher; report element agreement "
                     "(must be 100%%), accuracies, and the chip's latency estimate. Exit 1 when any "
-                    "element differs.")
+                    "element differs. For a text run (a Program converted from a text teacher) "
+                    "the test set is the corpus' held-out sentences, and the report gives the "
+                    "sentence embeddings' closeness to the teacher's (cosine, nearest-neighbour "
+                    "agreement, Spearman) instead of accuracy.")
     p.add_argument("program", metavar="PROGRAM", help="the converted .program file")
     p.add_argument("--chip", required=True, help="profile name or TOML file to run under")
     p.add_argument("--student", metavar="FILE", help="student checkpoint (default: student.pt "
@@ -90,8 +173,13 @@ def add_commands(sub) -> None:
     p.add_argument("--data", metavar="PATH", help="data set files (default: the student's)")
     p.add_argument("--dataset", metavar="NAME", help="data set (default: the student's)")
     p.add_argument("--limit", type=int_at_least(1), metavar="N", help="only the first N test images")
-    p.add_argument("--batch-size", type=int_at_least(1), default=256, metavar="N",
-                   help="images per simulator run (default 256)")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int_at_least(1),
+                   metavar="N", help=f"images per simulator run (default {CNN_DEFAULT_BATCH}); "
+                                     f"text runs: sentences (default 16)")
+    p.add_argument("--max-sentences", type=_max_sentences, default=argparse.SUPPRESS,
+                   metavar="N",
+                   help="text runs: the first N held-out sentences, at least 3, or 'all' "
+                        "(default 512)")
     p.add_argument("--no-features", dest="check_features", action="store_false",
                    help="compare the logits only, not every block's output")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from simulator.contract import ArithmeticSpec, IntType, RequantMode
+from simulator.contract import ArithmeticSpec, IntType
 from simulator.errors import InputError, UnsupportedOpError
 from simulator.ir.ops import MAC_OPS, OpKind
 from simulator.ir.program import Node, Program, TensorInfo
@@ -117,10 +117,7 @@ def _run_add(node, p, ins, arith, be):
     ta, tb, out = (p.tensors[n] for n in (*node.inputs, node.outputs[0]))
     ra = _ratio(ta.scale, out.scale, f"node {node.name!r}")
     rb = _ratio(tb.scale, out.scale, f"node {node.name!r}")
-    if arith.requant.mode is RequantMode.FLOAT_SCALE:
-        ma, mb, shift = np.float32(ra), np.float32(rb), 0
-    else:
-        ma, mb, shift = fp.quantize_multiplier_pair(ra, rb, arith.requant.multiplier_bits)
+    ma, mb, shift = fp.prepare_add(ra, rb, arith.requant)
     lo, hi = clamp_bounds(out, node.attrs)
     return be.add(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, ma, mb, shift, arith.requant.mode,
                   arith.requant.rounding, out.zp_scalar, lo, hi)
@@ -131,7 +128,7 @@ def _run_softmax(node, p, ins, arith, be):
     out_shift = int(round(-math.log2(out.scale[0])))
     return be.softmax(ins[0], node.attrs["axis"], np.asarray(node.attrs["exp_table"], np.int64),
                       out_shift, out.zp_scalar, out.dtype.qmin, out.dtype.qmax,
-                      arith.requant.rounding)
+                      arith.requant.rounding, mask=ins[1] if len(ins) > 1 else None)
 
 
 def _dequantized(t: TensorInfo, v: np.ndarray) -> np.ndarray:

@@ -133,6 +133,23 @@ def _softmax_program(rng, dtype: str):
                          axis=-1, exp_table=table)
 
 
+def _masked_softmax_program(rng):
+    """Attention over padded keys: scores [N, heads, T, T] with a key mask [N, 1, 1, T]. One
+    sequence is whole, one padded (its mask holds 2s: any nonzero is valid), one wholly masked."""
+    shape, mask_shape = (3, 2, 4, 7), (3, 1, 1, 7)
+    b = ProgramBuilder("golden_masked_softmax")
+    x = b.input("x", shape, "s8", scale=0.07)
+    m = b.input("mask", mask_shape, "u8")
+    table = [int(round(np.exp(-d * 0.07) * (1 << 15))) for d in range(256)]
+    y = b.node("softmax", [x, m], "y", dtype="s8", scale=1 / 256, zero_point=-128, axis=-1,
+               exp_table=table)
+    b.output(y)
+    mask = np.zeros(mask_shape, np.int64)
+    mask[0] = 1
+    mask[1, ..., :4] = 2
+    return b.build(), {"x": _rand(rng, "s8", shape), "mask": mask}
+
+
 def _lut_program(rng, dtype: str):
     t = parse_dtype(dtype)
     table = [int(np.clip(round(np.tanh((i + t.qmin) * 0.05) * 127), -128, 127))
@@ -197,6 +214,8 @@ def cases() -> Iterator[GoldenCase]:
                          lambda rng: _softmax_program(rng, "s8"))
     yield GoldenCase("softmax_u4", "softmax", "acc32_sat_final", "half_up_m16",
                      lambda rng: _softmax_program(rng, "u4"))
+    yield GoldenCase("softmax_masked_s8_half_even_m24", "softmax", "acc32_sat_final",
+                     "half_even_m24", _masked_softmax_program)
     for dtype in ("u8", "s8", "s4", "u2", "s16"):
         yield GoldenCase(f"maxpool2x2_{dtype}", "maxpool2d", "acc32_sat_final", "tflite_m32",
                          lambda rng, d=dtype: _single_input("maxpool2d", d, (1, 3, 8, 7), rng,

@@ -86,3 +86,21 @@ def requantize(acc: torch.Tensor, real_multiplier, requant_spec, qmin: int, qmax
 def requant_multiplier(in_scale: float, weight_scales: torch.Tensor, out_scale: float) -> list[float]:
     """Real multipliers s_in * s_w[c] / s_out in float64: export and emulation share these bits."""
     return [float(in_scale) * float(s) / float(out_scale) for s in weight_scales.tolist()]
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, acc: AccumulatorSpec) -> torch.Tensor:
+    """acc[..., n, m] = sum_k a[..., n, k] * b[..., k, m] of two activations (zero points 0)."""
+    k = a.shape[-1]
+    bound = k * int(a.abs().max()) * int(b.abs().max()) if a.numel() and b.numel() else 0
+    if bound >= EXACT_FLOAT64:
+        raise OverflowError(f"MAC sums up to {bound} are not exact in float64")
+    if acc.order_independent:
+        exact = torch.matmul(a.to(torch.float64), b.to(torch.float64))
+        return _finish(exact.round().to(torch.int64), acc)
+    # order-dependent saturation: the chip reduces k in order, one output at a time
+    lead = a.shape[:-2]
+    a2 = a.reshape(-1, a.shape[-2], k)
+    b2 = b.expand(*lead, *b.shape[-2:]).reshape(-1, k, b.shape[-1])
+    out = torch.stack([_sequential(a2[i].unsqueeze(2), b2[i].T, torch.zeros(b2.shape[2], dtype=torch.int64),
+                                   acc).squeeze(2) for i in range(a2.shape[0])])
+    return out.reshape(*lead, a.shape[-2], b.shape[-1])

@@ -160,7 +160,7 @@ class RunFolder:
         return self._student
 
 
-def _read_json(path: Path, remedy: str) -> dict:
+def read_json(path: Path, remedy: str) -> dict:
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -174,7 +174,7 @@ def _read_json(path: Path, remedy: str) -> dict:
 def _verify_record(path: Path, run: Path, bits: list[str]) -> VerifyRecord:
     chip_guess = path.stem[len("verify_"):]
     remedy = verify_command(run, chip_guess)
-    doc = _read_json(path, remedy)
+    doc = read_json(path, remedy)
     missing = [k for k in VERIFY_KEYS if doc.get(k) is None]
     if missing:
         raise ReportError(f"{path}: not an `archnet verify --out` record (no {', '.join(missing)}); "
@@ -214,7 +214,7 @@ def open_run(path: str | os.PathLike) -> RunFolder:
                           f"--out`)")
     summary = None
     if (run / SUMMARY_FILE).is_file():
-        summary = _read_json(run / SUMMARY_FILE, convert_command(run))
+        summary = read_json(run / SUMMARY_FILE, convert_command(run))
     missing = [name for name in REQUIRED if not (run / name).is_file()]
     if missing:
         files = ", ".join(str(run / m) for m in missing)

@@ -16,9 +16,11 @@ Each activation tensor has a home: the on-chip SRAM, external memory, or the hos
   interface once per inference.
 - Re-fetch: when neither the input (off chip) nor the streamed weights fit in half the SRAM, the
   layer runs blocked like a GEMM: a block of one operand stays resident in half the SRAM while
-  the other streams past it once per block. Of the two loop orders the compiler takes the one
-  whose re-reads take less time on their interfaces. An input that lives on chip is never
-  re-read from outside.
+  the other streams past it once per block, or (output-stationary) a block of accumulators stays
+  resident while the input is streamed once per block of outputs and the weights once in all,
+  as NPUs with accumulator banks run a layer with a long reduction (a one-hot embedding's
+  30k-wide fully connected layer). Of the loop orders the compiler takes the one whose re-reads
+  take less time on their interfaces. An input that lives on chip is never re-read from outside.
 
 Widths are the chip's storage widths: an op whose widths the chip lacks runs (and is stored) at
 the next wider supported pair, so int4 on a chip without int4 moves int8 bytes.
@@ -129,12 +131,15 @@ class MemoryState:
         act_refetch = w_refetch = 0.0
         half = prof.memory.sram_bytes / 2
         if w_stream and act_read and min(in_b, w_stream) > half:
-            # order A: weight blocks resident, input re-read; order B: input blocks resident
+            # order A: weight blocks resident, input re-read; order B: input blocks resident;
+            # order C: accumulator blocks resident, the input re-read once per block of outputs
             reread_input = (math.ceil(w_stream / half) - 1) * act_read
             reread_weights = (math.ceil(in_b / half) - 1) * w_stream
-            if reread_input / prof.memory.activation_bytes_per_s <= \
-                    reread_weights / prof.memory.weight_bytes_per_s:
-                act_refetch = reread_input
+            acc_b = self.program.tensors[out_name].numel * prof.arithmetic.accumulator.bits / 8
+            reread_for_acc = (math.ceil(acc_b / half) - 1) * act_read
+            act_bw, w_bw = prof.memory.activation_bytes_per_s, prof.memory.weight_bytes_per_s
+            if min(reread_input, reread_for_acc) / act_bw <= reread_weights / w_bw:
+                act_refetch = min(reread_input, reread_for_acc)
             else:
                 w_refetch = reread_weights
         self.home[out_name] = Home.EXTERNAL if spilled else Home.SRAM

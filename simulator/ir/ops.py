@@ -27,7 +27,7 @@ class OpKind(str, enum.Enum):
     ADD = "add"                          # a, b (own scales) -> y
     CLAMP = "clamp"                      # relu is clamp(min=zero_point)
     LOOKUP_TABLE = "lookup_table"        # y = table[x - qmin(x)]
-    SOFTMAX = "softmax"                  # integer softmax: exp LUT, integer normalisation
+    SOFTMAX = "softmax"                  # x[, key mask]: exp LUT, integer normalisation
     RESHAPE = "reshape"
     FLATTEN = "flatten"
     TRANSPOSE = "transpose"
@@ -114,6 +114,17 @@ def _same_shape(shapes, attrs):
     return shapes[0]
 
 
+def _softmax_shape(shapes, attrs):
+    x = shapes[0]
+    if len(shapes) > 1:
+        # to x, not with it: the output keeps x's shape, one mask flag per score
+        mask = shapes[1]
+        if len(mask) > len(x) or any(m not in (1, d) for m, d in zip(mask[::-1], x[::-1])):
+            raise ProgramError(f"softmax: key mask shape {mask} does not broadcast to the input "
+                               f"shape {x}")
+    return x
+
+
 def _add_shape(shapes, attrs):
     if shapes[0] != shapes[1]:
         raise ProgramError(f"add: operand shapes {shapes[0]} and {shapes[1]} differ")
@@ -178,7 +189,8 @@ OP_INFO: dict[OpKind, OpInfo] = {
                        _add_shape),
     OpKind.CLAMP: OpInfo(1, 1, {"min": Attr("int"), "max": Attr("int")}, _same_shape),
     OpKind.LOOKUP_TABLE: OpInfo(1, 1, {"table": Attr("ints")}, _same_shape),
-    OpKind.SOFTMAX: OpInfo(1, 1, {"axis": Attr("int", -1), "exp_table": Attr("ints")}, _same_shape),
+    OpKind.SOFTMAX: OpInfo(1, 2, {"axis": Attr("int", -1), "exp_table": Attr("ints")},
+                           _softmax_shape),
     OpKind.RESHAPE: OpInfo(1, 1, {"shape": Attr("ints")}, _reshape_shape),
     OpKind.FLATTEN: OpInfo(1, 1, {"axis": Attr("int", 1)}, _flatten_shape),
     OpKind.TRANSPOSE: OpInfo(1, 1, {"perm": Attr("ints")}, _transpose_shape),

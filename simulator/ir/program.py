@@ -214,6 +214,9 @@ def _check_node_types(program: Program, node: Node, where: str) -> None:
         if not ts[0].is_int or out.is_int or ts[0].scale is None:
             raise ProgramError(f"{where}: dequantize takes an integer tensor with a scale to f32")
         return
+    if node.op is OpKind.SOFTMAX and len(ts) > 1 and not ts[1].is_int:
+        raise ProgramError(f"{where}: softmax key mask {ts[1].name!r} must be an integer tensor "
+                           f"(nonzero = valid position), is {ts[1].dtype}")
     for t in ts + [out]:
         if not t.is_int:
             raise ProgramError(f"{where}: {node.op.value} needs integer tensors; {t.name!r} is {t.dtype}")

@@ -77,6 +77,15 @@ def quantize_multiplier_pair(scale_a: float, scale_b: float,
     return ma, mb, s
 
 
+
+def prepare_add(ratio_a: float, ratio_b: float, spec: RequantSpec):
+    """The two operand ratios of an integer add made ready for one chip: (Ma, Mb, S) sharing a
+    shift, or float32 ratios with S = 0 in FLOAT_SCALE mode."""
+    if spec.mode is RequantMode.FLOAT_SCALE:
+        return np.float32(ratio_a), np.float32(ratio_b), 0
+    return quantize_multiplier_pair(ratio_a, ratio_b, spec.multiplier_bits)
+
+
 # ----------------------------------------------------------------------------- rounding
 
 def _half(shift: np.ndarray) -> np.ndarray:

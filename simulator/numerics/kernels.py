@@ -60,6 +60,7 @@ from numba.extending import intrinsic, models, register_model
 
 from simulator.contract import (AccumulatorSpec, MacOrder, Overflow, RequantMode, RoundingMode,
                                 SaturationPoint)
+from simulator.numerics import fixed_point as fp
 from simulator.numerics import reference
 from simulator.numerics.fixed_point import OverflowStats, PreparedScale, signed_bits_needed
 
@@ -1352,6 +1353,9 @@ def fully_connected(x, w, bias, x_zp, w_zp, acc: AccumulatorSpec):
     out = np.empty((x.shape[0], m_out), np.int64)
     if out.size == 0:
         return out, OverflowStats(0, 0, 1)
+    sparse = _sparse_fully_connected(x, zx, wz, b, acc)
+    if sparse is not None:
+        return sparse
     plan = _Weights(wz, b, 1).plan(x.reshape(-1), zx, acc)
     stats = _Stats()
     if plan.path in ("vnni8", "vnni16"):
@@ -1368,6 +1372,28 @@ def fully_connected(x, w, bias, x_zp, w_zp, acc: AccumulatorSpec):
     col = np.ascontiguousarray(wz.T, dtype=plan.dtype)
     stats.add(*plan.run(a, col, a.shape[0], np.zeros(a.shape[0], np.int64), b, out, 0, 0))
     return out, stats.result(out.size)
+
+
+def _sparse_fully_connected(x, zx, wz, b, acc: AccumulatorSpec):
+    """One-hot and other mostly-zero inputs (a Transformer's two-hot embedding rows): a zero
+    product adds nothing, so only the nonzero columns are summed. Exact for order-independent
+    accumulators (wrap, or saturation of the final sum); None where the dense path must run."""
+    if not acc.order_independent or x.shape[1] < 256:
+        return None
+    rows, cols = np.nonzero(x != zx)
+    if len(rows) * 32 > x.size:
+        return None
+    per_row = np.bincount(rows, minlength=x.shape[0])
+    width = max(int(per_row.max(initial=0)), 1)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    coef = np.zeros((x.shape[0], width), np.int64)
+    index = np.zeros((x.shape[0], width), np.int64)
+    coef[rows, slot] = x[rows, cols] - zx
+    index[rows, slot] = cols
+    # terms[n, m, j] = coef[n, j] * w[m, index[n, j]]: the contract's accumulate sees P = N*M outputs
+    terms = coef[:, None, :] * wz[:, index].transpose(1, 0, 2)
+    values, stats = fp.accumulate(terms.reshape(-1, width), np.broadcast_to(b, terms.shape[:2]).reshape(-1), acc)
+    return values.reshape(x.shape[0], -1), stats
 
 
 def matmul(a, b, a_zp, b_zp, acc: AccumulatorSpec):
@@ -1628,39 +1654,56 @@ def lookup_table(x, table, offset: int):
 
 
 @njit(**_JIT)
-def _softmax(x, table, out_shift, yzp, qmin, qmax, rnd, out):
-    """Rows of x [R, L]; False if an exp_table index is out of range."""
-    rows, length = x.shape
+def _softmax_rows(r0, r1, x, valid, masked, table, out_shift, yzp, qmin, qmax, rnd, out, bad):
+    """Rows r0..r1 of x [R, L]; ``valid`` [R, L] (read only when ``masked``) is 1 at the
+    positions that take part. bad[0] = 1 if an exp_table index is out of range."""
+    length = x.shape[1]
     e = np.empty(length, np.int64)
-    for r in range(rows):
-        mx = x[r, 0]
-        for i in range(1, length):
-            mx = max(mx, x[r, i])
+    for r in range(r0, r1):
+        # a row with no valid position keeps every e at 0: its mx is never used
+        mx = np.int64(0)
+        seen = False
+        for i in range(length):
+            if (not masked or valid[r, i] != 0) and (not seen or x[r, i] > mx):
+                mx = x[r, i]
+                seen = True
         total = np.int64(0)
         for i in range(length):
+            if masked and valid[r, i] == 0:
+                e[i] = 0
+                continue
             idx = mx - x[r, i]
             if idx >= table.size:
-                return False
+                bad[0] = 1
+                return
             e[i] = table[idx]
             total += e[i]
         total = max(total, 1)
         for i in range(length):
             y = _round_div(e[i] << out_shift, total, rnd) + yzp
             out[r, i] = min(max(y, qmin), qmax)
-    return True
 
 
 def softmax(x, axis: int, exp_table, out_shift: int, y_zp: int, qmin: int, qmax: int,
-            rounding: RoundingMode):
-    """Integer softmax: e = exp_table[max - x]; y = round(e * 2**out_shift / sum(e)) + zp."""
+            rounding: RoundingMode, mask=None):
+    """Integer softmax over the valid positions along ``axis`` (``mask`` nonzero, broadcast to
+    x; all of them without a mask); masked positions give y_zp. See ``reference.softmax``."""
     x = np.asarray(x, dtype=np.int64)
     if x.ndim == 0 or x.size == 0 or not 0 <= int(out_shift) <= 62:
-        return reference.softmax(x, axis, exp_table, out_shift, y_zp, qmin, qmax, rounding)
+        return reference.softmax(x, axis, exp_table, out_shift, y_zp, qmin, qmax, rounding, mask)
     moved = np.moveaxis(x, axis, -1)
     x2 = np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
+    if mask is None:
+        valid = np.zeros((1, 1), np.uint8)
+    else:
+        broadcast = np.broadcast_to(np.asarray(mask) != 0, x.shape)
+        valid = np.ascontiguousarray(np.moveaxis(broadcast, axis, -1), dtype=np.uint8)
+        valid = valid.reshape(x2.shape)
     out = np.empty(x2.shape, np.int64)
-    ok = _softmax(x2, _i64(exp_table).ravel(), int(out_shift), int(y_zp), int(qmin), int(qmax),
-                  _ROUNDING_CODE[rounding], out)
-    if not ok:
+    bad = np.zeros(1, np.uint8)
+    _run_tasks(_softmax_rows, x2.shape[0], 8 * x2.size, x2, valid, mask is not None,
+               _i64(exp_table).ravel(), int(out_shift), int(y_zp), int(qmin), int(qmax),
+               _ROUNDING_CODE[rounding], out, bad)
+    if bad[0]:
         raise IndexError("softmax: max - x is outside exp_table")
     return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))

@@ -168,15 +168,33 @@ def lookup_table(x, table, offset: int):
 
 
 def softmax(x, axis: int, exp_table, out_shift: int, y_zp: int, qmin: int, qmax: int,
-            rounding: RoundingMode):
-    """Integer softmax: e = exp_table[max - x]; y = round(e * 2**out_shift / sum(e)) + zp.
+            rounding: RoundingMode, mask=None):
+    """Integer softmax along ``axis``, over the valid positions only.
 
-    ``exp_table[d]`` holds exp(-d * input_scale) as an unsigned fixed-point integer, built by
-    whoever makes the Program; the division is exact-rational with the profile's rounding.
+    ``mask`` (optional, any integer array whose shape broadcasts to x's under NumPy rules, e.g.
+    x [N, heads, T, T] with mask [N, 1, 1, T]) marks valid positions by a nonzero; without it
+    every position is valid. Along ``axis``:
+
+        m     = max of x over the valid positions
+        e     = exp_table[m - x] at valid positions, 0 at masked ones
+        total = max(sum(e), 1)
+        y     = clip(round_div(e << out_shift, total, rounding) + y_zp, qmin, qmax)
+
+    so a masked position outputs y_zp (clipped), and so does every position of a row with no
+    valid position. ``exp_table[d]`` holds exp(-d * input_scale) as an unsigned fixed-point
+    integer, built by whoever makes the Program; the division is exact-rational with the
+    profile's rounding.
     """
     x = np.asarray(x, dtype=np.int64)
     table = np.asarray(exp_table, dtype=np.int64)
-    e = table[x.max(axis=axis, keepdims=True) - x]
+    if mask is None:
+        valid = np.ones(x.shape, bool)
+    else:
+        valid = np.broadcast_to(np.asarray(mask) != 0, x.shape)
+    # masked positions stand in as a value no larger than any of x's, so the maximum is the
+    # valid positions'; a row with none valid gets some m that no position then uses
+    m = np.where(valid, x, x.min(initial=0)).max(axis=axis, keepdims=True)
+    e = np.where(valid, table[np.where(valid, m - x, 0)], 0)
     total = np.maximum(e.sum(axis=axis, keepdims=True), 1)
     return np.clip(fp.round_div(e << np.int64(out_shift), total, rounding) + np.int64(y_zp),
                    qmin, qmax)

@@ -39,7 +39,8 @@ written; the file is written to a temporary name and renamed. A Program the form
 (a fallback node, a lookup table or softmax in any form; an add, a pooling average, a clamp
 with both bounds inside the type or a tensor of other than 8 bits in ``qlinear``) is an
 ``ExportError`` naming the node, its op and what the form expresses, and leaves no file behind
-(nor a temporary one).
+(nor a temporary one). A softmax with a key mask is refused before any form is tried, as
+"masked softmax is not exportable".
 
 This package never imports torch or archnet; onnx is imported when an export runs.
 """
@@ -51,6 +52,7 @@ from pathlib import Path
 
 from simulator.errors import ExportError
 from simulator.fileio import atomic_write_bytes
+from simulator.ir.ops import OpKind
 from simulator.ir.program import Program
 
 FORMS = ("auto", "qlinear", "qdq", "int4", "qonnx")
@@ -84,6 +86,12 @@ def to_onnx_model(program: Program, *, form: str = "auto", opset: int | None = N
     if not program.executable:
         raise ExportError(f"program {program.name!r} was imported for estimation only (float "
                           f"compute, weights as shapes); there are no integers to export")
+    for node in program.nodes:
+        # said before any form walks the graph: the key mask, a graph input without a scale,
+        # would otherwise fail first with a message about its quantization
+        if node.op is OpKind.SOFTMAX and len(node.inputs) > 1:
+            raise ExportError(f"node {node.name!r} (softmax): masked softmax is not exportable "
+                              f"to ONNX (no form expresses softmax, masked or not)")
     if form == "auto":
         form = choose_form(program)
     if form == "qlinear":

@@ -1,9 +1,10 @@
 """Float ops of any ONNX graph, mapped for cost estimation (the Program is estimate-only).
 
 Conv -> conv2d, Gemm/MatMul -> fully_connected or matmul, pools, Concat, Add/Sum -> add,
-Softmax -> softmax, BatchNormalization right after a Conv folded into it, Relu fused into the
-MAC or add that feeds it; every other op is a ``fallback`` node that names the ONNX op and keeps
-its attributes, with the output shapes from shape inference.
+Softmax -> softmax, BatchNormalization right after a Conv folded into it, a bias Add right after
+a MatMul by weights folded into its fully_connected, Relu fused into the MAC or add that feeds
+it; every other op is a ``fallback`` node that names the ONNX op and keeps its attributes, with
+the output shapes from shape inference.
 """
 
 from __future__ import annotations
@@ -173,6 +174,49 @@ def _fold_affine(t, node) -> bool:
     return True
 
 
+def _fold_fc_bias(t, node) -> bool:
+    """Add of a constant bias over the last axis to a bias-less fully_connected's output (as
+    exporters write nn.Linear on rank-3 inputs: MatMul, then Add): folded into the layer's bias,
+    as every chip's fully connected layer adds it; else the host would be charged for it."""
+    names = [n for n in node.input if n]
+    if len(names) != 2 or t.is_const(names[0]) == t.is_const(names[1]):
+        return False
+    act, const = (names[0], names[1]) if t.is_const(names[1]) else (names[1], names[0])
+    src = t.resolve(act)
+    index = t.producer.get(src)
+    if index is None or not t.sole_consumer(node, act):
+        return False
+    made = t.b.nodes[index]
+    if made.op is OpKind.RESHAPE:  # matmul's /unrows: the layer's rows back in the input's shape
+        inner = t.producer.get(made.inputs[0])
+        readers = sum(made.inputs[0] in n.inputs for n in t.b.nodes)
+        if inner is None or readers != 1 or made.inputs[0] in t.b.outputs:
+            return False
+        index, made = inner, t.b.nodes[inner]
+    if made.op is not OpKind.FULLY_CONNECTED or len(made.inputs) != 2:
+        return False
+    n_out = t.b.tensors[made.inputs[1]].shape[0]
+    if t.b.tensors[src].shape[-1] != n_out:
+        return False
+    c_shape = t.onnx_shape(t.resolve(const)) or t.onnx_shape(const)
+    if c_shape is None or not c_shape or c_shape[-1] != n_out or any(d != 1 for d in c_shape[:-1]) \
+            or len(c_shape) > len(t.b.tensors[src].shape):
+        return False
+    expected = t.onnx_shape(node.output[0])
+    if expected is not None and tuple(expected) != tuple(t.b.tensors[src].shape):
+        return False
+    if tuple(c_shape) == (n_out,):
+        bias = t.use(const, node)
+    else:
+        bias = t.fresh(f"{t.resolve(const)}_bias")
+        t.b.tensor(bias, (n_out,), t.elem_dtype(const, node))
+    t.replace_node(index, inputs=(*made.inputs, bias))
+    t.alias[node.output[0]] = src
+    t.meta.setdefault("folded_bias", []).append(
+        {"node": node.name or node.output[0], "into": made.name})
+    return True
+
+
 def mul(t, node) -> None:
     if not t.estimate:
         return t.unsupported(node, "Mul")
@@ -181,11 +225,12 @@ def mul(t, node) -> None:
 
 
 def add(t, node) -> None:
-    """Add/Sum of two same-shape activations -> add; a per-channel constant after a conv is
-    folded into its bias; other broadcasting or constants -> fallback."""
+    """Add/Sum of two same-shape activations -> add; a per-channel constant after a conv, or a
+    bias after a fully_connected, is folded into its bias; other broadcasting or constants ->
+    fallback."""
     if not t.estimate:
         return t.unsupported(node, f"{node.op_type} of integer or float tensors")
-    if node.op_type == "Add" and _fold_affine(t, node):
+    if node.op_type == "Add" and (_fold_affine(t, node) or _fold_fc_bias(t, node)):
         return
     names = [n for n in node.input if n]
     if node.op_type == "Sum" and len(names) == 1:

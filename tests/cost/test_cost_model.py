@@ -13,7 +13,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cost_programs import conv_program, fallback_sandwich, float_conv_program, small_cnn
+from simulator.constraints import check_node
 from simulator.cost import estimate, estimate_csv, format_estimate
+from simulator.cost.memory import tensor_bits
+from simulator.ir import ProgramBuilder
 from simulator.cost.breakdown import BOUNDS
 from simulator.profiles import list_profiles, load_profile
 
@@ -171,6 +174,32 @@ def test_to_dict_json_and_table():
     assert all(op.name in table for op in est.ops) and "total" in table and "formula" in table
     rows = estimate_csv(est).strip().splitlines()
     assert len(rows) == len(est.ops) + 1 and rows[0].startswith("name,type")
+
+
+def _attention_softmax(masked: bool, keys: int = 64):
+    """Attention probabilities [N=2, heads=4, T, T], with a key mask [N, 1, 1, T] or without."""
+    b = ProgramBuilder("attention_softmax")
+    inputs = [b.input("scores", (2, 4, keys, keys), "s8", scale=0.1)]
+    if masked:
+        inputs.append(b.input("key_mask", (2, 1, 1, keys), "u8"))
+    b.output(b.node("softmax", inputs, "probs", dtype="u8", scale=1 / 256, axis=-1,
+                    exp_table=list(range(256, 0, -1))))
+    return b.build()
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_a_key_mask_costs_a_softmax_plus_reading_the_mask(chip):
+    prof = PROFILES[chip]
+    programs = [_attention_softmax(False), _attention_softmax(True)]
+    plain_reasons, masked_reasons = (check_node(p, p.nodes[0], prof) for p in programs)
+    assert masked_reasons == plain_reasons
+    plain, masked = (estimate(p, prof).op("probs") for p in programs)
+    assert (masked.on_host, masked.fallback_reason) == (plain.on_host, plain.fallback_reason)
+    assert masked.cost.compute_cycles == plain.cost.compute_cycles
+    mask_bytes = 2 * 64 * tensor_bits(programs[1].tensors["key_mask"], prof) / 8
+    extra = masked.cost.activation_bytes - plain.cost.activation_bytes
+    assert extra == (0 if masked.on_host else mask_bytes)  # the host holds its own inputs
+    assert masked.cost.cycles >= plain.cost.cycles
 
 
 COST_FILES = sorted((Path(__file__).resolve().parents[2] / "simulator" / "cost").glob("*.py"))

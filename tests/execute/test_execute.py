@@ -77,6 +77,38 @@ def test_host_fallback_runs_in_float_and_requantizes():
         execute(b2.build(), WIDE, {"x": np.zeros(2, np.int8)}, backend="reference")
 
 
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+def test_attention_over_padded_keys(backend):
+    """Scores [N, heads, T, T] with a key mask [N, 1, 1, T] (a graph input or a constant):
+    padded keys get the zero point, and the valid keys the softmax of those keys alone."""
+    lengths, heads, t = [5, 2, 0], 2, 5
+    mask = (np.arange(t) < np.array(lengths)[:, None]).astype(np.uint8).reshape(3, 1, 1, t)
+    scores = np.random.default_rng(7).integers(-128, 128, (3, heads, t, t))
+    table = [int(round(np.exp(-d * 0.1) * (1 << 15))) for d in range(256)]
+
+    def run(x, key_mask=None, as_constant=False):
+        b = ProgramBuilder("attention")
+        ins = [b.input("scores", x.shape, "s8", scale=0.1)]
+        if key_mask is not None:
+            ins.append(b.constant("key_mask", key_mask, "u1") if as_constant
+                       else b.input("key_mask", key_mask.shape, "u1"))
+        b.output(b.node("softmax", ins, "probs", dtype="s8", scale=1 / 256, zero_point=-128,
+                        exp_table=table))
+        feeds = {"scores": x}
+        if key_mask is not None and not as_constant:
+            feeds["key_mask"] = key_mask
+        return execute(b.build(), WIDE, feeds, backend=backend).outputs["probs"]
+
+    for as_constant in (False, True):
+        got = run(scores, mask, as_constant)
+        for n, length in enumerate(lengths):
+            assert np.all(got[n, ..., length:] == -128)
+            if length:
+                np.testing.assert_array_equal(got[n, ..., :length],
+                                              run(scores[n:n + 1, ..., :length])[0])
+    np.testing.assert_array_equal(run(scores, np.ones_like(mask)), run(scores))
+
+
 @pytest.mark.parametrize("arith", [WIDE, NARROW], ids=["acc32_final", "acc16_per_mac"])
 def test_kernels_equal_reference_on_the_example(arith):
     x = {"image": example_input()}

@@ -89,6 +89,54 @@ def test_concat_needs_one_scale():
         b.build()
 
 
+def _softmax_with_mask(x_shape, mask_shape, mask_dtype="u8", through_builder=True):
+    b = ProgramBuilder("attention")
+    x = b.input("x", x_shape, "s8", scale=0.1)
+    m = b.input("mask", mask_shape, mask_dtype)
+    attrs = {"axis": -1, "exp_table": list(range(256, 0, -1))}
+    if through_builder:
+        b.output(b.node("softmax", [x, m], "y", dtype="u8", scale=1 / 256, **attrs))
+    else:  # declared by hand: only Program.validate stands between it and execution
+        from simulator.ir.program import make_node
+        b.tensor("y", x_shape, "u8", scale=1 / 256)
+        b.nodes.append(make_node("y", "softmax", [x, m], ["y"], attrs))
+        b.output("y")
+    return b.build()
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 1, 1, 5), (1, 5), (5,), (2, 3, 4, 5), (1, 1, 1, 1)])
+def test_softmax_takes_a_key_mask_that_broadcasts_to_its_input(mask_shape, tmp_path):
+    program = _softmax_with_mask((2, 3, 4, 5), mask_shape)
+    assert load_program(save_program(program, tmp_path / "a.program")).nodes[0].inputs == \
+        ("x", "mask")
+
+
+@pytest.mark.parametrize("through_builder", [True, False])
+@pytest.mark.parametrize("mask_shape", [(2, 1, 1, 4), (3, 5), (1, 2, 3, 4, 5), (2, 1, 1, 5, 1)])
+def test_softmax_key_mask_that_does_not_broadcast_is_refused(mask_shape, through_builder):
+    with pytest.raises(ProgramError, match=r"node 'y'.*key mask shape .* does not broadcast to "
+                                           r"the input shape \(2, 3, 4, 5\)") as err:
+        _softmax_with_mask((2, 3, 4, 5), mask_shape, through_builder=through_builder)
+    assert "\n" not in str(err.value)
+
+
+def test_softmax_key_mask_must_be_an_integer_tensor():
+    with pytest.raises(ProgramError, match="softmax key mask 'mask' must be an integer tensor"):
+        _softmax_with_mask((2, 5), (2, 5), "f32", through_builder=False)
+
+
+def test_softmax_takes_at_most_a_key_mask():
+    b = ProgramBuilder("three")
+    x = b.input("x", (2, 5), "s8", scale=0.1)
+    m = b.input("mask", (2, 5), "u8")
+    b.tensor("y", (2, 5), "u8", scale=1 / 256)
+    from simulator.ir.program import make_node
+    b.nodes.append(make_node("y", "softmax", [x, m, m], ["y"], {"exp_table": [1] * 256}))
+    b.output("y")
+    with pytest.raises(ProgramError, match="softmax takes 1..2 inputs, has 3"):
+        b.build()
+
+
 def test_missing_and_non_program_files(tmp_path):
     with pytest.raises(ProgramError, match="no such Program file"):
         load_program(tmp_path / "nope.program")

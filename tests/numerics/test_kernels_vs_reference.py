@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from numerics.strategies import (ConvCase, accumulator_specs, conv_cases, edgy_integers,
                                  fc_cases, int_arrays, int_types, matmul_cases,
@@ -272,6 +273,104 @@ def test_softmax_equals_reference(t, rounding, out_shift, data):
     yt = data.draw(y)
     assert_same("softmax", x, axis, table, out_shift, data.draw(edgy_integers(yt.qmin, yt.qmax)),
                 yt.qmin, yt.qmax, rounding)
+
+
+def _softmax_before_key_masks(x, axis, exp_table, out_shift, y_zp, qmin, qmax, rounding):
+    """The reference as it was before softmax took a key mask: unmasked results must not move."""
+    x = np.asarray(x, dtype=np.int64)
+    e = np.asarray(exp_table, dtype=np.int64)[x.max(axis=axis, keepdims=True) - x]
+    total = np.maximum(e.sum(axis=axis, keepdims=True), 1)
+    return np.clip(fp.round_div(e << np.int64(out_shift), total, rounding) + np.int64(y_zp),
+                   qmin, qmax)
+
+
+@st.composite
+def masked_softmax_cases(draw):
+    """x of 2/4/8/16 bits and any rank; a key mask of a shape that broadcasts to x's (leading
+    axes dropped, others kept or 1), in any integer or bool dtype, often with rows that have no
+    valid position; a full exp_table; an 8- or 16-bit output."""
+    t = draw(int_types(bits=(2, 4, 8, 16)))
+    rank = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=rank, max_size=rank)))
+    axis = draw(st.integers(-rank, rank - 1))
+    mask_shape = tuple(d if draw(st.booleans()) else 1 for d in shape[draw(st.integers(0, rank)):])
+    valid = draw(st.sampled_from(["some", "none", "all"]))
+    if valid == "some":
+        values = st.sampled_from([0, 0, 1, 2, 127, -1, -128])
+    else:
+        values = st.just(0 if valid == "none" else 1)
+    mask = draw(hnp.arrays(np.int64, mask_shape, elements=values))
+    mask = mask.astype(draw(st.sampled_from([np.int64, np.int8, np.uint8, np.bool_])))
+    x = draw(of_type(shape, t))
+    seed = draw(st.integers(0, 2**32 - 1))
+    # drawn from a seed: a 16-bit input needs a 65536-entry table
+    table = np.random.default_rng(seed).integers(0, 1 << 16, t.qmax - t.qmin + 1, endpoint=True)
+    yt = draw(int_types(bits=(8, 16)))
+    return (x, axis, table, draw(st.integers(0, 15)), draw(edgy_integers(yt.qmin, yt.qmax)),
+            yt.qmin, yt.qmax, draw(roundings()), mask)
+
+
+@FAST
+@given(masked_softmax_cases())
+def test_masked_softmax_equals_reference(case):
+    assert_same("softmax", *case)
+
+
+@FAST
+@given(masked_softmax_cases())
+def test_masked_softmax_is_softmax_of_the_valid_positions(case):
+    """Each row's valid positions get the unmasked softmax of those positions alone; masked
+    ones, and every position of a row with none valid, get the clipped zero point."""
+    x, axis, table, out_shift, y_zp, qmin, qmax, rounding, mask = case
+    got = kernels.softmax(*case)
+    rows = np.moveaxis(got, axis, -1).reshape(-1, x.shape[axis])
+    xs = np.moveaxis(x, axis, -1).reshape(rows.shape)
+    valid = np.moveaxis(np.broadcast_to(mask != 0, x.shape), axis, -1).reshape(rows.shape)
+    for row, xrow, keep in zip(rows, xs, valid):
+        assert np.all(row[~keep] == np.clip(y_zp, qmin, qmax))
+        if keep.any():
+            alone = reference.softmax(xrow[keep], -1, table, out_shift, y_zp, qmin, qmax, rounding)
+            np.testing.assert_array_equal(row[keep], alone)
+
+
+@FAST
+@given(int_types(bits=(4, 8, 16)), roundings(), st.integers(0, 15), st.data())
+def test_softmax_without_a_mask_or_with_all_ones_is_unchanged(t, rounding, out_shift, data):
+    shape = data.draw(st.sampled_from([(6,), (2, 5), (2, 3, 4), (2, 1, 3, 5)]))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = data.draw(of_type(shape, t))
+    table = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).integers(
+        0, 1 << 16, t.qmax - t.qmin + 1, endpoint=True)
+    yt = data.draw(int_types(bits=(8,)))
+    args = (x, axis, table, out_shift, data.draw(edgy_integers(yt.qmin, yt.qmax)), yt.qmin,
+            yt.qmax, rounding)
+    before = _softmax_before_key_masks(*args)
+    ones = np.ones(shape[data.draw(st.integers(0, len(shape))):], np.uint8)
+    for backend in (reference, kernels):
+        for mask in (None, ones):
+            _check("softmax", before, backend.softmax(*args, mask=mask))
+
+
+@pytest.mark.parametrize("rounding", list(RoundingMode))
+def test_masked_softmax_edges(rounding):
+    # scores [N=2, heads=1, T=3, T=3], key mask [2, 1, 1, 3]: sequence 0 padded after two
+    # keys, sequence 1 wholly padded
+    x = np.arange(18).reshape(2, 1, 3, 3) - 9
+    mask = np.array([1, 1, 0, 0, 0, 0]).reshape(2, 1, 1, 3)
+    table = np.array([8, 4, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    got = assert_same("softmax", x, -1, table, 3, -5, -8, 7, rounding, mask)
+    np.testing.assert_array_equal(got[1], -5)
+    np.testing.assert_array_equal(got[0, ..., 2], -5)
+    # each row rises by 1, so its two valid keys get 4 and 8 of 12: 2.67 and 5.33 eighths
+    first = 2 if rounding is RoundingMode.FLOOR else 3
+    np.testing.assert_array_equal(got[0, ..., :2] + 5, np.broadcast_to([first, 5], (1, 3, 2)))
+    # a masked position never indexes the table, however far it is from the row's maximum
+    assert_same("softmax", np.array([[0, 300, -300]]), -1, table, 3, 0, -8, 7, rounding,
+                np.array([1, 0, 0]))
+    with pytest.raises(IndexError):
+        reference.softmax(np.array([[0, 300]]), -1, table, 3, 0, -8, 7, rounding, np.array([1, 1]))
+    with pytest.raises(IndexError):
+        kernels.softmax(np.array([[0, 300]]), -1, table, 3, 0, -8, 7, rounding, np.array([1, 1]))
 
 
 def test_data_movement_is_the_reference():

@@ -269,6 +269,23 @@ def test_fallback_is_refused_and_nothing_is_written(form, tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("form", ["auto", "qlinear", "qdq", "int4", "qonnx"])
+def test_masked_softmax_is_refused_in_one_line_naming_the_node(form, tmp_path):
+    # no form expresses softmax; the key mask (an input without a scale) must not be what the
+    # message talks about
+    b = ProgramBuilder("masked")
+    x = b.input("x", (2, 1, 3, 3), "s8", scale=0.1)
+    m = b.input("key_mask", (2, 1, 1, 3), "u8")
+    b.output(b.node("softmax", [x, m], "y", dtype="u8", scale=1 / 256, name="attention_probs",
+                    exp_table=list(range(256, 0, -1))))
+    with pytest.raises(ExportError) as err:
+        export_onnx(b.build(), tmp_path / "model.onnx", form=form)
+    message = str(err.value)
+    assert "'attention_probs'" in message and "masked softmax is not exportable" in message
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_refusal_keeps_an_existing_file(tmp_path):
     from simulator.examples import example_program
 

@@ -1,0 +1,1 @@
+"""Text-side inputs of the Transformer path: sentence corpora, tokenization, BERT teachers."""

@@ -1,0 +1,396 @@
+"""``archnet report RUN_DIR [RUN_DIR ...]`` for text runs: report.md, latency.csv, quality.csv.
+
+- **Quality** per run and verified chip, from each ``verify_<chip>.json`` (``archnet verify``):
+  how close the simulator's sentence embeddings of the held-out sentences are to the teacher's
+  (mean and minimum cosine, nearest-neighbour agreement, Spearman of the pairwise similarities),
+  the fake-quant student's mean cosine beside them, and the element agreement of the integer
+  emulation with the simulator. A run without a record says "not verified".
+- **Latency** on every bundled chip profile (or ``chips``), batch 1 at the run's ``max_len``:
+  the teacher's graph (its ONNX export, costed estimate-only by ``teacher_latency_rows``: what
+  the chip lacks runs on the host) beside each run's ``model.program``.
+- **Data and commands**: the teacher, corpus, held-out split and sentence counts, and the
+  command lines that converted, verified and reported.
+
+Everything is read and computed first; the folder is then written under a temporary name and
+renamed into place (``archnet.report.staging``), so it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shlex
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archnet.errors import ArchnetError, ReportError
+from archnet.report.collect import read_json, show_path
+from archnet.report.markdown import Markdown, code
+from archnet.report.staging import check_target, staged_folder
+
+STUDENT_FILE = "student.pt"
+PROGRAM_FILE = "model.program"
+SUMMARY_FILE = "convert.json"
+VERIFY_GLOB = "verify_*.json"
+
+
+def is_text_run(path) -> bool:
+    """Whether ``path`` is a run folder whose convert.json records family "text"."""
+    summary = Path(path) / SUMMARY_FILE
+    try:
+        doc = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("family") == "text"
+
+
+def report_command(run_dirs, out=None, chips=None) -> str:
+    parts = ["archnet", "report", *map(str, run_dirs)]
+    if chips:
+        parts += ["--chips", ",".join(chips)]
+    if out is not None:
+        parts += ["--out", str(out)]
+    return shlex.join(parts)
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class TextRun:
+    path: Path
+    summary: dict
+    program: object
+    verifies: dict[str, dict] = field(default_factory=dict)   # chip -> verify record
+    stale: set[str] = field(default_factory=set)               # chips verified on another Program
+    label: str = ""
+
+    @property
+    def bits(self) -> str:
+        return str(self.summary.get("bits") or "?")
+
+    @property
+    def max_len(self) -> int:
+        return int(self.summary["max_len"])
+
+    @property
+    def convert_command(self) -> str | None:
+        cmd = self.summary.get("command")
+        return cmd if isinstance(cmd, str) and cmd else None
+
+
+def _verify_remedy(run: Path, chip: str) -> str:
+    return shlex.join(["archnet", "verify", str(run / PROGRAM_FILE), "--chip", chip,
+                       "--out", str(run / f"verify_{chip}.json")])
+
+
+def open_text_run(path) -> TextRun:
+    """Check a text run folder: its three files, that model.program is student.pt's export,
+    and its verify records."""
+    from archnet.text.student_io import load_text_student
+    from archnet.text.verify import _sha256, check_text_program
+    from simulator.errors import SimulatorError
+    from simulator.ir.program import load_program
+
+    run = Path(path)
+    remedy = "archnet convert TEACHER --chip CHIP --out " + str(run)
+    if not run.is_dir():
+        raise ReportError(f"{run}: no such run folder (`{remedy}` makes one)")
+    summary = read_json(run / SUMMARY_FILE, remedy)
+    remedy = summary.get("command") or remedy
+    missing = [n for n in (STUDENT_FILE, PROGRAM_FILE) if not (run / n).is_file()]
+    if missing:
+        raise ReportError(f"{', '.join(str(run / m) for m in missing)}: missing from the run "
+                          f"folder; `{remedy}` writes {'it' if len(missing) == 1 else 'them'}")
+    for key in ("max_len", "teacher_path", "bits", "chip"):
+        if summary.get(key) is None:
+            raise ReportError(f"{run / SUMMARY_FILE}: no {key!r}; rewrite it with `{remedy}`")
+    try:
+        program = load_program(run / PROGRAM_FILE)
+        student, _meta = load_text_student(run / STUDENT_FILE)
+        check_text_program(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
+    except SimulatorError as exc:   # ArchnetError included
+        raise ReportError(f"{exc} (rewrite the run with `{remedy}`)") from None
+    text_run = TextRun(run, summary, program)
+    program_sha = None
+    for p in sorted(run.glob(VERIFY_GLOB)):
+        if p.name.startswith("."):
+            continue
+        doc = read_json(p, _verify_remedy(run, p.stem[len("verify_"):]))
+        if doc.get("family") != "text" or not isinstance(doc.get("quality"), dict) \
+                or not doc.get("chip"):
+            raise ReportError(f"{p}: not a text `archnet verify --out` record; rewrite it with "
+                              f"`{_verify_remedy(run, p.stem[len('verify_'):])}`")
+        chip = str(doc["chip"])
+        if chip in text_run.verifies:
+            raise ReportError(f"{p}: a second verify record for chip {chip!r}; keep one")
+        text_run.verifies[chip] = {**doc, "_file": str(p)}
+        if doc.get("program_sha256"):
+            program_sha = program_sha or _sha256(run / PROGRAM_FILE)
+            if doc["program_sha256"] != program_sha:
+                text_run.stale.add(chip)
+    return text_run
+
+
+def _labels(runs: list[TextRun]) -> None:
+    names = [r.path.resolve().name for r in runs]
+    for r, name in zip(runs, names):
+        r.label = name if names.count(name) == 1 else show_path(r.path)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+def _types_text(types: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in types.items()) if types else ""
+
+
+def latency_rows(runs: list[TextRun], profiles, log) -> list[dict]:
+    """Per chip: each distinct teacher graph (teacher, max_len), then each run's Program."""
+    from archnet.text.teacher_graph import teacher_latency_rows
+    from archnet.text.verify import _text_teacher
+    from simulator.cost import estimate
+
+    teachers: dict[tuple, dict] = {}   # (teacher path, max_len) -> {chip: row}
+    run_teacher: dict[int, tuple] = {}
+    loaded: dict[str, object] = {}
+    for i, r in enumerate(runs):
+        tpath = str(r.summary["teacher_path"])
+        key = (tpath, r.max_len)
+        run_teacher[i] = key
+        if key in teachers:
+            continue
+        try:
+            if tpath not in loaded:
+                loaded[tpath] = _text_teacher(r.summary, r.path)
+            teacher = loaded[tpath]
+            rows = teacher_latency_rows(teacher, r.max_len, profiles)
+        except ReportError:
+            raise
+        except ArchnetError as exc:
+            raise ReportError(f"{r.path / SUMMARY_FILE}: the teacher's graph cannot be costed: "
+                              f"{exc}") from None
+        teachers[key] = {"name": teacher.name, "path": str(teacher.path),
+                         "rows": {row["chip"]: row for row in rows}}
+        log(f"estimated the teacher {teacher.name} at {r.max_len} positions on "
+            f"{len(rows)} chip(s)")
+    several = len(teachers) > 1
+    out = []
+    for prof in profiles:
+        chip = prof.name
+        teacher_ms = {}
+        for key, t in teachers.items():
+            row = t["rows"][chip]
+            graph = f"teacher {t['name']}" + (f" ({key[1]} positions)" if several else "")
+            teacher_ms[key] = row["latency_s"] * 1e3
+            out.append({"chip": chip, "graph": graph, "kind": "teacher", "run": None,
+                        "bits": "float", "max_len": key[1], "latency_ms": row["latency_s"] * 1e3,
+                        "host_ms": row["host_latency_s"] * 1e3, "fallbacks": row["host_ops"],
+                        "host_op_types": _types_text(row["fallback_types"]),
+                        "macs": row["macs"], "speedup_vs_teacher": None,
+                        "graph_source": t["path"]})
+        for i, r in enumerate(runs):
+            est = estimate(r.program, prof)
+            host = [op for op in est.ops if op.on_host]
+            types = Counter(op.type for op in host)
+            lat = est.total_latency_ms
+            tms = teacher_ms[run_teacher[i]]
+            out.append({"chip": chip, "graph": f"student {r.label}", "kind": "student",
+                        "run": r.label, "bits": r.bits, "max_len": r.max_len, "latency_ms": lat,
+                        "host_ms": sum(op.latency_ms for op in host),
+                        "fallbacks": len(est.fallbacks),
+                        "host_op_types": _types_text(dict(sorted(types.items(),
+                                                                 key=lambda kv: (-kv[1], kv[0])))),
+                        "macs": int(est.total.macs),
+                        "speedup_vs_teacher": tms / lat if lat > 0 else None,
+                        "graph_source": str(r.path / PROGRAM_FILE)})
+    return out
+
+
+def quality_rows(runs: list[TextRun], chips: set[str] | None) -> list[dict]:
+    rows = []
+    for r in runs:
+        recs = {c: v for c, v in sorted(r.verifies.items()) if chips is None or c in chips}
+        if not recs:
+            rows.append({"run": r.label, "bits": r.bits, "chip": str(r.summary.get("chip")),
+                         "status": "not verified", "sentences": None, "mean_cosine": None,
+                         "median_cosine": None, "min_cosine": None, "nn_agreement": None,
+                         "spearman": None, "fake_quant_mean_cosine": None,
+                         "element_agreement": None, "bit_exact": None, "verify_file": None})
+            continue
+        for chip, doc in recs.items():
+            sim = doc["quality"].get("simulator_vs_teacher") or {}
+            fq = doc["quality"].get("fake_quant_vs_teacher") or {}
+            rows.append({
+                "run": r.label, "bits": r.bits, "chip": chip,
+                "status": "stale: model.program changed since" if chip in r.stale else "verified",
+                "sentences": (doc.get("data") or {}).get("sentences"),
+                **{k: sim.get(k) for k in ("mean_cosine", "median_cosine", "min_cosine",
+                                           "nn_agreement", "spearman")},
+                "fake_quant_mean_cosine": fq.get("mean_cosine"),
+                "element_agreement": doc.get("agreement_fraction"),
+                "bit_exact": doc.get("bit_exact"), "verify_file": doc["_file"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _fmt(v, spec: str) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    return spec.format(v)
+
+
+def _md_table(header: list[str], rows: list[list[str]], numeric: int = 0) -> str:
+    """A GitHub table; the last ``numeric`` columns are right-aligned (numbers)."""
+    def cell(s) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+    align = ["---"] * (len(header) - numeric) + ["---:"] * numeric
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
+              command: str) -> str:
+    md = Markdown()
+    md.h(1, "Arch-Net text report: " + ", ".join(r.label for r in runs))
+    md.bullets([f"run folder{'s' if len(runs) > 1 else ''}: "
+                + ", ".join(code(show_path(r.path)) for r in runs),
+                f"this report: {code(command)} "
+                f"({_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})"])
+
+    md.h(2, "Sentence-embedding quality on held-out sentences")
+    rows = []
+    for q in qual:
+        if q["status"] == "not verified":
+            rows.append([q["run"], q["bits"], q["chip"], "not verified"] + ["–"] * 7)
+            continue
+        agree = q["element_agreement"]
+        stale = " (stale)" if q["status"] != "verified" else ""
+        rows.append([q["run"], q["bits"], q["chip"] + stale,
+                     _fmt(q["sentences"], "{}"), _fmt(q["mean_cosine"], "{:.4f}"),
+                     _fmt(q["min_cosine"], "{:.4f}"), _fmt(q["nn_agreement"], "{:.1%}"),
+                     _fmt(q["spearman"], "{:.4f}"), _fmt(q["fake_quant_mean_cosine"], "{:.4f}"),
+                     "100%" if agree == 1.0 else _fmt(agree, "{:.4%}"),
+                     "yes" if q["bit_exact"] else "no"])
+    md.table(_md_table(["run", "bits", "chip", "sentences", "mean cosine", "min cosine",
+                        "NN agreement", "Spearman", "fake-quant mean cosine",
+                        "element agreement", "bit-exact"], rows, numeric=8))
+    md.p("The sentence embedding is the mean over real tokens of the last residual stream, "
+         "L2-normalised (all-MiniLM-L6-v2's pooling), on sentences held out from distillation. "
+         "*mean / min cosine*: between the simulator's embedding (the integer Program on the "
+         "chip's arithmetic, dequantized) and the teacher's, per sentence. *NN agreement*: share "
+         "of sentences whose most similar other sentence is the same for both. *Spearman*: rank "
+         "correlation of all pairwise similarities, student against teacher. *fake-quant*: the "
+         "float training-time student, for the gap deployment adds. *element agreement*: "
+         "archnet's integer emulation against the simulator over every block output (must be "
+         "100%). Table: [quality.csv](quality.csv).")
+    unverified = [q for q in qual if q["status"] == "not verified"]
+    if unverified:
+        md.p("Not verified: " + "; ".join(
+            code(_verify_remedy(r.path, str(r.summary.get("chip")))) for r in runs
+            if any(q["run"] == r.label for q in unverified)) + " adds the quality numbers.")
+    stale = [q for q in qual if q["status"].startswith("stale")]
+    if stale:
+        md.p("**Stale**: " + ", ".join(f"{code(q['run'])} on {code(q['chip'])}" for q in stale)
+             + " verified an earlier `model.program` (its SHA-256 differs); verify again.")
+
+    positions = sorted({r.max_len for r in runs})
+    md.h(2, "Estimated latency per sentence (batch 1, "
+         + "/".join(map(str, positions)) + " positions)")
+    rows = []
+    for row in lat:
+        rows.append([row["chip"], row["graph"], row["bits"], row["host_op_types"] or "–",
+                     _fmt(row["latency_ms"], "{:.4f}"), _fmt(row["host_ms"], "{:.4f}"),
+                     str(row["fallbacks"]), f"{row['macs']:,}",
+                     _fmt(row["speedup_vs_teacher"], "{:.2f}x")])
+    md.table(_md_table(["chip", "graph", "bits", "host op types", "latency (ms)", "host (ms)",
+                        "fallbacks", "MACs", "vs teacher"], rows, numeric=5))
+    md.p("`simulator.cost.estimate` on each profile. *teacher*: the float teacher's ONNX export "
+         "(opset 17, fixed shape), imported for estimation only: what the chip lacks "
+         "(LayerNormalization, the embedding Gather, GELU's Erf, the mask's Cast/Where, ...) "
+         "runs on the host; *fallbacks* counts its host ops and *host op types* names them (ONNX "
+         "op types; IR ops where a chip also hands those to the host). *student*: the run's "
+         "`model.program`; *vs teacher*: the teacher's latency over the student's. Profiles: "
+         + ", ".join(f"{code(p.name)} ({code(show_path(p.path))})" for p in profiles)
+         + ". Table: [latency.csv](latency.csv).")
+
+    md.h(2, "Data and commands")
+    for r in runs:
+        s = r.summary
+        st = s.get("student") or {}
+        md.h(3, r.label)
+        items = [
+            f"folder: {code(show_path(r.path))}",
+            f"teacher: {code(s.get('teacher') or '?')} at {code(s['teacher_path'])}"
+            + (f", weights SHA-256 {code(s['teacher_sha256'])}" if s.get("teacher_sha256") else ""),
+            f"student: {code(r.bits)}"
+            + (f", {st.get('layers')} layers, hidden {st.get('hidden')}, activation "
+               f"{code(st.get('activation'))}, residual {code(st.get('residual'))}" if st else "")
+            + f"; converted for {code(s.get('chip'))}"
+            + (f" ({code(show_path(s['profile_path']))})" if s.get("profile_path") else ""),
+            f"corpus: {code(s.get('corpus') or 'fortunes')}; held-out fraction "
+            f"{s.get('heldout_fraction')} (a sentence is held out by the SHA-1 of its text; "
+            f"held-out sentences are never distilled on): {s.get('distill_sentences', '?')} "
+            f"distillation sentences ({s.get('truncated', '?')} truncated), "
+            f"{s.get('heldout_sentences', '?')} held out; {r.max_len} positions",
+            "converted by: " + (code(r.convert_command) if r.convert_command else
+                                "not recorded (convert_text called from Python)"),
+        ]
+        for chip, doc in sorted(r.verifies.items()):
+            d = doc.get("data") or {}
+            by = (doc.get("commands") or {}).get("verify") or "?"
+            items.append(
+                f"verified on {code(chip)}: {d.get('sentences')} held-out sentences (of "
+                f"{d.get('heldout_sentences')}), {d.get('truncated')} truncated to "
+                f"{d.get('max_len')} positions; by {code(by)} ({code(show_path(doc['_file']))})")
+        md.bullets(items)
+    md.h(2, "Files")
+    md.bullets(["[report.md](report.md)", "[latency.csv](latency.csv)",
+                "[quality.csv](quality.csv)"])
+    return md.text()
+
+
+def write_text_report(run_dirs, out, chips=None, log=print, command: str | None = None) -> Path:
+    """Write ``out/report.md``, ``out/latency.csv`` and ``out/quality.csv`` for the text run
+    folders ``run_dirs`` (see the module doc). ``chips``: profile names or files for the latency
+    table and the quality rows (a list or "a,b"; default every bundled profile and every
+    verified chip). Returns ``out``. Raises ``ReportError`` (one line) before writing anything
+    when a run folder is incomplete or its files disagree."""
+    import pandas as pd
+
+    from archnet.report.build import parse_chips
+    from simulator.profiles import list_profiles, load_profile
+
+    say = log or (lambda _m: None)
+    run_dirs = [Path(p) for p in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    if not run_dirs:
+        raise ReportError("no run folder to report")
+    out = Path(out)
+    check_target(out)
+    chip_list = parse_chips(chips)
+    cmd = command or report_command(run_dirs, out, chip_list)
+    runs = []
+    for p in run_dirs:
+        if not is_text_run(p):
+            raise ReportError(f"{p}: not a text run folder (its {SUMMARY_FILE} does not record "
+                              f"family 'text'); report CNN runs one at a time")
+        runs.append(open_text_run(p))
+    _labels(runs)
+    profiles = [load_profile(c) for c in (chip_list or list_profiles())]
+    profiles = list({p.name: p for p in profiles}.values())
+    lat = latency_rows(runs, profiles, say)
+    qual = quality_rows(runs, None if chip_list is None else {p.name for p in profiles})
+    text = _markdown(runs, profiles, lat, qual, cmd)
+    quality = pd.DataFrame(qual)
+    quality["sentences"] = quality["sentences"].astype("Int64")  # not 8.0 beside unverified runs
+    with staged_folder(out) as tmp:
+        pd.DataFrame(lat).to_csv(tmp / "latency.csv", index=False)
+        quality.to_csv(tmp / "quality.csv", index=False)
+        (tmp / "report.md").write_text(text, encoding="utf-8")
+    say(f"wrote {out / 'report.md'}")
+    return out
+
+
+__all__ = ["TextRun", "is_text_run", "latency_rows", "open_text_run", "quality_rows",
+           "report_command", "write_text_report"]

@@ -1,0 +1,238 @@
+"""``archnet verify`` and ``archnet report`` on a text run folder: a tiny random BERT converted
+for ethos-u55-128 in a few steps (the numbers are not the point: the proofs, files and exit codes
+are)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from archnet.errors import ArchnetError  # noqa: E402
+
+CHIP = "ethos-u55-128"
+MAX_LEN = 16
+# the tiny BERT's vocabulary (conftest.TINY_WORDS), so that sentences tokenize to real ids
+WORDS = ("the a cat dog sat on mat and ran far away quick brown fox jumps over lazy sleeps under "
+         "tree").split()
+
+
+def _main(argv) -> int:
+    from archnet.cli import main
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = random.Random(7)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 16)))
+             for _ in range(60)]
+    path = tmp_path_factory.mktemp("corpus") / "sentences.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def heldout(corpus):
+    from archnet.text.corpus import read_sentences, split_heldout
+    sentences = split_heldout(read_sentences(corpus), 0.1)[1]
+    assert len(sentences) >= 5, "the test corpus must hold out a few sentences"
+    return sentences
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_bert_dir, corpus):
+    from archnet.text.convert import TextConvertOptions, convert_text
+    from archnet.text.distill import TextDistillConfig
+    out = tmp_path_factory.mktemp("text-run")
+    convert_text(TextConvertOptions(teacher=tiny_bert_dir, chip=CHIP, out=str(out),
+                                    max_len=MAX_LEN, max_sentences=40, corpus=str(corpus)),
+                 TextDistillConfig(steps_per_period=2, final_steps=2, batch_size=8, sim_batch=8),
+                 log=lambda _m: None)
+    return out
+
+
+def _copy_run(run_dir, dest):
+    return shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("verify_*", "report"))
+
+
+# ----------------------------------------------------------------------------- verify_text
+
+def test_verify_agrees_everywhere_and_writes_json(run_dir, heldout, tmp_path):
+    from archnet.text.verify import format_text_verify, verify_text
+    out = tmp_path / "records" / "verify.json"
+    doc = verify_text(run_dir / "model.program", CHIP, out=out, batch=3, progress=False, log=None)
+    n = len(heldout)
+    assert doc["bit_exact"] and doc["agreement_fraction"] == 1.0
+    assert doc["first_divergent_block"] is None and doc["divergence"] is None
+    assert [a["name"] for a in doc["agreement"]] == ["embedding", "layer0", "layer1"]
+    assert all(a["matched"] == a["total"] == n * MAX_LEN * 32 for a in doc["agreement"])
+    assert doc["data"]["sentences"] == doc["data"]["heldout_sentences"] == n
+    assert doc["data"]["max_len"] == MAX_LEN and doc["chunks"] == math.ceil(n / 3)
+    quality = doc["quality"]
+    sim = quality["simulator_vs_teacher"]
+    assert sim["sentences"] == n and sim["pairs"] == n * (n - 1) // 2
+    assert -1.0 <= sim["min_cosine"] <= sim["mean_cosine"] <= 1.0
+    assert 0.0 <= sim["nn_agreement"] <= 1.0
+    # bit-exact integers give the same embeddings; the float student is another forward
+    assert quality["emulation_vs_teacher"] == sim
+    assert set(quality["fake_quant_vs_teacher"]) == set(sim)
+    summary = json.loads((run_dir / "convert.json").read_text())
+    assert doc["latency_ms"] == pytest.approx(summary["estimated_latency_ms"])
+    assert doc["fallback_count"] == 0 and doc["fallbacks"] == []
+    assert doc["teacher_matches_conversion"] is True and doc["converted_for"] == CHIP
+    assert doc["commands"]["verify"].startswith(f"archnet verify {run_dir / 'model.program'} ")
+    assert json.loads(out.read_text()) == doc
+    assert not list(out.parent.glob(".*.tmp"))
+    text = format_text_verify(doc)
+    assert "BIT-EXACT" in text and "NN agreement" in text and "Spearman" in text
+
+
+def test_another_chip_and_fewer_sentences(run_dir):
+    """A chip with other requantization arithmetic: the Program's real multipliers become that
+    chip's integers, and emulation and simulator still agree."""
+    from archnet.text.verify import verify_text
+    doc = verify_text(run_dir / "model.program", "rk3588-npu-core", max_sentences=4, batch=16,
+                      progress=False, log=None)
+    assert doc["bit_exact"] and doc["chip"] == "rk3588-npu-core"
+    assert doc["data"]["sentences"] == 4 and doc["chunks"] == 1
+    assert doc["fallback_count"] == len(doc["fallbacks"]) and doc["latency_ms"] > 0
+    with pytest.raises(ArchnetError, match="max_sentences must be an integer of at least 3"):
+        verify_text(run_dir / "model.program", CHIP, max_sentences=2, log=None)
+
+
+def test_program_of_another_student_is_refused(run_dir, tmp_path):
+    import torch
+
+    from archnet.text.student_io import load_text_student, save_text_student
+    run = _copy_run(run_dir, tmp_path / "run")
+    student, meta = load_text_student(run / "student.pt")
+    w = student.layers[0].query.weight
+    with torch.no_grad():
+        flat = w.view(-1)
+        i = int(flat.abs().argmax())
+        flat[i] = -flat[i]   # the largest weight: never on the zero step, so its integer flips
+    save_text_student(run / "student.pt", student, meta)
+    from archnet.text.verify import verify_text
+    with pytest.raises(ArchnetError) as err:
+        verify_text(run / "model.program", CHIP, log=None)
+    msg = str(err.value)
+    assert "\n" not in msg and "is not the export of" in msg
+    assert str(run / "model.program") in msg and str(run / "student.pt") in msg
+    assert "layer0.query.weight" in msg
+
+
+def test_edited_program_is_refused(run_dir, tmp_path):
+    from archnet.text.verify import verify_text
+    from simulator.ir.program import load_program, save_program
+    run = _copy_run(run_dir, tmp_path / "run")
+    program = load_program(run / "model.program")
+    t = program.tensors["layer1.ffn2.weight"]
+    data = t.data.copy()
+    data.flat[3] = 1 if data.flat[3] != 1 else 2
+    program.tensors["layer1.ffn2.weight"] = dataclasses.replace(t, data=data)
+    save_program(program, run / "model.program")
+    with pytest.raises(ArchnetError) as err:
+        verify_text(run / "model.program", CHIP, log=None)
+    msg = str(err.value)
+    assert "\n" not in msg and "constant 'layer1.ffn2.weight' differs in 1 element" in msg
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+def test_cli_exit_codes(run_dir, tmp_path, capsys, monkeypatch):
+    program = str(run_dir / "model.program")
+    out = tmp_path / "verify.json"
+    rc = _main(["verify", program, "--chip", CHIP, "--batch", "4", "--max-sentences", "5",
+                "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    for words in ("BIT-EXACT", "mean cosine", "NN agreement", "Spearman", "ms per sentence"):
+        assert words in printed.out
+    doc = json.loads(out.read_text())
+    assert doc["data"]["sentences"] == 5 and doc["batch"] == 4 and doc["chunks"] == 2
+    assert "--max-sentences 5 --batch 4" in doc["commands"]["verify"]
+    assert not (run_dir / "report").exists()   # --out outside the run folder: no report
+
+    from archnet.quant.qtensor import QTensor
+    from archnet.text.student import EncoderLayer
+    real = EncoderLayer.integer_forward
+
+    def off_by_one(self, x, mask, arith):
+        q = real(self, x, mask, arith)
+        return QTensor(q.value + 1, q.scale, q.dtype)
+    monkeypatch.setattr(EncoderLayer, "integer_forward", off_by_one)
+    rc = _main(["verify", program, "--chip", CHIP, "--max-sentences", "3", "--out",
+                str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    assert "MISMATCH" in printed and "first divergent block 'layer0'" in printed
+    doc = json.loads(out.read_text())
+    assert doc["bit_exact"] is False and doc["first_divergent_block"] == "layer0"
+    assert doc["divergence"]["block"] == "layer0" and doc["divergence"]["sentence"] == 0
+    assert doc["divergence"]["archnet"] == doc["divergence"]["simulator"] + 1
+    assert [a["matched"] == a["total"] for a in doc["agreement"]] == [True, False, False]
+    monkeypatch.undo()
+
+    assert _main(["verify", program, "--chip", CHIP, "--limit", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--limit applies to CNN runs only" in err[0]
+    assert _main(["verify", str(tmp_path / "none.program"), "--chip", CHIP]) == 2
+    assert "none.program: no such Program file" in capsys.readouterr().err
+
+
+def test_verify_into_the_run_and_report(run_dir, tmp_path, capsys):
+    from simulator.profiles import list_profiles
+    record = run_dir / f"verify_{CHIP}.json"
+    assert _main(["verify", str(run_dir / "model.program"), "--chip", CHIP, "--out",
+                  str(record), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert (run_dir / "report" / "report.md").is_file()   # a record in the run refreshes it
+    assert f"report: {run_dir.resolve() / 'report' / 'report.md'}" in printed
+
+    second = _copy_run(run_dir, tmp_path / "second")
+    out = tmp_path / "both"
+    assert _main(["report", str(run_dir), str(second), "--out", str(out), "-q"]) == 0
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    lines = md.splitlines()
+
+    def row(prefix: str) -> list[str]:
+        found = [ln for ln in lines if ln.startswith(prefix)]
+        assert len(found) == 1, prefix
+        return [c.strip() for c in found[0].strip("|").split("|")]
+
+    header = row("| chip | graph |")
+    teacher = dict(zip(header, row(f"| {CHIP} | teacher ")))
+    for op in ("LayerNormalization", "Gather", "Erf"):
+        assert op in teacher["host op types"]
+    assert int(teacher["fallbacks"]) > 0
+    student = dict(zip(header, row(f"| {CHIP} | student {run_dir.name} |")))
+    assert student["fallbacks"] == "0" and student["host op types"] == "–"
+    assert float(student["vs teacher"].rstrip("x")) > 1
+    for chip in list_profiles():   # every bundled profile, teacher and both students
+        assert sum(ln.startswith(f"| {chip} | ") for ln in lines) == 3
+
+    qheader = row("| run | bits |")
+    verified = dict(zip(qheader, row(f"| {run_dir.name} | 8w8a | {CHIP} |")))
+    doc = json.loads(record.read_text())
+    assert verified["mean cosine"] == f"{doc['quality']['simulator_vs_teacher']['mean_cosine']:.4f}"
+    assert verified["element agreement"] == "100%" and verified["bit-exact"] == "yes"
+    assert "not verified" in row(f"| second | 8w8a | {CHIP} |")
+    assert doc["commands"]["verify"] in md and str(tmp_path / "second") in md
+
+    import pandas as pd
+    lat = pd.read_csv(out / "latency.csv")
+    assert len(lat) == 3 * len(list_profiles())
+    assert set(lat["kind"]) == {"teacher", "student"}
+    qual = pd.read_csv(out / "quality.csv")
+    assert list(qual["status"]) == ["verified", "not verified"]
+
+    assert _main(["report", str(run_dir), "--images", "8"]) == 2
+    assert "--images applies to CNN runs" in capsys.readouterr().err
