@@ -11,7 +11,8 @@ def cmd_convert_text(args) -> int:
     from archnet.text.distill import TextDistillConfig
     opts = TextConvertOptions(
         teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "8w8a",
-        corpus=args.corpus, max_len=args.max_len, max_sentences=args.max_sentences,
+        corpus=args.corpus, max_len=args.max_len, layers=args.layers,
+        max_sentences=args.max_sentences,
         heldout_fraction=args.heldout_fraction, allow_fallback=args.allow_fallback,
         resume=args.resume, threads=args.threads, command=command_line())
     cfg = TextDistillConfig(
@@ -97,6 +98,8 @@ def add_commands(sub) -> None:
                    "(default: Debian's fortunes)")
     t.add_argument("--max-len", type=int, default=64,
                    help="positions the student supports; longer sentences are truncated (default 64)")
+    t.add_argument("--layers", type=int,
+                   help="keep only the teacher's first N encoder layers (a truncated model)")
     t.add_argument("--max-sentences", type=int, default=2048,
                    help="distillation sentences, a seeded sample of the non-held-out ones (default 2048)")
     t.add_argument("--heldout-fraction", type=float, default=0.1,

@@ -51,6 +51,7 @@ class TextConvertOptions:
     bits: str = "8w8a"
     corpus: str | None = None          # None: Debian fortunes
     max_len: int = 64
+    layers: int | None = None          # keep the teacher's first N layers (a truncated model)
     max_sentences: int | None = 2048   # distillation sentences (a seeded sample of the train split)
     heldout_fraction: float = 0.1
     calibration_sentences: int = 256
@@ -147,7 +148,7 @@ def convert_text(opts: TextConvertOptions, cfg: TextDistillConfig, log=print) ->
         f"corpus {opts.corpus or 'fortunes'}: {len(train)} distillation sentences "
         f"({tokens.truncated} truncated to {opts.max_len} positions), {len(heldout)} held out; "
         f"chip {chip.name}")
-    scfg = student_config(teacher.config, opts.max_len, w_bits, a_bits, chip)
+    scfg = student_config(teacher.config, opts.max_len, w_bits, a_bits, chip, layers=opts.layers)
     calib = slice(0, min(opts.calibration_sentences, len(train)))
     student = lower_bert(teacher, scfg, ids[calib], mask[calib])
     fallbacks = chip_fallbacks(student.export(1, opts.max_len), chip)

@@ -290,7 +290,9 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
             y_ad = adapters[key](y) if key in adapters else y
             loss = loss + w * _relative_mse(y_ad, targets[i], valid)
         if final:
-            cos = F.cosine_similarity(pooled(feats[-1], mask), out.embedding).mean()
+            # the teacher's pooled state at the student's depth: its sentence embedding, or a
+            # truncated teacher's
+            cos = F.cosine_similarity(pooled(feats[-1], mask), pooled(targets[last], mask)).mean()
             loss = loss + cfg.cosine_weight * (1 - cos)
         if not torch.isfinite(loss):
             bar.close()
@@ -305,8 +307,8 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     bar.close()
     student.eval()
-    head = losses[:max(1, min(10, len(losses)))]
-    tail = losses[-max(1, min(10, len(losses))):]
+    k = max(1, min(10, len(losses) // 3))   # disjoint ends, even for a short period
+    head, tail = losses[:k], losses[-k:]
     return {"period": period + 1, "blocks": [first, last], "final": final, "steps": steps,
             "loss_first": float(np.mean(head)) if losses else float("nan"),
             "loss_last": float(np.mean(tail)) if losses else float("nan"),

@@ -28,7 +28,12 @@ def operator_choices(chip) -> dict:
 
 
 def student_config(shape, max_positions: int, w_bits: int, a_bits: int, chip,
-                   activation: str | None = None, residual: str | None = None) -> TextStudentConfig:
+                   activation: str | None = None, residual: str | None = None,
+                   layers: int | None = None) -> TextStudentConfig:
+    """The student for a teacher of ``shape`` on ``chip``; ``layers`` keeps only the teacher's
+    first layers (a truncated model: quick experiments, CI)."""
+    if layers is not None and not 1 <= layers <= shape.layers:
+        raise ConversionError(f"--layers {layers}: the teacher has 1..{shape.layers} layers")
     if max_positions > shape.max_positions:
         raise ConversionError(f"--max-len {max_positions} > the teacher's {shape.max_positions} positions")
     if shape.hidden_act not in ("gelu", "gelu_new", "gelu_python", "relu"):
@@ -37,7 +42,7 @@ def student_config(shape, max_positions: int, w_bits: int, a_bits: int, chip,
     choice = operator_choices(chip)
     return TextStudentConfig(vocab_size=shape.vocab_size, max_positions=max_positions,
                              hidden=shape.hidden, heads=shape.heads,
-                             intermediate=shape.intermediate, layers=shape.layers,
+                             intermediate=shape.intermediate, layers=layers or shape.layers,
                              w_bits=w_bits, a_bits=a_bits,
                              activation=activation or choice["activation"],
                              residual=residual or choice["residual"])

@@ -320,8 +320,10 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
                 emb["fake_quant"].append(pooled(fq.double(), mask).numpy())
                 stage["fake-quant"] += time.perf_counter() - t
                 t = time.perf_counter()
-                emb["teacher"].append(np.asarray(teacher.forward(ids, mask).embedding,
-                                                 dtype=np.float64))
+                # the teacher's pooled state at the student's depth: its sentence embedding,
+                # or a truncated teacher's
+                hidden = teacher.forward(ids, mask).hidden_states[student.num_blocks - 1]
+                emb["teacher"].append(pooled(hidden.double(), mask).numpy())
                 stage["teacher"] += time.perf_counter() - t
             if bar is not None:
                 bar.update(1)
