@@ -260,8 +260,8 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + period)
     torch.manual_seed(cfg.seed * 1000 + period)
     params = _set_trainable(student, first, last)
-    adapters = nn.ModuleDict({str(i): _identity_linear(student.cfg.hidden) for i in range(first, last + 1)
-                              if not (final and i == last)})
+    adapters = nn.ModuleDict({} if final else
+                             {str(i): _identity_linear(student.cfg.hidden) for i in range(first, last + 1)})
     opt = torch.optim.Adam([{"params": params}, {"params": list(adapters.parameters())}], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
@@ -286,6 +286,10 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
         valid = mask.bool()
         loss = torch.zeros(())
         for w, i, y in zip(weights, range(first, last + 1), feats):
+            if final and i != last:
+                # earlier blocks learnt the teacher through adapters that are gone: asking a
+                # fresh identity adapter for the teacher again would pull them off the chain
+                continue
             key = str(i)
             y_ad = adapters[key](y) if key in adapters else y
             loss = loss + w * _relative_mse(y_ad, targets[i], valid)
