@@ -3,7 +3,7 @@ chip profile on Debian's fortunes, verify each on the held-out sentences with th
 write ``reports/minilm/`` (the quality table and the teacher-vs-student latency table on every
 profile).
 
-Not a test (tens of minutes on 2 cores). Every number in the report comes from the
+Not a test (about an hour per width on one core of this 2-core machine). Every number in the report comes from the
 ``convert.json`` and ``verify_<chip>.json`` files the commands below write; ``commands.log``
 names each command exactly as it ran. The run folders' ``student.pt`` and ``model.program``
 (about 90 and 25 MB) are not committed; rerun the convert commands to get them.
