@@ -5,8 +5,9 @@ window of blocks ``first..k`` (``first = max(0, k - window + 1)``) so that each 
 through a training-only identity-initialised linear adapter, matches the teacher's hidden state
 at the same depth: MSE over the real tokens, relative to the teacher's mean square, older blocks
 weighted down by ``decay``. A last period trains every encoder layer (``final_window``) on the
-sentence embedding itself: cosine between the mean-pooled, L2-normalised student and teacher outputs (no adapter:
-the embedding must be the teacher's as it is), plus the last block's MSE.
+sentence embedding itself: cosine between the mean-pooled, L2-normalised student and teacher
+outputs, plus the last block's MSE. It has no adapters: the embedding must be the teacher's as
+it is, and the earlier blocks learnt the teacher through adapters that are gone.
 
 Blocks before the window are frozen; they run on the chip profile's **simulator** (their
 Program, exported with the frozen grids), once per period over the distillation sentences, and

@@ -104,8 +104,7 @@ def fit_smoothing(student: TextStudent, ids: torch.Tensor, mask: torch.Tensor, a
     top: dict[int, torch.Tensor] = {}
 
     def pre_hook(module, args):
-        x = args[0].reshape(-1, args[0].shape[-1])[valid[: args[0].reshape(-1, args[0].shape[-1]).shape[0]]]
-        top[id(module)] = x.abs().amax(0)
+        top[id(module)] = args[0].reshape(-1, args[0].shape[-1])[valid].abs().amax(0)
 
     hooks = [src.register_forward_pre_hook(pre_hook) for src, _ in pairs]
     try:
@@ -138,7 +137,6 @@ def _fit_affines(teacher, norms, ids, mask) -> None:
     for i, (affine, ln) in enumerate(norms):
         if i not in seen:
             raise ConversionError(f"teacher LayerNorm {i} did not run: not a BERT encoder layout")
-        affine.eps = float(ln.eps) if ln.eps >= 1e-6 else 1e-5
         affine.fit(*seen[i])
 
 

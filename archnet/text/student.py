@@ -170,7 +170,6 @@ class Embedding(nn.Module):
         # the table is data, not a projection: it keeps 8-bit weights at every width
         self.linear = AffineQLinear(cfg.vocab_size + cfg.max_positions, cfg.hidden, self.affine,
                                     STREAM_BITS, _stream_quant())
-        self.linear.bias.data.zero_()
 
     @property
     def out_quant(self) -> LsqQuantizer:
@@ -210,7 +209,7 @@ def _two_hot_accumulate(terms: torch.Tensor, tok: torch.Tensor, pos: torch.Tenso
     form one partial sum."""
     acc_spec = arith.accumulator
     rows, channels, _ = terms.shape
-    t = terms.permute(0, 1, 2).reshape(rows * channels, 2).numpy()
+    t = terms.reshape(rows * channels, 2).numpy()
     b = bias.view(1, -1).expand(rows, -1).reshape(-1).numpy()
     if acc_spec.saturation_point is SaturationPoint.PER_TILE and not acc_spec.order_independent:
         same = (tok // acc_spec.tile_k == pos // acc_spec.tile_k).repeat_interleave(channels).numpy()
