@@ -19,7 +19,7 @@ def cmd_convert_text(args) -> int:
         steps_per_period=150 if args.steps_per_period is None else args.steps_per_period,
         final_steps=args.final_steps, final_window=args.final_window, batch_size=args.batch_size or 32,
         lr=args.lr or 1e-4, window=args.window, simulator_in_loop=not args.no_simulator_in_loop,
-        seed=args.seed, progress=args.progress)
+        attention_weight=args.attention_weight, seed=args.seed, progress=args.progress)
     convert_text(opts, cfg, log=lambda line: print(line, flush=True))
     return 0
 
@@ -108,6 +108,10 @@ def add_commands(sub) -> None:
                    help="steps of the last, sentence-embedding (cosine) period (default 200)")
     t.add_argument("--final-window", type=int,
                    help="blocks the last period trains (default: every encoder layer)")
+    t.add_argument("--attention-weight", type=float, default=0.0,
+                   help="weight of the KL to the teacher's attention maps in each encoder block's "
+                        "period (default 0: on MiniLM it matched the maps but raised the hidden-"
+                        "state error)")
     t.add_argument("--allow-fallback", action="store_true",
                    help="convert even if the chip runs part of the student on the host")
     c.set_defaults(func=cmd_convert)

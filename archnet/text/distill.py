@@ -3,10 +3,11 @@
 Period ``k`` (k = 0 .. blocks-1; block 0 is the embedding, block i+1 encoder layer i) trains a
 window of blocks ``first..k`` (``first = max(0, k - window + 1)``) so that each block's output,
 through a training-only identity-initialised linear adapter, matches the teacher's hidden state
-at the same depth: MSE over the real tokens, relative to the teacher's mean square, older blocks
-weighted down by ``decay``. A last period trains every encoder layer (``final_window``) on the
-sentence embedding itself: cosine between the mean-pooled, L2-normalised student and teacher
-outputs, plus the last block's MSE. It has no adapters: the embedding must be the teacher's as
+at the same depth: MSE over the real tokens, relative to the teacher's mean square, plus (for
+encoder blocks, ``attention_weight``) the KL from the teacher's attention maps to the student's,
+as MiniLM itself was distilled; older blocks weighted down by ``decay``. A last period trains
+every encoder layer (``final_window``) on the sentence embedding itself: cosine between the
+mean-pooled, L2-normalised student and teacher outputs, plus the last block's MSE. It has no adapters: the embedding must be the teacher's as
 it is, and the earlier blocks learnt the teacher through adapters that are gone.
 
 Blocks before the window are frozen; they run on the chip profile's **simulator** (their
@@ -58,6 +59,7 @@ class TextDistillConfig:
     window: int = 2
     decay: float = 0.5
     cosine_weight: float = 10.0
+    attention_weight: float = 0.0       # KL to the teacher's attention maps, per encoder block
     simulator_in_loop: bool = True
     sim_batch: int = 32
     backend: str = "kernels"
@@ -67,7 +69,8 @@ class TextDistillConfig:
     def check(self) -> "TextDistillConfig":
         bad = [f"{k} {getattr(self, k)} must be >= 1" for k in
                ("batch_size", "window", "sim_batch") if getattr(self, k) < 1]
-        bad += [f"{k} {getattr(self, k)} must be >= 0" for k in ("steps_per_period", "final_steps")
+        bad += [f"{k} {getattr(self, k)} must be >= 0" for k in
+                ("steps_per_period", "final_steps", "attention_weight", "cosine_weight")
                 if getattr(self, k) < 0]
         if self.final_window is not None and self.final_window < 1:
             bad.append(f"final_window {self.final_window} must be >= 1")
@@ -166,6 +169,40 @@ class SimulatorPrefix:
         q = self.student.stream_quant(self.block)
         x = torch.from_numpy(self.stream[idx.numpy(), :t].astype(np.float32))
         return x * q.step()
+
+
+class TeacherTargets:
+    """The teacher's hidden states (and attention maps) at the blocks a period compares,
+    computed the first time a batch is drawn and kept for the rest of the period: a period of
+    several epochs calls the teacher once per sentence, not once per step. Batches are the
+    fixed length-sorted chunks, so a kept target is the one a fresh teacher call would give.
+    Kept as float16: its rounding (2^-11 relative) is far below any distillation loss."""
+
+    def __init__(self, teacher, blocks: list[int], attention_blocks: list[int]):
+        self.teacher, self.blocks, self.attention_blocks = teacher, blocks, attention_blocks
+        self.kept: dict[int, tuple[dict, dict]] = {}
+
+    def _get(self, idx: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[dict, dict]:
+        key = int(idx[0])          # chunks are disjoint: their first sentence names them
+        if key not in self.kept:
+            out = self.teacher.forward(ids, mask)
+            # block i >= 1 is encoder layer i - 1, whose map is attentions[i - 1]
+            self.kept[key] = ({b: out.hidden_states[b].to(torch.float16) for b in self.blocks},
+                              {b: out.attentions[b - 1].to(torch.float16) for b in self.attention_blocks})
+        return self.kept[key]
+
+    def hidden(self, block: int, idx, ids, mask) -> torch.Tensor:
+        return self._get(idx, ids, mask)[0][block].to(torch.float32)
+
+    def attention(self, block: int, idx, ids, mask) -> torch.Tensor:
+        return self._get(idx, ids, mask)[1][block].to(torch.float32)
+
+
+def _attention_kl(log_probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of the attention maps [N, heads, T, T], summed over keys and
+    averaged over heads and real query tokens (MiniLM's own self-attention distillation)."""
+    rows = (torch.xlogy(target, target) - target * log_probs).sum(-1).mean(1)
+    return rows[valid].mean()
 
 
 def _bar(total: int, desc: str, progress: bool | None):
@@ -267,6 +304,9 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     weights = [cfg.decay ** (last - i) for i in range(first, last + 1)]
+    compared = [last] if final else list(range(first, last + 1))
+    with_maps = [i for i in compared if i >= 1] if cfg.attention_weight > 0 and not final else []
+    targets = TeacherTargets(teacher, compared, with_maps)
     student.train()
     losses, start, batches = [], time.perf_counter(), []
     bar = _bar(steps, f"period {period + 1}", cfg.progress)
@@ -275,15 +315,13 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
             batches = data.epoch(cfg.batch_size, gen)
         idx = batches.pop()
         ids, mask, t = data.cut(idx)
-        with torch.no_grad():
-            out = teacher.forward(ids, mask)
-        targets = out.hidden_states
         stream = None
         if first > 0:
             stream = prefix.inputs(idx, t) if cfg.simulator_in_loop else \
                 student.features(ids, mask, stop=first)[-1].detach()
+        maps = {} if with_maps else None
         feats = student.features(ids if first == 0 else None, mask, start=first, stop=last + 1,
-                                 stream=stream)
+                                 stream=stream, attention=maps)
         valid = mask.bool()
         loss = torch.zeros(())
         for w, i, y in zip(weights, range(first, last + 1), feats):
@@ -293,11 +331,14 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
                 continue
             key = str(i)
             y_ad = adapters[key](y) if key in adapters else y
-            loss = loss + w * _relative_mse(y_ad, targets[i], valid)
+            loss = loss + w * _relative_mse(y_ad, targets.hidden(i, idx, ids, mask), valid)
+            if i in with_maps:
+                kl = _attention_kl(maps[i], targets.attention(i, idx, ids, mask), valid)
+                loss = loss + w * cfg.attention_weight * kl
         if final:
             # the teacher's pooled state at the student's depth: its sentence embedding, or a
             # truncated teacher's
-            cos = F.cosine_similarity(pooled(feats[-1], mask), pooled(targets[last], mask)).mean()
+            cos = F.cosine_similarity(pooled(feats[-1], mask), pooled(targets.hidden(last, idx, ids, mask), mask)).mean()
             loss = loss + cfg.cosine_weight * (1 - cos)
         if not torch.isfinite(loss):
             bar.close()

@@ -129,6 +129,12 @@ def softmax_fake(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
     return torch.clamp(round_ste(p * (1 << PROB_SHIFT)), 0, PROB_TYPE.qmax) / (1 << PROB_SHIFT)
 
 
+def attention_log_probs(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """The float softmax's log over valid keys, for an attention-map loss: masked keys sit at
+    -1e4, not -inf, so a teacher's zero probability there adds 0, not NaN, to a KL."""
+    return torch.log_softmax(scores.masked_fill(key_mask == 0, -1e4), dim=-1)
+
+
 def softmax_integer(scores: QTensor, key_mask: torch.Tensor, arith: ArithmeticSpec) -> QTensor:
     table = np.asarray(exp_table(scores.scale, scores.dtype.bits), np.int64)
     y = reference.softmax(scores.value.numpy(), -1, table, PROB_SHIFT, 0, PROB_TYPE.qmin,

@@ -38,7 +38,7 @@ from archnet.quant import integer
 from archnet.quant.lsq import LsqQuantizer
 from archnet.quant.modules import QLinear
 from archnet.quant.qtensor import QTensor
-from archnet.text.modules import (AffineQLinear, FixedAffine, GeluLut, SmoothedInput,
+from archnet.text.modules import (AffineQLinear, FixedAffine, GeluLut, SmoothedInput, attention_log_probs,
                                   SmoothedQLinear, add_integer, regrid_export, regrid_integer,
                                   skip_export, skip_integer, softmax_export, softmax_fake,
                                   softmax_integer)
@@ -262,13 +262,17 @@ class EncoderLayer(nn.Module):
         return fcs
 
     # ---------------------------------------------------------------- fake-quant
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [N, T, H] on the stream grid (dequantized), mask [N, T] -> the next stream."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                attention: list | None = None) -> torch.Tensor:
+        """x [N, T, H] on the stream grid (dequantized), mask [N, T] -> the next stream;
+        ``attention`` (a list) receives the attention map's log-probabilities [N, heads, T, T]."""
         n, t, h = x.shape
         xin = self.attn_in(x) if self.attn_in is not None else x
         q, k, v = (self._heads(m(xin), n, t) for m in (self.query, self.key, self.value))
         scores = self.score_quant(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim))
         probs = softmax_fake(scores, mask[:, None, None, :])
+        if attention is not None:
+            attention.append(attention_log_probs(scores, mask[:, None, None, :]))
         context = self.context_quant((probs @ v).transpose(1, 2).reshape(n, t, h))
         h1 = self.residual1(x, self.attn_out(context))
         fin = self.ffn_in(h1) if self.ffn_in is not None else h1
@@ -383,15 +387,23 @@ class TextStudent(nn.Module):
 
     # ---------------------------------------------------------------- fake-quant
     def features(self, ids: torch.Tensor | None, mask: torch.Tensor, start: int = 0,
-                 stop: int | None = None, stream: torch.Tensor | None = None) -> list[torch.Tensor]:
+                 stop: int | None = None, stream: torch.Tensor | None = None,
+                 attention: dict | None = None) -> list[torch.Tensor]:
         """Stream outputs [N, T, H] of blocks start..stop-1; ``stream`` is block start-1's
-        output when start > 0 (dequantized, e.g. from the simulator)."""
+        output when start > 0 (dequantized, e.g. from the simulator). ``attention`` (a dict)
+        receives each encoder block's attention log-probabilities under its block index."""
         stop = self.num_blocks if stop is None else stop
         self._check_length(mask.shape[1])
         outs = []
         x = stream
         for i in range(start, stop):
-            x = self.embedding(ids) if i == 0 else self.layers[i - 1](x, mask)
+            if i == 0:
+                x = self.embedding(ids)
+            else:
+                maps = [] if attention is not None else None
+                x = self.layers[i - 1](x, mask, maps)
+                if maps:
+                    attention[i] = maps[0]
             outs.append(x)
         return outs
 

@@ -380,3 +380,43 @@ def test_a_left_padding_tokenizer_loses_no_real_token(left_padding_teacher, chip
     result = distill_text(student, left_padding_teacher, ids, mask, chip, _cfg(), tmp_path,
                           log=_quiet)
     assert all(np.isfinite(h["loss_last"]) for h in result.history)
+
+
+# ----------------------------------------------------------------------------- attention maps
+
+def test_attention_kl_is_zero_on_the_teachers_map_and_ignores_padding():
+    from archnet.text.distill import _attention_kl
+    from archnet.text.modules import attention_log_probs
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, 5, 5, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    keys = mask[:, None, None, :]
+    teacher_map = torch.softmax(scores.masked_fill(keys == 0, float("-inf")), dim=-1)
+    valid = mask.bool()
+    same = _attention_kl(attention_log_probs(scores, keys), teacher_map, valid)
+    assert torch.isfinite(same) and abs(float(same)) < 1e-6     # teacher zeros on padded keys
+    other = _attention_kl(attention_log_probs(scores.flip(-1), keys), teacher_map, valid)
+    assert float(other) > 0.01
+    # padded query rows are not averaged in: changing their scores changes nothing
+    changed = scores.clone()
+    changed[1, :, 3:] = 100.0
+    assert torch.equal(_attention_kl(attention_log_probs(changed, keys), teacher_map, valid), same)
+
+
+def test_teacher_runs_once_per_batch_per_period_and_maps_are_distilled(teacher, corpus, chip,
+                                                                        tmp_path):
+    """32 sentences in 4 batches, 8 steps a period: 2 epochs, 4 teacher calls, not 8. The KL
+    to the teacher's attention maps is in an encoder block's loss, not the embedding's."""
+    ids, mask = corpus
+    counted = _Teacher(teacher, lambda call, out: out)
+    cfg = dict(steps_per_period=8, final_steps=0, simulator_in_loop=False)
+    with_maps = distill_text(_fresh(teacher, corpus, chip), counted, ids, mask, chip,
+                             _cfg(attention_weight=1.0, **cfg), tmp_path / "maps", log=_quiet)
+    periods = len(with_maps.history)
+    assert counted.calls == 4 * periods
+    plain = distill_text(_fresh(teacher, corpus, chip), teacher, ids, mask, chip,
+                         _cfg(attention_weight=0.0, **cfg), tmp_path / "plain", log=_quiet)
+    first_maps = [h["loss_first"] for h in with_maps.history]
+    first_plain = [h["loss_first"] for h in plain.history]
+    assert first_maps[0] == first_plain[0]                          # the embedding period
+    assert first_maps[1] > first_plain[1]     # layer 0, from the same start: MSE + KL > MSE
