@@ -7,8 +7,9 @@ at the same depth: MSE over the real tokens, relative to the teacher's mean squa
 encoder blocks, ``attention_weight``) the KL from the teacher's attention maps to the student's,
 as MiniLM itself was distilled; older blocks weighted down by ``decay``. A last period trains
 every encoder layer (``final_window``) on the sentence embedding itself: cosine between the
-mean-pooled, L2-normalised student and teacher outputs, plus the last block's MSE. It has no adapters: the embedding must be the teacher's as
-it is, and the earlier blocks learnt the teacher through adapters that are gone.
+mean-pooled, L2-normalised student and teacher outputs, plus the last block's MSE. It has no
+adapters: the embedding must be the teacher's as it is, and the earlier blocks learnt the
+teacher through adapters that are gone.
 
 Blocks before the window are frozen; they run on the chip profile's **simulator** (their
 Program, exported with the frozen grids), once per period over the distillation sentences, and
@@ -338,7 +339,8 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
         if final:
             # the teacher's pooled state at the student's depth: its sentence embedding, or a
             # truncated teacher's
-            cos = F.cosine_similarity(pooled(feats[-1], mask), pooled(targets.hidden(last, idx, ids, mask), mask)).mean()
+            target = targets.hidden(last, idx, ids, mask)
+            cos = F.cosine_similarity(pooled(feats[-1], mask), pooled(target, mask)).mean()
             loss = loss + cfg.cosine_weight * (1 - cos)
         if not torch.isfinite(loss):
             bar.close()

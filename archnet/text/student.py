@@ -38,10 +38,10 @@ from archnet.quant import integer
 from archnet.quant.lsq import LsqQuantizer
 from archnet.quant.modules import QLinear
 from archnet.quant.qtensor import QTensor
-from archnet.text.modules import (AffineQLinear, FixedAffine, GeluLut, SmoothedInput, attention_log_probs,
-                                  SmoothedQLinear, add_integer, regrid_export, regrid_integer,
-                                  skip_export, skip_integer, softmax_export, softmax_fake,
-                                  softmax_integer)
+from archnet.text.modules import (AffineQLinear, FixedAffine, GeluLut, SmoothedInput,
+                                  SmoothedQLinear, add_integer, attention_log_probs, regrid_export,
+                                  regrid_integer, skip_export, skip_integer, softmax_export,
+                                  softmax_fake, softmax_integer)
 from simulator.contract import ArithmeticSpec, IntType, SaturationPoint
 from simulator.ir.builder import ProgramBuilder
 from simulator.ir.program import Program
