@@ -19,7 +19,8 @@ def cmd_convert_text(args) -> int:
         steps_per_period=150 if args.steps_per_period is None else args.steps_per_period,
         final_steps=args.final_steps, final_window=args.final_window, batch_size=args.batch_size or 32,
         lr=args.lr or 1e-4, window=args.window, simulator_in_loop=not args.no_simulator_in_loop,
-        attention_weight=args.attention_weight, seed=args.seed, progress=args.progress)
+        attention_weight=args.attention_weight, chip_values=not args.no_chip_values,
+        seed=args.seed, progress=args.progress)
     convert_text(opts, cfg, log=lambda line: print(line, flush=True))
     return 0
 
@@ -112,6 +113,8 @@ def add_commands(sub) -> None:
                    help="weight of the KL to the teacher's attention maps in each encoder block's "
                         "period (default 0: on MiniLM it matched the maps but raised the hidden-"
                         "state error)")
+    t.add_argument("--no-chip-values", action="store_true",
+                   help="ablation: train on float fake-quant values, not the chip's integers")
     t.add_argument("--allow-fallback", action="store_true",
                    help="convert even if the chip runs part of the student on the host")
     c.set_defaults(func=cmd_convert)

@@ -13,7 +13,9 @@ teacher through adapters that are gone.
 
 Blocks before the window are frozen; they run on the chip profile's **simulator** (their
 Program, exported with the frozen grids), once per period over the distillation sentences, and
-the window trains on the simulator's integers times their step. Padding never changes a real
+the window trains on the simulator's integers times their step. With ``chip_values`` the window
+itself computes the chip's integers too (``TextStudent.features(arith=...)``: values from the
+integer emulation, gradients from fake-quant), so the loss is the deployed student's loss. Padding never changes a real
 token's value (keys are masked, everything else is per token), so sentences are batched by
 length and each batch is cut to its longest sentence; the simulator runs them the same way.
 
@@ -61,6 +63,7 @@ class TextDistillConfig:
     decay: float = 0.5
     cosine_weight: float = 10.0
     attention_weight: float = 0.0       # KL to the teacher's attention maps, per encoder block
+    chip_values: bool = True            # train on the chip's integers (fake-quant gradients)
     simulator_in_loop: bool = True
     sim_batch: int = 32
     backend: str = "kernels"
@@ -263,7 +266,8 @@ def distill_text(student: TextStudent, teacher, ids: torch.Tensor, mask: torch.T
             f"blocks {names[first]}..{names[last]}, {steps} steps")
         if first > 0 and cfg.simulator_in_loop:
             prefix.advance_to(first - 1)
-        record = _train_period(student, teacher, data, prefix, first, last, final, steps, period, cfg)
+        record = _train_period(student, teacher, data, prefix, first, last, final, steps, period, cfg,
+                               chip.arithmetic if cfg.chip_values else None)
         result.history.append(record)
         result.train_seconds += record["seconds"]
         log(f"  loss {record['loss_first']:.4f} -> {record['loss_last']:.4f} in {record['seconds']:.0f}s")
@@ -295,7 +299,8 @@ def _resume(student, ckpt_dir: Path, fingerprint: str, result: TextDistillResult
     return period + 1
 
 
-def _train_period(student, teacher, data, prefix, first, last, final, steps, period, cfg) -> dict:
+def _train_period(student, teacher, data, prefix, first, last, final, steps, period, cfg,
+                  arith=None) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + period)
     torch.manual_seed(cfg.seed * 1000 + period)
     params = _set_trainable(student, first, last)
@@ -319,10 +324,10 @@ def _train_period(student, teacher, data, prefix, first, last, final, steps, per
         stream = None
         if first > 0:
             stream = prefix.inputs(idx, t) if cfg.simulator_in_loop else \
-                student.features(ids, mask, stop=first)[-1].detach()
+                student.features(ids, mask, stop=first, arith=arith)[-1].detach()
         maps = {} if with_maps else None
         feats = student.features(ids if first == 0 else None, mask, start=first, stop=last + 1,
-                                 stream=stream, attention=maps)
+                                 stream=stream, attention=maps, arith=arith)
         valid = mask.bool()
         loss = torch.zeros(())
         for w, i, y in zip(weights, range(first, last + 1), feats):

@@ -20,7 +20,11 @@ Blocks: block 0 is the embedding, block ``i + 1`` is encoder layer ``i``; every 
 residual stream [N*T, H] (tokens flattened: fully connected layers take [rows, features]).
 Three forwards share their numbers (``integer_params`` and the helpers in ``modules``): the
 fake-quant ``features`` (training), ``integer_features`` (emulation, proven equal to the
-simulator bit for bit) and ``export`` (the Program).
+simulator bit for bit) and ``export`` (the Program). ``features(arith=...)`` ties the first to
+the second: each op's value is the chip's, its gradient the fake-quant op's. Without it the
+float forward drifts from the chip: TFLite's requantize rounds twice, and on an 8-bit input
+(the 4-bit FC inputs, the skip path) that moves a value by one step where a float round would
+not, which training never saw.
 """
 
 from __future__ import annotations
@@ -102,6 +106,15 @@ def _fc_input(cfg: TextStudentConfig) -> SmoothedInput | None:
     if cfg.a_bits >= STREAM_BITS:
         return None
     return SmoothedInput(cfg.hidden, LsqQuantizer(cfg.a_bits, signed=True))
+
+
+def tie(fake: torch.Tensor, chip: QTensor) -> torch.Tensor:
+    """The chip's value (``chip``'s integers times its step) with the fake-quant op's gradient
+    (straight-through). Training then sees what the chip computes: TFLite's double rounding
+    in requantize, which on an 8-bit input moves values by a step where a float round would
+    not, and the integer softmax."""
+    exact = chip.value.to(fake.dtype).reshape(fake.shape) * float(chip.scale)
+    return fake + (exact - fake).detach()
 
 
 class Residual(nn.Module):
@@ -262,53 +275,68 @@ class EncoderLayer(nn.Module):
         return fcs
 
     # ---------------------------------------------------------------- fake-quant
-    def forward(self, x: torch.Tensor, mask: torch.Tensor,
-                attention: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, attention: list | None = None,
+                ties: dict | None = None) -> torch.Tensor:
         """x [N, T, H] on the stream grid (dequantized), mask [N, T] -> the next stream;
-        ``attention`` (a list) receives the attention map's log-probabilities [N, heads, T, T]."""
+        ``attention`` (a list) receives the attention map's log-probabilities [N, heads, T, T];
+        ``ties`` (``integer_forward``'s record on the same input) makes every op's value the
+        chip's (see ``tie``)."""
+        def tie_(name: str, y: torch.Tensor) -> torch.Tensor:
+            return y if ties is None else tie(y, ties[name])
         n, t, h = x.shape
-        xin = self.attn_in(x) if self.attn_in is not None else x
-        q, k, v = (self._heads(m(xin), n, t) for m in (self.query, self.key, self.value))
-        scores = self.score_quant(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim))
-        probs = softmax_fake(scores, mask[:, None, None, :])
+        xin = tie_("attn_in", self.attn_in(x)) if self.attn_in is not None else x
+        q, k, v = (self._heads(tie_(name, m(xin)), n, t) for name, m in
+                   (("query", self.query), ("key", self.key), ("value", self.value)))
+        scores = tie_("scores", self.score_quant(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)))
+        probs = tie_("probs", softmax_fake(scores, mask[:, None, None, :]))
         if attention is not None:
             attention.append(attention_log_probs(scores, mask[:, None, None, :]))
-        context = self.context_quant((probs @ v).transpose(1, 2).reshape(n, t, h))
-        h1 = self.residual1(x, self.attn_out(context))
-        fin = self.ffn_in(h1) if self.ffn_in is not None else h1
-        act = self.ffn1(fin)
+        context = tie_("context", self.context_quant((probs @ v).transpose(1, 2).reshape(n, t, h)))
+        h1 = tie_("h1", self.residual1(x, tie_("attn_out", self.attn_out(context))))
+        fin = tie_("ffn_in", self.ffn_in(h1)) if self.ffn_in is not None else h1
+        act = tie_("ffn1", self.ffn1(fin))
         if self.gelu is not None:
-            act = self.gelu(act)
-        return self.residual2(h1, self.ffn2(act))
+            act = tie_("gelu", self.gelu(act))
+        return tie_("out", self.residual2(h1, tie_("ffn2", self.ffn2(act))))
 
     def _heads(self, y: torch.Tensor, n: int, t: int) -> torch.Tensor:
         return y.view(n, t, self.heads, self.head_dim).transpose(1, 2)
 
     # ---------------------------------------------------------------- integer emulation
-    def integer_forward(self, x: QTensor, mask: torch.Tensor, arith: ArithmeticSpec) -> QTensor:
-        """x [N*T, H] integers on the stream grid, mask [N, T] -> the next stream."""
+    def integer_forward(self, x: QTensor, mask: torch.Tensor, arith: ArithmeticSpec,
+                        record: dict | None = None) -> QTensor:
+        """x [N*T, H] integers on the stream grid, mask [N, T] -> the next stream; ``record``
+        (a dict) receives every op's output under the name ``forward``'s ties use."""
+        rec = {} if record is None else record
+
+        def keep(name: str, y: QTensor) -> QTensor:
+            rec[name] = y
+            return y
         n, t = mask.shape
         h = x.value.shape[1]
-        xin = self.attn_in.integer_forward(x, arith) if self.attn_in is not None else x
-        q, k, v = (m.integer_forward(xin, arith) for m in (self.query, self.key, self.value))
+        xin = keep("attn_in", self.attn_in.integer_forward(x, arith)) if self.attn_in is not None else x
+        q, k, v = (keep(name, m.integer_forward(xin, arith)) for name, m in
+                   (("query", self.query), ("key", self.key), ("value", self.value)))
         qh = q.value.view(n, t, self.heads, self.head_dim).transpose(1, 2)
         kt = k.value.view(n, t, self.heads, self.head_dim).permute(0, 2, 3, 1)
         vh = v.value.view(n, t, self.heads, self.head_dim).transpose(1, 2)
         acc = integer.matmul(qh, kt, arith.accumulator)
         sq = self.score_quant
-        scores = QTensor(self._requant(acc, self.score_multiplier(q.scale, k.scale), sq, arith),
-                         float(sq.step()), sq.qtype)
-        probs = softmax_integer(scores, mask[:, None, None, :], arith)
+        scores = keep("scores", QTensor(self._requant(acc, self.score_multiplier(q.scale, k.scale), sq, arith),
+                                        float(sq.step()), sq.qtype))
+        probs = keep("probs", softmax_integer(scores, mask[:, None, None, :], arith))
         acc = integer.matmul(probs.value, vh, arith.accumulator)
         cq = self.context_quant
         ctx = self._requant(acc, [probs.scale * v.scale / float(cq.step())], cq, arith)
-        context = QTensor(ctx.transpose(1, 2).reshape(n * t, h), float(cq.step()), cq.qtype)
-        h1 = self.residual1.integer_forward(x, self.attn_out.integer_forward(context, arith), arith)
-        fin = self.ffn_in.integer_forward(h1, arith) if self.ffn_in is not None else h1
-        act = self.ffn1.integer_forward(fin, arith)
+        context = keep("context", QTensor(ctx.transpose(1, 2).reshape(n * t, h), float(cq.step()), cq.qtype))
+        h1 = keep("h1", self.residual1.integer_forward(
+            x, keep("attn_out", self.attn_out.integer_forward(context, arith)), arith))
+        fin = keep("ffn_in", self.ffn_in.integer_forward(h1, arith)) if self.ffn_in is not None else h1
+        act = keep("ffn1", self.ffn1.integer_forward(fin, arith))
         if self.gelu is not None:
-            act = self.gelu.integer_forward(act)
-        return self.residual2.integer_forward(h1, self.ffn2.integer_forward(act, arith), arith)
+            act = keep("gelu", self.gelu.integer_forward(act))
+        branch = keep("ffn2", self.ffn2.integer_forward(act, arith))
+        return keep("out", self.residual2.integer_forward(h1, branch, arith))
 
     def score_multiplier(self, q_scale: float, k_scale: float) -> list[float]:
         return [float(q_scale) * float(k_scale) / (math.sqrt(self.head_dim) * float(self.score_quant.step()))]
@@ -388,20 +416,36 @@ class TextStudent(nn.Module):
     # ---------------------------------------------------------------- fake-quant
     def features(self, ids: torch.Tensor | None, mask: torch.Tensor, start: int = 0,
                  stop: int | None = None, stream: torch.Tensor | None = None,
-                 attention: dict | None = None) -> list[torch.Tensor]:
+                 attention: dict | None = None,
+                 arith: ArithmeticSpec | None = None) -> list[torch.Tensor]:
         """Stream outputs [N, T, H] of blocks start..stop-1; ``stream`` is block start-1's
         output when start > 0 (dequantized, e.g. from the simulator). ``attention`` (a dict)
-        receives each encoder block's attention log-probabilities under its block index."""
+        receives each encoder block's attention log-probabilities under its block index.
+        With ``arith`` every value is the chip's integers times their step (``integer_features``
+        runs alongside) and every gradient the fake-quant op's: see ``tie``."""
         stop = self.num_blocks if stop is None else stop
         self._check_length(mask.shape[1])
         outs = []
-        x = stream
+        x, xq = stream, None
+        if arith is not None and stream is not None:
+            q = self.stream_quant(start - 1)
+            step = float(q.step())
+            xq = QTensor(torch.round(stream.detach().reshape(-1, stream.shape[-1]) / step).to(torch.int64),
+                         step, q.qtype)
         for i in range(start, stop):
+            ties = None
+            if arith is not None:
+                ties = {}
+                with torch.no_grad():
+                    xq = self.embedding.integer_forward(ids, arith) if i == 0 else \
+                        self.layers[i - 1].integer_forward(xq, mask, arith, record=ties)
             if i == 0:
                 x = self.embedding(ids)
+                if xq is not None:
+                    x = tie(x, xq)
             else:
                 maps = [] if attention is not None else None
-                x = self.layers[i - 1](x, mask, maps)
+                x = self.layers[i - 1](x, mask, maps, ties)
                 if maps:
                     attention[i] = maps[0]
             outs.append(x)

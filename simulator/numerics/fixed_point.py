@@ -133,8 +133,10 @@ def round_div(numerator, denominator, rounding: RoundingMode) -> np.ndarray:
     raise SimulatorError(f"unknown rounding {rounding!r}")
 
 
-def _trunc_div(x: np.ndarray, d: int) -> np.ndarray:
-    return np.where(x >= 0, x // d, -((-x) // d))
+def _trunc_div_pot(x: np.ndarray, bits: int) -> np.ndarray:
+    """``x / 2**bits`` truncated toward zero (a shift of |x|: |x| < 2**63 here)."""
+    q = np.abs(x) >> bits
+    return np.where(x < 0, -q, q)
 
 
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
@@ -144,7 +146,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     b = np.asarray(b, dtype=np.int64)
     ab = a * b
     nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    result = _trunc_div(ab + nudge, 1 << 31)
+    result = _trunc_div_pot(ab + nudge, 31)
     return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, result)
 
 

@@ -159,6 +159,33 @@ def test_program_equals_integer_emulation_bit_for_bit(students, case):
 
 
 @pytest.mark.parametrize("case", list(CASES))
+def test_training_on_chip_values_sees_the_integers_and_keeps_every_gradient(students, case):
+    """``features(arith=...)``, the forward distillation trains with, is the integer emulation
+    (so the simulator) value for value, whole or from a stream in the middle, and gives a
+    gradient to every parameter the plain fake-quant forward gives one."""
+    student, _, arith = students(case)
+    ids, mask = _batch([MAX_LEN, 9, 4, 1], MAX_LEN, seed=11)
+    n, t = ids.shape
+    ints = student.integer_features(ids, mask, arith)
+
+    def trained(**kw) -> set[str]:
+        student.zero_grad(set_to_none=True)
+        feats = student.features(ids, mask, **kw)
+        feats[-1][mask.bool()].pow(2).sum().backward()
+        return feats, {k for k, p in student.named_parameters()
+                       if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+    feats, tied = trained(arith=arith)
+    for i, (f, q) in enumerate(zip(feats, ints)):
+        assert torch.equal(f.detach().reshape(n * t, -1), q.value.float() * q.scale), i
+    _, plain = trained()
+    assert tied == plain and any(k.startswith("layers.1.") for k in tied)
+    student.zero_grad(set_to_none=True)
+    middle = (ints[1].value.float() * ints[1].scale).view(n, t, -1)
+    rest = student.features(None, mask, start=2, stream=middle, arith=arith)
+    assert torch.equal(rest[-1].detach().reshape(n * t, -1), ints[-1].value.float() * ints[-1].scale)
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_the_lowered_student_computes_what_the_teacher_does(teacher, students, case):
     """Before any distillation, the chip's integers already follow the teacher at every depth
     (the LayerNorm replacements are fitted, the grids calibrated in forward order): whatever
