@@ -142,6 +142,10 @@ class SimulatorPrefix:
         self.seconds = 0.0
 
     def advance_to(self, block: int) -> None:
+        if block < self.block:
+            # a period that starts lower down than the last one (the sentence-embedding period
+            # after the windows): the cache holds a later block, so run again from the tokens
+            self.block, self.stream = -1, None
         while self.block < block:
             self._run(self.block + 1)
 

@@ -21,7 +21,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from archnet.distill.checkpoint import load_checkpoint  # noqa: E402
-from archnet.text.distill import SentenceBatches, TextDistillConfig, distill_text  # noqa: E402
+from archnet.text.distill import (SentenceBatches, SimulatorPrefix, TextDistillConfig,  # noqa: E402
+                                  distill_text)
 from archnet.text.lowering import lower_bert, student_config  # noqa: E402
 from archnet.text.student import pooled, two_hot  # noqa: E402
 
@@ -420,3 +421,34 @@ def test_teacher_runs_once_per_batch_per_period_and_maps_are_distilled(teacher, 
     first_plain = [h["loss_first"] for h in plain.history]
     assert first_maps[0] == first_plain[0]                          # the embedding period
     assert first_maps[1] > first_plain[1]     # layer 0, from the same start: MSE + KL > MSE
+
+
+# ----------------------------------------------------------------------------- simulator prefix
+
+def test_a_period_starting_lower_down_reruns_the_prefix_from_the_tokens(teacher, corpus, chip):
+    """The sentence-embedding period starts at layer 0 after windows that ended higher up: it
+    must be fed the embedding's output, not the cached output of a later block."""
+    student = _fresh(teacher, corpus, chip)
+    data = SentenceBatches(*corpus)
+    lines: list[str] = []
+    prefix = SimulatorPrefix(student, chip, data, _cfg(), lines.append)
+    prefix.advance_to(1)
+    assert prefix.block == 1
+    prefix.advance_to(0)
+    fresh = SimulatorPrefix(student, chip, data, _cfg(), _quiet)
+    fresh.advance_to(0)
+    assert prefix.block == 0 and np.array_equal(prefix.stream, fresh.stream)
+    assert [line.split(" on ")[0] for line in lines] == [
+        "  simulator: block embedding", "  simulator: block layer0", "  simulator: block embedding"]
+
+
+def test_every_period_reads_the_simulator_output_of_the_block_before_it(teacher, corpus, chip,
+                                                                         tmp_path):
+    """Windows of one block, then the sentence-embedding period from layer 0: the log names the
+    block the simulator ran for each period, in order."""
+    ids, mask = corpus
+    lines: list[str] = []
+    distill_text(_fresh(teacher, corpus, chip), teacher, ids, mask, chip, _cfg(window=1),
+                 tmp_path, log=lines.append)
+    ran = [line.split("block ")[1].split(" on ")[0] for line in lines if "simulator:" in line]
+    assert ran == ["embedding", "layer0", "embedding"]
