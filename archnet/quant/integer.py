@@ -19,17 +19,19 @@ EXACT_FLOAT64 = 2 ** 53
 EXACT_FLOAT32 = 2 ** 24     # every integer partial sum below it is exact in float32
 
 
-def _check_exact(x: torch.Tensor, w: torch.Tensor, k: int, bias: torch.Tensor | None) -> None:
-    bound = k * int(x.abs().max()) * int(w.abs().max()) + (int(bias.abs().max()) if bias is not None else 0)
+def _check_exact(x: torch.Tensor, w: torch.Tensor, k: int, bias: torch.Tensor | None) -> int:
+    """The largest |sum of products| (bias aside) ``k``-long reductions of x and w can reach;
+    raises unless the sum with the bias is exact in float64."""
+    products = k * int(x.abs().max()) * int(w.abs().max()) if x.numel() and w.numel() else 0
+    bound = products + (int(bias.abs().max()) if bias is not None and bias.numel() else 0)
     if bound >= EXACT_FLOAT64:
         raise OverflowError(f"MAC sums up to {bound} are not exact in float64")
+    return products
 
 
-def _exact_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of integer tensors, exactly, as int64: in float32 when no partial sum can reach
-    2**24 (low-bit operands: twice as fast), else in float64 (callers bound it by 2**53)."""
-    k = a.shape[-1]
-    bound = k * int(a.abs().max()) * int(b.abs().max()) if a.numel() and b.numel() else 0
+def _exact_product(a: torch.Tensor, b: torch.Tensor, bound: int) -> torch.Tensor:
+    """``a @ b`` of integer tensors whose partial sums stay within ``bound``, exactly, as int64:
+    in float32 below 2**24 (low-bit operands: twice as fast), else in float64."""
     dtype = torch.float32 if bound < EXACT_FLOAT32 else torch.float64
     return torch.matmul(a.to(dtype), b.to(dtype)).round().to(torch.int64)
 
@@ -79,9 +81,9 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, acc: AccumulatorSpec) -> torch.Tensor:
     """acc[n, o] = bias[o] + sum_k x[n, k] * w[o, k] under the chip's accumulator."""
     b = bias if bias is not None else torch.zeros(w.shape[0], dtype=torch.int64)
-    _check_exact(x, w, w.shape[1], b)
+    bound = _check_exact(x, w, w.shape[1], b)
     if acc.order_independent:
-        return _finish(_exact_product(x, w.T) + b, acc)
+        return _finish(_exact_product(x, w.T, bound) + b, acc)
     return _sequential(x.unsqueeze(2), w, b, acc).squeeze(2)
 
 
@@ -100,11 +102,9 @@ def requant_multiplier(in_scale: float, weight_scales: torch.Tensor, out_scale: 
 def matmul(a: torch.Tensor, b: torch.Tensor, acc: AccumulatorSpec) -> torch.Tensor:
     """acc[..., n, m] = sum_k a[..., n, k] * b[..., k, m] of two activations (zero points 0)."""
     k = a.shape[-1]
-    bound = k * int(a.abs().max()) * int(b.abs().max()) if a.numel() and b.numel() else 0
-    if bound >= EXACT_FLOAT64:
-        raise OverflowError(f"MAC sums up to {bound} are not exact in float64")
+    bound = _check_exact(a, b, k, None)
     if acc.order_independent:
-        return _finish(_exact_product(a, b), acc)
+        return _finish(_exact_product(a, b, bound), acc)
     # order-dependent saturation: the chip reduces k in order, one output at a time
     lead = a.shape[:-2]
     a2 = a.reshape(-1, a.shape[-2], k)

@@ -15,9 +15,10 @@ Blocks before the window are frozen; they run on the chip profile's **simulator*
 Program, exported with the frozen grids), once per period over the distillation sentences, and
 the window trains on the simulator's integers times their step. With ``chip_values`` the window
 itself computes the chip's integers too (``TextStudent.features(arith=...)``: values from the
-integer emulation, gradients from fake-quant), so the loss is the deployed student's loss. Padding never changes a real
-token's value (keys are masked, everything else is per token), so sentences are batched by
-length and each batch is cut to its longest sentence; the simulator runs them the same way.
+integer emulation, gradients from fake-quant), so the loss is the deployed student's loss.
+Padding never changes a real token's value (keys are masked, everything else is per token), so
+sentences are batched by length and each batch is cut to its longest sentence; the simulator
+runs them the same way.
 
 No labels: the data is unlabeled text. A checkpoint per period goes to
 ``<run_dir>/checkpoints/period_NN.pt`` atomically; ``resume`` continues after the last complete

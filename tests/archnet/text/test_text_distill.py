@@ -452,3 +452,16 @@ def test_every_period_reads_the_simulator_output_of_the_block_before_it(teacher,
                  tmp_path, log=lines.append)
     ran = [line.split("block ")[1].split(" on ")[0] for line in lines if "simulator:" in line]
     assert ran == ["embedding", "layer0", "embedding"]
+
+
+def test_chip_values_change_what_the_window_trains_on(teacher, corpus, chip, tmp_path):
+    """``chip_values`` reaches the trained blocks: with it the first encoder period trains on the
+    chip's integers (TFLite's double rounding) and ends at other weights than without it."""
+    ids, mask = corpus
+    cfg = dict(final_steps=0, simulator_in_loop=False)
+    for name, on in (("chip", True), ("float", False)):
+        distill_text(_fresh(teacher, corpus, chip, bits=4), teacher, ids, mask, chip,
+                     _cfg(chip_values=on, **cfg), tmp_path / name, log=_quiet)
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "period_01.pt")["state_dict"]
+            for name in ("chip", "float"))
+    assert not _states_equal(a, b)
