@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.fileio import atomic_write_bytes
+
 
 def _rel(a, b, valid) -> float:
     return float(((a - b)[valid] ** 2).mean() / (b[valid] ** 2).mean())
@@ -108,10 +110,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:
-        out_path = Path(args.out)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out_path)
+        atomic_write_bytes(args.out, text.encode())
     return 0
 
 
