@@ -67,20 +67,18 @@ class _Variant:
     def __init__(self, teacher, make, only: str | None = None):
         from torch import nn
         self.model = copy.deepcopy(teacher.model)
-        self.replaced = []
         for name, mod in list(self.model.named_modules()):
             if isinstance(mod, nn.LayerNorm) and (only is None or name == only):
                 parent, _, leaf = name.rpartition(".")
-                new = make(mod, name)
-                setattr(self.model.get_submodule(parent), leaf, new)
-                self.replaced.append(new)
+                setattr(self.model.get_submodule(parent), leaf, make(mod, name))
 
     def embeddings(self, ids, mask):
         from archnet.text.student import pooled
         return pooled(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
-def _stream_grid(bits: int, per_channel: bool):
+def _stream_grid(bits: int, per_channel: bool, valid):
+    """LayerNorm -> its output on a grid fixed on the first call's ``valid`` tokens."""
     from torch import nn
 
     class StreamGrid(nn.Module):
@@ -88,18 +86,16 @@ def _stream_grid(bits: int, per_channel: bool):
             super().__init__()
             self.ln, self.step = ln, None
 
-        def calibrate(self, y, valid):
-            self.step = _grid_step(y.reshape(-1, y.shape[-1])[valid], bits, per_channel)
-
         def forward(self, x):
             y = self.ln(x)
             if self.step is None:
-                self.calibrate(y, _Calibration.valid)
+                self.step = _grid_step(y.reshape(-1, y.shape[-1])[valid], bits, per_channel)
             return _on_grid(y, self.step, bits)
     return StreamGrid
 
 
-def _chip_op_norm(centred_bits: int, variance_bits: int):
+def _chip_op_norm(centred_bits: int, variance_bits: int, valid):
+    """LayerNorm -> per-token normalisation on grids fixed on the first call's ``valid`` tokens."""
     import torch
     from torch import nn
 
@@ -111,7 +107,6 @@ def _chip_op_norm(centred_bits: int, variance_bits: int):
         def forward(self, x):
             c = x - x.mean(-1, keepdim=True)
             if self.step is None:
-                valid = _Calibration.valid
                 flat = c.reshape(-1, c.shape[-1])[valid]
                 self.step = _grid_step(flat, centred_bits, False)
                 c_q = _on_grid(flat, self.step, centred_bits)
@@ -121,10 +116,6 @@ def _chip_op_norm(centred_bits: int, variance_bits: int):
             var = torch.clamp(torch.round(c.pow(2).mean(-1, keepdim=True) / self.var_step), 1, levels)
             return c * torch.rsqrt(var * self.var_step + self.ln.eps) * self.ln.weight + self.ln.bias
     return ChipOpNorm
-
-
-class _Calibration:
-    valid = None      # the calibration batch's real tokens, flattened, for modules calibrating
 
 
 def _fixed_affine(calib_ids, calib_mask, teacher):
@@ -182,7 +173,7 @@ def main() -> int:
     ids, mask = torch.as_tensor(tok.input_ids), torch.as_tensor(tok.attention_mask)
     train_ids, train_mask = torch.as_tensor(train_tok.input_ids), torch.as_tensor(train_tok.attention_mask)
     cal_ids, cal_mask = train_ids[:args.calibration], train_mask[:args.calibration]
-    _Calibration.valid = cal_mask.reshape(-1).bool()
+    cal_valid = cal_mask.reshape(-1).bool()
     with torch.no_grad():
         ref = teacher.forward(ids, mask).embedding.numpy()
 
@@ -192,28 +183,37 @@ def main() -> int:
              "| change to the float teacher | mean cosine | min cosine | NN agreement | Spearman |",
              "|---|---:|---:|---:|---:|"]
 
-    def row(label: str, variant: _Variant) -> dict:
-        start = time.perf_counter()
+    def quality(variant: _Variant) -> dict:
+        variant.model.eval()
         with torch.no_grad():
-            variant.model(input_ids=cal_ids, attention_mask=cal_mask)   # calibrates
-            q = embedding_quality(variant.embeddings(ids, mask).numpy(), ref)
+            return embedding_quality(variant.embeddings(ids, mask).numpy(), ref)
+
+    def row(label, q: dict, note: str) -> None:
         lines.append(f"| {label} | {q['mean_cosine']:.4f} | {q['min_cosine']:.3f} "
                      f"| {q['nn_agreement']:.3f} | {q['spearman']:.3f} |")
-        print(lines[-1], f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+        print(lines[-1], f"({note})", file=sys.stderr, flush=True)
+
+    def untrained(label: str, variant: _Variant, calibrate: bool = True) -> dict:
+        start = time.perf_counter()
+        if calibrate:       # grids fix themselves on their first call
+            with torch.no_grad():
+                variant.model(input_ids=cal_ids, attention_mask=cal_mask)
+        q = quality(variant)
+        row(label, q, f"{time.perf_counter() - start:.0f}s")
         return q
 
     for bits, per_channel in ((8, False), (10, False), (12, False), (8, True), (6, True)):
-        row(f"residual stream on a {bits}-bit {'per-channel' if per_channel else 'per-tensor'} grid",
-            _Variant(teacher, _stream_grid(bits, per_channel)))
+        untrained(f"residual stream on a {bits}-bit {'per-channel' if per_channel else 'per-tensor'} grid",
+                  _Variant(teacher, _stream_grid(bits, per_channel, cal_valid)))
     make_fixed, norms = _fixed_affine(cal_ids, cal_mask, teacher)
-    row(f"every LayerNorm ({len(norms)}) -> fixed-statistics affine", _Variant(teacher, make_fixed))
-    alone = []
+    untrained(f"every LayerNorm ({len(norms)}) -> fixed-statistics affine",
+              _Variant(teacher, make_fixed), calibrate=False)
     for name in norms:
-        q = row(f"only {name} -> fixed-statistics affine", _Variant(teacher, make_fixed, only=name))
-        alone.append((q["nn_agreement"], name))
+        untrained(f"only {name} -> fixed-statistics affine", _Variant(teacher, make_fixed, only=name),
+                  calibrate=False)
     for centred, variance in ((8, 8), (16, 8), (16, 16)):
-        row(f"every LayerNorm from chip ops: centred values {centred}-bit, variance {variance}-bit",
-            _Variant(teacher, _chip_op_norm(centred, variance)))
+        untrained(f"every LayerNorm from chip ops: centred values {centred}-bit, variance {variance}-bit",
+                  _Variant(teacher, _chip_op_norm(centred, variance, cal_valid)))
 
     if args.train_steps > 0:
         lines += ["", f"Fixed-statistics teacher trained end to end in float ({args.train_steps} steps, "
@@ -244,13 +244,7 @@ def main() -> int:
             loss.backward()
             opt.step()
             if step % every == 0 or step == args.train_steps:
-                model.eval()
-                with torch.no_grad():
-                    q = embedding_quality(variant.embeddings(ids, mask).numpy(), ref)
-                lines.append(f"| {step} | {q['mean_cosine']:.4f} | {q['min_cosine']:.3f} "
-                             f"| {q['nn_agreement']:.3f} | {q['spearman']:.3f} |")
-                print(lines[-1], f"(loss {loss.item():.4f}, {time.perf_counter() - start:.0f}s)",
-                      file=sys.stderr, flush=True)
+                row(step, quality(variant), f"loss {loss.item():.4f}, {time.perf_counter() - start:.0f}s")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:

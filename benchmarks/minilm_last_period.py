@@ -77,7 +77,7 @@ def main() -> int:
     def quality() -> dict:
         with torch.no_grad():
             q = student.integer_features(ids, mask, chip.arithmetic)[-1]
-            emb = pooled((q.value.float() * q.scale).view(*mask.shape, -1), mask).numpy()
+            emb = pooled(q.value.double() * float(q.scale), mask).numpy()   # as archnet verify
         return embedding_quality(emb, ref)
 
     cfg = TextDistillConfig(lr=args.lr, chip_values=not args.no_chip_values)
