@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from archnet.bits import SUPPORTED_BITS
 from archnet.errors import ConversionError
 from archnet.lowering.calibrate import (calibrate_activations, calibrate_batchnorm,
                                       new_batchnorm_layers)
@@ -50,7 +51,7 @@ from archnet.lowering.resnet import (_block_names, convert_resnet, inspect_resne
 from simulator.cost import Estimate, estimate
 from simulator.profiles import ChipProfile, load_profile
 
-BIT_OPTIONS = ("2w4a", "4w4a", "8w8a")
+BIT_OPTIONS = SUPPORTED_BITS
 EPS = 1e-6            # added to a sensitivity increase: free downgrades win, never divide by 0
 UNASSIGNED = "(no block)"
 METHOD = ("HAQ-style greedy latency-constrained allocation (Wang et al. 2019): downgrade the "

@@ -10,21 +10,18 @@ torch is imported inside the command function only, so ``archnet --help`` stays 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from simulator.jsontext import json_text
 
 TEACHER_FORMAT = "archnet-teacher"
 STUDENT_FORMAT = "archnet-student-checkpoint"
 
 
 def _format_of(path: Path) -> str | None:
-    """The ``format`` field of a torch checkpoint, or None where the file is not one."""
-    import torch
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch reports foreign or damaged files in many ways
-        return None
-    return obj.get("format") if isinstance(obj, dict) else None
+    """The ``format`` field of an archnet checkpoint (read safely, its content hash verified)."""
+    from archnet.torchfile import load_torch
+    return load_torch(path, "checkpoint").get("format")
 
 
 def load_model(path: str):
@@ -32,7 +29,7 @@ def load_model(path: str):
     student checkpoint; anything else is a one-line ``CheckpointError``."""
     from archnet.errors import CheckpointError
     from archnet.student_io import load_student
-    from archnet.teachers import load_teacher
+    from archnet.teachers import load_recorded_teacher, load_teacher
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{path}: no such model file (give a teacher or student checkpoint)")
@@ -45,21 +42,10 @@ def load_model(path: str):
         return teacher, shape, None, None
     if kind == STUDENT_FORMAT:
         student, meta = load_student(p)
-        ref = meta.get("teacher")
-        if not isinstance(ref, str) or not ref:
-            raise CheckpointError(f"{path}: student metadata names no teacher checkpoint")
-        tpath = Path(ref)
-        if not tpath.is_file() and not tpath.is_absolute() and (p.parent / tpath).is_file():
-            tpath = p.parent / tpath
-        if not tpath.is_file():
-            raise CheckpointError(f"{path}: its teacher {ref!r} is not a file")
-        teacher, _ = load_teacher(tpath)
+        teacher, _, _, _ = load_recorded_teacher(meta, p)
         bits = [row["bits"] for row in student.summary()]
         return teacher, list(student.input_shape), student, bits
-    raise CheckpointError(f"{path}: neither a teacher nor a student checkpoint "
-                          f"(format {kind!r})" if kind else
-                          f"{path}: not a checkpoint torch can read (give a teacher or student "
-                          f"checkpoint)")
+    raise CheckpointError(f"{path}: neither a teacher nor a student checkpoint (format {kind!r})")
 
 
 def cmd_latency_table(args) -> int:
@@ -67,8 +53,11 @@ def cmd_latency_table(args) -> int:
                                         latency_table_dict, order_options)
     from simulator.cost import estimate
     from simulator.fileio import atomic_write_bytes
+    from simulator.outputs import check_file_outputs
     from simulator.profiles import load_profile
 
+    check_file_outputs({"--csv": args.csv}, inputs=[args.model, args.chip],
+                       suffixes={"--csv": (".csv",)})
     profile = load_profile(args.chip)
     options = order_options(args.options) if args.options else None
     teacher, shape, student, bits = load_model(args.model)
@@ -81,14 +70,27 @@ def cmd_latency_table(args) -> int:
         df.insert(1, "model fallbacks", [len(est.fallbacks) if b == "total" else
                                          rows.get(b, {}).get("fallbacks", 0) for b in df.index])
     if args.csv:
-        atomic_write_bytes(args.csv, df.to_csv(float_format="%.9g").encode())
+        atomic_write_bytes(args.csv, df.to_csv(float_format="%.9g").encode(errors="backslashreplace"))
     if args.json:
-        print(json.dumps(latency_table_dict(df, marks=bits), indent=2))
+        print(json_text(latency_table_dict(df, marks=bits)))
     else:
         print(format_latency_table(df, marks=bits))
         if args.csv:
             print(f"wrote {args.csv}")
     return 0
+
+
+def _bit_options(text: str) -> str:
+    """``--options``: widths from the supported set, separated by commas."""
+    import argparse
+
+    from archnet.bits import SUPPORTED_BITS
+    items = [t.strip() for t in text.split(",")]
+    bad = [t for t in items if t not in SUPPORTED_BITS]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad or [text]))}: choose from "
+                                         f"{', '.join(SUPPORTED_BITS)}")
+    return text
 
 
 def add_commands(sub) -> None:
@@ -104,7 +106,7 @@ def add_commands(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="teacher or student checkpoint (.pt)")
     p.add_argument("--chip", required=True, metavar="NAME",
                    help="chip profile name (chip_profiles/NAME.toml) or a profile file")
-    p.add_argument("--options", metavar="LIST",
+    p.add_argument("--options", metavar="LIST", type=_bit_options,
                    help="comma-separated bit options, e.g. 2w4a,4w4a,8w8a (default: those of "
                         "2w4a,4w4a,8w8a the chip runs)")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (atomically)")

@@ -8,10 +8,11 @@ import sys
 from archnet import bit_allocation_cli, convert_cli, demo_cli, report_cli, verify_cli
 from archnet.teachers import cli as teachers_cli
 from simulator import cli as simulator_cli
+from simulator.argtypes import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="archnet",
         description="Arch-Net toolkit: bit-exact NPU simulation and per-chip cost estimates")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

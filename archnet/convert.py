@@ -20,8 +20,6 @@ The whole job, in order:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 import time
 from dataclasses import asdict, dataclass
@@ -35,16 +33,14 @@ from archnet.distill.loop import DistillConfig, distill
 from archnet.errors import ArchnetError, ConversionError, DataError
 from archnet.lowering import (assert_deployable, calibrate_activations, calibrate_batchnorm,
                               convert_resnet, parse_bits)
+from archnet.runs import CHECKPOINTS, PROGRAM_FILE, STUDENT_FILE, SUMMARY_FILE, check_run_output
 from archnet.student_io import save_student
 from simulator.cost import estimate
 from simulator.execute import execute
 from simulator.fileio import atomic_write_bytes
 from simulator.ir.program import save_program
+from simulator.jsontext import json_text
 from simulator.profiles import load_profile
-
-STUDENT_FILE = "student.pt"
-PROGRAM_FILE = "model.program"
-SUMMARY_FILE = "convert.json"
 
 
 @dataclass
@@ -66,20 +62,12 @@ class ConvertOptions:
     command: str | None = None
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def run_folder(path: str | Path, resume: bool) -> Path:
-    """``--out``: a folder, and one without an earlier run's checkpoints unless resuming."""
+def run_folder(path: str | Path, resume: bool, inputs=()) -> Path:
+    """``--out``: new, empty, or a run folder (``archnet.runs``) whose files are none of the
+    ``inputs``; one without an earlier run's checkpoints unless resuming."""
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ArchnetError(f"--out {out}: exists and is not a folder")
-    if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+    check_run_output(out, inputs)
+    if not resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
         raise ArchnetError(f"--out {out}: holds checkpoints of an earlier run; pass --resume to "
                            f"continue it or choose another folder")
     return out
@@ -113,7 +101,7 @@ def load_images(dataset: str, data_path: str | None, max_images: int | None) -> 
     if max_images is not None:
         images = images[:max_images]
     if len(images) == 0:
-        raise DataError("no images to distil on")
+        raise DataError(f"{data_path or dataset}: no images to distil on")
     return images
 
 
@@ -157,19 +145,19 @@ def check_against_simulator(student, profile, images: torch.Tensor, backend: str
 
 def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
     """Run the whole conversion; returns the summary written to ``convert.json``."""
-    from archnet.teachers import load_teacher
+    from archnet.teachers import load_teacher, teacher_content_hash
     t0 = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     dist.init_from_env()
     profile = load_profile(opts.chip)
-    out = run_folder(opts.out, opts.resume)
+    out = run_folder(opts.out, opts.resume, [opts.teacher, opts.data_path, profile.path])
     teacher, meta = load_teacher(opts.teacher)
     dataset = opts.dataset or meta.get("dataset")
     images = load_images(dataset, opts.data_path, opts.max_images)
     if list(images.shape[1:]) != list(meta["input_shape"]):
-        raise DataError(f"images of shape {list(images.shape[1:])} do not fit the teacher's input "
-                        f"{meta['input_shape']} ({opts.teacher})")
+        raise DataError(f"{opts.data_path or dataset}: images of shape {list(images.shape[1:])} do "
+                        f"not fit the teacher's input {meta['input_shape']} ({opts.teacher})")
     log(f"teacher {opts.teacher}: {meta.get('arch')} on {dataset}, {len(images)} unlabeled images, "
         f"chip {profile.name}")
 
@@ -188,7 +176,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
     student = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed)
     log(student.describe())
     metadata = {
-        "teacher": str(opts.teacher), "teacher_sha256": sha256_file(opts.teacher),
+        "teacher": str(opts.teacher), "teacher_sha256": teacher_content_hash(teacher),
         "teacher_arch": meta.get("arch"), "teacher_test_accuracy": meta.get("test_accuracy"),
         "profile": profile.name, "profile_path": str(profile.path),
         "bits": [f"{b['w_bits']}w{b['a_bits']}a" for b in student.config["blocks"]],
@@ -229,7 +217,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_student(out / STUDENT_FILE, student, metadata)
         save_program(program, out / PROGRAM_FILE)
-        atomic_write_bytes(out / SUMMARY_FILE, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        atomic_write_bytes(out / SUMMARY_FILE, (json_text(summary, default=str) + "\n").encode())
         log(f"wrote {out / PROGRAM_FILE}, {out / STUDENT_FILE}, {out / SUMMARY_FILE}: "
             f"{profile.name} estimate {est.total_latency_ms:.4f} ms, {len(est.fallbacks)} fallbacks; "
             f"emulation = simulator on {check['elements']:,} elements of {check['images']} images; "

@@ -4,6 +4,33 @@ from __future__ import annotations
 
 import argparse
 
+from archnet.bits import SUPPORTED_BITS
+from simulator.argtypes import (count_or_zero, float_in, fraction, int_in, positive_float,
+                                positive_int, seed, threads)
+
+
+
+def _given(value, default):
+    """The value given, else the family's default (never a default in place of a given 0)."""
+    return default if value is None else value
+
+
+def _check_family_options(args, text: bool) -> None:
+    """Options of the other family are refused, not silently ignored."""
+    from archnet.errors import ArchnetError
+    defaults = {"max_len": 64, "layers": None, "max_sentences": 2048, "heldout_fraction": 0.1,
+                "final_steps": 200, "final_window": None, "attention_weight": 0.0,
+                "no_chip_values": False, "allow_fallback": False, "corpus": None} if not text else \
+        {"latency_budget": None, "dataset": None, "data": None, "max_images": None,
+         "calibration_images": 512, "keep_global_pool": False, "epochs_per_period": 1.0,
+         "restarts": 1, "mixup": 0.25, "cosine_weight": 1.0, "no_attention": False}
+    given = ["--" + k.replace("_", "-") for k, v in defaults.items() if getattr(args, k) != v]
+    if given:
+        raise ArchnetError(f"{', '.join(given)}: {'text' if not text else 'CNN'} teachers only; "
+                           f"{args.teacher} is a {'text' if text else 'CNN'} teacher")
+    if not text and args.latency_budget is not None and args.bits is not None:
+        raise ArchnetError("--bits and --latency-budget: give one (the budget chooses the bits)")
+
 
 def cmd_convert_text(args) -> int:
     from archnet.convert import command_line
@@ -17,8 +44,9 @@ def cmd_convert_text(args) -> int:
         resume=args.resume, threads=args.threads, command=command_line())
     cfg = TextDistillConfig(
         steps_per_period=150 if args.steps_per_period is None else args.steps_per_period,
-        final_steps=args.final_steps, final_window=args.final_window, batch_size=args.batch_size or 32,
-        lr=args.lr or 1e-4, window=args.window, simulator_in_loop=not args.no_simulator_in_loop,
+        final_steps=args.final_steps, final_window=args.final_window,
+        batch_size=_given(args.batch_size, 32),
+        lr=_given(args.lr, 1e-4), window=args.window, simulator_in_loop=not args.no_simulator_in_loop,
         attention_weight=args.attention_weight, chip_values=not args.no_chip_values,
         seed=args.seed, progress=args.progress)
     convert_text(opts, cfg, log=lambda line: print(line, flush=True))
@@ -27,7 +55,9 @@ def cmd_convert_text(args) -> int:
 
 def cmd_convert(args) -> int:
     from archnet.text.convert import is_text_teacher
-    if is_text_teacher(args.teacher):
+    text = is_text_teacher(args.teacher)
+    _check_family_options(args, text)
+    if text:
         return cmd_convert_text(args)
     from archnet.convert import ConvertOptions, command_line, convert
     from archnet.distill.loop import DistillConfig
@@ -39,7 +69,7 @@ def cmd_convert(args) -> int:
         command=command_line())
     cfg = DistillConfig(
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
-        batch_size=args.batch_size or 64, lr=args.lr or 5e-4, window=args.window,
+        batch_size=_given(args.batch_size, 64), lr=_given(args.lr, 5e-4), window=args.window,
         restarts=args.restarts,
         mixup_fraction=args.mixup, cosine_weight=args.cosine_weight,
         attention=not args.no_attention, simulator_in_loop=not args.no_simulator_in_loop,
@@ -65,51 +95,55 @@ def add_commands(sub) -> None:
                    "of a BERT-style encoder (config.json, weights, tokenizer)")
     c.add_argument("--chip", required=True, help="chip profile name or TOML file")
     c.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
-    c.add_argument("--bits", help="weight/activation bits of every block: 2w4a, 4w4a, 8w8a "
-                   "(default 4w4a; 8w8a for text teachers); ignored with --latency-budget")
-    c.add_argument("--latency-budget", type=float, metavar="MS",
+    c.add_argument("--bits", choices=SUPPORTED_BITS,
+                   help="weight/activation bits of every block: 2w4a, 4w4a, 8w8a (default 4w4a; "
+                        "8w8a for text teachers); not with --latency-budget")
+    c.add_argument("--latency-budget", type=positive_float, metavar="MS",
                    help="choose bits per block so the estimated latency fits MS milliseconds")
     c.add_argument("--dataset", help="data set of the unlabeled images (default: the teacher's)")
     c.add_argument("--data", metavar="PATH", help="folder of the data set's files (Fashion-MNIST "
                    "IDX), or a .npy of images (N, C, H, W)")
-    c.add_argument("--max-images", type=int, help="use the first N training images")
-    c.add_argument("--calibration-images", type=int, default=512)
+    c.add_argument("--max-images", type=positive_int, help="use the first N training images")
+    c.add_argument("--calibration-images", type=positive_int, default=512)
     c.add_argument("--keep-global-pool", action="store_true",
                    help="keep global average pooling where the chip runs it")
     c.add_argument("--resume", action="store_true",
                    help="continue after the last complete period in OUT/checkpoints")
-    c.add_argument("--epochs-per-period", type=float, default=1.0)
-    c.add_argument("--steps-per-period", type=int, help="overrides --epochs-per-period")
-    c.add_argument("--batch-size", type=int, help="default 64 (text: 32 sentences)")
-    c.add_argument("--lr", type=float, help="Adam learning rate (default 5e-4; text 1e-4)")
-    c.add_argument("--window", type=int, default=2,
+    c.add_argument("--epochs-per-period", type=positive_float, default=1.0)
+    c.add_argument("--steps-per-period", type=positive_int, help="overrides --epochs-per-period")
+    c.add_argument("--batch-size", type=positive_int, help="default 64 (text: 32 sentences)")
+    c.add_argument("--lr", type=float_in(0.0, 10.0, above=True),
+                   help="Adam learning rate (default 5e-4; text 1e-4)")
+    c.add_argument("--window", type=positive_int, default=2,
                    help="blocks trained per period; older ones run on the simulator (default 2)")
-    c.add_argument("--restarts", type=int, default=1, help="cosine cycles per period")
-    c.add_argument("--mixup", type=float, default=0.25, help="fraction of mixup batches")
-    c.add_argument("--cosine-weight", type=float, default=1.0, help="logit cosine loss weight")
+    c.add_argument("--restarts", type=positive_int, default=1, help="cosine cycles per period")
+    c.add_argument("--mixup", type=fraction, default=0.25, help="fraction of mixup batches")
+    c.add_argument("--cosine-weight", type=float_in(0.0, 1e6), default=1.0,
+                   help="logit cosine loss weight")
     c.add_argument("--no-attention", action="store_true", help="plain MSE, no teacher attention")
     c.add_argument("--no-simulator-in-loop", action="store_true",
                    help="ablation: train later blocks on fake-quant outputs instead")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--threads", type=int, help="torch threads")
+    c.add_argument("--seed", type=seed, default=0)
+    c.add_argument("--threads", type=threads, help="torch threads")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only on a terminal)")
     t = c.add_argument_group("text teachers")
     t.add_argument("--corpus", metavar="PATH", help="unlabeled text, one sentence per line "
                    "(default: Debian's fortunes)")
-    t.add_argument("--max-len", type=int, default=64,
+    t.add_argument("--max-len", type=int_in(3, 4096), default=64,
                    help="positions the student supports; longer sentences are truncated (default 64)")
-    t.add_argument("--layers", type=int,
+    t.add_argument("--layers", type=positive_int,
                    help="keep only the teacher's first N encoder layers (a truncated model)")
-    t.add_argument("--max-sentences", type=int, default=2048,
+    t.add_argument("--max-sentences", type=positive_int, default=2048,
                    help="distillation sentences, a seeded sample of the non-held-out ones (default 2048)")
-    t.add_argument("--heldout-fraction", type=float, default=0.1,
+    t.add_argument("--heldout-fraction", type=float_in(0.0, 1.0, above=True, below=True),
+                   default=0.1,
                    help="share of the corpus held out for quality (by a hash of each sentence)")
-    t.add_argument("--final-steps", type=int, default=200,
+    t.add_argument("--final-steps", type=count_or_zero, default=200,
                    help="steps of the last, sentence-embedding (cosine) period (default 200)")
-    t.add_argument("--final-window", type=int,
+    t.add_argument("--final-window", type=positive_int,
                    help="blocks the last period trains (default: every encoder layer)")
-    t.add_argument("--attention-weight", type=float, default=0.0,
+    t.add_argument("--attention-weight", type=float_in(0.0, 1e6), default=0.0,
                    help="weight of the KL to the teacher's attention maps in each encoder block's "
                         "period (default 0: on MiniLM it matched the maps but raised the hidden-"
                         "state error)")

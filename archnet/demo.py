@@ -15,9 +15,10 @@ and a summary table at the end saying where everything is.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+
+from simulator.jsontext import json_text
 
 DEMO_CHIP = "k210-kpu"
 VERIFY_CHIPS = ("k210-kpu", "ethos-u55-128", "rk3588-npu-core", "edgetpu")
@@ -30,13 +31,17 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
 
     from archnet.convert import ConvertOptions, convert
     from archnet.distill.loop import DistillConfig
+    from archnet.lowering import parse_bits
+    from archnet.runs import check_demo_output, is_run_folder
     from archnet.teachers.train import TrainConfig, train_teacher
     from archnet.verify import verify
-    from simulator.fileio import atomic_write_bytes
+    from simulator.fileio import atomic_write_bytes, prepare_folder
 
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    parse_bits(bits)
+    check_demo_output(out)
+    prepare_folder(out)
     if threads:
         torch.set_num_threads(threads)
     teacher = out / "teacher.pt"
@@ -52,7 +57,7 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
 
     log(f"[2/4] convert: {bits} for {DEMO_CHIP}, label-free distillation, simulator in the loop")
     t = time.perf_counter()
-    if (run_dir / "checkpoints").is_dir():   # a demo folder from an earlier run: start clean
+    if is_run_folder(run_dir):   # a demo folder from an earlier run: start clean
         import shutil
         shutil.rmtree(run_dir)
     summary = convert(
@@ -69,7 +74,7 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
         rep = verify(run_dir / "model.program", chip, progress=progress,
                      command=f"archnet verify {run_dir / 'model.program'} --chip {chip}")
         doc = rep.to_dict()
-        atomic_write_bytes(run_dir / f"verify_{chip}.json", (json.dumps(doc, indent=2) + "\n").encode())
+        atomic_write_bytes(run_dir / f"verify_{chip}.json", (json_text(doc) + "\n").encode())
         rows.append(doc)
         log(f"      {chip:<16} {'bit-exact' if doc['bit_exact'] else 'MISMATCH'}: "
             f"{doc['elements_matched']:,}/{doc['elements_total']:,} elements, simulator accuracy "
@@ -93,7 +98,7 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
                         for r in rows],
               "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
               "seconds": round(total, 1)}
-    atomic_write_bytes(out / "demo.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "demo.json", (json_text(result) + "\n").encode())
     log("")
     log(format_summary(result))
     return result

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from archnet.bits import SUPPORTED_BITS
+from simulator.argtypes import seed, threads
+
 
 def cmd_demo(args) -> int:
     from archnet.demo import run_demo
+    from archnet.runs import check_demo_output
+    check_demo_output(args.out)
     result = run_demo(args.out, bits=args.bits, threads=args.threads, progress=args.progress,
                       seed=args.seed, log=lambda line: print(line, flush=True))
     return 0 if all(c["bit_exact"] for c in result["chips"]) else 1
@@ -20,10 +25,11 @@ def add_commands(sub) -> None:
                     "Writes OUT/teacher.pt, OUT/run/ (student, Program, verify JSON, report/) "
                     "and OUT/demo.json.")
     d.add_argument("--out", default="archnet-demo", metavar="DIR", help="default ./archnet-demo")
-    d.add_argument("--bits", default="4w4a", help="2w4a, 4w4a (default) or 8w8a")
-    d.add_argument("--threads", type=int, default=1,
+    d.add_argument("--bits", default="4w4a", choices=SUPPORTED_BITS,
+                   help="2w4a, 4w4a (default) or 8w8a")
+    d.add_argument("--threads", type=threads, default=1,
                    help="torch threads (default 1: fastest on small, shared CPUs)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=seed, default=0)
     d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only on a terminal)")
     d.set_defaults(func=cmd_demo)

@@ -6,10 +6,10 @@ Text run folders (convert.json records family "text") go to
 
 from __future__ import annotations
 
-import json
 import shlex
 
-from simulator.cli import int_at_least
+from simulator.argtypes import int_at_least
+from simulator.jsontext import json_text
 
 
 def _report_command(args) -> str:
@@ -82,19 +82,20 @@ def _compare_command(args) -> str:
 
 
 def cmd_compare(args) -> int:
-    from archnet.errors import ReportError
     from archnet.report.compare import (compare_model, comparison_dict, format_comparison,
                                         per_op_frame, plot_comparison)
     from simulator.fileio import atomic_write_bytes
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise ReportError(f"--plot {args.plot}: the plot is a PNG; give a name ending in .png")
+    from simulator.outputs import check_file_outputs
+    check_file_outputs({"--csv": args.csv, "--plot": args.plot}, inputs=[args.model],
+                       suffixes={"--csv": (".csv",), "--plot": (".png",)})
     c = compare_model(args.model, args.chips, command=_compare_command(args))
     if args.json:
-        print(json.dumps(comparison_dict(c), indent=2))
+        print(json_text(comparison_dict(c)))
     else:
         print(format_comparison(c))
     if args.csv:
-        atomic_write_bytes(args.csv, per_op_frame(c).to_csv(index=False).encode())
+        table = per_op_frame(c).to_csv(index=False)
+        atomic_write_bytes(args.csv, table.encode(errors="backslashreplace"))
     if args.plot:
         plot_comparison(c, args.plot)
     if not args.json:

@@ -3,7 +3,11 @@
 A student checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights_only=True``)::
 
     {"format": "archnet-student", "version": 1, "config": {...}, "state_dict": {...},
-     "metadata": {"teacher": ..., "profile": ..., "bits": [...], "dataset": ..., ...}}
+     "metadata": {"teacher": ..., "teacher_sha256": ..., "profile": ..., "bits": [...], ...},
+     "content_sha256": ...}
+
+(``archnet.torchfile``: read without running code, the content hash verified; the teacher's
+``content_sha256`` is what ``teacher_sha256`` records.)
 
 ``save_student`` writes it atomically; ``load_student`` rebuilds the exact module
 (``build_student(config)`` + ``load_state_dict``) and checks that the two fit. The metadata is
@@ -16,10 +20,10 @@ import os
 from pathlib import Path
 
 
-from archnet.errors import ArchnetError, CheckpointError
+from archnet.errors import CheckpointError
 from archnet.student import ArchNetStudent, build_student
 from archnet.teachers import _plain
-from archnet.torchfile import load_torch, save_torch
+from archnet.torchfile import build_with_state, load_torch, save_torch
 
 STUDENT_FORMAT = "archnet-student-checkpoint"
 STUDENT_VERSION = 1
@@ -47,16 +51,14 @@ def student_from_payload(obj, where: str) -> tuple[ArchNetStudent, dict]:
     if obj.get("version") != STUDENT_VERSION:
         raise CheckpointError(f"{where}: student checkpoint version {obj.get('version')!r}, "
                               f"this archnet reads {STUDENT_VERSION}")
-    try:
-        student = build_student(obj["config"])
-    except (ArchnetError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{where}: bad student config: {exc}") from None
-    try:
-        student.load_state_dict(obj["state_dict"], strict=True)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{where}: weights do not fit the student config: {first[:300]}") from None
-    return student.eval(), dict(obj.get("metadata") or {})
+    if not isinstance(obj.get("config"), dict):
+        raise CheckpointError(f"{where}: student checkpoint lacks its config")
+    student = build_with_state(lambda: build_student(obj["config"]), obj.get("state_dict"), where,
+                               "weights")
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: student metadata must be a dict")
+    return student, dict(meta or {})
 
 
 def load_student(path: str | os.PathLike) -> tuple[ArchNetStudent, dict]:

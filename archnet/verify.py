@@ -16,6 +16,11 @@ The first two must agree on every element (logits, and every block output with
 for: the Program stores real requantization multipliers and every profile turns them into its own
 integers, so the run is always under the given chip's arithmetic.
 
+The simulator's accumulator statistics are summed over the run (``simulator.overflow``): per MAC
+op, the outputs that wrapped or saturated on this chip and the narrowest accumulator that would
+have held them. Bit-exact agreement does not show this (both sides wrap alike), so the report
+says it in words next to the result.
+
 Under ``torchrun`` each rank takes ``archnet.distributed.shard(n)`` of the images and the counts
 are summed over ranks (``all_reduce_sum``); every rank returns the same report, and only the
 caller on the main rank should print or write it (the CLI does so).
@@ -35,8 +40,10 @@ import torch
 
 from archnet import distributed as dist
 from archnet.errors import ArchnetError, CheckpointError
+from archnet.runs import resolve_recorded
 from simulator.errors import SimulatorError
 from simulator.ir.program import Program, load_program
+from simulator.overflow import OverflowSummary
 
 STUDENT_FILE = "student.pt"   # the converter writes it beside model.program
 SPLIT = "test"
@@ -68,6 +75,8 @@ class VerifyReport:
     program: str
     student: str
     teacher: str
+    teacher_sha256: str
+    teacher_matches_conversion: bool   # False only for a --teacher chosen on purpose
     chip: str
     chip_path: str
     converted_for: str | None
@@ -96,6 +105,7 @@ class VerifyReport:
     stage_s: dict[str, float]
     commands: dict[str, str | None]
     divergence: dict | None = None
+    overflow: OverflowSummary | None = None   # the simulator's accumulator over the run
 
     # -- derived
     @property
@@ -138,6 +148,7 @@ class VerifyReport:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["agreement"] = [a.to_dict() for a in self.agreement]
+        d["overflow"] = self.overflow.to_dict() if self.overflow is not None else None
         d.update(bit_exact=self.bit_exact, elements_matched=self.matched,
                  elements_total=self.total,
                  agreement_fraction=self.matched / self.total if self.total else 1.0,
@@ -157,7 +168,10 @@ class VerifyReport:
         lines = [
             f"verify {self.program} on {self.chip} ({self.chip_path})",
             f"  student  {self.student} (converted for {self.converted_for or '?'}{bits})",
-            f"  teacher  {self.teacher}",
+            f"  teacher  {self.teacher}" + ("" if self.teacher_matches_conversion else
+                                            "  WARNING: not the teacher the student was converted "
+                                            "from (given with --teacher; its content hash "
+                                            "differs from the student's record)"),
             f"  data     {self.dataset} {self.split} split, {self.images} images"
             + (f" (first {self.limit})" if self.limit is not None else "")
             + f", data path {self.data_path or 'default'}; batch {self.batch_size}, "
@@ -172,6 +186,8 @@ class VerifyReport:
             lines.append(f"  {name:<24} {a.matched:>12,} {a.total:>12,} {_pct(a.fraction):>9}")
         lines.append(f"  {'all':<24} {self.matched:>12,} {self.total:>12,} "
                      f"{_pct(self.matched / self.total if self.total else 1.0):>9}")
+        if self.overflow is not None:
+            lines += ["", *self.overflow.lines()]
         n = self.images
         lines += [
             "",
@@ -207,7 +223,19 @@ class VerifyReport:
                 lines.append(f"  in image {self.divergence['image']} of the data set; "
                              f"{self.divergence['text'].splitlines()[0]}")
                 lines += ["  " + ln for ln in self.divergence["text"].splitlines()[1:]]
+        lines += overflow_result_lines(self.overflow, self.bit_exact)
         return "\n".join(lines)
+
+
+def overflow_result_lines(overflow: OverflowSummary | None, bit_exact: bool) -> list[str]:
+    """The lines that go right under ``result:``: whether the chip wrapped or saturated."""
+    if overflow is None:
+        return []
+    lines = [f"  {overflow.sentence()}"]
+    if overflow.events and bit_exact:
+        lines.append(f"  (bit-exact: the simulator and archnet's emulation {overflow.verb.lower()} "
+                     f"alike; that is this chip's arithmetic, and the results above include it)")
+    return lines
 
 
 def _pct(frac: float) -> str:
@@ -241,33 +269,6 @@ def _load_program(path: Path) -> Program:
         raise
     except SimulatorError as exc:
         raise ArchnetError(str(exc)) from None
-
-
-def _resolve_near(value: str, near: Path) -> Path | None:
-    """``value`` as given (relative to the current directory), else relative to ``near``."""
-    p = Path(value)
-    if p.exists() or p.is_absolute():
-        return p if p.exists() else None
-    q = near / p
-    return q if q.exists() else None
-
-
-def _teacher_path(teacher_path, student_path: Path, meta: dict) -> Path:
-    if teacher_path is not None:
-        p = Path(teacher_path)
-        if not p.is_file():
-            raise CheckpointError(f"{p}: no such teacher checkpoint")
-        return p
-    recorded = meta.get("teacher")
-    if not isinstance(recorded, str) or not recorded:
-        raise CheckpointError(f"{student_path}: metadata names no teacher; give one with --teacher")
-    p = _resolve_near(recorded, student_path.parent)
-    if p is None or not p.is_file():
-        tried = [recorded] if Path(recorded).is_absolute() else \
-            [recorded, str(student_path.parent / recorded)]
-        raise CheckpointError(f"{recorded}: no such teacher checkpoint (named by {student_path}; "
-                              f"looked at {' and '.join(tried)}); give one with --teacher")
-    return p
 
 
 def _diff_programs(a: Program, b: Program) -> str | None:
@@ -382,9 +383,10 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
     """
     from archnet.data import load_dataset
     from archnet.student_io import load_student
-    from archnet.teachers import load_teacher
+    from archnet.teachers import load_recorded_teacher, teacher_content_hash
     from simulator.cost import estimate
     from simulator.execute import execute
+    from simulator.overflow import merge_stats
     from simulator.profiles import ChipProfile, load_profile
 
     start = time.perf_counter()
@@ -405,8 +407,8 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         raise CheckpointError(f"{student_path}: no such student checkpoint{hint}")
     student, meta = load_student(student_path)
     check_program_matches(program, student, program_path, student_path)
-    teacher_file = _teacher_path(teacher_path, student_path, meta)
-    teacher, teacher_meta = load_teacher(teacher_file)
+    teacher, teacher_meta, teacher_file, teacher_matches = load_recorded_teacher(
+        meta, student_path, teacher_path)
     profile = chip if isinstance(chip, ChipProfile) else load_profile(chip)
     arith = profile.arithmetic
 
@@ -416,7 +418,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         raise CheckpointError(f"{student_path}: metadata names no data set; give one with --dataset")
     if data_path is None and dataset is None and meta.get("data_path"):
         recorded = str(meta["data_path"])
-        data_path = _resolve_near(recorded, student_path.parent) or recorded
+        data_path = resolve_recorded(recorded, student_path.parent) or recorded
     test = load_dataset(name, data_path, SPLIT, labels=True)
     images, labels = test.tensors
     if tuple(images.shape[1:]) != tuple(student.input_shape):
@@ -446,6 +448,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
     matched = np.zeros(len(compared), np.int64)
     totals = np.zeros(len(compared), np.int64)
     counts = np.zeros(5, np.int64)  # teacher, student, simulator correct; sim=teacher; sim=student
+    overflow: dict = {}             # MAC op -> OverflowStats, summed over the batches
     stage = {"simulator": 0.0, "emulation": 0.0, "fake-quant": 0.0, "teacher": 0.0}
     divergence = None
     starts = list(range(lo, hi, batch_size))
@@ -460,8 +463,10 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
             img = student.input.integer_forward(x).value.numpy()
 
             t = time.perf_counter()
-            sim = execute(programs[n], arith, {"image": img}, backend=backend, trace=False).outputs
+            result = execute(programs[n], arith, {"image": img}, backend=backend, trace=False)
             stage["simulator"] += time.perf_counter() - t
+            sim = result.outputs
+            merge_stats(overflow, result.overflow)
 
             t = time.perf_counter()
             ours = student.integer_features(x, arith)
@@ -518,6 +523,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         if src < dist.world_size():
             divergence = dist.broadcast_object(divergence, src=src)
 
+    overflow_summary = reduce_overflow(program, arith, overflow)
     est = estimate(program, profile)
     agreement = [TensorAgreement(blocks[i], list(pieces[i]), int(matched[k]), int(totals[k]),
                                  logits=i == len(blocks) - 1) for k, i in enumerate(compared)]
@@ -526,6 +532,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
     wall_s = float(wall.item()) / dist.world_size()
     report = VerifyReport(
         program=str(program_path), student=str(student_path), teacher=str(teacher_file),
+        teacher_sha256=teacher_content_hash(teacher), teacher_matches_conversion=teacher_matches,
         chip=profile.name, chip_path=str(profile.path), converted_for=meta.get("profile"),
         bits=meta.get("bits"), dataset=name, data_path=None if data_path is None else str(data_path),
         split=SPLIT, images=n_all, limit=limit, batch_size=batch_size,
@@ -539,9 +546,30 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         wall_s=wall_s, simulator_s=sim_s, stage_s=stage,
         commands={"verify": command, "convert": _str_or_none(meta.get("command")),
                   "teacher": _str_or_none(teacher_meta.get("command"))},
-        divergence=divergence,
+        divergence=divergence, overflow=overflow_summary,
     )
     return report
+
+
+def reduce_overflow(program: Program, chip, stats: dict, over_ranks: bool = True
+                    ) -> OverflowSummary:
+    """The run's ``OverflowSummary``: ``stats`` ({MAC op: OverflowStats} of this process), with
+    ``over_ranks`` summed over the ranks under torchrun (events and outputs added, required bits
+    the largest); one row per MAC op of ``program`` in its order (a rank that ran no batch
+    contributes zeros)."""
+    from simulator.ir.ops import MAC_OPS
+    from simulator.overflow import LayerOverflow
+    names = [node.name for node in program.nodes if node.op in MAC_OPS]
+    counts = torch.tensor([[stats[n].events, stats[n].outputs] if n in stats else [0, 0]
+                           for n in names], dtype=torch.int64).reshape(-1, 2)
+    need = torch.tensor([stats[n].required_bits if n in stats else 0 for n in names],
+                        dtype=torch.int64)
+    if over_ranks and dist.active():
+        counts = dist.all_reduce_sum(counts)
+        torch.distributed.all_reduce(need, op=torch.distributed.ReduceOp.MAX)
+    rows = [LayerOverflow(n, int(c[1]), int(c[0]), int(b))
+            for n, c, b in zip(names, counts.tolist(), need.tolist())]
+    return OverflowSummary.of(chip, rows)
 
 
 def _str_or_none(v) -> str | None:
@@ -550,4 +578,5 @@ def _str_or_none(v) -> str | None:
     return v if isinstance(v, str) else " ".join(map(str, v))
 
 
-__all__ = ["TensorAgreement", "VerifyReport", "check_program_matches", "rebatch", "verify"]
+__all__ = ["TensorAgreement", "VerifyReport", "check_program_matches", "overflow_result_lines",
+           "rebatch", "reduce_overflow", "verify"]

@@ -17,7 +17,8 @@ import json
 import shlex
 import sys
 
-from simulator.cli import int_at_least
+from simulator.argtypes import int_at_least
+from simulator.jsontext import json_text
 
 
 def _command(args) -> str:
@@ -44,8 +45,32 @@ def _max_sentences(text: str) -> int | None:
     return int_at_least(3)(text)
 
 
+def _check_out(args) -> None:
+    """``--out``: a ``.json`` name that is none of the inputs and, if it exists, a verify
+    record (so it cannot replace a run's convert.json or anything else)."""
+    from pathlib import Path
+
+    from simulator.errors import OutputError
+    from simulator.outputs import check_file_outputs
+    check_file_outputs({"--out": args.out},
+                       inputs=[args.program, args.student, args.teacher, args.data, args.chip],
+                       suffixes={"--out": (".json",)})
+    if args.out and Path(args.out).is_file():
+        try:
+            if Path(args.out).stat().st_size > 64 << 20:
+                raise ValueError
+            doc = json.loads(Path(args.out).read_text(encoding="utf-8"))
+            ok = isinstance(doc, dict) and "bit_exact" in doc
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise OutputError(f"--out {args.out}: exists and is not a verify record; choose "
+                              f"another name")
+
+
 def cmd_verify(args) -> int:
     from archnet.text.verify import program_family
+    _check_out(args)
     if program_family(args.program) == "text":
         return _cmd_verify_text(args)
     from archnet.errors import ArchnetError
@@ -78,7 +103,7 @@ def _cmd_verify_text(args) -> int:
                       command=verify_command(args.program, args.chip, args.out, max_sentences,
                                              batch))
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(json_text(doc))
     else:
         print(format_text_verify(doc))
         if args.out:
@@ -127,9 +152,9 @@ def _cmd_verify_cnn(args) -> int:
     if main:
         doc = report.to_dict()
         if args.out:
-            atomic_write_bytes(args.out, (json.dumps(doc, indent=2) + "\n").encode())
+            atomic_write_bytes(args.out, (json_text(doc) + "\n").encode())
         if args.json:
-            print(json.dumps(doc, indent=2))
+            print(json_text(doc))
         else:
             print(report.format())
             if args.out:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from simulator.argtypes import OneLineParser, int_at_least  # noqa: F401 (int_at_least: re-export)
 from simulator.errors import InputError, ModelImportError, SimulatorError
 from simulator.fileio import atomic_write_bytes
+from simulator.jsontext import json_text
+from simulator.outputs import check_file_outputs
 
 EXAMPLE = "the bundled example CNN (simulator.examples)"
 
@@ -62,7 +65,14 @@ def load_inputs(path: str | None, program) -> dict[str, np.ndarray]:
                              f"{program.inputs}: use an .npz keyed by input name")
         return {program.inputs[0]: loaded}
     with loaded:
-        return {k: loaded[k] for k in loaded.files}
+        arrays = {}
+        for k in loaded.files:
+            try:
+                arrays[k] = loaded[k]
+            except Exception as exc:  # a damaged, truncated or pickled member
+                raise InputError(f"{path}: member {k!r} is unreadable ({type(exc).__name__}: "
+                                 f"{exc})") from None
+        return arrays
 
 
 def _atomic_save(path: Path, writer) -> None:
@@ -122,27 +132,23 @@ def cmd_profiles(args) -> int:
     return 0
 
 
-def _overflow_table(program, result, chip) -> str:
-    bits = chip.arithmetic.accumulator.bits
-    rows = [f"{'MAC op':24s} {'outputs':>8s} {'overflows':>9s} {'acc bits':>8s} {'safe bits':>9s}"]
-    for node, stats in result.overflow.items():
-        flag = "  <- overflow" if stats.events else ""
-        rows.append(f"{node:24s} {stats.outputs:8d} {stats.events:9d} {bits:8d} "
-                    f"{stats.required_bits:9d}{flag}")
-    return "\n".join(rows)
+def _overflow_table(result, chip) -> str:
+    from simulator.overflow import OverflowSummary
+    summary = OverflowSummary.of(chip, result.overflow)
+    return "\n".join([*summary.table(), summary.sentence()])
 
 
 def cmd_simulate(args) -> int:
     from simulator.execute import execute, output_array
     from simulator.profiles import load_profile
+    check_file_outputs({"--output": args.output, "--trace": args.trace},
+                       inputs=[args.model, args.input, args.chip],
+                       suffixes={"--output": (".npy", ".npz"), "--trace": (".npz",)})
     chip = load_profile(args.chip)
     program = load_model(args.model)
     if not program.executable:
         raise InputError(f"{args.model}: a float graph can be estimated but not simulated; "
                          f"give an integer (QLinear/ConvInteger) ONNX file or a Program file")
-    for path in (args.output, args.trace):
-        if path and Path(path).suffix not in (".npy", ".npz"):
-            raise InputError(f"{path}: output must end in .npy or .npz")
     inputs = load_inputs(args.input, program)
     name = args.model or EXAMPLE
     print(f"simulating {name} on {chip.name} ({len(program.nodes)} ops, backend {args.backend})")
@@ -164,7 +170,7 @@ def cmd_simulate(args) -> int:
         shown = " ".join(str(x) for x in flat[:16]) + (" ..." if flat.size > 16 else "")
         print(f"output {n} {program.tensors[n].dtype} {list(v.shape)}: {shown}")
     if result.overflow:
-        print(_overflow_table(program, result, chip))
+        print(_overflow_table(result, chip))
     print(f"simulated in {elapsed * 1000:.1f} ms" + (f"; wrote {args.output}" if args.output else ""))
     if args.check:
         return _check(args, program, chip, inputs, result)
@@ -199,7 +205,7 @@ def cmd_estimate(args) -> int:
     program = load_model(args.model, _parse_shapes(args.input_shape))
     est = estimate(program, chip)
     if args.json:
-        print(json.dumps(est.to_dict(), indent=2))
+        print(json_text(est.to_dict()))
     else:
         print(f"estimate of {args.model or EXAMPLE} on {chip.name}")
         print(format_estimate(est))
@@ -272,36 +278,40 @@ def add_commands(sub) -> None:
     export_cli.add_commands(sub)
 
 
-def int_at_least(minimum: int):
-    """An argparse ``type`` for integers >= ``minimum`` (a bad value is argparse's one line)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
-        return value
-    return parse
-
-
 def run(parser: argparse.ArgumentParser, argv=None, prog: str = "archnet") -> int:
-    args = parser.parse_args(argv)
+    """Parse and run one command: a user error is one line on stderr and exit code 2."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must still print
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line, OneLineParser) or --help
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return args.func(args)
     except SimulatorError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(prog, str(exc))
+    except OSError as exc:  # the file system refused: a read-only folder, a full disk
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return _fail(prog, f"{where}{exc.strerror or type(exc).__name__}")
+    except MemoryError:
+        return _fail(prog, "out of memory: give smaller inputs or batches")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
+def _fail(prog: str, message: str) -> int:
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", message)  # terminal colours quoted from torch
+    print(f"{prog}: error: {' '.join(plain.split())}", file=sys.stderr)
+    return 2
+
+
 def build_parser(prog: str = "simulator") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="bit-exact integer NPU simulator")
+    parser = OneLineParser(prog=prog, description="bit-exact integer NPU simulator")
     add_commands(parser.add_subparsers(dest="command"))
     return parser
 

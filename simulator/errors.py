@@ -33,3 +33,8 @@ class ModelImportError(SimulatorError):
 class ExportError(SimulatorError):
     """A Program cannot be written in the requested interchange form (an op or a number the form
     cannot express); nothing is written."""
+
+
+class OutputError(SimulatorError):
+    """An output cannot be written where asked: a read-only or full folder, a name that is a
+    folder, or a path that would replace or remove one of the command's own inputs."""

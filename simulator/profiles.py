@@ -16,7 +16,6 @@ folder in a checkout or editable install, and the copy pyproject.toml installs b
 from __future__ import annotations
 
 import enum
-import math
 import os
 import re
 import tomllib
@@ -200,24 +199,37 @@ class _Bad(Exception):
 class _Leaf:
     parse: Callable[[Any], Any]
     allowed: str
+    bounds: tuple[float, float] | None = None     # inclusive physical bounds of a number
+    items: Mapping[str, _Leaf] | None = None      # the fields of each table of a list of tables
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _integer(lo: int, hi: int | None = None) -> _Leaf:
-    allowed = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+def _fmt(x: float) -> str:
+    """The shorter of 1e5 and 100000, of 0.5 and 5e-1."""
+    plain = f"{x:g}"
+    sci = re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{x:.0e}")
+    return sci if float(sci) == x and len(sci) < len(plain) else plain
+
+
+def _unit(unit: str) -> str:
+    return f" ({unit})" if unit else ""
+
+
+def _integer(lo: int, hi: int, unit: str = "") -> _Leaf:
+    allowed = f"an integer in {lo}..{hi}{_unit(unit)}"
 
     def parse(v):
-        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+        if not _is_int(v) or not lo <= v <= hi:
             raise _Bad(allowed)
         return v
-    return _Leaf(parse, allowed)
+    return _Leaf(parse, allowed, (lo, hi))
 
 
-def _number(lo: float, *, above: bool = False, hi: float | None = None) -> _Leaf:
-    allowed = f"a finite number {'>' if above else '>='} {lo:g}" + (f" and <= {hi:g}" if hi else "")
+def _number(lo: float, hi: float, unit: str) -> _Leaf:
+    allowed = f"a finite number in {_fmt(lo)}..{_fmt(hi)}{_unit(unit)}"
 
     def parse(v):
         if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -226,10 +238,10 @@ def _number(lo: float, *, above: bool = False, hi: float | None = None) -> _Leaf
             f = float(v)
         except OverflowError:  # a TOML integer beyond float range
             raise _Bad(allowed) from None
-        if not math.isfinite(f) or f < lo or (above and f == lo) or (hi is not None and f > hi):
+        if not lo <= f <= hi:  # NaN fails both comparisons
             raise _Bad(allowed)
         return f
-    return _Leaf(parse, allowed)
+    return _Leaf(parse, allowed, (float(lo), float(hi)))
 
 
 def _flag() -> _Leaf:
@@ -259,18 +271,22 @@ def _choice(enum_cls) -> _Leaf:
     return _Leaf(parse, allowed)
 
 
-def _hw(lo: int) -> _Leaf:
-    allowed = f"[height, width], integers >= {lo}"
+def _dim(x, hi: int) -> bool:
+    return _is_int(x) and 1 <= x <= hi
+
+
+def _hw(hi: int) -> _Leaf:
+    allowed = f"[height, width], integers in 1..{hi}"
 
     def parse(v):
-        if not isinstance(v, list) or len(v) != 2 or not all(_is_int(x) and x >= lo for x in v):
+        if not isinstance(v, list) or len(v) != 2 or not all(_dim(x, hi) for x in v):
             raise _Bad(allowed)
         return (v[0], v[1])
-    return _Leaf(parse, allowed)
+    return _Leaf(parse, allowed, (1, hi))
 
 
-def _hw_list_or_any() -> _Leaf:
-    allowed = '"any" or a non-empty list of [height, width] pairs of integers >= 1'
+def _hw_list_or_any(hi: int) -> _Leaf:
+    allowed = f'"any" or a non-empty list of [height, width] pairs of integers in 1..{hi}'
 
     def parse(v):
         if v == "any":
@@ -279,23 +295,23 @@ def _hw_list_or_any() -> _Leaf:
             raise _Bad(allowed)
         pairs = []
         for x in v:
-            if not isinstance(x, list) or len(x) != 2 or not all(_is_int(i) and i >= 1 for i in x):
+            if not isinstance(x, list) or len(x) != 2 or not all(_dim(i, hi) for i in x):
                 raise _Bad(allowed)
             pairs.append((x[0], x[1]))
         return tuple(pairs)
-    return _Leaf(parse, allowed)
+    return _Leaf(parse, allowed, (1, hi))
 
 
-def _int_list_or_any() -> _Leaf:
-    allowed = '"any" or a non-empty list of integers >= 1'
+def _int_list_or_any(hi: int) -> _Leaf:
+    allowed = f'"any" or a non-empty list of integers in 1..{hi}'
 
     def parse(v):
         if v == "any":
             return None
-        if not isinstance(v, list) or not v or not all(_is_int(x) and x >= 1 for x in v):
+        if not isinstance(v, list) or not v or not all(_dim(x, hi) for x in v):
             raise _Bad(allowed)
         return tuple(v)
-    return _Leaf(parse, allowed)
+    return _Leaf(parse, allowed, (1, hi))
 
 
 def _str_list() -> _Leaf:
@@ -318,13 +334,39 @@ def _str_map() -> _Leaf:
     return _Leaf(parse, allowed)
 
 
-_MODE_FIELDS = {"weight_bits": _integer(1, 16), "activation_bits": _integer(1, 16),
-                "macs_per_cycle": _number(0, above=True)}
+# ----------------------------------------------------------------------------- physical bounds
+# Every number a profile holds has inclusive bounds, wide enough for anything from a 1 MHz
+# microcontroller to a datacenter accelerator, narrow enough to refuse absurd values. They also
+# keep every cycle count and latency the cost model derives finite: the worst ratios are
+# 1e11 Hz / 1e3 bytes/s = 1e8 cycles a byte and 1 / (1e-3 MACs x 1e-3 efficiency x 1e-8
+# utilisation, lanes multiplying to at most 1e8) = 1e14 cycles a MAC. The comments give the span
+# of real chips (bundled profiles, ../shared/CHIPS.md, datasheets).
+
+_CLOCK = _number(1e5, 1e11, "Hz")                   # 1 MHz MCUs .. ~5 GHz CPU cores
+_BANDWIDTH = _number(1e3, 1e14, "bytes/s")          # ~10 kB/s I2C EEPROM .. 8 TB/s HBM3e
+_HOST_FLOPS = _number(1e3, 1e15, "FLOP/s")          # ~1e4 soft float on an MCU .. ~1e13 server
+_HANDOFF = _number(0, 1, "s")                       # 0 (one core) .. ~1 ms driver round trip
+_OVERHEAD = _number(0, 1e9, "cycles")               # 0 .. ~2e4 cycles to issue one command
+_MACS = _number(1e-3, 1e8, "MACs/cycle")            # ~0.01 MCU with no multiplier .. ~5e5 H100
+_LANES = _integer(1, 2**20, "lanes")                # 1 .. 4096 a side of a systolic array
+_EFFICIENCY = _number(1e-3, 1, "fraction of peak")  # ~0.3 .. 1; under 0.1 % a chip is broken
+_RATE = _number(1e-4, 1e6, "per cycle")             # ~1e-3 software exp on an MCU .. 64 lanes
+_SRAM = _integer(1, 2**36, "bytes")                 # 24 KiB U55 .. 44 GB Cerebras WSE-3 on wafer
+_CACHE = _integer(0, 2**36, "bytes")                # as SRAM; 0 = weights stream every inference
+_BITS = _integer(1, 16, "bits")                     # operand widths the integer kernels implement
+_ACC_BITS = _integer(8, 48, "bits")                 # what the int64 emulation holds exactly
+_MULT_BITS = _integer(2, 32, "bits")                # up to a Q0.31 requantize multiplier
+_TILE_K = _integer(0, 2**31 - 1, "products")        # 0 = untiled; at most one whole reduction
+_SIDE = 2**16 - 1                                   # kernel, stride, dilation, map side, inputs:
+_MAX_INPUTS = _integer(1, _SIDE, "tensors")         #   Vela's 16-bit dims, _base's "no limit"
+_LENGTH = _integer(1, 2**31 - 1)                    # channels, features, reductions: int32 dims
+
+_MODE_FIELDS = {"weight_bits": _BITS, "activation_bits": _BITS, "macs_per_cycle": _MACS}
 
 
 def _modes() -> _Leaf:
-    allowed = ("a non-empty list of {weight_bits = 1..16, activation_bits = 1..16, "
-               "macs_per_cycle > 0} tables")
+    allowed = ("a non-empty list of {" + ", ".join(f"{k}: {leaf.allowed}" for k, leaf
+                                                  in _MODE_FIELDS.items()) + "} tables")
 
     def parse(v):
         if not isinstance(v, list) or not v:
@@ -351,28 +393,29 @@ def _modes() -> _Leaf:
             seen.add((mode.weight_bits, mode.activation_bits))
             modes.append(mode)
         return tuple(modes)
-    return _Leaf(parse, allowed)
+    return _Leaf(parse, allowed, items=_MODE_FIELDS)
 
 
 # ----------------------------------------------------------------------------- the schema
 
-_WINDOW = {"supported": _flag(), "kernel_sizes": _hw_list_or_any(), "max_kernel_hw": _hw(1),
-           "strides": _hw_list_or_any(), "max_stride": _integer(1), "max_input_hw": _hw(1)}
+_WINDOW = {"supported": _flag(), "kernel_sizes": _hw_list_or_any(_SIDE),
+           "max_kernel_hw": _hw(_SIDE), "strides": _hw_list_or_any(_SIDE),
+           "max_stride": _integer(1, _SIDE), "max_input_hw": _hw(_SIDE)}
 
 OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
-    "conv2d": {**_WINDOW, "dilations": _int_list_or_any(), "max_input_channels": _integer(1),
-               "max_output_channels": _integer(1), "depthwise": _flag(), "grouped": _flag()},
-    "fully_connected": {"supported": _flag(), "max_input_features": _integer(1),
-                        "max_output_features": _integer(1)},
-    "matmul": {"supported": _flag(), "max_inner_dim": _integer(1)},
+    "conv2d": {**_WINDOW, "dilations": _int_list_or_any(_SIDE), "max_input_channels": _LENGTH,
+               "max_output_channels": _LENGTH, "depthwise": _flag(), "grouped": _flag()},
+    "fully_connected": {"supported": _flag(), "max_input_features": _LENGTH,
+                        "max_output_features": _LENGTH},
+    "matmul": {"supported": _flag(), "max_inner_dim": _LENGTH},
     "maxpool2d": dict(_WINDOW),
     "avgpool2d": dict(_WINDOW),
-    "global_avgpool2d": {"supported": _flag(), "max_input_hw": _hw(1)},
+    "global_avgpool2d": {"supported": _flag(), "max_input_hw": _hw(_SIDE)},
     "add": {"supported": _flag()},
-    "concat": {"supported": _flag(), "max_inputs": _integer(1)},
+    "concat": {"supported": _flag(), "max_inputs": _MAX_INPUTS},
     "clamp": {"supported": _flag()},
-    "lookup_table": {"supported": _flag(), "max_input_bits": _integer(1, 16)},
-    "softmax": {"supported": _flag(), "max_axis_length": _integer(1)},
+    "lookup_table": {"supported": _flag(), "max_input_bits": _BITS},
+    "softmax": {"supported": _flag(), "max_axis_length": _LENGTH},
     "requantize": {"supported": _flag()},
     "reshape": {"supported": _flag()},
     "flatten": {"supported": _flag()},
@@ -382,30 +425,26 @@ OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
 SCHEMA: dict[str, Any] = {
     "name": _text(),
     "description": _text(),
-    "clock_hz": _number(0, above=True),
+    "clock_hz": _CLOCK,
     "provenance": {"sources": _str_map(), "assumed": _str_list(),
                    "cycles_include": _text(), "cycles_exclude": _text()},
-    "arithmetic": {"accumulator_bits": _integer(8, 48), "overflow": _choice(Overflow),
-                   "saturation_point": _choice(SaturationPoint), "tile_k": _integer(0),
+    "arithmetic": {"accumulator_bits": _ACC_BITS, "overflow": _choice(Overflow),
+                   "saturation_point": _choice(SaturationPoint), "tile_k": _TILE_K,
                    "mac_order": _choice(MacOrder), "requantize": _choice(RequantMode),
-                   "rounding": _choice(RoundingMode), "multiplier_bits": _integer(2, 32)},
-    "precision": {"modes": _modes(), "default_weight_bits": _integer(1, 16),
-                  "default_activation_bits": _integer(1, 16)},
-    "array": {"output_channel_lanes": _integer(1), "reduction_lanes": _integer(1),
-              "output_pixel_lanes": _integer(1), "reduction_mapping": _choice(ReductionMapping),
-              "efficiency": _number(0, above=True, hi=1.0), "op_overhead_cycles": _number(0)},
-    "memory": {"sram_bytes": _integer(1), "feature_map_tiling": _choice(FeatureMapTiling),
-               "weight_cache_bytes": _integer(0),
-               "activation_bytes_per_s": _number(0, above=True),
-               "weight_bytes_per_s": _number(0, above=True)},
-    "elementwise": {"elements_per_cycle": _number(0, above=True),
-                    "add_elements_per_cycle": _number(0, above=True),
-                    "pool_elements_per_cycle": _number(0, above=True),
-                    "lut_elements_per_cycle": _number(0, above=True),
-                    "softmax_elements_per_cycle": _number(0, above=True),
-                    "data_movement_bytes_per_cycle": _number(0, above=True)},
-    "host": {"flops_per_s": _number(0, above=True), "link_bytes_per_s": _number(0, above=True),
-             "fallback_overhead_s": _number(0), "sticky_fallback": _flag()},
+                   "rounding": _choice(RoundingMode), "multiplier_bits": _MULT_BITS},
+    "precision": {"modes": _modes(), "default_weight_bits": _BITS,
+                  "default_activation_bits": _BITS},
+    "array": {"output_channel_lanes": _LANES, "reduction_lanes": _LANES,
+              "output_pixel_lanes": _LANES, "reduction_mapping": _choice(ReductionMapping),
+              "efficiency": _EFFICIENCY, "op_overhead_cycles": _OVERHEAD},
+    "memory": {"sram_bytes": _SRAM, "feature_map_tiling": _choice(FeatureMapTiling),
+               "weight_cache_bytes": _CACHE, "activation_bytes_per_s": _BANDWIDTH,
+               "weight_bytes_per_s": _BANDWIDTH},
+    "elementwise": {"elements_per_cycle": _RATE, "add_elements_per_cycle": _RATE,
+                    "pool_elements_per_cycle": _RATE, "lut_elements_per_cycle": _RATE,
+                    "softmax_elements_per_cycle": _RATE, "data_movement_bytes_per_cycle": _RATE},
+    "host": {"flops_per_s": _HOST_FLOPS, "link_bytes_per_s": _BANDWIDTH,
+             "fallback_overhead_s": _HANDOFF, "sticky_fallback": _flag()},
     "ops": OP_SCHEMA,
 }
 

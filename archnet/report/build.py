@@ -15,8 +15,8 @@ from pathlib import Path
 
 from archnet.errors import ReportError
 from archnet.report import plots, tables
-from archnet.report.collect import (RunFolder, no_accuracy_error, open_run, show_path,
-                                    verify_command)
+from archnet.report.collect import (STUDENT_FILE, RunFolder, no_accuracy_error, open_run,
+                                    show_path, verify_command)
 from archnet.report.markdown import Markdown, code
 from archnet.report.staging import check_target, staged_folder
 
@@ -150,7 +150,7 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
     profs = [data.profiles[c] for c in data.chips]
 
     def csv(df, name: str) -> str:
-        df.to_csv(folder / name, index=False)
+        df.to_csv(folder / name, index=False, errors="backslashreplace")
         written.append(name)
         return name
 
@@ -173,6 +173,14 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
         f"({_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})",
         f"chips: {', '.join(f'{code(c)} ({code(show_path(data.profiles[c].path))})' for c in data.chips)}",
     ])
+    other_teacher = [r for c, r in sorted(run.verifies.items())
+                     if c in data.chips and r.teacher_matches_conversion is False]
+    if other_teacher:
+        md.p("**Warning: verified against another teacher.** "
+             + "; ".join(f"{code(r.path.name)} used {code(show_path(r.teacher))}" for r in other_teacher)
+             + f", given on purpose with `--teacher`: its content hash differs from the one "
+               f"{code(STUDENT_FILE)} records, so its teacher accuracy and agreement are not "
+               f"those of the teacher this run was converted from.")
     missing_acc = [c for c in data.chips if c not in run.verifies]
     if data.latency_only:
         md.p("**Accuracy is absent from this report** (`--latency-only`): no `verify_<chip>.json` "
@@ -385,7 +393,7 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
 
     md.h(2, "Files")
     md.bullets([f"[{f}]({f})" for f in sorted(written)])
-    (folder / "report.md").write_text(md.text(), encoding="utf-8")
+    (folder / "report.md").write_text(md.text(), encoding="utf-8", errors="backslashreplace")
     written.append("report.md")
     return written
 
@@ -408,11 +416,12 @@ def write_report(run_dir, *, others=(), chips=None, out=None, images: int = 64,
     """
     run_path = Path(run_dir)
     final = Path(out) if out is not None else run_path / REPORT_DIR
-    check_target(final)
+    inputs = [run_path, *others]
+    check_target(final, inputs)
     cmd = command or report_command(run_dir, others, parse_chips(chips), out, images, latency_only)
     data = collect(run_dir, others=others, chips=chips, images=images, latency_only=latency_only,
                    command=cmd, log=log)
-    with staged_folder(final) as tmp:
+    with staged_folder(final, inputs) as tmp:
         write_files(data, tmp)
     return final
 

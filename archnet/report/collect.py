@@ -75,6 +75,8 @@ class VerifyRecord:
     split: str | None
     bit_exact: bool | None
     command: str | None
+    teacher: str | None = None
+    teacher_matches_conversion: bool | None = None   # False: verified with another --teacher
 
     @property
     def source(self) -> str:
@@ -160,6 +162,55 @@ class RunFolder:
         return self._student
 
 
+# what a report reads from convert.json, by type: a record with another type is named and
+# refused before anything is drawn from it
+_NUMBER, _INT, _TEXT, _FLAG, _TEXTS = "number", "integer", "string", "boolean", "list of strings"
+SUMMARY_FIELDS = {"chip": _TEXT, "bits": _TEXTS, "teacher": _TEXT, "dataset": _TEXT,
+                  "profile_path": _TEXT, "images": _INT, "simulator_share": _NUMBER,
+                  "command": _TEXT, "estimated_latency_ms": _NUMBER}
+TEXT_SUMMARY_FIELDS = {"chip": _TEXT, "profile": _TEXT, "bits": _TEXT, "teacher": _TEXT,
+                       "teacher_path": _TEXT, "teacher_sha256": _TEXT, "corpus": _TEXT,
+                       "heldout_fraction": _NUMBER, "max_len": _INT, "command": _TEXT,
+                       "family": _TEXT, "estimated_latency_ms": _NUMBER}
+HISTORY_FIELDS = {"period": _INT, "seconds": _NUMBER, "simulator_seconds": _NUMBER,
+                  "new_block": _TEXT, "blocks": _TEXTS, "steps": _INT, "loss_first": _NUMBER,
+                  "loss_last": _NUMBER, "simulator_in_loop": _FLAG, "simulator_images": _INT}
+
+
+def _is(value, kind: str) -> bool:
+    if value is None:
+        return True
+    if kind == _TEXTS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _FLAG:
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if kind == _INT else value == value and abs(value) != float("inf")
+
+
+def check_fields(doc: dict, fields: dict[str, str], where: str, remedy: str) -> None:
+    """A ``ReportError`` naming the first field of ``doc`` that is not of its kind (or null)."""
+    for key, kind in fields.items():
+        if not _is(doc.get(key), kind):
+            raise ReportError(f"{where}: field {key!r} must be a {kind}, got "
+                              f"{type(doc[key]).__name__} {str(doc[key])[:40]!r}; rewrite it "
+                              f"with `{remedy}`")
+
+
+def check_summary(doc: dict, path: Path, remedy: str) -> None:
+    check_fields(doc, SUMMARY_FIELDS, str(path), remedy)
+    history = doc.get("history")
+    if history is not None and not (isinstance(history, list) and
+                                    all(isinstance(h, dict) for h in history)):
+        raise ReportError(f"{path}: field 'history' must be a list of objects; rewrite it with "
+                          f"`{remedy}`")
+    for i, h in enumerate(history or []):
+        check_fields(h, HISTORY_FIELDS, f"{path}: history[{i}]", remedy)
+
+
 def read_json(path: Path, remedy: str) -> dict:
     try:
         doc = json.loads(path.read_text())
@@ -194,7 +245,10 @@ def _verify_record(path: Path, run: Path, bits: list[str]) -> VerifyRecord:
             fallback_count=int(doc.get("fallback_count") or len(doc.get("fallbacks") or [])),
             images=None if doc.get("images") is None else int(doc["images"]),
             dataset=doc.get("dataset"), split=doc.get("split"), bit_exact=doc.get("bit_exact"),
-            command=(doc.get("commands") or {}).get("verify"))
+            command=(doc.get("commands") or {}).get("verify"),
+            teacher=doc.get("teacher") if isinstance(doc.get("teacher"), str) else None,
+            teacher_matches_conversion=doc.get("teacher_matches_conversion")
+            if isinstance(doc.get("teacher_matches_conversion"), bool) else None)
     except (TypeError, ValueError) as exc:
         raise ReportError(f"{path}: bad value ({exc}); rewrite it with `{remedy}`") from None
 
@@ -215,6 +269,7 @@ def open_run(path: str | os.PathLike) -> RunFolder:
     summary = None
     if (run / SUMMARY_FILE).is_file():
         summary = read_json(run / SUMMARY_FILE, convert_command(run))
+        check_summary(summary, run / SUMMARY_FILE, convert_command(run))
     missing = [name for name in REQUIRED if not (run / name).is_file()]
     if missing:
         files = ", ".join(str(run / m) for m in missing)

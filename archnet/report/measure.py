@@ -54,14 +54,12 @@ def teacher_graph(run: RunFolder) -> TeacherGraph:
     where the profile lacks them)."""
     import torch
 
-    from archnet.teachers import load_teacher
-    from archnet.verify import _teacher_path
+    from archnet.teachers import load_recorded_teacher
     from simulator.errors import SimulatorError
     from simulator.onnx_import import import_onnx
 
     _, meta = run.student()
-    path = _teacher_path(None, run.student_path, meta)
-    teacher, tmeta = load_teacher(path)
+    teacher, tmeta, path, _ = load_recorded_teacher(meta, run.student_path)
     shape = list(tmeta.get("input_shape") or meta.get("input_shape"))
     with tempfile.TemporaryDirectory(prefix="archnet-report-") as tmp:
         onnx_path = os.path.join(tmp, "teacher.onnx")
@@ -100,7 +98,7 @@ class LayerImages:
 def layer_images(run: RunFolder, n: int) -> LayerImages:
     """The first ``n`` unlabeled training images of the run's data set."""
     from archnet.data import load_dataset
-    from archnet.verify import _resolve_near
+    from archnet.runs import resolve_recorded
     _, meta = run.student()
     name = meta.get("dataset") or run.dataset
     if not name:
@@ -108,7 +106,7 @@ def layer_images(run: RunFolder, n: int) -> LayerImages:
                           f"pass --images 0 to leave it out")
     data_path = meta.get("data_path")
     if data_path:
-        data_path = str(_resolve_near(str(data_path), run.path) or data_path)
+        data_path = str(resolve_recorded(str(data_path), run.path) or data_path)
     if data_path and str(data_path).endswith(".npy"):
         from archnet.convert import load_images
         images = load_images(name, data_path, n)

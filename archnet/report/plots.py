@@ -74,10 +74,19 @@ def new_figure(content_h: float, notes: list[str], footer: list[str], width: flo
     return fig, foot_h / height
 
 
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogate escapes) shown as ``\\xff``:
+    fonts and PNG metadata take Unicode only."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def save(fig: Figure, path: Path, bottom: float, top: float = 1.0) -> Path:
+    from matplotlib.text import Text
+    for artist in fig.findobj(Text):
+        artist.set_text(printable(artist.get_text()))
     fig.tight_layout(rect=(0, bottom, 1, top))
     meta = {"Software": "archnet report",
-            "Description": "\n".join(getattr(fig, "_archnet_provenance", []))}
+            "Description": printable("\n".join(getattr(fig, "_archnet_provenance", [])))}
     fig.savefig(path, dpi=DPI, format="png", metadata=meta)
     return path
 

@@ -14,32 +14,34 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from archnet.errors import ReportError
+from archnet.runs import check_report_output
+from simulator.errors import OutputError
+from simulator.fileio import current_umask, prepare_folder, temp_prefix
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def check_target(final: Path) -> None:
-    if final.exists() and not final.is_dir():
-        raise ReportError(f"{final}: exists and is not a folder; choose another --out")
+def check_target(final: Path, inputs=()) -> None:
+    """A report folder replaces ``final`` whole: it must be new, empty or a report, and hold
+    none of the ``inputs`` (the run folders reported)."""
+    check_report_output(final, inputs)
 
 
 @contextlib.contextmanager
-def staged_folder(final: str | os.PathLike):
+def staged_folder(final: str | os.PathLike, inputs=()):
     final = Path(final)
-    check_target(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    check_target(final, inputs)
+    prepare_folder(final.parent)
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".tmp",
+                                    dir=final.parent))
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot write the folder ({exc.strerror})") from None
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         old = None
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".old",
+                                        dir=final.parent))
             os.rmdir(old)
             os.rename(final, old)
         try:

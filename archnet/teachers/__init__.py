@@ -7,7 +7,10 @@ test accuracy, seed, command); ``load_teacher(path)`` returns ``(model in eval m
 
 A checkpoint is a ``torch.save`` of a plain dict (loadable with ``weights_only=True``)::
 
-    {"format": "archnet-teacher", "version": 1, "metadata": {...}, "state_dict": {...}}
+    {"format": "archnet-teacher", "version": 1, "metadata": {...}, "state_dict": {...},
+     "content_sha256": "..."}
+
+(``archnet.torchfile``: read without running code, the content hash verified.)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 from pathlib import Path
 
 from archnet.errors import CheckpointError, TeacherError
+from simulator.digest import HASH_KEY
 
 # name -> (block, blocks per stage). The 4-stage ones are torchvision's; the 3-stage ones are
 # the small CIFAR-sized family (fewer, narrower stages) for 16x16 and 28x28 images.
@@ -28,8 +32,16 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
-BUILD_OPTIONS = ("num_classes", "in_channels", "width", "stem_stride", "stem_pool",
-                 "zero_init_residual")
+# option -> (type, lowest, highest): a checkpoint's kwargs are checked against these before a
+# model is built, so a damaged or crafted file cannot ask for a wrong type or a 360 GB model
+BUILD_OPTIONS: dict[str, tuple[type, int, int]] = {
+    "num_classes": (int, 1, 100_000),
+    "in_channels": (int, 1, 64),
+    "width": (int, 1, 4096),
+    "stem_stride": (int, 1, 2),
+    "stem_pool": (bool, 0, 1),
+    "zero_init_residual": (bool, 0, 1),
+}
 CHECKPOINT_FORMAT = "archnet-teacher"
 CHECKPOINT_VERSION = 1
 REQUIRED_METADATA = ("arch", "kwargs", "dataset", "input_shape", "normalisation",
@@ -49,6 +61,12 @@ def build_teacher(arch: str, **kw):
     if unknown:
         raise TeacherError(f"unknown option(s) {', '.join(unknown)} for {arch} "
                            f"(known: {', '.join(BUILD_OPTIONS)})")
+    for key, value in kw.items():
+        kind, lo, hi = BUILD_OPTIONS[key]
+        if type(value) is not kind or not lo <= value <= hi:
+            raise TeacherError(f"option {key}={value!r} for {arch}: must be "
+                               + ("true or false" if kind is bool else
+                                  f"an integer from {lo} to {hi}"))
     block, layers = ARCHS[arch]
     model = ResNet(block, layers, **kw)
     model.teacher_spec = {"arch": arch, "kwargs": dict(kw)}
@@ -108,14 +126,12 @@ def load_teacher(path: str | os.PathLike):
     A missing, damaged or foreign file, or weights that do not fit the recorded architecture,
     raise ``CheckpointError`` naming the file.
     """
-    import torch
-
-    from archnet.torchfile import load_torch
+    from archnet.torchfile import build_with_state, load_torch
     path = Path(path)
     obj = load_torch(path, "teacher checkpoint")
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+    if obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an archnet teacher checkpoint "
-                              f"(format {obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r})")
+                              f"(format {obj.get('format')!r})")
     if obj.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: teacher checkpoint version {obj.get('version')!r}, "
                               f"this archnet reads {CHECKPOINT_VERSION}")
@@ -124,24 +140,60 @@ def load_teacher(path: str | os.PathLike):
         raise CheckpointError(f"{path}: teacher checkpoint lacks metadata or state_dict")
     if "arch" not in meta or not isinstance(meta.get("kwargs"), dict):
         raise CheckpointError(f"{path}: teacher metadata lacks 'arch' or 'kwargs'")
-    try:
-        model = build_teacher(meta["arch"], **meta["kwargs"])
-    except TeacherError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k, v in expected.items()
-             if k in state and (not isinstance(state[k], torch.Tensor)
-                                or tuple(state[k].shape) != tuple(v.shape))]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path}: weights do not fit {meta['arch']} {meta['kwargs']}: "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
-    model.load_state_dict(state, strict=True)
-    model.eval()
+    if not isinstance(meta["arch"], str) or not all(isinstance(k, str) for k in meta["kwargs"]):
+        raise CheckpointError(f"{path}: teacher metadata 'arch' and 'kwargs' must be named by strings")
+    model = build_with_state(lambda: build_teacher(meta["arch"], **meta["kwargs"]), state, path,
+                             f"weights of {meta['arch']} {meta['kwargs']}")
+    model.content_sha256 = obj[HASH_KEY]
     return model, meta
 
 
+def teacher_content_hash(model) -> str:
+    """The content hash of the checkpoint ``model`` was loaded from: what students record."""
+    found = getattr(model, "content_sha256", None)
+    if not isinstance(found, str):
+        raise CheckpointError("the teacher was not loaded from a checkpoint (no content hash)")
+    return found
 
-__all__ = ["ARCHS", "BUILD_OPTIONS", "build_teacher", "save_teacher", "load_teacher"]
+
+
+def load_recorded_teacher(student_meta: dict, student_path: str | os.PathLike,
+                          given: str | os.PathLike | None = None):
+    """``(model, metadata, path, matches)``: the teacher a student was converted from.
+
+    Without ``given``, the student's recorded ``teacher`` (as given, else relative to the
+    student's folder), and its content hash must equal the recorded ``teacher_sha256``: another
+    teacher under that name is an error. ``given`` is a teacher chosen on purpose: loaded
+    whatever its hash, and ``matches`` says whether it is the recorded one (the caller warns).
+    """
+    from archnet.runs import resolve_recorded
+    student_path = Path(student_path)
+    recorded_hash = student_meta.get("teacher_sha256")
+    if not isinstance(recorded_hash, str):
+        raise CheckpointError(f"{student_path}: metadata records no teacher hash (teacher_sha256)")
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such teacher checkpoint")
+    else:
+        recorded = student_meta.get("teacher")
+        if not isinstance(recorded, str) or not recorded:
+            raise CheckpointError(f"{student_path}: metadata names no teacher; give one with --teacher")
+        path = resolve_recorded(recorded, student_path.parent)
+        if path is None or not path.is_file():
+            tried = [recorded] if Path(recorded).is_absolute() else \
+                [recorded, str(student_path.parent / recorded)]
+            raise CheckpointError(f"{recorded}: no such teacher checkpoint (named by {student_path}; "
+                                  f"looked at {' and '.join(tried)}); give one with --teacher")
+    model, meta = load_teacher(path)
+    matches = teacher_content_hash(model) == recorded_hash
+    if not matches and given is None:
+        raise CheckpointError(f"{path}: not the teacher {student_path} was converted from (its "
+                              f"content hash {teacher_content_hash(model)[:12]}... differs from the "
+                              f"recorded {recorded_hash[:12]}...); give --teacher {path} to use it "
+                              f"anyway")
+    return model, meta, path, matches
+
+
+__all__ = ["ARCHS", "BUILD_OPTIONS", "build_teacher", "save_teacher", "load_teacher",
+           "teacher_content_hash", "load_recorded_teacher"]

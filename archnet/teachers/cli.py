@@ -6,13 +6,34 @@ torch is imported inside the command functions only, so ``archnet --help`` stays
 from __future__ import annotations
 
 import argparse
-import json
 
-from archnet.teachers import ARCHS  # torch-free: the package imports torch lazily
+from archnet.teachers import ARCHS, CHECKPOINT_FORMAT  # torch-free: imports torch lazily
+from simulator.argtypes import float_in, int_in, positive_int, seed, threads
+from simulator.jsontext import json_text
+
+
+def _check_teacher_output(args) -> None:
+    """``--out``: a ``.pt`` name, not the data, and not a file other than a teacher."""
+    from pathlib import Path
+
+    from archnet.errors import CheckpointError
+    from archnet.torchfile import load_torch
+    from simulator.errors import OutputError
+    from simulator.outputs import check_file_outputs
+    check_file_outputs({"--out": args.out}, inputs=[args.data], suffixes={"--out": (".pt",)})
+    if Path(args.out).exists():
+        try:
+            kind = load_torch(args.out, "checkpoint").get("format")
+        except CheckpointError:
+            kind = None
+        if kind != CHECKPOINT_FORMAT:
+            raise OutputError(f"--out {args.out}: exists and is not a teacher checkpoint; "
+                              f"choose another name")
 
 
 def cmd_teacher_train(args) -> int:
     from archnet.teachers.train import TrainConfig, train_teacher
+    _check_teacher_output(args)
     cfg = TrainConfig(
         dataset=args.dataset, out=args.out, data_path=args.data, arch=args.arch, width=args.width,
         stem_stride=args.stem_stride, stem_pool=args.stem_pool, epochs=args.epochs,
@@ -47,7 +68,7 @@ def cmd_teacher_eval(args) -> int:
                "test_accuracy": acc, "recorded_test_accuracy": meta.get("test_accuracy"),
                "test_samples": len(images)}
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json_text(summary))
     else:
         print(f"{args.checkpoint}: {meta['arch']} on {dataset}: test accuracy {acc:.4f} "
               f"({len(images)} images; recorded {meta.get('test_accuracy')})")
@@ -72,27 +93,28 @@ def add_teacher_commands(sub) -> None:
     t.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write, e.g. teacher.pt")
     t.add_argument("--arch", choices=list(ARCHS),
                    help="ResNet family member (default: the data set's preset)")
-    t.add_argument("--width", type=int, help="channels of the stem and first stage")
+    t.add_argument("--width", type=int_in(1, 4096), help="channels of the stem and first stage")
     t.add_argument("--stem-stride", type=int, choices=[1, 2], help="stride of the 7x7 stem conv")
     t.add_argument("--stem-pool", action=argparse.BooleanOptionalAction, default=None,
                    help="3x3 stride-2 max-pool after the stem (torchvision's)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--epochs", type=int_in(1, 100_000))
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=float_in(0.0, 10.0, above=True), help="peak learning rate")
+    t.add_argument("--weight-decay", type=float_in(0.0, 1.0))
     t.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
                    help="sgd: Nesterov + one-cycle (default); adamw: cosine")
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--crop-pad", type=int, help="random-crop shift in pixels (zero padding)")
+    t.add_argument("--label-smoothing", type=float_in(0.0, 1.0, below=True), default=0.1)
+    t.add_argument("--crop-pad", type=int_in(0, 64), help="random-crop shift in pixels (zero padding)")
     t.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips")
     t.add_argument("--no-augment", action="store_true", help="no crop, no flip")
     t.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast, channels-last (fast on CPUs with AMX/AVX512-BF16); "
                         "evaluation stays float32")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    t.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke runs)")
+    t.add_argument("--seed", type=seed, default=0)
+    t.add_argument("--threads", type=threads, help="torch threads (default: torch's choice)")
+    t.add_argument("--max-steps", type=positive_int,
+                   help="at most this many steps per epoch (smoke runs)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm progress bars (default: only on a terminal)")
     t.set_defaults(func=cmd_teacher_train)
@@ -100,6 +122,6 @@ def add_teacher_commands(sub) -> None:
     e = tsub.add_parser("eval", help="test accuracy of a teacher checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("--data", metavar="PATH", help="folder with the Fashion-MNIST IDX files")
-    e.add_argument("--threads", type=int)
+    e.add_argument("--threads", type=threads)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_teacher_eval)

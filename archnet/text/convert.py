@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from simulator.cost import estimate
 from simulator.execute import execute
 from simulator.fileio import atomic_write_bytes
 from simulator.ir.program import save_program
+from simulator.jsontext import json_text
 from simulator.profiles import load_profile
 
 STUDENT_FILE = "student.pt"
@@ -132,7 +132,8 @@ def convert_text(opts: TextConvertOptions, cfg: TextDistillConfig, log=print) ->
         torch.set_num_threads(opts.threads)
     w_bits, a_bits = parse_text_bits(opts.bits)
     chip = load_profile(opts.chip)
-    out = run_folder(opts.out, opts.resume)
+    out = run_folder(opts.out, opts.resume, [opts.teacher if Path(opts.teacher).exists() else None,
+                                             opts.corpus, chip.path])
     teacher = load_text_teacher(opts.teacher)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncationWarning)
@@ -193,7 +194,7 @@ def convert_text(opts: TextConvertOptions, cfg: TextDistillConfig, log=print) ->
     out.mkdir(parents=True, exist_ok=True)
     save_text_student(out / STUDENT_FILE, student, metadata)
     save_program(program, out / PROGRAM_FILE)
-    atomic_write_bytes(out / SUMMARY_FILE, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(out / SUMMARY_FILE, (json_text(summary, default=str) + "\n").encode())
     log(f"wrote {out / PROGRAM_FILE}, {out / STUDENT_FILE}, {out / SUMMARY_FILE}: {chip.name} "
         f"estimate {est.total_latency_ms:.3f} ms, {len(est.fallbacks)} fallbacks; emulation = "
         f"simulator on {check['elements']:,} elements of {check['sentences']} sentences")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archnet.errors import ArchnetError, ReportError
-from archnet.report.collect import read_json, show_path
+from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields, read_json, show_path
 from archnet.report.markdown import Markdown, code
 from archnet.report.staging import check_target, staged_folder
 
@@ -102,6 +102,9 @@ def open_text_run(path) -> TextRun:
     if missing:
         raise ReportError(f"{', '.join(str(run / m) for m in missing)}: missing from the run "
                           f"folder; `{remedy}` writes {'it' if len(missing) == 1 else 'them'}")
+    if not isinstance(remedy, str):
+        remedy = "archnet convert TEACHER --chip CHIP --out " + str(run)
+    check_fields(summary, TEXT_SUMMARY_FIELDS, str(run / SUMMARY_FILE), remedy)
     for key in ("max_len", "teacher_path", "bits", "chip"):
         if summary.get(key) is None:
             raise ReportError(f"{run / SUMMARY_FILE}: no {key!r}; rewrite it with `{remedy}`")
@@ -367,7 +370,7 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     if not run_dirs:
         raise ReportError("no run folder to report")
     out = Path(out)
-    check_target(out)
+    check_target(out, run_dirs)
     chip_list = parse_chips(chips)
     cmd = command or report_command(run_dirs, out, chip_list)
     runs = []
@@ -384,10 +387,10 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     text = _markdown(runs, profiles, lat, qual, cmd)
     quality = pd.DataFrame(qual)
     quality["sentences"] = quality["sentences"].astype("Int64")  # not 8.0 beside unverified runs
-    with staged_folder(out) as tmp:
-        pd.DataFrame(lat).to_csv(tmp / "latency.csv", index=False)
-        quality.to_csv(tmp / "quality.csv", index=False)
-        (tmp / "report.md").write_text(text, encoding="utf-8")
+    with staged_folder(out, run_dirs) as tmp:
+        pd.DataFrame(lat).to_csv(tmp / "latency.csv", index=False, errors="backslashreplace")
+        quality.to_csv(tmp / "quality.csv", index=False, errors="backslashreplace")
+        (tmp / "report.md").write_text(text, encoding="utf-8", errors="backslashreplace")
     say(f"wrote {out / 'report.md'}")
     return out
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from archnet.errors import ArchnetError, CheckpointError
+from archnet.errors import CheckpointError
 from archnet.teachers import _plain
 from archnet.text.student import TextStudent, TextStudentConfig
-from archnet.torchfile import load_torch, save_torch
+from archnet.torchfile import build_with_state, load_torch, save_torch
 
 TEXT_STUDENT_FORMAT = "archnet-text-student-checkpoint"
 TEXT_STUDENT_VERSION = 1
@@ -28,17 +28,18 @@ def is_text_checkpoint(obj) -> bool:
 
 
 def load_text_student(path: str | os.PathLike) -> tuple[TextStudent, dict]:
-    obj = load_torch(path, "student checkpoint", weights_only=True)
+    obj = load_torch(path, "student checkpoint")
     if not is_text_checkpoint(obj):
-        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path}: not an archnet text student checkpoint (format {found!r})")
+        raise CheckpointError(f"{path}: not an archnet text student checkpoint "
+                              f"(format {obj.get('format')!r})")
     if obj.get("version") != TEXT_STUDENT_VERSION:
         raise CheckpointError(f"{path}: text student version {obj.get('version')!r}, this archnet "
                               f"reads {TEXT_STUDENT_VERSION}")
-    try:
-        student = TextStudent(TextStudentConfig.from_dict(obj["config"]))
-        student.load_state_dict(obj["state_dict"], strict=True)
-    except (ArchnetError, KeyError, TypeError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: weights do not fit the text student config: {first[:300]}") from None
-    return student.eval(), dict(obj.get("metadata") or {})
+    if not isinstance(obj.get("config"), dict):
+        raise CheckpointError(f"{path}: text student checkpoint lacks its config")
+    student = build_with_state(lambda: TextStudent(TextStudentConfig.from_dict(obj["config"])),
+                               obj.get("state_dict"), path, "weights")
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: student metadata must be a dict")
+    return student, dict(meta or {})

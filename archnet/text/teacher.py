@@ -200,7 +200,7 @@ def load_text_teacher(spec: str | os.PathLike | None = None) -> TextTeacher:
     except ImportError:
         raise TeacherError(INSTALL_TEXT) from None
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # a damaged or unknown config.json
         raise TeacherError(f"teacher {path}: config.json cannot be read ({_first_line(exc)})") \
             from None
@@ -224,7 +224,8 @@ def load_text_teacher(spec: str | os.PathLike | None = None) -> TextTeacher:
         model, info = BertModel.from_pretrained(
             path, local_files_only=True, attn_implementation="eager", add_pooling_layer=False,
             output_loading_info=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=False)
     except Exception as exc:
         raise TeacherError(f"teacher {path}: cannot be loaded ({_first_line(exc)})") from None
     finally:

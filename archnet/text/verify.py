@@ -17,7 +17,10 @@ A text run folder (``archnet convert`` with a text teacher) holds ``student.pt``
    compares the sentence embeddings (mean over real tokens, L2-normalised: ``pooled``) of the
    simulator's dequantized last stream and of the fake-quant student with the teacher's
    (``archnet.text.quality.embedding_quality``);
-5. adds the cost model's estimate of the batch-1 Program on the chip.
+5. sums the simulator's accumulator statistics per MAC op (``simulator.overflow``): the outputs
+   that wrapped or saturated on this chip and the narrowest safe accumulator, said in words next
+   to the result (bit-exact agreement cannot show it: both sides wrap alike);
+6. adds the cost model's estimate of the batch-1 Program on the chip.
 
 The chip may differ from the one the student was converted for: the Program stores real
 requantization multipliers and each profile turns them into its own integers.
@@ -37,9 +40,13 @@ import numpy as np
 import torch
 
 from archnet.errors import ArchnetError, CheckpointError, DataError
+from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields
+from archnet.runs import resolve_recorded
 from archnet.text.quality import MIN_SENTENCES, QUALITY_KEYS, embedding_quality
-from archnet.verify import _diff_programs, _jsonable, _load_program, _pct, _progress_bar
+from archnet.verify import (_diff_programs, _jsonable, _load_program, _pct, _progress_bar,
+                            overflow_result_lines, reduce_overflow)
 from simulator.ir.program import Program
+from simulator.jsontext import json_text
 
 SUMMARY_FILE = "convert.json"
 STUDENT_FILE = "student.pt"      # when the Program's metadata names none
@@ -71,17 +78,6 @@ def verify_command(program_path, chip: str, out=None, max_sentences=DEFAULT_MAX_
 
 # ----------------------------------------------------------------------------- files
 
-def _near(value: str, folder: Path) -> Path | None:
-    """``value`` as given (relative to the current folder), else relative to ``folder``: a run
-    folder moved elsewhere still finds what convert named relative to where it ran."""
-    p = Path(value)
-    if p.exists():
-        return p
-    if not p.is_absolute() and (folder / p).exists():
-        return folder / p
-    return None
-
-
 def _run_info(program_path: Path, student_meta: dict) -> tuple[dict, Path | None]:
     """convert.json beside the Program, over the student's metadata (which records the same
     data keys): the run's teacher, corpus, split and max_len."""
@@ -96,6 +92,7 @@ def _run_info(program_path: Path, student_meta: dict) -> tuple[dict, Path | None
                                   f"{first})") from None
         if not isinstance(doc, dict):
             raise CheckpointError(f"{summary_path}: not a JSON object")
+        check_fields(doc, TEXT_SUMMARY_FIELDS, str(summary_path), "archnet convert ...")
         info.update(doc)
     else:
         summary_path = None
@@ -108,16 +105,27 @@ def _run_info(program_path: Path, student_meta: dict) -> tuple[dict, Path | None
 
 
 def _text_teacher(info: dict, folder: Path):
+    """The teacher the run was converted from: found where convert.json says, and its weights'
+    SHA-256 equal to the recorded one (another teacher under that name is an error)."""
     from archnet.text.teacher import MINILM_ALIASES, load_text_teacher
     recorded = str(info["teacher_path"])
-    path = _near(recorded, folder)
+    path = resolve_recorded(recorded, folder)
     if path is None:
         # the bundled MiniLM moves with its package: its name still finds it
-        if info.get("teacher") in MINILM_ALIASES:
-            return load_text_teacher(info["teacher"])
-        raise CheckpointError(f"{recorded}: the teacher folder convert used is gone (named by "
-                              f"{folder / SUMMARY_FILE}; looked there and relative to {folder})")
-    return load_text_teacher(path)
+        if info.get("teacher") not in MINILM_ALIASES:
+            raise CheckpointError(f"{recorded}: the teacher folder convert used is gone (named by "
+                                  f"{folder / SUMMARY_FILE}; looked there and relative to {folder})")
+        teacher = load_text_teacher(info["teacher"])
+    else:
+        teacher = load_text_teacher(path)
+    recorded_sha = info.get("teacher_sha256")
+    if not isinstance(recorded_sha, str):
+        raise CheckpointError(f"{folder}: the run records no teacher_sha256 to check its teacher by")
+    if teacher.fingerprint != recorded_sha:
+        raise CheckpointError(f"{teacher.path}: not the teacher this run was converted from (its "
+                              f"weights' SHA-256 {teacher.fingerprint[:12]}... differs from the "
+                              f"recorded {recorded_sha[:12]}...)")
+    return teacher
 
 
 def _heldout(info: dict, folder: Path, max_sentences: int | None) -> tuple[list[str], int, str]:
@@ -126,7 +134,7 @@ def _heldout(info: dict, folder: Path, max_sentences: int | None) -> tuple[list[
     corpus = info.get("corpus") or "fortunes"
     source = corpus
     if corpus != "fortunes":
-        found = _near(str(corpus), folder)
+        found = resolve_recorded(str(corpus), folder)
         if found is None:
             raise DataError(f"{corpus}: the corpus convert used is gone (named by "
                             f"{folder / SUMMARY_FILE}; looked there and relative to {folder})")
@@ -206,6 +214,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
     from simulator.cost import estimate
     from simulator.execute import execute
     from simulator.fileio import atomic_write_bytes
+    from simulator.overflow import merge_stats
     from simulator.profiles import ChipProfile, load_profile
 
     say = log or (lambda _m: None)
@@ -237,12 +246,12 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
                               f"{program_path} takes {seq_len} positions")
     profile = chip if isinstance(chip, ChipProfile) else load_profile(chip)
     arith = profile.arithmetic
+    if meta.get("teacher_sha256") not in (None, info.get("teacher_sha256")):
+        raise CheckpointError(f"{summary_path}: records teacher_sha256 "
+                              f"{str(info.get('teacher_sha256'))[:12]}..., {student_path} "
+                              f"{str(meta['teacher_sha256'])[:12]}...: not the same run")
     teacher = _text_teacher(info, folder)
-    recorded_sha = info.get("teacher_sha256")
-    teacher_same = None if not recorded_sha else teacher.fingerprint == recorded_sha
-    if teacher_same is False:
-        say(f"warning: the teacher at {teacher.path} is not the one convert used (its weights' "
-            f"SHA-256 differs from {summary_path or student_path}'s record)")
+    teacher_same = True
     if command is None:
         command = verify_command(program_path, profile.name, out, max_sentences, batch)
 
@@ -275,6 +284,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
     stage = {"simulator": 0.0, "emulation": 0.0, "fake-quant": 0.0, "teacher": 0.0}
     out_scale = float(program.tensors[program.outputs[-1]].scale[0])
     programs: dict[int, Program] = {}
+    overflow: dict = {}   # MAC op -> OverflowStats, summed over the chunks
     divergence = None
     starts = list(range(0, n, batch))
     bar = _progress_bar(len(starts), progress, profile.name)
@@ -290,9 +300,11 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
             mask_u8 = mask.numpy().astype(np.uint8)
 
             t = time.perf_counter()
-            sim = execute(programs[k], profile, {"tokens": two, "attention_mask": mask_u8},
-                          backend=backend, trace=False).outputs
+            result = execute(programs[k], profile, {"tokens": two, "attention_mask": mask_u8},
+                             backend=backend, trace=False)
             stage["simulator"] += time.perf_counter() - t
+            sim = result.outputs
+            merge_stats(overflow, result.overflow)
 
             t = time.perf_counter()
             ours = student.integer_features(ids, mask, arith)
@@ -364,6 +376,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
         "agreement": agreement, "elements_matched": m_all, "elements_total": t_all,
         "agreement_fraction": m_all / t_all if t_all else 1.0, "bit_exact": m_all == t_all,
         "first_divergent_block": first_bad, "divergence": divergence,
+        "overflow": reduce_overflow(program, profile, overflow, over_ranks=False).to_dict(),
         "quality": quality,
         "latency_ms": float(est.total_latency_ms), "latency_batch": 1, "latency_positions": seq_len,
         "fallbacks": [{"name": op.name, "reason": op.fallback_reason} for op in est.fallbacks],
@@ -374,7 +387,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
     }
     doc = _jsonable(doc)
     if out is not None:
-        atomic_write_bytes(out, (json.dumps(doc, indent=2) + "\n").encode())
+        atomic_write_bytes(out, (json_text(doc) + "\n").encode())
     return doc
 
 
@@ -386,6 +399,7 @@ def _num(v, fmt: str = "{:.4f}") -> str:
 
 def format_text_verify(doc: dict) -> str:
     """The human summary of a ``verify_text`` report."""
+    from simulator.overflow import OverflowSummary
     d = doc["data"]
     first = "" if d["max_sentences"] is None or d["sentences"] == d["heldout_sentences"] else \
         f" (the first {d['sentences']} of {d['heldout_sentences']})"
@@ -408,6 +422,9 @@ def format_text_verify(doc: dict) -> str:
                      f"{_pct(a['fraction']):>9}")
     lines.append(f"  {'all':<24} {doc['elements_matched']:>12,} {doc['elements_total']:>12,} "
                  f"{_pct(doc['agreement_fraction']):>9}")
+    overflow = OverflowSummary.from_dict(doc["overflow"]) if doc.get("overflow") else None
+    if overflow is not None:
+        lines += ["", *overflow.lines()]
     sim, fq = doc["quality"]["simulator_vs_teacher"], doc["quality"]["fake_quant_vs_teacher"]
     labels = {"mean_cosine": "mean cosine", "median_cosine": "median cosine",
               "min_cosine": "min cosine", "nn_agreement": "NN agreement",
@@ -441,6 +458,7 @@ def format_text_verify(doc: dict) -> str:
             text = div["text"].splitlines()
             lines.append(f"  in held-out sentence {div['sentence']}; {text[0]}")
             lines += ["  " + ln for ln in text[1:]]
+    lines += overflow_result_lines(overflow, doc["bit_exact"])
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, astuple, dataclass, field
 
 FORMULA = (
@@ -15,6 +16,15 @@ FORMULA = (
 )
 
 BOUNDS = ("compute", "memory", "overhead", "host")
+
+
+def _finite(d: dict, what: str) -> dict:
+    """``d`` unchanged if every number in it is finite. JSON has no inf or NaN, and the profile's
+    physical bounds keep every term finite, so one that is not is a bug to surface, not hide."""
+    for key, value in d.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"cost of {what}: {key} = {value} is not finite")
+    return d
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ class OpCost:
              "fused_into": self.fused_into}
         d.update(asdict(self.cost))
         d["latency_ms"] = self.latency_ms
-        return d
+        return _finite(d, f"op {self.name}")
 
 
 @dataclass(frozen=True)
@@ -113,12 +123,13 @@ class Estimate:
 
     def to_dict(self) -> dict:
         total = self.total
-        return {"chip": self.chip, "program": self.program, "clock_hz": self.clock_hz,
-                "formula": FORMULA, "total_cycles": total.cycles,
-                "total_latency_ms": self.total_latency_ms, "total_macs": total.macs,
-                "total_activation_bytes": total.activation_bytes,
-                "total_weight_bytes": total.weight_bytes,
-                "host_ops": sum(op.on_host for op in self.ops),
-                "fallbacks": [{"name": op.name, "reason": op.fallback_reason}
-                              for op in self.fallbacks],
-                "ops": [op.to_dict() for op in self.ops]}
+        d = {"chip": self.chip, "program": self.program, "clock_hz": self.clock_hz,
+             "formula": FORMULA, "total_cycles": total.cycles,
+             "total_latency_ms": self.total_latency_ms, "total_macs": total.macs,
+             "total_activation_bytes": total.activation_bytes,
+             "total_weight_bytes": total.weight_bytes,
+             "host_ops": sum(op.on_host for op in self.ops),
+             "fallbacks": [{"name": op.name, "reason": op.fallback_reason}
+                           for op in self.fallbacks],
+             "ops": [op.to_dict() for op in self.ops]}
+        return _finite(d, f"{self.program} on {self.chip}")

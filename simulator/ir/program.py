@@ -20,13 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from simulator.contract import DType, IntType, parse_dtype
+from simulator.digest import HASH_KEY, content_digest
 from simulator.errors import ProgramError, SimulatorError
 from simulator.fileio import atomic_write_bytes
 from simulator.ir.ops import OP_INFO, OpKind, infer_shape, normalise_attrs
 
 FORMAT = "archnet-program"
-FORMAT_VERSION = 1
-MAX_CONSTANT_BYTES = 1 << 31
+FORMAT_VERSION = 2                  # 2: a content hash in program.json
+MAX_CONSTANT_BYTES = 1 << 31        # one constant
+MAX_TOTAL_CONSTANT_BYTES = 1 << 31  # all constants together
+MAX_JSON_BYTES = 64 << 20           # program.json: a large Transformer's is a few MB
 
 
 @dataclass(frozen=True)
@@ -258,30 +261,56 @@ def _tensor_to_json(t: TensorInfo, constant_index: int | None) -> dict:
             "constant": constant_index}
 
 
-def save_program(program: Program, path: str | os.PathLike) -> Path:
-    """Write ``program`` to ``path`` atomically (temporary name, then rename)."""
-    program.validate()
-    path = Path(path)
+def _program_doc(program: Program) -> tuple[dict, list[np.ndarray]]:
+    """The ``program.json`` document (as it reads back from JSON) and the constants it indexes."""
     tensors, arrays = {}, []
     for name, t in program.tensors.items():
         index = None
         if t.data is not None:
             index = len(arrays)
-            arrays.append(t.data)
+            arrays.append(np.ascontiguousarray(t.data))
         tensors[name] = _tensor_to_json(t, index)
     doc = {"format": FORMAT, "version": FORMAT_VERSION, "name": program.name,
            "inputs": program.inputs, "outputs": program.outputs, "tensors": tensors,
            "nodes": [{"name": n.name, "op": n.op.value, "inputs": list(n.inputs),
                       "outputs": list(n.outputs), "attrs": n.attrs} for n in program.nodes],
            "metadata": program.metadata}
+    # hash what a reader will see: JSON turns tuples into lists and every key into a string
+    return json.loads(json.dumps(doc, sort_keys=True)), arrays
+
+
+def program_content_hash(doc: dict, arrays: list[np.ndarray]) -> str:
+    """The content hash a Program file stores: its document (less the hash) and constants."""
+    return content_digest({"program": {k: v for k, v in doc.items() if k != HASH_KEY},
+                           "constants": list(arrays)})
+
+
+def _zip_entry(name: str) -> zipfile.ZipInfo:
+    # a fixed date and mode: the same Program is the same bytes, so a file hash identifies it
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def program_bytes(program: Program) -> bytes:
+    """The ``.program`` file of ``program``: byte for byte the same for the same Program."""
+    program.validate()
+    doc, arrays = _program_doc(program)
+    doc[HASH_KEY] = program_content_hash(doc, arrays)
     blob = io.BytesIO()
-    with zipfile.ZipFile(blob, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("program.json", json.dumps(doc, indent=1, sort_keys=True))
+    with zipfile.ZipFile(blob, "w") as zf:
+        zf.writestr(_zip_entry("program.json"), json.dumps(doc, indent=1, sort_keys=True))
         for i, arr in enumerate(arrays):
             buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-            zf.writestr(f"constants/{i}.npy", buf.getvalue())
-    return atomic_write_bytes(path, blob.getvalue())
+            np.save(buf, arr, allow_pickle=False)
+            zf.writestr(_zip_entry(f"constants/{i}.npy"), buf.getvalue())
+    return blob.getvalue()
+
+
+def save_program(program: Program, path: str | os.PathLike) -> Path:
+    """Write ``program`` to ``path`` atomically (temporary name, then rename)."""
+    return atomic_write_bytes(path, program_bytes(program))
 
 
 def _field(doc: dict, key: str, kind, where: str):
@@ -327,7 +356,9 @@ def _tensor_from_json(name: str, d: dict, arrays: dict, zf: zipfile.ZipFile, whe
             info = zf.getinfo(member)
             if info.file_size > MAX_CONSTANT_BYTES:
                 raise ProgramError(f"{w}: constant {member} is larger than {MAX_CONSTANT_BYTES} bytes")
-            data = np.load(io.BytesIO(zf.read(member)), allow_pickle=False)
+            data = arrays.get(index)
+            if data is None:
+                data = arrays[index] = np.load(io.BytesIO(zf.read(member)), allow_pickle=False)
         except KeyError:
             raise ProgramError(f"{w}: constant {member} is missing from the file") from None
         except ProgramError:
@@ -341,6 +372,20 @@ def _tensor_from_json(name: str, d: dict, arrays: dict, zf: zipfile.ZipFile, whe
                       tuple(zp), axis, data)
 
 
+def _check_sizes(zf: zipfile.ZipFile, where: str) -> None:
+    """Refuse, before inflating anything, a file that would take unbounded memory to load."""
+    total = 0
+    for info in zf.infolist():
+        if info.filename == "program.json" and info.file_size > MAX_JSON_BYTES:
+            raise ProgramError(f"{where}: program.json inflates to {info.file_size:,} bytes, more "
+                               f"than the {MAX_JSON_BYTES:,} a Program may hold")
+        if info.filename.startswith("constants/"):
+            total += info.file_size
+    if total > MAX_TOTAL_CONSTANT_BYTES:
+        raise ProgramError(f"{where}: constants inflate to {total:,} bytes, more than the "
+                           f"{MAX_TOTAL_CONSTANT_BYTES:,} a Program may hold")
+
+
 def load_program(path: str | os.PathLike) -> Program:
     """Read and validate a Program file; any defect is a ProgramError naming the file."""
     path = Path(path)
@@ -349,6 +394,7 @@ def load_program(path: str | os.PathLike) -> Program:
         raise ProgramError(f"{where}: no such Program file")
     try:
         with zipfile.ZipFile(path) as zf:
+            _check_sizes(zf, where)
             try:
                 doc = json.loads(zf.read("program.json").decode("utf-8"))
             except KeyError:
@@ -360,11 +406,22 @@ def load_program(path: str | os.PathLike) -> Program:
             if doc.get("format") != FORMAT:
                 raise ProgramError(f"{where}: format is {doc.get('format')!r}, expected {FORMAT!r}")
             if doc.get("version") != FORMAT_VERSION:
+                older = " (written by an older archnet: convert or export it again)" \
+                    if doc.get("version") == 1 else ""
                 raise ProgramError(f"{where}: version {doc.get('version')!r} unsupported "
-                                   f"(this simulator reads version {FORMAT_VERSION})")
+                                   f"(this simulator reads version {FORMAT_VERSION}){older}")
             tensors_doc = _field(doc, "tensors", dict, where)
-            tensors = {name: _tensor_from_json(name, d, {}, zf, where)
+            arrays: dict[int, np.ndarray] = {}
+            tensors = {name: _tensor_from_json(name, d, arrays, zf, where)
                        for name, d in tensors_doc.items()}
+            stored = doc.get(HASH_KEY)
+            if not isinstance(stored, str):
+                raise ProgramError(f"{where}: program.json carries no {HASH_KEY} (damaged)")
+            actual = program_content_hash(doc, [arrays[i] for i in sorted(arrays)])
+            if actual != stored:
+                raise ProgramError(f"{where}: content does not match its {HASH_KEY} (stored "
+                                   f"{stored[:12]}..., content {actual[:12]}...): the file is "
+                                   f"damaged")
             nodes = []
             for i, nd in enumerate(_field(doc, "nodes", list, where)):
                 nw = f"{where}: node #{i}"

@@ -8,25 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulator.errors import InputError
+from simulator.argtypes import int_in
 from simulator.onnx_export import FORMS
+from simulator.outputs import check_file_outputs
 
 
 def cmd_export_onnx(args) -> int:
     from simulator.cli import load_model
     from simulator.onnx_export import choose_form, export_onnx
 
+    check_file_outputs({"--out": args.out}, inputs=[args.program], suffixes={"--out": (".onnx",)})
     out = Path(args.out)
-    if out.suffix.lower() != ".onnx":
-        raise InputError(f"{args.out}: the output must end in .onnx")
-    if out.is_dir():
-        raise InputError(f"{args.out}: is a directory")
     program = load_model(args.program)
     form = choose_form(program) if args.form == "auto" and program.executable else args.form
     path = export_onnx(program, out, form=form, opset=args.opset)
     ops = len(program.nodes)
     print(f"wrote {path} (form {form}, {ops} Program ops, {path.stat().st_size} bytes)")
     return 0
+
+
+def _opset(text: str) -> int:
+    """``--opset``: an opset the installed onnx package defines."""
+    import onnx
+    return int_in(1, onnx.defs.onnx_opset_version())(text)
 
 
 def add_commands(sub) -> None:
@@ -37,5 +41,5 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="the .onnx file to write (atomically)")
     p.add_argument("--form", choices=FORMS, default="auto",
                    help="auto: qlinear at 8 bits, int4 with <= 4-bit tensors, qonnx otherwise")
-    p.add_argument("--opset", type=int, help="default opset: 21 (qlinear, qdq, int4), 13 (qonnx)")
+    p.add_argument("--opset", type=_opset, help="default opset: 21 (qlinear, qdq, int4), 13 (qonnx)")
     p.set_defaults(func=cmd_export_onnx)

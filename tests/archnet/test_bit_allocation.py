@@ -191,7 +191,8 @@ def test_cli_marks_a_students_own_bits(capsys, tmp_path, teacher):
     model, shape = teacher
     bits = ["8w8a", "8w8a", "4w4a", "4w4a", "8w8a"]
     path = tmp_path / "student.pt"
-    save_student(path, convert_resnet(model, RK, bits, shape), {"teacher": str(TEACHER), "bits": bits})
+    save_student(path, convert_resnet(model, RK, bits, shape), {"teacher": str(TEACHER), "bits": bits,
+                                                             "teacher_sha256": model.content_sha256})
     assert run_cli("latency-table", str(path), "--chip", RK, "--json") == 0
     d = json.loads(capsys.readouterr().out)
     assert [r.get("model_bits") for r in d["rows"]] == bits + [None]

@@ -36,7 +36,8 @@ def _make_run(run_dir: Path, teacher: str) -> Path:
     calibrate_activations(s, imgs)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_student(run_dir / "student.pt", s,
-                 {"teacher": teacher, "profile": "ideal", "bits": ["4w4a"] * 5,
+                 {"teacher": teacher, "teacher_sha256": t.content_sha256, "profile": "ideal",
+                  "bits": ["4w4a"] * 5,
                   "dataset": "digits", "data_path": None, "input_shape": m["input_shape"],
                   "command": "archnet convert (test fixture)"})
     save_program(s.export((1, *m["input_shape"])), run_dir / "model.program")
@@ -84,6 +85,18 @@ def test_bit_exact_on_chips_whose_arithmetic_differs(run_dir, test_set, chip):
     assert doc["fallback_count"] == len(report.fallbacks)
     text = report.format()
     assert "BIT-EXACT" in text and chip in text
+    # 32- and 40-bit accumulators hold this 4w4a student: no events, no alarm
+    ov = report.overflow
+    assert ov.events == 0 and not ov.overflowed and ov.layers
+    assert all(r.outputs > 0 and r.required_bits <= ov.accumulator_bits for r in ov.layers)
+    assert ov.safe_bits < ov.accumulator_bits
+    assert doc["overflow"]["overflowed"] is False and doc["overflow"]["events"] == 0
+    assert doc["overflow"]["accumulator_bits"] == ov.accumulator_bits
+    assert "WRAPPED" not in text and "SATURATED" not in text and "<- overflow" not in text
+    lines = text.splitlines()
+    i = lines.index(f"result: BIT-EXACT: all {report.total:,} elements agree")
+    assert lines[i + 1].startswith("  no accumulator overflow: the chip's "
+                                   f"{ov.accumulator_bits}-bit accumulator held all")
 
 
 def test_cli_exit_0_writes_json(run_dir, tmp_path, capsys):
@@ -200,6 +213,10 @@ def test_shards_add_up(run_dir, monkeypatch):
     for field in ("teacher_correct", "student_correct", "simulator_correct", "sim_teacher_agree",
                   "matched", "total"):
         assert getattr(whole, field) == sum(getattr(p, field) for p in parts), field
+    for k, row in enumerate(whole.overflow.layers):
+        assert row.outputs == sum(p.overflow.layers[k].outputs for p in parts) > 0
+        assert row.events == sum(p.overflow.layers[k].events for p in parts)
+        assert row.required_bits == max(p.overflow.layers[k].required_bits for p in parts)
     assert np.isclose(whole.simulator_accuracy * 20,
                       sum(p.simulator_correct for p in parts))
 
@@ -214,3 +231,88 @@ def test_program_exported_with_features_and_a_batch(run_dir, tmp_path):
     report = verify(path, "onnx-qlinear", student_path=run_dir / "student.pt", limit=10,
                     batch_size=6)
     assert report.bit_exact and report.latency_batch == 8 and report.batches == 2
+
+
+def _narrow_chip(folder: Path, bits: int, overflow: str, base: str) -> Path:
+    """A profile file: ``base`` with a ``bits``-bit accumulator that wraps or saturates."""
+    name = f"acc{bits}-{overflow}"
+    path = folder / f"{name}.toml"
+    path.write_text(f'inherit = "{base}"\nname = "{name}"\n'
+                    f'description = "{base} with a {bits}-bit {overflow} accumulator"\n\n'
+                    f'[arithmetic]\naccumulator_bits = {bits}\noverflow = "{overflow}"\n')
+    return path
+
+
+def test_narrow_wrapping_accumulator_is_said_plainly(run_dir, tmp_path, capsys):
+    """An 8-bit wrapping accumulator: still bit-exact (the simulator and the emulation wrap
+    alike, exit 0), but the report shows which layers wrapped, how often, the width that would
+    have been safe, and says WRAPPED right under the result."""
+    from archnet.verify import rebatch
+    from simulator.execute import execute
+    from simulator.ir.ops import MAC_OPS
+    chip = _narrow_chip(tmp_path, 8, "wrap", "onnx-qlinear")
+    report = verify(run_dir / "model.program", chip, limit=16, batch_size=8, progress=False)
+    assert report.bit_exact and report.exit_code == 0 and report.batches == 2
+    ov = report.overflow
+    assert (ov.accumulator_bits, ov.mode) == (8, "wrap")
+    program = load_program(run_dir / "model.program")
+    assert [r.name for r in ov.layers] == [n.name for n in program.nodes if n.op in MAC_OPS]
+    hit = ov.overflowed
+    assert hit and ov.events == sum(r.events for r in hit) > 0
+    assert all(0 < r.events <= r.outputs and r.required_bits > 8 for r in hit)
+    assert all(r.required_bits <= 8 for r in ov.layers if not r.events)
+    assert ov.safe_bits == max(r.required_bits for r in ov.layers) > 8
+    # two batches of 8 summed (events, outputs) and maxed (bits) = one batch of 16
+    from archnet.student_io import load_student
+    from archnet.data import load_dataset
+    student, _ = load_student(run_dir / "student.pt")
+    images = load_dataset("digits", None, "test", labels=True).tensors[0][:16]
+    img = student.input.integer_forward(images).value.numpy()
+    from simulator.profiles import load_profile
+    once = execute(rebatch(program, 16), load_profile(chip), {"image": img}, trace=False).overflow
+    assert {r.name: (r.events, r.outputs, r.required_bits) for r in ov.layers} == \
+        {n: (s.events, s.outputs, s.required_bits) for n, s in once.items()}
+
+    text = report.format()
+    lines = text.splitlines()
+    i = lines.index(f"result: BIT-EXACT: all {report.total:,} elements agree")
+    a = "an" if str(ov.safe_bits).startswith("8") or ov.safe_bits in (11, 18) else "a"
+    sentence = (f"the chip's 8-bit accumulator WRAPPED in {ov.events:,} of {ov.outputs:,} outputs "
+                f"in {len(hit)} of {len(ov.layers)} MAC layers; {a} {ov.safe_bits}-bit "
+                f"accumulator would have been safe for these inputs")
+    assert lines[i + 1] == "  " + sentence
+    assert "wrapped alike" in lines[i + 2]
+    assert "accumulator overflow (8-bit, wraps): WRAPPED in" in text
+    for r in hit:
+        row = next(ln for ln in lines if ln.startswith(f"  {r.name} "))
+        assert row.split()[1:5] == [f"{r.outputs:,}", f"{r.events:,}", "8", str(r.required_bits)]
+        assert row.endswith("<- overflow")
+
+    doc = json.loads(json.dumps(report.to_dict()))["overflow"]
+    assert doc["wrapped"] is True and doc["saturated"] is False and doc["overflowed"] is True
+    assert doc["accumulator_bits"] == 8 and doc["mode"] == "wrap"
+    assert doc["events"] == ov.events and doc["outputs"] == ov.outputs
+    assert doc["safe_bits"] == ov.safe_bits and doc["layers_overflowed"] == len(hit)
+    assert doc["sentence"] == sentence
+    assert [r["name"] for r in doc["layers"] if r["events"]] == [r.name for r in hit]
+    assert all(r["fits"] == (r["events"] == 0) for r in doc["layers"])
+
+    out = tmp_path / "v.json"   # the CLI: same words, exit 0
+    assert _cli(["verify", str(run_dir / "model.program"), "--chip", str(chip), "--limit", "8",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "result: BIT-EXACT" in printed and "accumulator WRAPPED in" in printed
+    assert json.loads(out.read_text())["overflow"]["wrapped"] is True
+
+
+def test_narrow_saturating_accumulator_says_saturated(run_dir, tmp_path):
+    chip = _narrow_chip(tmp_path, 8, "saturate", "ideal")
+    report = verify(run_dir / "model.program", chip, limit=8, progress=False)
+    assert report.bit_exact and report.exit_code == 0
+    ov = report.overflow
+    assert ov.mode == "saturate" and ov.events > 0 and ov.safe_bits > 8
+    text = report.format()
+    assert f"the chip's 8-bit accumulator SATURATED in {ov.events:,} of" in text
+    assert "WRAPPED" not in text
+    doc = report.to_dict()["overflow"]
+    assert doc["saturated"] is True and doc["wrapped"] is False

@@ -59,7 +59,7 @@ def test_convert_from_a_npy_of_images(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--bits", "3x3"], "bits '3x3'"),
+    (["--bits", "3x3"], "--bits: invalid choice: '3x3'"),
     (["--chip", "no-such-chip"], "no-such-chip"),
     (["--data", "/nonexistent/images.npy"], "/nonexistent/images.npy"),
 ])

@@ -146,8 +146,10 @@ def test_one_builder_for_every_depth():
 @pytest.mark.parametrize("kw, message", [
     (dict(arch="resnet19"), "unknown teacher architecture 'resnet19'"),
     (dict(arch="resnet8", depth=3), "unknown option"),
-    (dict(arch="resnet8", width=0), "width must be positive"),
-    (dict(arch="resnet8", stem_stride=3), "stem_stride must be 1 or 2"),
+    (dict(arch="resnet8", width=0), "width=0 for resnet8: must be an integer from 1 to 4096"),
+    (dict(arch="resnet8", stem_stride=3), "stem_stride=3 .* from 1 to 2"),
+    (dict(arch="resnet8", width="16"), "width='16'"),
+    (dict(arch="resnet8", stem_pool=1), "stem_pool=1 .* true or false"),
 ])
 def test_build_errors(kw, message):
     arch = kw.pop("arch")

@@ -6,6 +6,7 @@ import pytest
 
 from archnet.errors import CheckpointError
 from archnet.teachers import build_teacher, load_teacher, save_teacher
+from archnet.torchfile import save_torch
 
 META = {"dataset": "digits", "input_shape": [1, 16, 16], "normalisation": {"pixel_max": 16},
         "test_accuracy": 0.5, "seed": 3, "command": "archnet teacher train ...",
@@ -62,18 +63,21 @@ def test_load_errors_name_the_file(tmp_path):
         load_teacher(garbage)
     assert str(garbage) in str(info.value) and "\n" not in str(info.value)
     foreign = tmp_path / "foreign.pt"
-    torch.save({"state_dict": {}}, foreign)
+    save_torch({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not an archnet teacher checkpoint"):
+        load_teacher(foreign)
+    torch.save({"state_dict": {}}, foreign)    # torch.save alone: no content hash
+    with pytest.raises(CheckpointError, match="no content hash"):
         load_teacher(foreign)
     good = save_teacher(tmp_path / "good.pt", _small(), META)
     obj = torch.load(good, weights_only=True)
     obj["metadata"]["kwargs"]["width"] = 8
-    torch.save(obj, tmp_path / "mismatch.pt")
-    with pytest.raises(CheckpointError, match="do not fit resnet8.*wrong shape"):
+    save_torch(obj, tmp_path / "mismatch.pt")  # a valid hash: the content itself is wrong
+    with pytest.raises(CheckpointError, match="do not fit the config.*wrong shape"):
         load_teacher(tmp_path / "mismatch.pt")
     obj["metadata"]["kwargs"]["width"] = 4
     obj["metadata"]["arch"] = "resnet99"
-    torch.save(obj, tmp_path / "arch.pt")
+    save_torch(obj, tmp_path / "arch.pt")
     with pytest.raises(CheckpointError, match="unknown teacher architecture 'resnet99'"):
         load_teacher(tmp_path / "arch.pt")
     truncated = tmp_path / "truncated.pt"

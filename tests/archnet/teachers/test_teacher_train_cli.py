@@ -86,8 +86,8 @@ def test_eval_command(trained, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs 0: must be at least 1"),
-    (["--lr", "-1"], "--lr -1.0: must be a positive number"),
+    (["--epochs", "0"], "argument --epochs: 0 is not at least 1"),
+    (["--lr", "-1"], "argument --lr: -1 is not above 0"),
     (["--batch-size", "1"], "--batch-size 1: must be at least 2"),
     (["--data", "/tmp"], "--data does not apply"),
 ])
@@ -100,8 +100,11 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
 
 
 def test_out_is_a_folder_and_missing_fashion_data(tmp_path, capsys):
-    code, _, err = run(capsys, "teacher", "train", "--dataset", "digits", "--out", tmp_path)
+    (tmp_path / "dir.pt").mkdir()
+    code, _, err = run(capsys, "teacher", "train", "--dataset", "digits", "--out", tmp_path / "dir.pt")
     assert code == 2 and "is a folder" in err
+    code, _, err = run(capsys, "teacher", "train", "--dataset", "digits", "--out", tmp_path)
+    assert code == 2 and "must end in .pt" in err
     code, _, err = run(capsys, "teacher", "train", "--dataset", "fashion-mnist",
                        "--data", tmp_path / "nowhere", "--out", tmp_path / "f.pt")
     assert code == 2 and "no such folder for Fashion-MNIST" in err

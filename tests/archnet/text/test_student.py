@@ -25,6 +25,7 @@ transformers = pytest.importorskip("transformers")
 from archnet.text.lowering import lower_bert, student_config  # noqa: E402
 from archnet.text.student import TextStudent, TextStudentConfig, two_hot  # noqa: E402
 from archnet.text.student_io import load_text_student, save_text_student  # noqa: E402
+from archnet.torchfile import save_torch  # noqa: E402
 
 # a vocabulary past 256 entries: the two-hot embedding rows are long enough (vocab + positions)
 # for the simulator's sparse fully connected path
@@ -351,7 +352,7 @@ def test_checkpoint_round_trip_is_exact(students, case, tmp_path):
 def test_checkpoint_errors_are_one_line(students, tmp_path):
     student, _, _ = students("ethos-8w8a")
     other = tmp_path / "other.pt"
-    torch.save({"format": "something-else"}, other)
+    save_torch({"format": "something-else"}, other)
     with pytest.raises(CheckpointError) as info:
         load_text_student(other)
     assert str(other) in str(info.value) and "\n" not in str(info.value)
@@ -359,10 +360,10 @@ def test_checkpoint_errors_are_one_line(students, tmp_path):
     path = save_text_student(tmp_path / "s.pt", student)
     obj = torch.load(path, weights_only=True)
     obj["config"] = {**obj["config"], "hidden": 64, "heads": 4}      # weights of another shape
-    torch.save(obj, tmp_path / "bad.pt")
+    save_torch(obj, tmp_path / "bad.pt")     # a valid content hash: the content itself is wrong
     with pytest.raises(CheckpointError) as info:
         load_text_student(tmp_path / "bad.pt")
-    assert "do not fit the text student config" in str(info.value)
+    assert "weights do not fit the config" in str(info.value)
     assert "\n" not in str(info.value)
     missing = tmp_path / "absent.pt"
     with pytest.raises(ArchnetError) as info:

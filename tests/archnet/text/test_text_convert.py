@@ -195,7 +195,7 @@ def test_bad_input_is_one_line_naming_the_fault(fault, tiny_bert_dir, short_corp
         needle = f"teacher {teacher}: family 'gpt2' is not supported"
     elif fault == "bad bits":
         extra = ["--bits", "3x3"]
-        needle = "--bits '3x3'"
+        needle = "--bits: invalid choice: '3x3'"
     elif fault == "max-len too long":
         extra = ["--max-len", "41"]
         needle = "max_len 41 is above the model's 40 positions"

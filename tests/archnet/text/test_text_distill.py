@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from archnet.distill.checkpoint import load_checkpoint  # noqa: E402
+from archnet.torchfile import save_torch  # noqa: E402
 from archnet.text.distill import (SentenceBatches, SimulatorPrefix, TextDistillConfig,  # noqa: E402
                                   distill_text)
 from archnet.text.lowering import lower_bert, student_config  # noqa: E402
@@ -269,7 +270,7 @@ def test_resume_with_other_settings_is_refused(teacher, corpus, chip, tmp_path):
 
 def test_a_checkpoint_of_another_kind_is_refused(teacher, corpus, chip, tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"format": "archnet-distill-checkpoint", "period": 0},
+    save_torch({"format": "archnet-distill-checkpoint", "period": 0},
                tmp_path / "checkpoints" / "period_00.pt")
     with pytest.raises(DistillError, match="not a text distillation checkpoint"):
         distill_text(_fresh(teacher, corpus, chip), teacher, *corpus, chip, _cfg(),

@@ -92,6 +92,11 @@ def test_verify_agrees_everywhere_and_writes_json(run_dir, heldout, tmp_path):
     assert not list(out.parent.glob(".*.tmp"))
     text = format_text_verify(doc)
     assert "BIT-EXACT" in text and "NN agreement" in text and "Spearman" in text
+    ov = doc["overflow"]   # ethos-u55's 32-bit accumulator holds the tiny BERT
+    assert ov["accumulator_bits"] == 32 and ov["events"] == 0 and ov["overflowed"] is False
+    assert ov["layer_count"] == len(ov["layers"]) > 0 and ov["outputs"] > 0
+    assert "WRAPPED" not in text and "SATURATED" not in text
+    assert "no accumulator overflow: the chip's 32-bit accumulator held all" in text
 
 
 def test_another_chip_and_fewer_sentences(run_dir):
@@ -105,6 +110,40 @@ def test_another_chip_and_fewer_sentences(run_dir):
     assert doc["fallback_count"] == len(doc["fallbacks"]) and doc["latency_ms"] > 0
     with pytest.raises(ArchnetError, match="max_sentences must be an integer of at least 3"):
         verify_text(run_dir / "model.program", CHIP, max_sentences=2, log=None)
+
+
+def test_narrow_accumulator_is_said_plainly(run_dir, tmp_path):
+    """A chip whose 8-bit accumulator wraps: the per-layer events, the safe width and WRAPPED
+    next to the result, in the JSON and the text."""
+    from archnet.text.verify import format_text_verify, verify_text
+    from simulator.ir.ops import MAC_OPS
+    from simulator.ir.program import load_program
+    chip = tmp_path / "acc8.toml"
+    chip.write_text(f'inherit = "{CHIP}"\nname = "acc8"\ndescription = "8-bit wrap"\n\n'
+                    f'[arithmetic]\naccumulator_bits = 8\noverflow = "wrap"\n'
+                    f'saturation_point = "final"\n')
+    doc = verify_text(run_dir / "model.program", chip, max_sentences=3, batch=2,
+                      progress=False, log=None)
+    ov = doc["overflow"]
+    program = load_program(run_dir / "model.program")
+    assert [r["name"] for r in ov["layers"]] == [n.name for n in program.nodes
+                                                 if n.op in MAC_OPS]
+    hit = [r for r in ov["layers"] if r["events"]]
+    assert hit and ov["wrapped"] is True and ov["saturated"] is False
+    assert all(r["required_bits"] > 8 and not r["fits"] for r in hit)
+    assert ov["events"] == sum(r["events"] for r in hit) and ov["safe_bits"] > 8
+    text = format_text_verify(doc)
+    lines = text.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("result: "))
+    safe = ov["safe_bits"]
+    a = "an" if str(safe).startswith("8") or safe in (11, 18) else "a"
+    assert lines[i + 1] == (f"  the chip's 8-bit accumulator WRAPPED in {ov['events']:,} of "
+                            f"{ov['outputs']:,} outputs in {len(hit)} of {len(ov['layers'])} "
+                            f"MAC layers; {a} {safe}-bit accumulator would have been "
+                            f"safe for these inputs")
+    assert lines[i + 1] == "  " + ov["sentence"]
+    assert all(any(ln.startswith(f"  {r['name']} ") and ln.endswith("<- overflow")
+                   for ln in lines) for r in hit)
 
 
 def test_program_of_another_student_is_refused(run_dir, tmp_path):
