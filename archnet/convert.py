@@ -83,8 +83,11 @@ def load_images(dataset: str, data_path: str | None, max_images: int | None) -> 
             raise DataError(f"{path}: no such image file")
         try:
             arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: not a NumPy image array ({exc})") from None
+        except Exception as exc:  # numpy reports empty, cut and pickled files in many ways
+            raise DataError(f"{path}: not a NumPy image array ({type(exc).__name__}: {exc})") \
+                from None
+        if not isinstance(arr, np.ndarray):
+            raise DataError(f"{path}: an .npz archive; give one .npy array of images (N, C, H, W)")
         if arr.ndim != 4:
             raise DataError(f"{path}: images must be (N, C, H, W), got shape {arr.shape}")
         if arr.dtype == np.uint8:

@@ -65,6 +65,10 @@ def load_inputs(path: str | None, program) -> dict[str, np.ndarray]:
                              f"{program.inputs}: use an .npz keyed by input name")
         return {program.inputs[0]: loaded}
     with loaded:
+        missing = [n for n in program.inputs if n not in loaded.files]
+        if missing:
+            raise InputError(f"{path}: holds {sorted(loaded.files)[:8]}, no array named "
+                             f"{missing[0]!r}; the model takes {program.inputs}")
         arrays = {}
         for k in loaded.files:
             try:
@@ -105,6 +109,8 @@ def _parse_shapes(items: list[str] | None) -> dict | None:
             if not sep:
                 raise ValueError
             shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+            if not name or not all(d >= 1 for d in shapes[name]):
+                raise ValueError
         except ValueError:
             raise InputError(f"--input-shape {item!r}: use NAME=1x3x224x224") from None
     return shapes

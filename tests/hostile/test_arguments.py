@@ -144,6 +144,14 @@ def test_empty_and_malformed_image_arrays(capsys, tmp_path):
     cases = {"empty.npy": np.zeros((0,), np.uint8), "none.npy": np.zeros((0, 1, 16, 16), np.uint8),
              "flat.npy": np.zeros((4, 256), np.uint8), "nan.npy": np.full((4, 1, 16, 16), np.nan),
              "ints.npy": np.zeros((4, 1, 16, 16), np.int64), "shape.npy": np.zeros((4, 3, 8, 8))}
+    (tmp_path / "zero-bytes.npy").write_bytes(b"")
+    np.savez(tmp_path / "archive.npy.npz", images=np.zeros((4, 1, 16, 16), np.uint8))
+    (tmp_path / "archive.npy.npz").rename(tmp_path / "archive.npy")
+    for name in ("zero-bytes.npy", "archive.npy"):
+        code, _, err = archnet(capsys, "convert", DIGITS_TEACHER, "--chip", "k210-kpu", "--data",
+                               tmp_path / name, "--out", tmp_path / f"run-{name}", *FAST)
+        assert code == 2, name
+        one_error_line(err, name)
     for name, arr in cases.items():
         np.save(tmp_path / name, arr)
         code, _, err = archnet(capsys, "convert", DIGITS_TEACHER, "--chip", "k210-kpu", "--data",
@@ -161,3 +169,16 @@ def test_a_name_that_is_not_utf8(capsys, tmp_path):
                              tmp_path / name, *FAST)
     assert code == 0, err
     assert (tmp_path / name / "model.program").is_file()
+
+
+def test_shapes_and_input_names(work, capsys):
+    np.savez(work / "named.npz", pixels=np.zeros((1, 1, 16, 16), np.uint8))
+    code, _, err = archnet(capsys, "simulate", "run/model.program", "--chip", "k210-kpu", "--input",
+                           "named.npz")
+    assert code == 2
+    one_error_line(err, "named.npz", "'image'")
+    for shape in ("image=1x1x0x16", "image=1x-1x16x16", "=1x1x16x16", "image=axb"):
+        code, _, err = archnet(capsys, "estimate", "run/model.program", "--chip", "k210-kpu",
+                               "--input-shape", shape)
+        assert code == 2, shape
+        one_error_line(err, "--input-shape")
