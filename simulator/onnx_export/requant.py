@@ -43,6 +43,11 @@ from simulator.errors import ExportError
 
 WEIGHT_REACH = 2            # ulps a weight scale may move around its target
 Y_SCALE_REACH = 64          # ulps the op's own y_scale may move (the weight scales follow it)
+# the farthest a written weight scale can lie from the Program's, in its own ulps: k ulps of
+# y_scale are a relative move of k * 2**-23 / m_y (m_y its mantissa, in [1, 2)), which is
+# k * m_w / m_y < 2k ulps of a weight scale of mantissa m_w; rounding the scaled weight scale to
+# float32 adds half an ulp, the nudge WEIGHT_REACH more
+MAX_WEIGHT_ULPS = 2 * Y_SCALE_REACH + WEIGHT_REACH + 1
 MAX_WINDOW = 1 << 24        # accumulators checked for one multiplier pair (beyond: not tried)
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 

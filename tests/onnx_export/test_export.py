@@ -20,7 +20,7 @@ from simulator.execute import execute
 from simulator.ir.builder import ProgramBuilder
 from simulator.onnx_export import choose_form, export_onnx
 from simulator.onnx_export.compare import compare_programs, program_differences
-from simulator.onnx_export.requant import WEIGHT_REACH, Y_SCALE_REACH
+from simulator.onnx_export.requant import MAX_WEIGHT_ULPS
 from simulator.onnx_export.run import run_exported
 from simulator.onnx_import import import_onnx
 from simulator.profiles import load_profile
@@ -110,14 +110,14 @@ def test_student_8w8a_adjustments_are_recorded_and_few(s8):
     not_equal = sum(len(n["channels_not_equal"]) for n in notes)
     differing = sum(sum(n["channels_not_equal"].values()) for n in notes)
     assert not_equal <= 0.05 * channels and differing <= 4 * not_equal
-    assert all(n["weight_scale_max_ulps"] <= Y_SCALE_REACH + WEIGHT_REACH for n in notes)
+    assert all(n["weight_scale_max_ulps"] <= MAX_WEIGHT_ULPS for n in notes)
 
 
 def test_student_8w8a_round_trip_gives_the_same_program(s8):
     program, inputs, path = s8
     back = import_onnx(path)
     assert back.executable
-    c = compare_programs(program, back, scale_ulps=Y_SCALE_REACH + WEIGHT_REACH + 2,
+    c = compare_programs(program, back, scale_ulps=MAX_WEIGHT_ULPS + 2,
                          multiplier_ulps=2)
     assert c.diffs == []
     assert [n.op for n in back.nodes] == [n.op for n in program.nodes]
