@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from archnet import bit_allocation_cli, convert_cli, demo_cli, report_cli, verify_cli
+from archnet.argv import ARGV
 from archnet.teachers import cli as teachers_cli
 from simulator import cli as simulator_cli
 from simulator.argtypes import OneLineParser
@@ -26,11 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ARGV: list[str] = []   # the arguments of the running command, recorded in what it writes
-
-
 def main(argv=None) -> int:
-    ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+    ARGV[:] = list(sys.argv[1:] if argv is None else argv)  # recorded in what the command writes
     return simulator_cli.run(build_parser(), argv, prog="archnet")
 
 

@@ -20,7 +20,6 @@ The whole job, in order:
 
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from archnet import distributed as dist
+from archnet.data.datasets import distillation_images
 from archnet.distill.loop import DistillConfig, distill
 from archnet.errors import ArchnetError, ConversionError, DataError
 from archnet.lowering import (assert_deployable, calibrate_activations, calibrate_batchnorm,
@@ -71,41 +71,6 @@ def run_folder(path: str | Path, resume: bool, inputs=()) -> Path:
         raise ArchnetError(f"--out {out}: holds checkpoints of an earlier run; pass --resume to "
                            f"continue it or choose another folder")
     return out
-
-
-def load_images(dataset: str, data_path: str | None, max_images: int | None) -> torch.Tensor:
-    """Unlabeled training images: a named data set (``data_path`` = its folder), or a ``.npy``
-    file of images (N, C, H, W), uint8 pixels or floats in [0, 1]."""
-    from archnet.data import load_dataset
-    if data_path is not None and str(data_path).endswith(".npy"):
-        path = Path(data_path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such image file")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # numpy reports empty, cut and pickled files in many ways
-            raise DataError(f"{path}: not a NumPy image array ({type(exc).__name__}: {exc})") \
-                from None
-        if not isinstance(arr, np.ndarray):
-            raise DataError(f"{path}: an .npz archive; give one .npy array of images (N, C, H, W)")
-        if arr.ndim != 4:
-            raise DataError(f"{path}: images must be (N, C, H, W), got shape {arr.shape}")
-        if arr.dtype == np.uint8:
-            arr = arr.astype(np.float32) / 255.0
-        elif arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
-                raise DataError(f"{path}: float images must lie in [0, 1]")
-            arr = arr.astype(np.float32)
-        else:
-            raise DataError(f"{path}: images must be uint8 or float, got {arr.dtype}")
-        images = torch.from_numpy(np.ascontiguousarray(arr))
-    else:
-        images = load_dataset(dataset, data_path, "train", labels=False).images
-    if max_images is not None:
-        images = images[:max_images]
-    if len(images) == 0:
-        raise DataError(f"{data_path or dataset}: no images to distil on")
-    return images
 
 
 def _calibration_set(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -157,7 +122,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
     out = run_folder(opts.out, opts.resume, [opts.teacher, opts.data_path, profile.path])
     teacher, meta = load_teacher(opts.teacher)
     dataset = opts.dataset or meta.get("dataset")
-    images = load_images(dataset, opts.data_path, opts.max_images)
+    images = distillation_images(dataset, opts.data_path, opts.max_images)
     if list(images.shape[1:]) != list(meta["input_shape"]):
         raise DataError(f"{opts.data_path or dataset}: images of shape {list(images.shape[1:])} do "
                         f"not fit the teacher's input {meta['input_shape']} ({opts.teacher})")
@@ -232,9 +197,3 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
             f"{out}/verify_CHIP.json` adds accuracy): {report / 'report.md'}")
     dist.barrier()
     return summary
-
-
-def command_line() -> str:
-    """The running ``archnet`` command as typed (the argv given to ``archnet.cli.main``)."""
-    from archnet.cli import ARGV
-    return "archnet " + " ".join(shlex.quote(a) for a in ARGV)

@@ -15,25 +15,27 @@ def _given(value, default):
     return default if value is None else value
 
 
+# options of one teacher family only: given to the other, they are refused, not ignored
+TEXT_ONLY = ("corpus", "max_len", "layers", "max_sentences", "heldout_fraction", "final_steps",
+             "final_window", "attention_weight", "no_chip_values", "allow_fallback")
+CNN_ONLY = ("latency_budget", "dataset", "data", "max_images", "calibration_images",
+            "keep_global_pool", "epochs_per_period", "restarts", "mixup", "cosine_weight",
+            "no_attention")
+
+
 def _check_family_options(args, text: bool) -> None:
-    """Options of the other family are refused, not silently ignored."""
     from archnet.errors import ArchnetError
-    defaults = {"max_len": 64, "layers": None, "max_sentences": 2048, "heldout_fraction": 0.1,
-                "final_steps": 200, "final_window": None, "attention_weight": 0.0,
-                "no_chip_values": False, "allow_fallback": False, "corpus": None} if not text else \
-        {"latency_budget": None, "dataset": None, "data": None, "max_images": None,
-         "calibration_images": 512, "keep_global_pool": False, "epochs_per_period": 1.0,
-         "restarts": 1, "mixup": 0.25, "cosine_weight": 1.0, "no_attention": False}
-    given = ["--" + k.replace("_", "-") for k, v in defaults.items() if getattr(args, k) != v]
+    other = CNN_ONLY if text else TEXT_ONLY
+    given = ["--" + k.replace("_", "-") for k in other if getattr(args, k) != args.defaults[k]]
     if given:
-        raise ArchnetError(f"{', '.join(given)}: {'text' if not text else 'CNN'} teachers only; "
+        raise ArchnetError(f"{', '.join(given)}: {'CNN' if text else 'text'} teachers only; "
                            f"{args.teacher} is a {'text' if text else 'CNN'} teacher")
     if not text and args.latency_budget is not None and args.bits is not None:
         raise ArchnetError("--bits and --latency-budget: give one (the budget chooses the bits)")
 
 
 def cmd_convert_text(args) -> int:
-    from archnet.convert import command_line
+    from archnet.argv import command_line
     from archnet.text.convert import TextConvertOptions, convert_text
     from archnet.text.distill import TextDistillConfig
     opts = TextConvertOptions(
@@ -59,7 +61,8 @@ def cmd_convert(args) -> int:
     _check_family_options(args, text)
     if text:
         return cmd_convert_text(args)
-    from archnet.convert import ConvertOptions, command_line, convert
+    from archnet.argv import command_line
+    from archnet.convert import ConvertOptions, convert
     from archnet.distill.loop import DistillConfig
     opts = ConvertOptions(
         teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "4w4a",
@@ -151,4 +154,5 @@ def add_commands(sub) -> None:
                    help="ablation: train on float fake-quant values, not the chip's integers")
     t.add_argument("--allow-fallback", action="store_true",
                    help="convert even if the chip runs part of the student on the host")
-    c.set_defaults(func=cmd_convert)
+    c.set_defaults(func=cmd_convert,
+                   defaults={k: c.get_default(k) for k in (*TEXT_ONLY, *CNN_ONLY)})

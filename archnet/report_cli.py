@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-from simulator.argtypes import int_at_least
+from simulator.argtypes import int_in
 from simulator.jsontext import json_text
 
 
@@ -132,7 +132,7 @@ def add_commands(sub) -> None:
                                                 "RUN_DIR's)")
     p.add_argument("--latency-only", action="store_true",
                    help="no accuracy data needed (no verify_<chip>.json) and none reported")
-    p.add_argument("--images", type=int_at_least(0), default=64, metavar="N",
+    p.add_argument("--images", type=int_in(0), default=64, metavar="N",
                    help="unlabeled training images for the per-layer error (default 64; 0 leaves "
                         "it out)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the last line")

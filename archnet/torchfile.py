@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from archnet.errors import ArchnetError, CheckpointError
-from simulator.digest import HASH_KEY, check_content_hash, with_content_hash
+from simulator.digest import check_content_hash, with_content_hash
 from simulator.fileio import atomic_write_bytes
 
 # a torch file is read whole; nothing archnet writes comes near this (MiniLM's
@@ -34,7 +34,7 @@ def tensor_leaf(value):
         return None
     t = value.detach().cpu().contiguous()
     raw = t.reshape(-1).view(torch.uint8) if t.numel() else t.new_empty(0, dtype=torch.uint8)
-    return str(t.dtype), tuple(t.shape), raw.numpy().tobytes()
+    return str(t.dtype), tuple(t.shape), raw.numpy()
 
 
 def save_torch(obj: dict, path: str | os.PathLike) -> Path:
@@ -43,11 +43,6 @@ def save_torch(obj: dict, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(with_content_hash(obj, tensor_leaf), buf)
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def content_hash(obj: dict) -> str:
-    """The hash a file written by ``save_torch`` records for ``obj``."""
-    return with_content_hash(obj, tensor_leaf)[HASH_KEY]
 
 
 def load_torch(path: str | os.PathLike, what: str) -> dict:
@@ -63,8 +58,8 @@ def load_torch(path: str | os.PathLike, what: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch reports damaged, foreign and code-carrying files many ways
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{path}: unreadable {what} ({type(exc).__name__}: {msg[:200]})") from None
+        raise CheckpointError(f"{path}: unreadable {what} ({type(exc).__name__}: "
+                              f"{_first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not an archnet {what} (holds a {type(obj).__name__})")
     why = check_content_hash(obj, tensor_leaf)

@@ -29,7 +29,6 @@ caller on the main rank should print or write it (the CLI does so).
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from archnet.errors import ArchnetError, CheckpointError
 from archnet.runs import resolve_recorded
 from simulator.errors import SimulatorError
 from simulator.ir.program import Program, load_program
+from simulator.jsontext import finite_or_null
 from simulator.overflow import OverflowSummary
 
 STUDENT_FILE = "student.pt"   # the converter writes it beside model.program
@@ -157,7 +157,7 @@ class VerifyReport:
                  sim_teacher_agreement=self._acc(self.sim_teacher_agree),
                  sim_student_agreement=self._acc(self.sim_student_agree),
                  fallback_count=len(self.fallbacks), simulator_share=self.simulator_share)
-        return _jsonable(d)
+        return finite_or_null(d)
 
     def format(self) -> str:
         bits = ""
@@ -242,20 +242,6 @@ def _pct(frac: float) -> str:
     if frac == 1.0:
         return "100%"
     return f"{min(frac * 100, 99.999):.3f}%"
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 # ----------------------------------------------------------------------------- files

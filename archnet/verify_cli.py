@@ -17,7 +17,7 @@ import json
 import shlex
 import sys
 
-from simulator.argtypes import int_at_least
+from simulator.argtypes import int_in
 from simulator.jsontext import json_text
 
 
@@ -42,7 +42,7 @@ CNN_ONLY = (("--student", "student"), ("--teacher", "teacher"), ("--data", "data
 def _max_sentences(text: str) -> int | None:
     if text == "all":
         return None
-    return int_at_least(3)(text)
+    return int_in(3)(text)
 
 
 def _check_out(args) -> None:
@@ -197,8 +197,8 @@ def add_commands(sub) -> None:
                                                      "student's metadata names)")
     p.add_argument("--data", metavar="PATH", help="data set files (default: the student's)")
     p.add_argument("--dataset", metavar="NAME", help="data set (default: the student's)")
-    p.add_argument("--limit", type=int_at_least(1), metavar="N", help="only the first N test images")
-    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int_at_least(1),
+    p.add_argument("--limit", type=int_in(1), metavar="N", help="only the first N test images")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int_in(1),
                    metavar="N", help=f"images per simulator run (default {CNN_DEFAULT_BATCH}); "
                                      f"text runs: sentences (default 16)")
     p.add_argument("--max-sentences", type=_max_sentences, default=argparse.SUPPRESS,

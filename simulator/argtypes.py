@@ -38,11 +38,6 @@ def int_in(lowest: int, highest: int | None = None):
     return parse
 
 
-def int_at_least(minimum: int):
-    """An argparse ``type`` for integers >= ``minimum``."""
-    return int_in(minimum)
-
-
 def float_in(lowest: float, highest: float = math.inf, *, above: bool = False,
              below: bool = False):
     """An argparse ``type`` for finite floats in [lowest, highest]; ``above``/``below`` make

@@ -17,8 +17,9 @@ import numpy as np
 
 HASH_KEY = "content_sha256"
 
-# leaf(value) -> (dtype name, shape, raw bytes) for array types this module does not know (torch)
-Leaf = Callable[[object], "tuple[str, tuple[int, ...], bytes] | None"]
+# leaf(value) -> (dtype name, shape, raw bytes as any buffer) for array types this module does not
+# know (torch tensors)
+Leaf = Callable[[object], "tuple[str, tuple[int, ...], object] | None"]
 
 
 def _update(h, value, leaf: Leaf | None) -> None:
@@ -47,7 +48,7 @@ def _update(h, value, leaf: Leaf | None) -> None:
             _update(h, value[k], leaf)
     elif isinstance(value, (np.ndarray, np.generic)):
         arr = np.ascontiguousarray(value)
-        _array(h, arr.dtype.str, arr.shape, arr.tobytes())
+        _array(h, arr.dtype.str, arr.shape, arr.reshape(-1).view(np.uint8))
     else:
         found = leaf(value) if leaf is not None else None
         if found is None:
@@ -55,9 +56,11 @@ def _update(h, value, leaf: Leaf | None) -> None:
         _array(h, *found)
 
 
-def _array(h, dtype: str, shape, data: bytes) -> None:
+def _array(h, dtype: str, shape, data) -> None:
+    """``data``: the array's bytes, any buffer (hashed in place, not copied)."""
     dims = ",".join(str(int(d)) for d in shape)
-    h.update(b"A%s|%s|%d:" % (dtype.encode(), dims.encode(), len(data)) + data)
+    h.update(b"A%s|%s|%d:" % (dtype.encode(), dims.encode(), memoryview(data).nbytes))
+    h.update(data)
 
 
 def content_digest(value, leaf: Leaf | None = None) -> str:

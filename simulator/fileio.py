@@ -110,8 +110,7 @@ def prepare_folder(folder: str | os.PathLike, what: str = "output folder") -> Pa
 def probe_writable(folder: str | os.PathLike, flag: str = "") -> None:
     """Fail now, before any work, when nothing can be created in ``folder`` (or, while it does
     not exist yet, in its nearest existing ancestor): a read-only or full folder, a file."""
-    target = Path(folder)
-    p = target
+    p = Path(folder)
     while not p.exists() and p != p.parent:
         p = p.parent
     name = f"{flag} {folder}" if flag else str(folder)

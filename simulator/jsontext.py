@@ -8,9 +8,10 @@ import math
 
 
 def finite_or_null(value):
-    """``value`` with every non-finite float (NumPy's too) replaced by None, recursively."""
+    """``value`` with every non-finite float (NumPy's too) replaced by None, NumPy scalars by
+    Python numbers and keys by strings, recursively."""
     if isinstance(value, dict):
-        return {k: finite_or_null(v) for k, v in value.items()}
+        return {str(k): finite_or_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [finite_or_null(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):

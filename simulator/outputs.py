@@ -42,9 +42,9 @@ def _given(paths: Iterable) -> list:
 def check_file_outputs(outputs: Mapping[str, str | os.PathLike | None],
                        inputs: Iterable[str | os.PathLike | None] = (),
                        suffixes: Mapping[str, tuple[str, ...]] | None = None) -> None:
-    """Refuse file outputs (flag -> path) that are folders, that name an input or a folder
-    holding one, that end in another suffix than ``suffixes[flag]``, or that name one file
-    twice."""
+    """Refuse file outputs (flag -> path) that are folders, that name an input, that end in
+    another suffix than ``suffixes[flag]``, that name one file twice, or whose folder cannot be
+    written."""
     inputs = _given(inputs)
     seen: dict[Path, str] = {}
     for flag, path in outputs.items():

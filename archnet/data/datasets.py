@@ -9,6 +9,8 @@ tensor and dropping the reference to everything else.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -85,3 +87,39 @@ def unlabeled(data) -> UnlabeledImages:
         return UnlabeledImages(data)
     raise DataError(f"unlabeled() takes an UnlabeledImages, a TensorDataset or an image tensor, "
                     f"not {type(data).__name__}")
+
+
+def distillation_images(dataset: str, data_path: str | None,
+                        max_images: int | None) -> torch.Tensor:
+    """Unlabeled training images: a named data set (``data_path`` = its folder), or a ``.npy``
+    file of images (N, C, H, W), uint8 pixels or floats in [0, 1]; ``max_images``: the first N."""
+    from archnet.data import load_dataset
+    if data_path is not None and str(data_path).endswith(".npy"):
+        path = Path(data_path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such image file")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:  # numpy reports empty, cut and pickled files in many ways
+            raise DataError(f"{path}: not a NumPy image array ({type(exc).__name__}: {exc})") \
+                from None
+        if not isinstance(arr, np.ndarray):
+            raise DataError(f"{path}: an .npz archive; give one .npy array of images (N, C, H, W)")
+        if arr.ndim != 4:
+            raise DataError(f"{path}: images must be (N, C, H, W), got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        elif arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+                raise DataError(f"{path}: float images must lie in [0, 1]")
+            arr = arr.astype(np.float32)
+        else:
+            raise DataError(f"{path}: images must be uint8 or float, got {arr.dtype}")
+        images = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        images = load_dataset(dataset, data_path, "train", labels=False).images
+    if max_images is not None:
+        images = images[:max_images]
+    if len(images) == 0:
+        raise DataError(f"{data_path or dataset}: no images to distil on")
+    return images

@@ -9,6 +9,7 @@ Every defect is a ``ReportError`` of one line naming the file and the command th
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def _is(value, kind: str) -> bool:
         return isinstance(value, bool)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return isinstance(value, int) if kind == _INT else value == value and abs(value) != float("inf")
+    return isinstance(value, int) if kind == _INT else math.isfinite(value)
 
 
 def check_fields(doc: dict, fields: dict[str, str], where: str, remedy: str) -> None:

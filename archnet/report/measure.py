@@ -108,8 +108,8 @@ def layer_images(run: RunFolder, n: int) -> LayerImages:
     if data_path:
         data_path = str(resolve_recorded(str(data_path), run.path) or data_path)
     if data_path and str(data_path).endswith(".npy"):
-        from archnet.convert import load_images
-        images = load_images(name, data_path, n)
+        from archnet.data.datasets import distillation_images
+        images = distillation_images(name, data_path, n)
     else:
         images = load_dataset(name, data_path, "train", labels=False).images[:n]
     return LayerImages(name, data_path, "train", len(images), images)

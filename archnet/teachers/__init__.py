@@ -156,7 +156,6 @@ def teacher_content_hash(model) -> str:
     return found
 
 
-
 def load_recorded_teacher(student_meta: dict, student_path: str | os.PathLike,
                           given: str | os.PathLike | None = None):
     """``(model, metadata, path, matches)``: the teacher a student was converted from.
@@ -173,8 +172,6 @@ def load_recorded_teacher(student_meta: dict, student_path: str | os.PathLike,
         raise CheckpointError(f"{student_path}: metadata records no teacher hash (teacher_sha256)")
     if given is not None:
         path = Path(given)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such teacher checkpoint")
     else:
         recorded = student_meta.get("teacher")
         if not isinstance(recorded, str) or not recorded:

@@ -43,10 +43,10 @@ from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields
 from archnet.runs import resolve_recorded
 from archnet.text.quality import MIN_SENTENCES, QUALITY_KEYS, embedding_quality
-from archnet.verify import (_diff_programs, _jsonable, _load_program, _pct, _progress_bar,
+from archnet.verify import (_diff_programs, _load_program, _pct, _progress_bar,
                             overflow_result_lines, reduce_overflow)
 from simulator.ir.program import Program
-from simulator.jsontext import json_text
+from simulator.jsontext import finite_or_null, json_text
 
 SUMMARY_FILE = "convert.json"
 STUDENT_FILE = "student.pt"      # when the Program's metadata names none
@@ -250,8 +250,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
         raise CheckpointError(f"{summary_path}: records teacher_sha256 "
                               f"{str(info.get('teacher_sha256'))[:12]}..., {student_path} "
                               f"{str(meta['teacher_sha256'])[:12]}...: not the same run")
-    teacher = _text_teacher(info, folder)
-    teacher_same = True
+    teacher = _text_teacher(info, folder)   # the recorded one: its weights' hash checked
     if command is None:
         command = verify_command(program_path, profile.name, out, max_sentences, batch)
 
@@ -365,7 +364,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
         "student": str(student_path),
         "summary": None if summary_path is None else str(summary_path),
         "teacher": teacher.name, "teacher_path": str(teacher.path),
-        "teacher_sha256": teacher.fingerprint, "teacher_matches_conversion": teacher_same,
+        "teacher_sha256": teacher.fingerprint, "teacher_matches_conversion": True,
         "chip": profile.name, "chip_path": str(profile.path),
         "converted_for": info.get("chip") or info.get("profile"), "bits": info.get("bits"),
         "backend": backend, "batch": batch, "chunks": len(starts),
@@ -385,7 +384,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
         "stage_s": stage,
         "commands": {"verify": command, "convert": info.get("command")},
     }
-    doc = _jsonable(doc)
+    doc = finite_or_null(doc)
     if out is not None:
         atomic_write_bytes(out, (json_text(doc) + "\n").encode())
     return doc

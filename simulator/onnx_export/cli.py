@@ -14,7 +14,7 @@ from simulator.outputs import check_file_outputs
 
 
 def cmd_export_onnx(args) -> int:
-    from simulator.cli import load_model
+    from simulator.model_files import load_model
     from simulator.onnx_export import choose_form, export_onnx
 
     check_file_outputs({"--out": args.out}, inputs=[args.program], suffixes={"--out": (".onnx",)})

@@ -124,13 +124,11 @@ def _unwritable(tmp_path: Path) -> Path:
 def test_unwritable_places_are_one_line_before_any_work(work, capsys, tmp_path, argv, monkeypatch):
     np.save(work / "x.npy", np.zeros((1, 1, 16, 16), np.uint8))
     ro = _unwritable(tmp_path)
-    import archnet.demo
     import archnet.teachers.train
     import simulator.execute
 
     def no_work(*a, **k):
         raise AssertionError("work started before the output was checked")
-    for module, name in ((simulator.execute, "execute"), (archnet.teachers.train, "train_teacher"),
-                         (archnet.demo, "run_demo")):
+    for module, name in ((simulator.execute, "execute"), (archnet.teachers.train, "train_teacher")):
         monkeypatch.setattr(module, name, no_work)
     _refused(capsys, work, *[a.format(ro=ro) for a in argv], names=[str(ro)])
