@@ -374,6 +374,12 @@ class ArchNetStudent(nn.Module):
             in_shapes = [shapes[ref] for ref in spec["outputs"]]
             in_quant = quant[spec["outputs"][0]]
         self.blocks = nn.ModuleList(blocks)
+        # a float32 requantization scale (ONNX QLinear*) is derived by the chip from the float32
+        # scales: the multipliers are computed that way (configs without the key: float64)
+        float32 = self.config.get("meta", {}).get("requantize") == "float_scale"
+        for block in self.blocks:
+            for mac in block.mac_layers().values():
+                mac.float32_multiplier = float32
 
     # -- descriptions
     @property

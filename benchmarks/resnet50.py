@@ -2,7 +2,7 @@
 
 The same topology as ``onnx/backend/test/data/light/light_resnet50.onnx`` (batch-norm folded into
 the convs, ReLU as clamp, residual Sum as add, the 7x7 average pool as a global average pool,
-Gemm as fully_connected, Softmax as a host fallback), used for cost estimation until the ONNX
+Gemm as fully_connected, Softmax as softmax, as the ONNX importer maps them), used for cost estimation until the ONNX
 importer can stand in, and for input sizes the ONNX graph cannot take (its Reshape is fixed to
 224x224). ``stride_on_3x3=False`` gives the original V1 (stride on the first 1x1 conv of a
 stage), as in Keras' ResNet50 that the Edge TPU benchmark ran; the weights are the same.
@@ -54,6 +54,6 @@ def resnet50_program(height: int = 224, width: int = 224, stride_on_3x3: bool = 
     w = b.constant("pred_w", np.zeros((1000, 2048), np.float32), "f32")
     bias = b.constant("pred_b", np.zeros((1000,), np.float32), "f32")
     x = b.node("fully_connected", [x, w, bias], "pred", dtype="f32")
-    x = b.node("fallback", [x], "softmax", out_shape=(1, 1000), op_type="Softmax")
+    x = b.node("softmax", [x], "softmax", axis=-1, exp_table=[])
     b.output(x)
     return b.build()

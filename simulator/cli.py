@@ -110,6 +110,12 @@ def _check(args, program, chip, inputs, result) -> int:
     if args.check == "reference":
         other = execute(program, chip, inputs, backend="reference", trace=True).tensors
         names = (args.backend, "reference")
+    elif args.check == "litert":
+        from simulator.litert_check import check_litert
+        from simulator.tflite_import import is_tflite
+        if not args.model or not is_tflite(args.model):
+            raise InputError("--check litert needs a TFLite model file")
+        return check_litert(args.model, program, chip, inputs, result)
     else:
         if not args.model or not args.model.endswith(".onnx"):
             raise InputError("--check onnxruntime needs an ONNX model file")
@@ -175,19 +181,23 @@ def add_commands(sub) -> None:
     p.add_argument("target", nargs="?", help="profile NAME (show) or FILE (validate)")
     p.set_defaults(func=cmd_profiles)
 
-    p = sub.add_parser("simulate", help="run a Program or integer ONNX model bit-exactly on a chip")
-    p.add_argument("model", nargs="?", help=".program or .onnx file (default: the bundled example)")
+    p = sub.add_parser("simulate", help="run a Program or an integer ONNX or TFLite model "
+                                        "bit-exactly on a chip")
+    p.add_argument("model", nargs="?", help=".program, .onnx or .tflite file (default: the "
+                                            "bundled example)")
     p.add_argument("--chip", required=True, help="profile name or TOML file")
     p.add_argument("--input", help=".npy (one input) or .npz (by name)")
     p.add_argument("--output", help=".npy or .npz for the outputs")
     p.add_argument("--trace", help=".npz to write every intermediate tensor")
     p.add_argument("--backend", choices=["kernels", "reference"], default="kernels")
-    p.add_argument("--check", choices=["reference", "onnxruntime"],
-                   help="run a second execution and name the first element that differs")
+    p.add_argument("--check", choices=["reference", "onnxruntime", "litert"],
+                   help="run a second execution and name the first element that differs "
+                        "(litert: LiteRT's reference kernels, then its optimised ones)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("estimate", help="per-op cycles and latency of a model on a chip")
-    p.add_argument("model", nargs="?", help=".program or .onnx file (default: the bundled example)")
+    p.add_argument("model", nargs="?", help=".program, .onnx or .tflite file (default: the "
+                                            "bundled example)")
     p.add_argument("--chip", required=True, help="profile name or TOML file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--input-shape", action="append", metavar="NAME=1x3x224x224",

@@ -305,6 +305,51 @@ def constraint_lut_input_bits(v: NodeView, profile: ChipProfile) -> str | None:
         f"ops.lookup_table.max_input_bits {limit}")
 
 
+# How a chip whose activation unit lacks a function still runs it, as TFLite's converter writes
+# it: hard-sigmoid is an affine requantize and a clamp, hard-swish that times x (a mul), SiLU the
+# sigmoid times x. function -> (the table function it needs or None, whether it needs mul).
+COMPOSED = {"hardsigmoid": (None, False), "hardswish": (None, True), "silu": ("sigmoid", True)}
+
+
+def lut_form(function: str | None, profile: ChipProfile) -> str | None:
+    """"table" where the activation unit holds ``function``, "composed" where the chip builds
+    it from other ops (COMPOSED), None where it cannot run it."""
+    allowed = profile.op("lookup_table").functions
+    if allowed is None or function in allowed:
+        return "table"
+    base, needs_mul = COMPOSED.get(function, ("?", False))
+    if base != "?" and (base is None or base in allowed) and \
+            (not needs_mul or profile.op("mul").supported):
+        return "composed"
+    return None
+
+
+@_rule(OpKind.LOOKUP_TABLE)
+def constraint_lut_function(v: NodeView, profile: ChipProfile) -> str | None:
+    """A lookup_table runs on the chip's activation unit only if ``ops.lookup_table.functions``
+    is "any" (a programmable table), lists the function the table holds, or lists what the
+    chip composes it from (hardsigmoid: requantize and clamp; hardswish: that and ``mul``;
+    silu: sigmoid and ``mul``); a table that names no function needs a programmable one."""
+    function = v.attrs.get("function")
+    if lut_form(function, profile) is not None:
+        return None
+    allowed = profile.op("lookup_table").functions
+    what = f"lookup_table of {function}" if function else "a lookup_table of no named function"
+    return f"{what} not in ops.lookup_table.functions [{', '.join(allowed)}]"
+
+
+@_rule(OpKind.MUL)
+def constraint_mul_operands(v: NodeView, profile: ChipProfile) -> str | None:
+    """mul's second operand must be the first's shape or one value per channel or per tensor
+    (a squeeze-and-excitation gate), the broadcasts NPUs' elementwise units take."""
+    a, b = v.inputs[0].shape, v.inputs[1].shape
+    b_full = (1,) * (len(a) - len(b)) + tuple(b)
+    per_channel = len(a) == 4 and all(d == 1 for i, d in enumerate(b_full) if i not in (0, 1))
+    if b_full == tuple(a) or per_channel or all(d == 1 for d in b_full):
+        return None
+    return f"mul broadcast of {tuple(b)} to {tuple(a)} is neither elementwise, per channel nor scalar"
+
+
 @_rule(OpKind.SOFTMAX)
 def constraint_softmax_axis(v: NodeView, profile: ChipProfile) -> str | None:
     """softmax's reduced axis must not be longer than ``ops.softmax.max_axis_length``."""
@@ -419,6 +464,8 @@ def _cell(profile: ChipProfile, kind: str) -> str:
         notes.append("no depthwise")
     if lim.max_input_bits is not None:
         notes.append(f"<={lim.max_input_bits}-bit")
+    if kind == "lookup_table":
+        notes.append("any table" if lim.functions is None else ", ".join(lim.functions))
     return "yes" + (f" ({'; '.join(notes)})" if notes else "")
 
 

@@ -76,6 +76,13 @@ def parse_dtype(name: str) -> DType:
     return IntType(int(match.group(2)), match.group(1) == "s")
 
 
+# Activation functions an activation unit may evaluate, by the names the importers give a
+# lookup_table and the profiles list under ops.lookup_table.functions. A table with no name (a
+# student's own) runs only on a programmable table ("any").
+ACTIVATION_FUNCTIONS = ("sigmoid", "tanh", "hardsigmoid", "hardswish", "silu", "gelu",
+                        "leaky_relu", "prelu", "elu", "softplus", "exp")
+
+
 class RoundingMode(str, enum.Enum):
     """How ``v / 2**S`` (or ``n / d``) becomes an integer.
 
@@ -114,6 +121,47 @@ class MacOrder(str, enum.Enum):
 class RequantMode(str, enum.Enum):
     MULTIPLIER_SHIFT = "multiplier_shift"  # integer M of multiplier_bits and right shift S
     FLOAT_SCALE = "float_scale"            # float32 scale, round half to even (ONNX QLinear*)
+
+
+class AddRounding(str, enum.Enum):
+    """How an integer add brings its two operands to the output's scale."""
+
+    SINGLE = "single"            # (a - za) * Ma + (b - zb) * Mb with one shift: one rounding
+    # TFLite ADD: each operand shifted left 20 bits and rescaled on its own (one rounding each),
+    # the sum rescaled to the output (a third); every step rounds as the profile's `rounding`
+    PER_OPERAND = "per_operand"
+
+
+class AvgPoolSum(str, enum.Enum):
+    """What an average pool sums before it divides by the window's count."""
+
+    CENTRED = "centred"  # x - zero point; the zero point is added back after rounding
+    RAW = "raw"          # the stored integers, zero point included (TFLite AVERAGE_POOL_2D)
+
+
+class GlobalAvgPool(str, enum.Enum):
+    """How a global average pool divides its sum by the count."""
+
+    DIVIDE = "divide"            # round_div(sum(x - zp), count) + zp: the output keeps x's scale
+    # TFLite's int8 MEAN: sum(x - zp_in) times QuantizeMultiplier(in_scale / out_scale) shifted
+    # left floor(log2 count) bits and divided by the count (truncated), rounded as `rounding`,
+    # plus zp_out: the output has its own scale and zero point
+    TFLITE_MEAN = "tflite_mean"
+
+
+class QuantizeRounding(str, enum.Enum):
+    """How the host's float -> int quantize at the graph's edge rounds ``x / scale``."""
+
+    HALF_EVEN = "half_even"  # rint: ONNX QuantizeLinear, TFLite's optimised kernels
+    HALF_AWAY = "half_away"  # roundf: TFLite's reference AffineQuantize
+
+
+class FcRequant(str, enum.Enum):
+    """How the accumulator of a fully_connected is requantized."""
+
+    SAME = "same"                            # as every other requantize (the profile's mode)
+    # TFLite's reference FULLY_CONNECTED: round(acc * scale) in float64, ties away from zero
+    FLOAT64_HALF_AWAY = "float64_half_away"
 
 
 @dataclass(frozen=True)
@@ -167,8 +215,19 @@ class ArithmeticSpec:
 
     accumulator: AccumulatorSpec
     requant: RequantSpec
+    add_rounding: AddRounding = AddRounding.SINGLE
+    avgpool_sum: AvgPoolSum = AvgPoolSum.CENTRED
+    fc_requantize: FcRequant = FcRequant.SAME
+    global_avgpool: GlobalAvgPool = GlobalAvgPool.DIVIDE
+    quantize_rounding: QuantizeRounding = QuantizeRounding.HALF_EVEN
 
     def __post_init__(self) -> None:
+        if self.add_rounding is AddRounding.PER_OPERAND and \
+                self.requant.mode is not RequantMode.MULTIPLIER_SHIFT:
+            raise SimulatorError("add_rounding 'per_operand' needs requantize 'multiplier_shift'")
+        if self.global_avgpool is GlobalAvgPool.TFLITE_MEAN and \
+                self.requant.mode is not RequantMode.MULTIPLIER_SHIFT:
+            raise SimulatorError("global_avgpool 'tflite_mean' needs requantize 'multiplier_shift'")
         if (self.requant.mode is RequantMode.MULTIPLIER_SHIFT
                 and self.requant.rounding is not RoundingMode.TFLITE
                 and self.accumulator.bits + self.requant.multiplier_bits > 64):

@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from simulator.contract import ArithmeticSpec, IntType
+from simulator.contract import (AddRounding, ArithmeticSpec, AvgPoolSum, FcRequant,
+                                GlobalAvgPool, IntType, QuantizeRounding)
 from simulator.errors import InputError, UnsupportedOpError
 from simulator.ir.ops import MAC_OPS, OpKind
 from simulator.ir.program import Node, Program, TensorInfo
@@ -107,8 +108,14 @@ def clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
 
 def _run_requantize(node, p, ins, arith, be):
     src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
-    prepared = fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
     lo, hi = clamp_bounds(out, node.attrs)
+    if arith.fc_requantize is FcRequant.FLOAT64_HALF_AWAY:
+        producer = p.producer(node.inputs[0])
+        if producer is not None and producer.op is OpKind.FULLY_CONNECTED:
+            return be.requantize_float64(ins[0], src.zp_scalar, node.attrs["real_multiplier"],
+                                         node.attrs["axis"] % len(out.shape), out.zp_scalar,
+                                         lo, hi)
+    prepared = fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
     return be.requantize(ins[0], src.zp_scalar, prepared, node.attrs["axis"] % len(out.shape),
                          out.zp_scalar, lo, hi)
 
@@ -117,10 +124,36 @@ def _run_add(node, p, ins, arith, be):
     ta, tb, out = (p.tensors[n] for n in (*node.inputs, node.outputs[0]))
     ra = _ratio(ta.scale, out.scale, f"node {node.name!r}")
     rb = _ratio(tb.scale, out.scale, f"node {node.name!r}")
-    ma, mb, shift = fp.prepare_add(ra, rb, arith.requant)
     lo, hi = clamp_bounds(out, node.attrs)
+    if arith.add_rounding is AddRounding.PER_OPERAND:
+        prepared = fp.prepare_add_per_operand(ta.scale[0], tb.scale[0], out.scale[0],
+                                              arith.requant)
+        return be.add_per_operand(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, prepared,
+                                  arith.requant.rounding, out.zp_scalar, lo, hi)
+    ma, mb, shift = fp.prepare_add(ra, rb, arith.requant)
     return be.add(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, ma, mb, shift, arith.requant.mode,
                   arith.requant.rounding, out.zp_scalar, lo, hi)
+
+
+def _run_mul(node, p, ins, arith, be):
+    ta, tb, out = (p.tensors[n] for n in (*node.inputs, node.outputs[0]))
+    _ratio(ta.scale, out.scale, f"node {node.name!r}")
+    _ratio(tb.scale, out.scale, f"node {node.name!r}")
+    scale = ta.scale[0] * tb.scale[0] / out.scale[0]  # TFLite's order, in double
+    lo, hi = clamp_bounds(out, node.attrs)
+    return be.mul(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar,
+                  fp.prepare_scale(scale, arith.requant), out.zp_scalar, lo, hi)
+
+
+def _run_global_avgpool(node, p, ins, arith, be):
+    src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
+    if arith.global_avgpool is GlobalAvgPool.TFLITE_MEAN:  # the output's own scale and zp
+        count = src.shape[2] * src.shape[3]
+        ratio = _ratio(src.scale, out.scale, f"node {node.name!r}")
+        prepared = fp.prepare_tflite_mean(ratio, count, arith.requant)
+        return be.global_mean(ins[0], src.zp_scalar, prepared, out.zp_scalar, out.dtype.qmin,
+                              out.dtype.qmax)
+    return be.global_avgpool2d(ins[0], src.zp_scalar, arith.requant.rounding)
 
 
 def _run_softmax(node, p, ins, arith, be):
@@ -160,7 +193,8 @@ def _run_quantize(node, p, ins, arith, be):
     out = p.tensors[node.outputs[0]]
     if len(out.scale) != 1:
         raise UnsupportedOpError(f"node {node.name!r}: per-channel quantize is not supported")
-    return fp.quantize_float(ins[0], out.scale[0], out.zp_scalar, out.dtype.qmin, out.dtype.qmax)
+    return fp.quantize_float(ins[0], out.scale[0], out.zp_scalar, out.dtype.qmin, out.dtype.qmax,
+                             arith.quantize_rounding is QuantizeRounding.HALF_AWAY)
 
 
 def _window(node):
@@ -171,16 +205,17 @@ def _window(node):
 RUNNERS: dict[OpKind, Callable] = {
     OpKind.REQUANTIZE: _run_requantize,
     OpKind.ADD: _run_add,
+    OpKind.MUL: _run_mul,
     OpKind.SOFTMAX: _run_softmax,
     OpKind.FALLBACK: _run_fallback,
     OpKind.QUANTIZE: _run_quantize,
     OpKind.DEQUANTIZE: lambda n, p, ins, a, be: _dequantized(p.tensors[n.inputs[0]], ins[0]),
     OpKind.MAXPOOL2D: lambda n, p, ins, a, be: be.maxpool2d(ins[0], *_window(n)),
+    # a raw sum keeps the zero point in: the mean of the stored integers, as TFLite's
     OpKind.AVGPOOL2D: lambda n, p, ins, a, be: be.avgpool2d(
-        ins[0], p.tensors[n.inputs[0]].zp_scalar, *_window(n), n.attrs["count_include_pad"],
-        a.requant.rounding),
-    OpKind.GLOBAL_AVGPOOL2D: lambda n, p, ins, a, be: be.global_avgpool2d(
-        ins[0], p.tensors[n.inputs[0]].zp_scalar, a.requant.rounding),
+        ins[0], 0 if a.avgpool_sum is AvgPoolSum.RAW else p.tensors[n.inputs[0]].zp_scalar,
+        *_window(n), n.attrs["count_include_pad"], a.requant.rounding),
+    OpKind.GLOBAL_AVGPOOL2D: lambda n, p, ins, a, be: _run_global_avgpool(n, p, ins, a, be),
     OpKind.CONCAT: lambda n, p, ins, a, be: reference.concat(ins, n.attrs["axis"]),
     OpKind.CLAMP: lambda n, p, ins, a, be: be.clamp(ins[0], n.attrs["min"], n.attrs["max"]),
     OpKind.LOOKUP_TABLE: lambda n, p, ins, a, be: be.lookup_table(

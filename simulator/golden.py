@@ -15,14 +15,16 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from simulator.contract import (AccumulatorSpec, ArithmeticSpec, MacOrder, Overflow, RequantMode,
-                                RequantSpec, RoundingMode, SaturationPoint, parse_dtype)
+from simulator.contract import (AccumulatorSpec, AddRounding, ArithmeticSpec, AvgPoolSum,
+                                FcRequant, GlobalAvgPool, MacOrder, Overflow,
+                                QuantizeRounding, RequantMode, RequantSpec, RoundingMode,
+                                SaturationPoint, parse_dtype)
 from simulator.errors import SimulatorError
 from simulator.execute import execute, output_array
 from simulator.fileio import atomic_write_bytes
@@ -63,10 +65,25 @@ class GoldenCase:
     accumulator: str
     requant: str
     build: Callable[[np.random.Generator], tuple[Program, dict[str, np.ndarray]]]
+    variant: str = ""   # a key of VARIANTS: the arithmetic choices beyond accumulator/requant
 
     @property
     def arithmetic(self) -> ArithmeticSpec:
-        return ArithmeticSpec(ACCUMULATORS[self.accumulator], REQUANTS[self.requant])
+        return contract(self.accumulator, self.requant, self.variant)
+
+
+# TFLite's own arithmetic (the tflite-reference profile): ADD, AVERAGE_POOL_2D, MEAN and the
+# reference FULLY_CONNECTED each round their own way
+VARIANTS = {"": {}, "tflite": {"add_rounding": AddRounding.PER_OPERAND,
+                               "avgpool_sum": AvgPoolSum.RAW,
+                               "fc_requantize": FcRequant.FLOAT64_HALF_AWAY,
+                               "global_avgpool": GlobalAvgPool.TFLITE_MEAN,
+                               "quantize_rounding": QuantizeRounding.HALF_AWAY}}
+
+
+def contract(accumulator: str, requant: str, variant: str = "") -> ArithmeticSpec:
+    return replace(ArithmeticSpec(ACCUMULATORS[accumulator], REQUANTS[requant]),
+                   **VARIANTS[variant])
 
 
 def _rand(rng, dtype: str, shape) -> np.ndarray:
@@ -124,6 +141,18 @@ def _add_program(rng, dtype: str):
     y = b.node("add", [a, c], "y", dtype=dtype, scale=0.04, zero_point=zp)
     b.output(y)
     return b.build(), {"a": _rand(rng, dtype, (2, 3, 4, 5)), "b": _rand(rng, dtype, (2, 3, 4, 5))}
+
+
+def _mul_program(rng, dtype: str):
+    """A squeeze-and-excitation gate: a feature map times one value per channel."""
+    b = ProgramBuilder("golden_mul")
+    t = parse_dtype(dtype)
+    zp = 0 if t.signed else (t.qmax + 1) // 2
+    a = b.input("a", (2, 3, 4, 5), dtype, scale=0.031, zero_point=zp)
+    g = b.input("gate", (2, 3, 1, 1), "u8", scale=1 / 256, zero_point=0)
+    y = b.node("mul", [a, g], "y", dtype=dtype, scale=0.02, zero_point=zp)
+    b.output(y)
+    return b.build(), {"a": _rand(rng, dtype, (2, 3, 4, 5)), "gate": _rand(rng, "u8", (2, 3, 1, 1))}
 
 
 def _softmax_program(rng, dtype: str):
@@ -205,6 +234,8 @@ def cases() -> Iterator[GoldenCase]:
                          lambda rng: _add_program(rng, "s8"))
         yield GoldenCase(f"add_u8_{rq_name}", "add", "acc32_sat_final", rq_name,
                          lambda rng: _add_program(rng, "u8"))
+        yield GoldenCase(f"mul_se_s8_{rq_name}", "mul", "acc32_sat_final", rq_name,
+                         lambda rng: _mul_program(rng, "s8"))
         yield GoldenCase(f"avgpool_{rq_name}", "avgpool2d", "acc32_sat_final", rq_name,
                          lambda rng: _single_input("avgpool2d", "s8", (1, 3, 7, 7), rng,
                                                    kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
@@ -237,6 +268,41 @@ def cases() -> Iterator[GoldenCase]:
                          lambda rng, d=dtype: _concat_program(rng, d))
     for acc_name in ("acc32_sat_final", "acc16_sat_per_mac_cin", "acc20_sat_tile8", "acc24_wrap"):
         yield GoldenCase(f"matmul_s8_{acc_name}", "matmul", acc_name, "tflite_m32", _matmul_program)
+    yield from _tflite_cases()
+
+
+def _tflite_cases() -> Iterator[GoldenCase]:
+    """TFLite's ADD, AVERAGE_POOL_2D (u8: a zero point that moves ties), MEAN and reference
+    FULLY_CONNECTED (dyadic scales: ties) under the tflite-reference arithmetic."""
+    tfl = dict(accumulator="acc32_sat_final", requant="tflite_m32", variant="tflite")
+    yield GoldenCase("add_s8_tflite_per_operand", "add", build=lambda rng: _add_program(rng, "s8"),
+                     **tfl)
+    yield GoldenCase("avgpool_u8_tflite_raw", "avgpool2d", build=lambda rng: _single_input(
+        "avgpool2d", "u8", (1, 3, 7, 7), rng, kernel=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1]),
+        **tfl)
+    yield GoldenCase("global_avgpool_s8_tflite_mean", "global_avgpool2d", build=_mean_program,
+                     **tfl)
+    yield GoldenCase("fc_s8_tflite_float64", "fully_connected", build=_fc_ties_program, **tfl)
+
+
+def _mean_program(rng):
+    b = ProgramBuilder("golden_tflite_mean")
+    x = b.input("x", (2, 4, 5, 3), "s8", scale=0.07, zero_point=-9)
+    y = b.node("global_avgpool2d", [x], "y", dtype="s8", scale=0.03, zero_point=11)
+    b.output(y)
+    return b.build(), {"x": _rand(rng, "s8", (2, 4, 5, 3))}
+
+
+def _fc_ties_program(rng):
+    b = ProgramBuilder("golden_tflite_fc")
+    x = b.input("x", (16, 12), "s8", scale=0.5, zero_point=3)
+    w = b.constant("w", _rand(rng, "s8", (4, 12)) // 4, "s8",
+                   scale=[0.25, 0.125, 0.0625, 0.01], axis=0)
+    acc = b.node("fully_connected", [x, w], "acc")
+    y = b.node("requantize", [acc], "y", dtype="s8", scale=2.0, zero_point=-2,
+               real_multiplier=[1 / 16, 1 / 32, 1 / 64, 0.0025], axis=1)
+    b.output(y)
+    return b.build(), {"x": _rand(rng, "s8", (16, 12)) // 4}
 
 
 def _concat_program(rng, dtype: str):
@@ -289,13 +355,17 @@ def _program_from_bytes(data: np.ndarray, where: str) -> Program:
             raise SimulatorError(f"{where}: {exc}") from None
 
 
-def regenerate(directory: Path | None = None, progress: Callable[[str], None] | None = None) -> int:
-    """Write every case's expected integers as computed by the reference. Returns the count."""
+def regenerate(directory: Path | None = None, progress: Callable[[str], None] | None = None,
+               only: set[str] | None = None) -> int:
+    """Write every case's expected integers as computed by the reference. Returns the count.
+    ``only``: just these cases, leaving every other file as it is."""
     directory = Path(directory or default_dir())
     directory.mkdir(parents=True, exist_ok=True)
     count = 0
     names = set()
     for case in cases():
+        if only is not None and case.name not in only:
+            continue
         if progress:
             progress(case.name)
         program, inputs = case.build(np.random.default_rng(_seed(case.name)))
@@ -303,7 +373,8 @@ def regenerate(directory: Path | None = None, progress: Callable[[str], None] | 
         payload = {"program": _program_bytes(program),
                    "case": np.frombuffer(json.dumps(
                        {"name": case.name, "op": case.op, "accumulator": case.accumulator,
-                        "requant": case.requant}).encode(), dtype=np.uint8)}
+                        "requant": case.requant, **({"variant": case.variant} if case.variant
+                                                    else {})}).encode(), dtype=np.uint8)}
         for name, value in inputs.items():
             payload[f"in:{name}"] = output_array(program.tensors[name], value)
         for node in program.nodes:
@@ -317,7 +388,7 @@ def regenerate(directory: Path | None = None, progress: Callable[[str], None] | 
         target = atomic_write_bytes(directory / f"{case.name}.npz", buf.getvalue())
         names.add(target.name)
         count += 1
-    for stale in directory.glob("*.npz"):
+    for stale in directory.glob("*.npz") if only is None else ():
         if stale.name not in names:
             stale.unlink()
     return count
@@ -351,7 +422,9 @@ def check_file(path: Path, backend: str) -> GoldenResult:
     meta = json.loads(stored["case"].tobytes().decode())
     if meta["accumulator"] not in ACCUMULATORS or meta["requant"] not in REQUANTS:
         raise SimulatorError(f"{where}: unknown contract {meta['accumulator']}/{meta['requant']}")
-    arith = ArithmeticSpec(ACCUMULATORS[meta["accumulator"]], REQUANTS[meta["requant"]])
+    if meta.get("variant", "") not in VARIANTS:
+        raise SimulatorError(f"{where}: unknown arithmetic variant {meta['variant']!r}")
+    arith = contract(meta["accumulator"], meta["requant"], meta.get("variant", ""))
     program = _program_from_bytes(stored["program"], where)
     inputs = {k[3:]: v for k, v in stored.items() if k.startswith("in:")}
     result = execute(program, arith, inputs, backend=backend, trace=True)

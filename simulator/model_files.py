@@ -1,5 +1,6 @@
-"""Model and data files of the command line: a Program, an ONNX file or the bundled example in;
-input tensors from ``.npy``/``.npz`` (never pickles); outputs to ``.npy``/``.npz``, atomically."""
+"""Model and data files of the command line: a Program, an ONNX or TFLite file or the bundled
+example in; input tensors from ``.npy``/``.npz`` (never pickles); outputs to ``.npy``/``.npz``,
+atomically."""
 
 from __future__ import annotations
 
@@ -15,18 +16,23 @@ EXAMPLE = "the bundled example CNN (simulator.examples)"
 
 
 def load_model(path: str | None, input_shapes: dict | None = None):
-    """A Program from a ``.program`` file, an ONNX file, or the bundled example when None."""
+    """A Program from a ``.program`` file, an ONNX file, a TFLite file (recognised by its
+    flatbuffer identifier "TFL3" at bytes 4..8, whatever its suffix), or the bundled example
+    when None."""
     from simulator.ir.program import load_program
     if path is None:
         from simulator.examples import example_program
         return example_program()
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{path}: no such model file (give a .program or .onnx file)")
+        raise InputError(f"{path}: no such model file (give a .program, .onnx or .tflite file)")
     with open(p, "rb") as fh:
-        magic = fh.read(4)
+        magic = fh.read(8)
     if magic.startswith(b"PK"):
         return load_program(p)
+    if magic[4:8] == b"TFL3" or p.suffix.lower() == ".tflite":
+        from simulator.tflite_import import import_tflite
+        return import_tflite(p)
     try:
         from simulator.onnx_import import import_onnx
     except ImportError as exc:  # pragma: no cover - the importer ships with the package

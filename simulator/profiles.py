@@ -24,8 +24,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from simulator.contract import (AccumulatorSpec, ArithmeticSpec, MacOrder, Overflow,
-                                RequantMode, RequantSpec, RoundingMode, SaturationPoint)
+from simulator.contract import (ACTIVATION_FUNCTIONS, AccumulatorSpec, AddRounding,
+                                ArithmeticSpec, AvgPoolSum, FcRequant, GlobalAvgPool, MacOrder,
+                                Overflow, QuantizeRounding, RequantMode, RequantSpec,
+                                RoundingMode, SaturationPoint)
 from simulator.errors import ProfileError, SimulatorError
 
 PROFILE_PATH_ENV = "ARCHNET_PROFILE_PATH"
@@ -119,6 +121,7 @@ class HostSpec:
     flops_per_s: float
     link_bytes_per_s: float
     fallback_overhead_s: float    # paid at each switch from the NPU to the host
+    invoke_overhead_s: float      # paid once per inference: start it, read the result back
     sticky_fallback: bool         # after the first host op, every later op stays on the host
 
 
@@ -144,6 +147,7 @@ class OpLimits:
     max_inputs: int | None = None
     max_input_bits: int | None = None
     max_axis_length: int | None = None
+    functions: tuple[str, ...] | None = None   # lookup_table: None = any table
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,10 @@ class _Leaf:
     allowed: str
     bounds: tuple[float, float] | None = None     # inclusive physical bounds of a number
     items: Mapping[str, _Leaf] | None = None      # the fields of each table of a list of tables
+    # a field a profile may leave out: the value that keeps what every profile computed before
+    # the field existed (documented in chip_profiles/README.md), never a guess
+    default: Any = None
+    optional: bool = False
 
 
 def _is_int(v) -> bool:
@@ -275,6 +283,12 @@ def _dim(x, hi: int) -> bool:
     return _is_int(x) and 1 <= x <= hi
 
 
+def _optional_choice(enum_cls, default) -> _Leaf:
+    leaf = _choice(enum_cls)
+    return _Leaf(leaf.parse, f"{leaf.allowed} (default {default.value!r})", default=default,
+                 optional=True)
+
+
 def _hw(hi: int) -> _Leaf:
     allowed = f"[height, width], integers in 1..{hi}"
 
@@ -312,6 +326,18 @@ def _int_list_or_any(hi: int) -> _Leaf:
             raise _Bad(allowed)
         return tuple(v)
     return _Leaf(parse, allowed, (1, hi))
+
+
+def _functions_or_any() -> _Leaf:
+    allowed = '"any" (a programmable table) or a list of ' + ", ".join(ACTIVATION_FUNCTIONS)
+
+    def parse(v):
+        if v == "any":
+            return None
+        if not isinstance(v, list) or any(x not in ACTIVATION_FUNCTIONS for x in v):
+            raise _Bad(allowed)
+        return tuple(v)
+    return _Leaf(parse, allowed)
 
 
 def _str_list() -> _Leaf:
@@ -412,9 +438,11 @@ OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
     "avgpool2d": dict(_WINDOW),
     "global_avgpool2d": {"supported": _flag(), "max_input_hw": _hw(_SIDE)},
     "add": {"supported": _flag()},
+    "mul": {"supported": _flag()},
     "concat": {"supported": _flag(), "max_inputs": _MAX_INPUTS},
     "clamp": {"supported": _flag()},
-    "lookup_table": {"supported": _flag(), "max_input_bits": _BITS},
+    "lookup_table": {"supported": _flag(), "max_input_bits": _BITS,
+                     "functions": _functions_or_any()},
     "softmax": {"supported": _flag(), "max_axis_length": _LENGTH},
     "requantize": {"supported": _flag()},
     "reshape": {"supported": _flag()},
@@ -431,7 +459,13 @@ SCHEMA: dict[str, Any] = {
     "arithmetic": {"accumulator_bits": _ACC_BITS, "overflow": _choice(Overflow),
                    "saturation_point": _choice(SaturationPoint), "tile_k": _TILE_K,
                    "mac_order": _choice(MacOrder), "requantize": _choice(RequantMode),
-                   "rounding": _choice(RoundingMode), "multiplier_bits": _MULT_BITS},
+                   "rounding": _choice(RoundingMode), "multiplier_bits": _MULT_BITS,
+                   "add_rounding": _optional_choice(AddRounding, AddRounding.SINGLE),
+                   "avgpool_sum": _optional_choice(AvgPoolSum, AvgPoolSum.CENTRED),
+                   "fully_connected_requantize": _optional_choice(FcRequant, FcRequant.SAME),
+                   "global_avgpool": _optional_choice(GlobalAvgPool, GlobalAvgPool.DIVIDE),
+                   "quantize_rounding": _optional_choice(QuantizeRounding,
+                                                         QuantizeRounding.HALF_EVEN)},
     "precision": {"modes": _modes(), "default_weight_bits": _BITS,
                   "default_activation_bits": _BITS},
     "array": {"output_channel_lanes": _LANES, "reduction_lanes": _LANES,
@@ -444,7 +478,8 @@ SCHEMA: dict[str, Any] = {
                     "pool_elements_per_cycle": _RATE, "lut_elements_per_cycle": _RATE,
                     "softmax_elements_per_cycle": _RATE, "data_movement_bytes_per_cycle": _RATE},
     "host": {"flops_per_s": _HOST_FLOPS, "link_bytes_per_s": _BANDWIDTH,
-             "fallback_overhead_s": _HANDOFF, "sticky_fallback": _flag()},
+             "fallback_overhead_s": _HANDOFF, "invoke_overhead_s": _HANDOFF,
+             "sticky_fallback": _flag()},
     "ops": OP_SCHEMA,
 }
 
@@ -598,6 +633,9 @@ class _Checker:
         out = {}
         for key, spec in schema.items():
             dotted = prefix + (key,)
+            if key not in tree and not isinstance(spec, dict) and spec.optional:
+                out[key] = spec.default
+                continue
             if key not in tree:
                 what = "a table" if isinstance(spec, dict) else spec.allowed
                 raise ProfileError(f"{self.path}: field {'.'.join(dotted)}: missing; "
@@ -672,7 +710,9 @@ def _freeze(path: Path, v: dict) -> ChipProfile:
     arithmetic = ArithmeticSpec(
         AccumulatorSpec(a["accumulator_bits"], a["overflow"], a["saturation_point"], a["tile_k"],
                         a["mac_order"]),
-        RequantSpec(a["requantize"], a["rounding"], a["multiplier_bits"]))
+        RequantSpec(a["requantize"], a["rounding"], a["multiplier_bits"]),
+        a["add_rounding"], a["avgpool_sum"], a["fully_connected_requantize"],
+        a["global_avgpool"], a["quantize_rounding"])
     p = v["provenance"]
     ops = {kind: OpLimits(**limits) for kind, limits in v["ops"].items()}
     return ChipProfile(

@@ -183,7 +183,10 @@ class StudentPlan:
     def config(self) -> dict:
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION,
                 "input_shape": list(self.input_shape), "quantizers": self.quantizers,
-                "blocks": self.blocks, "meta": self.meta}
+                "blocks": self.blocks,
+                # the chip's requantize mode decides how the student computes its multipliers
+                "meta": {**self.meta,
+                         "requantize": self.profile.arithmetic.requant.mode.value}}
 
 
 class BlockPlan:

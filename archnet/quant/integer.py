@@ -94,8 +94,18 @@ def requantize(acc: torch.Tensor, real_multiplier, requant_spec, qmin: int, qmax
     return torch.from_numpy(np.ascontiguousarray(out)).to(torch.int64)
 
 
-def requant_multiplier(in_scale: float, weight_scales: torch.Tensor, out_scale: float) -> list[float]:
-    """Real multipliers s_in * s_w[c] / s_out in float64: export and emulation share these bits."""
+def requant_multiplier(in_scale: float, weight_scales: torch.Tensor, out_scale: float,
+                       float32: bool = False) -> list[float]:
+    """Real multipliers s_in * s_w[c] / s_out in float64: export and emulation share these bits.
+
+    ``float32``: as a chip with a float32 requantization scale (ONNX QLinearConv on
+    onnxruntime) derives it from the float32 scales it is given, ``(f32(s_in) * f32(s_w[c])) /
+    f32(s_out)`` with each step rounded to float32; the ONNX export then writes these scales
+    and onnxruntime's multiplier is the Program's bit for bit."""
+    if float32:
+        xs, ys = np.float32(in_scale), np.float32(out_scale)
+        ws = weight_scales.detach().cpu().numpy().astype(np.float32).ravel()
+        return [float(v) for v in (xs * ws) / ys]
     return [float(in_scale) * float(s) / float(out_scale) for s in weight_scales.tolist()]
 
 

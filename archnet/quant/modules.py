@@ -53,6 +53,10 @@ class QInput(nn.Module):
 class _QMac(nn.Module):
     """Shared machinery of QConv2d and QLinear: folded BN, weight and output quantizers."""
 
+    # set by the student for a chip whose requantization scale is float32 (``float_scale``):
+    # the multiplier is then computed in float32 as the chip computes it (requant_multiplier)
+    float32_multiplier = False
+
     def __init__(self, weight_shape, w_bits: int, a_bits: int, relu: bool, batch_norm: bool,
                  output_quant: LsqQuantizer | None):
         super().__init__()
@@ -84,7 +88,8 @@ class _QMac(nn.Module):
         b_int = torch.round(bias.to(torch.float64) / acc_scale).clamp(BIAS_TYPE.qmin, BIAS_TYPE.qmax)
         out_scale = float(self.output_quant.step())
         return IntegerParams(w_int, w_scale, b_int.to(torch.int64),
-                             integer.requant_multiplier(in_scale, w_scale, out_scale), out_scale,
+                             integer.requant_multiplier(in_scale, w_scale, out_scale,
+                                                        self.float32_multiplier), out_scale,
                              self.output_quant.qtype)
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Weights are copied (the embedding tables become one fully connected layer's columns), each
 LayerNorm becomes the least-squares per-channel affine of its own input and output on the
 calibration tokens, and the operator choices follow the target profile: GELU on the lookup-table
-unit only if the profile has one that takes 8-bit inputs, the residual add only if the profile
+unit only if the profile has one that takes 8-bit inputs and evaluates GELU, the residual add only if the profile
 has ``add``. Activation grids are calibrated in forward order, each on the values the already
 quantized layers before it write (MSE-optimal clipping); weight grids per output channel.
 """
@@ -22,7 +22,8 @@ from archnet.text.student import STREAM_BITS, TextStudent, TextStudentConfig
 def operator_choices(chip) -> dict:
     """activation and residual for a profile: what the chip runs natively."""
     lut = chip.op("lookup_table")
-    gelu_lut = lut.supported and (lut.max_input_bits is None or lut.max_input_bits >= STREAM_BITS)
+    gelu_lut = lut.supported and (lut.max_input_bits is None or lut.max_input_bits >= STREAM_BITS) \
+        and (lut.functions is None or "gelu" in lut.functions)
     return {"activation": "gelu_lut" if gelu_lut else "relu",
             "residual": "add" if chip.op("add").supported else "concat"}
 

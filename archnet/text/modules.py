@@ -181,7 +181,7 @@ class GeluLut(nn.Module):
         t = b.tensors[x]
         q = self.output_quant
         return b.node("lookup_table", [x], name, dtype=q.qtype, scale=float(q.step()),
-                      table=self.table(t.scale[0], t.dtype))
+                      table=self.table(t.scale[0], t.dtype), function="gelu")
 
 
 # ------------------------------------------------------------------- requantize between grids

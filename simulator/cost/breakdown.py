@@ -12,7 +12,8 @@ FORMULA = (
     "memory = activation bytes / (activation_bytes_per_s / clock_hz) "
     "+ weight bytes / (weight_bytes_per_s / clock_hz). "
     "Host op: cycles = (FLOPs / host.flops_per_s + transfer bytes / host.link_bytes_per_s "
-    "+ hand-off overhead) x clock_hz. latency_ms = cycles / clock_hz x 1000."
+    "+ hand-off overhead) x clock_hz. Once per inference: host.invoke_overhead_s x clock_hz. "
+    "latency_ms = cycles / clock_hz x 1000."
 )
 
 BOUNDS = ("compute", "memory", "overhead", "host")
@@ -98,10 +99,11 @@ class Estimate:
     program: str
     clock_hz: float
     ops: tuple[OpCost, ...] = field(default_factory=tuple)
+    invoke: CycleCost = field(default_factory=CycleCost)   # per inference, outside any op
 
     @property
     def total(self) -> CycleCost:
-        out = CycleCost()
+        out = self.invoke
         for op in self.ops:
             out = out + op.cost
         return out
@@ -128,6 +130,7 @@ class Estimate:
              "total_latency_ms": self.total_latency_ms, "total_macs": total.macs,
              "total_activation_bytes": total.activation_bytes,
              "total_weight_bytes": total.weight_bytes,
+             "invoke_cycles": self.invoke.cycles,
              "host_ops": sum(op.on_host for op in self.ops),
              "fallbacks": [{"name": op.name, "reason": op.fallback_reason}
                            for op in self.fallbacks],

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from simulator.constraints import NodeView
+from simulator.constraints import COMPOSED, NodeView, lut_form
 from simulator.ir import OpKind
 from simulator.profiles import ChipProfile, ReductionMapping
 
@@ -76,11 +76,23 @@ def mac_compute_cycles(v: NodeView, profile: ChipProfile) -> tuple[float, float]
     return mac_count(v) / (mode.macs_per_cycle * util * profile.array.efficiency), util
 
 
+def lookup_cycles(v: NodeView, profile: ChipProfile) -> float:
+    """A table lookup per element, or the ops a chip composes the function from: a sigmoid
+    table, a requantize-and-clamp pass, a mul (constraints.COMPOSED)."""
+    rates, out_elems = profile.elementwise, math.prod(v.output.shape)
+    function = v.attrs.get("function")
+    if lut_form(function, profile) != "composed":
+        return out_elems / rates.lut_elements_per_cycle
+    base, needs_mul = COMPOSED[function]
+    cycles = out_elems / (rates.lut_elements_per_cycle if base else rates.elements_per_cycle)
+    return cycles + (out_elems / rates.add_elements_per_cycle if needs_mul else 0.0)
+
+
 def element_compute_cycles(v: NodeView, profile: ChipProfile) -> float:
     """Compute cycles of a non-MAC op on the element units; 0 for reshape/flatten (views)."""
     rates = profile.elementwise
     out_elems = math.prod(v.output.shape)
-    if v.kind is OpKind.ADD:
+    if v.kind in (OpKind.ADD, OpKind.MUL):  # two operands in, one out: the same unit and rate
         return out_elems / rates.add_elements_per_cycle
     if v.kind in (OpKind.MAXPOOL2D, OpKind.AVGPOOL2D):
         kh, kw = v.kernel
@@ -90,7 +102,7 @@ def element_compute_cycles(v: NodeView, profile: ChipProfile) -> float:
     if v.kind in (OpKind.CLAMP, OpKind.REQUANTIZE):
         return out_elems / rates.elements_per_cycle
     if v.kind is OpKind.LOOKUP_TABLE:
-        return out_elems / rates.lut_elements_per_cycle
+        return lookup_cycles(v, profile)
     if v.kind is OpKind.SOFTMAX:
         return out_elems / rates.softmax_elements_per_cycle
     if v.kind in (OpKind.CONCAT, OpKind.TRANSPOSE):

@@ -46,15 +46,25 @@ UNKNOWN_FLOPS_PER_ELEMENT = 1.0   # a lower bound for an op type not listed abov
 
 # The same, for IR ops placed on the host (unsupported by the chip, or boundary conversions).
 OP_FLOPS_PER_ELEMENT: dict[OpKind, float] = {
-    OpKind.ADD: 1, OpKind.CLAMP: 1, OpKind.REQUANTIZE: 2, OpKind.LOOKUP_TABLE: 1,
+    OpKind.ADD: 1, OpKind.MUL: 1, OpKind.CLAMP: 1, OpKind.REQUANTIZE: 2, OpKind.LOOKUP_TABLE: 1,
     OpKind.SOFTMAX: EXP_FLOPS + 4, OpKind.CONCAT: 1, OpKind.TRANSPOSE: 1, OpKind.RESHAPE: 0,
     OpKind.FLATTEN: 0, OpKind.QUANTIZE: 3, OpKind.DEQUANTIZE: 2,
+}
+
+
+# A lookup_table of a float graph is the host evaluating its function in float.
+LUT_FUNCTION_FLOPS: dict[str, float] = {
+    "sigmoid": EXP_FLOPS + 2, "tanh": EXP_FLOPS + 4, "hardsigmoid": 3, "hardswish": 4,
+    "silu": EXP_FLOPS + 3, "gelu": EXP_FLOPS + 8, "leaky_relu": 2, "prelu": 2,
+    "elu": EXP_FLOPS + 2, "softplus": 2 * EXP_FLOPS, "exp": EXP_FLOPS,
 }
 
 
 def host_flops(v: NodeView) -> float:
     """Float operations the host spends on one node."""
     out_elems = math.prod(v.output.shape)
+    if v.kind is OpKind.LOOKUP_TABLE and not v.inputs[0].is_int:
+        return out_elems * LUT_FUNCTION_FLOPS.get(v.attrs.get("function"), EXP_FLOPS)
     if v.kind is OpKind.FALLBACK:
         op_type = v.attrs["op_type"]
         if op_type == "LRN":  # sum of squares over `size` channels, then a power

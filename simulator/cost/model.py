@@ -5,11 +5,17 @@ memory: bytes from ``memory.py`` over ``activation_bytes_per_s / clock_hz`` plus
 ``weight_bytes_per_s / clock_hz``). Per host op: ``host.py``. Latency = cycles / clock_hz,
 summed over the schedule (ops run one after another, as the Program orders them).
 
-Fusion: a requantize or clamp on the NPU whose input is made by a MAC op, an add or a pool on the
-NPU (directly or through an already fused requantize/clamp), and read by nothing else, costs
-nothing of its own (``fused_into`` names the producer, whose bound it reports): the producer
-writes the fused chain's final tensor instead of its accumulator. reshape/flatten on the NPU are
+Fusion: a requantize, clamp or lookup_table on the NPU whose input is made by a MAC op, an add,
+a mul or a pool on the NPU (directly or through an already fused step), and read by nothing else,
+costs no cycles of its own (``fused_into`` names the producer, whose bound it reports): the
+producer writes the fused chain's final tensor instead of its accumulator, as NPUs apply the
+activation in the output stage (TFLite's fused activations, Vela's fused LUT activations). A
+fused lookup_table still passes every output through the activation unit, so the producer's
+compute is at least the table's own cycles (``compute.lookup_cycles``). reshape/flatten on the NPU are
 views and cost nothing either.
+
+Once per inference the host starts the run and reads the result back
+(``host.invoke_overhead_s``): ``Estimate.invoke``, in the total but in no op.
 
 Only shapes, dtypes and the profile are read; tensor values never are.
 """
@@ -26,8 +32,9 @@ from simulator.cost.memory import MemoryState, storage_bits, tensor_bits
 from simulator.ir import MAC_OPS, OpKind, Program
 from simulator.profiles import ChipProfile
 
-FUSABLE = frozenset({OpKind.REQUANTIZE, OpKind.CLAMP})
-FUSION_ANCHORS = MAC_OPS | {OpKind.ADD, OpKind.MAXPOOL2D, OpKind.AVGPOOL2D, OpKind.GLOBAL_AVGPOOL2D}
+FUSABLE = frozenset({OpKind.REQUANTIZE, OpKind.CLAMP, OpKind.LOOKUP_TABLE})
+FUSION_ANCHORS = MAC_OPS | {OpKind.ADD, OpKind.MUL, OpKind.MAXPOOL2D, OpKind.AVGPOOL2D,
+                            OpKind.GLOBAL_AVGPOOL2D}
 VIEWS = frozenset({OpKind.RESHAPE, OpKind.FLATTEN})
 
 
@@ -69,7 +76,8 @@ def _detail(v: NodeView) -> str:
     return "x".join(str(d) for d in v.output.shape)
 
 
-def _npu_op(v: NodeView, profile: ChipProfile, mem: MemoryState, out_name: str) -> OpCost:
+def _npu_op(v: NodeView, profile: ChipProfile, mem: MemoryState, out_name: str,
+            activation_cycles: float = 0.0) -> OpCost:
     clock = profile.clock_hz
     util, wbits, abits = None, None, storage_bits(v.activation_bits, profile)
     if v.kind in MAC_OPS:
@@ -78,6 +86,7 @@ def _npu_op(v: NodeView, profile: ChipProfile, mem: MemoryState, out_name: str) 
         wbits, abits = mode.weight_bits, mode.activation_bits
     else:
         compute = element_compute_cycles(v, profile)
+    compute = max(compute, activation_cycles)  # the output stage runs beside the array
     traffic = mem.npu_op(v, out_name, tensor_bits(v.program.tensors[out_name], profile))
     memory = (traffic.activation_bytes / (profile.memory.activation_bytes_per_s / clock)
               + traffic.weight_bytes / (profile.memory.weight_bytes_per_s / clock))
@@ -114,6 +123,12 @@ def estimate(program: Program, profile: ChipProfile) -> Estimate:
     for node in program.nodes:
         for name in node.inputs:
             consumers.setdefault(name, []).append(node.name)
+    fused_tables: dict[str, float] = {}   # anchor -> cycles of its fused activation functions
+    for node in program.nodes:
+        if node.op is OpKind.LOOKUP_TABLE and node.name in fused:
+            anchor = fused[node.name]
+            fused_tables[anchor] = fused_tables.get(anchor, 0.0) + \
+                element_compute_cycles(view(program, node, profile), profile)
     ops, by_name, last_on_npu = [], {}, False
     for node in program.nodes:
         v = view(program, node, profile)
@@ -136,6 +151,9 @@ def estimate(program: Program, profile: ChipProfile) -> Estimate:
             ops.append(OpCost(node.name, node.op.value, "view", False, "overhead", None, None,
                               None, None, CycleCost(), profile.clock_hz))
             continue
-        ops.append(_npu_op(v, profile, mem, chain_end.get(node.name, node.outputs[0])))
+        ops.append(_npu_op(v, profile, mem, chain_end.get(node.name, node.outputs[0]),
+                           fused_tables.get(node.name, 0)))
         by_name[node.name] = ops[-1]
-    return Estimate(profile.name, program.name, profile.clock_hz, tuple(ops))
+    invoke = profile.host.invoke_overhead_s * profile.clock_hz
+    return Estimate(profile.name, program.name, profile.clock_hz, tuple(ops),
+                    CycleCost(overhead_cycles=invoke, cycles=invoke))

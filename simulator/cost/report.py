@@ -32,6 +32,11 @@ def format_estimate(est: Estimate) -> str:
                      f"{c.macs / 1e6:8.2f} {util:>5s} {_k(c.compute_cycles):>9s} "
                      f"{_k(c.memory_cycles):>9s} {_k(c.overhead_cycles):>8s} {_k(c.cycles):>9s} "
                      f"{op.latency_ms:8.3f} {op.bound:8s} {op.fallback_reason or ''}")
+    if est.invoke.cycles:
+        i = est.invoke
+        lines.append(f"{'(invoke)':28s} {'host':16s} {'start, read result':26s} {'':6s} "
+                     f"{0:8.2f} {'':>5s} {_k(0):>9s} {_k(0):>9s} {_k(i.overhead_cycles):>8s} "
+                     f"{_k(i.cycles):>9s} {i.cycles / est.clock_hz * 1e3:8.3f} host")
     t = est.total
     lines.append(f"{'total':28s} {'':16s} {'':26s} {'':6s} {t.macs / 1e6:8.1f} {'':>5s} "
                  f"{_k(t.compute_cycles):>9s} {_k(t.memory_cycles):>9s} "
@@ -50,4 +55,10 @@ def estimate_csv(est: Estimate) -> str:
     writer.writeheader()
     for op in est.ops:
         writer.writerow(op.to_dict())
+    if est.invoke.cycles:  # the once-per-inference term, so the rows add up to the total
+        writer.writerow({"name": "(invoke)", "type": "invoke", "detail": "start, read result",
+                         "placement": "host", "bound": "host",
+                         "overhead_cycles": est.invoke.overhead_cycles,
+                         "cycles": est.invoke.cycles,
+                         "latency_ms": est.invoke.cycles / est.clock_hz * 1e3})
     return buf.getvalue()

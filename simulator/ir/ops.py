@@ -25,6 +25,7 @@ class OpKind(str, enum.Enum):
     GLOBAL_AVGPOOL2D = "global_avgpool2d"
     CONCAT = "concat"                    # operands share dtype, scale and zero point
     ADD = "add"                          # a, b (own scales) -> y
+    MUL = "mul"                          # a, b (b broadcast to a, e.g. [N,C,1,1]) -> y
     CLAMP = "clamp"                      # relu is clamp(min=zero_point)
     LOOKUP_TABLE = "lookup_table"        # y = table[x - qmin(x)]
     SOFTMAX = "softmax"                  # x[, key mask]: exp LUT, integer normalisation
@@ -131,6 +132,15 @@ def _add_shape(shapes, attrs):
     return shapes[0]
 
 
+def _mul_shape(shapes, attrs):
+    a, b = shapes
+    # b broadcasts to a (NumPy rules), never the other way: the output is a's tensor, rescaled,
+    # as a squeeze-and-excitation gate scales a feature map by one value per channel
+    if len(b) > len(a) or any(db not in (1, da) for da, db in zip(a[::-1], b[::-1])):
+        raise ProgramError(f"mul: operand shape {b} does not broadcast to {a}")
+    return a
+
+
 def _concat_shape(shapes, attrs):
     axis = attrs["axis"] % len(shapes[0])
     for s in shapes[1:]:
@@ -187,8 +197,13 @@ OP_INFO: dict[OpKind, OpInfo] = {
     OpKind.CONCAT: OpInfo(1, 64, {"axis": Attr("int", 1)}, _concat_shape),
     OpKind.ADD: OpInfo(2, 2, {"clamp_min": Attr("int", None), "clamp_max": Attr("int", None)},
                        _add_shape),
+    OpKind.MUL: OpInfo(2, 2, {"clamp_min": Attr("int", None), "clamp_max": Attr("int", None)},
+                       _mul_shape),
     OpKind.CLAMP: OpInfo(1, 1, {"min": Attr("int"), "max": Attr("int")}, _same_shape),
-    OpKind.LOOKUP_TABLE: OpInfo(1, 1, {"table": Attr("ints")}, _same_shape),
+    # function: what the table holds ("sigmoid", "hardswish" ...), for the chip's activation
+    # unit and the reports; the table alone defines the values
+    OpKind.LOOKUP_TABLE: OpInfo(1, 1, {"table": Attr("ints"), "function": Attr("str", None)},
+                                _same_shape),
     OpKind.SOFTMAX: OpInfo(1, 2, {"axis": Attr("int", -1), "exp_table": Attr("ints")},
                            _softmax_shape),
     OpKind.RESHAPE: OpInfo(1, 1, {"shape": Attr("ints")}, _reshape_shape),

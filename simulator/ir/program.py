@@ -241,10 +241,10 @@ def _check_node_types(program: Program, node: Node, where: str) -> None:
         if out.scale is None or len(out.scale) != 1 or \
                 not math.log2(out.scale[0]).is_integer() or out.scale[0] > 1:
             raise ProgramError(f"{where}: softmax output scale must be 2**-k, got {out.scale}")
-    if node.op in (OpKind.REQUANTIZE, OpKind.ADD) and out.scale is None:
+    if node.op in (OpKind.REQUANTIZE, OpKind.ADD, OpKind.MUL) and out.scale is None:
         raise ProgramError(f"{where}: {node.op.value} output {out.name!r} needs a scale")
-    if node.op is OpKind.ADD and (ts[0].scale is None or ts[1].scale is None):
-        raise ProgramError(f"{where}: add operands need scales")
+    if node.op in (OpKind.ADD, OpKind.MUL) and (ts[0].scale is None or ts[1].scale is None):
+        raise ProgramError(f"{where}: {node.op.value} operands need scales")
     if node.op is OpKind.REQUANTIZE and len(node.attrs["real_multiplier"]) > 1:
         axis = node.attrs["axis"]
         if not -len(out.shape) <= axis < len(out.shape) or out.shape[axis] != len(node.attrs["real_multiplier"]):

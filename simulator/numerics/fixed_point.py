@@ -86,6 +86,49 @@ def prepare_add(ratio_a: float, ratio_b: float, spec: RequantSpec):
     return quantize_multiplier_pair(ratio_a, ratio_b, spec.multiplier_bits)
 
 
+ADD_LEFT_SHIFT = 20  # TFLite ADD's headroom: 8-bit operands are shifted left this far first
+
+
+def prepare_add_per_operand(scale_a: float, scale_b: float, scale_y: float,
+                            spec: RequantSpec) -> tuple[int, int, int, int, int, int]:
+    """TFLite ADD's three (M, S) pairs: each operand's scale over twice the larger operand
+    scale (both below 1), then twice that scale over ``2**20`` times the output's, each
+    quantized like any requantize scale (``Prepare`` in TFLite's add.cc, in double)."""
+    twice_max = 2.0 * max(scale_a, scale_b)
+    ratios = (scale_a / twice_max, scale_b / twice_max,
+              twice_max / ((1 << ADD_LEFT_SHIFT) * scale_y))
+    out: list[int] = []
+    for r in ratios:
+        m, s = quantize_multiplier(r, spec.multiplier_bits)
+        out += [int(m[0]), int(s[0])]
+    return tuple(out)
+
+
+def add_per_operand(da, db, prepared: tuple[int, int, int, int, int, int],
+                    rounding: RoundingMode) -> np.ndarray:
+    """TFLite ADD before the output zero point: ``(da << 20)`` and ``(db << 20)`` rescaled and
+    rounded each, summed, the sum rescaled and rounded again (``rounding`` at every step)."""
+    ma, sa, mb, sb, my, sy = prepared
+    mode = RequantMode.MULTIPLIER_SHIFT
+    a = scale_values(np.asarray(da, np.int64) << ADD_LEFT_SHIFT, ma, sa, mode, rounding)
+    b = scale_values(np.asarray(db, np.int64) << ADD_LEFT_SHIFT, mb, sb, mode, rounding)
+    return scale_values(a + b, my, sy, mode, rounding)
+
+
+def prepare_tflite_mean(scale_ratio: float, count: int, spec: RequantSpec) -> PreparedScale:
+    """TFLite's int8 MEAN multiplier: QuantizeMultiplier(in_scale / out_scale) = (M, e), then
+    M shifted left k = min(floor(log2 count), 32, 31 + e) bits and divided by the count
+    (truncated), e lowered by k (QuantizedMeanOrSum in reference/reduce.h). The pair is kept
+    as formed: it may be below 2**30, where normalising it would round differently."""
+    m, s = quantize_multiplier(scale_ratio, spec.multiplier_bits)
+    mult, shift = int(m[0]), int(s[0])
+    exponent = spec.multiplier_bits - 1 - shift
+    k = min(count.bit_length() - 1, 32, spec.multiplier_bits - 1 + exponent)
+    mult = (mult << k) // count
+    return PreparedScale(RequantMode.MULTIPLIER_SHIFT, spec.rounding,
+                         np.asarray([mult], np.int64), np.asarray([shift + k], np.int64))
+
+
 # ----------------------------------------------------------------------------- rounding
 
 def _half(shift: np.ndarray) -> np.ndarray:
@@ -291,9 +334,34 @@ def requantize(values, in_zero_point, prepared: PreparedScale, out_zero_point: i
     return np.clip(scaled + np.int64(out_zero_point), qmin, qmax)
 
 
-def quantize_float(x, scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
-    """Host-side float -> int as ONNX QuantizeLinear: float32 divide, ties to even, saturate."""
-    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)).astype(np.float64)
+def round_half_away_float(values) -> np.ndarray:
+    """C's ``round`` of float64 values: ties away from zero (NumPy's ``rint`` ties to even)."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.where(v < 0, -np.floor(-v + 0.5), np.floor(v + 0.5)).astype(np.int64)
+
+
+def requantize_float64(values, in_zero_point, scales, out_zero_point: int, qmin: int,
+                       qmax: int, axis: int | None = None) -> np.ndarray:
+    """``y = clamp(round((x - zx) * scale) + zy)`` with a float64 scale, ties away from zero:
+    TFLite's reference FULLY_CONNECTED (``round(static_cast<double>(acc) * scale)``)."""
+    v = np.asarray(values, dtype=np.int64) - np.int64(in_zero_point)
+    s = np.atleast_1d(np.asarray(scales, dtype=np.float64))
+    if s.size > 1:
+        shape = [1] * v.ndim
+        shape[axis] = s.size
+        s = s.reshape(shape)
+    else:
+        s = s.reshape(())
+    scaled = round_half_away_float(v.astype(np.float64) * s)
+    return np.clip(scaled + np.int64(out_zero_point), qmin, qmax)
+
+
+def quantize_float(x, scale: float, zero_point: int, qmin: int, qmax: int,
+                   ties_away: bool = False) -> np.ndarray:
+    """Host-side float -> int as ONNX QuantizeLinear: float32 divide, ties to even, saturate;
+    ``ties_away``: ties away from zero, as TFLite's reference AffineQuantize (``roundf``)."""
+    v = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    q = (round_half_away_float(v) if ties_away else np.rint(v)).astype(np.float64)
     return np.clip(q + zero_point, qmin, qmax).astype(np.int64)
 
 

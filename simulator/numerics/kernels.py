@@ -1616,6 +1616,83 @@ def add(a, a_zp, b, b_zp, multiplier_a, multiplier_b, shift, mode: RequantMode,
     return out.reshape(shape)
 
 
+def mul(a, a_zp, b, b_zp, prepared: PreparedScale, y_zp, qmin, qmax):
+    """y = clamp(round((a - za) * (b - zb) * scale) + zy), b broadcast to a: the product is one
+    NumPy pass (exact in int64 for operands up to 31 bits), its rescale the requantize kernel."""
+    da = _i64(a) - np.int64(a_zp)
+    product = da * (_i64(b) - np.int64(b_zp))
+    if np.asarray(prepared.multiplier).size != 1:
+        return reference.mul(a, a_zp, b, b_zp, prepared, y_zp, qmin, qmax)
+    return requantize(product, 0, prepared, 0, y_zp, qmin, qmax)
+
+
+def global_mean(x, x_zp, prepared: PreparedScale, y_zp, qmin, qmax):
+    """TFLite's int8 MEAN over height and width: the sums in one NumPy pass (exact in int64),
+    their rescale the requantize kernel."""
+    sums = (_i64(x) - np.int64(x_zp)).sum(axis=(2, 3), keepdims=True)
+    return requantize(sums, 0, prepared, 0, y_zp, qmin, qmax)
+
+
+@njit(inline="always", **_JIT)
+def _rescale_one(v, m, s, rnd):
+    return _tflite_multiply(v, m, s) if rnd == 4 else _round_shift(v * m, s, rnd)
+
+
+@njit(**_JIT)
+def _add_per_operand(t0, t1, a, za, b, zb, p, rnd, yzp, qmin, qmax, out):
+    """fixed_point.add_per_operand, one element at a time; p = (Ma, Sa, Mb, Sb, My, Sy)."""
+    sa, sb, dst = a[t0:t1], b[t0:t1], out[t0:t1]
+    for i in range(dst.size):
+        ra = _rescale_one((sa[i] - za) << 20, p[0], p[1], rnd)
+        rb = _rescale_one((sb[i] - zb) << 20, p[2], p[3], rnd)
+        y = _rescale_one(ra + rb, p[4], p[5], rnd)
+        dst[i] = min(max(y + yzp, qmin), qmax)
+
+
+def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qmin, qmax):
+    """TFLite's ADD: each operand rescaled on its own, the sum rescaled again."""
+    p = np.asarray(prepared, dtype=np.int64)
+    shifts = p[1::2]
+    if shifts.min() < 0 or shifts.max() > 62:
+        return reference.add_per_operand(a, a_zp, b, b_zp, prepared, rounding, y_zp, qmin, qmax)
+    a, b = np.broadcast_arrays(_i64(a), _i64(b))
+    shape = a.shape
+    a1, b1 = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel()
+    out = np.empty(a1.size, np.int64)
+    _run_tasks(_add_per_operand, a1.size, 16 * a1.size, a1, int(a_zp), b1, int(b_zp), p,
+               _ROUNDING_CODE[rounding], int(y_zp), int(qmin), int(qmax), out)
+    return out.reshape(shape)
+
+
+@njit(**_JIT)
+def _requant_f64(t0, t1, v, inner, zx, scale, yzp, qmin, qmax, out):
+    """Segments t0..t1 of v (flat): float64 scale, ties away from zero (C's round)."""
+    for t in range(t0, t1):
+        start, end, c = _segment(t, v.size, inner, scale.size)
+        f = scale[c]
+        src, dst = v[start:end], out[start:end]
+        for i in range(src.size):
+            prod = np.float64(src[i] - zx) * f
+            y = -np.floor(-prod + 0.5) if prod < 0 else np.floor(prod + 0.5)
+            dst[i] = min(max(np.int64(y) + yzp, qmin), qmax)
+
+
+def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: int):
+    """y = clamp(round((x - x_zp) * scale) + y_zp) with float64 scales, ties away from zero."""
+    v = _i64(x)
+    f = np.ascontiguousarray(np.atleast_1d(np.asarray(scales, dtype=np.float64))).ravel()
+    if f.size > 1 and (v.ndim == 0 or f.size != v.shape[axis]):
+        return reference.requantize_float64(x, x_zp, scales, axis, y_zp, qmin, qmax)
+    inner = math.prod(v.shape[axis + 1:]) if f.size > 1 else max(v.size, 1)
+    flat = v.reshape(-1)
+    out = np.empty(flat.size, np.int64)
+    if flat.size:
+        ntask = (flat.size // inner) * -(-inner // SEGMENT)
+        _run_tasks(_requant_f64, ntask, flat.size, flat, inner, int(x_zp), f, int(y_zp),
+                   int(qmin), int(qmax), out)
+    return out.reshape(v.shape)
+
+
 @njit(**_JIT)
 def _clamp(x, lo, hi, out):
     for i in range(x.size):

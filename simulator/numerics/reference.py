@@ -158,6 +158,34 @@ def add(a, a_zp, b, b_zp, multiplier_a, multiplier_b, shift, mode: RequantMode,
     return np.clip(scaled + np.int64(y_zp), qmin, qmax)
 
 
+def mul(a, a_zp, b, b_zp, prepared: PreparedScale, y_zp, qmin, qmax):
+    """y = clamp(round((a - za) * (b - zb) * scale) + zy): the exact integer product rescaled
+    once, b broadcast to a (TFLite's MUL: MultiplyByQuantizedMultiplier of the product)."""
+    da = np.asarray(a, dtype=np.int64) - np.int64(a_zp)
+    db = np.asarray(b, dtype=np.int64) - np.int64(b_zp)
+    return fp.requantize(da * db, 0, prepared, y_zp, qmin, qmax)
+
+
+def global_mean(x, x_zp, prepared: PreparedScale, y_zp, qmin, qmax):
+    """TFLite's int8 MEAN over height and width: sum(x - x_zp) rescaled once by ``prepared``
+    (``fixed_point.prepare_tflite_mean``: the scale ratio over the count), plus y_zp."""
+    sums = (np.asarray(x, dtype=np.int64) - np.int64(x_zp)).sum(axis=(2, 3), keepdims=True)
+    return fp.requantize(sums, 0, prepared, y_zp, qmin, qmax)
+
+
+def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qmin, qmax):
+    """TFLite's ADD: each operand rescaled and rounded on its own, the sum rescaled again
+    (``fixed_point.add_per_operand``); ``prepared`` is ``prepare_add_per_operand``'s six ints."""
+    da = np.asarray(a, dtype=np.int64) - np.int64(a_zp)
+    db = np.asarray(b, dtype=np.int64) - np.int64(b_zp)
+    return np.clip(fp.add_per_operand(da, db, prepared, rounding) + np.int64(y_zp), qmin, qmax)
+
+
+def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: int):
+    """y = clamp(round((x - x_zp) * scale) + y_zp) with float64 scales, ties away from zero."""
+    return fp.requantize_float64(x, x_zp, scales, y_zp, qmin, qmax, axis)
+
+
 def clamp(x, lo: int, hi: int):
     return np.clip(np.asarray(x, dtype=np.int64), lo, hi)
 

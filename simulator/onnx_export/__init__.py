@@ -6,13 +6,17 @@ Forms
     accumulators 32-bit): an integer graph of QLinearConv, onnxruntime's QGemm (a fully
     connected layer with its int32 bias), QLinearMatMul, MaxPool, Concat, Flatten, Reshape,
     Transpose, Relu, QuantizeLinear and DequantizeLinear (``qlinear.py`` has the table).
-    onnxruntime runs it, with or without graph optimizations, and its integers equal
-    ``execute(program, 'onnx-qlinear', ...)`` on every tensor it shows (all but the int32
-    accumulators inside QLinearConv/QGemm). The float32 scales are chosen (``requant.py``) so
-    that onnxruntime's multiplier ``x_scale * w_scale / y_scale`` reproduces the Program's, or
-    provably gives the same integer for every accumulator; the few channels where neither is
-    possible are listed in the model's metadata with the 1..3 accumulator values whose integer
-    differs. ``import_onnx`` of the file gives the same Program back
+    onnxruntime runs it, with or without graph optimizations, and for every input its integers
+    equal ``execute(program, profile, ...)`` on every tensor it shows (``profile``: the chip
+    profile given, ``onnx-qlinear`` by default; recorded as ``archnet.profile``). A MAC +
+    requantize is a QLinear op where float32 scales are proven (``requant.py``) to give the
+    Program's integer for every accumulator the layer can produce, and otherwise ConvInteger /
+    MatMulInteger and plain ONNX ops that compute the Program's requantize exactly
+    (``explicit.py``: e.g. a multiplier-and-shift rounding no float32 multiplier follows), also
+    proven before anything is written; a layer neither makes exact is an ExportError naming it.
+    ``archnet.requant_adjustments`` in the metadata lists per layer what it took (moved weight
+    scales, channels equal in their integers only, the explicit form). ``import_onnx`` of a
+    graph whose layers are all QLinear ops gives the same Program back
     (``compare.program_differences``: same ops in order, attributes, constants, types, zero
     points and shapes; scales and multipliers as float32, within the adjustments recorded).
 ``int4`` (below 8 bits; ``auto`` picks it when no integer tensor has 5..7 bits): QDQ with ONNX
@@ -54,8 +58,10 @@ from simulator.errors import ExportError
 from simulator.fileio import atomic_write_bytes
 from simulator.ir.ops import OpKind
 from simulator.ir.program import Program
+from simulator.profiles import load_profile
 
 FORMS = ("auto", "qlinear", "qdq", "int4", "qonnx")
+DEFAULT_PROFILE = "onnx-qlinear"  # the arithmetic of onnxruntime's own QLinear kernels
 
 __all__ = ["FORMS", "ExportError", "choose_form", "export_onnx", "to_onnx_model"]
 
@@ -78,8 +84,11 @@ def choose_form(program: Program) -> str:
     return "qonnx"
 
 
-def to_onnx_model(program: Program, *, form: str = "auto", opset: int | None = None):
-    """The checked ``onnx.ModelProto`` of ``program`` in ``form`` (nothing written)."""
+def to_onnx_model(program: Program, *, form: str = "auto", opset: int | None = None,
+                  profile=None):
+    """The checked ``onnx.ModelProto`` of ``program`` in ``form`` (nothing written).
+    ``profile``: the chip profile (or its name or file) whose arithmetic the ``qlinear`` graph
+    reproduces on onnxruntime; default ``onnx-qlinear``."""
     program.validate()
     if form not in FORMS:
         raise ExportError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
@@ -92,11 +101,12 @@ def to_onnx_model(program: Program, *, form: str = "auto", opset: int | None = N
         if node.op is OpKind.SOFTMAX and len(node.inputs) > 1:
             raise ExportError(f"node {node.name!r} (softmax): masked softmax is not exportable "
                               f"to ONNX (no form expresses softmax, masked or not)")
+    chip = profile if hasattr(profile, "arithmetic") else load_profile(profile or DEFAULT_PROFILE)
     if form == "auto":
         form = choose_form(program)
     if form == "qlinear":
         from simulator.onnx_export.qlinear import export_qlinear
-        model = export_qlinear(program, opset)
+        model = export_qlinear(program, opset, chip)
     elif form in ("qdq", "int4"):
         from simulator.onnx_export.qdq import export_qdq
         model = export_qdq(program, opset, int4=form == "int4")
@@ -119,10 +129,10 @@ def check(model, form: str) -> None:
 
 
 def export_onnx(program: Program, path: str | os.PathLike, *, form: str = "auto",
-                opset: int | None = None) -> Path:
+                opset: int | None = None, profile=None) -> Path:
     """Write ``program`` as an ONNX file in ``form`` (see the module doc); returns the path."""
     path = Path(path)
-    model = to_onnx_model(program, form=form, opset=opset)
+    model = to_onnx_model(program, form=form, opset=opset, profile=profile)
     try:
         data = model.SerializeToString()
     except Exception as exc:  # protobuf refuses messages over 2 GiB

@@ -22,14 +22,16 @@ from simulator.ir.program import Node, Program, TensorInfo
 
 # onnx.TensorProto element types (numbers fixed by onnx.proto; onnx is imported lazily)
 FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64 = 1, 2, 3, 4, 5, 6, 7
+BOOL, DOUBLE = 9, 11
 UINT4, INT4 = 21, 22
 NUMPY = {FLOAT: np.float32, UINT8: np.uint8, INT8: np.int8, UINT16: np.uint16, INT16: np.int16,
-         INT32: np.int32, INT64: np.int64}
+         INT32: np.int32, INT64: np.int64, BOOL: np.bool_, DOUBLE: np.float64}
 RANGES = {UINT8: (0, 255), INT8: (-128, 127), UINT16: (0, 65535), INT16: (-32768, 32767),
           INT32: (-(1 << 31), (1 << 31) - 1), UINT4: (0, 15), INT4: (-8, 7),
           INT64: (-(1 << 63), (1 << 63) - 1)}
 TYPE_NAMES = {FLOAT: "float", UINT8: "uint8", INT8: "int8", UINT16: "uint16", INT16: "int16",
-              INT32: "int32", INT64: "int64", UINT4: "uint4", INT4: "int4"}
+              INT32: "int32", INT64: "int64", UINT4: "uint4", INT4: "int4", BOOL: "bool",
+              DOUBLE: "double"}
 MAX_MODEL_BYTES = (1 << 31) - 1
 
 
@@ -94,7 +96,7 @@ class GraphWriter:
         if key is not None and key in self._cache:
             return self._cache[key]
         arr = np.asarray(array)
-        if elem_type != FLOAT:
+        if elem_type in RANGES:
             lo, hi = RANGES[elem_type]
             if arr.size and (arr.min() < lo or arr.max() > hi):
                 raise ExportError(f"constant {base!r}: values [{arr.min()}, {arr.max()}] do not "

@@ -37,7 +37,7 @@ from simulator.ir.ops import MAC_OPS, OpKind
 from simulator.ir.program import Node, Program, TensorInfo
 from simulator.onnx_export.graph import (FLOAT, INT32, RANGES, GraphWriter, clamp_bounds,
                                          consumers, container, per_tensor)
-from simulator.onnx_export.requant import fit_requant
+from simulator.onnx_export.requant import matching_weight_scales
 
 DEFAULT_OPSET = 21
 FLOAT_OPS = ("conv2d+requantize, fully_connected+requantize, matmul+requantize, maxpool2d, "
@@ -58,7 +58,6 @@ class FloatGraphExporter:
         self.p = program
         self.g = GraphWriter(program, self.form)
         self.readers = consumers(program)
-        self.adjustments: list[dict] = []
         self._real: dict[str, str] = {}
 
     def where(self, node: Node) -> str:
@@ -108,8 +107,6 @@ class FloatGraphExporter:
                                         "accumulator")
             else:
                 self.simple(node)
-        if self.adjustments:
-            g.notes["archnet.requant_adjustments"] = self.adjustments
         return g.model(inputs, list(p.outputs), opset, doc=doc)
 
     def clamp_then_quantize(self, real: str, name: str, lo: int, hi: int, where: str,
@@ -158,7 +155,7 @@ class FloatGraphExporter:
         y = rq.outputs[0]
         tx, tw, ty = p.tensors[x], p.tensors[w], p.tensors[y]
         xs, _ = per_tensor(tx, where)
-        ys, z = per_tensor(ty, self.where(rq))
+        ys, _ = per_tensor(ty, self.where(rq))
         lo, hi = clamp_bounds(rq, ty)
         mult = rq.attrs["real_multiplier"]
         channels = ty.shape[1] if mac.op is not OpKind.MATMUL else 1
@@ -167,20 +164,17 @@ class FloatGraphExporter:
         if mac.op is OpKind.MATMUL:
             if bias:
                 raise self.refuse(mac, "matmul with a bias")
-            fit = fit_requant(xs, per_tensor(tw, where)[0], ys, mult, z, lo, hi, where,
-                              nudge_weights=False)
             w_in = self.real(w, where)
         else:
             if tw.scale is None or tw.data is None:
                 raise self.refuse(mac, f"weights {w!r} need data and a scale")
-            fit = fit_requant(xs, np.asarray(tw.scale, np.float32), ys, mult, z, lo, hi, where)
-            w_in = self.weight(w, fit.w_scale, where)
-        note = fit.note(mac.name)
-        if note:
-            self.adjustments.append(note)
+            # scales whose float32 multiplier is the Program's where one is: what onnxruntime
+            # uses when it fuses the QDQ pattern into QLinearConv / QGemm
+            w_scale = matching_weight_scales(xs, tw.scale, ys, mult)
+            w_in = self.weight(w, w_scale, where)
         ins = [self.real(x, where), w_in]
         if bias:
-            ins.append(self.bias(bias, (np.float32(xs) * fit.w_scale).astype(np.float32), where))
+            ins.append(self.bias(bias, (np.float32(xs) * w_scale).astype(np.float32), where))
         acc = g.typed(g.fresh(f"{y}/acc_real"), FLOAT, ty.shape)
         a = mac.attrs
         if mac.op is OpKind.CONV2D:

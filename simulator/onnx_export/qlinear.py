@@ -1,5 +1,6 @@
-"""The ``qlinear`` form: an 8-bit integer ONNX graph that onnxruntime runs bit-exactly and that
-``import_onnx`` maps back to the same Program.
+"""The ``qlinear`` form: an 8-bit integer ONNX graph whose integers onnxruntime computes as the
+Program does under a chip profile, for every input; ``import_onnx`` maps its QLinear ops back to
+the same Program.
 
 Program                                  ONNX (opset >= 13; 21 by default)
 ---------------------------------------  -----------------------------------------------------
@@ -8,6 +9,8 @@ fully_connected -> requantize            com.microsoft QGemm, transB=1 (int32 bi
                                          onnxruntime's own quantizer writes for a biased Gemm;
                                          standard QLinearMatMul has no bias input
 matmul -> requantize                     QLinearMatMul
+... where no float32 scales are proven   ConvInteger / MatMulInteger, Add of the int32 bias,
+exact (``requant``)                      then the requantize as plain ops (``explicit``)
 conv2d / fully_connected / matmul alone  ConvInteger / MatMulInteger (no bias)
 maxpool2d, concat, flatten, reshape,     MaxPool, Concat, Flatten, Reshape, Transpose on the
 transpose                                integers
@@ -20,8 +23,8 @@ its input's (u8 -> s8), or which clamps (ReLU on a signed output: ``clamp_min`` 
 as the op into its input's type, with a zero point chosen so that its saturation is one bound,
 followed by DequantizeLinear -> QuantizeLinear to the Program's type, zero point and scale,
 whose own saturation is the other bound; that pair returns every integer unchanged (checked).
-The importer folds the three back into one requantize. Scales are chosen as ``requant``
-explains, so that onnxruntime's float32 multiplier gives the Program's integers.
+The importer folds the three back into one requantize. A clamp no zero point expresses (both
+bounds inside the type) takes the explicit form.
 
 The graph input and output types are the Program's (an 8-bit image stays uint8); there is no
 float boundary unless the Program has quantize/dequantize nodes.
@@ -34,9 +37,12 @@ import numpy as np
 from simulator.errors import ExportError
 from simulator.ir.ops import OpKind
 from simulator.ir.program import Node, Program
+from simulator.onnx_export.explicit import (NumpyOps, OnnxOps, check_int64_range, requant_of,
+                                            requantize)
 from simulator.onnx_export.graph import (FLOAT, INT8, INT32, RANGES, TYPE_NAMES, UINT8,
-                                         GraphWriter, clamp_bounds, consumers, per_tensor)
-from simulator.onnx_export.requant import fit_requant
+                                         GraphWriter, clamp_bounds, consumers, per_tensor,
+                                         short_list)
+from simulator.onnx_export.requant import Layer, fit_qlinear, integer_identity, layer_of
 
 SUPPORTED = ("conv2d+requantize, fully_connected+requantize, matmul+requantize, conv2d and "
              "fully_connected without bias, matmul, maxpool2d, concat, flatten, reshape, "
@@ -57,10 +63,32 @@ def _type(t, where: str, *, bias_ok: bool = False) -> int:
                       f"integers only (use form='int4' or form='qonnx' below 8 bits)")
 
 
+def _op_zero_point(t_in: int, t_out: int, z: int, lo: int, hi: int) -> int | None:
+    """The zero point of a QLinear op writing its input's type ``t_in`` so that its saturation
+    is one of the Program's bounds [lo, hi] (the DequantizeLinear -> QuantizeLinear after it
+    gives the other); None where no zero point does (both bounds inside the type)."""
+    q1min, q1max = RANGES[t_in]
+    t_min, t_max = RANGES[t_out]
+    if lo > t_min and hi < t_max:
+        return None
+    if lo > t_min:
+        z1 = q1min + z - lo
+    elif hi < t_max:
+        z1 = q1max + z - hi
+    else:
+        z1 = z + q1min - t_min
+    if not q1min <= z1 <= q1max or \
+            (max(q1min - z1 + z, t_min), min(q1max - z1 + z, t_max)) != (lo, hi):
+        return None
+    return z1
+
+
 class QLinearExporter:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, profile):
         self.p = program
+        self.arith = profile.arithmetic
         self.g = GraphWriter(program, "qlinear")
+        self.g.notes["archnet.profile"] = profile.name
         self.readers = consumers(program)
         self.adjustments: list[dict] = []
 
@@ -128,6 +156,8 @@ class QLinearExporter:
 
     # ------------------------------------------------------------------ MAC + requantize
     def mac_requantize(self, mac: Node, rq: Node) -> None:
+        """A QLinear op where scales are proven to give the Program's integers on every
+        reachable accumulator (``requant``), else the explicit form (``explicit``)."""
         g, p = self.g, self.p
         where = self.where(mac)
         x, w = mac.inputs[0], mac.inputs[1]
@@ -142,6 +172,8 @@ class QLinearExporter:
         if mac.op is OpKind.MATMUL:
             ws, w_zp = per_tensor(tw, where)
             w_scale = np.float32(ws)
+            if bias:
+                raise self.refuse(mac, "matmul with a bias")
         else:
             if tw.scale is None or tw.data is None:
                 raise self.refuse(mac, f"weights {w!r} need data and a scale")
@@ -151,32 +183,29 @@ class QLinearExporter:
         if len(mult) > 1 and (rq.attrs["axis"] % len(ty.shape) != 1 or len(mult) != channels):
             raise self.refuse(rq, f"per-channel multipliers along axis {rq.attrs['axis']} (ONNX: "
                                   f"output channels, axis 1)")
-        # the op's own output: the input's type, a zero point putting one bound at its saturation
-        t_min, t_max = RANGES[t_out]
-        if lo > t_min and hi < t_max:
-            raise self.refuse(rq, f"clamp to [{lo}, {hi}] (both bounds inside {ty.dtype}) is")
-        if lo > t_min:
-            z1 = q1min + z - lo
-        elif hi < t_max:
-            z1 = q1max + z - hi
-        else:
-            z1 = z + q1min - t_min
-        if not q1min <= z1 <= q1max or \
-                (max(q1min - z1 + z, t_min), min(q1max - z1 + z, t_max)) != (lo, hi):
-            raise self.refuse(rq, f"clamp [{lo}, {hi}] with zero point {z} from a "
-                                  f"{TYPE_NAMES[t_in]} input is")
-        chain_needed = t_in != t_out or z1 != z
-        fit = fit_requant(xs, w_scale, ys, mult, z, lo, hi, where,
-                          nudge_weights=mac.op is not OpKind.MATMUL,
-                          k_range=(q1min - z1, q1max - z1))
-        chain = chain_needed or fit.y_scale_moved
+        layer = layer_of(p, mac, rq, self.arith, where, lo, hi)
+        z1 = _op_zero_point(t_in, t_out, z, lo, hi)
+        chain = t_in != t_out or z1 != z
+        if z1 is None:
+            self.mac_explicit(mac, rq, layer, f"clamp [{lo}, {hi}] inside "
+                                              f"{TYPE_NAMES[t_out]} from {TYPE_NAMES[t_in]}")
+            return
+        if chain and not integer_identity(ys, ys, q1min - z1, q1max - z1):
+            self.mac_explicit(mac, rq, layer, "no DequantizeLinear -> QuantizeLinear identity")
+            return
+        fit, missing = fit_qlinear(layer, xs, w_scale, ys,
+                                   free_weights=mac.op is not OpKind.MATMUL)
+        if fit is None:
+            self.mac_explicit(mac, rq, layer, f"no float32 scale proven for channels "
+                                              f"{short_list(missing, 8)}")
+            return
         note = fit.note(mac.name)
         if note:
             self.adjustments.append(note)
         xq = self.qparams(x, where)
-        if chain:
+        if chain:  # the op writes its input's type; DequantizeLinear -> QuantizeLinear retype
             y1 = g.fresh(f"{y}/{TYPE_NAMES[t_in]}")
-            y1q = (g.scalar(f"{y1}/scale", fit.y_scale, FLOAT),
+            y1q = (g.scalar(f"{y1}/scale", np.float32(ys), FLOAT),
                    g.scalar(f"{y1}/zero_point", z1, t_in))
             g.typed(y1, t_in, ty.shape)
         else:
@@ -203,8 +232,6 @@ class QLinearExporter:
             g.add("QGemm", [xin, *xq, win, *wq, b_in, *y1q], y1, name=mac.name,
                   domain="com.microsoft", transB=1)
         else:
-            if bias:
-                raise self.refuse(mac, "matmul with a bias")
             g.add("QLinearMatMul", [xin, *xq, win, *wq, *y1q], y1, name=mac.name)
         if chain:
             real = g.typed(g.fresh(f"{y}/real"), FLOAT, ty.shape)
@@ -213,14 +240,46 @@ class QLinearExporter:
                   name=f"{rq.name}/quantize")
         self.output(rq)
 
-    def mac_integer(self, mac: Node) -> None:
-        """A MAC whose int32 accumulator is kept: ConvInteger / MatMulInteger (no bias)."""
+    def mac_explicit(self, mac: Node, rq: Node, layer: Layer, why: str) -> None:
+        """The MAC on int32 (its accumulator a graph value) and the requantize as ops that
+        compute the Program's rounding (``explicit``), proven equal before anything is
+        written."""
+        p = self.p
+        where = self.where(mac)
+        ty = p.tensors[rq.outputs[0]]
+        out_elem = _type(ty, self.where(rq))
+        requant = requant_of(p, mac, rq, self.arith, layer.channels)
+        window = layer.window()
+        check_int64_range(requant, window, where)
+
+        def form(acc: np.ndarray) -> np.ndarray:
+            return requantize(NumpyOps(), acc.astype(np.int32), requant, window, layer.z,
+                              layer.lo, layer.hi, out_elem, (1, layer.channels)
+                              ).astype(np.int64)
+
+        bad = np.nonzero(~layer.same_map(form))[0]
+        if bad.size:
+            raise ExportError(f"{where}: output channels {short_list(bad.tolist())} of its "
+                              f"requantize have no exact ONNX form ({requant.name} differ "
+                              f"from the Program's {self.arith.requant.rounding.value} rounding)")
+        acc = self.int32_mac(mac, self.g.fresh(f"{mac.outputs[0]}/int32")
+                             if len(mac.inputs) > 2 else mac.outputs[0])
+        if len(mac.inputs) > 2:
+            acc = self.add_bias(mac, acc)
+        else:
+            self.g.holds(acc, mac.outputs[0])
+        cshape = {4: (1, layer.channels, 1, 1), 2: (1, layer.channels)}.get(len(ty.shape), ())
+        ops = OnnxOps(self.g, rq.name, ty.shape, {acc: INT32})
+        requantize(ops, acc, requant, window, layer.z, layer.lo, layer.hi, out_elem,
+                   cshape if layer.channels > 1 else (), out=rq.outputs[0])
+        self.adjustments.append({"node": mac.name, "form": requant.name, "why": why})
+        self.output(rq)
+
+    def int32_mac(self, mac: Node, out: str) -> str:
+        """ConvInteger / MatMulInteger of the MAC's inputs into int32 value ``out``."""
         g, p = self.g, self.p
         where = self.where(mac)
-        if len(mac.inputs) > 2:
-            raise self.refuse(mac, "a biased MAC whose accumulator is not requantized (ONNX "
-                                   "ConvInteger and MatMulInteger have no bias) is")
-        x, w = mac.inputs
+        x, w = mac.inputs[:2]
         tx, tw = p.tensors[x], p.tensors[w]
         zx = g.scalar(f"{x}/zero_point", per_tensor(tx, where)[1], _type(tx, where),
                       key=("zp", x))
@@ -229,23 +288,40 @@ class QLinearExporter:
             zw = g.initializer(f"{w}/zero_point", wz.reshape(()) if wz.size == 1 else wz,
                                _type(tw, where))
             a = mac.attrs
-            g.add("ConvInteger", [self.value(x, where), self.value(w, where), zx, zw],
-                  mac.outputs[0], name=mac.name, kernel_shape=list(tw.shape[2:]),
-                  strides=a["strides"], pads=a["pads"], dilations=a["dilations"],
-                  group=a["groups"])
+            g.add("ConvInteger", [self.value(x, where), self.value(w, where), zx, zw], out,
+                  name=mac.name, kernel_shape=list(tw.shape[2:]), strides=a["strides"],
+                  pads=a["pads"], dilations=a["dilations"], group=a["groups"])
         elif mac.op is OpKind.FULLY_CONNECTED:
             if wz.size != 1:
-                raise self.refuse(mac, "per-channel weight zero points without requantize")
+                raise self.refuse(mac, "per-channel weight zero points on MatMulInteger")
             wt = g.initializer(f"{w}/transposed", np.ascontiguousarray(tw.data.T),
                                _type(tw, where))
             zw = g.scalar(f"{w}/zero_point", int(wz.ravel()[0]), _type(tw, where))
-            g.add("MatMulInteger", [self.value(x, where), wt, zx, zw], mac.outputs[0],
-                  name=mac.name)
+            g.add("MatMulInteger", [self.value(x, where), wt, zx, zw], out, name=mac.name)
         else:
             zw = g.scalar(f"{w}/zero_point", per_tensor(tw, where)[1], _type(tw, where),
                           key=("zp", w))
-            g.add("MatMulInteger", [self.value(x, where), self.value(w, where), zx, zw],
-                  mac.outputs[0], name=mac.name)
+            g.add("MatMulInteger", [self.value(x, where), self.value(w, where), zx, zw], out,
+                  name=mac.name)
+        return g.typed(out, INT32, p.tensors[mac.outputs[0]].shape)
+
+    def add_bias(self, mac: Node, acc: str) -> str:
+        """The int32 bias added along the channel axis: the Program's accumulator."""
+        g, p = self.g, self.p
+        t = p.tensors[mac.outputs[0]]
+        bias = p.tensors[mac.inputs[2]].data.astype(np.int32)
+        shape = (1, bias.size, 1, 1) if len(t.shape) == 4 else (1, bias.size)
+        b = g.initializer(f"{mac.inputs[2]}/channels", bias.reshape(shape), INT32)
+        g.add("Add", [acc, b], mac.outputs[0], name=f"{mac.name}/bias")
+        g.typed(mac.outputs[0], INT32, t.shape)
+        return g.holds(mac.outputs[0], mac.outputs[0])
+
+    def mac_integer(self, mac: Node) -> None:
+        """A MAC whose int32 accumulator is kept: ConvInteger / MatMulInteger (no bias)."""
+        if len(mac.inputs) > 2:
+            raise self.refuse(mac, "a biased MAC whose accumulator is not requantized (ONNX "
+                                   "ConvInteger and MatMulInteger have no bias) is")
+        self.int32_mac(mac, mac.outputs[0])
         self.output(mac)
 
     # ------------------------------------------------------------------ everything else
@@ -289,9 +365,10 @@ class QLinearExporter:
         self.output(node)
 
 
-def export_qlinear(program: Program, opset: int | None = None):
+def export_qlinear(program: Program, opset: int | None, profile):
+    """``profile``: the ChipProfile whose arithmetic the graph must reproduce."""
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset < MIN_OPSET:
         raise ExportError(f"form 'qlinear' needs opset >= {MIN_OPSET} (per-channel "
                           f"DequantizeLinear), got {opset}")
-    return QLinearExporter(program).run(opset)
+    return QLinearExporter(program, profile).run(opset)

@@ -4,7 +4,8 @@
 Softmax ...) is imported for cost estimation only; a graph of ONNX integer ops
 (QuantizeLinear, QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, onnxruntime's QGemm,
 MaxPool, Concat, Relu, Reshape/Flatten/Transpose, DequantizeLinear) becomes a Program the
-simulator executes with the ``onnx-qlinear`` arithmetic. Every failure is a one-line
+simulator executes with the ``onnx-qlinear`` arithmetic (onnxruntime's QLinearSigmoid,
+QLinearLeakyRelu and QLinearMul too). Every failure is a one-line
 ``ModelImportError`` naming the file and the node or field at fault.
 """
 
@@ -19,7 +20,9 @@ QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLi
                        "ConvInteger", "MatMulInteger"})
 # onnxruntime's contrib integer ops the executable import maps (domain, op_type): QGemm is how
 # onnxruntime's own quantizer writes a fully connected layer with an int32 bias
-CONTRIB_QUANT_OPS = frozenset({("com.microsoft", "QGemm")})
+CONTRIB_QUANT_OPS = frozenset({("com.microsoft", "QGemm"), ("com.microsoft", "QLinearSigmoid"),
+                               ("com.microsoft", "QLinearLeakyRelu"),
+                               ("com.microsoft", "QLinearMul")})
 REMOVABLE_OPS = frozenset({"Identity", "Dropout"})
 
 __all__ = ["import_onnx", "has_float_compute", "QUANT_OPS"]

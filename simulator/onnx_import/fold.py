@@ -1,7 +1,8 @@
 """Fold shape arithmetic once input shapes are static.
 
-Exporters (torch.onnx above all) compute Reshape targets and Slice bounds at run time:
-``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``. ONNX shape inference cannot always follow
+Exporters (torch.onnx above all) compute Reshape targets, Slice bounds and Pad amounts at run
+time: ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``, ``ConstantOfShape -> Concat ->
+Slice -> Transpose -> Reshape -> Pad``. ONNX shape inference cannot always follow
 such chains, so values downstream have no static shape. With static graph inputs, ``Shape`` and
 ``Size`` of a statically shaped value are constants; this pass evaluates them and every small
 all-constant node after them (with onnx.reference, node by node), turns the results into
@@ -35,10 +36,9 @@ def _static_shapes(model) -> dict[str, tuple[int, ...]]:
 
 
 def needs_folding(model) -> bool:
-    """Some node output has no static shape, and the graph computes shapes at run time."""
+    """Some node output has no static shape: shapes or pads may be computed at run time (a
+    Shape chain, or torch's Pad amounts as Constant -> ConstantOfShape -> Concat -> Slice)."""
     g = model.graph
-    if not any(n.op_type in ("Shape", "Size") for n in g.node):
-        return False
     shapes = _static_shapes(model)
     return any(o and o not in shapes for n in g.node for o in n.output)
 
@@ -106,5 +106,10 @@ def fold_shape_arithmetic(model, opset: int):
         for name in g.node[i].output:
             if name and name in needed and name not in existing:
                 new.graph.initializer.append(numpy_helper.from_array(values[name], name))
+    # shapes the file or the first inference gave stay (an old op inference cannot redo keeps
+    # its shape); only the values now folded into initializers lose theirs
+    folded_names = {o for i in folded_nodes for o in g.node[i].output}
+    kept = [vi for vi in g.value_info if vi.name not in folded_names]
     del new.graph.value_info[:]
+    new.graph.value_info.extend(kept)
     return new, len(folded_nodes)

@@ -29,8 +29,11 @@ def conv2d(t, node, x: str, w: str, bias: str | None, out: str, **out_kw) -> boo
     group = int(attr(node, "group", 1))
     if group < 1:
         raise ModelImportError(f"{t.where(node)}: group {group} must be >= 1")
-    strides, pads, dilations = window_geometry(node, x_shape[2:], kernel, t.where(node),
+    extra = t.folded_pads.pop(x, (0, 0, 0, 0))  # a Pad before the conv, folded by ops_layout
+    in_hw = (x_shape[2] + extra[0] + extra[2], x_shape[3] + extra[1] + extra[3])
+    strides, pads, dilations = window_geometry(node, in_hw, kernel, t.where(node),
                                                allow_ceil=False)
+    pads = tuple(p + e for p, e in zip(pads, extra))
     inputs = [t.use(x, node), t.use(w, node)]
     if bias:
         inputs.append(t.use(bias, node))

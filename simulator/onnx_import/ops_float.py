@@ -2,12 +2,17 @@
 
 Conv -> conv2d, Gemm/MatMul -> fully_connected or matmul, pools, Concat, Add/Sum -> add,
 Softmax -> softmax, BatchNormalization right after a Conv folded into it, a bias Add right after
-a MatMul by weights folded into its fully_connected, Relu fused into the MAC or add that feeds
-it; every other op is a ``fallback`` node that names the ONNX op and keeps its attributes, with
-the output shapes from shape inference.
+a MatMul by weights folded into its fully_connected, Relu and Clip fused into the MAC or add that
+feeds it, Mul of two activations (a squeeze-and-excitation gate) -> mul, ReduceMean over H and W
+-> global average pool, PRelu -> the activation unit; activation functions however spelled
+(Sigmoid, HardSwish, SiLU as Sigmoid and Mul, GELU as Erf or Tanh arithmetic) are found by
+``functions`` before the walk. Every other op is a ``fallback`` node that names the ONNX op and
+keeps its attributes, with the output shapes from shape inference.
 """
 
 from __future__ import annotations
+
+import math
 
 from simulator.errors import ModelImportError
 from simulator.ir.ops import OpKind
@@ -218,10 +223,62 @@ def _fold_fc_bias(t, node) -> bool:
 
 
 def mul(t, node) -> None:
+    """A per-channel or scalar constant after a conv folds into it; two activations, one
+    broadcast to the other (a squeeze-and-excitation gate [N, C, 1, 1] times the feature map),
+    are the elementwise mul; anything else is a fallback."""
     if not t.estimate:
         return t.unsupported(node, "Mul")
-    if not _fold_affine(t, node):
-        fallback(t, node)
+    if _fold_affine(t, node):
+        return
+    names = [n for n in node.input if n]
+    if len(names) != 2 or any(t.is_const(n) for n in names):
+        return fallback(t, node)
+    a, b = names
+    y_shape = t.onnx_shape(node.output[0])
+    if y_shape is not None and tuple(t.shape(a, node)) != tuple(y_shape):
+        a, b = b, a  # the operand with the output's shape first: the other broadcasts to it
+    y = node.output[0]
+    if y_shape is None or tuple(t.shape(a, node)) != tuple(y_shape):
+        return fallback(t, node)
+    t.emit(node, OpKind.MUL, [t.use(a, node), t.use(b, node)], y, **t.output_kwargs(y, node))
+
+
+def prelu(t, node) -> None:
+    """PRelu with a constant slope: the activation unit's prelu (leaky_relu for one slope)."""
+    slope = node.input[1] if len(node.input) > 1 else ""
+    x, y = node.input[0], node.output[0]
+    if not t.estimate or not slope or not t.is_const(slope) or \
+            tuple(t.onnx_shape(y) or ()) != tuple(t.shape(x, node)):
+        return fallback(t, node) if t.estimate else t.unsupported(node, "PRelu")
+    shape = t.onnx_shape(t.resolve(slope)) or t.onnx_shape(slope) or ()
+    function = "leaky_relu" if math.prod(shape) == 1 else "prelu"
+    t.emit(node, OpKind.LOOKUP_TABLE, [t.use(x, node)], y, table=[], function=function,
+           **t.output_kwargs(y, node))
+
+
+def reduce_mean(t, node) -> None:
+    """ReduceMean over H and W of an NCHW tensor (how torchvision's MobileNets pool): the
+    global average pool, then a reshape when the reduced axes are dropped."""
+    if not t.estimate:
+        return t.unsupported(node, "ReduceMean")
+    shape = t.shape(node.input[0], node)
+    if t.g.opset >= 18 and len(node.input) > 1 and node.input[1]:
+        axes = t.maybe_value(node.input[1])
+        axes = None if axes is None else [int(a) for a in axes.ravel()]
+    else:
+        axes = attr(node, "axes", None)
+    if axes is None or len(shape) != 4 or sorted(a % 4 for a in axes) != [2, 3]:
+        return fallback(t, node)
+    y = node.output[0]
+    x = t.use(node.input[0], node)
+    if int(attr(node, "keepdims", 1)):
+        t.emit(node, OpKind.GLOBAL_AVGPOOL2D, [x], y, **t.output_kwargs(y, node))
+        return
+    pooled = t.fresh(f"{y}_pooled")
+    t.emit(node, OpKind.GLOBAL_AVGPOOL2D, [x], pooled, check_onnx_shape=False,
+           **t.output_kwargs(y, node))
+    t.emit(node, OpKind.RESHAPE, [pooled], y, suffix="/squeeze", shape=list(shape[:2]),
+           **t.output_kwargs(y, node))
 
 
 def add(t, node) -> None:
@@ -262,5 +319,6 @@ def softmax(t, node) -> None:
 
 HANDLERS = {
     "Conv": conv, "BatchNormalization": batch_normalization, "Gemm": gemm, "MatMul": matmul,
-    "Add": add, "Sum": add, "Mul": mul, "Softmax": softmax,
+    "Add": add, "Sum": add, "Mul": mul, "Softmax": softmax, "PRelu": prelu,
+    "ReduceMean": reduce_mean,
 }

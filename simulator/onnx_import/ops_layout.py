@@ -80,25 +80,33 @@ def concat(t, node) -> None:
 def relu(t, node) -> None:
     if t.estimate and t.is_float(node.input[0]):
         return fused_relu(t, node)
+    # ONNX Relu on integers is max(x, 0) of the stored values, whatever the zero point
+    _integer_clamp(t, node, 0, None)
+
+
+def _integer_clamp(t, node, lo, hi) -> None:
+    """A clamp of the stored integers to [lo, hi] (None: the type's end), cut to the type."""
     if t.is_float(node.input[0]):
-        return t.unsupported(node, "float Relu")
+        return t.unsupported(node, f"float {node.op_type}")
     x = t.use(node.input[0], node)
     dtype = t.b.tensors[x].dtype
     if not isinstance(dtype, IntType):
-        return t.unsupported(node, f"Relu on {dtype}")
-    # ONNX Relu on integers is max(x, 0) of the stored values, whatever the zero point
-    t.emit(node, OpKind.CLAMP, [x], node.output[0], min=0, max=dtype.qmax,
+        return t.unsupported(node, f"{node.op_type} on {dtype}")
+    lo = dtype.qmin if lo is None else max(dtype.qmin, int(lo))
+    hi = dtype.qmax if hi is None else min(dtype.qmax, int(hi))
+    t.emit(node, OpKind.CLAMP, [x], node.output[0], min=lo, max=hi,
            **t.output_kwargs(node.output[0], node))
 
 
 def fused_relu(t, node) -> None:
-    """Float Relu for estimation: fused into the MAC or add that feeds it (as every NPU does, the
-    activation is the clamp of the requantization), else a clamp node of its own."""
+    """Float Relu or Clip (ReLU6, any bounds) for estimation: fused into the MAC, add or mul
+    that feeds it (as every NPU does, TFLite's fused RELU/RELU6: the activation is the clamp of
+    the requantization), else a clamp node of its own."""
     src = t.resolve(node.input[0])
     kind = t.producing_op(src)
-    if kind in (OpKind.CONV2D, OpKind.FULLY_CONNECTED, OpKind.MATMUL, OpKind.ADD) \
+    if kind in (OpKind.CONV2D, OpKind.FULLY_CONNECTED, OpKind.MATMUL, OpKind.ADD, OpKind.MUL) \
             and t.sole_consumer(node):
-        if kind is OpKind.ADD:
+        if kind in (OpKind.ADD, OpKind.MUL) and node.op_type == "Relu":
             t.replace_node(t.producer[src], attrs={"clamp_min": 0})
         t.alias[node.output[0]] = src
         t.meta.setdefault("fused_activations", []).append(
@@ -108,6 +116,71 @@ def fused_relu(t, node) -> None:
     # a float clamp: the bounds are real numbers 0 and +inf; INT32_MAX stands for "none"
     t.emit(node, OpKind.CLAMP, [t.use(node.input[0], node)], node.output[0], min=0,
            max=INT32_MAX, **t.output_kwargs(node.output[0], node))
+
+
+def _clip_bounds(t, node) -> tuple[object, object] | None:
+    """Clip's (min, max) as constants (None where absent), or None when one is computed."""
+    if t.g.opset < 11:
+        return attr(node, "min", None), attr(node, "max", None)
+    bounds = []
+    for i in (1, 2):
+        if len(node.input) <= i or not node.input[i]:
+            bounds.append(None)
+            continue
+        v = t.maybe_value(node.input[i])
+        if v is None or np.asarray(v).size != 1:
+            return None
+        bounds.append(np.asarray(v).ravel()[0])
+    return bounds[0], bounds[1]
+
+
+def clip(t, node) -> None:
+    """Clip: a clamp. Float (estimation): fused like Relu. Integer: ONNX clips the stored
+    values, so the clamp's bounds are the constants as given, cut to the type's range."""
+    bounds = _clip_bounds(t, node)
+    if bounds is None:
+        return t.unsupported(node, "Clip with bounds computed at run time")
+    if t.estimate and t.is_float(node.input[0]):
+        return fused_relu(t, node)
+    _integer_clamp(t, node, *bounds)
+
+
+CONV_LIKE = frozenset({"Conv", "QLinearConv", "ConvInteger"})
+
+
+def _conv_input_zero(t, conv) -> int | None:
+    """The value a conv's padding holds: the zero point of its input (0 for a float Conv)."""
+    index = {"QLinearConv": 2, "ConvInteger": 2}.get(conv.op_type)
+    if index is None or len(conv.input) <= index or not conv.input[index]:
+        return 0
+    v = t.maybe_value(conv.input[index])
+    return None if v is None or np.asarray(v).size != 1 else int(np.asarray(v).ravel()[0])
+
+
+def pad(t, node) -> None:
+    """Pad of H and W by a constant that reads as zero, read only by a conv: folded into the
+    conv's own padding (chips pad in the conv's window fetch; TFLite and Vela fold PAD the same
+    way). Anything else is an op of its own."""
+    x, y = node.input[0], node.output[0]
+    pads = _const_ints(t, node, 1) if t.g.opset >= 11 else \
+        [int(v) for v in attr(node, "pads", [])]
+    mode = attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    value = t.maybe_value(node.input[2]) if len(node.input) > 2 and node.input[2] else \
+        attr(node, "value", 0.0) if t.g.opset < 11 else 0
+    readers = [n for n in t.g.nodes if y in n.input]
+    zero = _conv_input_zero(t, readers[0]) if len(readers) == 1 else None
+    axes_ok = pads is not None and len(pads) == 8 and pads[0] == pads[1] == pads[4] == \
+        pads[5] == 0 and min(pads) >= 0
+    if mode == "constant" and axes_ok and value is not None and zero is not None and \
+            np.asarray(value).size == 1 and float(np.asarray(value).ravel()[0]) == zero and \
+            len(readers) == 1 and readers[0].op_type in CONV_LIKE and readers[0].input[0] == y \
+            and y not in t.graph_outputs and len(t.shape(x, node)) == 4:
+        t.use(x, node)
+        t.folded_pads[y] = (pads[2], pads[3], pads[6], pads[7])
+        t.remove(node, f"padding folded into {readers[0].name or readers[0].output[0]}")
+        return
+    t.unsupported(node, "Pad that is not zero padding of H and W before a conv")
 
 
 def _const_ints(t, node, index: int):
@@ -212,7 +285,7 @@ def identity(t, node) -> None:
 
 HANDLERS = {
     "MaxPool": maxpool, "AveragePool": averagepool, "GlobalAveragePool": global_averagepool,
-    "Concat": concat, "Relu": relu, "Reshape": reshape, "Squeeze": squeeze_unsqueeze,
+    "Concat": concat, "Relu": relu, "Clip": clip, "Pad": pad, "Reshape": reshape, "Squeeze": squeeze_unsqueeze,
     "Unsqueeze": squeeze_unsqueeze, "Flatten": flatten, "Transpose": transpose,
     "Identity": identity, "Dropout": identity,
 }

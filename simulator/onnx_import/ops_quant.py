@@ -268,9 +268,62 @@ def qgemm(t, node) -> None:
            axis=1, **t.output_kwargs(y, node, dtype))
 
 
+# ------------------------------------------------------------------ activations and gates
+
+def _scalar(t, node, name: str, what: str):
+    v = np.asarray(t.value(name, node))
+    if v.size != 1:
+        raise ModelImportError(f"{t.where(node)}: {what} {name!r} must be one value, has "
+                               f"{v.size}")
+    return v.ravel()[0]
+
+
+def _float_function(op_type: str, node):
+    if op_type == "QLinearSigmoid":
+        return "sigmoid", lambda f: (1.0 / (1.0 + np.exp(-f.astype(np.float64)))
+                                     ).astype(np.float32)
+    alpha = np.float32(attr(node, "alpha", 0.01))
+    return "leaky_relu", lambda f: np.where(f >= 0, f, f * alpha).astype(np.float32)
+
+
+def qlinear_lookup(t, node) -> None:
+    """onnxruntime's QLinearSigmoid / QLinearLeakyRelu: 8-bit in, 8-bit out, as onnxruntime
+    runs them, a table over every input value: ``x`` dequantized in float32, the function,
+    divided by the output scale in float32, rounded half to even, zero point added, clamped."""
+    x, y = node.input[0], node.output[0]
+    if t.estimate:
+        return t.fallback(t, node)
+    xt, yt = t.elem_dtype(x, node), t.elem_dtype(y, node)
+    if not isinstance(xt, IntType) or xt.bits != 8 or yt != xt:
+        return t.unsupported(node, f"{node.op_type} from {xt} to {yt}")
+    xs = np.float32(_scalar(t, node, node.input[1], "x_scale"))
+    xz = int(_scalar(t, node, node.input[2], "x_zero_point")) if _opt(node, 2) else 0
+    ys = np.float32(_scalar(t, node, node.input[3], "y_scale"))
+    yz = int(_scalar(t, node, node.input[4], "y_zero_point")) if _opt(node, 4) else 0
+    function, fn = _float_function(node.op_type, node)
+    values = np.arange(xt.qmin, xt.qmax + 1, dtype=np.int64)
+    real = fn((values - xz).astype(np.float32) * xs)
+    table = np.clip(np.rint(real / ys).astype(np.int64) + yz, yt.qmin, yt.qmax)
+    t.emit(node, OpKind.LOOKUP_TABLE, [t.use(x, node)], y, table=[int(v) for v in table],
+           function=function, **t.output_kwargs(y, node))
+
+
+def qlinear_mul(t, node) -> None:
+    """onnxruntime's QLinearMul of two activations, b broadcast to a: the elementwise mul."""
+    a, b, y = node.input[0], node.input[3], node.output[0]
+    if t.estimate:
+        return t.fallback(t, node)
+    if any(t.is_const(n) for n in (a, b)):
+        return t.unsupported(node, "QLinearMul by a constant")
+    if tuple(t.shape(a, node)) != tuple(t.onnx_shape(y) or ()):
+        a, b = b, a
+    t.emit(node, OpKind.MUL, [t.use(a, node), t.use(b, node)], y, **t.output_kwargs(y, node))
+
+
 HANDLERS = {
     "QuantizeLinear": quantize_linear, "DequantizeLinear": dequantize_linear,
     "QLinearConv": qlinear_conv, "ConvInteger": conv_integer,
     "QLinearMatMul": qlinear_matmul, "MatMulInteger": matmul_integer,
-    "com.microsoft.QGemm": qgemm,
+    "com.microsoft.QGemm": qgemm, "com.microsoft.QLinearSigmoid": qlinear_lookup,
+    "com.microsoft.QLinearLeakyRelu": qlinear_lookup, "com.microsoft.QLinearMul": qlinear_mul,
 }

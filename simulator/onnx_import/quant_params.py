@@ -18,8 +18,8 @@ import numpy as np
 
 from simulator.errors import ModelImportError
 
-PASS_THROUGH = frozenset({"MaxPool", "Concat", "Relu", "Reshape", "Flatten", "Transpose",
-                          "Squeeze", "Unsqueeze", "Identity", "Dropout"})
+PASS_THROUGH = frozenset({"MaxPool", "Concat", "Relu", "Clip", "Pad", "Reshape", "Flatten",
+                          "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,13 @@ def collect(nodes, value: Callable, const_node: Callable, where: Callable,
             claim(node.input[0], node, opt(node, 1), opt(node, 2))
             claim(node.input[3], node, opt(node, 4), opt(node, 5), 0 if _trans_b(node) else -1)
             claim(node.output[0], node, opt(node, 7), opt(node, 8))
+        elif op in ("QLinearSigmoid", "QLinearLeakyRelu") and node.domain == "com.microsoft":
+            claim(node.input[0], node, opt(node, 1), opt(node, 2))
+            claim(node.output[0], node, opt(node, 3), opt(node, 4))
+        elif op == "QLinearMul" and node.domain == "com.microsoft":
+            claim(node.input[0], node, opt(node, 1), opt(node, 2))
+            claim(node.input[3], node, opt(node, 4), opt(node, 5))
+            claim(node.output[0], node, opt(node, 6), opt(node, 7))
         elif op == "ConvInteger":
             claim(node.input[0], node, None, opt(node, 2))
             claim(node.input[1], node, None, opt(node, 3), 0)

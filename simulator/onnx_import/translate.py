@@ -20,7 +20,7 @@ from simulator.errors import ModelImportError, SimulatorError
 from simulator.ir.builder import ProgramBuilder
 from simulator.ir.ops import OpKind, infer_shape
 from simulator.ir.program import Program, make_node
-from simulator.onnx_import import quant_params
+from simulator.onnx_import import functions, quant_params
 from simulator.onnx_import.attributes import INTEGER_ELEM_TYPES, dtype_of
 from simulator.onnx_import.reader import (SHAPE_ONLY_MAX_ELEMENTS, OnnxGraph, initializer_array,
                                           one_line)
@@ -49,6 +49,7 @@ class Translator:
             self.meta["assumed_input_shapes"] = {k: list(v) for k, v in
                                                  graph.assumed_input_shapes.items()}
         self.alias: dict[str, str] = {}
+        self.folded_pads: dict[str, tuple[int, int, int, int]] = {}  # Pad output -> t, l, b, r
         self.producer: dict[str, int] = {}      # Program tensor -> index into b.nodes
         self.node_names: set[str] = set()
         self.reserved = {n for node in graph.nodes for n in list(node.input) + list(node.output)}
@@ -339,10 +340,14 @@ class Translator:
                 self.g.nodes, self.value, self.is_const_node, self.where,
                 lambda n: len(self.g.shapes[n]) if self.g.shapes.get(n) is not None else None)
         self.declare_inputs()
-        for node in self.g.nodes:
-            if self.is_const_node(node):
+        starts, inside = self._activation_functions()
+        for i, node in enumerate(self.g.nodes):
+            if self.is_const_node(node) or i in inside:
                 continue
             if not any(self.used(o) for o in node.output):
+                continue
+            if i in starts:
+                self.lookup_function(node, starts[i])
                 continue
             handler = handlers.get(node.op_type, default) if node.domain in ("", "ai.onnx") \
                 else handlers.get(f"{node.domain}.{node.op_type}", default)  # e.g. QGemm
@@ -364,6 +369,28 @@ class Translator:
         except SimulatorError as exc:
             raise ModelImportError(f"{self.g.path}: translated Program is invalid: "
                                    f"{one_line(exc)}") from None
+
+    def _activation_functions(self) -> tuple[dict, set]:
+        """Estimation: the float activation functions (one per subgraph), by first node."""
+        if not self.estimate:
+            return {}, set()
+        found = [f for f in functions.find_functions(list(self.g.nodes), set(self.g.outputs),
+                                                     self.is_const, self.maybe_value, self.g.opset)
+                 # a function keeps x's shape; one that broadcasts x is no table
+                 if self.g.shapes.get(f.y) is not None
+                 and self.g.shapes.get(f.y) == self.g.shapes.get(f.x)]
+        starts = {f.members[0]: f for f in found}
+        inside = {i for f in found for i in f.members[1:]}
+        return starts, inside
+
+    def lookup_function(self, node, fn: "functions.Function") -> None:
+        """One activation function of a float graph: a lookup_table naming it, its table left
+        empty (only its cost is estimated)."""
+        self.emit(node, OpKind.LOOKUP_TABLE, [self.use(fn.x, node)], fn.y, table=[],
+                  function=fn.function, **self.output_kwargs(fn.y, node))
+        spelled = [self.g.nodes[i].op_type for i in fn.members]
+        self.meta.setdefault("activation_functions", []).append(
+            {"node": node.name or node.output[0], "function": fn.function, "ops": spelled})
 
     def _drop_dead(self) -> None:
         """Remove nodes nothing reads (e.g. shape computations a Reshape no longer needs)."""

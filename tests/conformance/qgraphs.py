@@ -232,9 +232,16 @@ def check_case(case: Case, tmp_path: Path, backend_names: list[str] | None = Non
     ort = run_onnxruntime(path, case.inputs, intermediates=True)
     arithmetic = onnx_qlinear_arithmetic()
     outcome = Outcome()
+    # a folded node (a Pad taken into its conv's padding) has no value of its own by design
+    removed = {r["node"] for r in program.metadata.get("removed_nodes", [])
+               if r["op_type"] == "Pad"}
+    folded = {o for n in case.model.graph.node if (n.name or n.output[0]) in removed
+              for o in n.output}
     for backend in backend_names or backends():
         sim = execute(program, arithmetic, case.inputs, backend=backend).tensors
         for name in ort:
+            if name in folded:
+                continue
             assert name in sim, f"{case.name}: simulator has no value for ONNX tensor {name!r}"
             s, o = np.asarray(sim[name]), np.asarray(ort[name])
             assert s.shape == o.shape, f"{case.name}: {name!r} shape {s.shape} vs ORT {o.shape}"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from onnx import TensorProto as TP
-from onnx import helper
+from onnx import helper, numpy_helper
 
 pytest.importorskip("onnxruntime")
 # onnx.reference pads integer MaxPool inputs with NaN; NumPy warns when it casts them
@@ -24,6 +24,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cas
 
 from qgraphs import (Case, backends, check_case, make_model, output_scale_for,  # noqa: E402
                      rand_int, rand_scale, zero_point)
+
+import onnx  # noqa: E402
+
+from qgraphs import NP_OF  # noqa: E402
+from simulator.ir.ops import OpKind  # noqa: E402
+from simulator.onnx_import import import_onnx  # noqa: E402
 
 U8, S8, S32, F32 = np.uint8, np.int8, np.int32, np.float32
 ET = {U8: TP.UINT8, S8: TP.INT8, S32: TP.INT32, F32: TP.FLOAT}
@@ -479,3 +485,110 @@ def test_onnx_qlinear_profile_matches_onnxruntime_semantics():
     assert arith.requant.rounding is ONNX_QLINEAR_SPEC.requant.rounding
     assert arith.accumulator.bits == 32
     assert arith.accumulator.overflow is ONNX_QLINEAR_SPEC.accumulator.overflow
+
+
+@pytest.mark.parametrize("xt", [U8, S8], ids=_id)
+def test_clip_raw_integers(xt, tmp_path):
+    """ONNX Clip on integers clamps the stored values to the given bounds (ReLU6 of a
+    quantized graph): a clamp node with those bounds."""
+    rng = np.random.default_rng(12)
+    x = rand_int(rng, xt, (2, 3, 5))
+    lo, hi = (np.array(v, NP_OF[ET[xt]]) for v in ((20, 200) if xt is U8 else (-7, 90)))
+    node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")
+    model = make_model([node], [("x", ET[xt], x.shape)], ["y"], {"lo": lo, "hi": hi})
+    _run(Case("clip", model, {"x": x}), tmp_path)
+
+
+@pytest.mark.parametrize("geometry", [dict(k=(3, 3)), dict(k=(3, 3), strides=(2, 2),
+                                                            pads=(0, 1, 0, 0))], ids=_id)
+def test_pad_folds_into_qlinear_conv(geometry, tmp_path):
+    """A Pad by the input zero point before a QLinearConv (how exporters write asymmetric
+    'same' padding) is the conv's own padding: no node of its own, equal to onnxruntime."""
+    case = qlinear_conv_case(_seed("pad", geometry), U8, S8, True, True, geometry)
+    model, x = case.model, case.inputs["x"]
+    conv = model.graph.node[0]
+    conv.input[0] = "x_padded"
+    xz = next(t for t in model.graph.initializer if t.name == "xz")
+    pad = helper.make_node("Pad", ["x", "pads", "xz"], ["x_padded"], name="pad", mode="constant")
+    pads = np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits["pads"] = pads
+    padded = make_model([pad, conv], [("x", ET[U8], x.shape)], ["y"], inits)
+    assert numpy_helper.to_array(xz).shape == ()
+    assert _run(Case("pad_qconv", padded, {"x": x}), tmp_path).compared > 0
+    path = tmp_path / "padded.onnx"
+    onnx.save(padded, path)
+    program = import_onnx(path)
+    assert [n.op.value for n in program.nodes] == ["conv2d", "requantize"]
+    assert program.metadata["removed_nodes"][0]["op_type"] == "Pad"
+
+
+def _contrib_model(nodes, inputs, outputs: dict, inits: dict) -> onnx.ModelProto:
+    """A graph of onnxruntime's com.microsoft ops (shape inference does not know them, so the
+    outputs' types and shapes are given)."""
+    graph = helper.make_graph(
+        nodes, "case", [helper.make_tensor_value_info(n, et, list(s)) for n, et, s in inputs],
+        [helper.make_tensor_value_info(n, et, list(s)) for n, (et, s) in outputs.items()],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("op", ["QLinearSigmoid", "QLinearLeakyRelu"])
+@pytest.mark.parametrize("xt", [U8, S8], ids=_id)
+@pytest.mark.parametrize("seed", range(4))
+def test_qlinear_activation_is_a_table(op, xt, seed, tmp_path):
+    """onnxruntime's 8-bit sigmoid and leaky ReLU: a 256-entry lookup table naming its function,
+    equal to onnxruntime on every input value."""
+    rng = np.random.default_rng(_seed(op, xt, seed))
+    x = np.arange(np.iinfo(xt).min, np.iinfo(xt).max + 1).astype(xt).reshape(1, 4, 8, 8)
+    inits = {"xs": rand_scale(rng, lo=-7, hi=-2), "xz": zero_point(rng, xt),
+             "ys": rand_scale(rng, lo=-9, hi=-3), "yz": zero_point(rng, xt)}
+    attrs = {"alpha": float(rng.uniform(0.01, 0.3))} if op == "QLinearLeakyRelu" else {}
+    node = helper.make_node(op, ["x", "xs", "xz", "ys", "yz"], ["y"], name="act",
+                            domain="com.microsoft", **attrs)
+    model = _contrib_model([node], [("x", ET[xt], x.shape)], {"y": (ET[xt], x.shape)}, inits)
+    path = tmp_path / "act.onnx"
+    onnx.save(model, path)
+    program = import_onnx(path)
+    (table,) = [n for n in program.nodes if n.op is OpKind.LOOKUP_TABLE]
+    assert table.attrs["function"] == ("sigmoid" if op == "QLinearSigmoid" else "leaky_relu")
+    _compare_with_onnxruntime(path, program, {"x": x})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_qlinear_mul_gate(seed, tmp_path):
+    """A squeeze-and-excitation gate as onnxruntime's quantizer writes it: QLinearMul of a
+    feature map by a per-channel gate, equal to onnxruntime."""
+    rng = np.random.default_rng(_seed("mul", seed))
+    a = rand_int(rng, U8, (1, 8, 5, 5))
+    g = rand_int(rng, U8, (1, 8, 1, 1))
+    inits = {"as": rand_scale(rng, lo=-6, hi=-3), "az": zero_point(rng, U8),
+             "gs": np.float32(1 / 256), "gz": np.uint8(0),
+             "ys": rand_scale(rng, lo=-7, hi=-4), "yz": zero_point(rng, U8)}
+    node = helper.make_node("QLinearMul", ["a", "as", "az", "g", "gs", "gz", "ys", "yz"], ["y"],
+                            name="gate", domain="com.microsoft")
+    model = _contrib_model([node], [("a", ET[U8], a.shape), ("g", ET[U8], g.shape)],
+                           {"y": (ET[U8], a.shape)}, inits)
+    path = tmp_path / "mul.onnx"
+    onnx.save(model, path)
+    program = import_onnx(path)
+    assert [n.op for n in program.nodes] == [OpKind.MUL]
+    _compare_with_onnxruntime(path, program, {"a": a, "g": g})
+
+
+def _compare_with_onnxruntime(path, program, inputs):
+    from qgraphs import onnx_qlinear_arithmetic
+    from simulator.execute import execute
+    from simulator.onnx_import.peers import run_onnxruntime
+
+    ort = run_onnxruntime(path, inputs)
+    for backend in BACKENDS:
+        sim = execute(program, onnx_qlinear_arithmetic(), inputs, backend=backend).outputs
+        for name, want in ort.items():
+            got = np.asarray(sim[name])
+            bad = np.argwhere(got != want)
+            assert bad.size == 0, (backend, name, tuple(bad[0]), got[tuple(bad[0])],
+                                   want[tuple(bad[0])])

@@ -139,7 +139,9 @@ def test_every_number_follows_the_formula(chip):
                 c.weight_bytes / (prof.memory.weight_bytes_per_s / prof.clock_hz)
             assert c.memory_cycles == pytest.approx(bw)
         assert op.latency_ms == pytest.approx(c.cycles / prof.clock_hz * 1e3)
-    assert est.total_cycles == pytest.approx(sum(op.cycles for op in est.ops))
+    invoke = prof.host.invoke_overhead_s * prof.clock_hz   # once per inference, in no op
+    assert est.invoke.cycles == pytest.approx(invoke)
+    assert est.total_cycles == pytest.approx(sum(op.cycles for op in est.ops) + invoke)
     assert est.total_latency_ms == pytest.approx(est.total_cycles / prof.clock_hz * 1e3)
 
 

@@ -238,6 +238,24 @@ def test_add_equals_reference(ta, tb, ty, rounding, mbits, data):
 
 
 @FAST
+@given(int_types(), int_types(), int_types(bits=(2, 4, 8)), st.sampled_from(list(RoundingMode)),
+       st.integers(2, 32), st.booleans(), st.data())
+def test_mul_equals_reference(ta, tb, ty, rounding, mbits, floating, data):
+    """Elementwise and per-channel (squeeze-and-excitation) products, rescaled once."""
+    a = data.draw(of_type((2, 3, 2, 2), ta))
+    b = data.draw(of_type(data.draw(st.sampled_from([(2, 3, 2, 2), (2, 3, 1, 1), (1,)])), tb))
+    za, zb = (data.draw(edgy_integers(t.qmin, t.qmax)) for t in (ta, tb))
+    zy = data.draw(edgy_integers(ty.qmin, ty.qmax))
+    if rounding is RoundingMode.TFLITE:
+        mbits = 32
+    spec = RequantSpec(RequantMode.FLOAT_SCALE, RoundingMode.HALF_EVEN, 32) if floating else \
+        RequantSpec(RequantMode.MULTIPLIER_SHIFT, rounding, mbits)
+    top = float(min(4, (1 << (mbits - 1)) - 1))  # scales a right shift can express
+    prepared = fp.prepare_scale(data.draw(st.floats(1e-6, top)), spec)
+    assert_same("mul", a, za, b, zb, prepared, zy, ty.qmin, ty.qmax)
+
+
+@FAST
 @given(int_types(), st.data())
 def test_clamp_equals_reference(t, data):
     x = data.draw(of_type((3, 4), t))

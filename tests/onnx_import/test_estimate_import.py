@@ -123,7 +123,11 @@ def test_other_ops_are_fallbacks_with_attributes_and_shapes(tmp_path):
     program = _import(tmp_path, nodes, [("x", F, (1, 3, 8))], ["padded"], inits)
     fallbacks = [n for n in program.nodes if n.op is OpKind.FALLBACK]
     assert [n.attrs["op_type"] for n in fallbacks] == [
-        "LayerNormalization", "Gelu", "Split", "Split", "Sigmoid", "Mul", "Pad"]
+        "LayerNormalization", "Split", "Split", "Pad"]
+    # activations go to the activation unit and a gated product is the elementwise mul
+    assert [(n.op.value, n.attrs.get("function")) for n in program.nodes
+            if n.op is not OpKind.FALLBACK] == [("lookup_table", "gelu"),
+                                                ("lookup_table", "sigmoid"), ("mul", None)]
     split = [n for n in fallbacks if n.attrs["op_type"] == "Split"]
     assert [n.attrs["attributes"]["output_index"] for n in split] == [0, 1]
     assert program.tensors["s1"].shape == (1, 3, 4)

@@ -45,6 +45,8 @@ def _numeric_slots() -> list[tuple[str, tuple, object]]:
     slots = []
     for field in schema_fields():
         path = tuple(field.split("."))
+        if getattr(_get(SCHEMA, path), "optional", False):
+            continue  # a choice a profile may leave out (add_rounding ...): never a number
         leaf, value = _get(SCHEMA, path), _get(VALID, path)
         if isinstance(leaf, dict):
             continue

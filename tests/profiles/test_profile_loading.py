@@ -61,7 +61,13 @@ def test_profiles_differ_where_the_chips_differ():
     # ops and limits
     assert k210.op("conv2d").kernel_sizes == ((1, 1), (3, 3)) and ideal.op("conv2d").kernel_sizes is None
     assert k210.op("conv2d").max_input_channels == 1024 and not k210.op("add").supported
-    assert ideal.op("add").supported and not edge.op("lookup_table").supported
+    assert ideal.op("add").supported and not k210.op("lookup_table").supported
+    # activation units: a programmable table, fixed functions, or none
+    assert ethos.op("lookup_table").functions is None
+    assert edge.op("lookup_table").functions == ("sigmoid", "tanh")
+    assert "hardswish" in rk88.op("lookup_table").functions and "gelu" not in \
+        rk66.op("lookup_table").functions
+    assert not k210.op("mul").supported and edge.op("mul").supported
     assert ethos.op("lookup_table").max_input_bits == 8 and ethos.op("conv2d").max_stride == 3
     # arithmetic
     a = ideal.arithmetic

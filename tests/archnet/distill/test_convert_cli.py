@@ -112,7 +112,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
 
 def test_latency_budget_chooses_bits_that_fit_and_saves_them(tmp_path):
     out = tmp_path / "run"
-    budget = 0.117   # between all-4w4a (0.110 ms) and all-8w8a (0.124 ms) on rk3588-npu-core
+    budget = 0.33   # between all-4w4a (0.323 ms) and all-8w8a (0.336 ms) on rk3588-npu-core
     assert main(["convert", TEACHER, "--chip", "rk3588-npu-core", "--latency-budget", str(budget),
                  "--out", str(out), *FAST]) == 0
     summary = json.loads((out / "convert.json").read_text())

@@ -249,8 +249,9 @@ def test_verify_into_the_run_and_report(run_dir, tmp_path, capsys):
 
     header = row("| chip | graph |")
     teacher = dict(zip(header, row(f"| {CHIP} | teacher ")))
-    for op in ("LayerNormalization", "Gather", "Erf"):
+    for op in ("LayerNormalization", "Gather"):   # GELU: the activation unit's table
         assert op in teacher["host op types"]
+    assert "Erf" not in teacher["host op types"]
     assert int(teacher["fallbacks"]) > 0
     student = dict(zip(header, row(f"| {CHIP} | student {run_dir.name} |")))
     assert student["fallbacks"] == "0" and student["host op types"] == "–"

@@ -1,0 +1,191 @@
+"""Random int8 TFLite graphs for the conformance tests, built layer by layer like a converter's
+output: per-channel symmetric int8 filters, int32 biases at input_scale * filter_scale,
+asymmetric int8 activations whose scales put typical values across the int8 range.
+
+``Net`` tracks the current tensor; each method appends one TFLite operator and returns the new
+tensor's index. Scales may be powers of two (``pow2``), which makes requantization ties common.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.tflite_writer import OP, GraphWriter
+
+INT8_STD = 74.0  # standard deviation of a uniform int8
+
+
+class Net:
+    def __init__(self, rng: np.random.Generator, shape, pow2: bool = False, name: str = "x"):
+        self.rng, self.pow2, self.g = rng, pow2, GraphWriter()
+        self.count = 0
+        self.x = self.g.input(name, shape, "int8", *self.quant())
+
+    # ------------------------------------------------------------------ quantization
+    def _scale(self, value: float) -> float:
+        v = float(value)
+        return float(np.float32(2.0 ** np.round(np.log2(v)) if self.pow2 else v))
+
+    def quant(self, scale: float | None = None):
+        scale = self.rng.uniform(0.01, 0.1) if scale is None else scale
+        return self._scale(scale), int(self.rng.integers(-40, 41))
+
+    def _name(self, kind: str) -> str:
+        self.count += 1
+        return f"{kind}_{self.count}"
+
+    def shape(self, t: int) -> tuple:
+        return self.g.tensors[t].shape
+
+    def scale(self, t: int) -> float:
+        return self.g.tensors[t].scale[0]
+
+    def out_quant(self, x: int, weight_scale: float, k: int):
+        typical = self.scale(x) * weight_scale * INT8_STD * INT8_STD * np.sqrt(k) / 2
+        return self.quant(typical / self.rng.uniform(20, 60))
+
+    def filters(self, shape, channels: int, per_channel: bool):
+        scales = self.rng.uniform(0.002, 0.02, channels if per_channel else 1)
+        scales = np.asarray([self._scale(s) for s in scales])
+        data = self.rng.integers(-127, 128, shape)
+        return data, scales
+
+    def _bias(self, name, x, w_scales, channels):
+        acc_scale = np.float32(self.scale(x)) * np.resize(w_scales, channels).astype(np.float32)
+        data = self.rng.integers(-3000, 3001, channels)
+        return self.g.tensor(f"{name}/bias", (channels,), "int32", acc_scale, data=data)
+
+    # ------------------------------------------------------------------ MAC ops
+    def conv(self, x, oc, k=3, stride=1, padding="SAME", act="NONE", dilation=1,
+             per_channel=True, bias=True, quant=None):
+        n, h, w, c = self.shape(x)
+        name = self._name("conv")
+        data, scales = self.filters((oc, k, k, c), oc, per_channel)
+        wt = self.g.tensor(f"{name}/filter", (oc, k, k, c), "int8", scales, data=data,
+                           qdim=0)
+        b = self._bias(name, x, scales, oc) if bias else None
+        oh, ow = _out_hw(h, w, k, stride, padding, dilation)
+        q = quant or self.out_quant(x, float(np.mean(scales)), k * k * c)
+        y = self.g.tensor(name, (n, oh, ow, oc), "int8", *q)
+        return self.g.conv2d(x, wt, b, y, (stride, stride), padding, act, (dilation, dilation))
+
+    def depthwise(self, x, multiplier=1, k=3, stride=1, padding="SAME", act="NONE"):
+        n, h, w, c = self.shape(x)
+        name = self._name("dwconv")
+        oc = c * multiplier
+        data, scales = self.filters((1, k, k, oc), oc, True)
+        wt = self.g.tensor(f"{name}/filter", (1, k, k, oc), "int8", scales, data=data, qdim=3)
+        b = self._bias(name, x, scales, oc)
+        oh, ow = _out_hw(h, w, k, stride, padding, 1)
+        y = self.g.tensor(name, (n, oh, ow, oc), "int8",
+                          *self.out_quant(x, float(np.mean(scales)), k * k))
+        return self.g.depthwise(x, wt, b, y, multiplier, (stride, stride), padding, act)
+
+    def fc(self, x, m, act="NONE", keep_num_dims=False, per_channel=True):
+        shape = self.shape(x)
+        k = shape[-1]
+        name = self._name("fc")
+        data, scales = self.filters((m, k), m, per_channel)
+        wt = self.g.tensor(f"{name}/filter", (m, k), "int8", scales, data=data, qdim=0)
+        b = self._bias(name, x, scales, m)
+        rows = int(np.prod(shape)) // k
+        out_shape = tuple(shape[:-1]) + (m,) if keep_num_dims else (rows, m)
+        y = self.g.tensor(name, out_shape, "int8", *self.out_quant(x, float(np.mean(scales)), k))
+        return self.g.fully_connected(x, wt, b, y, act, keep_num_dims)
+
+    def matmul(self, a, b, adj_y=False):
+        """BATCH_MATMUL of two activations [..., N, K] x [..., K, M] (b [..., M, K] with
+        ``adj_y``, as attention scores q k^T)."""
+        sa, sb = self.shape(a), self.shape(b)
+        m = sb[-2] if adj_y else sb[-1]
+        y = self.g.tensor(self._name("matmul"), tuple(sa[:-1]) + (m,), "int8",
+                          *self.out_quant(a, self.scale(b), sa[-1]))
+        return self.g.batch_matmul(a, b, y, adj_y=adj_y)
+
+    # ------------------------------------------------------------------ elementwise
+    def add(self, a, b, act="NONE"):
+        scale = max(self.scale(a), self.scale(b)) * self.rng.uniform(1.0, 2.0)
+        y = self.g.tensor(self._name("add"), self.shape(a), "int8", *self.quant(scale))
+        return self.g.add(a, b, y, act)
+
+    def mul(self, a, b, act="NONE"):
+        scale = self.scale(a) * self.scale(b) * INT8_STD * self.rng.uniform(0.5, 2.0)
+        y = self.g.tensor(self._name("mul"), self.shape(a), "int8", *self.quant(scale))
+        return self.g.mul(a, b, y, act)
+
+    def gate(self, x):
+        """A squeeze-and-excitation style per-channel multiplier [1, 1, 1, C] (a constant)."""
+        c = self.shape(x)[-1]
+        s, z = self.quant(0.01)
+        return self.g.tensor(self._name("gate"), (1, 1, 1, c), "int8", s, z,
+                             data=self.rng.integers(-128, 128, (1, 1, 1, c)))
+
+    def lut(self, code, x, alpha=0.2):
+        name = self._name(OP_NAMES.get(code, "act"))
+        if code == OP.LOGISTIC:
+            q = (1 / 256, -128)
+        elif code == OP.TANH:
+            q = (1 / 128, 0)
+        else:
+            q = self.quant(self.scale(x) * self.rng.uniform(0.5, 1.5))
+        y = self.g.tensor(name, self.shape(x), "int8", *q)
+        if code == OP.LEAKY_RELU:
+            return self.g.leaky_relu(x, y, alpha)
+        if code == OP.GELU:
+            return self.g.gelu(x, y, approximate=alpha > 0.2)
+        return self.g.unary(code, x, y)
+
+    def requantize(self, x):
+        y = self.g.tensor(self._name("requantize"), self.shape(x), "int8",
+                          *self.quant(self.scale(x) * self.rng.uniform(0.3, 3.0)))
+        return self.g.unary(OP.QUANTIZE, x, y)
+
+    # ------------------------------------------------------------------ layout
+    def pool(self, kind, x, k=2, stride=2, padding="VALID", act="NONE"):
+        n, h, w, c = self.shape(x)
+        oh, ow = _out_hw(h, w, k, stride, padding, 1)
+        y = self.g.like(self._name(f"{kind}pool"), x, (n, oh, ow, c))
+        return self.g.pool(kind, x, y, (k, k), (stride, stride), padding, act)
+
+    def mean(self, x, keep_dims=True, new_zero_point=False):
+        n, _, _, c = self.shape(x)
+        t = self.g.tensors[x]
+        zp = int(self.rng.integers(-40, 41)) if new_zero_point else t.zero_point[0]
+        y = self.g.tensor(self._name("mean"), (n, 1, 1, c) if keep_dims else (n, c), "int8",
+                          t.scale[0], zp)
+        return self.g.mean(x, [1, 2], y, keep_dims)
+
+    def reshape(self, x, shape):
+        return self.g.reshape(x, self.g.like(self._name("reshape"), x, tuple(shape)))
+
+    def concat(self, xs, axis=-1):
+        shapes = [self.shape(x) for x in xs]
+        ax = axis % len(shapes[0])
+        out = list(shapes[0])
+        out[ax] = sum(s[ax] for s in shapes)
+        return self.g.concat(xs, self.g.like(self._name("concat"), xs[0], tuple(out)), axis)
+
+    def pad(self, x, top, bottom, left, right):
+        n, h, w, c = self.shape(x)
+        y = self.g.like(self._name("pad"), x, (n, h + top + bottom, w + left + right, c))
+        return self.g.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], y)
+
+    def build(self, *outputs) -> bytes:
+        self.g.output(*outputs)
+        return self.g.build()
+
+    def input_arrays(self, rng, count: int = 1) -> list[dict[str, np.ndarray]]:
+        t = self.g.tensors[self.x]
+        return [{t.name: rng.integers(-128, 128, t.shape).astype(np.int8)} for _ in range(count)]
+
+
+OP_NAMES = {OP.LOGISTIC: "logistic", OP.TANH: "tanh", OP.GELU: "gelu",
+            OP.HARD_SWISH: "hard_swish", OP.LEAKY_RELU: "leaky_relu", OP.RELU6: "relu6",
+            OP.RELU: "relu", OP.RELU_N1_TO_1: "relu_n1_to_1"}
+
+
+def _out_hw(h, w, k, stride, padding, dilation):
+    if padding == "SAME":
+        return -(-h // stride), -(-w // stride)
+    extent = (k - 1) * dilation + 1
+    return (h - extent) // stride + 1, (w - extent) // stride + 1
