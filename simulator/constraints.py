@@ -180,18 +180,23 @@ def constraint_kernel_size(v: NodeView, profile: ChipProfile) -> str | None:
 @_rule(*WINDOW_OPS)
 def constraint_kernel_extent(v: NodeView, profile: ChipProfile) -> str | None:
     """The dilated kernel extent, ``dilation * (k - 1) + 1`` in each axis, must not exceed
-    ``ops.<kind>.max_kernel_hw`` (not repeated for a kernel size already outside
-    ``kernel_sizes``)."""
+    ``ops.<kind>.max_kernel_hw``, for a padded avgpool2d ``ops.avgpool2d.max_padded_kernel_hw``
+    (not repeated for a kernel size already outside ``kernel_sizes``)."""
     allowed = _limits(v, profile).kernel_sizes
     if allowed is not None and v.kernel not in allowed:
         return None
     dil = v.attrs.get("dilations", [1, 1])
     extent = tuple(d * (k - 1) + 1 for d, k in zip(dil, v.kernel, strict=True))
-    limit = _limits(v, profile).max_kernel_hw
+    limits, name = _limits(v, profile), "max_kernel_hw"
+    limit = limits.max_kernel_hw
+    if v.kind is OpKind.AVGPOOL2D and any(v.attrs["pads"]):
+        padded = limits.max_padded_kernel_hw
+        if padded[0] * padded[1] < limit[0] * limit[1]:
+            limit, name = padded, "max_padded_kernel_hw"
     if extent[0] <= limit[0] and extent[1] <= limit[1]:
         return None
     return (f"{v.kind.value} kernel extent {extent[0]}x{extent[1]} exceeds "
-            f"ops.{v.kind.value}.max_kernel_hw {list(limit)}")
+            f"ops.{v.kind.value}.{name} {list(limit)}")
 
 
 @_rule(*WINDOW_OPS)

@@ -45,6 +45,13 @@ class ReductionMapping(str, enum.Enum):
     IM2COL = "im2col"                  # the flattened cin*kh*kw reduction (a systolic GEMM)
 
 
+class WeightPort(str, enum.Enum):
+    """Whether weights and feature maps cross one external interface or two."""
+
+    SHARED = "shared"      # one bus (DRAM, USB): activation and weight transfers add up
+    SEPARATE = "separate"  # weights on their own port (Ethos-U's AXI1 flash): they overlap
+
+
 class FeatureMapTiling(str, enum.Enum):
     """What of a layer's feature maps must fit in ``memory.sram_bytes`` for them to stay on chip."""
 
@@ -100,6 +107,7 @@ class MemorySpec:
     weight_cache_bytes: int        # persistent parameter cache (0: weights stream every inference)
     activation_bytes_per_s: float  # interface of spilled feature maps, graph inputs and outputs
     weight_bytes_per_s: float      # interface the uncached weights stream from (flash, DRAM, USB)
+    weight_port: WeightPort        # that interface shared with the feature maps, or its own
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class OpLimits:
     supported: bool
     kernel_sizes: tuple[tuple[int, int], ...] | None = None
     max_kernel_hw: tuple[int, int] | None = None
+    max_padded_kernel_hw: tuple[int, int] | None = None   # avgpool2d with any padding
     strides: tuple[tuple[int, int], ...] | None = None
     max_stride: int | None = None
     dilations: tuple[int, ...] | None = None
@@ -435,7 +444,7 @@ OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
                         "max_output_features": _LENGTH},
     "matmul": {"supported": _flag(), "max_inner_dim": _LENGTH},
     "maxpool2d": dict(_WINDOW),
-    "avgpool2d": dict(_WINDOW),
+    "avgpool2d": {**_WINDOW, "max_padded_kernel_hw": _hw(_SIDE)},
     "global_avgpool2d": {"supported": _flag(), "max_input_hw": _hw(_SIDE)},
     "add": {"supported": _flag()},
     "mul": {"supported": _flag()},
@@ -473,7 +482,7 @@ SCHEMA: dict[str, Any] = {
               "efficiency": _EFFICIENCY, "op_overhead_cycles": _OVERHEAD},
     "memory": {"sram_bytes": _SRAM, "feature_map_tiling": _choice(FeatureMapTiling),
                "weight_cache_bytes": _CACHE, "activation_bytes_per_s": _BANDWIDTH,
-               "weight_bytes_per_s": _BANDWIDTH},
+               "weight_bytes_per_s": _BANDWIDTH, "weight_port": _choice(WeightPort)},
     "elementwise": {"elements_per_cycle": _RATE, "add_elements_per_cycle": _RATE,
                     "pool_elements_per_cycle": _RATE, "lut_elements_per_cycle": _RATE,
                     "softmax_elements_per_cycle": _RATE, "data_movement_bytes_per_cycle": _RATE},

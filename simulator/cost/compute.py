@@ -7,9 +7,8 @@ and the three fills multiply:
 
 - output-channel lanes <- output channels per group (a depthwise conv puts all its channels here);
 - reduction lanes <- input channels per group, kernel taps (kh*kw) or both flattened (im2col),
-  as ``array.reduction_mapping`` says; a depthwise conv reduces over its kernel taps only. On an
-  "input_channels" array a shallow layer (the 3-channel stem) may instead fill the lanes with
-  channels x taps, whichever fills them better, as Vela's "part-kernel-first" traversal does;
+  as ``array.reduction_mapping`` says; a depthwise conv reduces over its kernel taps only, so on
+  an "input_channels" array it fills one reduction lane and steps through the taps;
 - output-pixel lanes <- batch x output pixels (FC and matmul: batch x rows).
 
 Other ops run on the element units: ``compute = elements / <op's rate in [elementwise]>``.
@@ -47,15 +46,19 @@ def mac_axes(v: NodeView, profile: ChipProfile) -> tuple[int, int, int]:
         n, oc, oh, ow = v.output.shape
         _, icg, kh, kw = v.inputs[1].shape
         pixels = n * oh * ow
-        if v.is_depthwise:
-            return oc, kh * kw, pixels
         groups = v.attrs["groups"]
-        mapping, lanes = profile.array.reduction_mapping, profile.array.reduction_lanes
+        mapping = profile.array.reduction_mapping
+        if v.is_depthwise:
+            # no sum across channels: an array that reduces over input channels has one lane of
+            # work per channel and steps through the taps (Vela prices depthwise so)
+            return oc, 1 if mapping is ReductionMapping.INPUT_CHANNELS else kh * kw, pixels
         if mapping is ReductionMapping.KERNEL_TAPS:
             reduction = kh * kw
-        elif mapping is ReductionMapping.IM2COL or _fill(icg * kh * kw, lanes) > _fill(icg, lanes):
+        elif mapping is ReductionMapping.IM2COL:
             reduction = icg * kh * kw
         else:
+            # a shallow layer (the 3-channel stem) leaves lanes idle: Vela 5.2 prices such
+            # convs at 28-35 % of the array on Ethos-U55-128 (reports/vela_peer.md)
             reduction = icg
         return oc // groups, reduction, pixels
     rows = math.prod(v.output.shape[:-1])

@@ -1,7 +1,8 @@
 """``estimate(program, profile)``: the cycles and latency of every op of a Program on a chip.
 
 Per NPU op: ``cycles = array.op_overhead_cycles + max(compute, memory)`` (compute: ``compute.py``;
-memory: bytes from ``memory.py`` over ``activation_bytes_per_s / clock_hz`` plus
+memory: bytes from ``memory.py`` over ``activation_bytes_per_s / clock_hz`` plus (or, with
+``memory.weight_port = "separate"``, overlapped with: the larger of the two) weight bytes over
 ``weight_bytes_per_s / clock_hz``). Per host op: ``host.py``. Latency = cycles / clock_hz,
 summed over the schedule (ops run one after another, as the Program orders them).
 
@@ -30,7 +31,7 @@ from simulator.cost.compute import element_compute_cycles, mac_compute_cycles, m
 from simulator.cost.host import host_flops
 from simulator.cost.memory import MemoryState, storage_bits, tensor_bits
 from simulator.ir import MAC_OPS, OpKind, Program
-from simulator.profiles import ChipProfile
+from simulator.profiles import ChipProfile, WeightPort
 
 FUSABLE = frozenset({OpKind.REQUANTIZE, OpKind.CLAMP, OpKind.LOOKUP_TABLE})
 FUSION_ANCHORS = MAC_OPS | {OpKind.ADD, OpKind.MUL, OpKind.MAXPOOL2D, OpKind.AVGPOOL2D,
@@ -88,8 +89,10 @@ def _npu_op(v: NodeView, profile: ChipProfile, mem: MemoryState, out_name: str,
         compute = element_compute_cycles(v, profile)
     compute = max(compute, activation_cycles)  # the output stage runs beside the array
     traffic = mem.npu_op(v, out_name, tensor_bits(v.program.tensors[out_name], profile))
-    memory = (traffic.activation_bytes / (profile.memory.activation_bytes_per_s / clock)
-              + traffic.weight_bytes / (profile.memory.weight_bytes_per_s / clock))
+    act = traffic.activation_bytes / (profile.memory.activation_bytes_per_s / clock)
+    wgt = traffic.weight_bytes / (profile.memory.weight_bytes_per_s / clock)
+    # weights on a port of their own stream while the feature maps move; on one bus they queue
+    memory = max(act, wgt) if profile.memory.weight_port is WeightPort.SEPARATE else act + wgt
     overhead = profile.array.op_overhead_cycles
     cycles = overhead + max(compute, memory)
     bound = "overhead" if overhead >= max(compute, memory) else (

@@ -108,3 +108,17 @@ def test_supported_ops_doc_is_current(monkeypatch):
     for _, rule in constraints.RULES:
         assert rule.__name__ in committed
     assert "constraint_sticky_fallback" in committed and "constraint_epilogue_of_host_op" in committed
+
+
+@pytest.mark.parametrize("pads,expected", [
+    ([0, 0, 0, 0], None),
+    ([1, 1, 1, 1], "avgpool2d kernel extent 9x9 exceeds ops.avgpool2d.max_padded_kernel_hw [8, 8]"),
+])
+def test_avgpool_kernel_limit_depends_on_padding(pads, expected):
+    """Ethos-U55 (Vela): an unpadded average pool takes kernels up to 256 high, a padded one up
+    to 8x8; the whole-map pool of a squeeze-and-excitation block stays on the NPU."""
+    b = ProgramBuilder("pool")
+    x = b.input("x", (1, 8, 9, 9), "s8", scale=0.1)
+    b.output(b.node("avgpool2d", [x], "pool", kernel=[9, 9], strides=[1, 1], pads=pads))
+    got = reasons(b.build(), load_profile("ethos-u55-128"), node="pool")
+    assert got == ([] if expected is None else [expected])
