@@ -125,18 +125,23 @@ class GraphWriter:
         return self.op(OP.FULLY_CONNECTED, [x, w, -1 if b is None else b], [y],
                        OPTS.FullyConnectedOptions, opts)
 
-    def _binary(self, code, kind, a, b, y, act):
+    def _binary(self, code, kind, a, b, y, act, **flags):
         start, add_act, end = (getattr(tflite, f"{kind}Options{s}")
                                for s in ("Start", "AddFusedActivationFunction", "End"))
 
         def opts(fb):
             start(fb)
             add_act(fb, ACT[act])
+            for flag, value in flags.items():
+                if value is not None:
+                    getattr(tflite, f"{kind}OptionsAdd{flag}")(fb, value)
             return end(fb)
         return self.op(code, [a, b], [y], getattr(OPTS, f"{kind}Options"), opts)
 
-    def add(self, a, b, y, act="NONE"):
-        return self._binary(OP.ADD, "Add", a, b, y, act)
+    def add(self, a, b, y, act="NONE", pot_scale_int16=None):
+        """``pot_scale_int16``: None leaves the schema's default (true); TFLite's converter
+        writes false for 16x8 models (general int16 scales)."""
+        return self._binary(OP.ADD, "Add", a, b, y, act, PotScaleInt16=pot_scale_int16)
 
     def mul(self, a, b, y, act="NONE"):
         return self._binary(OP.MUL, "Mul", a, b, y, act)

@@ -59,10 +59,27 @@ def cmd_profiles(args) -> int:
     return 0
 
 
-def _overflow_table(result, chip) -> str:
+def _overflow_table(result, chip, program=None) -> str:
+    """The accumulator table and sentence; MAC ops with 16-bit activations apart where the
+    chip gives them their own accumulator (arithmetic.int16_accumulator_bits)."""
     from simulator.overflow import OverflowSummary
-    summary = OverflowSummary.of(chip, result.overflow)
-    return "\n".join([*summary.table(), summary.sentence()])
+    arith = chip.arithmetic
+    groups = {arith.accumulator: dict(result.overflow)}
+    if program is not None and arith.int16_accumulator not in (None, arith.accumulator):
+        wide = {}
+        for node in program.nodes:
+            x = program.tensors[node.inputs[0]] if node.inputs else None
+            if node.name in result.overflow and x is not None and x.is_int \
+                    and x.dtype.bits == 16:
+                wide[node.name] = groups[arith.accumulator].pop(node.name)
+        groups = {k: v for k, v in groups.items() if v}
+        if wide:
+            groups[arith.int16_accumulator] = wide
+    lines = []
+    for acc, stats in groups.items():
+        summary = OverflowSummary.of(acc, stats)
+        lines += [*summary.table(), summary.sentence()]
+    return "\n".join(lines)
 
 
 def cmd_simulate(args) -> int:
@@ -97,7 +114,7 @@ def cmd_simulate(args) -> int:
         shown = " ".join(str(x) for x in flat[:16]) + (" ..." if flat.size > 16 else "")
         print(f"output {n} {program.tensors[n].dtype} {list(v.shape)}: {shown}")
     if result.overflow:
-        print(_overflow_table(result, chip))
+        print(_overflow_table(result, chip, program))
     print(f"simulated in {elapsed * 1000:.1f} ms" + (f"; wrote {args.output}" if args.output else ""))
     if args.check:
         return _check(args, program, chip, inputs, result)

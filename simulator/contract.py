@@ -156,6 +156,25 @@ class QuantizeRounding(str, enum.Enum):
     HALF_AWAY = "half_away"  # roundf: TFLite's reference AffineQuantize
 
 
+class Int16Requant(str, enum.Enum):
+    """How the accumulator of a MAC op whose activations are 16 bits wide is requantized."""
+
+    SAME = "same"  # as every other requantize (the profile's mode and rounding)
+    # TFLite's 16x8 kernels: MultiplyByQuantizedMultiplier(int64_t acc, M, shift): the Q0.31
+    # multiplier cut to 16 bits, (M + 2**15) >> 16 (0x7FFF from M >= 0x7FFF0000), one rounding
+    # half up by S - 16 bits, the result truncated to int32
+    TFLITE_REDUCED_MULTIPLIER = "tflite_reduced_multiplier"
+
+
+class MulScale(str, enum.Enum):
+    """In which precision an elementwise mul's scale ``scale_a * scale_b / scale_y`` is formed."""
+
+    FLOAT64 = "float64"  # the product and quotient in double
+    # TFLite's mul.cc Prepare: the float32 scales multiplied and divided in float32, the
+    # result (a float) then quantized like any scale
+    FLOAT32 = "float32"
+
+
 class FcRequant(str, enum.Enum):
     """How the accumulator of a fully_connected is requantized."""
 
@@ -175,8 +194,8 @@ class AccumulatorSpec:
     mac_order: MacOrder = MacOrder.CIN_KH_KW
 
     def __post_init__(self) -> None:
-        if not 8 <= self.bits <= 48:
-            raise SimulatorError(f"accumulator_bits {self.bits} out of range 8..48")
+        if not 8 <= self.bits <= 64:  # a profile's main accumulator: 8..48 (profiles.py)
+            raise SimulatorError(f"accumulator_bits {self.bits} out of range 8..64")
         if self.saturation_point is SaturationPoint.PER_TILE and self.tile_k < 1:
             raise SimulatorError("saturation_point per_tile needs tile_k >= 1")
 
@@ -220,8 +239,22 @@ class ArithmeticSpec:
     fc_requantize: FcRequant = FcRequant.SAME
     global_avgpool: GlobalAvgPool = GlobalAvgPool.DIVIDE
     quantize_rounding: QuantizeRounding = QuantizeRounding.HALF_EVEN
+    # MAC ops and adds whose activations are 16 bits wide (TFLite's 16x8 quantization): their
+    # accumulator (None: the one above), their requantize, and the left shift a per_operand
+    # add gives its operands (TFLite's ADD: 20 for 8-bit operands, 15 for 16-bit ones)
+    int16_accumulator: AccumulatorSpec | None = None
+    int16_requantize: Int16Requant = Int16Requant.SAME
+    int16_add_left_shift: int = 20
+    mul_scale: MulScale = MulScale.FLOAT64
+
+    def accumulator_for(self, activation_bits: int) -> AccumulatorSpec:
+        """The accumulator of a MAC op whose activation input has ``activation_bits``."""
+        if activation_bits == 16 and self.int16_accumulator is not None:
+            return self.int16_accumulator
+        return self.accumulator
 
     def __post_init__(self) -> None:
+        self._check_int16()
         if self.add_rounding is AddRounding.PER_OPERAND and \
                 self.requant.mode is not RequantMode.MULTIPLIER_SHIFT:
             raise SimulatorError("add_rounding 'per_operand' needs requantize 'multiplier_shift'")
@@ -236,3 +269,22 @@ class ArithmeticSpec:
                 f"{self.requant.multiplier_bits} exceed 64: acc * M would not fit int64")
         if self.requant.rounding is RoundingMode.TFLITE and self.accumulator.bits > 32:
             raise SimulatorError("rounding 'tflite' needs accumulator_bits <= 32")
+
+    def _check_int16(self) -> None:
+        acc16 = self.int16_accumulator
+        if self.int16_requantize is Int16Requant.TFLITE_REDUCED_MULTIPLIER:
+            if self.requant.mode is not RequantMode.MULTIPLIER_SHIFT or \
+                    self.requant.multiplier_bits != 32:
+                raise SimulatorError("int16_requantize 'tflite_reduced_multiplier' needs "
+                                     "requantize 'multiplier_shift' with multiplier_bits = 32")
+        elif acc16 is not None:  # requantized as every other accumulator: the same limits
+            if self.requant.rounding is RoundingMode.TFLITE and acc16.bits > 32:
+                raise SimulatorError("rounding 'tflite' needs int16_accumulator_bits <= 32")
+            if (self.requant.mode is RequantMode.MULTIPLIER_SHIFT
+                    and self.requant.rounding is not RoundingMode.TFLITE
+                    and acc16.bits + self.requant.multiplier_bits > 64):
+                raise SimulatorError(f"int16_accumulator_bits {acc16.bits} + multiplier_bits "
+                                     f"{self.requant.multiplier_bits} exceed 64")
+        if not 0 <= self.int16_add_left_shift <= 31:
+            raise SimulatorError(f"int16_add_left_shift {self.int16_add_left_shift} out of "
+                                 f"range 0..31")

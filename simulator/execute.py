@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from simulator.contract import (AddRounding, ArithmeticSpec, AvgPoolSum, FcRequant,
-                                GlobalAvgPool, IntType, QuantizeRounding)
+                                GlobalAvgPool, Int16Requant, IntType, MulScale,
+                                QuantizeRounding)
 from simulator.errors import InputError, UnsupportedOpError
 from simulator.ir.ops import MAC_OPS, OpKind
 from simulator.ir.program import Node, Program, TensorInfo
@@ -83,9 +84,13 @@ def _ratio(num: tuple[float, ...] | None, den: tuple[float, ...] | None, where: 
     return num[0] / den[0]
 
 
+def _activation_bits(t: TensorInfo) -> int:
+    return t.dtype.bits if isinstance(t.dtype, IntType) else 32
+
+
 def _run_mac(node, p, ins, arith, be):
-    acc = arith.accumulator
     t = [p.tensors[i] for i in node.inputs]
+    acc = arith.accumulator_for(_activation_bits(t[0]))
     if node.op is OpKind.MATMUL:
         return be.matmul(ins[0], ins[1], t[0].zp_scalar, t[1].zp_scalar, acc)
     bias = ins[2] if len(ins) > 2 else None
@@ -109,13 +114,18 @@ def clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
 def _run_requantize(node, p, ins, arith, be):
     src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
     lo, hi = clamp_bounds(out, node.attrs)
+    producer = p.producer(node.inputs[0])
     if arith.fc_requantize is FcRequant.FLOAT64_HALF_AWAY:
-        producer = p.producer(node.inputs[0])
         if producer is not None and producer.op is OpKind.FULLY_CONNECTED:
             return be.requantize_float64(ins[0], src.zp_scalar, node.attrs["real_multiplier"],
                                          node.attrs["axis"] % len(out.shape), out.zp_scalar,
                                          lo, hi)
-    prepared = fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
+    if (arith.int16_requantize is Int16Requant.TFLITE_REDUCED_MULTIPLIER
+            and producer is not None and producer.op in MAC_OPS
+            and _activation_bits(p.tensors[producer.inputs[0]]) == 16):
+        prepared = fp.prepare_tflite_int64(node.attrs["real_multiplier"])
+    else:
+        prepared = fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
     return be.requantize(ins[0], src.zp_scalar, prepared, node.attrs["axis"] % len(out.shape),
                          out.zp_scalar, lo, hi)
 
@@ -126,10 +136,12 @@ def _run_add(node, p, ins, arith, be):
     rb = _ratio(tb.scale, out.scale, f"node {node.name!r}")
     lo, hi = clamp_bounds(out, node.attrs)
     if arith.add_rounding is AddRounding.PER_OPERAND:
+        shift = arith.int16_add_left_shift if _activation_bits(ta) == _activation_bits(tb) == 16 \
+            else fp.ADD_LEFT_SHIFT
         prepared = fp.prepare_add_per_operand(ta.scale[0], tb.scale[0], out.scale[0],
-                                              arith.requant)
+                                              arith.requant, shift)
         return be.add_per_operand(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, prepared,
-                                  arith.requant.rounding, out.zp_scalar, lo, hi)
+                                  arith.requant.rounding, out.zp_scalar, lo, hi, shift)
     ma, mb, shift = fp.prepare_add(ra, rb, arith.requant)
     return be.add(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, ma, mb, shift, arith.requant.mode,
                   arith.requant.rounding, out.zp_scalar, lo, hi)
@@ -140,6 +152,9 @@ def _run_mul(node, p, ins, arith, be):
     _ratio(ta.scale, out.scale, f"node {node.name!r}")
     _ratio(tb.scale, out.scale, f"node {node.name!r}")
     scale = ta.scale[0] * tb.scale[0] / out.scale[0]  # TFLite's order, in double
+    if arith.mul_scale is MulScale.FLOAT32:  # ... or in float, as TFLite's Prepare computes it
+        f32 = np.float32
+        scale = float(f32(f32(ta.scale[0]) * f32(tb.scale[0])) / f32(out.scale[0]))
     lo, hi = clamp_bounds(out, node.attrs)
     return be.mul(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar,
                   fp.prepare_scale(scale, arith.requant), out.zp_scalar, lo, hi)

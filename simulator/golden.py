@@ -22,9 +22,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from simulator.contract import (AccumulatorSpec, AddRounding, ArithmeticSpec, AvgPoolSum,
-                                FcRequant, GlobalAvgPool, MacOrder, Overflow,
-                                QuantizeRounding, RequantMode, RequantSpec, RoundingMode,
-                                SaturationPoint, parse_dtype)
+                                FcRequant, GlobalAvgPool, Int16Requant, MacOrder, MulScale,
+                                Overflow, QuantizeRounding, RequantMode, RequantSpec,
+                                RoundingMode, SaturationPoint, parse_dtype)
 from simulator.errors import SimulatorError
 from simulator.execute import execute, output_array
 from simulator.fileio import atomic_write_bytes
@@ -73,12 +73,20 @@ class GoldenCase:
 
 
 # TFLite's own arithmetic (the tflite-reference profile): ADD, AVERAGE_POOL_2D, MEAN and the
-# reference FULLY_CONNECTED each round their own way
+# reference FULLY_CONNECTED each round their own way, MUL forms its scale in float32
 VARIANTS = {"": {}, "tflite": {"add_rounding": AddRounding.PER_OPERAND,
                                "avgpool_sum": AvgPoolSum.RAW,
                                "fc_requantize": FcRequant.FLOAT64_HALF_AWAY,
                                "global_avgpool": GlobalAvgPool.TFLITE_MEAN,
-                               "quantize_rounding": QuantizeRounding.HALF_AWAY}}
+                               "quantize_rounding": QuantizeRounding.HALF_AWAY,
+                               "mul_scale": MulScale.FLOAT32}}
+# ... and its 16x8 kernels: an int64 accumulator requantized by a 16-bit multiplier rounded once,
+# ADD's operands shifted 15 bits
+VARIANTS["tflite16"] = {**VARIANTS["tflite"],
+                        "int16_accumulator": AccumulatorSpec(64, Overflow.WRAP,
+                                                             SaturationPoint.FINAL),
+                        "int16_requantize": Int16Requant.TFLITE_REDUCED_MULTIPLIER,
+                        "int16_add_left_shift": 15}
 
 
 def contract(accumulator: str, requant: str, variant: str = "") -> ArithmeticSpec:
@@ -283,6 +291,69 @@ def _tflite_cases() -> Iterator[GoldenCase]:
     yield GoldenCase("global_avgpool_s8_tflite_mean", "global_avgpool2d", build=_mean_program,
                      **tfl)
     yield GoldenCase("fc_s8_tflite_float64", "fully_connected", build=_fc_ties_program, **tfl)
+    yield from _tflite16_cases()
+
+
+def _tflite16_cases() -> Iterator[GoldenCase]:
+    """TFLite's 16x8 kernels (int16 activations, int8 weights, int64 bias) and its float32
+    MUL scale, under the tflite-reference arithmetic."""
+    tfl = dict(accumulator="acc32_sat_final", requant="tflite_m32", variant="tflite16")
+    yield GoldenCase("conv3x3_s16xs8_tflite16", "conv2d", build=lambda rng: _mac16_program(
+        "conv2d", rng, pads=[1, 1, 1, 1]), **tfl)
+    yield GoldenCase("depthwise_s16xs8_tflite16", "conv2d", build=lambda rng: _mac16_program(
+        "conv2d", rng, groups=4, pads=[1, 0, 1, 2]), **tfl)
+    yield GoldenCase("fc_s16xs8_tflite16", "fully_connected",
+                     build=lambda rng: _mac16_program("fully_connected", rng), **tfl)
+    yield GoldenCase("add_s16_tflite16", "add", build=lambda rng: _add_program(rng, "s16"), **tfl)
+    yield GoldenCase("mul_s16_tflite16", "mul", build=_mul16_program, **tfl)
+
+
+def _mac16_program(op: str, rng, **attrs):
+    """A 16x8 MAC: int16 input (zero point 0) whose first batch (first rows) holds extremes,
+    so that the sums of channel 0 pass 2**31 where the reduction is long (the 64-bit
+    accumulator holds them); the rest uniform, spread over the output range; an int64 bias;
+    per-channel multipliers, two dyadic (ties for the one rounding half up), channel 0's small
+    enough that its sums past 2**31 land inside the int16 range."""
+    b = ProgramBuilder(f"golden_{op}_16x8")
+    if op == "conv2d":
+        groups = attrs.get("groups", 1)
+        x_shape, w_shape = (2, 4, 5, 6), (4, 4 // groups, 3, 3)
+        if groups == 1:
+            x_shape, w_shape = (2, 300, 3, 4), (4, 300, 3, 3)
+    else:
+        x_shape, w_shape = (6, 2000), (4, 2000)
+    x = b.input("x", x_shape, "s16", scale=1e-4)
+    oc = w_shape[0]
+    w_data = rng.integers(-127, 128, w_shape)
+    w_data[0] = np.abs(w_data[0])  # channel 0: one sign, so extreme inputs sum past 2**31
+    w = b.constant("w", w_data, "s8", scale=list(rng.uniform(0.002, 0.02, oc)), axis=0)
+    bias = b.constant("bias", rng.integers(-(1 << 20), 1 << 20, oc), "s64")
+    acc = b.node(op, [x, w, bias], "acc", **attrs)
+    k = int(np.prod(w_shape[1:]))
+    base = 2.0 ** -int(np.ceil(np.log2(np.sqrt(k) * 18918 * 73 / 8192)))
+    ratios = [base / 64, base / 2, base * 0.731, base * 1.37]  # channel 0: sums past 2**31 fit
+    y = b.node("requantize", [acc], "y", dtype="s16", scale=0.1, real_multiplier=ratios, axis=1,
+               clamp_min=-20000)
+    b.output(y)
+    x_values = _rand(rng, "s16", x_shape)
+    x_values[0] = np.where(rng.random(x_values[0].shape) < 0.2, -32768, 32767)
+    return b.build(), {"x": x_values}
+
+
+def _mul16_program(rng):
+    """Scales whose float32 product and quotient quantize 175 units of the Q0.31 multiplier
+    away from the double one."""
+    b = ProgramBuilder("golden_mul_16")
+    a = b.input("a", (2, 3, 4, 5), "s16", scale=0.0005651481333188713)
+    g = b.input("b", (2, 3, 4, 5), "s16", scale=0.0008817557827569544)
+    y = b.node("mul", [a, g], "y", dtype="s16", scale=0.0010636205552145839)
+    b.output(y)
+    va, vb = _rand(rng, "s16", (2, 3, 4, 5)) // 8, _rand(rng, "s16", (2, 3, 4, 5)) // 8
+    # products where the two multipliers round apart (found by search)
+    pairs = [(-11170, 15), (11170, 15), (-26312, 29), (-20010, 36), (20010, 36), (-16008, 43),
+             (3351, 50), (-26343, 57), (31039, 71), (-31039, 71)]
+    va.reshape(-1)[:len(pairs)], vb.reshape(-1)[:len(pairs)] = zip(*pairs)
+    return b.build(), {"a": va, "b": vb}
 
 
 def _mean_program(rng):

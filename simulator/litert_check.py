@@ -15,8 +15,9 @@ import numpy as np
 
 from simulator.compare import explain, find_divergence
 from simulator.contract import (AccumulatorSpec, AddRounding, ArithmeticSpec, AvgPoolSum,
-                                FcRequant, GlobalAvgPool, Overflow, QuantizeRounding,
-                                RequantMode, RequantSpec, RoundingMode, SaturationPoint)
+                                FcRequant, GlobalAvgPool, Int16Requant, MulScale, Overflow,
+                                QuantizeRounding, RequantMode, RequantSpec, RoundingMode,
+                                SaturationPoint)
 from simulator.errors import SimulatorError
 from simulator.execute import arithmetic_of, run_node
 from simulator.ir.ops import MAC_OPS, OpKind
@@ -48,6 +49,13 @@ def _tflite_variants(arith: ArithmeticSpec) -> list[tuple[str, ArithmeticSpec]]:
         ("float -> int quantize with ties to even (rint, the optimised kernels) instead of the "
          "reference's roundf (ties away)",
          dataclasses.replace(arith, quantize_rounding=QuantizeRounding.HALF_EVEN)),
+        ("a 32-bit accumulator and the int8 kernels' double-rounding multiplier instead of the "
+         "16x8 kernels' int64 accumulator and 16-bit multiplier rounded once",
+         dataclasses.replace(arith, int16_accumulator=None, int16_requantize=Int16Requant.SAME)),
+        ("int16 ADD operands shifted left 20 bits (the int8 ADD's) instead of 15",
+         dataclasses.replace(arith, int16_add_left_shift=20)),
+        ("a MUL scale formed in double instead of TFLite Prepare's float32",
+         dataclasses.replace(arith, mul_scale=MulScale.FLOAT64)),
     ]
     return out
 
@@ -86,12 +94,13 @@ def _explain_table(program: Program, node: Node, inputs, index, value) -> list[s
     src, out = program.tensors[node.inputs[0]], program.tensors[node.outputs[0]]
     x = int(np.asarray(inputs[0])[index])
     reasons = [f"optimised {fn or 'table'} kernel: input {x} gives {value}, TFLite's "
-               f"256-entry table (LUTPopulate / the reference kernel) gives "
-               f"{node.attrs['table'][x - src.dtype.qmin]}"]
+               f"{len(node.attrs['table'])}-entry table (LUTPopulate / the reference kernel) "
+               f"gives {node.attrs['table'][x - src.dtype.qmin]}"]
     func = {"sigmoid": lambda v: 1 / (1 + np.exp(-v)), "tanh": np.tanh}.get(fn)
     if func is not None:  # a table built in double and rounded to nearest even
         real = float(src.scale[0]) * (x - src.zp_scalar)
-        even = int(np.clip(np.rint(func(real) / out.scale[0]) + out.zp_scalar, -128, 127))
+        even = int(np.clip(np.rint(func(real) / out.scale[0]) + out.zp_scalar, out.dtype.qmin,
+                           out.dtype.qmax))
         if even == value:
             reasons.append(f"{fn} evaluated in double and rounded ties to even reproduces it")
     return reasons

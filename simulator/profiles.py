@@ -25,9 +25,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from simulator.contract import (ACTIVATION_FUNCTIONS, AccumulatorSpec, AddRounding,
-                                ArithmeticSpec, AvgPoolSum, FcRequant, GlobalAvgPool, MacOrder,
-                                Overflow, QuantizeRounding, RequantMode, RequantSpec,
-                                RoundingMode, SaturationPoint)
+                                ArithmeticSpec, AvgPoolSum, FcRequant, GlobalAvgPool,
+                                Int16Requant, MacOrder, MulScale, Overflow, QuantizeRounding,
+                                RequantMode, RequantSpec, RoundingMode, SaturationPoint)
 from simulator.errors import ProfileError, SimulatorError
 
 PROFILE_PATH_ENV = "ARCHNET_PROFILE_PATH"
@@ -298,6 +298,13 @@ def _optional_choice(enum_cls, default) -> _Leaf:
                  optional=True)
 
 
+def _optional_integer(lo: int, hi: int, default, unit: str = "", shown: str = "") -> _Leaf:
+    """An integer a profile may leave out (range-checked; no cost ``bounds``: not a cost number)."""
+    leaf = _integer(lo, hi, unit)
+    return _Leaf(leaf.parse, f"{leaf.allowed} (default {shown or default})", default=default,
+                 optional=True)
+
+
 def _hw(hi: int) -> _Leaf:
     allowed = f"[height, width], integers in 1..{hi}"
 
@@ -390,6 +397,8 @@ _SRAM = _integer(1, 2**36, "bytes")                 # 24 KiB U55 .. 44 GB Cerebr
 _CACHE = _integer(0, 2**36, "bytes")                # as SRAM; 0 = weights stream every inference
 _BITS = _integer(1, 16, "bits")                     # operand widths the integer kernels implement
 _ACC_BITS = _integer(8, 48, "bits")                 # what the int64 emulation holds exactly
+# 16x8 MACs: TFLite sums int16 x int8 products in int64 (overflow as int64 wraps)
+_ACC16_BITS = _optional_integer(8, 64, None, "bits", "accumulator_bits")
 _MULT_BITS = _integer(2, 32, "bits")                # up to a Q0.31 requantize multiplier
 _TILE_K = _integer(0, 2**31 - 1, "products")        # 0 = untiled; at most one whole reduction
 _SIDE = 2**16 - 1                                   # kernel, stride, dilation, map side, inputs:
@@ -474,7 +483,11 @@ SCHEMA: dict[str, Any] = {
                    "fully_connected_requantize": _optional_choice(FcRequant, FcRequant.SAME),
                    "global_avgpool": _optional_choice(GlobalAvgPool, GlobalAvgPool.DIVIDE),
                    "quantize_rounding": _optional_choice(QuantizeRounding,
-                                                         QuantizeRounding.HALF_EVEN)},
+                                                         QuantizeRounding.HALF_EVEN),
+                   "int16_accumulator_bits": _ACC16_BITS,
+                   "int16_requantize": _optional_choice(Int16Requant, Int16Requant.SAME),
+                   "int16_add_left_shift": _optional_integer(0, 31, 20, "bits"),
+                   "mul_scale": _optional_choice(MulScale, MulScale.FLOAT64)},
     "precision": {"modes": _modes(), "default_weight_bits": _BITS,
                   "default_activation_bits": _BITS},
     "array": {"output_channel_lanes": _LANES, "reduction_lanes": _LANES,
@@ -676,6 +689,24 @@ def _cross_check(c: _Checker, v: dict) -> None:
     if a["rounding"] is RoundingMode.TFLITE and a["accumulator_bits"] > 32:
         raise c.fail(("arithmetic", "accumulator_bits"), "rounding 'tflite' needs "
                      "accumulator_bits <= 32")
+    if a["int16_requantize"] is Int16Requant.TFLITE_REDUCED_MULTIPLIER and (
+            a["requantize"] is not RequantMode.MULTIPLIER_SHIFT or a["multiplier_bits"] != 32):
+        raise c.fail(("arithmetic", "int16_requantize"), "'tflite_reduced_multiplier' reduces a "
+                     "Q0.31 multiplier: needs requantize 'multiplier_shift' and "
+                     "multiplier_bits = 32")
+    if a["int16_add_left_shift"] != 20 and a["add_rounding"] is not AddRounding.PER_OPERAND:
+        raise c.fail(("arithmetic", "int16_add_left_shift"), "applies to add_rounding "
+                     "'per_operand' only")
+    acc16 = a["int16_accumulator_bits"]
+    if acc16 is not None and a["int16_requantize"] is Int16Requant.SAME:
+        if a["rounding"] is RoundingMode.TFLITE and acc16 > 32:
+            raise c.fail(("arithmetic", "int16_accumulator_bits"), "rounding 'tflite' needs "
+                         "int16_accumulator_bits <= 32 (or int16_requantize "
+                         "'tflite_reduced_multiplier')")
+        if a["requantize"] is RequantMode.MULTIPLIER_SHIFT and \
+                a["rounding"] is not RoundingMode.TFLITE and acc16 + a["multiplier_bits"] > 64:
+            raise c.fail(("arithmetic", "int16_accumulator_bits"), f"{acc16} + multiplier_bits "
+                         f"{a['multiplier_bits']} > 64; acc * M must fit int64")
     integer_m = a["requantize"] is RequantMode.MULTIPLIER_SHIFT
     if integer_m and a["rounding"] is not RoundingMode.TFLITE \
             and a["accumulator_bits"] + a["multiplier_bits"] > 64:
@@ -716,12 +747,16 @@ def _cross_check(c: _Checker, v: dict) -> None:
 
 def _freeze(path: Path, v: dict) -> ChipProfile:
     a = v["arithmetic"]
+    accumulator = AccumulatorSpec(a["accumulator_bits"], a["overflow"], a["saturation_point"],
+                                  a["tile_k"], a["mac_order"])
+    acc16 = None if a["int16_accumulator_bits"] is None else \
+        AccumulatorSpec(a["int16_accumulator_bits"], a["overflow"], a["saturation_point"],
+                        a["tile_k"], a["mac_order"])
     arithmetic = ArithmeticSpec(
-        AccumulatorSpec(a["accumulator_bits"], a["overflow"], a["saturation_point"], a["tile_k"],
-                        a["mac_order"]),
-        RequantSpec(a["requantize"], a["rounding"], a["multiplier_bits"]),
+        accumulator, RequantSpec(a["requantize"], a["rounding"], a["multiplier_bits"]),
         a["add_rounding"], a["avgpool_sum"], a["fully_connected_requantize"],
-        a["global_avgpool"], a["quantize_rounding"])
+        a["global_avgpool"], a["quantize_rounding"], acc16, a["int16_requantize"],
+        a["int16_add_left_shift"], a["mul_scale"])
     p = v["provenance"]
     ops = {kind: OpLimits(**limits) for kind, limits in v["ops"].items()}
     return ChipProfile(

@@ -90,13 +90,15 @@ ADD_LEFT_SHIFT = 20  # TFLite ADD's headroom: 8-bit operands are shifted left th
 
 
 def prepare_add_per_operand(scale_a: float, scale_b: float, scale_y: float,
-                            spec: RequantSpec) -> tuple[int, int, int, int, int, int]:
+                            spec: RequantSpec, left_shift: int = ADD_LEFT_SHIFT
+                            ) -> tuple[int, int, int, int, int, int]:
     """TFLite ADD's three (M, S) pairs: each operand's scale over twice the larger operand
-    scale (both below 1), then twice that scale over ``2**20`` times the output's, each
-    quantized like any requantize scale (``Prepare`` in TFLite's add.cc, in double)."""
+    scale (both below 1), then twice that scale over ``2**left_shift`` times the output's, each
+    quantized like any requantize scale (``Prepare`` in TFLite's add.cc, in double; the left
+    shift is 20 for 8-bit operands, 15 for 16-bit ones)."""
     twice_max = 2.0 * max(scale_a, scale_b)
     ratios = (scale_a / twice_max, scale_b / twice_max,
-              twice_max / ((1 << ADD_LEFT_SHIFT) * scale_y))
+              twice_max / ((1 << left_shift) * scale_y))
     out: list[int] = []
     for r in ratios:
         m, s = quantize_multiplier(r, spec.multiplier_bits)
@@ -105,13 +107,14 @@ def prepare_add_per_operand(scale_a: float, scale_b: float, scale_y: float,
 
 
 def add_per_operand(da, db, prepared: tuple[int, int, int, int, int, int],
-                    rounding: RoundingMode) -> np.ndarray:
-    """TFLite ADD before the output zero point: ``(da << 20)`` and ``(db << 20)`` rescaled and
-    rounded each, summed, the sum rescaled and rounded again (``rounding`` at every step)."""
+                    rounding: RoundingMode, left_shift: int = ADD_LEFT_SHIFT) -> np.ndarray:
+    """TFLite ADD before the output zero point: ``(da << 20)`` and ``(db << 20)`` (``left_shift``
+    bits) rescaled and rounded each, summed, the sum rescaled and rounded again (``rounding`` at
+    every step)."""
     ma, sa, mb, sb, my, sy = prepared
     mode = RequantMode.MULTIPLIER_SHIFT
-    a = scale_values(np.asarray(da, np.int64) << ADD_LEFT_SHIFT, ma, sa, mode, rounding)
-    b = scale_values(np.asarray(db, np.int64) << ADD_LEFT_SHIFT, mb, sb, mode, rounding)
+    a = scale_values(np.asarray(da, np.int64) << left_shift, ma, sa, mode, rounding)
+    b = scale_values(np.asarray(db, np.int64) << left_shift, mb, sb, mode, rounding)
     return scale_values(a + b, my, sy, mode, rounding)
 
 
@@ -297,6 +300,9 @@ class PreparedScale:
     rounding: RoundingMode
     multiplier: np.ndarray   # int64 M, or float32 scale in FLOAT_SCALE mode
     shift: np.ndarray        # int64 S (zeros in FLOAT_SCALE mode)
+    # the scaled value is truncated to this many bits (two's complement) before the output
+    # zero point and clamp: 32 where a C kernel casts its int64 result to int32_t
+    result_bits: int = 64
 
 
 def prepare_scale(scale, spec: RequantSpec) -> PreparedScale:
@@ -306,6 +312,25 @@ def prepare_scale(scale, spec: RequantSpec) -> PreparedScale:
         return PreparedScale(spec.mode, spec.rounding, f32, np.zeros(f32.shape, np.int64))
     m, s = quantize_multiplier(scale, spec.multiplier_bits)
     return PreparedScale(spec.mode, spec.rounding, m, s)
+
+
+REDUCED_MULTIPLIER_CAP = 0x7FFF0000  # from here on TFLite's 16-bit multiplier is 0x7FFF
+
+
+def prepare_tflite_int64(scale) -> PreparedScale:
+    """TFLite's ``MultiplyByQuantizedMultiplier(int64_t x, M, shift)`` (kernels/internal/
+    common.cc, the 16x8 conv and depthwise kernels): QuantizeMultiplier's Q0.31 M cut to a
+    16-bit ``(M + 2**15) >> 16`` (0x7FFF for M >= 0x7FFF0000), then ``(x * M16 + 2**(S-17))
+    >> (S - 16)``: one rounding, half up, the result cast to int32 (the same in TFLite's
+    single- and double-rounding builds)."""
+    m, s = quantize_multiplier(scale, 32)
+    m16 = np.where(m >= REDUCED_MULTIPLIER_CAP, 0x7FFF, (m + (1 << 15)) >> 16)
+    shift = np.where(m == 0, 15, s - 16)  # a zero scale: TFLite's shift 0, total shift 15
+    if shift.size and shift.min() < 1:
+        raise SimulatorError(f"requantize scale {float(np.max(scale))!r} too large for TFLite's "
+                             f"64-bit requantize (it needs a right shift of at least 17)")
+    return PreparedScale(RequantMode.MULTIPLIER_SHIFT, RoundingMode.HALF_UP, m16.astype(np.int64),
+                         shift.astype(np.int64), result_bits=32)
 
 
 def scale_values(values, multiplier, shift, mode: RequantMode, rounding: RoundingMode):
@@ -331,6 +356,8 @@ def requantize(values, in_zero_point, prepared: PreparedScale, out_zero_point: i
     else:
         m, s = m.reshape(()), s.reshape(())
     scaled = scale_values(v, m, s, prepared.mode, prepared.rounding)
+    if prepared.result_bits < 64:
+        scaled = wrap(scaled, prepared.result_bits)
     return np.clip(scaled + np.int64(out_zero_point), qmin, qmax)
 
 

@@ -1428,9 +1428,9 @@ def matmul(a, b, a_zp, b_zp, acc: AccumulatorSpec):
 # ============================================================================ requantize
 
 @njit(inline="always", **_JIT)
-def _requant_one(d, m, s, rnd, yzp, qmin, qmax):
+def _requant_one(d, m, s, rnd, bits, yzp, qmin, qmax):
     y = _tflite_multiply(d, m, s) if rnd == 4 else _round_shift(d * m, s, rnd)
-    return min(max(y + yzp, qmin), qmax)
+    return min(max(_wrap(y, bits) + yzp, qmin), qmax)
 
 
 @njit(inline="always", **_JIT)
@@ -1454,14 +1454,15 @@ def _segment(t, size, inner, ch):
 
 
 @njit(**_JIT)
-def _requant_int(t0, t1, v, inner, zx, mult, shift, rnd, yzp, qmin, qmax, out):
-    """Segments t0..t1 of v (flat): integer (M, S) requantization."""
+def _requant_int(t0, t1, v, inner, zx, mult, shift, rnd, bits, yzp, qmin, qmax, out):
+    """Segments t0..t1 of v (flat): integer (M, S) requantization, the scaled value wrapped to
+    ``bits`` (64: untouched)."""
     for t in range(t0, t1):
         start, end, c = _segment(t, v.size, inner, mult.size)
         m, s = mult[c], shift[c]
         src, dst = v[start:end], out[start:end]  # indexes known >= 0: no wraparound checks
         for i in range(src.size):
-            dst[i] = _requant_one(src[i] - zx, m, s, rnd, yzp, qmin, qmax)
+            dst[i] = _requant_one(src[i] - zx, m, s, rnd, bits, yzp, qmin, qmax)
 
 
 @njit(**_JIT)
@@ -1502,7 +1503,8 @@ def requantize(x, x_zp, prepared: PreparedScale, axis: int, y_zp: int, qmin: int
         if shift.size and (shift.min() < 0 or shift.max() > 62):
             return reference.requantize(x, x_zp, prepared, axis, y_zp, qmin, qmax)
         rnd = _ROUNDING_CODE[prepared.rounding]
-        _run_tasks(_requant_int, ntask, flat.size, flat, inner, zx, mult, shift, rnd, yzp,
+        bits = min(max(int(prepared.result_bits), 1), 64)
+        _run_tasks(_requant_int, ntask, flat.size, flat, inner, zx, mult, shift, rnd, bits, yzp,
                    lo, hi, out)
     return out.reshape(v.shape)
 
@@ -1639,28 +1641,31 @@ def _rescale_one(v, m, s, rnd):
 
 
 @njit(**_JIT)
-def _add_per_operand(t0, t1, a, za, b, zb, p, rnd, yzp, qmin, qmax, out):
-    """fixed_point.add_per_operand, one element at a time; p = (Ma, Sa, Mb, Sb, My, Sy)."""
+def _add_per_operand(t0, t1, a, za, b, zb, p, rnd, ls, yzp, qmin, qmax, out):
+    """fixed_point.add_per_operand, one element at a time; p = (Ma, Sa, Mb, Sb, My, Sy), each
+    operand shifted left ``ls`` bits first."""
     sa, sb, dst = a[t0:t1], b[t0:t1], out[t0:t1]
     for i in range(dst.size):
-        ra = _rescale_one((sa[i] - za) << 20, p[0], p[1], rnd)
-        rb = _rescale_one((sb[i] - zb) << 20, p[2], p[3], rnd)
+        ra = _rescale_one((sa[i] - za) << ls, p[0], p[1], rnd)
+        rb = _rescale_one((sb[i] - zb) << ls, p[2], p[3], rnd)
         y = _rescale_one(ra + rb, p[4], p[5], rnd)
         dst[i] = min(max(y + yzp, qmin), qmax)
 
 
-def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qmin, qmax):
+def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qmin, qmax,
+                    left_shift: int = fp.ADD_LEFT_SHIFT):
     """TFLite's ADD: each operand rescaled on its own, the sum rescaled again."""
     p = np.asarray(prepared, dtype=np.int64)
     shifts = p[1::2]
-    if shifts.min() < 0 or shifts.max() > 62:
-        return reference.add_per_operand(a, a_zp, b, b_zp, prepared, rounding, y_zp, qmin, qmax)
+    if shifts.min() < 0 or shifts.max() > 62 or not 0 <= int(left_shift) <= 62:
+        return reference.add_per_operand(a, a_zp, b, b_zp, prepared, rounding, y_zp, qmin, qmax,
+                                         left_shift)
     a, b = np.broadcast_arrays(_i64(a), _i64(b))
     shape = a.shape
     a1, b1 = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel()
     out = np.empty(a1.size, np.int64)
     _run_tasks(_add_per_operand, a1.size, 16 * a1.size, a1, int(a_zp), b1, int(b_zp), p,
-               _ROUNDING_CODE[rounding], int(y_zp), int(qmin), int(qmax), out)
+               _ROUNDING_CODE[rounding], int(left_shift), int(y_zp), int(qmin), int(qmax), out)
     return out.reshape(shape)
 
 

@@ -173,12 +173,15 @@ def global_mean(x, x_zp, prepared: PreparedScale, y_zp, qmin, qmax):
     return fp.requantize(sums, 0, prepared, y_zp, qmin, qmax)
 
 
-def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qmin, qmax):
-    """TFLite's ADD: each operand rescaled and rounded on its own, the sum rescaled again
-    (``fixed_point.add_per_operand``); ``prepared`` is ``prepare_add_per_operand``'s six ints."""
+def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qmin, qmax,
+                    left_shift: int = fp.ADD_LEFT_SHIFT):
+    """TFLite's ADD: each operand shifted left ``left_shift`` bits and rescaled and rounded on
+    its own, the sum rescaled again (``fixed_point.add_per_operand``); ``prepared`` is
+    ``prepare_add_per_operand``'s six ints."""
     da = np.asarray(a, dtype=np.int64) - np.int64(a_zp)
     db = np.asarray(b, dtype=np.int64) - np.int64(b_zp)
-    return np.clip(fp.add_per_operand(da, db, prepared, rounding) + np.int64(y_zp), qmin, qmax)
+    return np.clip(fp.add_per_operand(da, db, prepared, rounding, left_shift) + np.int64(y_zp),
+                   qmin, qmax)
 
 
 def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: int):

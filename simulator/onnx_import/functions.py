@@ -12,6 +12,7 @@ constant makes one table per channel, which no activation unit has.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -99,21 +100,30 @@ def find_functions(nodes, outputs, is_const, value, opset: int) -> list[Function
 
 
 def _grow(nodes, seed, x, readers, taken, is_const, value) -> list[int]:
+    """The seed and every later elementwise node computed from it and ``x`` alone, visiting
+    only readers of what the region makes (in graph order), so a large graph costs its edges."""
     region, made = [seed], {nodes[seed].output[0]}
-    for i in range(seed + 1, len(nodes)):
+    pending = list(readers.get(nodes[seed].output[0], []))
+    heapq.heapify(pending)
+    seen = set(pending)
+    while pending:
+        i = heapq.heappop(pending)
         node = nodes[i]
         if i in taken or node.op_type not in ELEMENTWISE or node.domain not in ("", "ai.onnx") \
                 or len([o for o in node.output if o]) != 1:
             continue
         ins = [n for n in node.input if n]
         live = [n for n in ins if not is_const(n)]
-        if not live or not any(n in made for n in live) or \
-                not all(n in made or n == x for n in live) or \
+        if not all(n in made or n == x for n in live) or \
                 not all(_scalar_constant(n, is_const, value) for n in ins if is_const(n)):
             continue
         region.append(i)
         made.add(node.output[0])
-    return region
+        for r in readers.get(node.output[0], []):
+            if r not in seen:
+                seen.add(r)
+                heapq.heappush(pending, r)
+    return sorted(region)
 
 
 def _as_function(nodes, region, x, readers, outputs, value, opset) -> Function | None:

@@ -231,6 +231,8 @@ def mul(t, node) -> None:
     if _fold_affine(t, node):
         return
     names = [n for n in node.input if n]
+    if len(names) == 2 and t.is_const(names[0]) != t.is_const(names[1]):
+        return _scale_by_constant(t, node)
     if len(names) != 2 or any(t.is_const(n) for n in names):
         return fallback(t, node)
     a, b = names
@@ -241,6 +243,32 @@ def mul(t, node) -> None:
     if y_shape is None or tuple(t.shape(a, node)) != tuple(y_shape):
         return fallback(t, node)
     t.emit(node, OpKind.MUL, [t.use(a, node), t.use(b, node)], y, **t.output_kwargs(y, node))
+
+
+def _scale_by_constant(t, node) -> None:
+    """An activation times (or, for Div, over) one constant value, where no conv takes it into
+    its weights (attention's 1/sqrt(d) after a split): the elementwise mul by a scalar, a
+    rescale every chip's elementwise unit runs."""
+    names = [n for n in node.input if n]
+    act, const = (names[1], names[0]) if t.is_const(names[0]) else (names[0], names[1])
+    if node.op_type == "Div" and act != names[0]:
+        return fallback(t, node)   # c / x is a reciprocal, not a rescale
+    shape = t.onnx_shape(t.resolve(const)) or t.onnx_shape(const)
+    y = node.output[0]
+    if shape is None or math.prod(shape) != 1 or \
+            tuple(t.onnx_shape(y) or ()) != tuple(t.shape(act, node)):
+        return fallback(t, node)
+    t.emit(node, OpKind.MUL, [t.use(act, node), t.use(const, node)], y,
+           **t.output_kwargs(y, node))
+
+
+def div(t, node) -> None:
+    if not t.estimate:
+        return t.unsupported(node, "Div")
+    names = [n for n in node.input if n]
+    if len(names) == 2 and t.is_const(names[1]) and not t.is_const(names[0]):
+        return _scale_by_constant(t, node)
+    fallback(t, node)
 
 
 def prelu(t, node) -> None:
@@ -319,6 +347,6 @@ def softmax(t, node) -> None:
 
 HANDLERS = {
     "Conv": conv, "BatchNormalization": batch_normalization, "Gemm": gemm, "MatMul": matmul,
-    "Add": add, "Sum": add, "Mul": mul, "Softmax": softmax, "PRelu": prelu,
+    "Add": add, "Sum": add, "Mul": mul, "Div": div, "Softmax": softmax, "PRelu": prelu,
     "ReduceMean": reduce_mean,
 }

@@ -1,13 +1,14 @@
 """TFLite import: a fully-integer .tflite becomes a Program the simulator executes.
 
 ``import_tflite(path)`` reads the flatbuffer with the ``tflite`` package (``reader``) and
-translates the int8 ops the simulator has (``ops_mac``, ``ops_elementwise``, ``ops_layout``):
-CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, BATCH_MATMUL, ADD, MUL, AVERAGE_POOL_2D,
-MAX_POOL_2D, MEAN (height and width), RESHAPE/SQUEEZE/EXPAND_DIMS, CONCATENATION, PAD folded into
-a convolution, LOGISTIC/TANH/GELU/HARD_SWISH/LEAKY_RELU/RELU/RELU6/RELU_N1_TO_1 as 256-entry
-tables, QUANTIZE and DEQUANTIZE. The ``tflite-reference`` chip profile holds TFLite's arithmetic.
-A truncated file, a float model or an op the simulator lacks is a one-line ``ModelImportError``
-naming the file, the operator and the tensor.
+translates the int8 and 16x8 (int16 activations, int8 weights) ops the simulator has
+(``ops_mac``, ``ops_elementwise``, ``ops_layout``): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
+BATCH_MATMUL (int8), ADD, MUL, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN (height and width),
+RESHAPE/SQUEEZE/EXPAND_DIMS, CONCATENATION, PAD folded into a convolution,
+LOGISTIC/TANH/GELU/HARD_SWISH/LEAKY_RELU/RELU/RELU6/RELU_N1_TO_1 as 256-entry tables (int16
+LOGISTIC/TANH: 65536-entry ones), QUANTIZE and DEQUANTIZE. The ``tflite-reference`` chip
+profile holds TFLite's arithmetic. A truncated file, a float model or an op the simulator lacks
+is a one-line ``ModelImportError`` naming the file, the operator and the tensor.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def import_tflite(path: str | os.PathLike) -> Program:
         culprit = float_compute(model)
         if culprit is not None:
             raise ModelImportError(f"{where}: a float model ({culprit} is float): the simulator "
-                                   f"runs fully-integer (int8) TFLite models")
+                                   f"runs fully-integer (int8, int16) TFLite models")
         handlers = {**ops_mac.HANDLERS, **ops_elementwise.HANDLERS, **ops_layout.HANDLERS}
         return Translator(model).run(handlers)
     except ModelImportError:

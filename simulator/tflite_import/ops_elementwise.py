@@ -21,11 +21,16 @@ def _same_layout_pair(t: Translator, op: TflOp, a: int, b: int) -> tuple[str, st
 
 
 def add(t: Translator, op: TflOp) -> None:
+    """ADD: int8, or int16 with TFLite's general scales (the profile's per_operand add with
+    its int16 left shift). With ``pot_scale_int16`` set (the schema's default) and every scale a
+    power of two, TFLite takes its power-of-two int16 path (a shift and a saturating add),
+    which the simulator does not model."""
     a, b, out = op.inputs[0], op.inputs[1], op.outputs[0]
-    for i in (a, b):
-        if t.tensor(i).dtype != "INT8":
-            raise t.fail(op, f"operand {t.tensor(i).name!r} is {t.tensor(i).dtype}; the "
-                             f"simulator runs int8 ADD", i)
+    if t.activation_types(op, [a, b, out]) == "INT16" and t.option(op, "PotScaleInt16", True) \
+            and all(tables.checked_log2(t.scale(i))[0] for i in (a, b, out)):
+        raise t.fail(op, "int16 ADD with pot_scale_int16 and power-of-two scales takes TFLite's "
+                         "power-of-two path (shift and saturating add), which the simulator "
+                         "lacks; the converter writes pot_scale_int16 = false", out)
     if t.tensor(a).shape != t.tensor(b).shape:
         raise t.fail(op, f"broadcasting ADD ({list(t.tensor(a).shape)} + "
                          f"{list(t.tensor(b).shape)}) is not supported")
@@ -36,6 +41,7 @@ def add(t: Translator, op: TflOp) -> None:
 
 def mul(t: Translator, op: TflOp) -> None:
     a, b, out = op.inputs[0], op.inputs[1], op.outputs[0]
+    t.activation_types(op, [a, b, out])  # int16 x int16 -> int8 is TFLite's other kernel
     sa, sb = t.tensor(a).shape, t.tensor(b).shape
     if int(np.prod(sa)) < int(np.prod(sb)):  # the Program's mul broadcasts its second operand
         a, b, sa, sb = b, a, sb, sa
@@ -60,8 +66,10 @@ def quantize(t: Translator, op: TflOp) -> None:
     if src.dtype == "FLOAT32":  # the graph's edge: host float -> int
         t.emit_to(op, OpKind.QUANTIZE, [t.view(x, "tfl", op)], out, "tfl")
         return
-    if src.dtype != "INT8" or t.tensor(out).dtype != "INT8":
+    if src.dtype not in ("INT8", "INT16") or t.tensor(out).dtype not in ("INT8", "INT16"):
         raise t.fail(op, f"QUANTIZE from {src.dtype} to {t.tensor(out).dtype} is not supported")
+    if src.dtype == t.tensor(out).dtype == "INT16":
+        t.activation_types(op, [x, out])  # int16 -> int16: both symmetric (Prepare)
     layout = t.layout_of(x)
     # TFLite's Requantize: MultiplyByQuantizedMultiplier(x - zp, in_scale / out_scale) + zp
     t.emit_to(op, OpKind.REQUANTIZE, [t.view(x, layout, op)], out, layout,
@@ -73,7 +81,7 @@ def dequantize(t: Translator, op: TflOp) -> None:
     if t.tensor(x).data is not None:
         raise t.fail(op, "DEQUANTIZE of a constant feeds float compute, which the simulator "
                          "does not run", x)
-    if t.tensor(out).dtype != "FLOAT32" or t.tensor(x).dtype != "INT8":
+    if t.tensor(out).dtype != "FLOAT32" or t.tensor(x).dtype not in ("INT8", "INT16"):
         raise t.fail(op, f"DEQUANTIZE from {t.tensor(x).dtype} to {t.tensor(out).dtype} is not "
                          f"supported")
     t.emit_to(op, OpKind.DEQUANTIZE, [t.view(x, "tfl", op)], out, "tfl")
@@ -81,11 +89,18 @@ def dequantize(t: Translator, op: TflOp) -> None:
 
 # ----------------------------------------------------------------------------- activations
 
-def _table(t: Translator, op: TflOp, table: list[int], function: str | None) -> None:
+def _table(t: Translator, op: TflOp, table, function: str | None) -> None:
+    """``table``: the 256 entries of an int8 activation, or a callable giving the 65536 of its
+    int16 kernel (LOGISTIC and TANH only), called once the types are checked."""
     x, out = op.inputs[0], op.outputs[0]
+    kind = "INT16" if callable(table) else "INT8"
     for i in (x, out):
-        if t.tensor(i).dtype != "INT8":
-            raise t.fail(op, f"{op.opcode} on {t.tensor(i).dtype} (only int8 is tabulated)", i)
+        if t.tensor(i).dtype != kind:
+            what = "int8 or int16 is tabulated" if callable(table) else \
+                "int8 is tabulated; of int16 activations, LOGISTIC and TANH are"
+            raise t.fail(op, f"{op.opcode} on {t.tensor(i).dtype} (only {what})", i)
+    if callable(table):
+        table = table()
     layout = t.layout_of(x)
     attrs = {"table": [int(v) for v in table]}
     if function:
@@ -98,11 +113,30 @@ def _scales(t: Translator, op: TflOp):
     return t.scale(x), t.zero_point(x), t.scale(out), t.zero_point(out)
 
 
+def _int16_table(t: Translator, op: TflOp, make, tanh: bool):
+    """The 65536-entry table of TFLite's int16 LOGISTIC / TANH, after the checks of their
+    Prepare: zero points 0, output scale 2**-15 (LOGISTIC: exactly 1/32768)."""
+    x, out = op.inputs[0], op.outputs[0]
+    t.activation_types(op, [x, out])
+    out_scale = float(np.float32(t.scale(out)))
+    exact = out_scale == 1 / 32768 if not tanh else tables.checked_log2(out_scale) == (True, -15)
+    if not exact:
+        raise t.fail(op, f"int16 {op.opcode} needs output scale 1/32768 (TFLite's Prepare), "
+                         f"has {out_scale!r}", out)
+    return lambda: make(t.scale(x))
+
+
 def logistic(t: Translator, op: TflOp) -> None:
+    if t.tensor(op.inputs[0]).dtype == "INT16":
+        _table(t, op, _int16_table(t, op, tables.logistic16_table, False), "sigmoid")
+        return
     _table(t, op, tables.logistic_table(*_scales(t, op)), "sigmoid")
 
 
 def tanh(t: Translator, op: TflOp) -> None:
+    if t.tensor(op.inputs[0]).dtype == "INT16":
+        _table(t, op, _int16_table(t, op, tables.tanh16_table, True), "tanh")
+        return
     _table(t, op, tables.tanh_table(*_scales(t, op)), "tanh")
 
 

@@ -1,7 +1,9 @@
 """Pools, MEAN, RESHAPE/SQUEEZE, CONCATENATION: ops that move or average integers of one scale.
 
-TFLite's int8 pools and concatenation keep their input's quantization (Prepare insists), so
-they need no rescale; a fused activation becomes a clamp.
+TFLite's int8 and int16 pools and concatenation keep their input's quantization (Prepare
+insists), so they need no rescale; a fused activation becomes a clamp. int16 pools and MEAN
+compute as the int8 ones do (reference_integer_ops pooling.h, reference reduce.h), in their
+16-bit range.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ def _clamp_after(t: Translator, op: TflOp, value: str, out: int, layout: str) ->
 
 def _pool(t: Translator, op: TflOp, kind: OpKind) -> None:
     x, out = op.inputs[0], op.outputs[0]
-    if t.tensor(x).dtype != "INT8":
-        raise t.fail(op, f"input is {t.tensor(x).dtype}; the simulator runs int8 pools", x)
+    t.activation_types(op, [x, out], "input")
     _same_quantization(t, op, x, out)
     _, h, w, _ = t.tensor(x).shape
     kernel = [t.option(op, "FilterHeight", 1), t.option(op, "FilterWidth", 1)]
@@ -59,7 +60,7 @@ def max_pool_2d(t: Translator, op: TflOp) -> None:
 
 
 def mean(t: Translator, op: TflOp) -> None:
-    """MEAN over height and width of an int8 NHWC tensor: a global_avgpool2d writing the
+    """MEAN over height and width of an int8 or int16 NHWC tensor: a global_avgpool2d writing the
     output's own scale and zero point (the tflite-reference profile's ``tflite_mean`` divides
     as TFLite does: one multiplier for in/out scale and the count, see fixed_point)."""
     x, out = op.inputs[0], op.outputs[0]
@@ -68,9 +69,7 @@ def mean(t: Translator, op: TflOp) -> None:
     if len(shape) != 4 or sorted(a % 4 for a in axes) != [1, 2]:
         raise t.fail(op, f"MEAN over axes {axes} of a rank-{len(shape)} tensor; the simulator "
                          f"averages height and width of NHWC tensors only")
-    if t.tensor(x).dtype != "INT8" or t.tensor(out).dtype != "INT8":
-        raise t.fail(op, f"MEAN of {t.tensor(x).dtype} to {t.tensor(out).dtype}; the simulator "
-                         f"runs int8 MEAN", x)
+    t.activation_types(op, [x, out], "input")
     if bool(t.option(op, "KeepDims", False)):
         t.emit_to(op, OpKind.GLOBAL_AVGPOOL2D, [t.view(x, "nchw", op)], out, "nchw")
         return

@@ -4,6 +4,10 @@ PAD, which is folded into the convolution that reads it.
 Requantization scales are TFLite's Prepare arithmetic in double:
 ``input_scale * filter_scale[c] / output_scale`` (PopulateConvolutionQuantizationParams, and
 the reference FULLY_CONNECTED's own expression); the chip profile decides how they are applied.
+
+16x8 (int16 activations with zero point 0, int8 filters, an int64 bias): the same nodes with
+an s16 input and an s64 bias; the profile's ``int16_accumulator_bits`` and ``int16_requantize``
+give them TFLite's int64 accumulator and its 16-bit requantize multiplier.
 """
 
 from __future__ import annotations
@@ -53,25 +57,29 @@ def _weights(t: Translator, op: TflOp, index: int, channels_axis: int):
     return w, (list(w.scale) if w.per_channel else [w.scale[0]] * channels)
 
 
-def _activation_in(t: Translator, op: TflOp, index: int):
-    if t.tensor(index).dtype == "INT16":
-        raise t.fail(op, "int16 activations: TFLite's 16x8 kernels requantize a 64-bit "
-                         "accumulator with a 16-bit multiplier, which the tflite-reference "
-                         "profile does not model", index)
-    if t.tensor(index).dtype != "INT8":
-        raise t.fail(op, f"input {t.tensor(index).name!r} is {t.tensor(index).dtype}; the "
-                         f"simulator runs int8 models", index)
+def _activation_in(t: Translator, op: TflOp, index: int) -> str:
+    """The MAC's activation type: INT8, or INT16 (TFLite's 16x8: int16 activations, int8
+    weights, an int64 bias); its output has the same type."""
+    return t.activation_types(op, [index, op.outputs[0]], "activation")
+
+
+# the bias TFLite's kernels read for each activation type: 16x8 kernels read int64 (an int32
+# bias reaches them only where the op's quantized_bias_type says so; LiteRT 2.3 then reads it
+# as int64 regardless)
+BIAS_TYPE = {"INT8": ("INT32", "s32"), "INT16": ("INT64", "s64")}
 
 
 def _bias(t: Translator, op: TflOp, acc_scales: list[float]) -> list[str]:
     if len(op.inputs) < 3 or op.inputs[2] < 0:
         return []
     b = t.constant(op, op.inputs[2], "bias")
-    if b.dtype != "INT32" or b.data.shape != (len(acc_scales),):
-        raise t.fail(op, f"bias {b.name!r} must be int32 of shape [{len(acc_scales)}], is "
-                         f"{b.dtype} {list(b.data.shape)}", op.inputs[2])
+    tfl_type, program_type = BIAS_TYPE[t.tensor(op.inputs[0]).dtype]
+    if b.dtype != tfl_type or b.data.shape != (len(acc_scales),):
+        raise t.fail(op, f"bias {b.name!r} must be {tfl_type.lower()} of shape "
+                         f"[{len(acc_scales)}] for {t.tensor(op.inputs[0]).dtype.lower()} "
+                         f"activations, is {b.dtype} {list(b.data.shape)}", op.inputs[2])
     per_channel = len(set(acc_scales)) > 1
-    name = t.b.constant(t._fresh(b.name), np.asarray(b.data, np.int64), "s32",
+    name = t.b.constant(t._fresh(b.name), np.asarray(b.data, np.int64), program_type,
                         scale=acc_scales if per_channel else acc_scales[0], zero_point=0,
                         axis=0 if per_channel else None)
     return [name]
@@ -199,7 +207,9 @@ def batch_matmul(t: Translator, op: TflOp) -> None:
     sums), then a requantize by ``lhs_scale * rhs_scale / out_scale`` (batch_matmul.cc)."""
     a, b, out = op.inputs[0], op.inputs[1], op.outputs[0]
     for i in (a, b):
-        _activation_in(t, op, i)
+        if t.tensor(i).dtype != "INT8":
+            raise t.fail(op, f"operand {t.tensor(i).name!r} is {t.tensor(i).dtype}; the "
+                             f"simulator runs int8 BATCH_MATMUL", i)
     views = []
     for i, adjoint in ((a, t.option(op, "AdjX", False)), (b, t.option(op, "AdjY", False))):
         v = t.view(i, "tfl", op)

@@ -9,6 +9,10 @@ re-derived here from TFLite's sources (named in each function), never called:
   inverse output scale, ``roundf``, add the zero point, clamp.
 * HARD_SWISH: reference_ops::HardSwish, 16-bit fixed point throughout.
 * LEAKY_RELU, RELU, RELU6, RELU_N1_TO_1: MultiplyByQuantizedMultiplier of ``x - zp``.
+
+The int16 LOGISTIC and TANH kernels also map one value to one value, so the same holds for their
+65536 inputs: ``logistic16_table`` and ``tanh16_table`` evaluate reference_integer_ops::Logistic
+/ Tanh (16-bit) on each, with the input multiplier of LogisticPrepare / TanhPrepare.
 """
 
 from __future__ import annotations
@@ -189,3 +193,98 @@ def hard_swish_table(in_scale, in_zp, out_scale, out_zp) -> list[int]:
         y = _rdbpot(_sdhm16(reluish, preshift_out), -out_exp) + out_zp
         out.append(min(max(y, -128), 127))
     return out
+
+
+# ----------------------------------------------------------------------------- int16
+
+# kernels/internal/common.h: sigmoid(i / 24) in 0.16 fixed point, shared by LOGISTIC and TANH
+SIGMOID_TABLE_UINT16 = (32768, 33451, 34133, 34813, 35493, 36169, 36843, 37513, 38180, 38841, 39498,
+    40149, 40794, 41432, 42064, 42688, 43304, 43912, 44511, 45102, 45683, 46255,
+    46817, 47369, 47911, 48443, 48964, 49475, 49975, 50464, 50942, 51409, 51865,
+    52311, 52745, 53169, 53581, 53983, 54374, 54755, 55125, 55485, 55834, 56174,
+    56503, 56823, 57133, 57433, 57724, 58007, 58280, 58544, 58800, 59048, 59288,
+    59519, 59743, 59959, 60168, 60370, 60565, 60753, 60935, 61110, 61279, 61441,
+    61599, 61750, 61896, 62036, 62172, 62302, 62428, 62549, 62666, 62778, 62886,
+    62990, 63090, 63186, 63279, 63368, 63454, 63536, 63615, 63691, 63765, 63835,
+    63903, 63968, 64030, 64090, 64148, 64204, 64257, 64308, 64357, 64405, 64450,
+    64494, 64536, 64576, 64614, 64652, 64687, 64721, 64754, 64786, 64816, 64845,
+    64873, 64900, 64926, 64950, 64974, 64997, 65019, 65039, 65060, 65079, 65097,
+    65115, 65132, 65149, 65164, 65179, 65194, 65208, 65221, 65234, 65246, 65258,
+    65269, 65280, 65291, 65301, 65310, 65319, 65328, 65337, 65345, 65352, 65360,
+    65367, 65374, 65381, 65387, 65393, 65399, 65404, 65410, 65415, 65420, 65425,
+    65429, 65433, 65438, 65442, 65445, 65449, 65453, 65456, 65459, 65462, 65465,
+    65468, 65471, 65474, 65476, 65479, 65481, 65483, 65485, 65488, 65489, 65491,
+    65493, 65495, 65497, 65498, 65500, 65501, 65503, 65504, 65505, 65507, 65508,
+    65509, 65510, 65511, 65512, 65513, 65514, 65515, 65516, 65517, 65517, 65518,
+    65519, 65520, 65520, 65521, 65522, 65522, 65523, 65523, 65524, 65524, 65525,
+    65525, 65526, 65526, 65526, 65527, 65527, 65528, 65528, 65528, 65529, 65529,
+    65529, 65529, 65530, 65530, 65530, 65530, 65531, 65531, 65531, 65531, 65531,
+    65532, 65532, 65532, 65532, 65532, 65532, 65533, 65533, 65533, 65533, 65533,
+    65533, 65533, 65533, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65534,
+    65534, 65534, 65535)
+
+
+def checked_log2(x: float) -> tuple[bool, int]:
+    """quantization_util.cc CheckedLog2: float32 ``log(x) / log(2)`` rounded; a power of two
+    when the fraction is below 1e-3. Returns (is_power_of_two, rounded log2)."""
+    x_log2 = F32(F32(np.log(np.float64(F32(x)))) * F32(1.0 / np.log(np.float64(2.0))))
+    rounded = F32(_round_half_away(float(x_log2)))
+    return bool(abs(float(F32(x_log2 - rounded))) < float(F32(1e-3))), int(rounded)
+
+
+def int16_activation_multiplier(in_scale: float, tanh: bool) -> tuple[int, int]:
+    """LogisticPrepare / TanhPrepare for int16: (input_multiplier, input_left_shift). A power of
+    two input scale with a left shift of 0 (TANH: 0 or 1) keeps multiplier 0 (the kernel then
+    uses 3 << shift); any other scale gets ``in_scale * 4096 * 3`` doubled until it exceeds
+    32767 / 2, truncated."""
+    pot, log2 = checked_log2(in_scale)
+    shift = 12 + log2                 # (15 - kInputIntegerBits 3) + log2(scale)
+    if pot and shift in ((0, 1) if tanh else (0,)):
+        return 0, shift
+    multiplier, shift = float(F32(in_scale)) * 4096.0 * 3.0, 0
+    while multiplier <= 32767.0 / 2.0 and shift <= 30:
+        shift += 1
+        multiplier *= 2.0
+    return int(multiplier), shift
+
+
+def _wrap(v: np.ndarray, bits: int) -> np.ndarray:
+    return fp.wrap(v, bits)
+
+
+def _int16_inputs(multiplier: int, shift: int) -> np.ndarray:
+    """The kernel's rescaled input for every int16 value: ``(x * M + round) >> shift`` in int32."""
+    if multiplier == 0:
+        multiplier, shift = 3 << shift, 0
+    rounding = (1 << (shift - 1)) if shift > 0 else 0
+    x = np.arange(I16_MIN, I16_MAX + 1, dtype=np.int64)
+    return _wrap(x * multiplier + rounding, 32) >> shift
+
+
+def logistic16_table(in_scale: float) -> list[int]:
+    """reference_integer_ops::Logistic (int16): the table interpolated at 9 fractional bits,
+    mirrored for negative inputs, 15 fractional bits out; uint32 arithmetic as the kernel's."""
+    v = _int16_inputs(*int16_activation_multiplier(in_scale, tanh=False))
+    a = np.abs(v) & 0xFFFFFFFF
+    sig = np.asarray(SIGMOID_TABLE_UINT16 + (0,), np.int64)
+    uh = a >> 9
+    idx = np.minimum(uh, 254)
+    ua, ub = sig[idx], sig[idx + 1]
+    r = np.where(uh >= 255, 0x7FFF << 10, ((ua << 9) + (a & 0x1FF) * (ub - ua)) & 0xFFFFFFFF)
+    r = np.where(v >= 0, r + (1 << 9), (1 << 25) - r + (1 << 9) - 1) & 0xFFFFFFFF
+    return _wrap(r >> 10, 16).tolist()
+
+
+def tanh16_table(in_scale: float) -> list[int]:
+    """reference_integer_ops::Tanh (int16): tanh(x) = 2 sigmoid(2x) - 1 from the same table,
+    interpolated at 8 fractional bits; int32 arithmetic as the kernel's."""
+    v = _int16_inputs(*int16_activation_multiplier(in_scale, tanh=True))
+    a = np.abs(v) & 0xFFFFFFFF
+    sig = np.asarray(SIGMOID_TABLE_UINT16 + (0,), np.int64)
+    uh = a >> 8
+    idx = np.minimum(uh, 254)
+    ua, ub = sig[idx], sig[idx + 1]
+    r = np.where(uh >= 255, 0xFFFF << 8, _wrap(((ua << 8) + (a & 0xFF) * (ub - ua)), 32))
+    r = np.where(v >= 0, _wrap(r - (1 << 23) + (1 << 7), 32),
+                 _wrap(-r + (1 << 23) + (1 << 7) - 1, 32))
+    return _wrap(r >> 8, 16).tolist()

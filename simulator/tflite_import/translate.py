@@ -28,7 +28,9 @@ from simulator.tflite_import.reader import TflModel, TflOp, TflTensor
 
 NHWC_TO_NCHW = (0, 3, 1, 2)
 NCHW_TO_NHWC = (0, 2, 3, 1)
-PROGRAM_DTYPE = {"INT8": "s8", "UINT8": "u8", "INT16": "s16", "INT32": "s32", "FLOAT32": "f32"}
+PROGRAM_DTYPE = {"INT8": "s8", "UINT8": "u8", "INT16": "s16", "INT32": "s32", "INT64": "s64",
+                 "FLOAT32": "f32"}
+ACTIVATION_TYPES = ("INT8", "INT16")  # int8, and 16x8: int16 activations with int8 weights
 ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 ACTIVATION_RANGE = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
 
@@ -116,6 +118,29 @@ class Translator:
 
     def zero_point(self, index: int) -> int:
         return self.tensor(index).zero_point[0]
+
+    def activation_types(self, op: TflOp, indices, what: str = "operand") -> str:
+        """The one TFLite type (INT8 or INT16) of these activations, or a one-line error; int16
+        activations must be symmetric (zero point 0), as TFLite's Prepare insists."""
+        kinds = {self.tensor(i).dtype for i in indices}
+        for i in indices:
+            t = self.tensor(i)
+            if t.dtype not in ACTIVATION_TYPES:
+                raise self.fail(op, f"{what} {t.name!r} is {t.dtype}; the simulator runs int8 "
+                                    f"and int16 (16x8) {op.opcode}", i)
+        if len(kinds) > 1:
+            i = next(i for i in indices if self.tensor(i).dtype != self.tensor(indices[0]).dtype)
+            raise self.fail(op, f"mixes {' and '.join(sorted(kinds))} ({what} "
+                                f"{self.tensor(i).name!r}); the simulator runs {op.opcode} on "
+                                f"one activation type", i)
+        if kinds == {"INT16"}:
+            for i in indices:
+                t = self.tensor(i)
+                if t.zero_point and any(z != 0 for z in t.zero_point):
+                    raise self.fail(op, f"int16 {what} {t.name!r} has zero point "
+                                        f"{t.zero_point[0]}; TFLite's int16 kernels are "
+                                        f"symmetric (zero point 0)", i)
+        return kinds.pop()
 
     def activation_range(self, op: TflOp, out: int, fused: int) -> dict:
         """CalculateActivationRangeQuantized: the fused activation as the output clamp, each

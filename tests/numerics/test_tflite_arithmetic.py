@@ -4,11 +4,16 @@ reference, and the reference equals TFLite's kernels written out step by step he
 * ADD ``per_operand``: each operand << 20 rescaled alone, the sum rescaled (add.cc / add.h);
 * FULLY_CONNECTED ``float64_half_away``: round(acc * double scale), ties away from zero;
 * MEAN ``tflite_mean``: QuantizeMultiplier(in/out) << floor(log2 n) // n, one rescale;
-* AVERAGE_POOL_2D ``raw``: the mean of the stored integers (zero point in), ties away.
+* AVERAGE_POOL_2D ``raw``: the mean of the stored integers (zero point in), ties away;
+* 16x8 ``int16_requantize`` ``tflite_reduced_multiplier``: MultiplyByQuantizedMultiplier of an
+  int64 accumulator (a 16-bit multiplier, one rounding half up, an int32 result), on sums a
+  64-bit ``int16_accumulator`` holds; ADD of int16 with ``int16_add_left_shift`` 15;
+* MUL ``mul_scale`` float32: the scale formed in float32, as mul.cc's Prepare.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numerics.strategies import edgy_integers, int_types, of_type
-from simulator.contract import IntType, RequantMode, RequantSpec, RoundingMode
+from simulator.contract import (AccumulatorSpec, ArithmeticSpec, IntType, MulScale, Overflow,
+                                RequantMode, RequantSpec, RoundingMode, SaturationPoint)
 from simulator.numerics import fixed_point as fp
 from simulator.numerics import kernels, reference
 
@@ -143,3 +149,120 @@ def test_raw_average_keeps_the_zero_point_inside_the_rounding():
     centred = reference.avgpool2d(x, 5, (1, 2), (1, 1), (0, 0, 0, 0), False,
                                   RoundingMode.TFLITE)
     assert raw.ravel().tolist() == [1] and centred.ravel().tolist() == [0]
+
+
+# ----------------------------------------------------------------------------- 16x8
+
+ACC64 = AccumulatorSpec(64, Overflow.WRAP, SaturationPoint.FINAL)
+
+
+def _mbqm64(x: int, d: float) -> int:
+    """MultiplyByQuantizedMultiplier(int64_t x, ...) (common.cc), written out: the Q0.31
+    multiplier reduced to 16 bits, one rounding, int64 arithmetic, the result cast to int32."""
+    m, e = _quantize_multiplier(d)
+    reduced = (m + (1 << 15)) >> 16 if m < 0x7FFF0000 else 0x7FFF
+    total_shift = 15 - e
+    v = x * reduced + (1 << (total_shift - 1))
+    v = ((v + (1 << 63)) % (1 << 64)) - (1 << 63)  # int64 wraps
+    r = v >> total_shift
+    return ((r + (1 << 31)) % (1 << 32)) - (1 << 31)  # int32_t result
+
+
+@FAST
+@given(st.lists(st.integers(-(1 << 47), (1 << 47) - 1), min_size=1, max_size=12),
+       st.floats(1e-9, 64.0), st.integers(-32768, 32767))
+def test_tflite_int64_requantize_is_tflites(acc, d, lo):
+    """fixed_point.prepare_tflite_int64 + requantize against the C function written out, on
+    the 2**47 range TFLite asserts (the int32 cast included: large sums wrap there)."""
+    x = np.asarray(acc, np.int64)
+    got = fp.requantize(x, 0, fp.prepare_tflite_int64(d), 0, lo, 32767)
+    want = [min(max(_mbqm64(v, d), lo), 32767) for v in acc]
+    assert got.tolist() == want
+
+
+def test_tflite_int64_requantize_rounds_half_up_with_a_16_bit_multiplier():
+    """Scale 1/2: ties go up (+inf), not away from zero; scale 0.7: the multiplier keeps 15
+    bits (22938 / 2**15), not 31."""
+    half = fp.prepare_tflite_int64(0.5)
+    assert (int(half.multiplier[0]), int(half.shift[0])) == (1 << 14, 15)
+    got = fp.requantize(np.array([3, -3, 5, -5]), 0, half, 0, -100, 100)
+    assert got.tolist() == [2, -1, 3, -2]
+    assert int(fp.prepare_tflite_int64(0.7).multiplier[0]) == 22938
+    big = fp.requantize(np.array([1 << 40]), 0, fp.prepare_tflite_int64(0.999), 0, -(1 << 40),
+                        1 << 40)
+    assert big.tolist() == [_mbqm64(1 << 40, 0.999)] and -(1 << 31) <= big[0] < (1 << 31)
+
+
+@FAST
+@given(st.lists(st.integers(-(1 << 47), (1 << 47) - 1), min_size=1, max_size=24),
+       st.lists(st.floats(1e-7, 2.0), min_size=1, max_size=4), st.integers(-32768, 0),
+       st.booleans())
+def test_tflite_int64_requantize_kernel_equals_reference(acc, scale_list, lo, per_channel):
+    x = np.resize(np.asarray(acc, np.int64), (2, len(scale_list), 3))
+    s = scale_list if per_channel else scale_list[:1]
+    prepared = fp.prepare_tflite_int64(s)
+    _same(kernels.requantize(x, 0, prepared, 1, 0, lo, 32767),
+          reference.requantize(x, 0, prepared, 1, 0, lo, 32767))
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 600), st.integers(1, 3),
+       st.integers(0, 2**32 - 1))
+def test_int16_conv_and_fc_with_a_64_bit_accumulator(kh, oc, c, n, seed):
+    """int16 x int8 sums in a 64-bit wrapping accumulator: the kernels' fast paths equal the
+    reference, extremes included (sums past 2**31 where the reduction is long)."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.array([-32768, 32767, 0, 1, -1, 12345]), (n, c, 5, 4))
+    x[0] = 32767  # with channel 0's weights all 127: c * kh * kh * 4161409 may pass 2**31
+    w = rng.integers(-127, 128, (oc, c, kh, kh))
+    w[0] = 127
+    bias = rng.integers(-(1 << 40), 1 << 40, oc)
+    args = (x, w, bias, 0, 0, (1, 1), (1, 0, 0, 1), (1, 1), 1, ACC64)
+    got, want = kernels.conv2d(*args), reference.conv2d(*args)
+    _same(got[0], want[0])
+    assert got[1] == want[1]
+    xf = x.reshape(n, -1)
+    wf = np.resize(w.ravel(), (oc, xf.shape[1]))
+    got, want = (be.fully_connected(xf, wf, bias, 0, 0, ACC64) for be in (kernels, reference))
+    _same(got[0], want[0])
+    assert got[1] == want[1]
+
+
+@FAST
+@given(st.integers(-32768, 32767), st.integers(-32768, 32767), scales, scales, scales,
+       st.sampled_from([15, 20]))
+def test_int16_add_per_operand_is_tflites_add(a, b, sa, sb, sy, shift):
+    """AddElementwise for int16 (general scales): each operand << 15 (``int16_add_left_shift``)
+    rescaled alone; the kernels equal the reference."""
+    twice = 2 * max(sa, sb)
+    raw = _mbqm(a << shift, sa / twice) + _mbqm(b << shift, sb / twice) if shift == 15 else None
+    prepared = fp.prepare_add_per_operand(sa, sb, sy, TFLITE, shift)
+    args = (np.full((3,), a, np.int64), 0, np.full((3,), b, np.int64), 0, prepared,
+            RoundingMode.TFLITE, 0, -32768, 32767, shift)
+    got = reference.add_per_operand(*args)
+    _same(kernels.add_per_operand(*args), got)
+    if raw is not None:
+        want = min(max(_mbqm(raw, twice / ((1 << 15) * sy)), -32768), 32767)
+        assert got.tolist() == [want] * 3
+
+
+def test_mul_scale_float32_is_mul_prepare():
+    """mul.cc forms in1_scale * in2_scale / out_scale in float32: with these scales its
+    QuantizeMultiplier lands 175 units away from the double quotient's, and the product
+    -11170 * 15 rounds to -78 (float32) where the double quotient gives -79."""
+    from simulator.execute import run_node
+    from simulator.ir.builder import ProgramBuilder
+    b = ProgramBuilder("mul")
+    x = b.input("a", (1, 2), "s16", scale=0.0005651481333188713)
+    g = b.input("b", (1, 2), "s16", scale=0.0008817557827569544)
+    b.output(b.node("mul", [x, g], "y", dtype="s16", scale=0.0010636205552145839))
+    program = b.build()
+    ins = [np.array([[-11170, 11170]]), np.array([[15, 15]])]
+    base = ArithmeticSpec(AccumulatorSpec(32, Overflow.WRAP, SaturationPoint.FINAL), TFLITE)
+    f32 = dataclasses.replace(base, mul_scale=MulScale.FLOAT32)
+    (node,) = program.nodes
+    assert run_node(node, program, ins, f32)[0].tolist() == [[-78, 78]]
+    assert run_node(node, program, ins, base)[0].tolist() == [[-79, 79]]
+    assert _mbqm(-11170 * 15, float(np.float32(np.float32(0.0005651481333188713)
+                                              * np.float32(0.0008817557827569544))
+                                   / np.float32(0.0010636205552145839))) == -78

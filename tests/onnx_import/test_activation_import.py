@@ -135,3 +135,12 @@ def test_relu6_after_conv_is_fused(tmp_path):
     program = _import(tmp_path, nodes, inits=inits)
     assert [n.op for n in program.nodes] == [OpKind.CONV2D]
     assert program.metadata["fused_activations"][0]["op_type"] == "Clip"
+
+
+def test_scaling_by_one_constant_is_the_elementwise_mul(tmp_path):
+    """Attention's q / sqrt(d) (no conv to fold it into): a mul by a scalar; c / x stays a
+    fallback (a reciprocal, not a rescale)."""
+    nodes = [helper.make_node("Div", ["x", "d"], ["q"]), helper.make_node("Div", ["d", "q"], ["y"])]
+    program = _import(tmp_path, nodes, inits={"d": _c(8.0)})
+    assert _kinds(program) == [("mul", None), ("fallback", "Div")]
+    assert program.tensors[program.nodes[0].inputs[1]].shape == ()

@@ -4,6 +4,10 @@ asymmetric int8 activations whose scales put typical values across the int8 rang
 
 ``Net`` tracks the current tensor; each method appends one TFLite operator and returns the new
 tensor's index. Scales may be powers of two (``pow2``), which makes requantization ties common.
+
+``Net(..., int16=True)`` builds TFLite's 16x8 form instead, as the converter writes it: int16
+activations with zero point 0, the same int8 filters, int64 biases, ADD with pot_scale_int16
+false; the scales put typical values across the int16 range.
 """
 
 from __future__ import annotations
@@ -13,13 +17,23 @@ import numpy as np
 from benchmarks.tflite_writer import OP, GraphWriter
 
 INT8_STD = 74.0  # standard deviation of a uniform int8
+INT16_STD = 18918.0  # ... of a uniform int16
 
 
 class Net:
-    def __init__(self, rng: np.random.Generator, shape, pow2: bool = False, name: str = "x"):
+    def __init__(self, rng: np.random.Generator, shape, pow2: bool = False, name: str = "x",
+                 int16: bool = False):
         self.rng, self.pow2, self.g = rng, pow2, GraphWriter()
+        self.use(int16)
         self.count = 0
-        self.x = self.g.input(name, shape, "int8", *self.quant())
+        self.x = self.g.input(name, shape, self.dtype, *self.quant())
+
+    def use(self, int16: bool) -> None:
+        """Build the next layers with int16 (16x8) or int8 activations: a model may mix them,
+        joined by QUANTIZE (``requantize(x, dtype)``)."""
+        self.int16 = int16
+        self.dtype = "int16" if int16 else "int8"
+        self.std = INT16_STD if int16 else INT8_STD
 
     # ------------------------------------------------------------------ quantization
     def _scale(self, value: float) -> float:
@@ -27,6 +41,9 @@ class Net:
         return float(np.float32(2.0 ** np.round(np.log2(v)) if self.pow2 else v))
 
     def quant(self, scale: float | None = None):
+        if self.int16:  # symmetric, 256 times finer than int8's steps
+            scale = self.rng.uniform(0.01, 0.1) / 256 if scale is None else scale
+            return self._scale(scale), 0
         scale = self.rng.uniform(0.01, 0.1) if scale is None else scale
         return self._scale(scale), int(self.rng.integers(-40, 41))
 
@@ -41,7 +58,9 @@ class Net:
         return self.g.tensors[t].scale[0]
 
     def out_quant(self, x: int, weight_scale: float, k: int):
-        typical = self.scale(x) * weight_scale * INT8_STD * INT8_STD * np.sqrt(k) / 2
+        typical = self.scale(x) * weight_scale * self.std * INT8_STD * np.sqrt(k) / 2
+        if self.int16:
+            return self.quant(typical / self.rng.uniform(20, 60) / 256)
         return self.quant(typical / self.rng.uniform(20, 60))
 
     def filters(self, shape, channels: int, per_channel: bool):
@@ -52,6 +71,9 @@ class Net:
 
     def _bias(self, name, x, w_scales, channels):
         acc_scale = np.float32(self.scale(x)) * np.resize(w_scales, channels).astype(np.float32)
+        if self.int16:  # 16x8: int64, as the converter writes it
+            data = self.rng.integers(-800000, 800001, channels)
+            return self.g.tensor(f"{name}/bias", (channels,), "int64", acc_scale, data=data)
         data = self.rng.integers(-3000, 3001, channels)
         return self.g.tensor(f"{name}/bias", (channels,), "int32", acc_scale, data=data)
 
@@ -66,7 +88,7 @@ class Net:
         b = self._bias(name, x, scales, oc) if bias else None
         oh, ow = _out_hw(h, w, k, stride, padding, dilation)
         q = quant or self.out_quant(x, float(np.mean(scales)), k * k * c)
-        y = self.g.tensor(name, (n, oh, ow, oc), "int8", *q)
+        y = self.g.tensor(name, (n, oh, ow, oc), self.dtype, *q)
         return self.g.conv2d(x, wt, b, y, (stride, stride), padding, act, (dilation, dilation))
 
     def depthwise(self, x, multiplier=1, k=3, stride=1, padding="SAME", act="NONE"):
@@ -77,7 +99,7 @@ class Net:
         wt = self.g.tensor(f"{name}/filter", (1, k, k, oc), "int8", scales, data=data, qdim=3)
         b = self._bias(name, x, scales, oc)
         oh, ow = _out_hw(h, w, k, stride, padding, 1)
-        y = self.g.tensor(name, (n, oh, ow, oc), "int8",
+        y = self.g.tensor(name, (n, oh, ow, oc), self.dtype,
                           *self.out_quant(x, float(np.mean(scales)), k * k))
         return self.g.depthwise(x, wt, b, y, multiplier, (stride, stride), padding, act)
 
@@ -90,7 +112,8 @@ class Net:
         b = self._bias(name, x, scales, m)
         rows = int(np.prod(shape)) // k
         out_shape = tuple(shape[:-1]) + (m,) if keep_num_dims else (rows, m)
-        y = self.g.tensor(name, out_shape, "int8", *self.out_quant(x, float(np.mean(scales)), k))
+        y = self.g.tensor(name, out_shape, self.dtype,
+                          *self.out_quant(x, float(np.mean(scales)), k))
         return self.g.fully_connected(x, wt, b, y, act, keep_num_dims)
 
     def matmul(self, a, b, adj_y=False):
@@ -105,38 +128,53 @@ class Net:
     # ------------------------------------------------------------------ elementwise
     def add(self, a, b, act="NONE"):
         scale = max(self.scale(a), self.scale(b)) * self.rng.uniform(1.0, 2.0)
-        y = self.g.tensor(self._name("add"), self.shape(a), "int8", *self.quant(scale))
-        return self.g.add(a, b, y, act)
+        y = self.g.tensor(self._name("add"), self.shape(a), self.dtype, *self.quant(scale))
+        return self.g.add(a, b, y, act, pot_scale_int16=False if self.int16 else None)
 
     def mul(self, a, b, act="NONE"):
-        scale = self.scale(a) * self.scale(b) * INT8_STD * self.rng.uniform(0.5, 2.0)
-        y = self.g.tensor(self._name("mul"), self.shape(a), "int8", *self.quant(scale))
+        scale = self.scale(a) * self.scale(b) * self.std * self.rng.uniform(0.5, 2.0)
+        y = self.g.tensor(self._name("mul"), self.shape(a), self.dtype, *self.quant(scale))
         return self.g.mul(a, b, y, act)
 
     def gate(self, x):
         """A squeeze-and-excitation style per-channel multiplier [1, 1, 1, C] (a constant)."""
         c = self.shape(x)[-1]
+        if self.int16:
+            s, z = self.quant(0.01 / 256)
+            return self.g.tensor(self._name("gate"), (1, 1, 1, c), "int16", s, z,
+                                 data=self.rng.integers(-32768, 32768, (1, 1, 1, c)))
         s, z = self.quant(0.01)
         return self.g.tensor(self._name("gate"), (1, 1, 1, c), "int8", s, z,
                              data=self.rng.integers(-128, 128, (1, 1, 1, c)))
 
     def lut(self, code, x, alpha=0.2):
         name = self._name(OP_NAMES.get(code, "act"))
-        if code == OP.LOGISTIC:
+        if self.int16 and code in (OP.LOGISTIC, OP.TANH):
+            q = (1 / 32768, 0)  # the only output scale TFLite's int16 kernels take
+        elif code == OP.LOGISTIC:
             q = (1 / 256, -128)
         elif code == OP.TANH:
             q = (1 / 128, 0)
         else:
             q = self.quant(self.scale(x) * self.rng.uniform(0.5, 1.5))
-        y = self.g.tensor(name, self.shape(x), "int8", *q)
+        y = self.g.tensor(name, self.shape(x), self.dtype, *q)
         if code == OP.LEAKY_RELU:
             return self.g.leaky_relu(x, y, alpha)
         if code == OP.GELU:
             return self.g.gelu(x, y, approximate=alpha > 0.2)
         return self.g.unary(code, x, y)
 
-    def requantize(self, x):
-        y = self.g.tensor(self._name("requantize"), self.shape(x), "int8",
+    def requantize(self, x, dtype: str | None = None):
+        """QUANTIZE of an activation to a new scale (and, with ``dtype``, a new type: int8 <->
+        int16; int8 gets a zero point, int16 none)."""
+        dtype = dtype or self.dtype
+        if dtype != self.dtype:
+            factor = 256.0 if dtype == "int8" else 1 / 256
+            scale = self._scale(self.scale(x) * factor * self.rng.uniform(0.5, 2.0))
+            zp = int(self.rng.integers(-40, 41)) if dtype == "int8" else 0
+            y = self.g.tensor(self._name("requantize"), self.shape(x), dtype, scale, zp)
+            return self.g.unary(OP.QUANTIZE, x, y)
+        y = self.g.tensor(self._name("requantize"), self.shape(x), dtype,
                           *self.quant(self.scale(x) * self.rng.uniform(0.3, 3.0)))
         return self.g.unary(OP.QUANTIZE, x, y)
 
@@ -150,9 +188,15 @@ class Net:
     def mean(self, x, keep_dims=True, new_zero_point=False):
         n, _, _, c = self.shape(x)
         t = self.g.tensors[x]
-        zp = int(self.rng.integers(-40, 41)) if new_zero_point else t.zero_point[0]
-        y = self.g.tensor(self._name("mean"), (n, 1, 1, c) if keep_dims else (n, c), "int8",
-                          t.scale[0], zp)
+        scale = t.scale[0]
+        if self.int16:  # zero point 0 always: a new scale instead
+            zp = 0
+            if new_zero_point:
+                scale = self._scale(scale * self.rng.uniform(0.3, 1.5))
+        else:
+            zp = int(self.rng.integers(-40, 41)) if new_zero_point else t.zero_point[0]
+        y = self.g.tensor(self._name("mean"), (n, 1, 1, c) if keep_dims else (n, c),
+                          self.dtype, scale, zp)
         return self.g.mean(x, [1, 2], y, keep_dims)
 
     def reshape(self, x, shape):
@@ -176,7 +220,23 @@ class Net:
 
     def input_arrays(self, rng, count: int = 1) -> list[dict[str, np.ndarray]]:
         t = self.g.tensors[self.x]
-        return [{t.name: rng.integers(-128, 128, t.shape).astype(np.int8)} for _ in range(count)]
+        if not self.int16:
+            return [{t.name: rng.integers(-128, 128, t.shape).astype(np.int8)}
+                    for _ in range(count)]
+        return [{t.name: int16_values(rng, t.shape, i)} for i in range(count)]
+
+
+def int16_values(rng, shape, i: int = 1) -> np.ndarray:
+    """Uniform int16 (i > 0) with the extremes -32768, 32767 and 0 sprinkled in; i == 0: only
+    extremes, the inputs most likely to reach an overflow or a saturation."""
+    if i == 0:
+        return rng.choice(np.array([-32768, -32767, 32767, 0, -1, 1], np.int16), shape)
+    x = rng.integers(-32768, 32768, shape).astype(np.int16)
+    spots = rng.random(shape)
+    x[spots < 0.05] = -32768
+    x[(spots >= 0.05) & (spots < 0.1)] = 32767
+    x[(spots >= 0.1) & (spots < 0.12)] = 0
+    return x
 
 
 OP_NAMES = {OP.LOGISTIC: "logistic", OP.TANH: "tanh", OP.GELU: "gelu",

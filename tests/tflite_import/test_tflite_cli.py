@@ -82,3 +82,47 @@ def test_check_without_litert_is_one_line(capsys, files, monkeypatch):
     code, _, err = run(capsys, "simulate", files / "block.tflite", "--chip", "tflite-reference",
                        "--input", files / "x.npy", "--check", "litert")
     assert code == 2 and "pip install ai-edge-litert" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def files16(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tflite_cli16")
+    rng = np.random.default_rng(16)
+    net = Net(rng, (1, 8, 8, 4), int16=True)
+    e = net.conv(net.x, 12, 1, act="RELU6")
+    y = net.add(net.x, net.conv(net.depthwise(e, 1, 3, act="RELU6"), 4, 1))
+    (d / "block16.tflite").write_bytes(net.build(net.fc(net.mean(y, False), 3)))
+    np.save(d / "x.npy", net.input_arrays(rng, 2)[1]["x"])
+    return d
+
+
+def test_simulate_and_check_a_16x8_model(capsys, files16):
+    from simulator.tflite_import.peers import run_litert
+    code, out, _ = run(capsys, "simulate", files16 / "block16.tflite", "--chip",
+                       "tflite-reference", "--input", files16 / "x.npy", "--output",
+                       files16 / "y.npz", "--check", "litert")
+    assert code == 0, out
+    assert "bit-exact: simulator and litert-reference agree on every element" in out
+    assert "64-bit accumulator" in out  # the 16x8 MACs' own accumulator is reported
+    with np.load(files16 / "y.npz") as z:
+        (name,) = z.files
+        ours = z[name]
+    litert = run_litert(files16 / "block16.tflite", {"x": np.load(files16 / "x.npy")})
+    assert ours.dtype == np.int16 and np.array_equal(ours, litert[name])
+
+
+def test_estimate_prices_16x8_layers_at_the_16_bit_mode(capsys, files16):
+    """ethos-u55-128 runs w8a16 at 64 MACs per cycle, half its w8a8 rate."""
+    from simulator.cost import estimate
+    from simulator.profiles import load_profile
+    from simulator.tflite_import import import_tflite
+    code, out, _ = run(capsys, "estimate", files16 / "block16.tflite", "--chip", "ethos-u55-128")
+    assert code == 0 and "w8a16" in out and "w8a8" not in out, out
+    chip = load_profile("ethos-u55-128")
+    assert chip.mode_for(8, 16).macs_per_cycle == 64
+    report = estimate(import_tflite(files16 / "block16.tflite"), chip)
+    macs = [op for op in report.ops if op.cost.macs and not op.on_host]
+    assert macs and all(op.activation_bits == 16 and op.weight_bits == 8 for op in macs)
+    for op in macs:  # compute = MACs / (64 x utilisation x efficiency)
+        expected = op.cost.macs / (64 * op.utilisation * chip.array.efficiency)
+        assert abs(op.cost.compute_cycles - expected) < 1e-6 * expected, op
