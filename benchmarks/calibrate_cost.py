@@ -22,7 +22,6 @@ import dataclasses
 import io
 import math
 import sys
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.networks import exported_program  # noqa: E402
 from benchmarks.resnet50 import resnet50_program  # noqa: E402
 from simulator.cost import FORMULA, estimate  # noqa: E402
 from simulator.ir import Program  # noqa: E402
@@ -133,45 +133,22 @@ FIT_GROUPS = {
 
 # ----------------------------------------------------------------------------- networks
 
-def _exported(name: str, size: int, **kw) -> Program:
-    from archnet.teachers.imagenet import build_architecture, export_onnx
-    from simulator.onnx_import import import_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}_{size}.onnx"
-        export_onnx(build_architecture(name, **kw), path, input_size=size)
-        return import_onnx(path)
-
-
-def _resnet152(size: int) -> Program:
-    from archnet.teachers.imagenet import export_onnx
-    from archnet.teachers.resnet import resnet
-    from simulator.onnx_import import import_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"resnet152_{size}.onnx"
-        export_onnx(resnet("bottleneck", (3, 8, 36, 3)).eval(), path, input_size=size)
-        return import_onnx(path)
-
-
 NETWORKS = {
-    "resnet50": lambda s: _exported("resnet50", s),
+    "resnet50": lambda s: exported_program("resnet50", s),
     # Keras' original V1 (stride on the first 1x1), as the Edge TPU's ResNet-50 V1 file has it
     "resnet50_v1": lambda s: resnet50_program(s, s, stride_on_3x3=False),
-    "resnet152": _resnet152,
-    "mobilenet_v1": lambda s: _exported("mobilenet_v1", s),
-    "mobilenet_v2": lambda s: _exported("mobilenet_v2", s),
-    "mobilenet_v2_035": lambda s: _exported("mobilenet_v2", s, width_mult=0.35),
-    "inception_v1": lambda s: _exported("inception_v1", s),
-    "efficientnet_edgetpu_s": lambda s: _exported("efficientnet_edgetpu_s", s),
-    "efficientnet_edgetpu_m": lambda s: _exported("efficientnet_edgetpu_m", s),
+    "resnet152": lambda s: exported_program("resnet152", s),
+    "mobilenet_v1": lambda s: exported_program("mobilenet_v1", s),
+    "mobilenet_v2": lambda s: exported_program("mobilenet_v2", s),
+    "mobilenet_v2_035": lambda s: exported_program("mobilenet_v2", s, width_mult=0.35),
+    "inception_v1": lambda s: exported_program("inception_v1", s),
+    "efficientnet_edgetpu_s": lambda s: exported_program("efficientnet_edgetpu_s", s),
+    "efficientnet_edgetpu_m": lambda s: exported_program("efficientnet_edgetpu_m", s),
 }
 
 
 @lru_cache(maxsize=None)
 def network_program(network: str, size: int) -> Program:
-    import torch
-    torch.manual_seed(0)   # weights do not change a cost; the seed keeps exports identical
     return NETWORKS[network](size)
 
 

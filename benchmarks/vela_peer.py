@@ -36,13 +36,13 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.networks import exported_program  # noqa: E402
 from benchmarks.tflite_networks import op_counts, ops_by_tag, to_tflite  # noqa: E402
 from simulator.cost import FORMULA, estimate  # noqa: E402
 from simulator.ir import OpKind, Program  # noqa: E402
@@ -146,19 +146,9 @@ def run_vela(tflite: Path, target: VelaTarget, out_dir: Path) -> VelaResult:
 
 # ----------------------------------------------------------------------------- networks
 
-@cache
 def network_program(network: str, size: int = SIZE) -> Program:
     """The float network as a user's ONNX export, imported estimate-only."""
-    import torch
-
-    from archnet.teachers.imagenet import build_architecture, export_onnx
-    from simulator.onnx_import import import_onnx
-
-    torch.manual_seed(0)  # weights do not change the Program; the seed keeps exports identical
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{network}_{size}.onnx"
-        export_onnx(build_architecture(network), path, input_size=size)
-        return import_onnx(path)
+    return exported_program(network, size)
 
 
 def op_class(program: Program, node) -> str:

@@ -114,14 +114,16 @@ def clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
 def _run_requantize(node, p, ins, arith, be):
     src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
     lo, hi = clamp_bounds(out, node.attrs)
-    producer = p.producer(node.inputs[0])
-    if arith.fc_requantize is FcRequant.FLOAT64_HALF_AWAY:
+    float64_fc = arith.fc_requantize is FcRequant.FLOAT64_HALF_AWAY
+    reduced16 = arith.int16_requantize is Int16Requant.TFLITE_REDUCED_MULTIPLIER
+    # the producer is a scan of the nodes: looked up only where TFLite's choices depend on it
+    producer = p.producer(node.inputs[0]) if float64_fc or reduced16 else None
+    if float64_fc:
         if producer is not None and producer.op is OpKind.FULLY_CONNECTED:
             return be.requantize_float64(ins[0], src.zp_scalar, node.attrs["real_multiplier"],
                                          node.attrs["axis"] % len(out.shape), out.zp_scalar,
                                          lo, hi)
-    if (arith.int16_requantize is Int16Requant.TFLITE_REDUCED_MULTIPLIER
-            and producer is not None and producer.op in MAC_OPS
+    if (reduced16 and producer is not None and producer.op in MAC_OPS
             and _activation_bits(p.tensors[producer.inputs[0]]) == 16):
         prepared = fp.prepare_tflite_int64(node.attrs["real_multiplier"])
     else:
@@ -149,8 +151,9 @@ def _run_add(node, p, ins, arith, be):
 
 def _run_mul(node, p, ins, arith, be):
     ta, tb, out = (p.tensors[n] for n in (*node.inputs, node.outputs[0]))
-    _ratio(ta.scale, out.scale, f"node {node.name!r}")
-    _ratio(tb.scale, out.scale, f"node {node.name!r}")
+    if any(not t.scale or len(t.scale) != 1 for t in (ta, tb, out)):
+        raise UnsupportedOpError(f"node {node.name!r}: needs per-tensor scales on operands and "
+                                 f"output")
     scale = ta.scale[0] * tb.scale[0] / out.scale[0]  # TFLite's order, in double
     if arith.mul_scale is MulScale.FLOAT32:  # ... or in float, as TFLite's Prepare computes it
         f32 = np.float32

@@ -2,7 +2,7 @@
 EfficientNet-EdgeTPU S, M and L (Gupta & Tan 2019).
 
 B0's module tree and ``state_dict`` keys are torchvision's (``features.0`` stem, ``features.1-7``
-stages of ``MBConv.block``, ``features.8`` head, ``classifier.1``). Stochastic depth is left out:
+stages of mobile bottlenecks (``.block``), ``features.8`` head, ``classifier.1``). Stochastic depth is left out:
 at inference it is the identity and it holds no weights.
 
 Lite is the edge variant of TensorFlow's ``efficientnet-lite``: squeeze-excitation removed and
@@ -30,33 +30,21 @@ from archnet.teachers.mobilenet import (
     Activation,
     ConvBNActivation,
     ImageClassifier,
+    MobileBottleneck,
     SqueezeExcitation,
     make_divisible,
 )
 
 
-class MBConv(nn.Module):
-    """Mobile inverted bottleneck: 1x1 expansion (absent for ratio 1), k x k depthwise,
-    squeeze-excitation squeezing to a quarter of the block's *input* width, 1x1 projection."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
-                 expand_ratio: int, activation: Activation, use_se: bool, bn_eps: float):
-        super().__init__()
-        self.use_res_connect = stride == 1 and in_channels == out_channels
-        expanded = make_divisible(in_channels * expand_ratio)
-        layers: list[nn.Module] = []
-        if expanded != in_channels:
-            layers.append(ConvBNActivation(in_channels, expanded, 1, activation=activation,
-                                           bn_eps=bn_eps))
-        layers.append(ConvBNActivation(expanded, expanded, kernel, stride, groups=expanded,
-                                       activation=activation, bn_eps=bn_eps))
-        if use_se:
-            layers.append(SqueezeExcitation(expanded, max(1, in_channels // 4), activation=nn.SiLU))
-        layers.append(ConvBNActivation(expanded, out_channels, 1, activation=None, bn_eps=bn_eps))
-        self.block = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x) if self.use_res_connect else self.block(x)
+def mbconv(in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int,
+           activation: Activation, use_se: bool, bn_eps: float) -> MobileBottleneck:
+    """EfficientNet's MBConv: the mobile bottleneck with its squeeze-excitation squeezing to a
+    quarter of the block's *input* width, with a SiLU inside."""
+    expanded = make_divisible(in_channels * expand_ratio)
+    se = SqueezeExcitation(expanded, max(1, in_channels // 4), activation=nn.SiLU) \
+        if use_se else None
+    return MobileBottleneck(in_channels, kernel, expanded, out_channels, se, activation, stride,
+                            bn_eps)
 
 
 # (expand ratio, kernel, first stride, in, out, repeats) of B0's seven stages (Tan & Le 2019,
@@ -83,7 +71,7 @@ def efficientnet(num_classes: int = 1000, width_mult: float = 1.0, depth_mult: f
         out = width(out)
         stage = []
         for i in range(math.ceil(repeats * depth_mult)):
-            stage.append(MBConv(channels, out, kernel, stride if i == 0 else 1, expand,
+            stage.append(mbconv(channels, out, kernel, stride if i == 0 else 1, expand,
                                 activation, not lite, bn_eps))
             channels = out
         layers.append(nn.Sequential(*stage))
@@ -154,7 +142,7 @@ def efficientnet_edgetpu(num_classes: int = 1000, width_mult: float = 1.0,
                 stage.append(FusedMBConv(channels, out, s, declared * expand, skip, bn_eps))
             else:  # declared == actual input in these stages, so MBConv's widths agree
                 assert declared == channels and skip
-                stage.append(MBConv(channels, out, kernel, s, expand, nn.ReLU, False, bn_eps))
+                stage.append(mbconv(channels, out, kernel, s, expand, nn.ReLU, False, bn_eps))
             channels = declared = out
         layers.append(nn.Sequential(*stage))
     head = width(1280)

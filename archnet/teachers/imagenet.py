@@ -56,6 +56,10 @@ def resnet50(num_classes: int = 1000, **kw) -> nn.Module:
     return resnet("bottleneck", (3, 4, 6, 3), num_classes=num_classes, **kw)
 
 
+def resnet152(num_classes: int = 1000, **kw) -> nn.Module:
+    return resnet("bottleneck", (3, 8, 36, 3), num_classes=num_classes, **kw)
+
+
 # name -> factory(num_classes=1000, **options)
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": mobilenet_v1,
@@ -69,6 +73,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "efficientnet_edgetpu_l": efficientnet_edgetpu_l,
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "resnet152": resnet152,
     "inception_v1": inception_v1,
     "deit_tiny": deit_tiny,
     "vit_b_16": vit_b_16,

@@ -159,12 +159,14 @@ def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0,
 
 # ------------------------------------------------------------------------------------- V3
 
-class InvertedResidualV3(nn.Module):
-    """V2's block with a k x k depthwise, optional squeeze-excitation (Hardsigmoid gate) and
-    ReLU or Hardswish; the 1x1 expansion is dropped when it would not widen."""
+class MobileBottleneck(nn.Module):
+    """The inverted bottleneck of MobileNetV3 and EfficientNet: 1x1 expansion (dropped when it
+    would not widen), k x k depthwise, an optional squeeze-excitation (``se``, built by the
+    caller: each family squeezes and gates its own way), linear 1x1 projection."""
 
     def __init__(self, in_channels: int, kernel: int, expanded: int, out_channels: int,
-                 use_se: bool, activation: Activation, stride: int, bn_eps: float = 1e-3):
+                 se: nn.Module | None, activation: Activation, stride: int,
+                 bn_eps: float = 1e-3):
         super().__init__()
         self.use_res_connect = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
@@ -173,9 +175,8 @@ class InvertedResidualV3(nn.Module):
                                            bn_eps=bn_eps))
         layers.append(ConvBNActivation(expanded, expanded, kernel, stride, groups=expanded,
                                        activation=activation, bn_eps=bn_eps))
-        if use_se:
-            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4),
-                                            gate=nn.Hardsigmoid))
+        if se is not None:
+            layers.append(se)
         layers.append(ConvBNActivation(expanded, out_channels, 1, activation=None, bn_eps=bn_eps))
         self.block = nn.Sequential(*layers)
 
@@ -212,7 +213,9 @@ def _mobilenet_v3(setting: tuple[Sequence[tuple], int], num_classes: int, width_
     layers: list[nn.Module] = [ConvBNActivation(3, width(blocks[0][0]), 3, 2, activation=HS,
                                                 bn_eps=1e-3)]
     for cin, k, exp, cout, se, act, stride in blocks:
-        layers.append(InvertedResidualV3(width(cin), k, width(exp), width(cout), se, act, stride))
+        gate = SqueezeExcitation(width(exp), make_divisible(width(exp) // 4),
+                                 gate=nn.Hardsigmoid) if se else None
+        layers.append(MobileBottleneck(width(cin), k, width(exp), width(cout), gate, act, stride))
     last_in = width(blocks[-1][3])
     layers.append(ConvBNActivation(last_in, 6 * last_in, 1, activation=HS, bn_eps=1e-3))
     last_channel = make_divisible(last_channel * width_mult)

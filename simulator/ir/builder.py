@@ -26,6 +26,14 @@ def _narrowest(data: np.ndarray, dtype) -> np.ndarray:
     return data
 
 
+
+def unique_name(base: str, *taken) -> str:
+    """``base``, else ``base_1``, ``base_2`` ...: the first name in none of ``taken``."""
+    name, i = base, 1
+    while any(name in names for names in taken):
+        name, i = f"{base}_{i}", i + 1
+    return name
+
 class ProgramBuilder:
     def __init__(self, name: str, metadata: dict | None = None):
         self.name = name
@@ -36,10 +44,7 @@ class ProgramBuilder:
         self.metadata = dict(metadata or {})
 
     def _unique(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.tensors:
-            name, i = f"{base}_{i}", i + 1
-        return name
+        return unique_name(base, self.tensors)
 
     def tensor(self, name: str, shape, dtype: DType | str, scale=None, zero_point=0,
                axis: int | None = None, data=None) -> str:

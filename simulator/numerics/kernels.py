@@ -1621,10 +1621,9 @@ def add(a, a_zp, b, b_zp, multiplier_a, multiplier_b, shift, mode: RequantMode,
 def mul(a, a_zp, b, b_zp, prepared: PreparedScale, y_zp, qmin, qmax):
     """y = clamp(round((a - za) * (b - zb) * scale) + zy), b broadcast to a: the product is one
     NumPy pass (exact in int64 for operands up to 31 bits), its rescale the requantize kernel."""
-    da = _i64(a) - np.int64(a_zp)
-    product = da * (_i64(b) - np.int64(b_zp))
     if np.asarray(prepared.multiplier).size != 1:
         return reference.mul(a, a_zp, b, b_zp, prepared, y_zp, qmin, qmax)
+    product = (_i64(a) - np.int64(a_zp)) * (_i64(b) - np.int64(b_zp))
     return requantize(product, 0, prepared, 0, y_zp, qmin, qmax)
 
 

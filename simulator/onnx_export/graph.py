@@ -18,6 +18,7 @@ import numpy as np
 from simulator.contract import FloatType
 from simulator.errors import ExportError
 from simulator.execute import clamp_bounds as execute_clamp_bounds
+from simulator.ir.builder import unique_name
 from simulator.ir.program import Node, Program, TensorInfo
 
 # onnx.TensorProto element types (numbers fixed by onnx.proto; onnx is imported lazily)
@@ -73,16 +74,12 @@ class GraphWriter:
 
     # ------------------------------------------------------------------ names
     def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.used:
-            name, i = f"{base}_{i}", i + 1
+        name = unique_name(base, self.used)
         self.used.add(name)
         return name
 
     def fresh_node(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.node_names:
-            name, i = f"{base}_{i}", i + 1
+        name = unique_name(base, self.node_names)
         self.node_names.add(name)
         return name
 

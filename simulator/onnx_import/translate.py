@@ -17,7 +17,7 @@ import numpy as np
 
 from simulator.contract import DType, IntType
 from simulator.errors import ModelImportError, SimulatorError
-from simulator.ir.builder import ProgramBuilder
+from simulator.ir.builder import ProgramBuilder, unique_name
 from simulator.ir.ops import OpKind, infer_shape
 from simulator.ir.program import Program, make_node
 from simulator.onnx_import import functions, quant_params
@@ -152,17 +152,13 @@ class Translator:
         return name
 
     def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.reserved or name in self.b.tensors:
-            name, i = f"{base}_{i}", i + 1
+        name = unique_name(base, self.reserved, self.b.tensors)
         self.reserved.add(name)
         return name
 
     def node_name(self, node, suffix: str = "") -> str:
-        base = (node.name or node.output[0] or node.op_type) + suffix
-        name, i = base, 1
-        while name in self.node_names:
-            name, i = f"{base}_{i}", i + 1
+        name = unique_name((node.name or node.output[0] or node.op_type) + suffix,
+                           self.node_names)
         self.node_names.add(name)
         return name
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from simulator.contract import ACCUMULATOR, FLOAT32, parse_dtype
 from simulator.errors import ModelImportError, SimulatorError
-from simulator.ir.builder import ProgramBuilder
+from simulator.ir.builder import ProgramBuilder, unique_name
 from simulator.ir.ops import OpKind, infer_shape
 from simulator.ir.program import Program, make_node
 from simulator.tflite_import.reader import TflModel, TflOp, TflTensor
@@ -66,19 +66,14 @@ class Translator:
         return ModelImportError(f"{self.where(op, index)}: {message}")
 
     def _fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.b.tensors:
-            name, i = f"{base}_{i}", i + 1
-        return name
+        return unique_name(base, self.b.tensors)
 
     def _node_name(self, op: TflOp, suffix: str) -> str:
         return self._unique_node(f"{self.tensor(op.outputs[0]).name}{suffix}" if op.outputs
                                  else op.opcode)
 
     def _unique_node(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.node_names:
-            name, i = f"{base}_{i}", i + 1
+        name = unique_name(base, self.node_names)
         self.node_names.add(name)
         return name
 

@@ -93,12 +93,15 @@ def test_simulator_equals_litert_reference(case, pow2, tmp_path):
     assert check_against_litert(model, net.input_arrays(rng, 2), tmp_path, backends) > 0
 
 
-def test_float_edges_quantize_and_dequantize(tmp_path):
-    """A float input quantized at the edge, int8 inside, dequantized to a float output. The
-    scales are powers of two and half the inputs sit exactly between two steps: the reference
-    QUANTIZE rounds those ties away from zero (the optimised kernels round them to even)."""
-    rng = np.random.default_rng(5)
-    net = Net(rng, (1, 6, 6, 3), pow2=True)
+@pytest.mark.parametrize("int16,seed,span,runs", [(False, 5, 60, 2), (True, 16, 40000, 3)],
+                         ids=["int8", "int16"])
+def test_float_edges_quantize_and_dequantize(tmp_path, int16, seed, span, runs):
+    """A float input quantized at the edge, int8 (or int16) inside, dequantized to a float
+    output. The scales are powers of two and half the inputs sit exactly between two steps: the
+    reference QUANTIZE rounds those ties away from zero (its roundf; the optimised kernels round
+    them to even)."""
+    rng = np.random.default_rng(seed)
+    net = Net(rng, (1, 6, 6, 3), pow2=True, int16=int16)
     g = net.g
     g.inputs.clear()
     f = g.input("image", (1, 6, 6, 3), "float32")
@@ -108,10 +111,10 @@ def test_float_edges_quantize_and_dequantize(tmp_path):
     g.op(OP.DEQUANTIZE, [y], [out])
     model = net.build(out)
     step = net.scale(net.x)
-    ties = (rng.integers(-60, 60, (1, 6, 6, 3)) + 0.5) * step
+    ties = (rng.integers(-span, span, (1, 6, 6, 3)) + 0.5) * step
     inputs = [{"image": np.where(rng.random((1, 6, 6, 3)) < 0.5, ties,
                                  rng.uniform(-2, 2, (1, 6, 6, 3))).astype(np.float32)}
-              for _ in range(2)]
+              for _ in range(runs)]
     assert check_against_litert(model, inputs, tmp_path) > 0
 
 

@@ -36,6 +36,7 @@ PARAMETERS = {
     "efficientnet_edgetpu_l": 10_589_712,
     "resnet18": 11_689_512,
     "resnet50": 25_557_032,
+    "resnet152": 60_192_808,
     "inception_v1": 6_624_904,  # torchvision's googlenet without its auxiliary classifiers
     "deit_tiny": 5_717_416,
     "vit_b_16": 86_567_656,
