@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from archnet import bit_allocation_cli, convert_cli, demo_cli, report_cli, verify_cli
+from archnet import bit_allocation_cli, convert_cli, demo_cli, plan_cli, report_cli, verify_cli
 from archnet.argv import ARGV
 from archnet.teachers import cli as teachers_cli
 from simulator import cli as simulator_cli
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulator_cli.add_commands(sub)
     teachers_cli.add_teacher_commands(sub)
     demo_cli.add_commands(sub)
+    plan_cli.add_commands(sub)
     convert_cli.add_commands(sub)
     verify_cli.add_commands(sub)
     bit_allocation_cli.add_commands(sub)

@@ -1,0 +1,84 @@
+"""``archnet plan MODEL --chip NAME``: what the converter would build for this chip, before any
+training: per teacher node the rule that fired and why, and the teacher's and the student's
+estimated latency. torch is imported inside the handler only."""
+
+from __future__ import annotations
+
+import argparse
+
+from archnet.bits import SUPPORTED_BITS
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected C,H,W such as 1,28,28") from None
+    if not dims or any(d < 1 or d > 65536 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: dimensions must lie in 1..65536")
+    return dims
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="what the converter keeps and replaces for a chip (no training)",
+        description="Captures MODEL (a teacher checkpoint, or path/to/file.py:factory), asks the "
+                    "chip profile which of each node's forms it runs (native first), and prints "
+                    "the rule that fired per node and the estimated latency of teacher and "
+                    "student. Exit 2 listing every node no rule can place.")
+    p.add_argument("model", help="teacher checkpoint (.pt) or path/to/file.py:factory")
+    p.add_argument("--chip", required=True, help="chip profile name or TOML path")
+    p.add_argument("--bits", default="8w8a", choices=SUPPORTED_BITS)
+    p.add_argument("--recipe", default="native", choices=("native", "paper"),
+                   help="native (default): keep what the chip runs; paper: the paper's op set only")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="run nodes no rule places on the host instead of failing")
+    p.add_argument("--input-shape", type=_shape, metavar="C,H,W",
+                   help="the example input of a factory that gives none")
+    p.add_argument("--all", action="store_true", help="list every node, not just the replaced")
+    p.add_argument("--json", metavar="FILE.json", help="also write the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+
+def format_plan(plan, all_nodes: bool = False) -> str:
+    t, s = plan.teacher, plan.student
+    host = lambda e: sum(o.cost.cycles for o in e.ops if o.on_host) / e.clock_hz * 1e3  # noqa: E731
+    lines = [f"{plan.chip} at {plan.bits[0]}w{plan.bits[1]}a, recipe {plan.recipe}",
+             f"  teacher {t.total_latency_ms:.3f} ms ({len(t.fallbacks)} host fallbacks, "
+             f"{host(t):.3f} ms on the host)",
+             f"  student {s.total_latency_ms:.3f} ms ({len(s.fallbacks)} host fallbacks)"
+             + (f": {t.total_latency_ms / s.total_latency_ms:.2f}x the teacher's speed"
+                if s.total_latency_ms > 0 else "")]
+    lines += [f"  note: {n}" for n in plan.notes]
+    fired = ", ".join(f"{k} x{v}" for k, v in sorted(plan.rules_fired().items()))
+    lines.append(f"  rules fired: {fired}")
+    shown = plan.decisions if all_nodes else plan.replaced()
+    if shown:
+        lines.append("")
+        w = max(len(d.module or d.node) for d in shown)
+        for d in shown:
+            lines.append(f"  {(d.module or d.node):<{w}}  {d.op:<16} {d.rule:<34} {d.reason}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args) -> int:
+    from archnet.capture import capture
+    from archnet.capture.sources import load_model
+    from archnet.lowering.resnet import parse_bits
+    from archnet.rules import plan_conversion
+    from simulator.fileio import atomic_write_bytes
+    from simulator.jsontext import json_text
+    from simulator.outputs import check_file_outputs
+    from simulator.profiles import load_profile
+
+    check_file_outputs({"--json": args.json}, inputs=[args.model.split(":")[0], args.chip],
+                       suffixes={"--json": (".json",)})
+    profile = load_profile(args.chip)
+    model, example, meta = load_model(args.model, args.input_shape)
+    graph = capture(model, example)
+    plan = plan_conversion(graph, profile, parse_bits(args.bits), args.recipe,
+                           args.allow_fallback)
+    print(format_plan(plan, args.all))
+    if args.json:
+        atomic_write_bytes(args.json, json_text({"model": meta, **plan.to_dict()}).encode())
+    return 0

@@ -1,0 +1,239 @@
+"""The chip-driven choice: for every teacher node, the form its student computes it with.
+
+Native first: every rule lists the teacher's own op as its first form; the chip's constraints
+(``simulator.constraints``, through ``forms.probe``) say which forms fit. Among the forms that
+fit, an exact one (equal to the teacher in float before training) beats a learned one, and the
+cost model picks the cheapest; ties keep the earlier form, so the teacher's op stays where it
+costs no more. ``recipe="paper"`` admits only forms inside the paper's op set. A node no form
+fits is an error naming every such node, before any training; ``allow_fallback`` runs it on the
+host instead (costed as a host fallback).
+
+The plan also builds the teacher and the student as whole estimate-only Programs, so that the
+user sees before training what the conversion buys on this chip.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from archnet.capture.graph import TeacherGraph, TeacherNode
+from archnet.errors import ConversionError
+from archnet.rules import activation, attention, conv, elementwise, embedding, linear, norm, pool, shape
+from archnet.rules.context import RuleContext
+from archnet.rules.forms import Form, Judgement, Step, add_form, output_shape, probe
+from simulator.cost import Estimate, estimate
+from simulator.ir.builder import ProgramBuilder
+from simulator.profiles import ChipProfile
+
+RULE_MODULES = (conv, pool, linear, elementwise, activation, shape, norm, embedding, attention)
+RULES = {op: m.forms for m in RULE_MODULES for op in m.FAMILY}
+RECIPES = ("native", "paper")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rule: str
+    fits: bool
+    cycles: float | None
+    why_not: str | None        # the chip's reasons, a shape mismatch, or the recipe
+
+
+@dataclass(frozen=True)
+class Decision:
+    node: str
+    op: str
+    module: str
+    module_type: str
+    form: Form
+    reason: str
+    cycles: float
+    candidates: tuple[Candidate, ...] = ()
+
+    @property
+    def rule(self) -> str:
+        return self.form.rule
+
+    @property
+    def last_op(self) -> str | None:
+        return self.form.steps[-1].op if self.form.steps else None
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op": self.op, "module": self.module,
+                "module_type": self.module_type, "rule": self.rule,
+                "description": self.form.description, "native": self.form.native,
+                "exact": self.form.exact, "host": self.form.host, "reason": self.reason,
+                "cycles": round(self.cycles, 1),
+                "student_ops": [s.op for s in self.form.steps],
+                "candidates": [{"rule": c.rule, "fits": c.fits,
+                                "cycles": None if c.cycles is None else round(c.cycles, 1),
+                                "why_not": c.why_not} for c in self.candidates]}
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    chip: str
+    bits: tuple[int, int]
+    recipe: str
+    decisions: tuple[Decision, ...]
+    teacher: Estimate
+    student: Estimate
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def rules_fired(self) -> dict[str, int]:
+        return dict(Counter(d.rule for d in self.decisions))
+
+    def replaced(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.form.native]
+
+    def to_dict(self) -> dict:
+        t, s = self.teacher, self.student
+        return {"chip": self.chip, "bits": f"{self.bits[0]}w{self.bits[1]}a",
+                "recipe": self.recipe, "notes": list(self.notes),
+                "teacher_latency_ms": t.total_latency_ms,
+                "teacher_host_ms": _host_ms(t), "teacher_fallbacks": len(t.fallbacks),
+                "student_latency_ms": s.total_latency_ms, "student_host_ms": _host_ms(s),
+                "student_fallbacks": len(s.fallbacks), "rules_fired": self.rules_fired(),
+                "decisions": [d.to_dict() for d in self.decisions]}
+
+
+def _host_ms(est: Estimate) -> float:
+    return sum(op.cost.cycles for op in est.ops if op.on_host) / est.clock_hz * 1e3
+
+
+def _context(graph: TeacherGraph, node: TeacherNode, profile: ChipProfile,
+             decided: dict[str, Decision], readers: Counter) -> RuleContext:
+    ops = []
+    for i in node.inputs:
+        d = decided.get(i)
+        while d is not None and not d.form.steps:        # folded forms pass their input on
+            src = graph.node(d.node).inputs
+            d = decided.get(src[0]) if src else None
+        ops.append(d.last_op if d is not None else None)
+    return RuleContext(graph, profile, tuple(graph.shape(i) for i in node.inputs), tuple(ops),
+                       tuple(readers[i] for i in node.inputs))
+
+
+def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str
+            ) -> tuple[Form | None, Judgement | None, tuple[Candidate, ...], str]:
+    rule = RULES.get(node.op)
+    if rule is None:
+        return None, None, (), f"no rule for {node.op}"
+    judged, cands = [], []
+    for form in rule(node, ctx):
+        why = None
+        if form.steps and form.input_shapes is None:
+            try:
+                got = output_shape(form, list(ctx.in_shapes))
+            except Exception as e:     # a form the simulator's shape rules refuse
+                got, why = None, f"not expressible here ({str(e).splitlines()[0]})"
+            if why is None and tuple(got) != tuple(node.shape):
+                why = f"gives shape {list(got)}, the teacher {list(node.shape)}"
+        if why is None and recipe == "paper" and not form.in_paper_op_set():
+            why = "outside the paper's op set"
+        j = None
+        if why is None:
+            j = probe(form, list(ctx.in_shapes), bits, ctx.profile)
+            why = "; ".join(j.reasons) if not j.fits else None
+        cands.append(Candidate(form.rule, why is None, None if j is None else j.cycles, why))
+        if why is None:
+            judged.append((form, j))
+    if not judged:
+        reasons = "; ".join(f"{c.rule}: {c.why_not}" for c in cands) or f"no form for {node.op}"
+        return None, None, tuple(cands), reasons
+    native = next(((f, j) for f, j in judged if f.native), None)
+    if native is not None:        # native first: the chip runs the teacher's op, keep it
+        return native[0], native[1], tuple(cands), "the chip runs it"
+    order = {id(f): i for i, (f, _) in enumerate(judged)}
+    form, j = min(judged, key=lambda fj: (not fj[0].exact, round(fj[1].cycles, 6), order[id(fj[0])]))
+    lacks = cands[0].why_not if cands and not cands[0].fits else "no native form"
+    others = len(judged) - 1
+    return form, j, tuple(cands), (f"the chip lacks the teacher's op ({lacks}); "
+                                   f"{'cheapest exact' if form.exact else 'cheapest learned'} "
+                                   f"replacement" + (f" of {others + 1} that fit" if others else ""))
+
+
+def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, int] = (8, 8),
+                    recipe: str = "native", allow_fallback: bool = False) -> ConversionPlan:
+    """Every node's form on ``profile`` at ``bits`` (weight, activation)."""
+    if recipe not in RECIPES:
+        raise ConversionError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    readers = Counter(i for n in graph.nodes for i in n.inputs)
+    decided: dict[str, Decision] = {}
+    unplaced = []
+    for node in graph.nodes:
+        ctx = _context(graph, node, profile, decided, readers)
+        form, j, cands, reason = _choose(node, ctx, bits, recipe)
+        if form is None:
+            if not allow_fallback:
+                unplaced.append(f"{node.where} ({node.op}): {reason}")
+                continue
+            form = _host_form(node)
+            j = probe(form, list(ctx.in_shapes), bits, profile)
+            reason = f"on the host (--allow-fallback): {reason}"
+        decided[node.name] = Decision(node.name, node.op, node.module, node.module_type, form,
+                                      reason, j.cycles, cands)
+    if unplaced:
+        raise ConversionError(
+            f"{len(unplaced)} teacher node(s) cannot run on {profile.name}"
+            f"{' with the paper recipe' if recipe == 'paper' else ''}: " + " | ".join(unplaced)
+            + " (--allow-fallback runs them on the host)")
+    decisions = tuple(decided[n.name] for n in graph.nodes)
+    notes = _precision_notes(profile, bits)
+    teacher = estimate(_teacher_program(graph, profile), profile)
+    student = estimate(whole_program(graph, decisions, bits, "student"), profile)
+    return ConversionPlan(profile.name, tuple(bits), recipe, decisions, teacher, student, notes)
+
+
+def _host_form(node: TeacherNode) -> Form:
+    return Form(f"{node.op}.host", f"{node.op} on the host",
+                (Step("fallback", tuple(f"in{i}" for i in range(len(node.inputs))),
+                      {"op_type": node.op}, out_shape=node.shape),), host=True)
+
+
+def _precision_notes(profile: ChipProfile, bits) -> tuple[str, ...]:
+    w, a = bits
+    mode = profile.mode_for(w, a)
+    if mode is None or (mode.weight_bits, mode.activation_bits) == (w, a):
+        return ()
+    return (f"{w}w{a}a runs in {profile.name}'s w{mode.weight_bits}a{mode.activation_bits} mode "
+            f"(precision.modes has no narrower one): no faster than "
+            f"{mode.weight_bits}w{mode.activation_bits}a, and the narrower grids cost accuracy",)
+
+
+def whole_program(graph: TeacherGraph, decisions, bits, name: str):
+    """The chosen forms of all nodes as one estimate-only Program (``bits`` None: float)."""
+    b = ProgramBuilder(name, {"estimate_only": True})
+    dtype = "f32" if bits is None else f"s{bits[1]}"
+    values = {i: b.input(i, graph.input_shapes[i], dtype) for i in graph.inputs}
+    for d in decisions:
+        node = graph.node(d.node)
+        ins = [values[i] for i in node.inputs]
+        if d.form.input_shapes is not None:    # the student reads its own encoding of the input
+            ins = [b.input(f"{node.name}_in{i}", s, dtype)
+                   for i, s in enumerate(d.form.input_shapes)]
+        values[node.name] = add_form(b, d.form, ins, bits, node.name)
+    b.output(*[values[o] for o in graph.outputs if o in values])
+    return b.build()
+
+
+def _teacher_program(graph: TeacherGraph, profile: ChipProfile):
+    """The teacher as it is, in float (taken at the chip's default widths, as an imported float
+    ONNX graph is): native forms, which the estimate places on the host where the chip lacks
+    them, and host fallbacks for ops with none."""
+    readers = Counter(i for n in graph.nodes for i in n.inputs)
+    decided: dict[str, Decision] = {}
+    for node in graph.nodes:
+        ctx = _context(graph, node, profile, decided, readers)
+        rule = RULES.get(node.op)
+        native = next((f for f in (rule(node, ctx) if rule else []) if f.native), None)
+        if native is not None and native.steps:
+            try:
+                if tuple(output_shape(native, list(ctx.in_shapes))) != tuple(node.shape):
+                    native = None
+            except Exception:
+                native = None
+        form = native or _host_form(node)
+        decided[node.name] = Decision(node.name, node.op, node.module, node.module_type, form,
+                                      "teacher", 0.0)
+    return whole_program(graph, [decided[n.name] for n in graph.nodes], None, "teacher")

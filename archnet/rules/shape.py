@@ -1,0 +1,29 @@
+"""Views and data movement: flatten, reshape, transpose; they run where the chip marks them
+supported (a flatten or reshape only relabels a tensor; a transpose moves it)."""
+
+from __future__ import annotations
+
+from archnet.capture.graph import TeacherNode
+from archnet.rules.context import RuleContext
+from archnet.rules.forms import Form, Step
+
+FAMILY = ("flatten", "reshape", "transpose")
+
+
+def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
+    x = ctx.in_shapes[0]
+    if node.op == "flatten":
+        a = node.attrs
+        if a["end"] != len(x) - 1:
+            return [Form("flatten.reshape", "flatten of middle axes as a reshape",
+                         (Step("reshape", ("in0",), {"shape": list(node.shape)}),), native=True)]
+        return [Form("flatten.native", f"flatten from axis {a['start']}",
+                     (Step("flatten", ("in0",), {"axis": a["start"]}),), native=True)]
+    if node.op == "reshape":
+        return [Form("reshape.native", f"reshape to {list(node.shape)}",
+                     (Step("reshape", ("in0",), {"shape": list(node.shape)}),), native=True)]
+    perm = list(node.attrs["perm"])
+    if perm == sorted(perm):
+        return [Form("transpose.identity", "transpose that moves nothing", ())]
+    return [Form("transpose.native", f"transpose {perm}",
+                 (Step("transpose", ("in0",), {"perm": perm}),), native=True)]

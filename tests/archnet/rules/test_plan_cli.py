@@ -1,0 +1,85 @@
+"""``archnet plan``: a teacher checkpoint or the user's own factory in, the rules that fired and
+both latencies out; every user error one line with exit 2, naming the thing at fault."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from archnet.cli import main
+
+ROOT = Path(__file__).resolve().parents[3]
+TEACHER = ROOT / "reports" / "teachers" / "fashion_mnist_resnet.pt"
+
+FACTORY = '''
+import torch
+from torch import nn
+
+def small():
+    return nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.BatchNorm2d(8), nn.SiLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+def with_example():
+    return small(), torch.randn(2, 3, 16, 16)
+
+def odd():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2)), torch.randn(1, 3, 8, 8)
+
+def not_a_model():
+    return 42
+'''
+
+
+@pytest.fixture()
+def factory(tmp_path):
+    path = tmp_path / "mynet.py"
+    path.write_text(FACTORY)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_plan_of_the_zoo_teacher_on_k210(capsys, tmp_path):
+    out_json = tmp_path / "plan.json"
+    code, out, _ = _run(capsys, "plan", TEACHER, "--chip", "k210-kpu", "--bits", "4w4a",
+                        "--json", out_json)
+    assert code == 0
+    assert "conv2d.shift_3x3" in out and "conv1" in out
+    assert "no faster than 8w8a" in out                     # the K210 has no 4-bit mode
+    plan = json.loads(out_json.read_text())
+    assert plan["chip"] == "k210-kpu" and plan["student_fallbacks"] == 0
+    assert plan["teacher_fallbacks"] > 0
+    assert plan["student_latency_ms"] < plan["teacher_latency_ms"]
+    assert {d["rule"] for d in plan["decisions"]} >= {"conv2d.shift_3x3", "relu.fused"}
+
+
+def test_plan_of_a_user_factory(capsys, factory):
+    code, out, _ = _run(capsys, "plan", f"{factory}:small", "--chip", "ethos-u55-128",
+                        "--input-shape", "3,16,16", "--all")
+    assert code == 0 and "silu.native" in out and "student" in out
+    code, out, _ = _run(capsys, "plan", f"{factory}:with_example", "--chip", "k210-kpu")
+    assert code == 0 and "silu.relu" in out
+
+
+@pytest.mark.parametrize("spec,extra,message", [
+    ("{f}:small", [], "gave no example inputs; pass --input-shape"),
+    ("{f}:missing", [], "has no function 'missing'"),
+    ("{f}:not_a_model", [], "returned int, not a torch.nn.Module"),
+    ("{f}:odd", [], "1 teacher node(s) cannot run on ethos-u55-128: 1 (aten.upsample_nearest2d)"),
+    ("net.pt2", [], "torch.export files are read by unpickling"),
+    ("{f}:small", ["--input-shape", "3,x"], "expected C,H,W"),
+])
+def test_user_errors_are_one_line(capsys, factory, spec, extra, message):
+    code, _, err = _run(capsys, "plan", spec.format(f=factory), "--chip", "ethos-u55-128", *extra)
+    assert code == 2
+    assert message in err and err.count("\n") == 1
+
+
+def test_plan_refuses_to_write_over_its_input(capsys, factory):
+    code, _, err = _run(capsys, "plan", f"{factory}:with_example", "--chip", "k210-kpu",
+                        "--json", factory)
+    assert code == 2 and ".json" in err
