@@ -55,6 +55,8 @@ class ConvertOptions:
     max_images: int | None = None
     calibration_images: int = 512
     keep_global_pool: bool = False
+    recipe: str = "resnet"           # resnet: the hand-written ResNet lowering; native, paper:
+                                     # the chip-driven converter (archnet.capture, archnet.rules)
     resume: bool = False
     check_images: int = 256
     report: bool = True              # a latency-only report at the end (the demo writes a full one)
@@ -80,15 +82,32 @@ def _calibration_set(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, opts: ConvertOptions,
-                      seed: int = 0):
-    """Lower, calibrate and gate: the student distillation starts from."""
-    student = convert_resnet(teacher, profile, bits, meta["input_shape"],
-                             keep_global_pool=opts.keep_global_pool)
+                      seed: int = 0, log=print):
+    """Lower, calibrate and gate: the student distillation starts from, and where its blocks'
+    teacher features come from (None: hooks at the student's tap module paths)."""
+    taps = None
+    if opts.recipe == "resnet":
+        student = convert_resnet(teacher, profile, bits, meta["input_shape"],
+                                 keep_global_pool=opts.keep_global_pool)
+    else:
+        from archnet.capture import capture
+        from archnet.distill.taps import GraphTaps
+        from archnet.lowering.graph import build_graph_student
+        from archnet.plan_cli import format_plan
+        from archnet.rules import plan_conversion
+        if isinstance(bits, list):
+            raise ConversionError(f"--recipe {opts.recipe} converts at one bit width; "
+                                  f"--latency-budget allocates bits only with --recipe resnet")
+        graph = capture(teacher, (torch.zeros(1, *meta["input_shape"]),))
+        plan = plan_conversion(graph, profile, parse_bits(bits), opts.recipe)
+        log(format_plan(plan))
+        student, low = build_graph_student(graph, plan, profile)
+        taps = GraphTaps(graph, low.taps)
     calib = _calibration_set(images, opts.calibration_images, seed)
     calibrate_batchnorm(student, calib)
     calibrate_activations(student, calib, seed=seed)
     assert_deployable(student, profile)
-    return student
+    return student, taps
 
 
 def check_against_simulator(student, profile, images: torch.Tensor, backend: str = "kernels") -> dict:
@@ -141,12 +160,12 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
     else:
         bits = opts.bits
         parse_bits(bits)
-    student = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed)
+    student, taps = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed, log)
     log(student.describe())
     metadata = {
         "teacher": str(opts.teacher), "teacher_sha256": teacher_content_hash(teacher),
         "teacher_arch": meta.get("arch"), "teacher_test_accuracy": meta.get("test_accuracy"),
-        "profile": profile.name, "profile_path": str(profile.path),
+        "recipe": opts.recipe, "profile": profile.name, "profile_path": str(profile.path),
         "bits": [f"{b['w_bits']}w{b['a_bits']}a" for b in student.config["blocks"]],
         "allocation": allocation.to_dict() if allocation is not None else None,
         "dataset": dataset, "data_path": opts.data_path, "images": len(images),
@@ -154,7 +173,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
         "distill": asdict(cfg),
     }
     result = distill(student, teacher, images, profile, cfg, out, resume=opts.resume, log=log,
-                     metadata=metadata)
+                     metadata=metadata, taps=taps)
     check = check_against_simulator(student, profile,
                                      _calibration_set(images, opts.check_images, cfg.seed + 1),
                                      cfg.backend)

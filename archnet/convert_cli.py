@@ -19,7 +19,7 @@ def _given(value, default):
 TEXT_ONLY = ("corpus", "max_len", "layers", "max_sentences", "heldout_fraction", "final_steps",
              "final_window", "attention_weight", "no_chip_values", "allow_fallback")
 CNN_ONLY = ("latency_budget", "dataset", "data", "max_images", "calibration_images",
-            "keep_global_pool", "epochs_per_period", "restarts", "mixup", "cosine_weight",
+            "keep_global_pool", "recipe", "epochs_per_period", "restarts", "mixup", "cosine_weight",
             "no_attention")
 
 
@@ -68,8 +68,8 @@ def cmd_convert(args) -> int:
         teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "4w4a",
         latency_budget_ms=args.latency_budget, dataset=args.dataset, data_path=args.data,
         max_images=args.max_images, calibration_images=args.calibration_images,
-        keep_global_pool=args.keep_global_pool, resume=args.resume, threads=args.threads,
-        command=command_line())
+        keep_global_pool=args.keep_global_pool, recipe=args.recipe, resume=args.resume,
+        threads=args.threads, command=command_line())
     cfg = DistillConfig(
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
         batch_size=_given(args.batch_size, 64), lr=_given(args.lr, 5e-4), window=args.window,
@@ -108,6 +108,10 @@ def add_commands(sub) -> None:
                    "IDX), or a .npy of images (N, C, H, W)")
     c.add_argument("--max-images", type=positive_int, help="use the first N training images")
     c.add_argument("--calibration-images", type=positive_int, default=512)
+    c.add_argument("--recipe", choices=("resnet", "native", "paper"), default="resnet",
+                   help="resnet (default): the hand-written ResNet lowering; native: the "
+                        "chip-driven converter, keeping every op the chip runs (see archnet "
+                        "plan); paper: the chip-driven converter with the paper's op set only")
     c.add_argument("--keep-global-pool", action="store_true",
                    help="keep global average pooling where the chip runs it")
     c.add_argument("--resume", action="store_true",

@@ -8,12 +8,15 @@ simulator.
 
 Each block is one ``GraphBlock``: a small straight-line program of steps over named tensors,
 
-- ``conv``     3x3 QConv2d ('same' padding, stride 1 or 2, folded BN, optional ReLU)
+- ``conv``     QConv2d (3x3 'same' by default; any ``kernel``, ``strides``, ``pads``,
+  ``dilations``, ``groups``; folded BN, optional ReLU)
 - ``linear``   QLinear (fully connected, optional ReLU)
-- ``maxpool``  QMaxPool2d (2x2, stride 2)
-- ``flatten``  QFlatten
+- ``maxpool``, ``avgpool``  QPool2d (``kernel``, ``stride``, ``pads``; 2x2/2 by default)
+- ``flatten``, ``reshape``  QFlatten, QReshape (views; ``shape`` without the batch axis)
 - ``concat``   channel concat of tensors that share one activation quantizer
-- ``global_avgpool``  QGlobalAvgPool2d (only where a chip runs it and the lowering asked for it)
+- ``global_avgpool``  QGlobalAvgPool2d
+- ``add``, ``mul``  QAdd, QMul (two operands on their own grids, onto the step's quantizer)
+- ``lut``      QLookupTable (an activation ``function`` on the chip's table unit)
 
 and it has the three faces of every Arch-Net module: ``forward`` (fake-quant float, or plain
 float with ``quantize=False``), ``integer_forward`` (the chip's arithmetic) and ``export``
@@ -38,12 +41,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from archnet.errors import ArchnetError
+from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool2d
 from archnet.quant.lsq import LsqQuantizer, round_ste
-from archnet.quant.modules import QConv2d, QFlatten, QInput, QLinear, QMaxPool2d, concat
+from archnet.quant.modules import QConv2d, QFlatten, QInput, QLinear, QReshape, concat
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec
 from simulator.ir.builder import ProgramBuilder
@@ -53,12 +56,16 @@ from simulator.numerics import fixed_point as fp
 CONFIG_FORMAT = "archnet-student"
 CONFIG_VERSION = 1
 IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
-STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool")
+STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
+              "add", "mul", "lut", "reshape")
+MULTI_INPUT = ("concat", "add", "mul")
+REQUANTIZING = ("conv", "linear", "add", "mul", "lut")   # steps that write their own grid
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 _NODE_OPS = {  # simulator op kinds each step exports
     "conv": ("conv2d", "requantize"), "linear": ("fully_connected", "requantize"),
     "maxpool": ("maxpool2d",), "flatten": ("flatten",), "concat": ("concat",),
-    "global_avgpool": ("global_avgpool2d",),
+    "global_avgpool": ("global_avgpool2d",), "avgpool": ("avgpool2d",), "add": ("add",),
+    "mul": ("mul",), "lut": ("lookup_table",), "reshape": ("reshape",),
 }
 
 
@@ -106,9 +113,44 @@ def _need(d: dict, key: str, kind, where: str):
     return value
 
 
-def _out_hw(h: int, w: int, stride: int) -> tuple[int, int]:
-    """Spatial size after a 3x3 'same' conv (padding 1) of the given stride."""
-    return (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
+def _pair_field(step: dict, key: str, default, where: str) -> tuple[int, int]:
+    value = step.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if not (isinstance(value, list) and len(value) == 2 and
+            all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise _fail(where, f"field {key!r} must be an integer or a pair of integers >= 0, "
+                           f"got {value!r}")
+    return tuple(value)
+
+
+def conv_geometry(step: dict, where: str = "") -> dict:
+    """kernel, strides, pads, dilations (pairs) and groups of a conv step; a step without them
+    is the paper's 3x3 'same' conv of its ``stride``."""
+    kernel = _pair_field(step, "kernel", 3, where)
+    stride = step.get("strides", step.get("stride", 1))
+    strides = _pair_field({"s": stride}, "s", 1, where)
+    pads = _pair_field(step, "pads", [kernel[0] // 2, kernel[1] // 2], where)
+    dilations = _pair_field(step, "dilations", 1, where)
+    groups = step.get("groups", 1)
+    if min(kernel) < 1 or min(strides) < 1 or min(dilations) < 1 or \
+            not isinstance(groups, int) or groups < 1:
+        raise _fail(where, "kernel, strides, dilations and groups must be >= 1")
+    return {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
+            "groups": groups}
+
+
+def _window_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def pool_geometry(step: dict, where: str = "") -> dict:
+    kernel = _pair_field(step, "kernel", 2, where)
+    strides = _pair_field(step, "stride", list(kernel), where)
+    pads = _pair_field(step, "pads", 0, where)
+    if min(kernel) < 1 or min(strides) < 1:
+        raise _fail(where, "pool kernel and stride must be >= 1")
+    return {"kernel": kernel, "strides": strides, "pads": pads}
 
 
 def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
@@ -129,47 +171,83 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
         for ref in inputs:
             if ref not in shapes:
                 raise _fail(at, f"input {ref!r} is not an earlier tensor of the block")
-        if kind != "concat" and len(inputs) != 1:
+        if kind not in MULTI_INPUT and len(inputs) != 1:
             raise _fail(at, f"{kind} takes one input, got {len(inputs)}")
         if kind == "concat" and len(inputs) < 2:
             raise _fail(at, "concat takes at least two inputs")
+        if kind in ("add", "mul") and len(inputs) != 2:
+            raise _fail(at, f"{kind} takes two inputs, got {len(inputs)}")
         x = shapes[inputs[0]]
-        if kind in ("conv", "linear"):
+        if kind in REQUANTIZING:
             key = _need(step, "quant", str, at)
             if key not in quantizers:
                 raise _fail(at, f"quantizer {key!r} is not declared in 'quantizers'")
-            relu = _need(step, "relu", bool, at)
-            if not relu and not quantizers[key]["signed"]:
+            relu = _need(step, "relu", bool, at) if kind != "lut" else False
+            if not relu and not quantizers[key]["signed"] and kind != "lut":
                 raise _fail(at, f"no ReLU, so its quantizer {key!r} must be signed")
-            _need(step, "w_bits", int, at)
+            if kind in ("conv", "linear"):
+                _need(step, "w_bits", int, at)
+            cmax = step.get("clamp_max")
+            if cmax is not None and (not isinstance(cmax, (int, float)) or isinstance(cmax, bool)
+                                     or not relu or not math.isfinite(cmax) or cmax <= 0):
+                raise _fail(at, f"clamp_max {cmax!r} needs ReLU and a finite bound > 0")
             quant[name] = key
         else:
             quant[name] = quant[inputs[0]]
         if kind == "conv":
-            cin, cout, stride = (_need(step, k, int, at)
-                                 for k in ("in_channels", "out_channels", "stride"))
+            cin, cout = (_need(step, k, int, at) for k in ("in_channels", "out_channels"))
+            if "strides" not in step:
+                _need(step, "stride", int, at)
+            g = conv_geometry(step, at)
             _need(step, "batch_norm", bool, at)
             if len(x) != 3 or x[0] != cin:
                 raise _fail(at, f"expects {cin} input channels of a map, input shape is {x}")
-            if stride not in (1, 2):
-                raise _fail(at, f"stride {stride} not 1 or 2")
-            shapes[name] = (cout, *_out_hw(x[1], x[2], stride))
+            if cin % g["groups"] or cout % g["groups"]:
+                raise _fail(at, f"groups {g['groups']} do not divide {cin} -> {cout} channels")
+            hw = tuple(_window_out(x[1 + i], g["kernel"][i], g["strides"][i], g["pads"][i],
+                                   g["dilations"][i]) for i in range(2))
+            if min(hw) < 1:
+                raise _fail(at, f"a {g['kernel']} kernel does not fit input shape {x}")
+            shapes[name] = (cout, *hw)
         elif kind == "linear":
             fin, fout = (_need(step, k, int, at) for k in ("in_features", "out_features"))
             if len(x) != 1 or x[0] != fin:
                 raise _fail(at, f"expects {fin} input features, input shape is {x}")
             shapes[name] = (fout,)
-        elif kind == "maxpool":
-            k = _need(step, "kernel", int, at)
-            if len(x) != 3 or x[1] < k or x[2] < k:
-                raise _fail(at, f"a {k}x{k} pool does not fit input shape {x}")
-            shapes[name] = (x[0], x[1] // k, x[2] // k)
+        elif kind in ("maxpool", "avgpool"):
+            g = pool_geometry(step, at)
+            hw = tuple(_window_out(x[1 + i], g["kernel"][i], g["strides"][i], g["pads"][i])
+                       for i in range(2)) if len(x) == 3 else (0, 0)
+            if len(x) != 3 or min(hw) < 1:
+                raise _fail(at, f"a {g['kernel']} pool does not fit input shape {x}")
+            if kind == "avgpool" and quant[name] == IMAGE:
+                raise _fail(at, "avgpool takes a quantized feature map")
+            shapes[name] = (x[0], *hw)
         elif kind == "global_avgpool":
             if len(x) != 3 or quant[name] == IMAGE:
                 raise _fail(at, "global_avgpool takes a quantized feature map")
             shapes[name] = (x[0], 1, 1)
         elif kind == "flatten":
             shapes[name] = (math.prod(x),)
+        elif kind == "reshape":
+            target = _need(step, "shape", list, at)
+            if not all(isinstance(d, int) and d >= 1 for d in target) or \
+                    math.prod(target) != math.prod(x):
+                raise _fail(at, f"cannot reshape {x} to {target}")
+            shapes[name] = tuple(target)
+        elif kind == "add":
+            if shapes[inputs[1]] != x:
+                raise _fail(at, f"add operands differ in shape: {x} and {shapes[inputs[1]]}")
+            shapes[name] = x
+        elif kind == "mul":
+            b = shapes[inputs[1]]
+            if len(b) > len(x) or any(db not in (1, da) for da, db in zip(x[::-1], b[::-1])):
+                raise _fail(at, f"mul operand {b} does not broadcast to {x}")
+            shapes[name] = x
+        elif kind == "lut":
+            if _need(step, "function", str, at) not in FUNCTIONS:
+                raise _fail(at, f"function {step['function']!r} not one of {', '.join(FUNCTIONS)}")
+            shapes[name] = x
         else:  # concat
             keys = {quant[ref] for ref in inputs}
             if len(keys) != 1:
@@ -252,12 +330,7 @@ def _make_quantizer(spec: dict) -> LsqQuantizer:
 
 def _float_mac(module: QConv2d | QLinear, x: torch.Tensor) -> torch.Tensor:
     """The layer without any quantizer: folded weights and bias, then ReLU."""
-    weight, bias = module.folded()
-    if isinstance(module, QConv2d):
-        y = F.conv2d(x, weight, bias, stride=module.stride, padding=module.padding)
-    else:
-        y = F.linear(x, weight, bias)
-    return F.relu(y) if module.relu else y
+    return module.float_forward(x)
 
 
 class GraphBlock(nn.Module):
@@ -273,20 +346,34 @@ class GraphBlock(nn.Module):
         for step in spec["steps"]:
             kind = step["kind"]
             if kind == "conv":
-                m = QConv2d(step["in_channels"], step["out_channels"], 3, step["stride"],
+                g = conv_geometry(step)
+                m = QConv2d(step["in_channels"], step["out_channels"], g["kernel"], g["strides"],
                             w_bits=step["w_bits"], relu=step["relu"], batch_norm=step["batch_norm"],
-                            output_quant=quantizers[step["quant"]])
+                            output_quant=quantizers[step["quant"]], padding=g["pads"],
+                            dilation=g["dilations"], groups=g["groups"])
             elif kind == "linear":
                 m = QLinear(step["in_features"], step["out_features"], w_bits=step["w_bits"],
                             relu=step["relu"], output_quant=quantizers[step["quant"]])
-            elif kind == "maxpool":
-                m = QMaxPool2d(step["kernel"])
+            elif kind in ("maxpool", "avgpool"):
+                g = pool_geometry(step)
+                grid = quantizers[tensor_quant[step["inputs"][0]]] if kind == "avgpool" else None
+                m = QPool2d(kind[:3], g["kernel"], g["strides"], g["pads"], grid)
             elif kind == "flatten":
                 m = QFlatten()
+            elif kind == "reshape":
+                m = QReshape(step["shape"])
             elif kind == "global_avgpool":
                 m = QGlobalAvgPool2d(quantizers[tensor_quant[step["inputs"][0]]])
+            elif kind == "add":
+                m = QAdd(quantizers[step["quant"]], step["relu"])
+            elif kind == "mul":
+                m = QMul(quantizers[step["quant"]], step["relu"])
+            elif kind == "lut":
+                m = QLookupTable(step["function"], quantizers[step["quant"]])
             else:
                 continue
+            if step.get("clamp_max") is not None:
+                m.clamp_max = float(step["clamp_max"])
             self.layers[step["name"]] = m
 
     def mac_layers(self) -> dict[str, QConv2d | QLinear]:
@@ -305,8 +392,15 @@ class GraphBlock(nn.Module):
                 env[name] = _float_mac(self.layers[name], args[0])
             elif kind == "global_avgpool" and not quantize:
                 env[name] = args[0].mean(dim=(2, 3), keepdim=True)
+            elif kind == "avgpool" and not quantize:
+                env[name] = self.layers[name].float_forward(args[0])
+            elif kind in ("add", "mul") and not quantize:
+                y = args[0] + args[1] if kind == "add" else args[0] * args[1]
+                env[name] = self.layers[name].activation(y)
+            elif kind == "lut" and not quantize:
+                env[name] = FUNCTIONS[step["function"]][0](args[0])
             else:
-                env[name] = self.layers[name](args[0])
+                env[name] = self.layers[name](*args)
         return env
 
     def forward(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
@@ -324,8 +418,10 @@ class GraphBlock(nn.Module):
             name, kind = step["name"], step["kind"]
             if kind == "concat":
                 env[name] = concat(args)
-            elif kind in ("conv", "linear", "global_avgpool"):
+            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool"):
                 env[name] = self.layers[name].integer_forward(args[0], arith)
+            elif kind in ("add", "mul", "lut"):
+                env[name] = self.layers[name].integer_forward(*args, arith=arith)
             else:
                 env[name] = self.layers[name].integer_forward(args[0])
         outs = [env[ref] for ref in self.spec["outputs"]]
@@ -346,6 +442,8 @@ class GraphBlock(nn.Module):
             out = f"{prefix}.{name}"
             if kind == "concat":
                 env[name] = b.node("concat", [env[ref] for ref in step["inputs"]], out, axis=1)
+            elif kind in ("add", "mul", "lut"):
+                env[name] = self.layers[name].export(b, [env[r] for r in step["inputs"]], out)
             else:
                 env[name] = self.layers[name].export(b, env[step["inputs"][0]], out)
         return [env[ref] for ref in self.spec["outputs"]]
@@ -470,7 +568,9 @@ class ArchNetStudent(nn.Module):
                 ops.update(_NODE_OPS[step["kind"]])
                 out = shapes[step["name"]]
                 if step["kind"] == "conv":
-                    macs += step["in_channels"] * 9 * math.prod(out)
+                    g = conv_geometry(step)
+                    macs += step["in_channels"] // g["groups"] * math.prod(g["kernel"]) * \
+                        math.prod(out)
                 elif step["kind"] == "linear":
                     macs += step["in_features"] * step["out_features"]
             params = sum(p.numel() for m in block.mac_layers().values()

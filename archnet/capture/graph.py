@@ -79,18 +79,28 @@ class TeacherGraph:
 
     def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """The graph's outputs in float for these inputs (one per graph input, in order)."""
+        values = self.values(*inputs, keep=set(self.outputs))
+        return [values[o] for o in self.outputs]
+
+    def values(self, *inputs: torch.Tensor, keep: set[str]) -> dict[str, torch.Tensor]:
+        """The values named in ``keep`` (node or input names) for these inputs; every other
+        value is dropped once its last reader has run."""
         if len(inputs) != len(self.inputs):
             raise ConversionError(f"graph takes {len(self.inputs)} inputs, got {len(inputs)}")
         values: dict[str, object] = dict(zip(self.inputs, inputs))
+        last = {v: i for i, n in enumerate(self.nodes) for v in n.inputs}
         with torch.no_grad():
-            for n in self.nodes:
+            for i, n in enumerate(self.nodes):
                 fn = _EVAL.get(n.op)
                 if fn is None:
                     raise ConversionError(f"{n.where}: no float evaluation for op {n.op!r}")
-                args = [values[i] for i in n.inputs]
+                args = [values[v] for v in n.inputs]
                 params = {k: self.params[v] for k, v in n.params.items()}
                 values[n.name] = fn(args, params, dict(n.attrs))
-        return [values[o] for o in self.outputs]
+                for v in n.inputs:
+                    if last[v] == i and v not in keep:
+                        del values[v]
+        return {k: values[k] for k in keep}
 
     def op_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -212,15 +212,17 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
             cfg: DistillConfig, run_dir: str | Path, *, resume: bool = False,
             log: Callable[[str], None] = print,
             step_callback: Callable[[int, int, float], None] | None = None,
-            metadata: dict | None = None) -> DistillResult:
+            metadata: dict | None = None, taps=None) -> DistillResult:
     """Distil ``teacher`` into ``student`` on unlabeled ``images`` for ``profile``; returns the
-    trained student (the same object, updated) and the per-period history."""
+    trained student (the same object, updated) and the per-period history. ``taps``: where the
+    teacher's features come from (default: forward hooks at ``student.block_taps`` module paths;
+    ``GraphTaps`` for a captured teacher)."""
     cfg.check()
     profile = load_profile(profile) if isinstance(profile, str) else profile
     images = unlabeled(images).images.float().contiguous()
     run_dir = Path(run_dir)
     n_blocks = len(student.blocks)
-    taps = TeacherTaps(teacher, student.block_taps)
+    taps = taps if taps is not None else TeacherTaps(teacher, student.block_taps)
     probe = images[: min(8, len(images))]
     targets = taps.features(probe)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The teacher's intermediate features at the modules the student's blocks imitate.
+"""The teacher's intermediate features at the values the student's blocks imitate.
 
 A student block names its teacher module by path (``block.tap``: ``maxpool``, ``layer2.0``,
 ``fc``). ``TeacherTaps`` runs the teacher once per batch and returns the output of every tapped
@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from archnet.capture.graph import TeacherGraph
 from archnet.errors import ConversionError
 
 
@@ -46,4 +47,22 @@ class TeacherTaps:
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """One target per student block, in block order."""
         found = self(images)
+        return [found[t] for t in self.taps]
+
+
+class GraphTaps:
+    """The same for a captured teacher (``archnet.capture``): a student block names the graph
+    value it imitates, and the graph computes it in float (equal to the model, tested)."""
+
+    def __init__(self, graph: TeacherGraph, taps: Sequence[str]):
+        known = set(graph.inputs) | {n.name for n in graph.nodes}
+        missing = [t for t in taps if t not in known]
+        if missing:
+            raise ConversionError(f"teacher graph has no value(s) {missing} that the student's "
+                                  f"blocks imitate")
+        self.graph, self.taps = graph, list(taps)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        found = self.graph.values(images, keep=set(self.taps))
         return [found[t] for t in self.taps]

@@ -60,7 +60,7 @@ def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: boo
             m: QConv2d = block.layers[name]
             step = next(s for s in block.spec["steps"] if s["name"] == name)
             env = block.trace(x, quantize=False)
-            z = F.conv2d(env[step["inputs"][0]], m.weight, m.bias, stride=m.stride, padding=m.padding)
+            z = F.conv2d(env[step["inputs"][0]], m.weight, m.bias, **m.conv_kwargs())
             mean = z.mean(dim=(0, 2, 3))
             var = z.var(dim=(0, 2, 3), unbiased=False)
             bn = m.bn

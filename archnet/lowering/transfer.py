@@ -157,6 +157,11 @@ def _ones(src, args, shape):
     return torch.ones(shape)
 
 
+def _fresh(src, args, shape):
+    """A learned form's layer: He initialisation, as a new layer of the paper's student."""
+    return torch.nn.init.kaiming_normal_(torch.empty(shape), nonlinearity="relu")
+
+
 def _bn_var(src, args):
     """Teacher running variance moved to the student's epsilon: var + eps_teacher - eps_student,
     so that sqrt(var + eps) is the teacher's."""
@@ -173,7 +178,7 @@ RULES: dict[str, Callable] = {
     "identity_sum": _identity_sum, "sum_pool": _sum_pool, "fc_spatial": _fc_spatial,
     "bn_var": _bn_var,
 }
-SHAPED_RULES: dict[str, Callable] = {"zeros": _zeros, "ones": _ones,
+SHAPED_RULES: dict[str, Callable] = {"zeros": _zeros, "ones": _ones, "fresh": _fresh,
                                      "bn_identity_var": _bn_identity_var}
 NEEDS_SOURCE = {"copy", "centre_tap", "stem_kernel", "fc_spatial", "bn_var"}
 

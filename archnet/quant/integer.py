@@ -57,25 +57,39 @@ def _sequential(cols: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, acc: Ac
     return total
 
 
-def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
-           acc: AccumulatorSpec) -> torch.Tensor:
-    """acc = bias + sum x * w under the chip's accumulator; x, w int64 (zero points 0)."""
-    out_ch, in_ch, kh, kw = w.shape
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+           acc: AccumulatorSpec, dilation=1, groups: int = 1) -> torch.Tensor:
+    """acc = bias + sum x * w under the chip's accumulator; x, w int64 (zero points 0).
+    ``stride``, ``padding``, ``dilation``: an int or an (h, w) pair; ``groups`` as torch's."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    out_ch, in_per_group, kh, kw = w.shape
     b = bias if bias is not None else torch.zeros(out_ch, dtype=torch.int64)
-    _check_exact(x, w, in_ch * kh * kw, b)
+    _check_exact(x, w, in_per_group * kh * kw, b)
     if acc.order_independent:
         exact = F.conv2d(x.to(torch.float64), w.to(torch.float64), b.to(torch.float64),
-                         stride=stride, padding=padding)
+                         stride=stride, padding=padding, dilation=dilation, groups=groups)
         return _finish(exact.round().to(torch.int64), acc)
     n, _, h, wd = x.shape
-    oh = (h + 2 * padding - kh) // stride + 1
-    ow = (wd + 2 * padding - kw) // stride + 1
-    cols = F.unfold(x.to(torch.float64), (kh, kw), padding=padding, stride=stride).round().to(torch.int64)
-    weights = w.reshape(out_ch, -1)
-    if acc.mac_order is MacOrder.KH_KW_CIN:  # unfold is channel-major; reorder taps outermost
-        cols = cols.view(n, in_ch, kh * kw, -1).transpose(1, 2).reshape(n, in_ch * kh * kw, -1)
-        weights = w.permute(0, 2, 3, 1).reshape(out_ch, -1)
-    return _sequential(cols, weights, b, acc).view(n, out_ch, oh, ow)
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    per_out = out_ch // groups
+    outs = []
+    for g in range(groups):     # each group reduces its own input channels, in declared order
+        xg = x[:, g * in_per_group:(g + 1) * in_per_group]
+        wg = w[g * per_out:(g + 1) * per_out]
+        cols = F.unfold(xg.to(torch.float64), (kh, kw), dilation=dilation, padding=padding,
+                        stride=stride).round().to(torch.int64)
+        weights = wg.reshape(per_out, -1)
+        if acc.mac_order is MacOrder.KH_KW_CIN:  # unfold is channel-major; taps outermost
+            cols = cols.view(n, in_per_group, kh * kw, -1).transpose(1, 2).reshape(
+                n, in_per_group * kh * kw, -1)
+            weights = wg.permute(0, 2, 3, 1).reshape(per_out, -1)
+        outs.append(_sequential(cols, weights, b[g * per_out:(g + 1) * per_out], acc))
+    return torch.cat(outs, dim=1).view(n, out_ch, oh, ow)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, acc: AccumulatorSpec) -> torch.Tensor:

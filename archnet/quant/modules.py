@@ -1,7 +1,8 @@
 """The Arch-Net operator set as modules: the only layers a student may hold.
 
-3x3 (or 1x1-on-the-teacher-side) convolution with folded batch-norm and ReLU, fully connected,
-2x2 max-pool, concat, flatten, and the input quantizer. Each has a fake-quant ``forward``, an
+Convolution (any kernel, stride, padding, dilation, groups) with folded batch-norm and ReLU,
+fully connected, concat, flatten, and the input quantizer; pooling, add, mul and tables are in
+``archnet.quant.elementwise``. Each has a fake-quant ``forward``, an
 ``integer_forward`` under a chip's arithmetic, and ``export`` into a simulator Program; the
 numbers the last two use come from one method (``integer_params``), so they cannot drift apart.
 """
@@ -66,6 +67,7 @@ class _QMac(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.bn = nn.BatchNorm2d(out_ch) if batch_norm else None
         self.relu = relu
+        self.clamp_max: float | None = None   # ReLU6's 6 (a clamp fused into the requantize)
         self.weight_quant = LsqQuantizer(w_bits, signed=True, channels=out_ch)
         self.output_quant = output_quant or LsqQuantizer(a_bits, signed=not relu)
 
@@ -92,12 +94,27 @@ class _QMac(nn.Module):
                                                         self.float32_multiplier), out_scale,
                              self.output_quant.qtype)
 
+    def activation(self, y: torch.Tensor) -> torch.Tensor:
+        """ReLU, or ReLU6-style clamp [0, clamp_max], in float."""
+        if self.relu:
+            y = F.relu(y)
+        return y if self.clamp_max is None else y.clamp(max=self.clamp_max)
+
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        return self.output_quant(F.relu(y) if self.relu else y)
+        return self.output_quant(self.activation(y))
+
+    def bounds(self, p: IntegerParams) -> tuple[int, int]:
+        """The output's integer range: the type's, cut at zero by ReLU and at clamp_max on the
+        output grid (rounding is monotone, so clamping before or after it agrees)."""
+        lo = max(p.out_type.qmin, 0) if self.relu else p.out_type.qmin
+        hi = p.out_type.qmax
+        if self.clamp_max is not None:
+            hi = max(lo, min(hi, int(round(self.clamp_max / p.out_scale))))
+        return lo, hi
 
     def _requantize(self, acc: torch.Tensor, p: IntegerParams, arith: ArithmeticSpec) -> QTensor:
-        qmin = max(p.out_type.qmin, 0) if self.relu else p.out_type.qmin
-        value = integer.requantize(acc, p.multiplier, arith.requant, qmin, p.out_type.qmax)
+        lo, hi = self.bounds(p)
+        value = integer.requantize(acc, p.multiplier, arith.requant, lo, hi)
         return QTensor(value, p.out_scale, p.out_type)
 
     def _export_mac(self, b: ProgramBuilder, x: str, name: str, op: str, **attrs) -> str:
@@ -111,35 +128,59 @@ class _QMac(nn.Module):
                           axis=per_channel.get("quant_axis"))
         acc = b.node(op, [x, w, bias], f"{name}.acc", scale=acc_scale,
                      quant_axis=1 if len(acc_scale) > 1 else None, **attrs)
-        clamp = {"clamp_min": 0} if self.relu and p.out_type.signed else {}
+        lo, hi = self.bounds(p)
+        clamp = {"clamp_min": lo} if lo != p.out_type.qmin else {}
+        if hi != p.out_type.qmax:
+            clamp["clamp_max"] = hi
         return b.node("requantize", [acc], name, dtype=p.out_type, scale=p.out_scale,
                       real_multiplier=p.multiplier, axis=1, **clamp)
 
 
 class QConv2d(_QMac):
-    """k x k convolution (stride 1 or 2, 'same' padding) + folded BN + optional ReLU."""
+    """k x k convolution + folded BN + optional ReLU: any kernel, stride, padding, dilation
+    and groups (default 'same' padding for odd kernels)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
+    def __init__(self, in_ch: int, out_ch: int, kernel_size=3, stride=1,
                  w_bits: int = 8, a_bits: int = 8, relu: bool = True, batch_norm: bool = True,
-                 output_quant: LsqQuantizer | None = None):
-        super().__init__((out_ch, in_ch, kernel_size, kernel_size), w_bits, a_bits, relu, batch_norm,
+                 output_quant: LsqQuantizer | None = None, padding=None, dilation=1,
+                 groups: int = 1):
+        kh, kw = _pair(kernel_size)
+        super().__init__((out_ch, in_ch // groups, kh, kw), w_bits, a_bits, relu, batch_norm,
                          output_quant)
-        self.stride = stride
-        self.padding = kernel_size // 2
+        self.stride = _pair(stride)
+        self.dilation = _pair(dilation)
+        self.padding = (kh // 2, kw // 2) if padding is None else _pair(padding)
+        self.groups = groups
+
+    def conv_kwargs(self) -> dict:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
+                "groups": self.groups}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.folded()
-        y = F.conv2d(x, self.weight_quant(weight), bias, stride=self.stride, padding=self.padding)
-        return self._activate(y)
+        return self._activate(F.conv2d(x, self.weight_quant(weight), bias, **self.conv_kwargs()))
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.folded()
+        return self.activation(F.conv2d(x, weight, bias, **self.conv_kwargs()))
 
     def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
         p = self.integer_params(x.scale)
-        acc = integer.conv2d(x.value, p.weight, p.bias, self.stride, self.padding, arith.accumulator)
+        acc = integer.conv2d(x.value, p.weight, p.bias, self.stride, self.padding, arith.accumulator,
+                             self.dilation, self.groups)
         return self._requantize(acc, p, arith)
 
     def export(self, b: ProgramBuilder, x: str, name: str) -> str:
-        pad = self.padding
-        return self._export_mac(b, x, name, "conv2d", strides=[self.stride] * 2, pads=[pad] * 4)
+        (ph, pw), groups = self.padding, self.groups
+        extra = {"dilations": list(self.dilation)} if self.dilation != (1, 1) else {}
+        if groups != 1:
+            extra["groups"] = groups
+        return self._export_mac(b, x, name, "conv2d", strides=list(self.stride),
+                                pads=[ph, pw, ph, pw], **extra)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 class QLinear(_QMac):
@@ -153,6 +194,10 @@ class QLinear(_QMac):
         weight, bias = self.folded()
         return self._activate(F.linear(x, self.weight_quant(weight), bias))
 
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.folded()
+        return self.activation(F.linear(x, weight, bias))
+
     def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
         p = self.integer_params(x.scale)
         acc = integer.linear(x.value, p.weight, p.bias, arith.accumulator)
@@ -160,25 +205,6 @@ class QLinear(_QMac):
 
     def export(self, b: ProgramBuilder, x: str, name: str) -> str:
         return self._export_mac(b, x, name, "fully_connected")
-
-
-class QMaxPool2d(nn.Module):
-    """2x2 max-pool, stride 2: exact on integers, so fake-quant and integer paths agree by design."""
-
-    def __init__(self, kernel_size: int = 2):
-        super().__init__()
-        self.kernel_size = kernel_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, self.kernel_size)
-
-    def integer_forward(self, x: QTensor, arith: ArithmeticSpec | None = None) -> QTensor:
-        pooled = F.max_pool2d(x.value.to(torch.float64), self.kernel_size)
-        return QTensor(pooled.to(torch.int64), x.scale, x.dtype)
-
-    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
-        k = self.kernel_size
-        return b.node("maxpool2d", [x], name, kernel=[k, k], strides=[k, k])
 
 
 class QFlatten(nn.Module):
@@ -190,6 +216,23 @@ class QFlatten(nn.Module):
 
     def export(self, b: ProgramBuilder, x: str, name: str) -> str:
         return b.node("flatten", [x], name, axis=1)
+
+
+class QReshape(nn.Module):
+    """A view to ``shape`` (per sample; the batch axis stays first)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(int(d) for d in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec | None = None) -> QTensor:
+        return QTensor(x.value.reshape(x.value.shape[0], *self.shape), x.scale, x.dtype)
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        return b.node("reshape", [x], name, shape=[-1, *self.shape])   # any batch (re-batching)
 
 
 def concat(xs: list[QTensor]) -> QTensor:

@@ -129,3 +129,25 @@ def test_latency_budget_chooses_bits_that_fit_and_saves_them(tmp_path):
     assert summary["allocation"]["budget_ms"] == budget
     _, meta = load_student(out / "student.pt")
     assert meta["allocation"]["estimated_ms"] == pytest.approx(summary["estimated_latency_ms"])
+
+
+@pytest.mark.parametrize("chip, recipe, replaced", [
+    ("ethos-u55-128", "native", set()),                        # runs every op of the teacher
+    ("k210-kpu", "native", {"conv2d.shift_3x3", "add.concat_conv_1x1", "global_avg_pool.window"}),
+    ("k210-kpu", "paper", {"conv2d.shift_3x3", "add.concat_conv", "conv2d.centre_tap_3x3",
+                           "global_avg_pool.fully_connected"}),
+])
+def test_chip_driven_recipes_convert_bit_exactly(tmp_path, chip, recipe, replaced):
+    """The chip-driven converter end to end: the plan's student trains, exports, and its
+    integers equal the simulator's; the teacher's ops stay where the chip runs them."""
+    out = tmp_path / "run"
+    assert main(["convert", TEACHER, "--chip", chip, "--bits", "8w8a", "--recipe", recipe,
+                 "--out", str(out), *FAST]) == 0
+    summary = json.loads((out / "convert.json").read_text())
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    student, meta = load_student(out / "student.pt")
+    assert meta["recipe"] == recipe
+    rules = student.config["meta"]["rules"]
+    assert {r for r in rules if not r.endswith((".native", ".fused"))} == replaced
+    assert main(["verify", str(out / "model.program"), "--chip", chip, "--limit", "32",
+                 "--no-progress"]) == 0

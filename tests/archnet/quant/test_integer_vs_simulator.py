@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from archnet.quant.modules import QConv2d, QFlatten, QInput, QLinear, QMaxPool2d, concat
+from archnet.quant.elementwise import QAdd, QLookupTable, QMul, QPool2d
+from archnet.quant.lsq import LsqQuantizer
+from archnet.quant.modules import QConv2d, QFlatten, QInput, QLinear, concat
 from simulator.contract import (AccumulatorSpec, ArithmeticSpec, MacOrder, Overflow, RequantMode,
                                 RequantSpec, RoundingMode, SaturationPoint)
 from simulator.execute import execute
@@ -33,7 +35,7 @@ class TinyStudent(torch.nn.Module):
         super().__init__()
         self.inp = QInput()
         self.c1 = QConv2d(1, 4, w_bits=w_bits, a_bits=a_bits)
-        self.pool = QMaxPool2d()
+        self.pool = QPool2d("max", (2, 2), (2, 2), (0, 0), None)
         self.c2 = QConv2d(4, 4, w_bits=w_bits, a_bits=a_bits, output_quant=self.c1.output_quant)
         self.c3 = QConv2d(8, 8, stride=2, w_bits=w_bits, a_bits=a_bits)
         self.flat = QFlatten()
@@ -45,7 +47,8 @@ class TinyStudent(torch.nn.Module):
         return self.fc(self.flat(h))
 
     def integer_forward(self, x, arith):
-        h = self.pool.integer_forward(self.c1.integer_forward(self.inp.integer_forward(x), arith))
+        h = self.pool.integer_forward(self.c1.integer_forward(self.inp.integer_forward(x), arith),
+                                      arith)
         h = self.c3.integer_forward(concat([h, self.c2.integer_forward(h, arith)]), arith)
         return self.fc.integer_forward(self.flat.integer_forward(h), arith)
 
@@ -114,3 +117,79 @@ def test_exported_weights_are_the_trained_grid(trained):
     assert w.dtype.bits == model.c1.weight_quant.qtype.bits and w.axis == 0
     folded, _ = model.c1.folded()
     assert np.array_equal(w.data, model.c1.weight_quant.integer(folded).numpy())
+
+
+class GeneralStudent(torch.nn.Module):
+    """The ops the chip-driven converter keeps native: a 5x5/2 conv, a dilated conv, a
+    depthwise conv, SiLU on the table unit, a residual add, a squeeze-excitation mul,
+    average and 3x3/2 padded max pooling."""
+
+    def __init__(self, w_bits, a_bits):
+        super().__init__()
+        kw = dict(w_bits=w_bits, a_bits=a_bits, batch_norm=False)
+        self.inp = QInput()
+        self.stem = QConv2d(1, 8, 5, 2, padding=2, **kw)
+        self.dil = QConv2d(8, 8, 3, 1, padding=2, dilation=2, relu=False, **kw)
+        self.dw = QConv2d(8, 8, 3, 1, groups=8, relu=False, **kw)
+        self.act = QLookupTable("silu", LsqQuantizer(a_bits, signed=True))
+        self.add = QAdd(LsqQuantizer(a_bits, signed=False), relu=True)
+        self.gate = QConv2d(8, 8, 1, 1, relu=True, **kw)
+        self.mul = QMul(LsqQuantizer(a_bits, signed=False))
+        self.avg = QPool2d("avg", (2, 2), (2, 2), (0, 0), self.mul.output_quant)
+        self.max = QPool2d("max", (3, 3), (2, 2), (1, 1), None)
+        self.flat = QFlatten()
+        self.fc = QLinear(8 * 2 * 2, 10, w_bits=w_bits, a_bits=8)
+
+    def forward(self, x):
+        h = self.stem(self.inp(x))
+        r = self.add(h, self.act(self.dw(self.dil(h))))
+        g = self.gate(r.mean(dim=(2, 3), keepdim=True))
+        h = self.max(self.avg(self.mul(r, g)))
+        return self.fc(self.flat(h))
+
+    def integer_forward(self, x, arith):
+        from archnet.student import QGlobalAvgPool2d
+        h = self.stem.integer_forward(self.inp.integer_forward(x), arith)
+        a = self.act.integer_forward(self.dw.integer_forward(self.dil.integer_forward(h, arith),
+                                                              arith), arith=arith)
+        r = self.add.integer_forward(h, a, arith=arith)
+        pooled = QGlobalAvgPool2d(self.add.output_quant).integer_forward(r, arith)
+        g = self.gate.integer_forward(pooled, arith)
+        h = self.mul.integer_forward(r, g, arith=arith)
+        h = self.max.integer_forward(self.avg.integer_forward(h, arith), arith)
+        return self.fc.integer_forward(self.flat.integer_forward(h), arith)
+
+    def export(self, shape):
+        b = ProgramBuilder("general")
+        x = self.inp.export(b, shape)
+        h = self.stem.export(b, x, "stem")
+        a = self.act.export(b, [self.dw.export(b, self.dil.export(b, h, "dil"), "dw")], "act")
+        r = self.add.export(b, [h, a], "add")
+        pooled = b.node("global_avgpool2d", [r], "gap")
+        g = self.gate.export(b, pooled, "gate")
+        h = self.max.export(b, self.avg.export(b, self.mul.export(b, [r, g], "mul"), "avg"), "max")
+        b.output(self.fc.export(b, self.flat.export(b, h, "flat"), "fc"))
+        return b.build()
+
+
+@pytest.mark.parametrize("bits", [(8, 8), (4, 4)], ids=["8w8a", "4w4a"])
+@pytest.mark.parametrize("spec", SPECS)
+def test_general_ops_integer_forward_equals_simulator(bits, spec):
+    torch.manual_seed(1)
+    model = GeneralStudent(*bits)
+    images = torch.rand(4, 1, 16, 16)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(3):
+        loss = model(images).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    arith = SPECS[spec]
+    with torch.no_grad():
+        ours = model.integer_forward(images, arith)
+    x_int = QInput().integer_forward(images).value.numpy().astype(np.uint8)
+    program = model.export((4, 1, 16, 16))
+    for backend in ("reference", "kernels"):
+        sim = execute(program, arith, {"image": x_int}, backend=backend).outputs["fc"]
+        assert np.array_equal(ours.value.numpy(), sim), backend

@@ -1,0 +1,524 @@
+"""Lowering a conversion plan: the forms ``archnet.rules`` chose for a captured teacher become
+the student's blocks, steps, quantizers and transfer table (images).
+
+Blocks are where blockwise distillation cuts the network: after a node where one activation is
+live (nothing else computed so far is read later), grouped by the teacher's module paths (two
+levels: ``layer1.0``, ``features.3``), a group without a MAC layer joining its neighbour. Each
+block imitates the teacher value at its end (its *tap*: a node of the captured graph).
+
+Each chosen form's simulator ops become student steps (``archnet.student``): a conv keeps any
+kernel, stride, padding, dilation and groups; add, mul, pools and tables are steps of their
+own; a ReLU or clamp the planner fused becomes its producer's ReLU. Operands of a concat must
+share one quantizer, so the producers of concatenated values are given one (a union of their
+grids). Exact forms start as the teacher (``TransferRow`` rules of ``archnet.lowering.transfer``:
+copies, centre taps, shift layers, identity sums, averaging kernels); learned forms start fresh.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from archnet.capture.graph import TeacherGraph, TeacherNode
+from archnet.errors import ConversionError
+from archnet.lowering.transfer import TransferRow
+from archnet.rules.planner import ConversionPlan, Decision
+from archnet.student import CONFIG_FORMAT, CONFIG_VERSION, IMAGE
+from simulator.profiles import ChipProfile
+
+MAC_NODE_OPS = ("conv2d", "linear", "matmul", "embedding")
+_FORWARD = ("global_avg_pool", "flatten")      # pooling to a vector belongs with the head
+SHIFT_STEP = 1.0 / 255.0                        # the image grid: shift channels copy pixels
+_ACTIVATIONS = ("relu", "clamp", "gelu", "silu", "hardswish", "leaky_relu")
+
+
+def _ident(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", text) or "x"
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def partition(graph: TeacherGraph) -> list[list[TeacherNode]]:
+    """The teacher's nodes cut into blocks (see the module doc)."""
+    last_use = {}
+    for i, n in enumerate(graph.nodes):
+        for v in n.inputs:
+            last_use[v] = i
+    segments, cur, live = [], [], set(graph.inputs)
+    for i, n in enumerate(graph.nodes):
+        cur.append(n)
+        live = {v for v in live | {n.name} if last_use.get(v, -1) > i or v in graph.outputs}
+        if live == {n.name}:
+            segments.append(cur)
+            cur = []
+    if cur:
+        segments.append(cur)
+
+    def key(seg):
+        macs = [n for n in seg if n.op in MAC_NODE_OPS]
+        path = (macs[0] if macs else seg[-1]).module
+        return ".".join(path.split(".")[:2]) if path else seg[-1].name
+
+    groups: list[list[TeacherNode]] = []
+    keys: list[str] = []
+    for seg in segments:
+        k = key(seg)
+        if groups and keys[-1] == k:
+            groups[-1] += seg
+        else:
+            groups.append(list(seg))
+            keys.append(k)
+    blocks: list[list[TeacherNode]] = []
+    pending: list[TeacherNode] = []          # a MAC-free group waiting for the next block
+    for g in groups:
+        has_mac = any(n.op in MAC_NODE_OPS for n in g)
+        if not has_mac and blocks and not any(n.op in _FORWARD for n in g):
+            blocks[-1] += g
+        elif not has_mac:
+            pending += g
+        else:
+            blocks.append(pending + g)
+            pending = []
+    if pending:
+        if blocks:
+            blocks[-1] += pending
+        else:
+            blocks.append(pending)
+    return blocks
+
+
+def block_name(nodes: list[TeacherNode], taken: set[str]) -> str:
+    macs = [n for n in nodes if n.op in MAC_NODE_OPS]
+    path = (macs[0] if macs else nodes[-1]).module
+    base = ".".join(path.split(".")[:2]) if path else nodes[-1].name
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+# ----------------------------------------------------------------------------- lowering
+
+@dataclass
+class Lowered:
+    config: dict
+    rows: list[TransferRow]
+    derived: dict[str, torch.Tensor]     # teacher-side tensors the rows read (params + made)
+    taps: list[str]                      # per block: the teacher graph value it imitates
+    learned: list[str]                   # steps that start fresh (learned forms)
+
+
+class _Grids:
+    """Quantizer keys with unions (concat operands share one grid)."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+        self.fixed: dict[str, float] = {}
+
+    def new(self, hint: str) -> str:
+        key, i = _ident(hint), 1
+        while key in self.parent or key == IMAGE:
+            key, i = f"{_ident(hint)}_{i}", i + 1
+        self.parent[key] = key
+        return key
+
+    def find(self, key: str) -> str:
+        while key != IMAGE and self.parent[key] != key:
+            key = self.parent[key]
+        return key
+
+    def union(self, a: str, b: str) -> None:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        if IMAGE in (a, b):
+            raise ConversionError("a concat mixes the input image with a computed value; the "
+                                  "image's grid is fixed")
+        self.parent[b] = a
+
+
+class _Lowering:
+    def __init__(self, graph: TeacherGraph, plan: ConversionPlan):
+        self.graph, self.plan = graph, plan
+        self.w_bits, self.a_bits = plan.bits
+        self.grids = _Grids()
+        self.steps: dict[str, dict] = {}           # global step name -> step dict
+        self.step_node: dict[str, str] = {}        # step -> teacher node
+        self.producer: dict[str, str] = {}         # teacher value -> student step (or IMAGE)
+        self.rows: list[tuple[str, str, str | None, dict]] = []   # (step, leaf, rule, source, args)
+        self.derived: dict[str, torch.Tensor] = dict(graph.params)
+        self.learned: list[str] = []
+
+    # -- helpers
+    def _name(self, node: str, i: int, n: int) -> str:
+        base = _ident(node) if n == 1 else f"{_ident(node)}_{i}"
+        name, k = base, 1
+        while name in self.steps:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def _quant_of(self, ref: str) -> str:
+        if ref == IMAGE:
+            return IMAGE
+        return self.steps[ref].get("quant") or self._quant_of(self.steps[ref]["inputs"][0])
+
+    def _value(self, v: str) -> str:
+        if v in self.graph.inputs:
+            return IMAGE
+        if v not in self.producer:
+            raise ConversionError(f"value {v!r} has no student producer")
+        return self.producer[v]
+
+    def _derive(self, name: str, tensor: torch.Tensor) -> str:
+        self.derived[name] = tensor.detach().to(torch.float32)
+        return name
+
+    def _mac_rows(self, step: str, weight: tuple, bias: tuple) -> None:
+        self.rows.append((step, "weight", *weight))
+        self.rows.append((step, "bias", *bias))
+
+    # -- per decision
+    def lower(self, d: Decision) -> None:
+        node = self.graph.node(d.node)
+        form = d.form
+        if form.host:
+            raise ConversionError(f"{node.where} ({node.op}) runs on the host in this plan; the "
+                                  f"student is built only from chip ops")
+        if not form.steps:
+            self._fold(node, d)
+            return
+        ins = [self._value(v) for v in node.inputs]
+        refs = {f"in{i}": r for i, r in enumerate(ins)}
+        made = []
+        for i, st in enumerate(form.steps):
+            name = self._name(node.name, i, len(form.steps))
+            step = self._step(st, [refs[r] for r in st.inputs], name, node, d)
+            self.steps[name] = step
+            self.step_node[name] = node.name
+            refs[f"s{i}"] = name
+            made.append(name)
+        self._init(node, d, made)
+        self.producer[node.name] = made[-1]
+        if form.steps[-1].op == "concat" or any(s.op == "concat" for s in form.steps):
+            for name in made:
+                st = self.steps[name]
+                if st["kind"] == "concat":
+                    keys = [self._quant_of(r) for r in st["inputs"]]
+                    for k in keys[1:]:
+                        self.grids.union(keys[0], k)
+
+    def _fold(self, node: TeacherNode, d: Decision) -> None:
+        """A form with no op of its own: a fused activation, a folded scale or offset, a
+        transpose that moves nothing."""
+        src = self._value(node.inputs[0])
+        self.producer[node.name] = src
+        rule = d.rule
+        if rule.endswith(".fused"):
+            step = self.steps.get(src)
+            if step is None or step["kind"] not in ("conv", "linear", "add", "mul"):
+                raise ConversionError(f"{node.where}: {rule} needs a MAC, add or mul producer")
+            if node.op == "clamp":
+                lo, hi = node.attrs["min"], node.attrs["max"]
+                if lo is None or float(lo) != 0.0:
+                    raise ConversionError(f"{node.where}: clamp [{lo}, {hi}] does not start at 0; "
+                                          f"the student fuses only ReLU and ReLU6-style clamps")
+                if hi is not None and step.get("clamp_max") is None:
+                    step["clamp_max"] = float(hi)
+            step["relu"] = True
+            return
+        if rule in ("mul.requantize_scale", "add.requantize_offset"):
+            scalar = float(node.attrs["scalar"])
+            self._scale_rows(src, scalar if rule.startswith("mul") else None,
+                             scalar if rule.startswith("add") else None)
+            return
+        if rule == "transpose.identity":
+            return
+        raise ConversionError(f"{node.where}: the student builder has no lowering for {rule}")
+
+    def _scale_rows(self, step: str, scale: float | None, offset: float | None) -> None:
+        """Fold ``* scale`` or ``+ offset`` into a MAC step's transferred weight and bias."""
+        for k, row in enumerate(self.rows):
+            if row[0] != step or row[2] not in ("copy",):
+                continue
+            tensor = self.derived[row[3]]
+            if row[1] == "weight" and scale is not None:
+                self.rows[k] = (*row[:3], self._derive(f"{row[3]}*{scale}", tensor * scale), row[4])
+            if row[1] == "bias":
+                t = tensor * scale if scale is not None else tensor + offset
+                self.rows[k] = (*row[:3], self._derive(f"{row[3]}+{scale}:{offset}", t), row[4])
+
+    def _step(self, st, inputs: list[str], name: str, node: TeacherNode, d: Decision) -> dict:
+        op = st.op
+        base = {"name": name, "inputs": inputs}
+        if op == "conv2d":
+            cout, cin_g, kh, kw = st.weight
+            groups = st.attrs.get("groups", 1)
+            pads = st.attrs.get("pads", [0, 0, 0, 0])
+            if pads[0] != pads[2] or pads[1] != pads[3]:
+                raise ConversionError(f"{node.where}: asymmetric padding {pads}")
+            step = {**base, "kind": "conv", "in_channels": cin_g * groups, "out_channels": cout,
+                    "kernel": [kh, kw], "strides": list(st.attrs.get("strides", [1, 1])),
+                    "pads": [pads[0], pads[1]], "dilations": list(st.attrs.get("dilations", [1, 1])),
+                    "groups": groups, "relu": st.relu, "w_bits": self.w_bits,
+                    "batch_norm": False, "role": "teacher"}
+        elif op == "fully_connected":
+            m, k = st.weight
+            step = {**base, "kind": "linear", "in_features": k, "out_features": m,
+                    "relu": st.relu, "w_bits": self.w_bits, "role": "teacher"}
+        elif op in ("maxpool2d", "avgpool2d"):
+            pads = st.attrs.get("pads", [0, 0, 0, 0])
+            step = {**base, "kind": op[:7], "kernel": list(st.attrs["kernel"]),
+                    "stride": list(st.attrs.get("strides", st.attrs["kernel"])),
+                    "pads": [pads[0], pads[1]]}
+        elif op == "global_avgpool2d":
+            step = {**base, "kind": "global_avgpool"}
+        elif op == "flatten":
+            step = {**base, "kind": "flatten"}
+        elif op == "reshape" and st.attrs["shape"][0] == 1:     # batch-1 plan shapes
+            step = {**base, "kind": "reshape", "shape": list(st.attrs["shape"][1:])}
+        elif op == "concat":
+            if st.attrs.get("axis", 1) != 1:
+                raise ConversionError(f"{node.where}: concat on axis {st.attrs['axis']}")
+            step = {**base, "kind": "concat"}
+        elif op in ("add", "mul"):
+            step = {**base, "kind": op, "relu": False}
+        elif op == "lookup_table":
+            step = {**base, "kind": "lut", "function": st.attrs["function"]}
+        else:
+            raise ConversionError(f"{node.where}: the student builder has no {op} step yet "
+                                  f"(rule {d.rule})")
+        if step["kind"] in ("conv", "linear", "add", "mul", "lut"):
+            step["quant"] = self.grids.new(name)
+        return step
+
+    # -- initialisation
+    def _init(self, node: TeacherNode, d: Decision, made: list[str]) -> None:
+        rule, p = d.rule, node.params
+        macs = [s for s in made if self.steps[s]["kind"] in ("conv", "linear")]
+        w = self.graph.params.get(p.get("weight", ""), None)
+        b = p.get("bias")
+        bias = ("copy", b, {}) if b else ("zeros", None, {})
+        if rule in ("conv2d.native", "linear.native"):
+            self._mac_rows(macs[0], ("copy", p["weight"], {}), bias)
+        elif rule == "conv2d.centre_tap_3x3":
+            self._mac_rows(macs[0], ("centre_tap", p["weight"], {}), bias)
+        elif rule in ("conv2d.dense", "conv2d.dense_centre_tap_3x3"):
+            dense = _block_diagonal(w, node.attrs["groups"])
+            key = self._derive(f"{node.name}:dense", dense)
+            self._mac_rows(macs[0], ("centre_tap" if "centre" in rule else "copy", key, {}), bias)
+        elif rule.startswith("conv2d.split_out"):
+            n = len(macs)
+            per = w.shape[0] // n
+            for j, s in enumerate(macs):
+                cut = {"out": [j * per, (j + 1) * per]}
+                self._mac_rows(s, ("copy", p["weight"], cut),
+                               ("copy", b, cut) if b else ("zeros", None, {}))
+        elif rule == "conv2d.shift_3x3":
+            cin = w.shape[1]
+            stride = node.attrs["stride"][0]
+            reaches = [1] if stride == 2 else list(range(1, w.shape[2] // 2))
+            reach = 0
+            for s, out_reach in zip(macs[:-1], reaches):
+                self._mac_rows(s, ("shift", None, {"c_in": cin, "in_reach": reach,
+                                                  "out_reach": out_reach, "grid": 1}),
+                               ("zeros", None, {}))
+                self.steps[s]["role"] = "structural"
+                self.steps[s]["relu"] = False
+                reach = out_reach
+            self._mac_rows(macs[-1], ("stem_kernel", p["weight"],
+                                      {"c_in": cin, "in_reach": reach,
+                                       "grid": 2 if stride == 2 else 1}), bias)
+            self._shift_grids(macs[:-1])
+        elif rule in ("add.concat_conv", "add.concat_conv_1x1"):
+            c = self.steps[macs[0]]["out_channels"]
+            if rule == "add.concat_conv":
+                self._mac_rows(macs[0], ("identity_sum", None, {"channels": c, "operands": 2}),
+                               ("zeros", None, {}))
+            else:
+                key = self._derive(f"{node.name}:sum", torch.eye(c).repeat(1, 2)[:, :, None, None])
+                self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
+        elif rule == "avg_pool2d.depthwise":
+            c, _, kh, kw = self.steps_weight_shape(macs[0])
+            key = self._derive(f"{node.name}:avg", torch.full((c, 1, kh, kw), 1.0 / (kh * kw)))
+            self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
+        elif rule == "global_avg_pool.fully_connected" or \
+                re.fullmatch(r"global_avg_pool\.halve\d+_fully_connected", rule):
+            nonneg = self._nonnegative(self.steps[macs[0]]["inputs"][0]) if macs[:-1] else False
+            for s in macs[:-1]:
+                c = self.steps[s]["out_channels"]
+                self._mac_rows(s, ("sum_pool", None, {"channels": c}), ("zeros", None, {}))
+                self.steps[s]["role"] = "structural"
+                self.steps[s]["relu"] = nonneg   # averages of a non-negative map stay so
+            last = self.steps[macs[-1]]
+            c = last["out_features"]
+            positions = last["in_features"] // c
+            h, w_ = self.graph.shape(node.inputs[0])[2:]
+            key = self._derive(f"{node.name}:pool", torch.eye(c))
+            self._mac_rows(macs[-1], ("fc_spatial", key,
+                                      {"positions": positions,
+                                       "scale": 4.0 ** len(macs[:-1]) / (h * w_)}),
+                           ("zeros", None, {}))
+        elif rule in ("batch_norm.depthwise_1x1", "batch_norm.dense_1x1",
+                      "batch_norm.fully_connected"):
+            scale, shift = _bn_affine(self.graph, node)
+            c = scale.numel()
+            if rule == "batch_norm.depthwise_1x1":
+                weight = scale.view(c, 1, 1, 1)
+            else:
+                weight = torch.diag(scale)
+                weight = weight if rule.endswith("connected") else weight[:, :, None, None]
+            self._mac_rows(macs[0], ("copy", self._derive(f"{node.name}:w", weight), {}),
+                           ("copy", self._derive(f"{node.name}:b", shift), {}))
+        elif macs:   # a learned form: fresh weights, trained by distillation
+            for s in macs:
+                self._mac_rows(s, ("fresh", None, {}), ("zeros", None, {}))
+                self.learned.append(s)
+
+    def _nonnegative(self, ref: str) -> bool:
+        """Whether a value can never be negative: the image, a ReLU'd step, or a view or pool
+        of such values."""
+        if ref == IMAGE:
+            return True
+        step = self.steps[ref]
+        if step["kind"] in ("conv", "linear", "add", "mul"):
+            return bool(step["relu"])
+        if step["kind"] == "lut":
+            return step["function"] in _NON_NEGATIVE
+        return all(self._nonnegative(r) for r in step["inputs"])
+
+    def steps_weight_shape(self, step: str) -> tuple[int, ...]:
+        s = self.steps[step]
+        return (s["out_channels"], s["in_channels"] // s["groups"], *s["kernel"])
+
+    def _shift_grids(self, shift_steps: list[str]) -> None:
+        """Shift layers copy their input onto its own grid: the image's fixed u8 grid, or the
+        input's quantizer (lossless either way)."""
+        for s in shift_steps:
+            src = self._quant_of(self.steps[s]["inputs"][0])
+            if src == IMAGE or self.grids.find(src) in self.grids.fixed:
+                self.grids.fixed[self.steps[s]["quant"]] = SHIFT_STEP
+                self.steps[s]["relu"] = True
+            else:
+                self.grids.union(src, self.steps[s]["quant"])
+
+
+def _block_diagonal(w: torch.Tensor, groups: int) -> torch.Tensor:
+    cout, cin_g = w.shape[:2]
+    per_out = cout // groups
+    dense = torch.zeros(cout, cin_g * groups, *w.shape[2:])
+    for g in range(groups):
+        dense[g * per_out:(g + 1) * per_out, g * cin_g:(g + 1) * cin_g] = w[g * per_out:(g + 1) * per_out]
+    return dense
+
+
+def _bn_affine(graph: TeacherGraph, node: TeacherNode) -> tuple[torch.Tensor, torch.Tensor]:
+    p = {k: graph.params[v].double() for k, v in node.params.items()}
+    scale = p.get("weight", torch.ones_like(p["running_var"])) / torch.sqrt(
+        p["running_var"] + node.attrs["eps"])
+    shift = p.get("bias", torch.zeros_like(scale)) - p["running_mean"] * scale
+    return scale.float(), shift.float()
+
+
+_NON_NEGATIVE = ("sigmoid", "hardsigmoid")
+
+
+def _signed_grids(low: "_Lowering") -> dict[str, bool]:
+    """A grid is unsigned only if every step writing it clamps at zero (ReLU, a non-negative
+    table); one writer that does not makes it signed."""
+    signed: dict[str, bool] = {}
+    for step in low.steps.values():
+        if "quant" not in step:
+            continue
+        root = low.grids.find(step["quant"])
+        writes_negative = (step["kind"] == "lut" and step["function"] not in _NON_NEGATIVE) or \
+            (step["kind"] != "lut" and not step["relu"])
+        signed[root] = signed.get(root, False) or writes_negative
+    return signed
+
+
+def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) -> Lowered:
+    """The student config, transfer table and block taps of ``plan`` for ``graph``."""
+    if len(graph.inputs) != 1:
+        raise ConversionError(f"the image student takes one input; the teacher has "
+                              f"{len(graph.inputs)}")
+    low = _Lowering(graph, plan)
+    decisions = {d.node: d for d in plan.decisions}
+    blocks = partition(graph)
+    for nodes in blocks:
+        for n in nodes:
+            low.lower(decisions[n.name])
+    # the head writes logits on a signed grid of at least 8 bits (as the paper's head)
+    last = low._value(graph.outputs[0])
+    grids = low.grids
+    quantizers = {}
+    head_key = grids.find(low.steps[last]["quant"]) if "quant" in low.steps.get(last, {}) else None
+    signed_of = _signed_grids(low)
+    for key in grids.parent:
+        root = grids.find(key)
+        if root in quantizers:
+            continue
+        bits = max(8, low.a_bits) if root == head_key else low.a_bits
+        signed = signed_of.get(root, True)
+        fixed = next((grids.fixed[k] for k in grids.fixed if grids.find(k) == root), None)
+        if fixed is not None:
+            bits, signed = 8, False
+        quantizers[root] = {"bits": bits, "signed": signed, "step": fixed}
+    config_blocks, taps, taken = [], [], set()
+    in_ref, in_quant, in_channels = IMAGE, IMAGE, [graph.input_shapes[graph.inputs[0]][1]]
+    rows: list[TransferRow] = []
+    for bi, nodes in enumerate(blocks):
+        names = [s for s in low.steps if low.step_node[s] in {n.name for n in nodes}]
+        out_value = nodes[-1].name
+        out_ref = low._value(out_value)
+        local = {}
+        steps = []
+        for s in names:
+            step = dict(low.steps[s])
+            step["inputs"] = ["in:0" if r == in_ref else local.get(r, r) for r in step["inputs"]]
+            for r in step["inputs"]:
+                if r != "in:0" and r not in local.values():
+                    raise ConversionError(f"step {s} reads {r!r} from an earlier block; blocks "
+                                          f"must be cut where one value is live")
+            if "quant" in step:
+                step["quant"] = grids.find(step["quant"])
+            local[s] = s
+            steps.append(step)
+        if out_ref == in_ref:
+            raise ConversionError(f"block {bi} computes nothing")
+        name = block_name(nodes, taken)
+        out_quant = low._quant_of(out_ref)
+        config_blocks.append({
+            "name": name, "tap": out_value, "w_bits": low.w_bits, "a_bits": low.a_bits,
+            "inputs": in_channels, "input_quant": grids.find(in_quant) if in_quant != IMAGE else IMAGE,
+            "steps": steps, "outputs": [out_ref]})
+        taps.append(out_value)
+        for step_name, leaf, rule, source, args in low.rows:
+            if step_name in names:
+                rows.append(TransferRow(f"blocks.{bi}.layers.{step_name}.{leaf}", rule, source,
+                                        dict(args)))
+        shape = graph.shape(out_value)
+        in_ref, in_quant, in_channels = out_ref, out_quant, [shape[1]]
+    c, h, w = graph.input_shapes[graph.inputs[0]][1:]
+    config = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "input_shape": [c, h, w],
+              "quantizers": quantizers, "blocks": config_blocks,
+              "meta": {"teacher": "graph", "profile": plan.chip, "recipe": plan.recipe,
+                       "bits": [f"{low.w_bits}w{low.a_bits}a"] * len(config_blocks),
+                       "rules": plan.rules_fired(),
+                       "requantize": profile.arithmetic.requant.mode.value}}
+    return Lowered(config, rows, low.derived, taps, low.learned)
+
+
+
+def build_graph_student(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile):
+    """The student of ``plan``, initialised from the teacher: (student in eval mode, Lowered)."""
+    from archnet.lowering.calibrate import init_weight_quantizers
+    from archnet.lowering.transfer import apply_transfers
+    from archnet.student import build_student
+    low = lower_plan(graph, plan, profile)
+    student = build_student(low.config)
+    apply_transfers(low.derived, student, low.rows)
+    init_weight_quantizers(student)
+    return student.eval(), low
