@@ -1,4 +1,5 @@
-"""Teachers: torchvision-style ResNets by name, and their checkpoints.
+"""Teachers: torchvision-style ResNets and the small MobileNetV2 and VGG by name, and their
+checkpoints.
 
 ``build_teacher("resnet18", in_channels=1, num_classes=10, width=16, stem_stride=1,
 stem_pool=False)`` builds a model; ``save_teacher(path, model, metadata)`` writes it atomically
@@ -32,6 +33,12 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
+# the non-ResNet families (archnet.teachers.small), built from the same checkpoint metadata;
+# they take in_channels, num_classes, width and (VGG, whose classifier reads the last map)
+# image_size
+SMALL_ARCHS = ("mobilenetv2", "vgg")
+SMALL_OPTIONS = {"mobilenetv2": ("num_classes", "in_channels", "width"),
+                 "vgg": ("num_classes", "in_channels", "width", "image_size")}
 # option -> (type, lowest, highest): a checkpoint's kwargs are checked against these before a
 # model is built, so a damaged or crafted file cannot ask for a wrong type or a 360 GB model
 BUILD_OPTIONS: dict[str, tuple[type, int, int]] = {
@@ -41,6 +48,7 @@ BUILD_OPTIONS: dict[str, tuple[type, int, int]] = {
     "stem_stride": (int, 1, 2),
     "stem_pool": (bool, 0, 1),
     "zero_init_residual": (bool, 0, 1),
+    "image_size": (int, 8, 4096),
 }
 CHECKPOINT_FORMAT = "archnet-teacher"
 CHECKPOINT_VERSION = 1
@@ -55,20 +63,27 @@ def build_teacher(arch: str, **kw):
     and 3x3/2 max-pool). The model carries ``teacher_spec = {"arch": ..., "kwargs": ...}``.
     """
     from archnet.teachers.resnet import ResNet
-    if arch not in ARCHS:
-        raise TeacherError(f"unknown teacher architecture {arch!r} (known: {', '.join(ARCHS)})")
-    unknown = sorted(set(kw) - set(BUILD_OPTIONS))
+    if arch not in ARCHS and arch not in SMALL_ARCHS:
+        raise TeacherError(f"unknown teacher architecture {arch!r} (known: "
+                           f"{', '.join([*ARCHS, *SMALL_ARCHS])})")
+    allowed = SMALL_OPTIONS[arch] if arch in SMALL_ARCHS else \
+        [k for k in BUILD_OPTIONS if k != "image_size"]
+    unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise TeacherError(f"unknown option(s) {', '.join(unknown)} for {arch} "
-                           f"(known: {', '.join(BUILD_OPTIONS)})")
+                           f"(known: {', '.join(allowed)})")
     for key, value in kw.items():
         kind, lo, hi = BUILD_OPTIONS[key]
         if type(value) is not kind or not lo <= value <= hi:
             raise TeacherError(f"option {key}={value!r} for {arch}: must be "
                                + ("true or false" if kind is bool else
                                   f"an integer from {lo} to {hi}"))
-    block, layers = ARCHS[arch]
-    model = ResNet(block, layers, **kw)
+    if arch in SMALL_ARCHS:
+        from archnet.teachers.small import SMALL
+        model = SMALL[arch](**kw)
+    else:
+        block, layers = ARCHS[arch]
+        model = ResNet(block, layers, **kw)
     model.teacher_spec = {"arch": arch, "kwargs": dict(kw)}
     return model
 
@@ -192,5 +207,5 @@ def load_recorded_teacher(student_meta: dict, student_path: str | os.PathLike,
     return model, meta, path, matches
 
 
-__all__ = ["ARCHS", "BUILD_OPTIONS", "build_teacher", "save_teacher", "load_teacher",
+__all__ = ["ARCHS", "BUILD_OPTIONS", "SMALL_ARCHS", "build_teacher", "save_teacher", "load_teacher",
            "teacher_content_hash", "load_recorded_teacher"]

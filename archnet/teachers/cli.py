@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from archnet.teachers import ARCHS, CHECKPOINT_FORMAT  # torch-free: imports torch lazily
+from archnet.teachers import ARCHS, CHECKPOINT_FORMAT, SMALL_ARCHS  # torch-free: imports torch lazily
 from simulator.argtypes import float_in, int_in, positive_int, seed, threads
 from simulator.jsontext import json_text
 
@@ -77,24 +77,26 @@ def cmd_teacher_eval(args) -> int:
 
 def add_teacher_commands(sub) -> None:
     """Mount ``teacher train`` and ``teacher eval`` on an argparse sub-parser collection."""
-    p = sub.add_parser("teacher", help="train or evaluate a teacher ResNet (the only command that trains on labels)")
+    p = sub.add_parser("teacher", help="train or evaluate a teacher (the only command that trains on labels)")
     tsub = p.add_subparsers(dest="teacher_command", metavar="ACTION")
     p.set_defaults(func=lambda args, _p=p: (_p.print_help(), 2)[1])
 
     t = tsub.add_parser(
-        "train", help="supervised training of a ResNet teacher (7x7 stem, 1x1 shortcuts, "
-                      "residual adds, global average pooling)",
-        description="Train a torchvision-style ResNet on labelled images and write an atomic "
+        "train", help="supervised training of a teacher: a ResNet (7x7 stem, 1x1 shortcuts, "
+                      "residual adds, global average pooling), MobileNetV2 or VGG",
+        description="Train a torchvision-style ResNet, or the small MobileNetV2 or VGG "
+                    "(archnet.teachers.small), on labelled images and write an atomic "
                     "checkpoint with its metadata. Values not given come from the data set's "
                     "preset (archnet.teachers.train.PRESETS).")
     t.add_argument("--dataset", required=True, choices=["fashion-mnist", "digits"])
     t.add_argument("--data", metavar="PATH",
                    help="folder with the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
     t.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write, e.g. teacher.pt")
-    t.add_argument("--arch", choices=list(ARCHS),
-                   help="ResNet family member (default: the data set's preset)")
-    t.add_argument("--width", type=int_in(1, 4096), help="channels of the stem and first stage")
-    t.add_argument("--stem-stride", type=int, choices=[1, 2], help="stride of the 7x7 stem conv")
+    t.add_argument("--arch", choices=[*ARCHS, *SMALL_ARCHS],
+                   help="a ResNet, mobilenetv2 or vgg (default: the data set's preset)")
+    t.add_argument("--width", type=int_in(1, 4096), help="channels of the stem and first stage "
+                   "(mobilenetv2: 16, vgg: 32 unless given)")
+    t.add_argument("--stem-stride", type=int, choices=[1, 2], help="stride of the ResNet's 7x7 stem conv")
     t.add_argument("--stem-pool", action=argparse.BooleanOptionalAction, default=None,
                    help="3x3 stride-2 max-pool after the stem (torchvision's)")
     t.add_argument("--epochs", type=int_in(1, 100_000))

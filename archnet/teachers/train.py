@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from archnet.errors import TeacherError
+from archnet.teachers import SMALL_ARCHS
+
+SMALL_WIDTH = {"mobilenetv2": 16, "vgg": 32}   # their width where the command line gives none
 
 # Per data set: the model and recipe used when the command line gives no value.
 PRESETS: dict[str, dict] = {
@@ -60,6 +63,8 @@ class TrainConfig:
         if self.dataset not in PRESETS:
             raise TeacherError(f"unknown data set {self.dataset!r} (known: {', '.join(PRESETS)})")
         cfg = TrainConfig(**asdict(self))
+        if cfg.arch in SMALL_ARCHS and cfg.width is None:
+            cfg.width = SMALL_WIDTH[cfg.arch]
         for key, value in PRESETS[self.dataset].items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
@@ -102,9 +107,11 @@ def command_line(cfg: TrainConfig) -> str:
     parts = ["archnet", "teacher", "train", "--dataset", cfg.dataset]
     if cfg.data_path:
         parts += ["--data", str(cfg.data_path)]
-    parts += ["--arch", cfg.arch, "--width", str(cfg.width), "--stem-stride", str(cfg.stem_stride),
-              "--stem-pool" if cfg.stem_pool else "--no-stem-pool",
-              "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
+    parts += ["--arch", cfg.arch, "--width", str(cfg.width)]
+    if cfg.arch not in SMALL_ARCHS:
+        parts += ["--stem-stride", str(cfg.stem_stride),
+                  "--stem-pool" if cfg.stem_pool else "--no-stem-pool"]
+    parts += ["--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
               "--lr", repr(cfg.lr), "--weight-decay", repr(cfg.weight_decay),
               "--optimizer", cfg.optimizer, "--label-smoothing", repr(cfg.label_smoothing),
               "--crop-pad", str(cfg.crop_pad), "--flip" if cfg.flip else "--no-flip",
@@ -182,7 +189,11 @@ def train_teacher(cfg: TrainConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     kwargs = dict(in_channels=info["input_shape"][0], num_classes=info["num_classes"],
-                  width=cfg.width, stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool)
+                  width=cfg.width)
+    if cfg.arch == "vgg":
+        kwargs["image_size"] = int(info["input_shape"][1])
+    elif cfg.arch not in SMALL_ARCHS:
+        kwargs.update(stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool)
     model = build_teacher(cfg.arch, **kwargs)
     n_params = sum(p.numel() for p in model.parameters())
     memory_format = torch.channels_last if cfg.bf16 else torch.contiguous_format
@@ -201,8 +212,9 @@ def train_teacher(cfg: TrainConfig, log=print) -> dict:
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
 
-    log(f"teacher: {cfg.arch} width {cfg.width} stem 7x7/{cfg.stem_stride}"
-        f"{' + maxpool' if cfg.stem_pool else ''}, {n_params:,} parameters; "
+    stem = "" if cfg.arch in SMALL_ARCHS else \
+        f" stem 7x7/{cfg.stem_stride}{' + maxpool' if cfg.stem_pool else ''}"
+    log(f"teacher: {cfg.arch} width {cfg.width}{stem}, {n_params:,} parameters; "
         f"{cfg.dataset} {n} train / {len(x_test)} test {tuple(info['input_shape'])}; "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}; {threads} thread(s)"
         f"{', bf16 autocast' if cfg.bf16 else ''}")
