@@ -345,11 +345,14 @@ class _Lowering:
             key = self._derive(f"{node.name}:avg", torch.full((c, 1, kh, kw), 1.0 / (kh * kw)))
             self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
         elif rule == "global_avg_pool.fully_connected" or \
-                re.fullmatch(r"global_avg_pool\.halve\d+_fully_connected", rule):
+                re.fullmatch(r"global_avg_pool\.halve\d+(_dw)?_fully_connected", rule):
             nonneg = self._nonnegative(self.steps[macs[0]]["inputs"][0]) if macs[:-1] else False
             for s in macs[:-1]:
                 c = self.steps[s]["out_channels"]
-                self._mac_rows(s, ("sum_pool", None, {"channels": c}), ("zeros", None, {}))
+                pool = ("sum_pool", None, {"channels": c})
+                if self.steps[s]["groups"] > 1:      # one 2x2 average per channel
+                    pool = ("copy", self._derive(f"{s}:dwpool", _depthwise_sum_pool(c)), {})
+                self._mac_rows(s, pool, ("zeros", None, {}))
                 self.steps[s]["role"] = "structural"
                 self.steps[s]["relu"] = nonneg   # averages of a non-negative map stay so
             last = self.steps[macs[-1]]
@@ -403,6 +406,13 @@ class _Lowering:
                 self.steps[s]["relu"] = True
             else:
                 self.grids.union(src, self.steps[s]["quant"])
+
+
+def _depthwise_sum_pool(c: int) -> torch.Tensor:
+    """The depthwise form of transfer's sum_pool: taps (1,1), (1,2), (2,1), (2,2) at 1/4."""
+    w = torch.zeros(c, 1, 3, 3)
+    w[:, :, 1:, 1:] = 0.25
+    return w
 
 
 def _block_diagonal(w: torch.Tensor, groups: int) -> torch.Tensor:

@@ -61,23 +61,28 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
 
 
 def _halvings(c: int, h: int, w: int, keepdim: bool) -> list[Form]:
-    """Global pooling as n stride-2 3x3 convs that average 2x2 cells (1/4 taps per channel),
-    then a fully connected layer over what is left: for chips whose fully connected layer
-    cannot read the whole map (the paper's K210 head). Exact where the map halves evenly."""
+    """Global pooling as n stride-2 3x3 convs that average 2x2 cells (1/4 taps per channel,
+    dense or depthwise), then a fully connected layer over what is left: for chips whose fully
+    connected layer cannot read the whole map (the paper's K210 head). Exact where the map
+    halves evenly."""
     out, hh, ww, n = [], h, w, 0
     while (hh, ww) != (1, 1):
         n, hh, ww = n + 1, (hh + 1) // 2, (ww + 1) // 2
-        steps = [Step("conv2d", ("in0" if i == 0 else f"s{i - 1}",),
-                      {"strides": [2, 2], "pads": [1, 1, 1, 1]}, weight=(c, c, 3, 3))
-                 for i in range(n)]
-        steps += [Step("flatten", (f"s{n - 1}",), {"axis": 1}),
-                  Step("fully_connected", (f"s{n}",), weight=(c, c * hh * ww))]
-        if keepdim:
-            steps.append(Step("reshape", (f"s{n + 1}",), {"shape": [1, c, 1, 1]}))
-        out.append(Form(f"global_avg_pool.halve{n}_fully_connected",
-                        f"global average pool as {n} 2x2-averaging 3x3/2 convs and a fully "
-                        f"connected layer over the {c}x{hh}x{ww} map", tuple(steps),
-                        exact=h % 2 ** n == 0 and w % 2 ** n == 0))
+        for depthwise in (False, True):
+            steps = [Step("conv2d", ("in0" if i == 0 else f"s{i - 1}",),
+                          {"strides": [2, 2], "pads": [1, 1, 1, 1],
+                           **({"groups": c} if depthwise else {})},
+                          weight=(c, 1 if depthwise else c, 3, 3))
+                     for i in range(n)]
+            steps += [Step("flatten", (f"s{n - 1}",), {"axis": 1}),
+                      Step("fully_connected", (f"s{n}",), weight=(c, c * hh * ww))]
+            if keepdim:
+                steps.append(Step("reshape", (f"s{n + 1}",), {"shape": [1, c, 1, 1]}))
+            kind = "depthwise " if depthwise else ""
+            out.append(Form(f"global_avg_pool.halve{n}{'_dw' if depthwise else ''}_fully_connected",
+                            f"global average pool as {n} 2x2-averaging {kind}3x3/2 convs and a "
+                            f"fully connected layer over the {c}x{hh}x{ww} map", tuple(steps),
+                            exact=h % 2 ** n == 0 and w % 2 ** n == 0))
     return out
 
 

@@ -134,3 +134,10 @@ def test_relu6_and_depthwise_stay_native_where_the_chip_runs_them(mobile):
     groups = [s.get("groups", 1) for b in low.config["blocks"] for s in b["steps"]
               if s["kind"] == "conv"]
     assert groups.count(32) == 2 and low.learned == []
+
+
+def test_depthwise_halving_averages_2x2_cells():
+    from archnet.lowering.graph import _depthwise_sum_pool
+    x = torch.rand(2, 5, 8, 6)
+    y = torch.nn.functional.conv2d(x, _depthwise_sum_pool(5), stride=2, padding=1, groups=5)
+    assert torch.allclose(y, torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
