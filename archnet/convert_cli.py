@@ -1,4 +1,4 @@
-"""``archnet convert``: the command line of ``archnet.convert`` (torch imported in the handler)."""
+"""``archnet convert``: the command line of ``archnet.jobs.convert`` (torch imported in the handler)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def cmd_convert(args) -> int:
     if text:
         return cmd_convert_text(args)
     from archnet.argv import command_line
-    from archnet.convert import ConvertOptions, convert
+    from archnet.jobs.convert import ConvertOptions, convert
     from archnet.distill.loop import DistillConfig
     opts = ConvertOptions(
         teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "4w4a",

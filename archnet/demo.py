@@ -29,7 +29,7 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
     """Train, convert, verify, report; returns the summary (also in ``OUT/demo.json``)."""
     import torch
 
-    from archnet.convert import ConvertOptions, convert
+    from archnet.jobs.convert import ConvertOptions, convert
     from archnet.distill.loop import DistillConfig
     from archnet.lowering import parse_bits
     from archnet.runs import check_demo_output, is_run_folder

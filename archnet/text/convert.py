@@ -122,7 +122,7 @@ def check_against_simulator(student, chip, ids: torch.Tensor, mask: torch.Tensor
 
 
 def convert_text(opts: TextConvertOptions, cfg: TextDistillConfig, log=print) -> dict:
-    from archnet.convert import run_folder
+    from archnet.jobs.convert import run_folder
     from archnet.text.corpus import TruncationWarning
     from archnet.text.lowering import lower_bert, student_config
     from archnet.text.student_io import save_text_student

@@ -106,7 +106,7 @@ def test_numeric_options_refuse_or_keep_exactly(stubbed, capsys, which, text):
 def test_the_issues_arguments_are_refused_before_any_work(capsys, monkeypatch, argv, option):
     def no_work(*a, **k):
         raise AssertionError("work started before the arguments were checked")
-    for target in ("archnet.demo.run_demo", "archnet.convert.convert",
+    for target in ("archnet.demo.run_demo", "archnet.jobs.convert.convert",
                    "archnet.teachers.train.train_teacher", "archnet.text.convert.convert_text"):
         monkeypatch.setattr(target, no_work)
     code, _, err = archnet(capsys, *argv)
@@ -117,7 +117,7 @@ def test_the_issues_arguments_are_refused_before_any_work(capsys, monkeypatch, a
 def test_given_values_reach_the_run_unchanged(capsys, monkeypatch, tmp_path):
     """``--batch-size``/``--lr`` given are used as given; absent, the family's defaults."""
     got = []
-    monkeypatch.setattr("archnet.convert.convert",
+    monkeypatch.setattr("archnet.jobs.convert.convert",
                         lambda opts, cfg, log=None: got.append(cfg) or {})
     from hostile_helpers import DIGITS_TEACHER
     base = ["convert", DIGITS_TEACHER, "--chip", "k210-kpu", "--out", tmp_path / "r"]

@@ -147,7 +147,18 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
                         f"not fit the teacher's input {meta['input_shape']} ({opts.teacher})")
     log(f"teacher {opts.teacher}: {meta.get('arch')} on {dataset}, {len(images)} unlabeled images, "
         f"chip {profile.name}")
+    source = {"teacher": str(opts.teacher), "teacher_sha256": teacher_content_hash(teacher),
+              "dataset": dataset}
+    return run_conversion(teacher, meta, images, profile, out, opts, cfg, source, t0, log)
 
+
+def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path,
+                   opts: ConvertOptions, cfg: DistillConfig, source: dict, t0: float,
+                   log=print) -> dict:
+    """Steps 2-5 for a loaded teacher (``meta``: its ``input_shape``, ``arch``,
+    ``test_accuracy``) on unlabeled ``images``; ``source`` names where the teacher and data came
+    from (``teacher``, ``teacher_sha256``, ``dataset``)."""
+    dataset = source.get("dataset")
     allocation = None
     if opts.latency_budget_ms is not None:
         from archnet.bit_allocation import allocate_bits
@@ -163,7 +174,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
     student, taps = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed, log)
     log(student.describe())
     metadata = {
-        "teacher": str(opts.teacher), "teacher_sha256": teacher_content_hash(teacher),
+        "teacher": source.get("teacher"), "teacher_sha256": source.get("teacher_sha256"),
         "teacher_arch": meta.get("arch"), "teacher_test_accuracy": meta.get("test_accuracy"),
         "recipe": opts.recipe, "profile": profile.name, "profile_path": str(profile.path),
         "bits": [f"{b['w_bits']}w{b['a_bits']}a" for b in student.config["blocks"]],

@@ -1,0 +1,65 @@
+"""The Python API: ``archnet.convert(model, example_inputs, unlabeled, chip=..., bits=...)``.
+
+Any ``torch.nn.Module`` whose input is images in [0, 1] (NCHW float) converts as a checkpoint
+does on the command line: captured, planned for the chip (native first, ``recipe``), lowered,
+calibrated, distilled on the unlabeled images with the simulator in the loop, exported and
+checked bit for bit; the run folder ``out`` holds ``student.pt``, ``model.program`` and
+``convert.json``. No labels are read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+
+import torch
+from torch import nn
+
+from archnet.errors import ConversionError, DataError
+
+
+def convert(model: nn.Module, example_inputs, unlabeled, *, chip: str, out: str,
+            bits: str = "8w8a", recipe: str = "native", resume: bool = False,
+            log=print, **distill) -> dict:
+    """Convert ``model`` for ``chip``; returns the ``convert.json`` summary.
+
+    ``example_inputs``: one image batch (or a 1-tuple of it) fixing the input shape;
+    ``unlabeled``: a float tensor of images [N, C, H, W] in [0, 1]; ``distill``: any
+    ``archnet.distill.loop.DistillConfig`` field (``steps_per_period``, ``batch_size``, ``lr``,
+    ``seed`` ...)."""
+    from archnet import distributed as dist
+    from archnet.distill.loop import DistillConfig
+    from archnet.jobs.convert import ConvertOptions, run_conversion, run_folder
+    from archnet.torchfile import tensor_leaf
+    from simulator.digest import content_digest
+    from simulator.profiles import load_profile
+    if recipe not in ("native", "paper"):
+        raise ConversionError(f"recipe {recipe!r}: native or paper")
+    example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+    if not isinstance(example, torch.Tensor) or example.dim() != 4:
+        raise ConversionError("example_inputs: one image batch [N, C, H, W] (or a 1-tuple of it)")
+    images = unlabeled.detach().float() if isinstance(unlabeled, torch.Tensor) else None
+    if images is None or images.dim() != 4 or tuple(images.shape[1:]) != tuple(example.shape[1:]):
+        raise DataError(f"unlabeled: a float tensor [N, {', '.join(map(str, example.shape[1:]))}] "
+                        f"of images in [0, 1]")
+    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise DataError("unlabeled: images must be finite and in [0, 1] (the student's input "
+                        "grid is the 8-bit pixel grid)")
+    known = {f.name for f in fields(DistillConfig)}
+    unknown = sorted(set(distill) - known)
+    if unknown:
+        raise ConversionError(f"unknown distillation option(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(known))})")
+    t0 = time.perf_counter()
+    dist.init_from_env()
+    profile = load_profile(chip)
+    run = run_folder(out, resume)
+    name = type(model).__name__
+    meta = {"input_shape": list(example.shape[1:]), "arch": name, "test_accuracy": None}
+    source = {"teacher": f"python:{name}", "dataset": "unlabeled tensor",
+              "teacher_sha256": content_digest(dict(model.state_dict()), tensor_leaf)}
+    opts = ConvertOptions(teacher=source["teacher"], chip=chip, out=str(out), bits=bits,
+                          recipe=recipe, resume=resume, command="archnet.convert(...)",
+                          report=False)   # reports read the teacher from a checkpoint
+    cfg = DistillConfig(**distill)
+    return run_conversion(model.eval(), meta, images, profile, run, opts, cfg, source, t0, log)
