@@ -84,8 +84,9 @@ def _calibration_set(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, opts: ConvertOptions,
                       seed: int = 0, log=print):
     """Lower, calibrate and gate: the student distillation starts from, and where its blocks'
-    teacher features come from (None: hooks at the student's tap module paths)."""
-    taps = None
+    teacher features come from (None: hooks at the student's tap module paths), and the
+    conversion plan (None for the ResNet recipe)."""
+    taps, plan = None, None
     if opts.recipe == "resnet":
         student = convert_resnet(teacher, profile, bits, meta["input_shape"],
                                  keep_global_pool=opts.keep_global_pool)
@@ -107,7 +108,7 @@ def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, 
     calibrate_batchnorm(student, calib)
     calibrate_activations(student, calib, seed=seed)
     assert_deployable(student, profile)
-    return student, taps
+    return student, taps, plan
 
 
 def check_against_simulator(student, profile, images: torch.Tensor, backend: str = "kernels") -> dict:
@@ -171,7 +172,8 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     else:
         bits = opts.bits
         parse_bits(bits)
-    student, taps = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed, log)
+    student, taps, plan = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed,
+                                            log)
     log(student.describe())
     metadata = {
         "teacher": source.get("teacher"), "teacher_sha256": source.get("teacher_sha256"),
@@ -202,6 +204,8 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         "allocation": metadata["allocation"], "dataset": dataset, "images": len(images),
         "estimated_latency_ms": est.total_latency_ms, "fallbacks": len(est.fallbacks),
         "blocks": student.summary(), "history": result.history,
+        # per teacher node: the rule that fired, why, and the forms the chip refused
+        "plan": plan.to_dict() if plan is not None else None,
         "distill_seconds": round(result.seconds, 2),
         "simulator_seconds": round(result.simulator_seconds, 2),
         "simulator_share": round(result.simulator_share, 4),

@@ -149,5 +149,8 @@ def test_chip_driven_recipes_convert_bit_exactly(tmp_path, chip, recipe, replace
     assert meta["recipe"] == recipe
     rules = student.config["meta"]["rules"]
     assert {r for r in rules if not r.endswith((".native", ".fused"))} == replaced
+    decisions = summary["plan"]["decisions"]
+    assert {d["rule"] for d in decisions if not d["native"]} == replaced
+    assert all(d["reason"] and d["module"] is not None for d in decisions)
     assert main(["verify", str(out / "model.program"), "--chip", chip, "--limit", "32",
                  "--no-progress"]) == 0
