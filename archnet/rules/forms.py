@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 from simulator.constraints import check_node
 from simulator.cost import estimate
-from simulator.ir import MAC_OPS, OpKind
+from simulator.ir import OpKind
 from simulator.ir.builder import ProgramBuilder, unique_name
-from simulator.ir.program import Program
 from simulator.profiles import ChipProfile
 
 # the paper's op set (Arch-Net, Xu et al. 2021): 3x3 conv, 2x2 max-pool, fully connected,
@@ -144,9 +143,4 @@ def output_shape(form: Form, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...
     return b.tensors[add_form(b, form, ins, (8, 8), "p")].shape
 
 
-def is_mac(op: str) -> bool:
-    return OpKind(op) in MAC_OPS
-
-
-__all__ = ["Form", "Judgement", "PAPER_OPS", "Program", "Step", "add_form", "is_mac", "output_shape",
-           "probe"]
+__all__ = ["Form", "Judgement", "PAPER_OPS", "Step", "add_form", "output_shape", "probe"]

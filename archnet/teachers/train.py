@@ -1,4 +1,5 @@
-"""Supervised training of a teacher ResNet: the only code in archnet that trains on labels.
+"""Supervised training of a teacher (a ResNet, MobileNetV2 or VGG): the only code in archnet
+that trains on labels.
 
 SGD with Nesterov momentum and a one-cycle learning-rate schedule (or AdamW + cosine), label
 smoothing, light augmentation (random crop from a zero-padded image; horizontal flips for
