@@ -68,7 +68,6 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
         DistillConfig(epochs_per_period=2.0, batch_size=32, lr=1e-3, seed=seed, progress=progress),
         log=lambda line: log("      " + line) if line.startswith(("period", "wrote")) else None)
     stages["convert"] = time.perf_counter() - t
-    teacher_ms, teacher_fallbacks = teacher_latency(teacher, DEMO_CHIP)
 
     log(f"[3/4] verify: the 360 test images on {len(VERIFY_CHIPS)} chip profiles")
     t = time.perf_counter()
@@ -93,7 +92,9 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
     total = time.perf_counter() - t0
     result = {"out": str(out), "teacher": str(teacher), "teacher_test_accuracy": meta["test_accuracy"],
               "run": str(run_dir), "report": str(report), "bits": bits, "converted_for": DEMO_CHIP,
-              "teacher_latency_ms": teacher_ms, "teacher_fallbacks": teacher_fallbacks,
+              # the teacher with its host fallbacks, as the conversion plan costed it
+              "teacher_latency_ms": summary["plan"]["teacher_latency_ms"],
+              "teacher_fallbacks": summary["plan"]["teacher_fallbacks"],
               "archnet_latency_ms": summary["estimated_latency_ms"],
               "distill_seconds": summary["distill_seconds"],
               "simulator_share": summary["simulator_share"],
@@ -107,21 +108,6 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
     log("")
     log(format_summary(result))
     return result
-
-
-def teacher_latency(teacher_path, chip: str) -> tuple[float, int]:
-    """The teacher's estimated latency on ``chip`` with its host fallbacks (its captured graph,
-    costed as ``archnet estimate`` costs its ONNX export)."""
-    import torch
-
-    from archnet.capture import capture
-    from archnet.rules import plan_conversion
-    from archnet.teachers import load_teacher
-    from simulator.profiles import load_profile
-    model, meta = load_teacher(teacher_path)
-    graph = capture(model, (torch.zeros(1, *meta["input_shape"]),))
-    plan = plan_conversion(graph, load_profile(chip), (8, 8))
-    return plan.teacher.total_latency_ms, len(plan.teacher.fallbacks)
 
 
 def format_summary(result: dict) -> str:

@@ -40,27 +40,6 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_plan)
 
 
-def format_plan(plan, all_nodes: bool = False) -> str:
-    t, s = plan.teacher, plan.student
-    host = lambda e: sum(o.cost.cycles for o in e.ops if o.on_host) / e.clock_hz * 1e3  # noqa: E731
-    lines = [f"{plan.chip} at {plan.bits[0]}w{plan.bits[1]}a, recipe {plan.recipe}",
-             f"  teacher {t.total_latency_ms:.3f} ms ({len(t.fallbacks)} host fallbacks, "
-             f"{host(t):.3f} ms on the host)",
-             f"  student {s.total_latency_ms:.3f} ms ({len(s.fallbacks)} host fallbacks)"
-             + (f": {t.total_latency_ms / s.total_latency_ms:.2f}x the teacher's speed"
-                if s.total_latency_ms > 0 else "")]
-    lines += [f"  note: {n}" for n in plan.notes]
-    fired = ", ".join(f"{k} x{v}" for k, v in sorted(plan.rules_fired().items()))
-    lines.append(f"  rules fired: {fired}")
-    shown = plan.decisions if all_nodes else plan.replaced()
-    if shown:
-        lines.append("")
-        w = max(len(d.module or d.node) for d in shown)
-        for d in shown:
-            lines.append(f"  {(d.module or d.node):<{w}}  {d.op:<16} {d.rule:<34} {d.reason}")
-    return "\n".join(lines)
-
-
 def cmd_plan(args) -> int:
     from archnet.capture import capture
     from archnet.capture.sources import load_model
@@ -78,7 +57,7 @@ def cmd_plan(args) -> int:
     graph = capture(model, example)
     plan = plan_conversion(graph, profile, parse_bits(args.bits), args.recipe,
                            args.allow_fallback)
-    print(format_plan(plan, args.all))
+    print(plan.describe(args.all))
     if args.json:
         atomic_write_bytes(args.json, json_text({"model": meta, **plan.to_dict()}).encode())
     return 0

@@ -328,11 +328,6 @@ def _make_quantizer(spec: dict) -> LsqQuantizer:
     return q
 
 
-def _float_mac(module: QConv2d | QLinear, x: torch.Tensor) -> torch.Tensor:
-    """The layer without any quantizer: folded weights and bias, then ReLU."""
-    return module.float_forward(x)
-
-
 class GraphBlock(nn.Module):
     """One student block: a straight-line program of chip steps over named tensors."""
 
@@ -389,7 +384,7 @@ class GraphBlock(nn.Module):
             if kind == "concat":
                 env[name] = torch.cat(args, dim=1)
             elif kind in ("conv", "linear") and not quantize:
-                env[name] = _float_mac(self.layers[name], args[0])
+                env[name] = self.layers[name].float_forward(args[0])
             elif kind == "global_avgpool" and not quantize:
                 env[name] = args[0].mean(dim=(2, 3), keepdim=True)
             elif kind == "avgpool" and not quantize:

@@ -196,9 +196,9 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Te
                 inputs.append(n.name)
                 input_shapes[n.name] = _shape(n)
         elif n.op == "call_function":
-            folded = _fold_constant(n, params)
             if _aten_name(n.target) in _SPLITS or _aten_name(n.target).startswith("_assert"):
                 continue   # splits are read through their getitems; asserts compute nothing
+            folded = _fold_constant(n, params)
             if folded is not None:
                 params[n.name] = folded
             else:

@@ -12,8 +12,8 @@ with the model itself.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Callable, Mapping
 
 import torch
@@ -53,17 +53,12 @@ class TeacherGraph:
     outputs: list[str]
     params: dict[str, torch.Tensor]
 
+    @cached_property
+    def _by_name(self) -> dict[str, TeacherNode]:    # graphs are never changed in place
+        return {n.name: n for n in self.nodes}
+
     def node(self, name: str) -> TeacherNode:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
-
-    def producer(self, value: str) -> TeacherNode | None:
-        return next((n for n in self.nodes if n.name == value), None)
-
-    def consumers(self, value: str) -> list[TeacherNode]:
-        return [n for n in self.nodes if value in n.inputs]
+        return self._by_name[name]
 
     def shape(self, value: str) -> tuple[int, ...]:
         if value in self.input_shapes:
@@ -200,10 +195,3 @@ _EVAL: dict[str, Callable] = {
     "cast": lambda a, p, at: a[0].to(getattr(torch, at["dtype"].removeprefix("torch."))),
 }
 OPS = tuple(_EVAL)
-
-
-def out_hw(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
-           ceil_mode: bool = False) -> int:
-    span = dilation * (kernel - 1) + 1
-    rounder = math.ceil if ceil_mode else math.floor
-    return int(rounder((size + 2 * pad - span) / stride)) + 1

@@ -94,14 +94,13 @@ def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, 
         from archnet.capture import capture
         from archnet.distill.taps import GraphTaps
         from archnet.lowering.graph import build_graph_student
-        from archnet.plan_cli import format_plan
         from archnet.rules import plan_conversion
         if isinstance(bits, list):
             raise ConversionError(f"--recipe {opts.recipe} converts at one bit width; "
                                   f"--latency-budget allocates bits only with --recipe resnet")
         graph = capture(teacher, (torch.zeros(1, *meta["input_shape"]),))
         plan = plan_conversion(graph, profile, parse_bits(bits), opts.recipe)
-        log(format_plan(plan))
+        log(plan.describe())
         student, low = build_graph_student(graph, plan, profile)
         taps = GraphTaps(graph, low.taps)
     calib = _calibration_set(images, opts.calibration_images, seed)

@@ -23,15 +23,15 @@ import torch
 
 from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
-from archnet.lowering.transfer import TransferRow
+from archnet.lowering.transfer import TransferRow, row_value
 from archnet.rules.planner import ConversionPlan, Decision
 from archnet.student import CONFIG_FORMAT, CONFIG_VERSION, IMAGE
+from simulator.ir.builder import unique_name
 from simulator.profiles import ChipProfile
 
 MAC_NODE_OPS = ("conv2d", "linear", "matmul", "embedding")
 _FORWARD = ("global_avg_pool", "flatten")      # pooling to a vector belongs with the head
 SHIFT_STEP = 1.0 / 255.0                        # the image grid: shift channels copy pixels
-_ACTIVATIONS = ("relu", "clamp", "gelu", "silu", "hardswish", "leaky_relu")
 
 
 def _ident(text: str) -> str:
@@ -56,15 +56,10 @@ def partition(graph: TeacherGraph) -> list[list[TeacherNode]]:
     if cur:
         segments.append(cur)
 
-    def key(seg):
-        macs = [n for n in seg if n.op in MAC_NODE_OPS]
-        path = (macs[0] if macs else seg[-1]).module
-        return ".".join(path.split(".")[:2]) if path else seg[-1].name
-
     groups: list[list[TeacherNode]] = []
     keys: list[str] = []
     for seg in segments:
-        k = key(seg)
+        k = module_key(seg)
         if groups and keys[-1] == k:
             groups[-1] += seg
         else:
@@ -89,15 +84,12 @@ def partition(graph: TeacherGraph) -> list[list[TeacherNode]]:
     return blocks
 
 
-def block_name(nodes: list[TeacherNode], taken: set[str]) -> str:
+def module_key(nodes: list[TeacherNode]) -> str:
+    """What groups nodes into a block, and names it: the teacher's module path two levels deep
+    (``layer1.0``, ``features.3``) of the first MAC node, else of the last node."""
     macs = [n for n in nodes if n.op in MAC_NODE_OPS]
     path = (macs[0] if macs else nodes[-1]).module
-    base = ".".join(path.split(".")[:2]) if path else nodes[-1].name
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
+    return ".".join(path.split(".")[:2]) if path else nodes[-1].name
 
 
 # ----------------------------------------------------------------------------- lowering
@@ -119,9 +111,7 @@ class _Grids:
         self.fixed: dict[str, float] = {}
 
     def new(self, hint: str) -> str:
-        key, i = _ident(hint), 1
-        while key in self.parent or key == IMAGE:
-            key, i = f"{_ident(hint)}_{i}", i + 1
+        key = unique_name(_ident(hint), self.parent, (IMAGE,))
         self.parent[key] = key
         return key
 
@@ -154,11 +144,7 @@ class _Lowering:
 
     # -- helpers
     def _name(self, node: str, i: int, n: int) -> str:
-        base = _ident(node) if n == 1 else f"{_ident(node)}_{i}"
-        name, k = base, 1
-        while name in self.steps:
-            name, k = f"{base}_{k}", k + 1
-        return name
+        return unique_name(_ident(node) if n == 1 else f"{_ident(node)}_{i}", self.steps)
 
     def _quant_of(self, ref: str) -> str:
         if ref == IMAGE:
@@ -202,7 +188,7 @@ class _Lowering:
             made.append(name)
         self._init(node, d, made)
         self.producer[node.name] = made[-1]
-        if form.steps[-1].op == "concat" or any(s.op == "concat" for s in form.steps):
+        if any(s.op == "concat" for s in form.steps):
             for name in made:
                 st = self.steps[name]
                 if st["kind"] == "concat":
@@ -239,16 +225,20 @@ class _Lowering:
         raise ConversionError(f"{node.where}: the student builder has no lowering for {rule}")
 
     def _scale_rows(self, step: str, scale: float | None, offset: float | None) -> None:
-        """Fold ``* scale`` or ``+ offset`` into a MAC step's transferred weight and bias."""
-        for k, row in enumerate(self.rows):
-            if row[0] != step or row[2] not in ("copy",):
+        """Fold ``* scale`` or ``+ offset`` into a MAC step's initial weight and bias: each row's
+        value (whatever its rule) is made, rescaled, and written back as a copy."""
+        s = self.steps[step]
+        out = s.get("out_channels", s.get("out_features"))
+        shapes = {"weight": self._weight_shape(step), "bias": (out,)}
+        for k, (name, leaf, rule, source, args) in enumerate(self.rows):
+            if name != step:
                 continue
-            tensor = self.derived[row[3]]
-            if row[1] == "weight" and scale is not None:
-                self.rows[k] = (*row[:3], self._derive(f"{row[3]}*{scale}", tensor * scale), row[4])
-            if row[1] == "bias":
-                t = tensor * scale if scale is not None else tensor + offset
-                self.rows[k] = (*row[:3], self._derive(f"{row[3]}+{scale}:{offset}", t), row[4])
+            value = row_value(TransferRow("", rule, source, args), self.derived, shapes[leaf])
+            if scale is not None:
+                value = value * scale
+            elif leaf == "bias":
+                value = value + offset
+            self.rows[k] = (name, leaf, "copy", self._derive(f"{step}.{leaf}:folded", value), {})
 
     def _step(self, st, inputs: list[str], name: str, node: TeacherNode, d: Decision) -> dict:
         op = st.op
@@ -341,7 +331,7 @@ class _Lowering:
                 key = self._derive(f"{node.name}:sum", torch.eye(c).repeat(1, 2)[:, :, None, None])
                 self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
         elif rule == "avg_pool2d.depthwise":
-            c, _, kh, kw = self.steps_weight_shape(macs[0])
+            c, _, kh, kw = self._weight_shape(macs[0])
             key = self._derive(f"{node.name}:avg", torch.full((c, 1, kh, kw), 1.0 / (kh * kw)))
             self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
         elif rule == "global_avg_pool.fully_connected" or \
@@ -392,8 +382,10 @@ class _Lowering:
             return step["function"] in _NON_NEGATIVE
         return all(self._nonnegative(r) for r in step["inputs"])
 
-    def steps_weight_shape(self, step: str) -> tuple[int, ...]:
+    def _weight_shape(self, step: str) -> tuple[int, ...]:
         s = self.steps[step]
+        if s["kind"] == "linear":
+            return (s["out_features"], s["in_features"])
         return (s["out_channels"], s["in_channels"] // s["groups"], *s["kernel"])
 
     def _shift_grids(self, shift_steps: list[str]) -> None:
@@ -498,11 +490,12 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
             steps.append(step)
         if out_ref == in_ref:
             raise ConversionError(f"block {bi} computes nothing")
-        name = block_name(nodes, taken)
+        name = unique_name(module_key(nodes), taken)
+        taken.add(name)
         out_quant = low._quant_of(out_ref)
         config_blocks.append({
             "name": name, "tap": out_value, "w_bits": low.w_bits, "a_bits": low.a_bits,
-            "inputs": in_channels, "input_quant": grids.find(in_quant) if in_quant != IMAGE else IMAGE,
+            "inputs": in_channels, "input_quant": grids.find(in_quant),
             "steps": steps, "outputs": [out_ref]})
         taps.append(out_value)
         for step_name, leaf, rule, source, args in low.rows:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archnet.quant.lsq import LsqQuantizer, round_ste
+from archnet.quant.modules import ClampedOutput
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec, IntType
 from simulator.execute import run_node
@@ -60,8 +61,8 @@ def _run(op: str, ins: list[QTensor], out_scale: float, out_type: IntType, attrs
                    out_type)
 
 
-class _Rescaling(nn.Module):
-    """An op that writes its own grid (``output_quant``), optionally clamped at zero."""
+class _Rescaling(ClampedOutput, nn.Module):
+    """An op that writes its own grid (``output_quant``), optionally clamped (ReLU, ReLU6)."""
 
     op = ""
 
@@ -69,19 +70,10 @@ class _Rescaling(nn.Module):
         super().__init__()
         self.output_quant = output_quant
         self.relu = relu
-        self.clamp_max: float | None = None
-
-    def activation(self, y: torch.Tensor) -> torch.Tensor:
-        if self.relu:
-            y = F.relu(y)
-        return y if self.clamp_max is None else y.clamp(max=self.clamp_max)
+        self.clamp_max = None
 
     def _attrs(self, ins_scales, ins_types) -> dict:
-        q = self.output_quant
-        attrs = {"clamp_min": 0} if self.relu and q.qtype.signed else {}
-        if self.clamp_max is not None:
-            attrs["clamp_max"] = max(0, min(q.qtype.qmax, int(round(self.clamp_max / float(q.step())))))
-        return attrs
+        return self.clamp_attrs(self.output_quant.qtype, float(self.output_quant.step()))
 
     def integer_forward(self, *ins: QTensor, arith: ArithmeticSpec) -> QTensor:
         q = self.output_quant

@@ -51,7 +51,37 @@ class QInput(nn.Module):
         return b.input(name, shape, self.qtype, scale=self.scale, zero_point=0)
 
 
-class _QMac(nn.Module):
+class ClampedOutput:
+    """ReLU and a ReLU6-style upper bound on an op's output, in float and as the integer range
+    the chip's requantize clamps to: one definition for MAC layers, add and mul."""
+
+    relu: bool = False
+    clamp_max: float | None = None      # ReLU6's 6 (a clamp fused into the requantize)
+
+    def activation(self, y: torch.Tensor) -> torch.Tensor:
+        if self.relu:
+            y = F.relu(y)
+        return y if self.clamp_max is None else y.clamp(max=self.clamp_max)
+
+    def bounds(self, out_type: IntType, out_scale: float) -> tuple[int, int]:
+        """The output's integer range: the type's, cut at zero by ReLU and at clamp_max on the
+        output grid (rounding is monotone, so clamping before or after it agrees)."""
+        lo = max(out_type.qmin, 0) if self.relu else out_type.qmin
+        hi = out_type.qmax
+        if self.clamp_max is not None:
+            hi = max(lo, min(hi, int(round(self.clamp_max / out_scale))))
+        return lo, hi
+
+    def clamp_attrs(self, out_type: IntType, out_scale: float) -> dict:
+        """``clamp_min``/``clamp_max`` node attributes where the range is narrower than the type."""
+        lo, hi = self.bounds(out_type, out_scale)
+        attrs = {"clamp_min": lo} if lo != out_type.qmin else {}
+        if hi != out_type.qmax:
+            attrs["clamp_max"] = hi
+        return attrs
+
+
+class _QMac(ClampedOutput, nn.Module):
     """Shared machinery of QConv2d and QLinear: folded BN, weight and output quantizers."""
 
     # set by the student for a chip whose requantization scale is float32 (``float_scale``):
@@ -67,7 +97,7 @@ class _QMac(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.bn = nn.BatchNorm2d(out_ch) if batch_norm else None
         self.relu = relu
-        self.clamp_max: float | None = None   # ReLU6's 6 (a clamp fused into the requantize)
+        self.clamp_max = None
         self.weight_quant = LsqQuantizer(w_bits, signed=True, channels=out_ch)
         self.output_quant = output_quant or LsqQuantizer(a_bits, signed=not relu)
 
@@ -94,26 +124,11 @@ class _QMac(nn.Module):
                                                         self.float32_multiplier), out_scale,
                              self.output_quant.qtype)
 
-    def activation(self, y: torch.Tensor) -> torch.Tensor:
-        """ReLU, or ReLU6-style clamp [0, clamp_max], in float."""
-        if self.relu:
-            y = F.relu(y)
-        return y if self.clamp_max is None else y.clamp(max=self.clamp_max)
-
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
         return self.output_quant(self.activation(y))
 
-    def bounds(self, p: IntegerParams) -> tuple[int, int]:
-        """The output's integer range: the type's, cut at zero by ReLU and at clamp_max on the
-        output grid (rounding is monotone, so clamping before or after it agrees)."""
-        lo = max(p.out_type.qmin, 0) if self.relu else p.out_type.qmin
-        hi = p.out_type.qmax
-        if self.clamp_max is not None:
-            hi = max(lo, min(hi, int(round(self.clamp_max / p.out_scale))))
-        return lo, hi
-
     def _requantize(self, acc: torch.Tensor, p: IntegerParams, arith: ArithmeticSpec) -> QTensor:
-        lo, hi = self.bounds(p)
+        lo, hi = self.bounds(p.out_type, p.out_scale)
         value = integer.requantize(acc, p.multiplier, arith.requant, lo, hi)
         return QTensor(value, p.out_scale, p.out_type)
 
@@ -128,10 +143,7 @@ class _QMac(nn.Module):
                           axis=per_channel.get("quant_axis"))
         acc = b.node(op, [x, w, bias], f"{name}.acc", scale=acc_scale,
                      quant_axis=1 if len(acc_scale) > 1 else None, **attrs)
-        lo, hi = self.bounds(p)
-        clamp = {"clamp_min": lo} if lo != p.out_type.qmin else {}
-        if hi != p.out_type.qmax:
-            clamp["clamp_max"] = hi
+        clamp = self.clamp_attrs(p.out_type, p.out_scale)
         return b.node("requantize", [acc], name, dtype=p.out_type, scale=p.out_scale,
                       real_multiplier=p.multiplier, axis=1, **clamp)
 

@@ -10,6 +10,8 @@ from simulator.profiles import ChipProfile
 
 # simulator ops whose output a clamp (ReLU, ReLU6) folds into, as their requantize's bounds
 CLAMP_FUSES_INTO = frozenset({"conv2d", "fully_connected", "matmul", "add", "mul"})
+# ... and the ops whose requantize multiplier and offset a constant scale or shift folds into
+RESCALE_FOLDS_INTO = frozenset({"conv2d", "fully_connected", "matmul"})
 
 
 @dataclass(frozen=True)
@@ -20,8 +22,12 @@ class RuleContext:
     producer_ops: tuple[str | None, ...]   # per input: the last simulator op of its form
     producer_readers: tuple[int, ...]      # per input: how many nodes read it
 
-    def clamp_fuses(self) -> bool:
-        """A clamp on input 0 folds into its producer's requantize: the producer ends in a MAC,
-        add or mul, and nothing else reads the unclamped value."""
-        return bool(self.producer_ops) and self.producer_ops[0] in CLAMP_FUSES_INTO and \
+    def sole_reader_of(self, ops) -> bool:
+        """Input 0 is made by a form ending in one of ``ops`` and read by nothing else: what
+        this node does to it can fold into that producer's requantize."""
+        return bool(self.producer_ops) and self.producer_ops[0] in ops and \
             self.producer_readers[0] == 1
+
+    def clamp_fuses(self) -> bool:
+        """A clamp on input 0 folds into its producer's requantize bounds."""
+        return self.sole_reader_of(CLAMP_FUSES_INTO)

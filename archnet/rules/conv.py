@@ -93,7 +93,7 @@ def _shift_form(label: str, cin: int, cout: int, k: int, stride: int) -> Form:
 
 
 def _stack_form(label: str, cin: int, cout: int, k, stride, pad, groups: int) -> Form:
-    layers = max(1, (max(k) - 1 + 1) // 2)          # each 3x3 adds 2 to the receptive field
+    layers = max(k) // 2          # each 3x3 adds 2 to the receptive field: k // 2 reach k
     steps, x, c = [], "in0", cin
     # the first layer takes the stride; 'same'-style teachers keep 'same' 3x3 padding, valid
     # ones (no padding) shrink by 2 per layer

@@ -16,16 +16,10 @@ from __future__ import annotations
 import math
 
 from archnet.capture.graph import TeacherNode
-from archnet.rules.context import RuleContext
+from archnet.rules.context import RESCALE_FOLDS_INTO, RuleContext
 from archnet.rules.forms import Form, Step
 
 FAMILY = ("add", "mul", "cat")
-
-
-def _folds(ctx: RuleContext) -> bool:
-    return bool(ctx.producer_ops) and ctx.producer_ops[0] in ("conv2d", "fully_connected",
-                                                              "matmul") \
-        and ctx.producer_readers[0] == 1
 
 
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
@@ -35,7 +29,7 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     if "scalar" in node.attrs:
         fold = "requantize_offset" if node.op == "add" else "requantize_scale"
         out = [Form(f"{node.op}.{fold}", f"{node.op} {node.attrs['scalar']:g} folded into the "
-                    f"producer's requantize", ())] if _folds(ctx) else []
+                    f"producer's requantize", ())] if ctx.sole_reader_of(RESCALE_FOLDS_INTO) else []
         return [*out, Form(f"{node.op}.native", f"{node.op} of one constant",
                            (Step(node.op, ("in0", "c0")),), native=True, constants=((1,),))]
     if "other" in node.params:     # a constant tensor operand

@@ -72,6 +72,7 @@ class Judgement:
     reasons: tuple[str, ...]     # why ops of the form would leave the NPU (empty: it fits)
     cycles: float
     macs: int
+    shape: tuple[int, ...]       # the form's output shape
 
     @property
     def fits(self) -> bool:
@@ -129,12 +130,13 @@ def probe(form: Form, in_shapes: list[tuple[int, ...]], bits: tuple[int, int],
     b = ProgramBuilder(form.rule, {"estimate_only": True})
     shapes = form.input_shapes or in_shapes
     ins = [b.input(f"in{i}", s, _dtype(bits[1])) for i, s in enumerate(shapes)]
-    b.output(add_form(b, form, ins, bits, "p"))
+    out = add_form(b, form, ins, bits, "p")
+    b.output(out)
     program = b.build()
     reasons = [] if form.host else [r for n in program.nodes for r in check_node(program, n, profile)]
     est = estimate(program, profile)
     return Judgement(tuple(dict.fromkeys(reasons)), est.total_cycles - est.invoke.cycles,
-                     sum(op.cost.macs for op in est.ops))
+                     sum(op.cost.macs for op in est.ops), program.tensors[out].shape)
 
 
 def output_shape(form: Form, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from archnet.errors import ConversionError
 from archnet.rules import activation, attention, conv, elementwise, embedding, linear, norm, pool, shape
 from archnet.rules.context import RuleContext
 from archnet.rules.forms import Form, Judgement, Step, add_form, output_shape, probe
+from simulator.errors import SimulatorError
 from simulator.cost import Estimate, estimate
 from simulator.ir.builder import ProgramBuilder
 from simulator.profiles import ChipProfile
@@ -86,6 +87,27 @@ class ConversionPlan:
     def replaced(self) -> list[Decision]:
         return [d for d in self.decisions if not d.form.native]
 
+    def describe(self, all_nodes: bool = False) -> str:
+        """Both latencies, notes, the rules fired, and per replaced node (or every node) the
+        rule and why: what ``archnet plan`` and ``archnet convert`` print."""
+        t, s = self.teacher, self.student
+        lines = [f"{self.chip} at {self.bits[0]}w{self.bits[1]}a, recipe {self.recipe}",
+                 f"  teacher {t.total_latency_ms:.3f} ms ({len(t.fallbacks)} host fallbacks, "
+                 f"{_host_ms(t):.3f} ms on the host)",
+                 f"  student {s.total_latency_ms:.3f} ms ({len(s.fallbacks)} host fallbacks)"
+                 + (f": {t.total_latency_ms / s.total_latency_ms:.2f}x the teacher's speed"
+                    if s.total_latency_ms > 0 else "")]
+        lines += [f"  note: {n}" for n in self.notes]
+        fired = ", ".join(f"{k} x{v}" for k, v in sorted(self.rules_fired().items()))
+        lines.append(f"  rules fired: {fired}")
+        shown = self.decisions if all_nodes else self.replaced()
+        if shown:
+            lines.append("")
+            w = max(len(d.module or d.node) for d in shown)
+            lines += [f"  {(d.module or d.node):<{w}}  {d.op:<16} {d.rule:<34} {d.reason}"
+                      for d in shown]
+        return "\n".join(lines)
+
     def to_dict(self) -> dict:
         t, s = self.teacher, self.student
         return {"chip": self.chip, "bits": f"{self.bits[0]}w{self.bits[1]}a",
@@ -121,20 +143,19 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str
         return None, None, (), f"no rule for {node.op}"
     judged, cands = [], []
     for form in rule(node, ctx):
-        why = None
-        if form.steps and form.input_shapes is None:
-            try:
-                got = output_shape(form, list(ctx.in_shapes))
-            except Exception as e:     # a form the simulator's shape rules refuse
-                got, why = None, f"not expressible here ({str(e).splitlines()[0]})"
-            if why is None and tuple(got) != tuple(node.shape):
-                why = f"gives shape {list(got)}, the teacher {list(node.shape)}"
-        if why is None and recipe == "paper" and not form.in_paper_op_set():
+        j, why = None, None
+        if recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
-        j = None
-        if why is None:
-            j = probe(form, list(ctx.in_shapes), bits, ctx.profile)
-            why = "; ".join(j.reasons) if not j.fits else None
+        else:
+            try:
+                j = probe(form, list(ctx.in_shapes), bits, ctx.profile)
+            except SimulatorError as e:     # a form the simulator's shape rules refuse
+                why = f"not expressible here ({str(e).splitlines()[0]})"
+        if j is not None and form.steps and form.input_shapes is None and \
+                tuple(j.shape) != tuple(node.shape):
+            why = f"gives shape {list(j.shape)}, the teacher {list(node.shape)}"
+        elif j is not None and not j.fits:
+            why = "; ".join(j.reasons)
         cands.append(Candidate(form.rule, why is None, None if j is None else j.cycles, why))
         if why is None:
             judged.append((form, j))
@@ -144,8 +165,9 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str
     native = next(((f, j) for f, j in judged if f.native), None)
     if native is not None:        # native first: the chip runs the teacher's op, keep it
         return native[0], native[1], tuple(cands), "the chip runs it"
-    order = {id(f): i for i, (f, _) in enumerate(judged)}
-    form, j = min(judged, key=lambda fj: (not fj[0].exact, round(fj[1].cycles, 6), order[id(fj[0])]))
+    # exact before learned, then cheapest; ties keep the rule's order
+    _, (form, j) = min(enumerate(judged),
+                       key=lambda ifj: (not ifj[1][0].exact, round(ifj[1][1].cycles, 6), ifj[0]))
     lacks = cands[0].why_not if cands and not cands[0].fits else "no native form"
     others = len(judged) - 1
     return form, j, tuple(cands), (f"the chip lacks the teacher's op ({lacks}); "
@@ -231,7 +253,7 @@ def _teacher_program(graph: TeacherGraph, profile: ChipProfile):
             try:
                 if tuple(output_shape(native, list(ctx.in_shapes))) != tuple(node.shape):
                     native = None
-            except Exception:
+            except SimulatorError:     # a native form the simulator cannot express here
                 native = None
         form = native or _host_form(node)
         decided[node.name] = Decision(node.name, node.op, node.module, node.module_type, form,

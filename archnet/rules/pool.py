@@ -54,46 +54,39 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
                         exact=exact))
         return out
     views = () if a["keepdim"] else (Step("flatten", ("s0",), {"axis": 1}),)
-    flat = (Step("flatten", ("in0",), {"axis": 1}),
-            Step("fully_connected", ("s0",), weight=(c, c * h * w)))
-    keep = () if not a["keepdim"] else (Step("reshape", ("s1",), {"shape": [n, c, 1, 1]}),)
-    return [*_forms_gap(node, ctx, views, flat, keep), *_halvings(c, h, w, a["keepdim"])]
+    return [Form("global_avg_pool.native", f"global average pool over {h}x{w}",
+                 (Step("global_avgpool2d", ("in0",)), *views), native=True),
+            Form("global_avg_pool.window", f"global average pool as one {h}x{w} average window",
+                 (Step("avgpool2d", ("in0",), {"kernel": [h, w], "strides": [h, w]}), *views)),
+            *_fully_connected(c, h, w, a["keepdim"])]
 
 
-def _halvings(c: int, h: int, w: int, keepdim: bool) -> list[Form]:
-    """Global pooling as n stride-2 3x3 convs that average 2x2 cells (1/4 taps per channel,
-    dense or depthwise), then a fully connected layer over what is left: for chips whose fully
-    connected layer cannot read the whole map (the paper's K210 head). Exact where the map
-    halves evenly."""
+def _fully_connected(c: int, h: int, w: int, keepdim: bool) -> list[Form]:
+    """Global pooling as a fully connected layer over the flattened map with 1/(H*W) weights
+    per position (the paper's head), after n = 0, 1 ... stride-2 3x3 convs that average 2x2
+    cells (1/4 taps per channel, dense or depthwise) for chips whose fully connected layer
+    cannot read the whole map (the paper's K210 head). Exact where the map halves evenly."""
     out, hh, ww, n = [], h, w, 0
-    while (hh, ww) != (1, 1):
-        n, hh, ww = n + 1, (hh + 1) // 2, (ww + 1) // 2
-        for depthwise in (False, True):
+    while True:
+        for depthwise in (False, True) if n else (False,):
             steps = [Step("conv2d", ("in0" if i == 0 else f"s{i - 1}",),
                           {"strides": [2, 2], "pads": [1, 1, 1, 1],
                            **({"groups": c} if depthwise else {})},
                           weight=(c, 1 if depthwise else c, 3, 3))
                      for i in range(n)]
-            steps += [Step("flatten", (f"s{n - 1}",), {"axis": 1}),
+            steps += [Step("flatten", (f"s{n - 1}" if n else "in0",), {"axis": 1}),
                       Step("fully_connected", (f"s{n}",), weight=(c, c * hh * ww))]
             if keepdim:
                 steps.append(Step("reshape", (f"s{n + 1}",), {"shape": [1, c, 1, 1]}))
             kind = "depthwise " if depthwise else ""
-            out.append(Form(f"global_avg_pool.halve{n}{'_dw' if depthwise else ''}_fully_connected",
+            name = f"halve{n}{'_dw' if depthwise else ''}_fully_connected" if n else \
+                "fully_connected"
+            out.append(Form(f"global_avg_pool.{name}",
                             f"global average pool as {n} 2x2-averaging {kind}3x3/2 convs and a "
-                            f"fully connected layer over the {c}x{hh}x{ww} map", tuple(steps),
+                            f"fully connected layer over the {c}x{hh}x{ww} map" if n else
+                            f"global average pool as a fully connected layer over the "
+                            f"{c}x{h}x{w} map", tuple(steps),
                             exact=h % 2 ** n == 0 and w % 2 ** n == 0))
-    return out
-
-
-def _forms_gap(node, ctx, views, flat, keep) -> list[Form]:
-    n, c, h, w = ctx.in_shapes[0]
-    return [
-        Form("global_avg_pool.native", f"global average pool over {h}x{w}",
-             (Step("global_avgpool2d", ("in0",)), *views), native=True),
-        Form("global_avg_pool.window", f"global average pool as one {h}x{w} average window",
-             (Step("avgpool2d", ("in0",), {"kernel": [h, w], "strides": [h, w]}), *views)),
-        Form("global_avg_pool.fully_connected",
-             f"global average pool as a fully connected layer over the {c}x{h}x{w} map",
-             flat + keep),
-    ]
+        if (hh, ww) == (1, 1):
+            return out
+        n, hh, ww = n + 1, (hh + 1) // 2, (ww + 1) // 2

@@ -39,8 +39,11 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
 SMALL_ARCHS = ("mobilenetv2", "vgg")
 SMALL_OPTIONS = {"mobilenetv2": ("num_classes", "in_channels", "width"),
                  "vgg": ("num_classes", "in_channels", "width", "image_size")}
-# option -> (type, lowest, highest): a checkpoint's kwargs are checked against these before a
-# model is built, so a damaged or crafted file cannot ask for a wrong type or a 360 GB model
+RESNET_OPTIONS = ("num_classes", "in_channels", "width", "stem_stride", "stem_pool",
+                  "zero_init_residual")
+# option -> (type, lowest, highest), for every family: a checkpoint's kwargs are checked against
+# these before a model is built, so a damaged or crafted file cannot ask for a wrong type or a
+# 360 GB model
 BUILD_OPTIONS: dict[str, tuple[type, int, int]] = {
     "num_classes": (int, 1, 100_000),
     "in_channels": (int, 1, 64),
@@ -66,8 +69,7 @@ def build_teacher(arch: str, **kw):
     if arch not in ARCHS and arch not in SMALL_ARCHS:
         raise TeacherError(f"unknown teacher architecture {arch!r} (known: "
                            f"{', '.join([*ARCHS, *SMALL_ARCHS])})")
-    allowed = SMALL_OPTIONS[arch] if arch in SMALL_ARCHS else \
-        [k for k in BUILD_OPTIONS if k != "image_size"]
+    allowed = SMALL_OPTIONS[arch] if arch in SMALL_ARCHS else RESNET_OPTIONS
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise TeacherError(f"unknown option(s) {', '.join(unknown)} for {arch} "

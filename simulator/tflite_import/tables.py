@@ -261,16 +261,24 @@ def _int16_inputs(multiplier: int, shift: int) -> np.ndarray:
     return _wrap(x * multiplier + rounding, 32) >> shift
 
 
+def _sigmoid_interpolated(v: np.ndarray, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels' shared step: |v| as a table index with ``frac_bits`` fractional bits, the
+    sigmoid table linearly interpolated there (unwrapped), and where the index is past the
+    table (saturated)."""
+    a = np.abs(v) & 0xFFFFFFFF
+    sig = np.asarray(SIGMOID_TABLE_UINT16 + (0,), np.int64)
+    uh = a >> frac_bits
+    idx = np.minimum(uh, 254)
+    ua, ub = sig[idx], sig[idx + 1]
+    return uh >= 255, (ua << frac_bits) + (a & ((1 << frac_bits) - 1)) * (ub - ua)
+
+
 def logistic16_table(in_scale: float) -> list[int]:
     """reference_integer_ops::Logistic (int16): the table interpolated at 9 fractional bits,
     mirrored for negative inputs, 15 fractional bits out; uint32 arithmetic as the kernel's."""
     v = _int16_inputs(*int16_activation_multiplier(in_scale, tanh=False))
-    a = np.abs(v) & 0xFFFFFFFF
-    sig = np.asarray(SIGMOID_TABLE_UINT16 + (0,), np.int64)
-    uh = a >> 9
-    idx = np.minimum(uh, 254)
-    ua, ub = sig[idx], sig[idx + 1]
-    r = np.where(uh >= 255, 0x7FFF << 10, ((ua << 9) + (a & 0x1FF) * (ub - ua)) & 0xFFFFFFFF)
+    saturated, r = _sigmoid_interpolated(v, 9)
+    r = np.where(saturated, 0x7FFF << 10, r & 0xFFFFFFFF)
     r = np.where(v >= 0, r + (1 << 9), (1 << 25) - r + (1 << 9) - 1) & 0xFFFFFFFF
     return _wrap(r >> 10, 16).tolist()
 
@@ -279,12 +287,8 @@ def tanh16_table(in_scale: float) -> list[int]:
     """reference_integer_ops::Tanh (int16): tanh(x) = 2 sigmoid(2x) - 1 from the same table,
     interpolated at 8 fractional bits; int32 arithmetic as the kernel's."""
     v = _int16_inputs(*int16_activation_multiplier(in_scale, tanh=True))
-    a = np.abs(v) & 0xFFFFFFFF
-    sig = np.asarray(SIGMOID_TABLE_UINT16 + (0,), np.int64)
-    uh = a >> 8
-    idx = np.minimum(uh, 254)
-    ua, ub = sig[idx], sig[idx + 1]
-    r = np.where(uh >= 255, 0xFFFF << 8, _wrap(((ua << 8) + (a & 0xFF) * (ub - ua)), 32))
+    saturated, r = _sigmoid_interpolated(v, 8)
+    r = np.where(saturated, 0xFFFF << 8, _wrap(r, 32))
     r = np.where(v >= 0, _wrap(r - (1 << 23) + (1 << 7), 32),
                  _wrap(-r + (1 << 23) + (1 << 7) - 1, 32))
     return _wrap(r >> 8, 16).tolist()

@@ -249,3 +249,69 @@ def _out_hw(h, w, k, stride, padding, dilation):
         return -(-h // stride), -(-w // stride)
     extent = (k - 1) * dilation + 1
     return (h - extent) // stride + 1, (w - extent) // stride + 1
+
+
+# ----------------------------------------------------------------------------- networks
+
+def mobilenet_v2_block(n: Net):
+    """expand 1x1 + RELU6, depthwise 3x3 + RELU6, project 1x1, residual ADD; a strided block,
+    MEAN and the classifier."""
+    e = n.conv(n.x, 18, 1, act="RELU6")
+    d = n.depthwise(e, 1, 3, act="RELU6")
+    y = n.add(n.x, n.conv(d, 6, 1))
+    e2 = n.conv(y, 12, 1, act="RELU6")
+    d2 = n.depthwise(e2, 1, 3, stride=2, act="RELU6")
+    return [n.fc(n.mean(n.conv(d2, 8, 1), keep_dims=False), 5)]
+
+
+def resnet_basic_block(n: Net):
+    """conv3x3 + RELU, conv3x3, ADD(identity) + RELU; a strided block with a 1x1 projection
+    shortcut, global average pooling and the classifier."""
+    a = n.conv(n.x, 6, 3, act="RELU")
+    y = n.add(n.x, n.conv(a, 6, 3), act="RELU")
+    b = n.conv(y, 8, 3, stride=2, act="RELU")
+    short = n.conv(y, 8, 1, stride=2)
+    z = n.add(short, n.conv(b, 8, 3), act="RELU")
+    return [n.fc(n.mean(z, keep_dims=True), 4)]
+
+
+LAYER_KINDS = ["conv", "depthwise", "residual", "pool", "table", "gate", "requantize", "concat"]
+FUSED = ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]
+
+
+def random_layer(kind: str, n: Net, x: int, r: np.random.Generator, tables, residual_acts,
+                 alpha: bool) -> int:
+    """One layer of ``kind`` on ``x``; ``tables``: the activation ops a table layer draws from
+    (with a random ``alpha`` where ``alpha``), ``residual_acts``: the residual ADD's fused
+    activations."""
+    c, h = n.shape(x)[3], n.shape(x)[1]
+    stride = int(r.integers(1, 3)) if h >= 4 else 1
+    act = str(r.choice(FUSED))
+    if kind == "conv":
+        return n.conv(x, int(r.integers(2, 9)), int(r.choice([1, 3])), stride, act=act,
+                      per_channel=bool(r.integers(2)))
+    if kind == "depthwise":
+        return n.depthwise(x, int(r.integers(1, 3)), 3, stride, act=act)
+    if kind == "residual":
+        return n.add(x, n.conv(x, c, 3, act=act), act=str(r.choice(residual_acts)))
+    if kind == "pool":
+        return n.pool(str(r.choice(["avg", "max"])), x, 3, stride, "SAME", act=act)
+    if kind == "table":
+        op = tables[int(r.integers(len(tables)))]
+        return n.lut(op, x, alpha=float(r.uniform(-0.5, 0.9))) if alpha else n.lut(op, x)
+    if kind == "gate":
+        return n.mul(x, n.gate(x), act=act)
+    if kind == "requantize":
+        return n.requantize(x)
+    return n.concat([x, n.pool("max", x, 1, 1)])  # "concat"
+
+
+def random_chain(net: Net, chain, head: bool, r: np.random.Generator, **layer) -> int:
+    """``chain`` of random layers on the net's input, optionally ending in MEAN + FULLY_CONNECTED."""
+    x = net.x
+    for kind in chain:
+        x = random_layer(kind, net, x, r, **layer)
+    if head:
+        x = net.fc(net.mean(x, keep_dims=bool(r.integers(2)),
+                            new_zero_point=bool(r.integers(2))), 4)
+    return x

@@ -24,7 +24,8 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-from graphs import OP, Net
+from graphs import (LAYER_KINDS, OP, Net, mobilenet_v2_block, random_chain,
+                    resnet_basic_block)
 from harness import CHIP, check_against_litert
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,28 +36,6 @@ from simulator.tflite_import import import_tflite
 from simulator.tflite_import.peers import program_views, run_litert
 
 SHAPE = (1, 9, 9, 6)
-
-
-def mobilenet_v2_block(n: Net):
-    """expand 1x1 + RELU6, depthwise 3x3 + RELU6, project 1x1, residual ADD; a strided block,
-    MEAN and the classifier."""
-    e = n.conv(n.x, 18, 1, act="RELU6")
-    d = n.depthwise(e, 1, 3, act="RELU6")
-    y = n.add(n.x, n.conv(d, 6, 1))
-    e2 = n.conv(y, 12, 1, act="RELU6")
-    d2 = n.depthwise(e2, 1, 3, stride=2, act="RELU6")
-    return [n.fc(n.mean(n.conv(d2, 8, 1), keep_dims=False), 5)]
-
-
-def resnet_basic_block(n: Net):
-    """conv3x3 + RELU, conv3x3, ADD(identity) + RELU; a strided block with a 1x1 projection
-    shortcut, global average pooling and the classifier."""
-    a = n.conv(n.x, 6, 3, act="RELU")
-    y = n.add(n.x, n.conv(a, 6, 3), act="RELU")
-    b = n.conv(y, 8, 3, stride=2, act="RELU")
-    short = n.conv(y, 8, 1, stride=2)
-    z = n.add(short, n.conv(b, 8, 3), act="RELU")
-    return [n.fc(n.mean(z, keep_dims=True), 4)]
 
 
 CASES = {
@@ -187,44 +166,15 @@ def test_int16_logistic_and_tanh_on_every_input(tmp_path, scale):
     assert check_against_litert(model, [{"x": every}], tmp_path) >= 3 * 65536
 
 
-KINDS = ["conv", "depthwise", "residual", "pool", "table", "gate", "requantize", "concat"]
-
-
-def _layer(kind: str, n: Net, x: int, r: np.random.Generator) -> int:
-    c, h = n.shape(x)[3], n.shape(x)[1]
-    stride = int(r.integers(1, 3)) if h >= 4 else 1
-    act = str(r.choice(["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]))
-    if kind == "conv":
-        return n.conv(x, int(r.integers(2, 9)), int(r.choice([1, 3])), stride, act=act,
-                      per_channel=bool(r.integers(2)))
-    if kind == "depthwise":
-        return n.depthwise(x, int(r.integers(1, 3)), 3, stride, act=act)
-    if kind == "residual":
-        return n.add(x, n.conv(x, c, 3, act=act), act=str(r.choice(["NONE", "RELU"])))
-    if kind == "pool":
-        return n.pool(str(r.choice(["avg", "max"])), x, 3, stride, "SAME", act=act)
-    if kind == "table":
-        return n.lut(OP.LOGISTIC if r.integers(2) else OP.TANH, x)
-    if kind == "gate":
-        return n.mul(x, n.gate(x), act=act)
-    if kind == "requantize":
-        return n.requantize(x)
-    return n.concat([x, n.pool("max", x, 1, 1)])
-
-
 @settings(max_examples=25, deadline=None)
-@given(chain=st.lists(st.sampled_from(KINDS), min_size=1, max_size=4), head=st.booleans(),
+@given(chain=st.lists(st.sampled_from(LAYER_KINDS), min_size=1, max_size=4), head=st.booleans(),
        pow2=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_random_int16_layer_chains(tmp_path_factory, chain, head, pow2, seed):
     """Random stacks of the supported 16x8 layers, optionally ending in MEAN + FULLY_CONNECTED."""
     rng = np.random.default_rng(seed)
     net = Net(rng, (1, int(rng.integers(4, 10)), int(rng.integers(4, 10)), 3), pow2=pow2,
               int16=True)
-    x = net.x
-    for kind in chain:
-        x = _layer(kind, net, x, rng)
-    if head:
-        x = net.fc(net.mean(x, keep_dims=bool(rng.integers(2)),
-                            new_zero_point=bool(rng.integers(2))), 4)
+    x = random_chain(net, chain, head, rng, tables=[OP.TANH, OP.LOGISTIC],
+                     residual_acts=["NONE", "RELU"], alpha=False)
     check_against_litert(net.build(x), net.input_arrays(rng, 2),
                          tmp_path_factory.mktemp("chain16"))
