@@ -220,7 +220,7 @@ class _Lowering:
             self._scale_rows(src, scalar if rule.startswith("mul") else None,
                              scalar if rule.startswith("add") else None)
             return
-        if rule == "transpose.identity":
+        if rule in ("transpose.identity", "conv2d.merged"):   # merged: its reader computes it
             return
         raise ConversionError(f"{node.where}: the student builder has no lowering for {rule}")
 
@@ -330,6 +330,16 @@ class _Lowering:
             else:
                 key = self._derive(f"{node.name}:sum", torch.eye(c).repeat(1, 2)[:, :, None, None])
                 self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
+        elif rule == "add.merge_into_conv":
+            conv = self.graph.node(node.inputs[d.form.absorbs])
+            wc = self.graph.params[conv.params["weight"]]
+            c, kh, kw = wc.shape[0], wc.shape[2], wc.shape[3]
+            ident = torch.zeros(c, c, kh, kw)
+            ident[:, :, kh // 2, kw // 2] = torch.eye(c)
+            key = self._derive(f"{node.name}:merged", torch.cat([wc, ident], dim=1))
+            cb = conv.params.get("bias")
+            self._mac_rows(macs[0], ("copy", key, {}),
+                           ("copy", cb, {}) if cb else ("zeros", None, {}))
         elif rule == "avg_pool2d.depthwise":
             c, _, kh, kw = self._weight_shape(macs[0])
             key = self._derive(f"{node.name}:avg", torch.full((c, 1, kh, kw), 1.0 / (kh * kw)))

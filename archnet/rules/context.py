@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from archnet.capture.graph import TeacherGraph
+from archnet.capture.graph import TeacherGraph, TeacherNode
 from simulator.profiles import ChipProfile
 
 # simulator ops whose output a clamp (ReLU, ReLU6) folds into, as their requantize's bounds
@@ -21,6 +21,9 @@ class RuleContext:
     in_shapes: tuple[tuple[int, ...], ...]
     producer_ops: tuple[str | None, ...]   # per input: the last simulator op of its form
     producer_readers: tuple[int, ...]      # per input: how many nodes read it
+    # per input: the teacher conv that writes it, where its student is that conv kept as it
+    # is and nothing else reads it (a form may take the conv over: ``Form.absorbs``)
+    absorbable: tuple[TeacherNode | None, ...] = ()
 
     def sole_reader_of(self, ops) -> bool:
         """Input 0 is made by a form ending in one of ``ops`` and read by nothing else: what

@@ -4,6 +4,10 @@
   table).
 - ``add.concat_conv``: the paper's residual block: concat + a 3x3 conv whose centre taps sum
   the two halves (exact at initialisation, then trained); ``add.concat_fc`` for token rows.
+- ``add.merge_into_conv``: where one operand is written by a stride-1 'same' conv that nothing
+  else reads, that conv reads the concat of its own input and the other operand, with an
+  identity in its centre taps for the latter: the residual merge costs no layer of its own
+  (exact).
 - ``add.requantize_offset`` / ``mul.requantize_scale``: adding or multiplying by one number
   folds into the producer's requantize (its zero point or multiplier), where the producer's
   output is read by nothing else (exact).
@@ -50,6 +54,7 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
         return out
     if len(shape) == 4:
         c = shape[1]
+        out += _merges(ctx, c)
         out.append(Form("add.concat_conv_1x1", "add as concat + a 1x1 conv",
                         (Step("concat", (a, b), {"axis": 1}),
                          Step("conv2d", ("s0",), {}, weight=(c, 2 * c, 1, 1)))))
@@ -63,6 +68,28 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
                          Step("reshape", ("s0",), {"shape": [rows, 2 * d]}),
                          Step("fully_connected", ("s1",), weight=(d, 2 * d)),
                          Step("reshape", ("s2",), {"shape": list(shape)}))))
+    return out
+
+
+def _merges(ctx: RuleContext, c: int) -> list[Form]:
+    out = []
+    for k, conv in enumerate(ctx.absorbable):
+        if conv is None:
+            continue
+        a = conv.attrs
+        kh, kw = ctx.graph.params[conv.params["weight"]].shape[2:]
+        same = kh == kw and kh % 2 == 1 and tuple(a["padding"]) == (kh // 2, kw // 2)
+        if not same or tuple(a["stride"]) != (1, 1) or tuple(a["dilation"]) != (1, 1) or \
+                a["groups"] != 1:
+            continue
+        cin = ctx.graph.shape(conv.inputs[0])[1]
+        pad = kh // 2
+        out.append(Form("add.merge_into_conv",
+                        f"add merged into the {kh}x{kw} conv writing operand {k}: it reads "
+                        f"its input concatenated with the other operand",
+                        (Step("concat", (f"in{k}", f"in{1 - k}"), {"axis": 1}),
+                         Step("conv2d", ("s0",), {"pads": [pad] * 4},
+                              weight=(c, cin + c, kh, kw))), absorbs=k))
     return out
 
 

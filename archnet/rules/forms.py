@@ -62,6 +62,9 @@ class Form:
     host: bool = False
     constants: tuple[tuple[int, ...], ...] = ()   # constant operands, read as c0, c1 ...
     input_shapes: tuple[tuple[int, ...], ...] | None = None   # the student's own input encoding
+    # the input whose producing conv this form takes over (``RuleContext.absorbable``): the
+    # form reads that conv's input in its place, and the conv computes nothing of its own
+    absorbs: int | None = None
 
     def in_paper_op_set(self) -> bool:
         return not self.host and all(s.in_paper_op_set() for s in self.steps)

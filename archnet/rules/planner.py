@@ -15,7 +15,7 @@ user sees before training what the conversion buys on this chip.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
@@ -132,11 +132,15 @@ def _context(graph: TeacherGraph, node: TeacherNode, profile: ChipProfile,
             src = graph.node(d.node).inputs
             d = decided.get(src[0]) if src else None
         ops.append(d.last_op if d is not None else None)
+    absorbable = tuple(graph.node(i) if (d := decided.get(i)) is not None and
+                       d.rule == "conv2d.native" and readers[i] == 1 else None
+                       for i in node.inputs)
     return RuleContext(graph, profile, tuple(graph.shape(i) for i in node.inputs), tuple(ops),
-                       tuple(readers[i] for i in node.inputs))
+                       tuple(readers[i] for i in node.inputs), absorbable)
 
 
-def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str
+def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
+            decided: dict[str, Decision]
             ) -> tuple[Form | None, Judgement | None, tuple[Candidate, ...], str]:
     rule = RULES.get(node.op)
     if rule is None:
@@ -144,11 +148,16 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str
     judged, cands = [], []
     for form in rule(node, ctx):
         j, why = None, None
+        shapes = list(ctx.in_shapes)
+        if form.absorbs is not None:       # it reads the absorbed conv's input
+            shapes[form.absorbs] = ctx.graph.shape(ctx.absorbable[form.absorbs].inputs[0])
         if recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
+        elif recipe == "paper" and form.absorbs is not None:
+            why = "the paper merges a residual in a layer of its own"
         else:
             try:
-                j = probe(form, list(ctx.in_shapes), bits, ctx.profile)
+                j = probe(form, shapes, bits, ctx.profile)
             except SimulatorError as e:     # a form the simulator's shape rules refuse
                 why = f"not expressible here ({str(e).splitlines()[0]})"
         if j is not None and form.steps and form.input_shapes is None and \
@@ -165,9 +174,14 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str
     native = next(((f, j) for f, j in judged if f.native), None)
     if native is not None:        # native first: the chip runs the teacher's op, keep it
         return native[0], native[1], tuple(cands), "the chip runs it"
-    # exact before learned, then cheapest; ties keep the rule's order
+    # exact before learned, then cheapest (a form that absorbs a conv saves that conv's
+    # cycles); ties keep the rule's order
+
+    def cost(f: Form, j: Judgement) -> float:
+        saved = 0.0 if f.absorbs is None else decided[node.inputs[f.absorbs]].cycles
+        return round(j.cycles - saved, 6)
     _, (form, j) = min(enumerate(judged),
-                       key=lambda ifj: (not ifj[1][0].exact, round(ifj[1][1].cycles, 6), ifj[0]))
+                       key=lambda ifj: (not ifj[1][0].exact, cost(*ifj[1]), ifj[0]))
     lacks = cands[0].why_not if cands and not cands[0].fits else "no native form"
     others = len(judged) - 1
     return form, j, tuple(cands), (f"the chip lacks the teacher's op ({lacks}); "
@@ -185,7 +199,7 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
     unplaced = []
     for node in graph.nodes:
         ctx = _context(graph, node, profile, decided, readers)
-        form, j, cands, reason = _choose(node, ctx, bits, recipe)
+        form, j, cands, reason = _choose(node, ctx, bits, recipe, decided)
         if form is None:
             if not allow_fallback:
                 unplaced.append(f"{node.where} ({node.op}): {reason}")
@@ -193,6 +207,11 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
             form = _host_form(node)
             j = probe(form, list(ctx.in_shapes), bits, profile)
             reason = f"on the host (--allow-fallback): {reason}"
+        if form.absorbs is not None:
+            conv = decided[node.inputs[form.absorbs]]
+            decided[conv.node] = replace(
+                conv, form=Form("conv2d.merged", f"computed by {node.where}'s merged conv", ()),
+                reason=f"merged into {node.where} ({form.rule})", cycles=0.0)
         decided[node.name] = Decision(node.name, node.op, node.module, node.module_type, form,
                                       reason, j.cycles, cands)
     if unplaced:

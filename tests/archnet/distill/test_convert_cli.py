@@ -133,7 +133,8 @@ def test_latency_budget_chooses_bits_that_fit_and_saves_them(tmp_path):
 
 @pytest.mark.parametrize("chip, recipe, replaced", [
     ("ethos-u55-128", "native", set()),                        # runs every op of the teacher
-    ("k210-kpu", "native", {"conv2d.shift_3x3", "add.concat_conv_1x1", "global_avg_pool.window"}),
+    ("k210-kpu", "native", {"conv2d.shift_3x3", "add.merge_into_conv", "conv2d.merged",
+                            "global_avg_pool.window"}),
     ("k210-kpu", "paper", {"conv2d.shift_3x3", "add.concat_conv", "conv2d.centre_tap_3x3",
                            "global_avg_pool.fully_connected"}),
 ])
