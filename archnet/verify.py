@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from archnet import distributed as dist
-from archnet.errors import ArchnetError, CheckpointError
+from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.runs import resolve_recorded
 from simulator.errors import SimulatorError
 from simulator.ir.program import Program, load_program
@@ -92,6 +92,7 @@ class VerifyReport:
     backend: str
     check_features: bool
     agreement: list[TensorAgreement]
+    labelled: bool                     # False: images without labels (no accuracy)
     teacher_correct: int
     student_correct: int
     simulator_correct: int
@@ -123,17 +124,20 @@ class VerifyReport:
     def _acc(self, correct: int) -> float:
         return correct / self.images if self.images else float("nan")
 
-    @property
-    def teacher_accuracy(self) -> float:
-        return self._acc(self.teacher_correct)
+    def _labelled_acc(self, correct: int) -> float | None:
+        return self._acc(correct) if self.labelled else None
 
     @property
-    def student_accuracy(self) -> float:
-        return self._acc(self.student_correct)
+    def teacher_accuracy(self) -> float | None:
+        return self._labelled_acc(self.teacher_correct)
 
     @property
-    def simulator_accuracy(self) -> float:
-        return self._acc(self.simulator_correct)
+    def student_accuracy(self) -> float | None:
+        return self._labelled_acc(self.student_correct)
+
+    @property
+    def simulator_accuracy(self) -> float | None:
+        return self._labelled_acc(self.simulator_correct)
 
     @property
     def simulator_share(self) -> float:
@@ -189,14 +193,19 @@ class VerifyReport:
         if self.overflow is not None:
             lines += ["", *self.overflow.lines()]
         n = self.images
+        if self.labelled:
+            lines += [
+                "",
+                f"accuracy on {n} labelled images",
+                f"  {'teacher (float)':<36} {self.teacher_accuracy:8.4f}  "
+                f"({self.teacher_correct}/{n})",
+                f"  {'fake-quant student (float)':<36} {self.student_accuracy:8.4f}  "
+                f"({self.student_correct}/{n})",
+                f"  {'simulator (integer logits)':<36} {self.simulator_accuracy:8.4f}  "
+                f"({self.simulator_correct}/{n})"]
+        else:
+            lines += ["", f"predictions on {n} unlabelled images (no accuracy without --labels)"]
         lines += [
-            "",
-            f"accuracy on {n} labelled images",
-            f"  {'teacher (float)':<36} {self.teacher_accuracy:8.4f}  ({self.teacher_correct}/{n})",
-            f"  {'fake-quant student (float)':<36} {self.student_accuracy:8.4f}  "
-            f"({self.student_correct}/{n})",
-            f"  {'simulator (integer logits)':<36} {self.simulator_accuracy:8.4f}  "
-            f"({self.simulator_correct}/{n})",
             f"  {'simulator = teacher prediction':<36} {self._acc(self.sim_teacher_agree):8.4f}  "
             f"({self.sim_teacher_agree}/{n})",
             f"  {'simulator = fake-quant prediction':<36} {self._acc(self.sim_student_agree):8.4f}  "
@@ -355,21 +364,78 @@ def _first_divergence(program_b: Program, chip, image_ints, ours, pieces, backen
     return find_divergence(program_b, sim, trace_b, chip, names=("simulator", "archnet"))
 
 
+def _load_teacher(meta: dict, student_path: Path, given, input_shape):
+    """The recorded teacher, or ``given``: a checkpoint, or the user's code
+    (``path/to/file.py:factory``), which runs only when named here, never because a student's
+    metadata names it."""
+    from archnet.capture.sources import is_code, load_code_teacher
+    from archnet.teachers import load_recorded_teacher
+    recorded = str(meta.get("teacher") or "")
+    if given is not None and is_code(given):
+        model, t_meta = load_code_teacher(str(given), input_shape)
+        return model, t_meta, given, model.content_sha256 == meta.get("teacher_sha256")
+    if given is None and (is_code(recorded) or recorded.startswith("python:")):
+        name = recorded if is_code(recorded) else "path/to/file.py:factory"
+        raise CheckpointError(f"{student_path}: converted from {recorded}, a model built by "
+                              f"code; verify runs code only when you name it: give --teacher {name}")
+    return load_recorded_teacher(meta, student_path, given)
+
+
+def _labels(path, n: int) -> torch.Tensor:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such label file")
+    try:
+        y = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy reports empty, cut and pickled files in many ways
+        raise DataError(f"{path}: not a NumPy label array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(y, np.ndarray) or y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be one integer per image, a 1-d integer array")
+    if len(y) != n:
+        raise DataError(f"{path}: {len(y)} labels for {n} images")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{path}: labels must be class indices (>= 0)")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _test_set(name, data_path, labels_path, student_path: Path):
+    """(images, labels or None, data set name): a named data set's labelled test split, or a
+    ``.npy`` of images with optional ``labels_path``."""
+    from archnet.data import load_dataset
+    from archnet.data.datasets import distillation_images
+    if data_path is not None and str(data_path).endswith(".npy"):
+        images = distillation_images(None, data_path, None)
+        labels = None if labels_path is None else _labels(labels_path, len(images))
+        return images, labels, Path(data_path).name
+    if labels_path is not None:
+        raise DataError(f"--labels {labels_path}: labels go with --data IMAGES.npy (a named data "
+                        f"set has its own)")
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{student_path}: metadata names no data set; give one with "
+                              f"--dataset, or test images with --data IMAGES.npy (and --labels "
+                              f"LABELS.npy for accuracy)")
+    test = load_dataset(name, data_path, SPLIT, labels=True)
+    images, labels = test.tensors
+    return images, labels, name
+
+
 def verify(program_path, chip, *, student_path=None, teacher_path=None, data_path=None,
            dataset=None, limit=None, batch_size=256, progress=None, check_features=True,
-           backend: str = "kernels", command: str | None = None) -> VerifyReport:
+           backend: str = "kernels", command: str | None = None,
+           labels_path=None) -> VerifyReport:
     """Verify a converted network on ``chip`` (a profile name, file or ``ChipProfile``).
 
     ``student_path`` defaults to ``student.pt`` beside the Program; ``teacher_path`` to the
     student's metadata ``teacher`` (relative to the current directory, else to the student's
     folder); ``dataset``/``data_path`` to the student's metadata. ``limit``: the first N test
     images. ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
-    ``command``: the command line to record in the report. Raises ``ArchnetError`` (one line,
+    ``command``: the command line to record in the report. ``data_path`` may be a ``.npy`` of
+    test images (N, C, H, W), with ``labels_path`` a ``.npy`` of their classes; without labels
+    the report has agreement with the teacher's predictions but no accuracy. Raises ``ArchnetError`` (one line,
     naming the file) for missing or mismatched files and data that does not fit.
     """
-    from archnet.data import load_dataset
     from archnet.student_io import load_student
-    from archnet.teachers import load_recorded_teacher, teacher_content_hash
+    from archnet.teachers import teacher_content_hash
     from simulator.cost import estimate
     from simulator.execute import execute
     from simulator.overflow import merge_stats
@@ -393,20 +459,20 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         raise CheckpointError(f"{student_path}: no such student checkpoint{hint}")
     student, meta = load_student(student_path)
     check_program_matches(program, student, program_path, student_path)
-    teacher, teacher_meta, teacher_file, teacher_matches = load_recorded_teacher(
-        meta, student_path, teacher_path)
+    teacher, teacher_meta, teacher_file, teacher_matches = _load_teacher(
+        meta, student_path, teacher_path, student.input_shape)
     profile = chip if isinstance(chip, ChipProfile) else load_profile(chip)
     arith = profile.arithmetic
 
     # -- data
     name = dataset if dataset is not None else meta.get("dataset")
-    if not isinstance(name, str) or not name:
-        raise CheckpointError(f"{student_path}: metadata names no data set; give one with --dataset")
     if data_path is None and dataset is None and meta.get("data_path"):
         recorded = str(meta["data_path"])
+        if recorded.endswith(".npy"):     # the distillation images: never the test set
+            raise DataError(f"{student_path}: converted on the images of {recorded}; give the "
+                            f"test images with --data IMAGES.npy (and --labels LABELS.npy)")
         data_path = resolve_recorded(recorded, student_path.parent) or recorded
-    test = load_dataset(name, data_path, SPLIT, labels=True)
-    images, labels = test.tensors
+    images, labels, name = _test_set(name, data_path, labels_path, student_path)
     if tuple(images.shape[1:]) != tuple(student.input_shape):
         raise ArchnetError(f"{student_path}: the student takes images {list(student.input_shape)}, "
                            f"data set {name!r} ({data_path or 'default path'}) has "
@@ -442,7 +508,8 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
     try:
         for b0 in starts:
             b1 = min(b0 + batch_size, hi)
-            x, y = images[b0:b1].contiguous(), labels[b0:b1].numpy()
+            x = images[b0:b1].contiguous()
+            y = None if labels is None else labels[b0:b1].numpy()
             n = b1 - b0
             if n not in programs:
                 programs[n] = rebatch(program, n, sim_outputs)
@@ -486,8 +553,9 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
                 tp = teacher(x).argmax(1).numpy()
                 stage["teacher"] += time.perf_counter() - t
             sp = np.asarray(sim[logits_name]).argmax(1)   # numpy: the first of tied maxima
-            counts += [int((tp == y).sum()), int((fq == y).sum()), int((sp == y).sum()),
-                       int((sp == tp).sum()), int((sp == fq).sum())]
+            correct = [0, 0, 0] if y is None else \
+                [int((tp == y).sum()), int((fq == y).sum()), int((sp == y).sum())]
+            counts += [*correct, int((sp == tp).sum()), int((sp == fq).sum())]
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(agree=_pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
@@ -524,8 +592,9 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         split=SPLIT, images=n_all, limit=limit, batch_size=batch_size,
         batches=int(dist.all_reduce_sum(torch.tensor([len(starts)])).item()),
         world_size=dist.world_size(), backend=backend, check_features=check_features,
-        agreement=agreement, teacher_correct=int(counts[0]), student_correct=int(counts[1]),
-        simulator_correct=int(counts[2]), sim_teacher_agree=int(counts[3]),
+        agreement=agreement, labelled=labels is not None, teacher_correct=int(counts[0]),
+        student_correct=int(counts[1]), simulator_correct=int(counts[2]),
+        sim_teacher_agree=int(counts[3]),
         sim_student_agree=int(counts[4]), latency_ms=float(est.total_latency_ms),
         latency_batch=int(program.tensors["image"].shape[0]),
         fallbacks=[{"name": op.name, "reason": op.fallback_reason} for op in est.fallbacks],

@@ -25,7 +25,7 @@ def _command(args) -> str:
     parts = ["archnet", "verify", args.program, "--chip", args.chip]
     for flag, value in (("--student", args.student), ("--teacher", args.teacher),
                         ("--data", args.data), ("--dataset", args.dataset),
-                        ("--limit", args.limit)):
+                        ("--labels", args.labels), ("--limit", args.limit)):
         if value is not None:
             parts += [flag, str(value)]
     parts += ["--batch-size", str(args.batch_size)]
@@ -36,13 +36,17 @@ def _command(args) -> str:
 
 CNN_DEFAULT_BATCH = 256
 CNN_ONLY = (("--student", "student"), ("--teacher", "teacher"), ("--data", "data"),
-            ("--dataset", "dataset"), ("--limit", "limit"))
+            ("--dataset", "dataset"), ("--labels", "labels"), ("--limit", "limit"))
 
 
 def _max_sentences(text: str) -> int | None:
     if text == "all":
         return None
     return int_in(3)(text)
+
+
+def _code_file(spec: str | None) -> str | None:
+    return spec.rpartition(":")[0] if spec and ".py:" in spec else spec
 
 
 def _check_out(args) -> None:
@@ -53,7 +57,8 @@ def _check_out(args) -> None:
     from simulator.errors import OutputError
     from simulator.outputs import check_file_outputs
     check_file_outputs({"--out": args.out},
-                       inputs=[args.program, args.student, args.teacher, args.data, args.chip],
+                       inputs=[args.program, args.student, _code_file(args.teacher),
+                               args.data, args.labels, args.chip],
                        suffixes={"--out": (".json",)})
     if args.out and Path(args.out).is_file():
         try:
@@ -135,6 +140,7 @@ def _refresh_text_report(args) -> None:
 
 def _cmd_verify_cnn(args) -> int:
     from archnet import distributed
+    from archnet.capture.sources import is_code
     from archnet.verify import verify
     from simulator.fileio import atomic_write_bytes
 
@@ -143,6 +149,7 @@ def _cmd_verify_cnn(args) -> int:
     try:
         report = verify(args.program, args.chip, student_path=args.student,
                         teacher_path=args.teacher, data_path=args.data, dataset=args.dataset,
+                        labels_path=args.labels,
                         limit=args.limit, batch_size=args.batch_size, progress=args.progress,
                         check_features=args.check_features, command=_command(args))
         main = distributed.is_main()  # asked before shutdown, after which every rank is "rank 0"
@@ -159,7 +166,8 @@ def _cmd_verify_cnn(args) -> int:
             print(report.format())
             if args.out:
                 print(f"wrote {args.out}")
-        _refresh_report(args)
+        if report.labelled and not is_code(report.teacher):   # reports need both
+            _refresh_report(args)
     return report.exit_code
 
 
@@ -194,8 +202,13 @@ def add_commands(sub) -> None:
     p.add_argument("--student", metavar="FILE", help="student checkpoint (default: student.pt "
                                                      "beside PROGRAM)")
     p.add_argument("--teacher", metavar="FILE", help="teacher checkpoint (default: the one the "
-                                                     "student's metadata names)")
-    p.add_argument("--data", metavar="PATH", help="data set files (default: the student's)")
+                                                     "student's metadata names), or the code "
+                                                     "that builds it: path/to/file.py:factory "
+                                                     "(needed for a model converted from code)")
+    p.add_argument("--data", metavar="PATH", help="data set files (default: the student's), or a "
+                                                  ".npy of test images (N, C, H, W)")
+    p.add_argument("--labels", metavar="Y.npy", help="with --data IMAGES.npy: the images' classes "
+                                                     "(a 1-d integer array), for accuracy")
     p.add_argument("--dataset", metavar="NAME", help="data set (default: the student's)")
     p.add_argument("--limit", type=int_in(1), metavar="N", help="only the first N test images")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int_in(1),

@@ -61,6 +61,33 @@ def _from_factory(spec: str, input_shape) -> tuple[nn.Module, tuple[torch.Tensor
     return model, tuple(example), {"source": spec}
 
 
+def is_code(spec) -> bool:
+    """Whether ``spec`` names code (``path/to/file.py:factory``) rather than a checkpoint."""
+    return ".py:" in str(spec)
+
+
+def model_digest(model: nn.Module) -> str:
+    """The content hash of a model built by code: of its parameters and buffers (what a run
+    records, so that verify can tell the same model from another)."""
+    from archnet.torchfile import tensor_leaf
+    from simulator.digest import content_digest
+    return content_digest(dict(model.state_dict()), tensor_leaf)
+
+
+def load_code_teacher(spec: str, input_shape: Sequence[int]) -> tuple[nn.Module, dict]:
+    """A teacher built by the user's code, as ``load_teacher`` returns a checkpoint's: the model
+    (in eval mode, its ``content_sha256`` set) and metadata (``input_shape``, ``arch``)."""
+    model, example, _ = _from_factory(spec, input_shape)
+    shape = list(example[0].shape[1:])
+    if shape != [int(d) for d in input_shape]:
+        raise ConversionError(f"model {spec!r}: its example inputs are {shape}, the images "
+                              f"{list(input_shape)}")
+    model.eval()
+    model.content_sha256 = model_digest(model)
+    return model, {"input_shape": shape, "arch": type(model).__name__, "test_accuracy": None,
+                   "dataset": None}
+
+
 def load_model(spec: str, input_shape: Sequence[int] | None = None
                ) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict]:
     """(model in eval mode, example inputs of batch 1, metadata) for what ``spec`` names."""
@@ -68,7 +95,7 @@ def load_model(spec: str, input_shape: Sequence[int] | None = None
         raise ConversionError(f"model {spec}: torch.export files are read by unpickling, which "
                               f"can run code; name the code that builds the model instead "
                               f"(path/to/file.py:factory)")
-    if ".py:" in spec:
+    if is_code(spec):
         model, example, meta = _from_factory(spec, input_shape)
     else:
         from archnet.teachers import load_teacher

@@ -21,13 +21,14 @@ The whole job, in order:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from archnet import distributed as dist
+from archnet.capture.sources import is_code, load_code_teacher
 from archnet.data.datasets import distillation_images
 from archnet.distill.loop import DistillConfig, distill
 from archnet.errors import ArchnetError, ConversionError, DataError
@@ -55,13 +56,21 @@ class ConvertOptions:
     max_images: int | None = None
     calibration_images: int = 512
     keep_global_pool: bool = False
-    recipe: str = "resnet"           # resnet: the hand-written ResNet lowering; native, paper:
-                                     # the chip-driven converter (archnet.capture, archnet.rules)
+    recipe: str | None = None        # resnet: the hand-written ResNet lowering; native, paper:
+                                     # the chip-driven converter (archnet.capture, archnet.rules);
+                                     # None: resnet for the zoo's ResNets, else native
     resume: bool = False
     check_images: int = 256
     report: bool = True              # a latency-only report at the end (the demo writes a full one)
     threads: int | None = None
     command: str | None = None
+
+
+def default_recipe(meta: dict) -> str:
+    """The hand-written lowering for the zoo's ResNets (what the committed Fashion-MNIST results
+    ran), the chip-driven converter for every other network."""
+    from archnet.teachers import ARCHS
+    return "resnet" if meta.get("arch") in ARCHS else "native"
 
 
 def run_folder(path: str | Path, resume: bool, inputs=()) -> Path:
@@ -132,21 +141,39 @@ def check_against_simulator(student, profile, images: torch.Tensor, backend: str
 
 def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
     """Run the whole conversion; returns the summary written to ``convert.json``."""
-    from archnet.teachers import load_teacher, teacher_content_hash
+    from archnet.teachers import ARCHS, load_teacher, teacher_content_hash
     t0 = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     dist.init_from_env()
     profile = load_profile(opts.chip)
-    out = run_folder(opts.out, opts.resume, [opts.teacher, opts.data_path, profile.path])
-    teacher, meta = load_teacher(opts.teacher)
-    dataset = opts.dataset or meta.get("dataset")
-    images = distillation_images(dataset, opts.data_path, opts.max_images)
+    out = run_folder(opts.out, opts.resume, [opts.teacher.rpartition(":")[0] if
+                                             is_code(opts.teacher) else opts.teacher,
+                                             opts.data_path, profile.path])
+    if is_code(opts.teacher):
+        if opts.dataset is not None:
+            raise DataError(f"--dataset {opts.dataset}: {opts.teacher} is a model built by code; "
+                            f"give its unlabeled images with --data IMAGES.npy")
+        if opts.data_path is None or not str(opts.data_path).endswith(".npy"):
+            raise DataError(f"{opts.teacher}: a model built by code has no data set of its own; "
+                            f"give its unlabeled images with --data IMAGES.npy")
+        dataset = None
+        images = distillation_images(None, opts.data_path, opts.max_images)
+        teacher, meta = load_code_teacher(opts.teacher, images.shape[1:])
+        opts = replace(opts, report=False)     # reports read the teacher from a checkpoint
+    else:
+        teacher, meta = load_teacher(opts.teacher)
+        dataset = opts.dataset or meta.get("dataset")
+        images = distillation_images(dataset, opts.data_path, opts.max_images)
+    opts = replace(opts, recipe=opts.recipe or default_recipe(meta))
+    if opts.recipe == "resnet" and meta.get("arch") not in ARCHS:
+        raise ConversionError(f"--recipe resnet lowers the zoo's ResNets only; {opts.teacher} is "
+                              f"{meta.get('arch')} (use --recipe native or paper)")
     if list(images.shape[1:]) != list(meta["input_shape"]):
         raise DataError(f"{opts.data_path or dataset}: images of shape {list(images.shape[1:])} do "
                         f"not fit the teacher's input {meta['input_shape']} ({opts.teacher})")
-    log(f"teacher {opts.teacher}: {meta.get('arch')} on {dataset}, {len(images)} unlabeled images, "
-        f"chip {profile.name}")
+    log(f"teacher {opts.teacher}: {meta.get('arch')} on {dataset or opts.data_path}, "
+        f"{len(images)} unlabeled images, chip {profile.name}, recipe {opts.recipe}")
     source = {"teacher": str(opts.teacher), "teacher_sha256": teacher_content_hash(teacher),
               "dataset": dataset}
     return run_conversion(teacher, meta, images, profile, out, opts, cfg, source, t0, log)

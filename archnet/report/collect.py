@@ -223,10 +223,13 @@ def read_json(path: Path, remedy: str) -> dict:
     return doc
 
 
-def _verify_record(path: Path, run: Path, bits: list[str]) -> VerifyRecord:
+def _verify_record(path: Path, run: Path, bits: list[str]) -> VerifyRecord | None:
+    """The record of ``path``; None for a verification on unlabelled images (no accuracy)."""
     chip_guess = path.stem[len("verify_"):]
     remedy = verify_command(run, chip_guess)
     doc = read_json(path, remedy)
+    if doc.get("labelled") is False:
+        return None
     missing = [k for k in VERIFY_KEYS if doc.get(k) is None]
     if missing:
         raise ReportError(f"{path}: not an `archnet verify --out` record (no {', '.join(missing)}); "
@@ -286,6 +289,8 @@ def open_run(path: str | os.PathLike) -> RunFolder:
         if p.name.startswith("."):
             continue
         rec = _verify_record(p, run, bits)
+        if rec is None:
+            continue
         if rec.chip in folder.verifies:
             raise ReportError(f"{p}: a second verify record for chip {rec.chip!r} (also "
                               f"{folder.verifies[rec.chip].path}); keep one")
