@@ -151,7 +151,7 @@ class RunFolder:
         if self._student is None:
             from archnet.errors import ArchnetError
             from archnet.student_io import load_student
-            from archnet.verify import check_program_matches
+            from archnet.student_program import check_program_matches
             try:
                 student, meta = load_student(self.student_path)
                 check_program_matches(self.program(), student, self.program_path, self.student_path)

@@ -148,7 +148,7 @@ def layer_errors(run: RunFolder, profile, images) -> list[LayerError]:
     block alone adds."""
     import torch
 
-    from archnet.verify import rebatch
+    from archnet.student_program import rebatch
     from simulator.execute import execute
 
     student, _ = run.student()

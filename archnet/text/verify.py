@@ -43,8 +43,8 @@ from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields
 from archnet.runs import resolve_recorded
 from archnet.text.quality import MIN_SENTENCES, QUALITY_KEYS, embedding_quality
-from archnet.verify import (_diff_programs, _load_program, _pct, _progress_bar,
-                            overflow_result_lines, reduce_overflow)
+from archnet.jobs.verify import _pct, _progress_bar, overflow_result_lines, reduce_overflow
+from archnet.student_program import diff_programs, load_run_program
 from simulator.ir.program import Program
 from simulator.jsontext import finite_or_null, json_text
 
@@ -159,7 +159,7 @@ def check_text_program(program: Program, student, program_path, student_path) ->
         ref = student.export(batch, seq_len)
     except ArchnetError as exc:
         raise fail(f"attention_mask {list(shape)}: {exc}") from None
-    why = _diff_programs(program, ref)
+    why = diff_programs(program, ref)
     if why:
         raise fail(why)
     return batch, seq_len
@@ -231,7 +231,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
 
     # -- files
     program_path = Path(program_path)
-    program = _load_program(program_path)
+    program = load_run_program(program_path)
     folder = program_path.parent
     ckpt = program.metadata.get("student_checkpoint") or STUDENT_FILE
     student_path = Path(ckpt) if Path(ckpt).is_absolute() else folder / ckpt

@@ -13,7 +13,7 @@ import torch
 from archnet.bit_allocation import (BIT_OPTIONS, _Calibrated, allocate_bits, block_names,
                                     feasible_options, format_latency_table, latency_table,
                                     logit_distortion)
-from archnet.bit_allocation_cli import add_commands
+from archnet.cli.bit_allocation import add_commands
 from archnet.data import load_dataset
 from archnet.errors import ConversionError
 from archnet.lowering.calibrate import calibrate_activations, calibrate_batchnorm

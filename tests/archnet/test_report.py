@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from archnet import report_cli
+from archnet.cli import report as report_cli
 from archnet.errors import ReportError
 from archnet.report import compare_model, write_report
 from simulator.cli import run as run_cli

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from archnet import verify_cli
+from archnet.cli import verify as verify_cli
 from archnet.errors import ArchnetError
-from archnet.verify import verify
+from archnet.jobs.verify import verify
 from simulator.cli import run
 from simulator.ir.program import load_program, save_program
 
@@ -204,7 +204,7 @@ def test_broken_integer_path_is_caught(run_dir, tmp_path, monkeypatch, capsys):
 
 def test_shards_add_up(run_dir, monkeypatch):
     """Each rank takes ``shard(n)``; the counts of the shards add up to the whole run."""
-    import archnet.verify as v
+    import archnet.jobs.verify as v
     whole = verify(run_dir / "model.program", "ideal", limit=20, batch_size=8)
     parts = []
     for lo, hi in ((0, 7), (7, 20)):
@@ -247,7 +247,7 @@ def test_narrow_wrapping_accumulator_is_said_plainly(run_dir, tmp_path, capsys):
     """An 8-bit wrapping accumulator: still bit-exact (the simulator and the emulation wrap
     alike, exit 0), but the report shows which layers wrapped, how often, the width that would
     have been safe, and says WRAPPED right under the result."""
-    from archnet.verify import rebatch
+    from archnet.student_program import rebatch
     from simulator.execute import execute
     from simulator.ir.ops import MAC_OPS
     chip = _narrow_chip(tmp_path, 8, "wrap", "onnx-qlinear")

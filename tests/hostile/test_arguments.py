@@ -106,7 +106,7 @@ def test_numeric_options_refuse_or_keep_exactly(stubbed, capsys, which, text):
 def test_the_issues_arguments_are_refused_before_any_work(capsys, monkeypatch, argv, option):
     def no_work(*a, **k):
         raise AssertionError("work started before the arguments were checked")
-    for target in ("archnet.demo.run_demo", "archnet.jobs.convert.convert",
+    for target in ("archnet.jobs.demo.run_demo", "archnet.jobs.convert.convert",
                    "archnet.teachers.train.train_teacher", "archnet.text.convert.convert_text"):
         monkeypatch.setattr(target, no_work)
     code, _, err = archnet(capsys, *argv)

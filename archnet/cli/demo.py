@@ -1,4 +1,4 @@
-"""``archnet demo``: the command line of ``archnet.demo``."""
+"""``archnet demo``: the command line of ``archnet.jobs.demo``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from simulator.argtypes import seed, threads
 
 
 def cmd_demo(args) -> int:
-    from archnet.demo import run_demo
+    from archnet.jobs.demo import run_demo
     result = run_demo(args.out, bits=args.bits, threads=args.threads, progress=args.progress,
                       seed=args.seed, log=lambda line: print(line, flush=True))
     return 0 if all(c["bit_exact"] for c in result["chips"]) else 1

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from archnet import bit_allocation_cli, convert_cli, demo_cli, plan_cli, report_cli, verify_cli
 from archnet.argv import ARGV
-from archnet.teachers import cli as teachers_cli
+from archnet.cli import bit_allocation, convert, demo, plan, report, teacher, verify
 from simulator import cli as simulator_cli
 from simulator.argtypes import OneLineParser
 
@@ -18,13 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Arch-Net toolkit: bit-exact NPU simulation and per-chip cost estimates")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     simulator_cli.add_commands(sub)
-    teachers_cli.add_teacher_commands(sub)
-    demo_cli.add_commands(sub)
-    plan_cli.add_commands(sub)
-    convert_cli.add_commands(sub)
-    verify_cli.add_commands(sub)
-    bit_allocation_cli.add_commands(sub)
-    report_cli.add_commands(sub)
+    teacher.add_teacher_commands(sub)
+    demo.add_commands(sub)
+    plan.add_commands(sub)
+    convert.add_commands(sub)
+    verify.add_commands(sub)
+    bit_allocation.add_commands(sub)
+    report.add_commands(sub)
     return parser
 
 

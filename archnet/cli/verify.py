@@ -141,7 +141,7 @@ def _refresh_text_report(args) -> None:
 def _cmd_verify_cnn(args) -> int:
     from archnet import distributed
     from archnet.capture.sources import is_code
-    from archnet.verify import verify
+    from archnet.jobs.verify import verify
     from simulator.fileio import atomic_write_bytes
 
     already = distributed.active()

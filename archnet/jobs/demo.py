@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "archnet-demo", *, bits: str = "4w4a", threads: i
     from archnet.lowering import parse_bits
     from archnet.runs import check_demo_output, is_run_folder
     from archnet.teachers.train import TrainConfig, train_teacher
-    from archnet.verify import verify
+    from archnet.jobs.verify import verify
     from simulator.fileio import atomic_write_bytes, prepare_folder
 
     t0 = time.perf_counter()
