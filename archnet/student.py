@@ -17,6 +17,11 @@ Each block is one ``GraphBlock``: a small straight-line program of steps over na
 - ``global_avgpool``  QGlobalAvgPool2d
 - ``add``, ``mul``  QAdd, QMul (two operands on their own grids, onto the step's quantizer)
 - ``lut``      QLookupTable (an activation ``function`` on the chip's table unit)
+- ``matmul``   QMatMul (``scale`` times the product of two activations, onto the step's quantizer)
+- ``softmax``  QSoftmax (last axis, onto a fixed u8 grid of 1/256)
+- ``transpose`` QTranspose (``perm`` of the axes after the batch axis)
+
+A ``linear`` step applies to the last axis of any rank (token rows stay rows).
 
 and it has the three faces of every Arch-Net module: ``forward`` (fake-quant float, or plain
 float with ``quantize=False``), ``integer_forward`` (the chip's arithmetic) and ``export``
@@ -44,6 +49,7 @@ import torch
 from torch import nn
 
 from archnet.errors import ArchnetError
+from archnet.quant.attention import QMatMul, QSoftmax, QTranspose
 from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool2d
 from archnet.quant.lsq import LsqQuantizer, round_ste
 from archnet.quant.modules import QConv2d, QFlatten, QInput, QLinear, QReshape, concat
@@ -57,15 +63,17 @@ CONFIG_FORMAT = "archnet-student"
 CONFIG_VERSION = 1
 IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
 STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
-              "add", "mul", "lut", "reshape")
-MULTI_INPUT = ("concat", "add", "mul")
-REQUANTIZING = ("conv", "linear", "add", "mul", "lut")   # steps that write their own grid
+              "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose")
+MULTI_INPUT = ("concat", "add", "mul", "matmul")
+REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax")   # write their own grid
+NO_RELU = ("lut", "matmul", "softmax")     # steps without a ReLU flag
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 _NODE_OPS = {  # simulator op kinds each step exports
     "conv": ("conv2d", "requantize"), "linear": ("fully_connected", "requantize"),
     "maxpool": ("maxpool2d",), "flatten": ("flatten",), "concat": ("concat",),
     "global_avgpool": ("global_avgpool2d",), "avgpool": ("avgpool2d",), "add": ("add",),
     "mul": ("mul",), "lut": ("lookup_table",), "reshape": ("reshape",),
+    "matmul": ("matmul", "requantize"), "softmax": ("softmax",), "transpose": ("transpose",),
 }
 
 
@@ -175,15 +183,15 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             raise _fail(at, f"{kind} takes one input, got {len(inputs)}")
         if kind == "concat" and len(inputs) < 2:
             raise _fail(at, "concat takes at least two inputs")
-        if kind in ("add", "mul") and len(inputs) != 2:
+        if kind in ("add", "mul", "matmul") and len(inputs) != 2:
             raise _fail(at, f"{kind} takes two inputs, got {len(inputs)}")
         x = shapes[inputs[0]]
         if kind in REQUANTIZING:
             key = _need(step, "quant", str, at)
             if key not in quantizers:
                 raise _fail(at, f"quantizer {key!r} is not declared in 'quantizers'")
-            relu = _need(step, "relu", bool, at) if kind != "lut" else False
-            if not relu and not quantizers[key]["signed"] and kind != "lut":
+            relu = _need(step, "relu", bool, at) if kind not in NO_RELU else False
+            if not relu and not quantizers[key]["signed"] and kind not in ("lut", "softmax"):
                 raise _fail(at, f"no ReLU, so its quantizer {key!r} must be signed")
             if kind in ("conv", "linear"):
                 _need(step, "w_bits", int, at)
@@ -211,9 +219,9 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             shapes[name] = (cout, *hw)
         elif kind == "linear":
             fin, fout = (_need(step, k, int, at) for k in ("in_features", "out_features"))
-            if len(x) != 1 or x[0] != fin:
+            if not x or x[-1] != fin:
                 raise _fail(at, f"expects {fin} input features, input shape is {x}")
-            shapes[name] = (fout,)
+            shapes[name] = (*x[:-1], fout)
         elif kind in ("maxpool", "avgpool"):
             g = pool_geometry(step, at)
             hw = tuple(_window_out(x[1 + i], g["kernel"][i], g["strides"][i], g["pads"][i])
@@ -244,6 +252,25 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             if len(b) > len(x) or any(db not in (1, da) for da, db in zip(x[::-1], b[::-1])):
                 raise _fail(at, f"mul operand {b} does not broadcast to {x}")
             shapes[name] = x
+        elif kind == "matmul":
+            b = shapes[inputs[1]]
+            scale = step.get("scale", 1.0)
+            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or \
+                    not math.isfinite(scale) or scale <= 0:
+                raise _fail(at, f"scale {scale!r} must be a finite number > 0")
+            if len(x) < 2 or len(b) != len(x) or x[:-2] != b[:-2] or x[-1] != b[-2]:
+                raise _fail(at, f"matmul operands {x} and {b} do not multiply")
+            shapes[name] = (*x[:-1], b[-1])
+        elif kind == "softmax":
+            spec = quantizers[step["quant"]]
+            if spec.get("step") != 1.0 / 256 or spec["bits"] != 8 or spec["signed"]:
+                raise _fail(at, "softmax writes the fixed unsigned 8-bit grid of 1/256")
+            shapes[name] = x
+        elif kind == "transpose":
+            perm = _need(step, "perm", list, at)
+            if sorted(perm) != list(range(len(x))):
+                raise _fail(at, f"perm {perm} is not a permutation of the {len(x)} axes of {x}")
+            shapes[name] = tuple(x[p] for p in perm)
         elif kind == "lut":
             if _need(step, "function", str, at) not in FUNCTIONS:
                 raise _fail(at, f"function {step['function']!r} not one of {', '.join(FUNCTIONS)}")
@@ -365,6 +392,12 @@ class GraphBlock(nn.Module):
                 m = QMul(quantizers[step["quant"]], step["relu"])
             elif kind == "lut":
                 m = QLookupTable(step["function"], quantizers[step["quant"]])
+            elif kind == "matmul":
+                m = QMatMul(quantizers[step["quant"]], step.get("scale", 1.0))
+            elif kind == "softmax":
+                m = QSoftmax()
+            elif kind == "transpose":
+                m = QTranspose(step["perm"])
             else:
                 continue
             if step.get("clamp_max") is not None:
@@ -394,6 +427,8 @@ class GraphBlock(nn.Module):
                 env[name] = self.layers[name].activation(y)
             elif kind == "lut" and not quantize:
                 env[name] = FUNCTIONS[step["function"]][0](args[0])
+            elif kind in ("matmul", "softmax") and not quantize:
+                env[name] = self.layers[name].float_forward(*args)
             else:
                 env[name] = self.layers[name](*args)
         return env
@@ -413,8 +448,10 @@ class GraphBlock(nn.Module):
             name, kind = step["name"], step["kind"]
             if kind == "concat":
                 env[name] = concat(args)
-            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool"):
+            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool", "softmax"):
                 env[name] = self.layers[name].integer_forward(args[0], arith)
+            elif kind == "matmul":
+                env[name] = self.layers[name].integer_forward(*args, arith)
             elif kind in ("add", "mul", "lut"):
                 env[name] = self.layers[name].integer_forward(*args, arith=arith)
             else:
@@ -437,7 +474,7 @@ class GraphBlock(nn.Module):
             out = f"{prefix}.{name}"
             if kind == "concat":
                 env[name] = b.node("concat", [env[ref] for ref in step["inputs"]], out, axis=1)
-            elif kind in ("add", "mul", "lut"):
+            elif kind in ("add", "mul", "lut", "matmul"):
                 env[name] = self.layers[name].export(b, [env[r] for r in step["inputs"]], out)
             else:
                 env[name] = self.layers[name].export(b, env[step["inputs"][0]], out)

@@ -110,7 +110,7 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
         env = block.trace(x, quantize=False)
         for step in block.spec["steps"]:
             key = step.get("quant")
-            if step["kind"] in ("conv", "linear") and key not in fixed:
+            if key is not None and key not in fixed:    # every step writing a learned grid
                 v = env[step["name"]].reshape(-1)
                 if v.numel() > max_samples:
                     v = v[torch.randint(v.numel(), (max_samples,), generator=gen)]

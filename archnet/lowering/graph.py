@@ -25,6 +25,7 @@ from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
 from archnet.lowering.transfer import TransferRow, row_value
 from archnet.rules.planner import ConversionPlan, Decision
+from archnet.quant.attention import PROB_STEP
 from archnet.student import CONFIG_FORMAT, CONFIG_VERSION, IMAGE
 from simulator.ir.builder import unique_name
 from simulator.profiles import ChipProfile
@@ -69,7 +70,7 @@ def partition(graph: TeacherGraph) -> list[list[TeacherNode]]:
     pending: list[TeacherNode] = []          # a MAC-free group waiting for the next block
     for g in groups:
         has_mac = any(n.op in MAC_NODE_OPS for n in g)
-        if not has_mac and blocks and not any(n.op in _FORWARD for n in g):
+        if not has_mac and blocks and not pending and not any(n.op in _FORWARD for n in g):
             blocks[-1] += g
         elif not has_mac:
             pending += g
@@ -180,6 +181,9 @@ class _Lowering:
         refs = {f"in{i}": r for i, r in enumerate(ins)}
         made = []
         for i, st in enumerate(form.steps):
+            if _merges_batch(st):          # token rows: the student's linear keeps them as rows
+                refs[f"s{i}"] = refs[st.inputs[0]]
+                continue
             name = self._name(node.name, i, len(form.steps))
             step = self._step(st, [refs[r] for r in st.inputs], name, node, d)
             self.steps[name] = step
@@ -217,6 +221,12 @@ class _Lowering:
             return
         if rule in ("mul.requantize_scale", "add.requantize_offset"):
             scalar = float(node.attrs["scalar"])
+            if self.steps[src]["kind"] == "matmul":
+                if rule.startswith("add") or scalar <= 0:
+                    raise ConversionError(f"{node.where}: {rule} by {scalar:g} after a matmul; "
+                                          f"only a positive scale folds into its requantize")
+                self.steps[src]["scale"] = self.steps[src].get("scale", 1.0) * scalar
+                return
             self._scale_rows(src, scalar if rule.startswith("mul") else None,
                              scalar if rule.startswith("add") else None)
             return
@@ -277,11 +287,26 @@ class _Lowering:
             step = {**base, "kind": op, "relu": False}
         elif op == "lookup_table":
             step = {**base, "kind": "lut", "function": st.attrs["function"]}
+        elif op == "matmul":
+            step = {**base, "kind": "matmul", "scale": 1.0}
+        elif op == "softmax":
+            rank = len(self.graph.shape(node.inputs[0]))
+            if st.attrs["axis"] not in (-1, rank - 1):
+                raise ConversionError(f"{node.where}: softmax over axis {st.attrs['axis']}; the "
+                                      f"student's softmax runs over the last axis")
+            step = {**base, "kind": "softmax"}
+        elif op == "transpose":
+            perm = list(st.attrs["perm"])
+            if perm[0] != 0:
+                raise ConversionError(f"{node.where}: transpose {perm} moves the batch axis")
+            step = {**base, "kind": "transpose", "perm": [q - 1 for q in perm[1:]]}
         else:
             raise ConversionError(f"{node.where}: the student builder has no {op} step yet "
                                   f"(rule {d.rule})")
-        if step["kind"] in ("conv", "linear", "add", "mul", "lut"):
+        if step["kind"] in ("conv", "linear", "add", "mul", "lut", "matmul", "softmax"):
             step["quant"] = self.grids.new(name)
+        if step["kind"] == "softmax":
+            self.grids.fixed[step["quant"]] = PROB_STEP
         return step
 
     # -- initialisation
@@ -330,6 +355,24 @@ class _Lowering:
             else:
                 key = self._derive(f"{node.name}:sum", torch.eye(c).repeat(1, 2)[:, :, None, None])
                 self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
+        elif rule.startswith("conv2d.patchify_"):
+            first, second = macs
+            cout, cin, k, _ = w.shape
+            sz = self._weight_shape(first)[2]
+            r = k // sz
+            copy = torch.zeros(cin * sz * sz, cin, sz, sz)
+            for c in range(cin):
+                for i in range(sz):
+                    for j in range(sz):
+                        copy[c * sz * sz + i * sz + j, c, i, j] = 1.0
+            moved = w.reshape(cout, cin, r, sz, r, sz).permute(0, 1, 3, 5, 2, 4).reshape(
+                cout, cin * sz * sz, r, r)
+            self._mac_rows(first, ("copy", self._derive(f"{node.name}:s2d", copy), {}),
+                           ("zeros", None, {}))
+            self.steps[first]["role"] = "structural"
+            self.steps[first]["relu"] = False
+            self._mac_rows(second, ("copy", self._derive(f"{node.name}:patch", moved), {}), bias)
+            self._shift_grids([first])
         elif rule == "add.merge_into_conv":
             conv = self.graph.node(node.inputs[d.form.absorbs])
             wc = self.graph.params[conv.params["weight"]]
@@ -410,6 +453,12 @@ class _Lowering:
                 self.grids.union(src, self.steps[s]["quant"])
 
 
+def _merges_batch(st) -> bool:
+    """A reshape of the plan's batch-1 shapes to token rows ([rows, features]), which merges
+    the batch axis into the rows at any other batch size."""
+    return st.op == "reshape" and len(st.attrs["shape"]) == 2 and st.attrs["shape"][0] != 1
+
+
 def _depthwise_sum_pool(c: int) -> torch.Tensor:
     """The depthwise form of transfer's sum_pool: taps (1,1), (1,2), (2,1), (2,2) at 1/4."""
     w = torch.zeros(c, 1, 3, 3)
@@ -445,8 +494,10 @@ def _signed_grids(low: "_Lowering") -> dict[str, bool]:
         if "quant" not in step:
             continue
         root = low.grids.find(step["quant"])
-        writes_negative = (step["kind"] == "lut" and step["function"] not in _NON_NEGATIVE) or \
-            (step["kind"] != "lut" and not step["relu"])
+        if step["kind"] == "lut":
+            writes_negative = step["function"] not in _NON_NEGATIVE
+        else:
+            writes_negative = step["kind"] != "softmax" and not step.get("relu", False)
         signed[root] = signed.get(root, False) or writes_negative
     return signed
 

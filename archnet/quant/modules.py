@@ -212,11 +212,19 @@ class QLinear(_QMac):
 
     def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
         p = self.integer_params(x.scale)
-        acc = integer.linear(x.value, p.weight, p.bias, arith.accumulator)
-        return self._requantize(acc, p, arith)
+        lead = x.value.shape[:-1]      # token rows: every leading axis is a row of the chip's op
+        acc = integer.linear(x.value.reshape(-1, x.value.shape[-1]), p.weight, p.bias,
+                             arith.accumulator)
+        y = self._requantize(acc, p, arith)
+        return QTensor(y.value.reshape(*lead, -1), y.scale, y.dtype)
 
     def export(self, b: ProgramBuilder, x: str, name: str) -> str:
-        return self._export_mac(b, x, name, "fully_connected")
+        shape = b.tensors[x].shape
+        if len(shape) == 2:
+            return self._export_mac(b, x, name, "fully_connected")
+        rows = b.node("reshape", [x], f"{name}.rows", shape=[-1, shape[-1]])
+        y = self._export_mac(b, rows, f"{name}.fc", "fully_connected")
+        return b.node("reshape", [y], name, shape=[-1, *shape[1:-1], b.tensors[y].shape[-1]])
 
 
 class QFlatten(nn.Module):

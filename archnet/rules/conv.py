@@ -9,6 +9,10 @@
 - ``dense``: a depthwise or grouped conv as a dense conv with block-diagonal weights (exact).
 - ``split_out<n>``: a conv writing more channels than the chip's conv can, as n convs and a
   concat (exact).
+- ``patchify_<s>x<s>``: a patch-embedding conv (kernel = stride = k, no padding) whose stride
+  the chip lacks, as an s x s/s conv that copies every input channel of each s x s cell into
+  channels (space to depth, exact: the copies keep the input's grid) and a (k/s) x (k/s)/(k/s)
+  conv with the teacher's weights rearranged (exact).
 """
 
 from __future__ import annotations
@@ -62,7 +66,18 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     if groups == 1:
         out += [_split_form(label, cin, cout, k, stride, pad, dil, n) for n in (2, 3, 4, 8)
                 if cout % n == 0]
+    if groups == 1 and k == stride and k[0] == k[1] and pad == (0, 0) and dil == (1, 1):
+        out += [_patchify_form(label, cin, cout, k[0], s) for s in (2, 3, 4)
+                if k[0] % s == 0 and k[0] > s]
     return out
+
+
+def _patchify_form(label: str, cin: int, cout: int, k: int, s: int) -> Form:
+    r = k // s
+    return Form(f"conv2d.patchify_{s}x{s}",
+                f"{label} as a {s}x{s}/{s} space-to-depth conv and a {r}x{r}/{r} conv (exact)",
+                (_conv("in0", cin, cin * s * s, (s, s), (s, s), [0] * 4),
+                 _conv("s0", cin * s * s, cout, (r, r), (r, r), [0] * 4)))
 
 
 def _split_form(label, cin, cout, k, stride, pad, dil, n: int) -> Form:

@@ -32,8 +32,10 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     shape = ctx.in_shapes[0]
     if "scalar" in node.attrs:
         fold = "requantize_offset" if node.op == "add" else "requantize_scale"
+        # the teacher's op, computed by its producer's requantize: kept, at no cost
         out = [Form(f"{node.op}.{fold}", f"{node.op} {node.attrs['scalar']:g} folded into the "
-                    f"producer's requantize", ())] if ctx.sole_reader_of(RESCALE_FOLDS_INTO) else []
+                    f"producer's requantize", (), native=True)] \
+            if ctx.sole_reader_of(RESCALE_FOLDS_INTO) else []
         return [*out, Form(f"{node.op}.native", f"{node.op} of one constant",
                            (Step(node.op, ("in0", "c0")),), native=True, constants=((1,),))]
     if "other" in node.params:     # a constant tensor operand

@@ -14,8 +14,8 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     x = ctx.in_shapes[0]
     if node.op == "flatten":
         a = node.attrs
-        if a["end"] != len(x) - 1:
-            return [Form("flatten.reshape", "flatten of middle axes as a reshape",
+        if a["end"] != len(x) - 1 or a["start"] != 1:   # the chip's flatten gives [N, rest]
+            return [Form("flatten.reshape", f"flatten of axes {a['start']}..{a['end']} as a reshape",
                          (Step("reshape", ("in0",), {"shape": list(node.shape)}),), native=True)]
         return [Form("flatten.native", f"flatten from axis {a['start']}",
                      (Step("flatten", ("in0",), {"axis": a["start"]}),), native=True)]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archnet.quant import integer
+from archnet.quant.attention import PROB_SHIFT, PROB_TYPE, exp_table
 from archnet.quant.lsq import LsqQuantizer, round_ste
 from archnet.quant.modules import QLinear
 from archnet.quant.qtensor import QTensor
@@ -28,9 +29,6 @@ from simulator.ir.builder import ProgramBuilder
 from simulator.numerics import fixed_point as fp
 from simulator.numerics import reference
 
-PROB_TYPE = IntType(8, False)
-PROB_SHIFT = 8                  # probabilities on the u8 grid of 1/256: 1.0 saturates at 255/256
-EXP_TABLE_ONE = 1 << 16         # exp(0) in the softmax table's fixed point
 
 
 class FixedAffine(nn.Module):
@@ -117,11 +115,6 @@ def add_integer(a: QTensor, c: QTensor, out: LsqQuantizer, arith: ArithmeticSpec
 
 
 # ------------------------------------------------------------------- integer softmax
-
-def exp_table(score_step: float, bits: int) -> list[int]:
-    """exp(-d * step) in fixed point for every difference d = max - x an input of ``bits`` has."""
-    return [int(round(math.exp(-d * float(score_step)) * EXP_TABLE_ONE)) for d in range(1 << bits)]
-
 
 def softmax_fake(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
     """Float softmax over valid keys, then onto the u8 probability grid (straight-through)."""

@@ -69,3 +69,37 @@ def test_fold_batchnorm_folds_single_reader_layers_only():
     assert folded.op_counts()["batch_norm"] == 1          # bn2: its conv's output is read twice
     left = next(n for n in folded.nodes if n.op == "batch_norm")
     assert left.module == "bn2"
+
+
+class _FusedQKV(nn.Module):
+    """Self-attention with a fused query-key-value projection cut two ways."""
+
+    def __init__(self, chunk: bool):
+        super().__init__()
+        self.chunk = chunk
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, t):
+        b, n, _ = t.shape
+        if self.chunk:
+            q, k, v = self.qkv(t).chunk(3, dim=-1)
+        else:
+            q, k, v = self.qkv(t).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = (z.transpose(1, 2).reshape(b, n, 8) for z in (q, k, v))
+        return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+
+
+def test_split_fused_projections_gives_one_linear_per_part():
+    from archnet.capture.passes import split_fused_projections
+    torch.manual_seed(0)
+    for chunk in (True, False):
+        graph = drop_identities(export_graph(_FusedQKV(chunk).eval(), (torch.randn(1, 5, 8),)))
+        assert {"select", "slice"} & set(graph.op_counts())
+        snapshot = copy.deepcopy(graph.nodes)
+        split = split_fused_projections(graph)
+        counts = split.op_counts()
+        assert not {"select", "slice"} & set(counts) and counts["linear"] == 3, counts
+        assert graph.nodes == snapshot
+        x = torch.randn(3, 5, 8)
+        assert torch.allclose(split.run(x)[0], graph.run(x)[0], atol=1e-5)
+        assert {n.module for n in split.nodes if n.op == "linear"} == {"qkv"}

@@ -1,0 +1,127 @@
+"""Attention on the shared pipeline: a patch-embedding conv, token rows through fully connected
+layers, scaled scores (matmul of two activations), softmax, a context matmul, transposes and a
+residual add lower to student steps that start as the teacher in float, hold only ops the chip
+runs, and whose integers equal the simulator's."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from archnet.capture import capture
+from archnet.lowering import assert_deployable, calibrate_activations
+from archnet.lowering.graph import build_graph_student
+from archnet.rules import plan_conversion
+from simulator.execute import execute
+from simulator.profiles import load_profile
+
+CHIPS = ("ethos-u55-128", "rk3588-npu-core")
+
+
+class TinyAttention(nn.Module):
+    """Patches of 4x4 as tokens, one self-attention layer with two heads, a linear head."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.patch = nn.Conv2d(1, dim, 4, stride=4)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(16 * dim, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)              # [B, 16, dim]
+        b, n, d = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(self.head_dim))
+        ctx = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, d)
+        t = t + self.proj(ctx)
+        return self.head(t.flatten(1))
+
+
+class TinyAttentionSplit(TinyAttention):
+    """The same with separate query, key and value layers (no 5-D tensor)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__(dim, heads)
+        del self.qkv
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, d = t.shape
+        q, k, v = (m(t).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+                   for m in (self.q, self.k, self.v))
+        scores = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(self.head_dim))
+        ctx = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, d)
+        t = t + self.proj(ctx)
+        return self.head(t.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def attention():
+    torch.manual_seed(0)
+    model = TinyAttentionSplit().eval()
+    return model, capture(model, (torch.rand(1, 1, 16, 16),))
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_attention_starts_as_the_teacher(attention, chip):
+    model, graph = attention
+    profile = load_profile(chip)
+    plan = plan_conversion(graph, profile, (8, 8))
+    fired = plan.rules_fired()
+    assert fired["matmul.native"] == 2 and fired["softmax.native"] == 1
+    assert fired["mul.requantize_scale"] == 1          # 1/sqrt(d) folds into the scores' matmul
+    student, low = build_graph_student(graph, plan, profile)
+    kinds = [s["kind"] for b in low.config["blocks"] for s in b["steps"]]
+    assert kinds.count("matmul") == 2 and kinds.count("softmax") == 1
+    assert "transpose" in kinds
+    x = torch.rand(3, 1, 16, 16)
+    teacher = graph.values(x, keep=set(low.taps))
+    for block, feature, tap in zip(student.blocks, student.features(x, quantize=False), low.taps):
+        assert torch.allclose(feature, teacher[tap], atol=1e-4), block.name
+    assert torch.allclose(student(x, quantize=False), model(x), atol=1e-4)
+    assert_deployable(student, profile)
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_attention_integers_equal_the_simulator(attention, chip):
+    _, graph = attention
+    profile = load_profile(chip)
+    plan = plan_conversion(graph, profile, (8, 8))
+    student, _ = build_graph_student(graph, plan, profile)
+    images = torch.rand(6, 1, 16, 16)
+    calibrate_activations(student, images, seed=0)
+    student.eval()
+    program = student.export((6, 1, 16, 16), feature_outputs=True)
+    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
+    sim = execute(program, profile, {program.inputs[0]: pixels}).outputs
+    for q, pieces in zip(student.integer_features(images, profile),
+                         program.metadata["archnet"]["block_outputs"]):
+        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+    # the fake-quant student follows its integers: the same predictions
+    with torch.no_grad():
+        fq = student(images).argmax(1).numpy()
+    logits = sim[program.metadata["archnet"]["block_outputs"][-1][0]]
+    assert (fq == logits.argmax(1)).mean() >= 5 / 6
+
+
+def test_an_attention_network_converts_bit_exactly(tmp_path):
+    """``archnet.convert`` end to end: the 4x4/4 patch conv Ethos-U55 lacks becomes two exact
+    stride-2 convs, attention stays native, and the run's integers equal the simulator's."""
+    import json
+
+    import archnet
+    torch.manual_seed(0)
+    images = torch.rand(48, 1, 16, 16)
+    summary = archnet.convert(TinyAttention().eval(), images[:1], images, chip="ethos-u55-128",
+                              out=str(tmp_path / "run"), bits="8w8a", steps_per_period=2,
+                              batch_size=16, log=lambda *a: None)
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    fired = summary["plan"]["rules_fired"]
+    assert fired["conv2d.patchify_2x2"] == 1 and fired["softmax.native"] == 1
+    saved = json.loads((tmp_path / "run" / "convert.json").read_text())
+    assert saved["plan"]["student_fallbacks"] == 0
