@@ -127,12 +127,19 @@ def add_form(b: ProgramBuilder, form: Form, inputs: list[str], bits: tuple[int, 
     return out
 
 
+# the student reads images as 8-bit pixels (archnet.student's QInput), whatever its width
+IMAGE_DTYPE = "u8"
+
+
 def probe(form: Form, in_shapes: list[tuple[int, ...]], bits: tuple[int, int],
-          profile: ChipProfile) -> Judgement:
-    """What the chip says of ``form`` alone on inputs of these shapes."""
+          profile: ChipProfile, image_inputs: tuple[bool, ...] = ()) -> Judgement:
+    """What the chip says of ``form`` alone on inputs of these shapes (``image_inputs[i]``:
+    input i is the network's image, read as 8-bit pixels)."""
     b = ProgramBuilder(form.rule, {"estimate_only": True})
     shapes = form.input_shapes or in_shapes
-    ins = [b.input(f"in{i}", s, _dtype(bits[1])) for i, s in enumerate(shapes)]
+    image = tuple(image_inputs) if form.input_shapes is None else ()
+    ins = [b.input(f"in{i}", s, IMAGE_DTYPE if i < len(image) and image[i] else _dtype(bits[1]))
+           for i, s in enumerate(shapes)]
     out = add_form(b, form, ins, bits, "p")
     b.output(out)
     program = b.build()
@@ -148,4 +155,4 @@ def output_shape(form: Form, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...
     return b.tensors[add_form(b, form, ins, (8, 8), "p")].shape
 
 
-__all__ = ["Form", "Judgement", "PAPER_OPS", "Step", "add_form", "output_shape", "probe"]
+__all__ = ["Form", "IMAGE_DTYPE", "Judgement", "PAPER_OPS", "Step", "add_form", "output_shape", "probe"]

@@ -21,7 +21,8 @@ from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
 from archnet.rules import activation, attention, conv, elementwise, embedding, linear, norm, pool, shape
 from archnet.rules.context import RuleContext
-from archnet.rules.forms import Form, Judgement, Step, add_form, output_shape, probe
+from archnet.rules.forms import (IMAGE_DTYPE, Form, Judgement, Step, add_form, output_shape,
+                                 probe)
 from simulator.errors import SimulatorError
 from simulator.cost import Estimate, estimate
 from simulator.ir.builder import ProgramBuilder
@@ -157,7 +158,7 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
             why = "the paper merges a residual in a layer of its own"
         else:
             try:
-                j = probe(form, shapes, bits, ctx.profile)
+                j = probe(form, shapes, bits, ctx.profile, _image_inputs(node, ctx, form))
             except SimulatorError as e:     # a form the simulator's shape rules refuse
                 why = f"not expressible here ({str(e).splitlines()[0]})"
         if j is not None and form.steps and form.input_shapes is None and \
@@ -189,6 +190,13 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
                                    f"replacement" + (f" of {others + 1} that fit" if others else ""))
 
 
+def _image_inputs(node: TeacherNode, ctx: RuleContext, form: Form) -> tuple[bool, ...]:
+    ins = list(node.inputs)
+    if form.absorbs is not None:        # it reads the absorbed conv's input instead
+        ins[form.absorbs] = ctx.absorbable[form.absorbs].inputs[0]
+    return tuple(i in ctx.graph.inputs for i in ins)
+
+
 def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, int] = (8, 8),
                     recipe: str = "native", allow_fallback: bool = False) -> ConversionPlan:
     """Every node's form on ``profile`` at ``bits`` (weight, activation)."""
@@ -205,7 +213,7 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
                 unplaced.append(f"{node.where} ({node.op}): {reason}")
                 continue
             form = _host_form(node)
-            j = probe(form, list(ctx.in_shapes), bits, profile)
+            j = probe(form, list(ctx.in_shapes), bits, profile, _image_inputs(node, ctx, form))
             reason = f"on the host (--allow-fallback): {reason}"
         if form.absorbs is not None:
             conv = decided[node.inputs[form.absorbs]]
@@ -246,7 +254,8 @@ def whole_program(graph: TeacherGraph, decisions, bits, name: str):
     """The chosen forms of all nodes as one estimate-only Program (``bits`` None: float)."""
     b = ProgramBuilder(name, {"estimate_only": True})
     dtype = "f32" if bits is None else f"s{bits[1]}"
-    values = {i: b.input(i, graph.input_shapes[i], dtype) for i in graph.inputs}
+    values = {i: b.input(i, graph.input_shapes[i], "f32" if bits is None else IMAGE_DTYPE)
+              for i in graph.inputs}
     for d in decisions:
         node = graph.node(d.node)
         ins = [values[i] for i in node.inputs]

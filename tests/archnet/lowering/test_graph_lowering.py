@@ -138,3 +138,19 @@ def test_depthwise_halving_averages_2x2_cells():
     x = torch.rand(2, 5, 8, 6)
     y = torch.nn.functional.conv2d(x, _depthwise_sum_pool(5), stride=2, padding=1, groups=5)
     assert torch.allclose(y, torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+@pytest.mark.parametrize("net", ["resnet", "mobile"])
+def test_the_plan_estimates_the_student_it_builds(request, net, chip):
+    """What ``archnet plan`` promises before training is what the converted student's Program
+    costs: the same ops, the same widths (the image read as 8-bit pixels)."""
+    from simulator.cost import estimate
+    _, graph = request.getfixturevalue(net)
+    profile = load_profile(chip)
+    plan = plan_conversion(graph, profile, (4, 4))
+    student, _ = build_graph_student(graph, plan, profile)
+    built = estimate(student.export((1, 1, 16, 16)), profile)
+    # within 1e-4: the student's head writes its logits on at least 8 bits, which the plan
+    # counts at the student's width (a fraction of a cycle of output traffic)
+    assert built.total_cycles == pytest.approx(plan.student.total_cycles, rel=1e-4), chip
