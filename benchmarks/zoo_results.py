@@ -57,11 +57,20 @@ def _rel(p: Path) -> str:
     return str(p.relative_to(ROOT))
 
 
+def _code() -> str:
+    """The commit the commands run at (with + where the work tree differs from it)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           text=True, capture_output=True).stdout.strip()
+    return head + ("+" if dirty else "")
+
+
 def run(cmd: list[str]) -> float:
     line = " ".join(shlex.quote(c) for c in cmd)
     print(f"$ {line}", flush=True)
     with open(OUT / "commands.log", "a") as log:
-        log.write(f"$ {line}\n")
+        log.write(f"$ {line}    # code {_code()}\n")
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     return time.perf_counter() - t0
