@@ -230,7 +230,7 @@ class _Lowering:
             self._scale_rows(src, scalar if rule.startswith("mul") else None,
                              scalar if rule.startswith("add") else None)
             return
-        if rule in ("transpose.identity", "conv2d.merged"):   # merged: its reader computes it
+        if rule == "transpose.identity" or rule.endswith(".merged"):   # its reader computes it
             return
         raise ConversionError(f"{node.where}: the student builder has no lowering for {rule}")
 
@@ -389,24 +389,13 @@ class _Lowering:
             self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
         elif rule == "global_avg_pool.fully_connected" or \
                 re.fullmatch(r"global_avg_pool\.halve\d+(_dw)?_fully_connected", rule):
-            nonneg = self._nonnegative(self.steps[macs[0]]["inputs"][0]) if macs[:-1] else False
-            for s in macs[:-1]:
-                c = self.steps[s]["out_channels"]
-                pool = ("sum_pool", None, {"channels": c})
-                if self.steps[s]["groups"] > 1:      # one 2x2 average per channel
-                    pool = ("copy", self._derive(f"{s}:dwpool", _depthwise_sum_pool(c)), {})
-                self._mac_rows(s, pool, ("zeros", None, {}))
-                self.steps[s]["role"] = "structural"
-                self.steps[s]["relu"] = nonneg   # averages of a non-negative map stay so
-            last = self.steps[macs[-1]]
-            c = last["out_features"]
-            positions = last["in_features"] // c
-            h, w_ = self.graph.shape(node.inputs[0])[2:]
-            key = self._derive(f"{node.name}:pool", torch.eye(c))
-            self._mac_rows(macs[-1], ("fc_spatial", key,
-                                      {"positions": positions,
-                                       "scale": 4.0 ** len(macs[:-1]) / (h * w_)}),
-                           ("zeros", None, {}))
+            c = self.graph.shape(node.inputs[0])[1]
+            self._pool_fc(node, macs, torch.eye(c), ("zeros", None, {}))
+        elif rule == "linear.global_pool_head":
+            pool = node
+            while pool.op != "global_avg_pool":      # through the views between them
+                pool = self.graph.node(pool.inputs[0])
+            self._pool_fc(pool, macs, w, bias)
         elif rule in ("batch_norm.depthwise_1x1", "batch_norm.dense_1x1",
                       "batch_norm.fully_connected"):
             scale, shift = _bn_affine(self.graph, node)
@@ -422,6 +411,26 @@ class _Lowering:
             for s in macs:
                 self._mac_rows(s, ("fresh", None, {}), ("zeros", None, {}))
                 self.learned.append(s)
+
+    def _pool_fc(self, pool: TeacherNode, macs: list[str], head: torch.Tensor, bias) -> None:
+        """A global pool as 2x2-averaging convs and a fully connected layer over the positions
+        left, whose weights spread ``head`` [out, channels] (the identity for the pool alone, the
+        next layer's weight for the pool and that layer as one) over the positions."""
+        nonneg = self._nonnegative(self.steps[macs[0]]["inputs"][0]) if macs[:-1] else False
+        for s in macs[:-1]:
+            c = self.steps[s]["out_channels"]
+            cells = ("sum_pool", None, {"channels": c})
+            if self.steps[s]["groups"] > 1:      # one 2x2 average per channel
+                cells = ("copy", self._derive(f"{s}:dwpool", _depthwise_sum_pool(c)), {})
+            self._mac_rows(s, cells, ("zeros", None, {}))
+            self.steps[s]["role"] = "structural"
+            self.steps[s]["relu"] = nonneg   # averages of a non-negative map stay so
+        c, h, w_ = self.graph.shape(pool.inputs[0])[1:]
+        positions = self.steps[macs[-1]]["in_features"] // c
+        key = self._derive(f"{pool.name}:pool:{macs[-1]}", head)
+        self._mac_rows(macs[-1], ("fc_spatial", key,
+                                  {"positions": positions,
+                                   "scale": 4.0 ** len(macs[:-1]) / (h * w_)}), bias)
 
     def _nonnegative(self, ref: str) -> bool:
         """Whether a value can never be negative: the image, a ReLU'd step, or a view or pool

@@ -21,9 +21,15 @@ class RuleContext:
     in_shapes: tuple[tuple[int, ...], ...]
     producer_ops: tuple[str | None, ...]   # per input: the last simulator op of its form
     producer_readers: tuple[int, ...]      # per input: how many nodes read it
-    # per input: the teacher conv that writes it, where its student is that conv kept as it
-    # is and nothing else reads it (a form may take the conv over: ``Form.absorbs``)
-    absorbable: tuple[TeacherNode | None, ...] = ()
+    # per input: the chain of producers a form may take over (``Form.absorbs``), nearest
+    # first, each with its chosen form and read by nothing else: views (flatten, reshape) and
+    # then a conv kept as it is or a global pool computed by a fully connected layer; None
+    # where there is no such chain
+    absorbable: tuple[tuple[tuple[TeacherNode, object], ...] | None, ...] = ()
+
+    def chain_input(self, k: int) -> str:
+        """The value a form that absorbs input ``k``'s chain reads instead."""
+        return self.absorbable[k][-1][0].inputs[0]
 
     def sole_reader_of(self, ops) -> bool:
         """Input 0 is made by a form ending in one of ``ops`` and read by nothing else: what

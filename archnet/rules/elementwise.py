@@ -75,9 +75,10 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
 
 def _merges(ctx: RuleContext, c: int) -> list[Form]:
     out = []
-    for k, conv in enumerate(ctx.absorbable):
-        if conv is None:
+    for k, chain in enumerate(ctx.absorbable):
+        if chain is None or len(chain) != 1 or chain[0][1].rule != "conv2d.native":
             continue
+        conv = chain[0][0]
         a = conv.attrs
         kh, kw = ctx.graph.params[conv.params["weight"]].shape[2:]
         same = kh == kw and kh % 2 == 1 and tuple(a["padding"]) == (kh // 2, kw // 2)

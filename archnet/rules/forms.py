@@ -62,8 +62,8 @@ class Form:
     host: bool = False
     constants: tuple[tuple[int, ...], ...] = ()   # constant operands, read as c0, c1 ...
     input_shapes: tuple[tuple[int, ...], ...] | None = None   # the student's own input encoding
-    # the input whose producing conv this form takes over (``RuleContext.absorbable``): the
-    # form reads that conv's input in its place, and the conv computes nothing of its own
+    # the input whose chain of producers this form takes over (``RuleContext.absorbable``):
+    # the form reads the chain's input in its place, and the chain computes nothing of its own
     absorbs: int | None = None
 
     def in_paper_op_set(self) -> bool:

@@ -14,6 +14,7 @@ user sees before training what the conversion buys on this chip.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -133,11 +134,27 @@ def _context(graph: TeacherGraph, node: TeacherNode, profile: ChipProfile,
             src = graph.node(d.node).inputs
             d = decided.get(src[0]) if src else None
         ops.append(d.last_op if d is not None else None)
-    absorbable = tuple(graph.node(i) if (d := decided.get(i)) is not None and
-                       d.rule == "conv2d.native" and readers[i] == 1 else None
-                       for i in node.inputs)
+    absorbable = tuple(_chain(graph, i, decided, readers) for i in node.inputs)
     return RuleContext(graph, profile, tuple(graph.shape(i) for i in node.inputs), tuple(ops),
                        tuple(readers[i] for i in node.inputs), absorbable)
+
+
+_VIEWS = ("flatten.native", "flatten.reshape", "reshape.native")
+_CHAIN_ENDS = re.compile(r"conv2d\.native|global_avg_pool\.(halve\d+(_dw)?_)?fully_connected")
+
+
+def _chain(graph: TeacherGraph, value: str, decided: dict[str, Decision], readers: Counter):
+    """The producers of ``value`` a form may take over (``RuleContext.absorbable``)."""
+    chain = []
+    while (d := decided.get(value)) is not None and readers[value] == 1 and \
+            value not in graph.outputs:
+        chain.append((graph.node(value), d.form))
+        if _CHAIN_ENDS.fullmatch(d.rule):
+            return tuple(chain)
+        if d.rule not in _VIEWS:
+            return None
+        value = graph.node(value).inputs[0]
+    return None
 
 
 def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
@@ -150,11 +167,11 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
     for form in rule(node, ctx):
         j, why = None, None
         shapes = list(ctx.in_shapes)
-        if form.absorbs is not None:       # it reads the absorbed conv's input
-            shapes[form.absorbs] = ctx.graph.shape(ctx.absorbable[form.absorbs].inputs[0])
+        if form.absorbs is not None:       # it reads the absorbed chain's input
+            shapes[form.absorbs] = ctx.graph.shape(ctx.chain_input(form.absorbs))
         if recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
-        elif recipe == "paper" and form.absorbs is not None:
+        elif recipe == "paper" and form.rule == "add.merge_into_conv":
             why = "the paper merges a residual in a layer of its own"
         else:
             try:
@@ -172,15 +189,17 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
     if not judged:
         reasons = "; ".join(f"{c.rule}: {c.why_not}" for c in cands) or f"no form for {node.op}"
         return None, None, tuple(cands), reasons
-    native = next(((f, j) for f, j in judged if f.native), None)
-    if native is not None:        # native first: the chip runs the teacher's op, keep it
-        return native[0], native[1], tuple(cands), "the chip runs it"
-    # exact before learned, then cheapest (a form that absorbs a conv saves that conv's
-    # cycles); ties keep the rule's order
-
     def cost(f: Form, j: Judgement) -> float:
-        saved = 0.0 if f.absorbs is None else decided[node.inputs[f.absorbs]].cycles
+        """A form's cycles, less those of the producers it absorbs."""
+        saved = 0.0 if f.absorbs is None else \
+            sum(decided[n.name].cycles for n, _ in ctx.absorbable[f.absorbs])
         return round(j.cycles - saved, 6)
+
+    natives = [(i, fj) for i, fj in enumerate(judged) if fj[0].native]
+    if natives:        # native first: the chip runs the teacher's op, keep it (the cheapest way)
+        _, (form, j) = min(natives, key=lambda ifj: (cost(*ifj[1]), ifj[0]))
+        return form, j, tuple(cands), "the chip runs it"
+    # exact before learned, then cheapest; ties keep the rule's order
     _, (form, j) = min(enumerate(judged),
                        key=lambda ifj: (not ifj[1][0].exact, cost(*ifj[1]), ifj[0]))
     lacks = cands[0].why_not if cands and not cands[0].fits else "no native form"
@@ -192,8 +211,8 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
 
 def _image_inputs(node: TeacherNode, ctx: RuleContext, form: Form) -> tuple[bool, ...]:
     ins = list(node.inputs)
-    if form.absorbs is not None:        # it reads the absorbed conv's input instead
-        ins[form.absorbs] = ctx.absorbable[form.absorbs].inputs[0]
+    if form.absorbs is not None:        # it reads the absorbed chain's input instead
+        ins[form.absorbs] = ctx.chain_input(form.absorbs)
     return tuple(i in ctx.graph.inputs for i in ins)
 
 
@@ -216,10 +235,12 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
             j = probe(form, list(ctx.in_shapes), bits, profile, _image_inputs(node, ctx, form))
             reason = f"on the host (--allow-fallback): {reason}"
         if form.absorbs is not None:
-            conv = decided[node.inputs[form.absorbs]]
-            decided[conv.node] = replace(
-                conv, form=Form("conv2d.merged", f"computed by {node.where}'s merged conv", ()),
-                reason=f"merged into {node.where} ({form.rule})", cycles=0.0)
+            for taken, _ in ctx.absorbable[form.absorbs]:
+                was = decided[taken.name]
+                decided[taken.name] = replace(
+                    was, form=Form(f"{taken.op}.merged", f"computed by {node.where} "
+                                   f"({form.rule})", ()),
+                    reason=f"merged into {node.where} ({form.rule})", cycles=0.0)
         decided[node.name] = Decision(node.name, node.op, node.module, node.module_type, form,
                                       reason, j.cycles, cands)
     if unplaced:

@@ -154,3 +154,34 @@ def test_the_plan_estimates_the_student_it_builds(request, net, chip):
     # within 1e-4: the student's head writes its logits on at least 8 bits, which the plan
     # counts at the student's width (a fraction of a cycle of output traffic)
     assert built.total_cycles == pytest.approx(plan.student.total_cycles, rel=1e-4), chip
+
+
+def test_paper_recipe_builds_the_hand_written_resnet_student():
+    """``--recipe paper`` on a ResNet for the K210 plans the layers the hand-written ResNet
+    lowering builds (the paper's construction): same MAC layers, same estimated latency."""
+    from archnet.lowering import convert_resnet
+    from archnet.student import conv_geometry
+    from simulator.cost import estimate
+    torch.manual_seed(0)
+    model = _randomise_bn(build_teacher("resnet8", in_channels=1, num_classes=10, width=8))
+    graph = capture(model, (torch.rand(1, 1, 28, 28),))
+    k210 = load_profile("k210-kpu")
+    plan = plan_conversion(graph, k210, (4, 4), "paper")
+    assert plan.rules_fired()["linear.global_pool_head"] == 1
+    ours, _ = build_graph_student(graph, plan, k210)
+    theirs = convert_resnet(model, k210, "4w4a", [1, 28, 28])
+
+    def layers(student):
+        out = []
+        for block in student.config["blocks"]:
+            for s in block["steps"]:
+                if s["kind"] == "conv":
+                    g = conv_geometry(s)
+                    out.append(("conv", tuple(g["kernel"]), tuple(g["strides"]),
+                                s["in_channels"], s["out_channels"], g["groups"], s["relu"]))
+                elif s["kind"] == "linear":
+                    out.append(("linear", (), (), s["in_features"], s["out_features"], 1, False))
+        return sorted(out)
+    assert layers(ours) == layers(theirs)
+    assert estimate(ours.export((1, 1, 28, 28)), k210).total_cycles == pytest.approx(
+        estimate(theirs.export((1, 1, 28, 28)), k210).total_cycles)
