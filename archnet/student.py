@@ -20,6 +20,8 @@ Each block is one ``GraphBlock``: a small straight-line program of steps over na
 - ``matmul``   QMatMul (``scale`` times the product of two activations, onto the step's quantizer)
 - ``softmax``  QSoftmax (last axis, onto a fixed u8 grid of 1/256)
 - ``transpose`` QTranspose (``perm`` of the axes after the batch axis)
+- ``channel_affine`` QChannelAffine (a per-channel affine over the last axis with fixed
+  statistics: LayerNorm's replacement; ``features``)
 
 A ``linear`` step applies to the last axis of any rank (token rows stay rows).
 
@@ -52,7 +54,8 @@ from archnet.errors import ArchnetError
 from archnet.quant.attention import QMatMul, QSoftmax, QTranspose
 from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool2d
 from archnet.quant.lsq import LsqQuantizer, round_ste
-from archnet.quant.modules import QConv2d, QFlatten, QInput, QLinear, QReshape, concat
+from archnet.quant.modules import (QChannelAffine, QConv2d, QFlatten, QInput, QLinear, QReshape,
+                                   concat)
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec
 from simulator.ir.builder import ProgramBuilder
@@ -63,10 +66,12 @@ CONFIG_FORMAT = "archnet-student"
 CONFIG_VERSION = 1
 IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
 STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
-              "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose")
+              "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose",
+              "channel_affine")
 MULTI_INPUT = ("concat", "add", "mul", "matmul")
-REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax")   # write their own grid
-NO_RELU = ("lut", "matmul", "softmax")     # steps without a ReLU flag
+REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax",
+                "channel_affine")   # steps that write their own grid
+NO_RELU = ("lut", "matmul", "softmax", "channel_affine")     # steps without a ReLU flag
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 _NODE_OPS = {  # simulator op kinds each step exports
     "conv": ("conv2d", "requantize"), "linear": ("fully_connected", "requantize"),
@@ -74,6 +79,7 @@ _NODE_OPS = {  # simulator op kinds each step exports
     "global_avgpool": ("global_avgpool2d",), "avgpool": ("avgpool2d",), "add": ("add",),
     "mul": ("mul",), "lut": ("lookup_table",), "reshape": ("reshape",),
     "matmul": ("matmul", "requantize"), "softmax": ("softmax",), "transpose": ("transpose",),
+    "channel_affine": ("reshape", "conv2d", "requantize"),
 }
 
 
@@ -193,7 +199,7 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             relu = _need(step, "relu", bool, at) if kind not in NO_RELU else False
             if not relu and not quantizers[key]["signed"] and kind not in ("lut", "softmax"):
                 raise _fail(at, f"no ReLU, so its quantizer {key!r} must be signed")
-            if kind in ("conv", "linear"):
+            if kind in ("conv", "linear", "channel_affine"):
                 _need(step, "w_bits", int, at)
             cmax = step.get("clamp_max")
             if cmax is not None and (not isinstance(cmax, (int, float)) or isinstance(cmax, bool)
@@ -251,6 +257,11 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             b = shapes[inputs[1]]
             if len(b) > len(x) or any(db not in (1, da) for da, db in zip(x[::-1], b[::-1])):
                 raise _fail(at, f"mul operand {b} does not broadcast to {x}")
+            shapes[name] = x
+        elif kind == "channel_affine":
+            features = _need(step, "features", int, at)
+            if not x or x[-1] != features:
+                raise _fail(at, f"expects {features} features on the last axis, input shape is {x}")
             shapes[name] = x
         elif kind == "matmul":
             b = shapes[inputs[1]]
@@ -392,6 +403,9 @@ class GraphBlock(nn.Module):
                 m = QMul(quantizers[step["quant"]], step["relu"])
             elif kind == "lut":
                 m = QLookupTable(step["function"], quantizers[step["quant"]])
+            elif kind == "channel_affine":
+                m = QChannelAffine(step["features"], w_bits=step["w_bits"],
+                                   output_quant=quantizers[step["quant"]])
             elif kind == "matmul":
                 m = QMatMul(quantizers[step["quant"]], step.get("scale", 1.0))
             elif kind == "softmax":
@@ -416,7 +430,7 @@ class GraphBlock(nn.Module):
             name, kind = step["name"], step["kind"]
             if kind == "concat":
                 env[name] = torch.cat(args, dim=1)
-            elif kind in ("conv", "linear") and not quantize:
+            elif kind in ("conv", "linear", "channel_affine") and not quantize:
                 env[name] = self.layers[name].float_forward(args[0])
             elif kind == "global_avgpool" and not quantize:
                 env[name] = args[0].mean(dim=(2, 3), keepdim=True)
@@ -448,7 +462,8 @@ class GraphBlock(nn.Module):
             name, kind = step["name"], step["kind"]
             if kind == "concat":
                 env[name] = concat(args)
-            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool", "softmax"):
+            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool", "softmax",
+                          "channel_affine"):
                 env[name] = self.layers[name].integer_forward(args[0], arith)
             elif kind == "matmul":
                 env[name] = self.layers[name].integer_forward(*args, arith)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from archnet.quant.modules import QConv2d
 
@@ -43,9 +42,11 @@ def init_weight_quantizers(student) -> None:
 
 
 def new_batchnorm_layers(student) -> list[tuple[int, str]]:
-    """(block index, step name) of every conv whose batch-norm the teacher did not provide."""
+    """(block index, step name) of every conv whose batch-norm statistics calibration sets:
+    those the teacher did not provide (``bn_init`` "new") and LayerNorm's fixed-statistics
+    replacements (``bn_init`` "statistics": the statistics from the data, the affine kept)."""
     return [(i, step["name"]) for i, block in enumerate(student.blocks)
-            for step in block.spec["steps"] if step.get("bn_init") == "new"]
+            for step in block.spec["steps"] if step.get("bn_init") in ("new", "statistics")]
 
 
 @torch.no_grad()
@@ -60,11 +61,13 @@ def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: boo
             m: QConv2d = block.layers[name]
             step = next(s for s in block.spec["steps"] if s["name"] == name)
             env = block.trace(x, quantize=False)
-            z = F.conv2d(env[step["inputs"][0]], m.weight, m.bias, **m.conv_kwargs())
+            z = m.pre_bn(env[step["inputs"][0]])
             mean = z.mean(dim=(0, 2, 3))
             var = z.var(dim=(0, 2, 3), unbiased=False)
             bn = m.bn
-            if preserve_function:
+            if step.get("bn_init") == "statistics":
+                pass
+            elif preserve_function:
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 new_weight = scale * torch.sqrt(var + bn.eps)
                 bn.bias.add_(scale * (mean - bn.running_mean))

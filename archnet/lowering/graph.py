@@ -177,6 +177,9 @@ class _Lowering:
         if not form.steps:
             self._fold(node, d)
             return
+        if d.rule == "layer_norm.fixed_affine":
+            self._layer_norm(node)
+            return
         ins = [self._value(v) for v in node.inputs]
         refs = {f"in{i}": r for i, r in enumerate(ins)}
         made = []
@@ -200,6 +203,26 @@ class _Lowering:
                     for k in keys[1:]:
                         self.grids.union(keys[0], k)
 
+    def _layer_norm(self, node: TeacherNode) -> None:
+        """LayerNorm as one per-channel affine step: LayerNorm's scale and shift, statistics
+        fixed by calibration (``bn_init`` "statistics")."""
+        d = node.shape[-1]
+        name = self._name(node.name, 0, 1)
+        self.steps[name] = {"name": name, "inputs": [self._value(node.inputs[0])],
+                            "kind": "channel_affine", "features": d, "w_bits": self.w_bits,
+                            "quant": self.grids.new(name), "bn_init": "statistics",
+                            "role": "teacher"}
+        self.step_node[name] = node.name
+        self.producer[node.name] = name
+        p = node.params
+        self._mac_rows(name, ("ones", None, {}), ("zeros", None, {}))
+        self.rows += [(name, "bn.weight", *(("copy", p["weight"], {}) if "weight" in p
+                                            else ("ones", None, {}))),
+                      (name, "bn.bias", *(("copy", p["bias"], {}) if "bias" in p
+                                          else ("zeros", None, {}))),
+                      (name, "bn.running_mean", "zeros", None, {}),
+                      (name, "bn.running_var", "ones", None, {})]
+
     def _fold(self, node: TeacherNode, d: Decision) -> None:
         """A form with no op of its own: a fused activation, a folded scale or offset, a
         transpose that moves nothing."""
@@ -208,6 +231,8 @@ class _Lowering:
         rule = d.rule
         if rule.endswith(".fused"):
             step = self.steps.get(src)
+            while step is not None and step["kind"] in ("reshape", "flatten"):   # views commute
+                step = self.steps.get(step["inputs"][0])
             if step is None or step["kind"] not in ("conv", "linear", "add", "mul"):
                 raise ConversionError(f"{node.where}: {rule} needs a MAC, add or mul producer")
             if node.op == "clamp":
@@ -221,6 +246,8 @@ class _Lowering:
             return
         if rule in ("mul.requantize_scale", "add.requantize_offset"):
             scalar = float(node.attrs["scalar"])
+            while self.steps[src]["kind"] in ("reshape", "flatten"):
+                src = self.steps[src]["inputs"][0]
             if self.steps[src]["kind"] == "matmul":
                 if rule.startswith("add") or scalar <= 0:
                     raise ConversionError(f"{node.where}: {rule} by {scalar:g} after a matmul; "
@@ -438,8 +465,10 @@ class _Lowering:
         if ref == IMAGE:
             return True
         step = self.steps[ref]
-        if step["kind"] in ("conv", "linear", "add", "mul"):
-            return bool(step["relu"])
+        if step["kind"] in ("conv", "linear", "add", "mul", "matmul", "channel_affine"):
+            return bool(step.get("relu", False))
+        if step["kind"] == "softmax":
+            return True
         if step["kind"] == "lut":
             return step["function"] in _NON_NEGATIVE
         return all(self._nonnegative(r) for r in step["inputs"])

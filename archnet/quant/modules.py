@@ -182,6 +182,10 @@ class QConv2d(_QMac):
                              self.dilation, self.groups)
         return self._requantize(acc, p, arith)
 
+    def pre_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv's output before its batch-norm, channels on axis 1 (for calibration)."""
+        return F.conv2d(x, self.weight, self.bias, **self.conv_kwargs())
+
     def export(self, b: ProgramBuilder, x: str, name: str) -> str:
         (ph, pw), groups = self.padding, self.groups
         extra = {"dilations": list(self.dilation)} if self.dilation != (1, 1) else {}
@@ -189,6 +193,41 @@ class QConv2d(_QMac):
             extra["groups"] = groups
         return self._export_mac(b, x, name, "conv2d", strides=list(self.stride),
                                 pads=[ph, pw, ph, pw], **extra)
+
+
+class QChannelAffine(QConv2d):
+    """A per-channel affine over the last axis of token rows: LayerNorm with fixed statistics
+    (the paper's replacement). A depthwise 1x1 conv over the rows whose batch-norm holds the
+    statistics, fixed by calibration, and LayerNorm's own scale and shift; folded into one
+    multiplier and bias per channel like any batch-norm."""
+
+    def __init__(self, channels: int, w_bits: int = 8, output_quant: LsqQuantizer | None = None):
+        super().__init__(channels, channels, 1, 1, w_bits=w_bits, relu=False, batch_norm=True,
+                         output_quant=output_quant, padding=0, groups=channels)
+
+    @staticmethod
+    def _rows(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self._rows(x)).reshape(x.shape)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().float_forward(self._rows(x)).reshape(x.shape)
+
+    def pre_bn(self, x: torch.Tensor) -> torch.Tensor:
+        return super().pre_bn(self._rows(x))
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
+        rows = QTensor(self._rows(x.value), x.scale, x.dtype)
+        y = super().integer_forward(rows, arith)
+        return QTensor(y.value.reshape(x.value.shape), y.scale, y.dtype)
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        shape = b.tensors[x].shape
+        rows = b.node("reshape", [x], f"{name}.rows", shape=[-1, shape[-1], 1, 1])
+        y = super().export(b, rows, f"{name}.dw")
+        return b.node("reshape", [y], name, shape=[-1, *shape[1:]])
 
 
 def _pair(v) -> tuple[int, int]:

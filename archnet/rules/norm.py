@@ -3,11 +3,14 @@
 - ``batch_norm.depthwise_1x1``: a batch-norm (per-channel affine) as a depthwise 1x1 conv
   (exact); ``batch_norm.dense_1x1`` where the chip has no depthwise conv (diagonal weights).
 - ``layer_norm.fixed_affine``: the paper's LayerNorm replacement: a per-channel affine with
-  fixed statistics, folded into the neighbouring fully connected layer and requantize (no op
-  of its own; fitted, then learned). Per-token forms from chip ops are issue 17's.
+  fixed statistics (calibrated on the data, LayerNorm's own scale and shift kept, then
+  learned), as a depthwise 1x1 conv over the token rows. Per-token forms from chip ops are
+  issue 17's.
 """
 
 from __future__ import annotations
+
+import math
 
 from archnet.capture.graph import TeacherNode
 from archnet.rules.context import RuleContext
@@ -19,9 +22,15 @@ FAMILY = ("batch_norm", "layer_norm")
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     x = ctx.in_shapes[0]
     if node.op == "layer_norm":
+        d, rows = x[-1], math.prod(x[:-1])
+        if list(node.attrs["normalized_shape"]) != [d]:
+            return []
         return [Form("layer_norm.fixed_affine",
-                     "LayerNorm as a fixed-statistics affine folded into its neighbours", (),
-                     exact=False)]
+                     "LayerNorm as a per-channel affine with fixed statistics (a depthwise 1x1 "
+                     "conv over the token rows)",
+                     (Step("reshape", ("in0",), {"shape": [rows, d, 1, 1]}),
+                      Step("conv2d", ("s0",), {"groups": d}, weight=(d, 1, 1, 1)),
+                      Step("reshape", ("s1",), {"shape": list(node.shape)})), exact=False)]
     c = x[1]
     if len(x) != 4:
         return [Form("batch_norm.fully_connected", "batch-norm as a diagonal fully connected layer",

@@ -59,7 +59,10 @@ class Decision:
 
     @property
     def last_op(self) -> str | None:
-        return self.form.steps[-1].op if self.form.steps else None
+        """The op that computes the form's values: its last step but views (a clamp or a
+        scale after a view folds into the op before it)."""
+        ops = [s.op for s in self.form.steps if s.op not in ("reshape", "flatten")]
+        return ops[-1] if ops else None
 
     def to_dict(self) -> dict:
         return {"node": self.node, "op": self.op, "module": self.module,

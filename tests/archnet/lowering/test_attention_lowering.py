@@ -125,3 +125,67 @@ def test_an_attention_network_converts_bit_exactly(tmp_path):
     assert fired["conv2d.patchify_2x2"] == 1 and fired["softmax.native"] == 1
     saved = json.loads((tmp_path / "run" / "convert.json").read_text())
     assert saved["plan"]["student_fallbacks"] == 0
+
+
+class TinyPreNorm(nn.Module):
+    """A pre-LayerNorm Transformer layer on 4x4 patches: LayerNorm, attention, LayerNorm, GELU
+    MLP, both with residual adds (a ViT block without class token or positions)."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 4, stride=4)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = TinyAttentionSplit(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(16 * dim, 10)
+
+    def _attend(self, t):
+        a = self.attn
+        b, n, d = t.shape
+        q, k, v = (m(t).reshape(b, n, a.heads, a.head_dim).transpose(1, 2)
+                   for m in (a.q, a.k, a.v))
+        ctx = ((q @ k.transpose(-2, -1) * (1.0 / math.sqrt(a.head_dim))).softmax(-1) @ v)
+        return a.proj(ctx.transpose(1, 2).reshape(b, n, d))
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = t + self._attend(self.norm1(t))
+        t = t + self.fc2(nn.functional.gelu(self.fc1(self.norm2(t))))
+        return self.head(t.flatten(1))
+
+
+def test_layer_norm_becomes_a_fixed_statistics_affine():
+    """LayerNorm -> one per-channel affine step whose statistics calibration fixes to the data's
+    (the paper's replacement); the student keeps LayerNorm's own scale and shift, and its
+    integers equal the simulator's."""
+    from archnet.lowering import calibrate_batchnorm
+    torch.manual_seed(0)
+    model = TinyPreNorm().eval()
+    with torch.no_grad():
+        model.norm1.weight.uniform_(0.5, 1.5)
+        model.norm1.bias.uniform_(-0.5, 0.5)
+    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    profile = load_profile("ethos-u55-128")
+    plan = plan_conversion(graph, profile, (8, 8))
+    fired = plan.rules_fired()
+    assert fired["layer_norm.fixed_affine"] == 2 and fired["gelu.native"] == 1
+    student, low = build_graph_student(graph, plan, profile)
+    affines = [(b, s["name"]) for b in student.blocks for s in b.spec["steps"]
+               if s["kind"] == "channel_affine"]
+    assert len(affines) == 2
+    images = torch.rand(12, 1, 16, 16)
+    assert len(calibrate_batchnorm(student, images)) == 2
+    block, name = affines[0]
+    bn = block.layers[name].bn
+    assert torch.allclose(bn.weight, model.norm1.weight) and torch.allclose(bn.bias, model.norm1.bias)
+    tokens = model.patch(images).flatten(2).transpose(1, 2).reshape(-1, 16)
+    assert torch.allclose(bn.running_mean, tokens.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, tokens.var(0, unbiased=False), atol=1e-4)
+    calibrate_activations(student, images, seed=0)
+    assert_deployable(student, profile)
+    program = student.export((12, 1, 16, 16), feature_outputs=True)
+    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
+    sim = execute(program, profile, {program.inputs[0]: pixels}).outputs
+    for q, pieces in zip(student.integer_features(images, profile),
+                         program.metadata["archnet"]["block_outputs"]):
+        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
