@@ -20,6 +20,8 @@ Each block is one ``GraphBlock``: a small straight-line program of steps over na
 - ``matmul``   QMatMul (``scale`` times the product of two activations, onto the step's quantizer)
 - ``softmax``  QSoftmax (last axis, onto a fixed u8 grid of 1/256)
 - ``transpose`` QTranspose (``perm`` of the axes after the batch axis)
+- ``constant`` QConstant (a learned constant operand of ``shape``, per sample, on its own
+  grid: a position table; no inputs)
 - ``channel_affine`` QChannelAffine (a per-channel affine over the last axis with fixed
   statistics: LayerNorm's replacement; ``features``)
 
@@ -54,8 +56,8 @@ from archnet.errors import ArchnetError
 from archnet.quant.attention import QMatMul, QSoftmax, QTranspose
 from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool2d
 from archnet.quant.lsq import LsqQuantizer, round_ste
-from archnet.quant.modules import (QChannelAffine, QConv2d, QFlatten, QInput, QLinear, QReshape,
-                                   concat)
+from archnet.quant.modules import (QChannelAffine, QConstant, QConv2d, QFlatten, QInput, QLinear,
+                                   QReshape, concat)
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec
 from simulator.ir.builder import ProgramBuilder
@@ -67,11 +69,11 @@ CONFIG_VERSION = 1
 IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
 STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
               "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose",
-              "channel_affine")
+              "channel_affine", "constant")
 MULTI_INPUT = ("concat", "add", "mul", "matmul")
 REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax",
-                "channel_affine")   # steps that write their own grid
-NO_RELU = ("lut", "matmul", "softmax", "channel_affine")     # steps without a ReLU flag
+                "channel_affine", "constant")   # steps that write their own grid
+NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant")   # without a ReLU flag
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 _NODE_OPS = {  # simulator op kinds each step exports
     "conv": ("conv2d", "requantize"), "linear": ("fully_connected", "requantize"),
@@ -79,7 +81,7 @@ _NODE_OPS = {  # simulator op kinds each step exports
     "global_avgpool": ("global_avgpool2d",), "avgpool": ("avgpool2d",), "add": ("add",),
     "mul": ("mul",), "lut": ("lookup_table",), "reshape": ("reshape",),
     "matmul": ("matmul", "requantize"), "softmax": ("softmax",), "transpose": ("transpose",),
-    "channel_affine": ("reshape", "conv2d", "requantize"),
+    "channel_affine": ("reshape", "conv2d", "requantize"), "constant": (),
 }
 
 
@@ -185,6 +187,18 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
         for ref in inputs:
             if ref not in shapes:
                 raise _fail(at, f"input {ref!r} is not an earlier tensor of the block")
+        if kind == "constant":
+            if inputs:
+                raise _fail(at, "a constant takes no inputs")
+            shape = _need(step, "shape", list, at)
+            if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                                    for d in shape):
+                raise _fail(at, f"shape {shape} must be positive integers")
+            key = _need(step, "quant", str, at)
+            if key not in quantizers:
+                raise _fail(at, f"quantizer {key!r} is not declared in 'quantizers'")
+            shapes[name], quant[name] = tuple(shape), key
+            continue
         if kind not in MULTI_INPUT and len(inputs) != 1:
             raise _fail(at, f"{kind} takes one input, got {len(inputs)}")
         if kind == "concat" and len(inputs) < 2:
@@ -403,6 +417,8 @@ class GraphBlock(nn.Module):
                 m = QMul(quantizers[step["quant"]], step["relu"])
             elif kind == "lut":
                 m = QLookupTable(step["function"], quantizers[step["quant"]])
+            elif kind == "constant":
+                m = QConstant(step["shape"], quantizers[step["quant"]])
             elif kind == "channel_affine":
                 m = QChannelAffine(step["features"], w_bits=step["w_bits"],
                                    output_quant=quantizers[step["quant"]])
@@ -441,7 +457,7 @@ class GraphBlock(nn.Module):
                 env[name] = self.layers[name].activation(y)
             elif kind == "lut" and not quantize:
                 env[name] = FUNCTIONS[step["function"]][0](args[0])
-            elif kind in ("matmul", "softmax") and not quantize:
+            elif kind in ("matmul", "softmax", "constant") and not quantize:
                 env[name] = self.layers[name].float_forward(*args)
             else:
                 env[name] = self.layers[name](*args)
@@ -467,6 +483,8 @@ class GraphBlock(nn.Module):
                 env[name] = self.layers[name].integer_forward(args[0], arith)
             elif kind == "matmul":
                 env[name] = self.layers[name].integer_forward(*args, arith)
+            elif kind == "constant":
+                env[name] = self.layers[name].integer_forward()
             elif kind in ("add", "mul", "lut"):
                 env[name] = self.layers[name].integer_forward(*args, arith=arith)
             else:
@@ -491,6 +509,8 @@ class GraphBlock(nn.Module):
                 env[name] = b.node("concat", [env[ref] for ref in step["inputs"]], out, axis=1)
             elif kind in ("add", "mul", "lut", "matmul"):
                 env[name] = self.layers[name].export(b, [env[r] for r in step["inputs"]], out)
+            elif kind == "constant":
+                env[name] = self.layers[name].export(b, out)
             else:
                 env[name] = self.layers[name].export(b, env[step["inputs"][0]], out)
         return [env[ref] for ref in self.spec["outputs"]]

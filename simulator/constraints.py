@@ -355,6 +355,18 @@ def constraint_mul_operands(v: NodeView, profile: ChipProfile) -> str | None:
     return f"mul broadcast of {tuple(b)} to {tuple(a)} is neither elementwise, per channel nor scalar"
 
 
+@_rule(OpKind.ADD)
+def constraint_add_operands(v: NodeView, profile: ChipProfile) -> str | None:
+    """add's second operand must be the first's shape per sample (a constant table shared by
+    the batch), one value per channel, or one value: the broadcasts elementwise units take."""
+    a, b = v.inputs[0].shape, v.inputs[1].shape
+    b_full = (1,) * (len(a) - len(b)) + tuple(b)
+    per_channel = len(a) == 4 and all(d == 1 for i, d in enumerate(b_full) if i not in (0, 1))
+    if b_full[1:] == tuple(a)[1:] or per_channel or all(d == 1 for d in b_full):
+        return None
+    return f"add broadcast of {tuple(b)} to {tuple(a)} is neither elementwise, per channel nor scalar"
+
+
 @_rule(OpKind.SOFTMAX)
 def constraint_softmax_axis(v: NodeView, profile: ChipProfile) -> str | None:
     """softmax's reduced axis must not be longer than ``ops.softmax.max_axis_length``."""

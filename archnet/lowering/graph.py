@@ -183,6 +183,8 @@ class _Lowering:
         ins = [self._value(v) for v in node.inputs]
         refs = {f"in{i}": r for i, r in enumerate(ins)}
         made = []
+        for i, shape in enumerate(form.constants):
+            refs[f"c{i}"] = self._constant(node, i, shape)
         for i, st in enumerate(form.steps):
             if _merges_batch(st):          # token rows: the student's linear keeps them as rows
                 refs[f"s{i}"] = refs[st.inputs[0]]
@@ -202,6 +204,24 @@ class _Lowering:
                     keys = [self._quant_of(r) for r in st["inputs"]]
                     for k in keys[1:]:
                         self.grids.union(keys[0], k)
+
+    def _constant(self, node: TeacherNode, i: int, shape: tuple[int, ...]) -> str:
+        """A constant operand of ``node`` as a step of its own (learned, on its own grid)."""
+        if node.op == "cat":
+            raise ConversionError(f"{node.where}: a concat with a constant operand (a class "
+                                  f"token) has no student step yet")
+        if "scalar" in node.attrs:
+            value = torch.full(shape, float(node.attrs["scalar"]))
+        else:
+            value = self.graph.params[node.params["other"]].reshape(shape)
+        if shape[0] != 1:
+            raise ConversionError(f"{node.where}: a constant operand {list(shape)} per batch row")
+        name = unique_name(f"{_ident(node.name)}_c{i}", self.steps)
+        self.steps[name] = {"name": name, "inputs": [], "kind": "constant",
+                            "shape": list(shape[1:]), "quant": self.grids.new(name)}
+        self.step_node[name] = node.name
+        self.rows.append((name, "value", "copy", self._derive(f"{node.name}:c{i}", value), {}))
+        return name
 
     def _layer_norm(self, node: TeacherNode) -> None:
         """LayerNorm as one per-channel affine step: LayerNorm's scale and shift, statistics
@@ -469,6 +489,8 @@ class _Lowering:
             return bool(step.get("relu", False))
         if step["kind"] == "softmax":
             return True
+        if step["kind"] == "constant":
+            return False
         if step["kind"] == "lut":
             return step["function"] in _NON_NEGATIVE
         return all(self._nonnegative(r) for r in step["inputs"])

@@ -210,7 +210,8 @@ def row_value(row: TransferRow, teacher_state: Mapping[str, torch.Tensor],
 
 def transfer_targets(student) -> list[str]:
     """Every student tensor a complete table must write: weight and bias of each MAC layer, and
-    its batch-norm's weight, bias, running mean and running variance."""
+    its batch-norm's weight, bias, running mean and running variance; each constant's value."""
+    from archnet.quant.modules import QConstant
     keys = []
     for i, block in enumerate(student.blocks):
         for name, m in block.mac_layers().items():
@@ -218,6 +219,8 @@ def transfer_targets(student) -> list[str]:
             keys += [f"{base}.weight", f"{base}.bias"]
             if m.bn is not None:
                 keys += [f"{base}.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+        keys += [f"blocks.{i}.layers.{name}.value" for name, m in block.layers.items()
+                 if isinstance(m, QConstant)]
     return keys
 
 

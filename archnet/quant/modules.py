@@ -230,6 +230,32 @@ class QChannelAffine(QConv2d):
         return b.node("reshape", [y], name, shape=[-1, *shape[1:]])
 
 
+class QConstant(nn.Module):
+    """A constant operand (a position table): its values are learned, as weights are, and
+    quantized onto their own grid; one per-sample tensor, shared by the batch."""
+
+    def __init__(self, shape, output_quant: LsqQuantizer):
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(1, *shape))
+        self.output_quant = output_quant
+
+    def forward(self) -> torch.Tensor:
+        return self.output_quant(self.value)
+
+    def float_forward(self) -> torch.Tensor:
+        return self.value
+
+    def integer_forward(self, arith: ArithmeticSpec | None = None) -> QTensor:
+        q = self.output_quant
+        step = float(q.step())
+        ints = torch.clamp(torch.round(self.value.detach() / step), q.qmin, q.qmax)
+        return QTensor(ints.to(torch.int64), step, q.qtype)
+
+    def export(self, b: ProgramBuilder, name: str) -> str:
+        t = self.integer_forward()
+        return b.constant(name, t.value.numpy(), t.dtype, scale=t.scale)
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 

@@ -24,7 +24,7 @@ class OpKind(str, enum.Enum):
     AVGPOOL2D = "avgpool2d"
     GLOBAL_AVGPOOL2D = "global_avgpool2d"
     CONCAT = "concat"                    # operands share dtype, scale and zero point
-    ADD = "add"                          # a, b (own scales) -> y
+    ADD = "add"                          # a, b (own scales; b broadcast to a) -> y
     MUL = "mul"                          # a, b (b broadcast to a, e.g. [N,C,1,1]) -> y
     CLAMP = "clamp"                      # relu is clamp(min=zero_point)
     LOOKUP_TABLE = "lookup_table"        # y = table[x - qmin(x)]
@@ -127,9 +127,12 @@ def _softmax_shape(shapes, attrs):
 
 
 def _add_shape(shapes, attrs):
-    if shapes[0] != shapes[1]:
-        raise ProgramError(f"add: operand shapes {shapes[0]} and {shapes[1]} differ")
-    return shapes[0]
+    a, b = shapes
+    # b broadcasts to a (NumPy rules), as mul's: a constant table read by every sample (a
+    # position embedding [1, T, D]) or one value per channel
+    if len(b) > len(a) or any(db not in (1, da) for da, db in zip(a[::-1], b[::-1])):
+        raise ProgramError(f"add: operand shape {b} does not broadcast to {a}")
+    return a
 
 
 def _mul_shape(shapes, attrs):

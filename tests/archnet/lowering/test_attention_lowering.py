@@ -189,3 +189,39 @@ def test_layer_norm_becomes_a_fixed_statistics_affine():
     for q, pieces in zip(student.integer_features(images, profile),
                          program.metadata["archnet"]["block_outputs"]):
         assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+
+
+class TinyPositions(TinyPreNorm):
+    """TinyPreNorm with a learned position table added to the patch tokens (as a ViT's)."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__(dim)
+        self.pos = nn.Parameter(torch.randn(1, 16, dim) * 0.5)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        t = t + self._attend(self.norm1(t))
+        t = t + self.fc2(nn.functional.gelu(self.fc1(self.norm2(t))))
+        return self.head(t.flatten(1))
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_a_position_table_is_a_learned_constant_operand(chip, tmp_path):
+    """The position table stays the chip's add of a constant, shared by the batch: a student
+    constant starting at the teacher's table, and the converted run is bit-exact."""
+    import archnet
+    torch.manual_seed(0)
+    model = TinyPositions().eval()
+    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    profile = load_profile(chip)
+    plan = plan_conversion(graph, profile, (8, 8))
+    student, low = build_graph_student(graph, plan, profile)
+    consts = [(b, s["name"]) for b in student.blocks for s in b.spec["steps"]
+              if s["kind"] == "constant"]
+    assert len(consts) == 1
+    block, name = consts[0]
+    assert torch.equal(block.layers[name].value, model.pos.detach())
+    images = torch.rand(48, 1, 16, 16)
+    summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "run"),
+                              bits="8w8a", steps_per_period=2, batch_size=16, log=lambda *a: None)
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
