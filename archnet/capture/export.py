@@ -10,6 +10,7 @@ and put back in the mode it had.
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Callable, Sequence
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from archnet.capture.graph import TeacherGraph, TeacherNode
+from archnet.capture.masks import key_masks
 from archnet.errors import ConversionError
 
 _IDENTITY_OPS = {"dropout", "feature_dropout", "alpha_dropout", "clone", "contiguous", "alias",
@@ -177,6 +179,8 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Te
     model.eval()
     try:
         ep = torch.export.export(model, example_inputs)
+        if any(n.target in _DECOMPOSE for n in ep.graph.nodes):   # only then: decomposing
+            ep = ep.run_decompositions(_DECOMPOSE)   # lowers other ops (batch-norm) as well
     except Exception as e:   # torch.export's errors are many and long; keep the first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"torch.export cannot capture {type(model).__name__}: {first}") from e
@@ -186,7 +190,11 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Te
     state = {**ep.state_dict, **ep.constants}
     lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **sig.inputs_to_lifted_tensor_constants}
-    params: dict[str, torch.Tensor] = {}
+    params: dict[str, torch.Tensor] = {n.name: state[lifted[n.name]].detach()
+                                       for n in ep.graph.nodes
+                                       if n.op == "placeholder" and n.name in lifted}
+    masked = key_masks(ep.graph, set(lifted), params)      # softmax -> (scores, mask input)
+    masked_adds = {n.args[0].name for n in ep.graph.nodes if n.name in masked}
     inputs, input_shapes, nodes, outputs = [], {}, [], []
     for n in ep.graph.nodes:
         if n.op == "placeholder":
@@ -198,6 +206,15 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Te
         elif n.op == "call_function":
             if _aten_name(n.target) in _SPLITS or _aten_name(n.target).startswith("_assert"):
                 continue   # splits are read through their getitems; asserts compute nothing
+            if n.name in masked_adds:
+                continue                      # the mask is the softmax's operand now
+            if n.name in masked:
+                scores, mask, _ = masked[n.name]
+                module, module_type = _module_of(n)
+                nodes.append(TeacherNode(n.name, "softmax", (scores, mask), {},
+                                         {"dim": len(_shape(n)) - 1, "key_mask": True},
+                                         module, module_type, _shape(n)))
+                continue
             folded = _fold_constant(n, params)
             if folded is not None:
                 params[n.name] = folded
@@ -208,7 +225,38 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Te
     if len(inputs) != len(example_inputs):
         raise ConversionError(f"{type(model).__name__}: {len(example_inputs)} example inputs, "
                               f"graph has {len(inputs)} tensor inputs")
-    return TeacherGraph(inputs, input_shapes, nodes, outputs, params)
+    return TeacherGraph(inputs, input_shapes, _live(nodes, outputs), outputs, params)
+
+
+def _live(nodes: list[TeacherNode], outputs: list[str]) -> list[TeacherNode]:
+    """The nodes the outputs need (a mask's own computation is dead once its softmax reads the
+    mask directly)."""
+    need = set(outputs)
+    for n in reversed(nodes):
+        if n.name in need:
+            need.update(n.inputs)
+    return [n for n in nodes if n.name in need]
+
+
+def _attention_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):
+    """``scaled_dot_product_attention`` as the ops a chip runs (matmul, scale, mask, softmax,
+    matmul), so that the rules see them; a boolean mask becomes the additive one models use."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (
+        scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    if is_causal:
+        n, m = scores.shape[-2:]
+        keep = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+        scores = scores + torch.where(keep, 0.0, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn_mask = torch.where(attn_mask, 0.0, float("-inf"))
+        scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+# calls torch.export keeps whole that the rules read as their parts
+_DECOMPOSE = {torch.ops.aten.scaled_dot_product_attention.default: _attention_math}
 
 
 def _fold_constant(n, params: dict) -> torch.Tensor | None:

@@ -160,6 +160,16 @@ def _operands(a, p, at) -> list[torch.Tensor]:
     return out
 
 
+def _masked(a) -> torch.Tensor:
+    """Scores with the keys a key mask ``[batch, keys]`` drops (0) pushed to the lowest float,
+    as models add their masks."""
+    if len(a) < 2:
+        return a[0]
+    x, mask = a
+    keep = (mask != 0).reshape(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[-1])
+    return x.masked_fill(~keep, torch.finfo(x.dtype).min)
+
+
 _EVAL: dict[str, Callable] = {
     "conv2d": _conv,
     "linear": lambda a, p, at: F.linear(a[0], p["weight"], _p(p, "bias")),
@@ -189,7 +199,7 @@ _EVAL: dict[str, Callable] = {
         [a[0].shape[0] if i == 0 and d == 0 else d for i, d in enumerate(at["shape"])]),
     "transpose": lambda a, p, at: a[0].permute(at["perm"]),
     "matmul": lambda a, p, at: torch.matmul(a[0], a[1] if len(a) > 1 else p["other"]),
-    "softmax": lambda a, p, at: torch.softmax(a[0], at["dim"]),
+    "softmax": lambda a, p, at: torch.softmax(_masked(a), at["dim"]),
     "embedding": lambda a, p, at: F.embedding(a[0], p["weight"]),
     "identity": lambda a, p, at: a[0],
     "cast": lambda a, p, at: a[0].to(getattr(torch, at["dtype"].removeprefix("torch."))),

@@ -2,7 +2,8 @@
 
 - ``matmul.native``: the chip's matmul of two activations (scores, context);
   ``matmul.fully_connected`` where one operand is a constant (a weight).
-- ``softmax.native``: the chip's integer softmax (an exp table and an integer division).
+- ``softmax.native``: the chip's integer softmax (an exp table and an integer division), with
+  a key mask operand where the model masks padding (``archnet.capture.masks``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ FAMILY = ("matmul", "softmax")
 
 
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
+    if node.op == "softmax" and len(ctx.in_shapes) == 2:    # with a key mask [batch, keys]
+        x, (n, keys) = ctx.in_shapes
+        return [Form("softmax.native", f"softmax over axis {node.attrs['dim']}, masked keys "
+                     f"skipped", (Step("reshape", ("in1",),
+                                       {"shape": [n, *([1] * (len(x) - 2)), keys]}),
+                                  Step("softmax", ("in0", "s0"), {"axis": node.attrs["dim"]})),
+                     native=True)]
     if node.op == "softmax":
         return [Form("softmax.native", f"softmax over axis {node.attrs['dim']}",
                      (Step("softmax", ("in0",), {"axis": node.attrs["dim"]}),), native=True)]
