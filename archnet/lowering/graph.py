@@ -403,23 +403,19 @@ class _Lowering:
                 key = self._derive(f"{node.name}:sum", torch.eye(c).repeat(1, 2)[:, :, None, None])
                 self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
         elif rule.startswith("conv2d.patchify_"):
-            first, second = macs
-            cout, cin, k, _ = w.shape
-            sz = self._weight_shape(first)[2]
-            r = k // sz
-            copy = torch.zeros(cin * sz * sz, cin, sz, sz)
-            for c in range(cin):
-                for i in range(sz):
-                    for j in range(sz):
-                        copy[c * sz * sz + i * sz + j, c, i, j] = 1.0
-            moved = w.reshape(cout, cin, r, sz, r, sz).permute(0, 1, 3, 5, 2, 4).reshape(
-                cout, cin * sz * sz, r, r)
-            self._mac_rows(first, ("copy", self._derive(f"{node.name}:s2d", copy), {}),
-                           ("zeros", None, {}))
-            self.steps[first]["role"] = "structural"
-            self.steps[first]["relu"] = False
-            self._mac_rows(second, ("copy", self._derive(f"{node.name}:patch", moved), {}), bias)
-            self._shift_grids([first])
+            *copies, last = macs
+            cin = w.shape[1]
+            for i, s in enumerate(copies):
+                sz = self._weight_shape(s)[2]
+                c = self.steps[s]["in_channels"]
+                eye = torch.eye(c * sz * sz).reshape(c * sz * sz, c, sz, sz)
+                self._mac_rows(s, ("copy", self._derive(f"{node.name}:s2d{i}", eye), {}),
+                               ("zeros", None, {}))
+                self.steps[s]["role"] = "structural"
+                self.steps[s]["relu"] = False
+            self._mac_rows(last, ("copy", self._derive(f"{node.name}:patch",
+                                                       self._patch_weight(w, copies)), {}), bias)
+            self._shift_grids(copies)
         elif rule == "add.merge_into_conv":
             conv = self.graph.node(node.inputs[d.form.absorbs])
             wc = self.graph.params[conv.params["weight"]]
@@ -458,6 +454,21 @@ class _Lowering:
             for s in macs:
                 self._mac_rows(s, ("fresh", None, {}), ("zeros", None, {}))
                 self.learned.append(s)
+
+    def _patch_weight(self, w: torch.Tensor, copies: list[str]) -> torch.Tensor:
+        """The teacher's k x k patch weights moved onto the channels the space-to-depth convs
+        write: each of those channels copies one input (channel, row, column) of the patch,
+        found by pushing each position's index through the copies."""
+        cout, cin, k, _ = w.shape
+        ids = torch.arange(cin * k * k, dtype=torch.float64).reshape(1, cin, k, k)
+        x = ids
+        for s in copies:
+            sz = self._weight_shape(s)[2]
+            c = x.shape[1]
+            eye = torch.eye(c * sz * sz, dtype=torch.float64).reshape(c * sz * sz, c, sz, sz)
+            x = torch.nn.functional.conv2d(x, eye, stride=sz)
+        src = x[0].round().long()                   # [channels, r, r]: the position each copies
+        return w.reshape(cout, -1)[:, src.reshape(-1)].reshape(cout, *src.shape)
 
     def _pool_fc(self, pool: TeacherNode, macs: list[str], head: torch.Tensor, bias) -> None:
         """A global pool as 2x2-averaging convs and a fully connected layer over the positions

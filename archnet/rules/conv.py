@@ -9,10 +9,10 @@
 - ``dense``: a depthwise or grouped conv as a dense conv with block-diagonal weights (exact).
 - ``split_out<n>``: a conv writing more channels than the chip's conv can, as n convs and a
   concat (exact).
-- ``patchify_<s>x<s>``: a patch-embedding conv (kernel = stride = k, no padding) whose stride
-  the chip lacks, as an s x s/s conv that copies every input channel of each s x s cell into
-  channels (space to depth, exact: the copies keep the input's grid) and a (k/s) x (k/s)/(k/s)
-  conv with the teacher's weights rearranged (exact).
+- ``patchify_<s>x<s>[_x<n>]``: a patch-embedding conv (kernel = stride = k, no padding) whose
+  stride the chip lacks, as n s x s/s convs that copy every input channel of each s x s cell
+  into channels (space to depth, exact: the copies keep the input's grid) and an r x r/r conv,
+  k = s**n * r, with the teacher's weights rearranged (exact).
 """
 
 from __future__ import annotations
@@ -67,17 +67,23 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
         out += [_split_form(label, cin, cout, k, stride, pad, dil, n) for n in (2, 3, 4, 8)
                 if cout % n == 0]
     if groups == 1 and k == stride and k[0] == k[1] and pad == (0, 0) and dil == (1, 1):
-        out += [_patchify_form(label, cin, cout, k[0], s) for s in (2, 3, 4)
-                if k[0] % s == 0 and k[0] > s]
+        out += [_patchify_form(label, cin, cout, k[0], s, n) for s in (2, 3, 4)
+                for n in range(1, 5) if k[0] % s ** n == 0 and k[0] > s ** n]
     return out
 
 
-def _patchify_form(label: str, cin: int, cout: int, k: int, s: int) -> Form:
-    r = k // s
-    return Form(f"conv2d.patchify_{s}x{s}",
-                f"{label} as a {s}x{s}/{s} space-to-depth conv and a {r}x{r}/{r} conv (exact)",
-                (_conv("in0", cin, cin * s * s, (s, s), (s, s), [0] * 4),
-                 _conv("s0", cin * s * s, cout, (r, r), (r, r), [0] * 4)))
+def _patchify_form(label: str, cin: int, cout: int, k: int, s: int, n: int) -> Form:
+    """n space-to-depth s x s/s convs, then an r x r/r conv, k = s**n * r."""
+    r = k // s ** n
+    steps, c = [], cin
+    for i in range(n):
+        steps.append(_conv("in0" if i == 0 else f"s{i - 1}", c, c * s * s, (s, s), (s, s),
+                           [0] * 4))
+        c *= s * s
+    steps.append(_conv(f"s{n - 1}", c, cout, (r, r), (r, r), [0] * 4))
+    stages = f"{n} space-to-depth {s}x{s}/{s} conv{'s' if n > 1 else ''}"
+    return Form(f"conv2d.patchify_{s}x{s}" + (f"_x{n}" if n > 1 else ""),
+                f"{label} as {stages} and a {r}x{r}/{r} conv (exact)", tuple(steps))
 
 
 def _split_form(label, cin, cout, k, stride, pad, dil, n: int) -> Form:

@@ -225,3 +225,21 @@ def test_a_position_table_is_a_learned_constant_operand(chip, tmp_path):
     summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "run"),
                               bits="8w8a", steps_per_period=2, batch_size=16, log=lambda *a: None)
     assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+
+
+@pytest.mark.parametrize("k, rule", [(8, "conv2d.patchify_2x2_x2"), (16, "conv2d.patchify_2x2_x3")])
+def test_a_large_patch_conv_is_exact_space_to_depth_stages(k, rule):
+    """ViT's 16x16/16 patch embedding on a chip whose conv strides stop at 3: space-to-depth
+    2x2/2 copies, then a 2x2/2 conv with the weights moved onto the copies' channels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, k, stride=k), nn.Flatten(),
+                          nn.Linear(5 * (32 // k) ** 2, 4)).eval()
+    graph = capture(model, (torch.rand(1, 3, 32, 32),))
+    profile = load_profile("ethos-u55-128")
+    plan = plan_conversion(graph, profile, (8, 8))
+    assert plan.decisions[0].rule == rule
+    student, _ = build_graph_student(graph, plan, profile)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(student(x, quantize=False), model(x), atol=1e-5)
+    assert_deployable(student, profile)
