@@ -404,7 +404,6 @@ class _Lowering:
                 self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
         elif rule.startswith("conv2d.patchify_"):
             *copies, last = macs
-            cin = w.shape[1]
             for i, s in enumerate(copies):
                 sz = self._weight_shape(s)[2]
                 c = self.steps[s]["in_channels"]
