@@ -5,7 +5,6 @@ runs, and whose integers equal the simulator's."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,7 +13,7 @@ from archnet.capture import capture
 from archnet.lowering import assert_deployable, calibrate_activations
 from archnet.lowering.graph import build_graph_student
 from archnet.rules import plan_conversion
-from simulator.execute import execute
+from lowering_helpers import simulator_block_outputs
 from simulator.profiles import load_profile
 
 CHIPS = ("ethos-u55-128", "rk3588-npu-core")
@@ -96,16 +95,10 @@ def test_attention_integers_equal_the_simulator(attention, chip):
     images = torch.rand(6, 1, 16, 16)
     calibrate_activations(student, images, seed=0)
     student.eval()
-    program = student.export((6, 1, 16, 16), feature_outputs=True)
-    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
-    sim = execute(program, profile, {program.inputs[0]: pixels}).outputs
-    for q, pieces in zip(student.integer_features(images, profile),
-                         program.metadata["archnet"]["block_outputs"]):
-        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+    logits = simulator_block_outputs(student, images, profile)["logits"]
     # the fake-quant student follows its integers: the same predictions
     with torch.no_grad():
         fq = student(images).argmax(1).numpy()
-    logits = sim[program.metadata["archnet"]["block_outputs"][-1][0]]
     assert (fq == logits.argmax(1)).mean() >= 5 / 6
 
 
@@ -183,12 +176,7 @@ def test_layer_norm_becomes_a_fixed_statistics_affine():
     assert torch.allclose(bn.running_var, tokens.var(0, unbiased=False), atol=1e-4)
     calibrate_activations(student, images, seed=0)
     assert_deployable(student, profile)
-    program = student.export((12, 1, 16, 16), feature_outputs=True)
-    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
-    sim = execute(program, profile, {program.inputs[0]: pixels}).outputs
-    for q, pieces in zip(student.integer_features(images, profile),
-                         program.metadata["archnet"]["block_outputs"]):
-        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+    simulator_block_outputs(student, images, profile)
 
 
 class TinyPositions(TinyPreNorm):

@@ -2,7 +2,6 @@
 exact (every chip, both recipes), its blocks are cut where one value is live, it holds only
 ops the chip runs, and its integers equal the simulator's."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,8 +10,8 @@ from archnet.capture import capture
 from archnet.lowering import assert_deployable, calibrate_activations
 from archnet.lowering.graph import build_graph_student, partition
 from archnet.rules import plan_conversion
+from lowering_helpers import simulator_block_outputs
 from archnet.teachers import build_teacher
-from simulator.execute import execute
 from simulator.profiles import load_profile
 
 CHIPS = ("k210-kpu", "ethos-u55-128", "rk3588-npu-core", "edgetpu")
@@ -113,12 +112,7 @@ def test_student_integers_equal_the_simulator(mobile, chip):
     student, _ = build_graph_student(graph, plan, profile)
     images = torch.rand(8, 1, 16, 16)
     calibrate_activations(student, images, seed=0)
-    program = student.export((8, 1, 16, 16), feature_outputs=True)
-    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
-    sim = execute(program, profile, {program.inputs[0]: pixels}).outputs
-    for q, pieces in zip(student.integer_features(images, profile),
-                         program.metadata["archnet"]["block_outputs"]):
-        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+    simulator_block_outputs(student, images, profile)
 
 
 def test_relu6_and_depthwise_stay_native_where_the_chip_runs_them(mobile):
