@@ -37,6 +37,23 @@ def _fresh(bits: str, images: torch.Tensor):
     return teacher, student
 
 
+def _fresh_graph(bits: str, images: torch.Tensor):
+    """The chip-driven converter's student of the same teacher, and its teacher taps."""
+    from archnet.capture import capture
+    from archnet.distill.taps import GraphTaps
+    from archnet.lowering.graph import build_graph_student
+    from archnet.lowering.resnet import parse_bits
+    from archnet.rules import plan_conversion
+    teacher, meta = load_teacher(TEACHER)
+    graph = capture(teacher, (torch.zeros(1, *meta["input_shape"]),))
+    profile = load_profile(CHIP)
+    student, low = build_graph_student(graph, plan_conversion(graph, profile, parse_bits(bits)),
+                                       profile)
+    calibrate_batchnorm(student, images[:256])
+    calibrate_activations(student, images[:256])
+    return teacher, student, GraphTaps(graph, low.taps)
+
+
 def _cfg(**kw) -> DistillConfig:
     base = dict(steps_per_period=6, batch_size=16, lr=1e-3, progress=False, sim_batch=128, seed=3)
     base.update(kw)
@@ -116,24 +133,32 @@ def _states(path):
     return torch.load(path, weights_only=False)["student"]["state_dict"]
 
 
-def test_resume_after_a_kill_trains_the_same_weights(train_images, tmp_path):
+@pytest.mark.parametrize("lowering", ["resnet", "graph"])
+def test_resume_after_a_kill_trains_the_same_weights(train_images, tmp_path, lowering):
+    """For the hand-written ResNet lowering and the chip-driven converter's student alike."""
     images = train_images[:128]
     cfg = _cfg(steps_per_period=4, mixup_fraction=0.5)
-    teacher, student = _fresh("4w4a", images)
-    full = distill(student, teacher, images, CHIP, cfg, tmp_path / "full", log=lambda _m: None)
+
+    def fresh():
+        if lowering == "resnet":
+            return (*_fresh("4w4a", images), None)
+        return _fresh_graph("4w4a", images)
+    teacher, student, taps = fresh()
+    full = distill(student, teacher, images, CHIP, cfg, tmp_path / "full", log=lambda _m: None,
+                   taps=taps)
 
     def kill(period, step, loss):
         if period == 3 and step == 2:
             raise KeyboardInterrupt
-    teacher, student = _fresh("4w4a", images)
+    teacher, student, taps = fresh()
     with pytest.raises(KeyboardInterrupt):
         distill(student, teacher, images, CHIP, cfg, tmp_path / "killed", step_callback=kill,
-                log=lambda _m: None)
+                log=lambda _m: None, taps=taps)
     assert latest_checkpoint(tmp_path / "killed") == checkpoint_path(tmp_path / "killed", 2)
 
-    teacher, student = _fresh("4w4a", images)   # a new process: nothing survives but the files
+    teacher, student, taps = fresh()   # a new process: nothing survives but the files
     resumed = distill(student, teacher, images, CHIP, cfg, tmp_path / "killed", resume=True,
-                      log=lambda _m: None)
+                      log=lambda _m: None, taps=taps)
     assert resumed.resumed_from == 3
     for period in (3, 4):
         a = _states(checkpoint_path(tmp_path / "full", period))
