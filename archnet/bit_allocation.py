@@ -97,8 +97,69 @@ def block_names(teacher) -> list[str]:
     return _block_names(inspect_resnet(teacher))
 
 
+class ResNetStudents:
+    """The hand-written ResNet lowering's students of ``teacher``, at per-block widths."""
+
+    def __init__(self, teacher, profile: ChipProfile, input_shape: Sequence[int]):
+        self.teacher, self.profile, self.shape = teacher, profile, _shape(input_shape)
+        self.blocks = block_names(teacher)
+
+    def check(self, bits: Sequence[str]) -> None:
+        """A ``ConversionError`` where the chip cannot run these per-block widths."""
+        resolve_bits(list(bits), self.blocks, self.profile)
+
+    def build(self, bits: Sequence[str]):
+        return convert_resnet(self.teacher, self.profile, list(bits), self.shape)
+
+
+class GraphStudents:
+    """The chip-driven converter's students of a captured teacher (``archnet.capture``), at
+    per-block widths: the plan is made with each block's nodes at its width."""
+
+    def __init__(self, graph, profile: ChipProfile, recipe: str = "native"):
+        from archnet.lowering.graph import block_names as graph_blocks, partition
+        self.graph, self.profile, self.recipe = graph, profile, recipe
+        self.blocks = graph_blocks(graph)
+        self._parts = partition(graph)
+        self._plans: dict[tuple[str, ...], object] = {}
+
+    def plan(self, bits: Sequence[str]):
+        from archnet.rules import plan_conversion
+        key = tuple(bits)
+        if len(key) != len(self.blocks):
+            raise ConversionError(f"{len(key)} widths for {len(self.blocks)} blocks")
+        if key not in self._plans:
+            node_bits = {n.name: parse_bits(b) for b, nodes in zip(key, self._parts)
+                         for n in nodes}
+            try:
+                self._plans[key] = plan_conversion(self.graph, self.profile, parse_bits(key[-1]),
+                                                   self.recipe, node_bits=node_bits)
+            except ConversionError as exc:
+                self._plans[key] = exc
+        found = self._plans[key]
+        if isinstance(found, ConversionError):
+            raise found
+        return found
+
+    def check(self, bits: Sequence[str]) -> None:
+        self.plan(bits)
+        for b in dict.fromkeys(bits):
+            w, a = parse_bits(b)
+            if self.profile.mode_for(w, a) is None:
+                raise ConversionError(f"{b}: profile {self.profile.name} has no precision mode "
+                                      f"for it")
+
+    def build(self, bits: Sequence[str]):
+        from archnet.lowering.graph import build_graph_student
+        return build_graph_student(self.graph, self.plan(bits), self.profile)[0]
+
+
+def _students(teacher, profile: ChipProfile, input_shape, students):
+    return students if students is not None else ResNetStudents(teacher, profile, input_shape)
+
+
 def feasible_options(teacher, profile: ChipProfile | str, input_shape: Sequence[int],
-                     options: Sequence[str] = BIT_OPTIONS) -> list[str]:
+                     options: Sequence[str] = BIT_OPTIONS, students=None) -> list[str]:
     """The options (narrow to wide) ``profile`` runs for every block of ``teacher``'s student.
 
     ``resolve_bits`` decides: a block's MACs need (w, previous a) and (w, a) to fit some
@@ -107,20 +168,21 @@ def feasible_options(teacher, profile: ChipProfile | str, input_shape: Sequence[
     ``input_shape`` is accepted for symmetry with the other functions (widths do not depend on it).
     """
     profile = _profile(profile)
-    names = block_names(teacher)
+    students = _students(teacher, profile, input_shape, students)
     out = []
     for opt in order_options(options):
         try:
-            resolve_bits(opt, names, profile)
+            students.check([opt] * len(students.blocks))
         except ConversionError:
             continue
         out.append(opt)
     return out
 
 
-def _options_or_fail(teacher, profile: ChipProfile, input_shape, options) -> list[str]:
+def _options_or_fail(teacher, profile: ChipProfile, input_shape, options, students=None
+                     ) -> list[str]:
     asked = order_options(BIT_OPTIONS if options is None else options)
-    feasible = feasible_options(teacher, profile, input_shape, asked)
+    feasible = feasible_options(teacher, profile, input_shape, asked, students)
     if not feasible:
         modes = ", ".join(f"{m.weight_bits}w{m.activation_bits}a" for m in profile.precision)
         raise ConversionError(f"bit options {', '.join(asked)}: profile {profile.name} runs none "
@@ -150,9 +212,9 @@ def block_costs(est: Estimate, blocks: Sequence[str]) -> dict[str, dict]:
 class _Costs:
     """Exact estimates of converted students, cached by their per-block bits."""
 
-    def __init__(self, teacher, profile: ChipProfile, input_shape):
-        self.teacher, self.profile, self.shape = teacher, profile, _shape(input_shape)
-        self.blocks = block_names(teacher)
+    def __init__(self, students):
+        self.students, self.profile = students, students.profile
+        self.blocks = students.blocks
         self._cache: dict[tuple[str, ...], Estimate | None] = {}
 
     def estimate(self, bits: Sequence[str]) -> Estimate | None:
@@ -160,12 +222,11 @@ class _Costs:
         key = tuple(bits)
         if key not in self._cache:
             try:
-                resolve_bits(list(key), self.blocks, self.profile)
+                self.students.check(key)
             except ConversionError:
                 self._cache[key] = None
             else:
-                student = convert_resnet(self.teacher, self.profile, list(key), self.shape)
-                self._cache[key] = estimate(student.export(), self.profile)
+                self._cache[key] = estimate(self.students.build(key).export(), self.profile)
         return self._cache[key]
 
     def ms(self, bits: Sequence[str]) -> float | None:
@@ -176,7 +237,7 @@ class _Costs:
 # ----------------------------------------------------------------------------- latency table
 
 def latency_table(teacher, profile: ChipProfile | str, input_shape: Sequence[int],
-                  options: Sequence[str] | None = None):
+                  options: Sequence[str] | None = None, students=None):
     """A ``pandas.DataFrame``: rows the student's blocks in order and ``total``; per option a
     column ``'<option> ms'`` (latency per image) and ``'<option> fallbacks'`` (ops that fall back
     to the host; 0 for a converted student). ``options=None``: the feasible ones of
@@ -186,16 +247,17 @@ def latency_table(teacher, profile: ChipProfile | str, input_shape: Sequence[int
     import pandas as pd
 
     profile = _profile(profile)
+    students = _students(teacher, profile, input_shape, students)
     if options is None:
-        opts = _options_or_fail(teacher, profile, input_shape, None)
+        opts = _options_or_fail(teacher, profile, input_shape, None, students)
     else:
         opts = order_options(options)
-    costs = _Costs(teacher, profile, input_shape)
+    costs = _Costs(students)
     columns: dict[str, dict] = {}
     index = list(costs.blocks)
     names = costs.blocks
     for opt in opts:
-        resolve_bits(opt, names, profile)  # the chip's own message for an option it cannot run
+        students.check([opt] * len(names))  # the chip's own message for an option it cannot run
         est = costs.estimate([opt] * len(names))
         rows = block_costs(est, names)
         if UNASSIGNED in rows and UNASSIGNED not in index:
@@ -210,7 +272,7 @@ def latency_table(teacher, profile: ChipProfile | str, input_shape: Sequence[int
     for opt in opts:
         df[f"{opt} fallbacks"] = df[f"{opt} fallbacks"].astype(int)
     df.attrs.update({"chip": profile.name, "clock_hz": profile.clock_hz, "options": opts,
-                     "input_shape": list(costs.shape)})
+                     "input_shape": list(_shape(input_shape))})
     return df
 
 
@@ -302,10 +364,9 @@ class _Calibrated:
     the result equals a direct calibration.
     """
 
-    def __init__(self, teacher, profile: ChipProfile, shape, images: torch.Tensor,
-                 options: Sequence[str]):
-        self.teacher, self.profile, self.shape, self.x = teacher, profile, shape, images
-        self.blocks = block_names(teacher)
+    def __init__(self, students, images: torch.Tensor, options: Sequence[str]):
+        self.students, self.x = students, images
+        self.blocks = students.blocks
         self._bn: dict[tuple[int, str], dict] | None = None
         self._steps: dict[tuple[str, int, bool], float] = {}
         seen_a = set()
@@ -316,7 +377,7 @@ class _Calibrated:
                 self.student([opt] * len(self.blocks))
 
     def student(self, bits: Sequence[str]):
-        student = convert_resnet(self.teacher, self.profile, list(bits), self.shape)
+        student = self.students.build(bits)
         layers = new_batchnorm_layers(student)
         if self._bn is None:
             calibrate_batchnorm(student, self.x)
@@ -342,13 +403,14 @@ class _Calibrated:
 
 @torch.no_grad()
 def sensitivity_table(teacher, profile: ChipProfile | str, input_shape: Sequence[int], images,
-                      options: Sequence[str]) -> dict[str, dict[str, float]]:
+                      options: Sequence[str], students=None) -> dict[str, dict[str, float]]:
     """``{block: {option: distortion}}``: that block at the option, all others at the widest
     of ``options``, calibrated on ``images``; the widest entry of every block is the all-widest
     student's distortion. Options the chip cannot run in that position are left out."""
     profile = _profile(profile)
+    students = _students(teacher, profile, input_shape, students)
     x = _images(images)
-    names = block_names(teacher)
+    names = students.blocks
     opts = order_options(options)
     widest = opts[-1]
     was_training = teacher.training
@@ -357,7 +419,7 @@ def sensitivity_table(teacher, profile: ChipProfile | str, input_shape: Sequence
         ref = teacher(x).reshape(len(x), -1)
     finally:
         teacher.train(was_training)
-    calibrated = _Calibrated(teacher, profile, _shape(input_shape), x, opts)
+    calibrated = _Calibrated(students, x, opts)
 
     def measure(bits: list[str]) -> float:
         return logit_distortion(calibrated.student(bits), x, ref)
@@ -370,7 +432,7 @@ def sensitivity_table(teacher, profile: ChipProfile | str, input_shape: Sequence
             bits = [widest] * len(names)
             bits[i] = opt
             try:
-                resolve_bits(bits, names, profile)
+                students.check(bits)
             except ConversionError:
                 continue
             table[block][opt] = measure(bits)
@@ -412,11 +474,13 @@ def _predicted_distortion(sens: dict, blocks: Sequence[str], bits: Sequence[str]
 
 def allocate_bits(teacher, profile: ChipProfile | str, input_shape: Sequence[int],
                   budget_ms: float, images, options: Sequence[str] | None = None,
-                  log: Callable[[str], None] | None = print) -> Allocation:
+                  log: Callable[[str], None] | None = print, students=None) -> Allocation:
     """Per-block bits whose exact estimated latency on ``profile`` fits ``budget_ms`` (see the
     module doc for the method). ``images``: calibration images (float NCHW in [0, 1], no labels;
     a few hundred suffice); ``options``: candidate widths (default ``BIT_OPTIONS``; those the
-    chip cannot run are dropped). ``log`` receives one line per step (None: silent)."""
+    chip cannot run are dropped). ``log`` receives one line per step (None: silent).
+    ``students``: whose students are allocated (default ``ResNetStudents``, the hand-written
+    lowering; ``GraphStudents`` for the chip-driven converter's)."""
     log = log or (lambda line: None)
     profile = _profile(profile)
     try:
@@ -425,9 +489,10 @@ def allocate_bits(teacher, profile: ChipProfile | str, input_shape: Sequence[int
         raise ConversionError(f"latency budget {budget_ms!r}: not a number of milliseconds") from None
     if not math.isfinite(budget) or budget <= 0:
         raise ConversionError(f"latency budget {budget_ms!r} ms: must be a positive number")
-    opts = _options_or_fail(teacher, profile, input_shape, options)
+    students = _students(teacher, profile, input_shape, students)
+    opts = _options_or_fail(teacher, profile, input_shape, options, students)
     x = _images(images)
-    costs = _Costs(teacher, profile, input_shape)
+    costs = _Costs(students)
     names, n = costs.blocks, len(costs.blocks)
     widest, narrowest = opts[-1], opts[0]
     widest_ms = costs.ms([widest] * n)
@@ -451,7 +516,7 @@ def allocate_bits(teacher, profile: ChipProfile | str, input_shape: Sequence[int
             f"achievable latency is {smallest:.6f} ms (every block at {fastest}; all {widest}: "
             f"{widest_ms:.6f} ms)")
 
-    sens = sensitivity_table(teacher, profile, input_shape, x, opts)
+    sens = sensitivity_table(teacher, profile, input_shape, x, opts, students)
     rank = {o: i for i, o in enumerate(opts)}
     bits, ms, steps = [widest] * n, widest_ms, []
 
@@ -508,6 +573,6 @@ def allocate_bits(teacher, profile: ChipProfile | str, input_shape: Sequence[int
     return result(bits, ms, steps, sens)
 
 
-__all__ = ["BIT_OPTIONS", "Allocation", "allocate_bits", "block_costs", "block_names", "canonical",
+__all__ = ["BIT_OPTIONS", "Allocation", "GraphStudents", "ResNetStudents", "allocate_bits", "block_costs", "block_names", "canonical",
            "feasible_options", "format_latency_table", "latency_table", "latency_table_dict",
            "logit_distortion", "order_options", "sensitivity_table"]

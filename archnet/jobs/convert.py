@@ -104,11 +104,12 @@ def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, 
         from archnet.distill.taps import GraphTaps
         from archnet.lowering.graph import build_graph_student
         from archnet.rules import plan_conversion
-        if isinstance(bits, list):
-            raise ConversionError(f"--recipe {opts.recipe} converts at one bit width; "
-                                  f"--latency-budget allocates bits only with --recipe resnet")
         graph = capture(teacher, (torch.zeros(1, *meta["input_shape"]),))
-        plan = plan_conversion(graph, profile, parse_bits(bits), opts.recipe)
+        if isinstance(bits, list):          # per-block widths (--latency-budget)
+            from archnet.bit_allocation import GraphStudents
+            plan = GraphStudents(graph, profile, opts.recipe).plan(bits)
+        else:
+            plan = plan_conversion(graph, profile, parse_bits(bits), opts.recipe)
         log(plan.describe())
         student, low = build_graph_student(graph, plan, profile)
         taps = GraphTaps(graph, low.taps)
@@ -190,8 +191,15 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     if opts.latency_budget_ms is not None:
         from archnet.bit_allocation import allocate_bits
         calib = _calibration_set(images, min(opts.calibration_images, 256), cfg.seed)
+        students = None
+        if opts.recipe != "resnet":
+            from archnet.bit_allocation import GraphStudents
+            from archnet.capture import capture
+            students = GraphStudents(capture(teacher, (torch.zeros(1, *meta["input_shape"]),)),
+                                     profile, opts.recipe)
         allocation = allocate_bits(teacher, profile, meta["input_shape"], opts.latency_budget_ms,
-                                   calib, log=log if dist.is_main() else (lambda _m: None))
+                                   calib, log=log if dist.is_main() else (lambda _m: None),
+                                   students=students)
         bits = list(allocation.bits)
         log(f"bits per block under {opts.latency_budget_ms} ms: {bits} "
             f"(estimated {allocation.estimated_ms:.4f} ms)")

@@ -134,7 +134,8 @@ class _Grids:
 class _Lowering:
     def __init__(self, graph: TeacherGraph, plan: ConversionPlan):
         self.graph, self.plan = graph, plan
-        self.w_bits, self.a_bits = plan.bits
+        self.w_bits, self.a_bits = plan.bits          # of the node being lowered
+        self.grid_bits: dict[str, int] = {}           # grid -> activation bits of its writer
         self.grids = _Grids()
         self.steps: dict[str, dict] = {}           # global step name -> step dict
         self.step_node: dict[str, str] = {}        # step -> teacher node
@@ -144,6 +145,11 @@ class _Lowering:
         self.learned: list[str] = []
 
     # -- helpers
+    def _grid(self, hint: str) -> str:
+        key = self.grids.new(hint)
+        self.grid_bits[key] = self.a_bits
+        return key
+
     def _name(self, node: str, i: int, n: int) -> str:
         return unique_name(_ident(node) if n == 1 else f"{_ident(node)}_{i}", self.steps)
 
@@ -170,6 +176,7 @@ class _Lowering:
     # -- per decision
     def lower(self, d: Decision) -> None:
         node = self.graph.node(d.node)
+        self.w_bits, self.a_bits = d.bits or self.plan.bits
         form = d.form
         if form.host:
             raise ConversionError(f"{node.where} ({node.op}) runs on the host in this plan; the "
@@ -218,7 +225,7 @@ class _Lowering:
             raise ConversionError(f"{node.where}: a constant operand {list(shape)} per batch row")
         name = unique_name(f"{_ident(node.name)}_c{i}", self.steps)
         self.steps[name] = {"name": name, "inputs": [], "kind": "constant",
-                            "shape": list(shape[1:]), "quant": self.grids.new(name)}
+                            "shape": list(shape[1:]), "quant": self._grid(name)}
         self.step_node[name] = node.name
         self.rows.append((name, "value", "copy", self._derive(f"{node.name}:c{i}", value), {}))
         return name
@@ -230,7 +237,7 @@ class _Lowering:
         name = self._name(node.name, 0, 1)
         self.steps[name] = {"name": name, "inputs": [self._value(node.inputs[0])],
                             "kind": "channel_affine", "features": d, "w_bits": self.w_bits,
-                            "quant": self.grids.new(name), "bn_init": "statistics",
+                            "quant": self._grid(name), "bn_init": "statistics",
                             "role": "teacher"}
         self.step_node[name] = node.name
         self.producer[node.name] = name
@@ -351,7 +358,7 @@ class _Lowering:
             raise ConversionError(f"{node.where}: the student builder has no {op} step yet "
                                   f"(rule {d.rule})")
         if step["kind"] in ("conv", "linear", "add", "mul", "lut", "matmul", "softmax"):
-            step["quant"] = self.grids.new(name)
+            step["quant"] = self._grid(name)
         if step["kind"] == "softmax":
             self.grids.fixed[step["quant"]] = PROB_STEP
         return step
@@ -593,16 +600,21 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
         root = grids.find(key)
         if root in quantizers:
             continue
-        bits = max(8, low.a_bits) if root == head_key else low.a_bits
+        # a grid shared by writers of different widths (a concat across blocks) takes the widest
+        a_bits = max(b for k, b in low.grid_bits.items() if grids.find(k) == root)
+        bits = max(8, a_bits) if root == head_key else a_bits
         signed = signed_of.get(root, True)
         fixed = next((grids.fixed[k] for k in grids.fixed if grids.find(k) == root), None)
         if fixed is not None:
             bits, signed = 8, False
         quantizers[root] = {"bits": bits, "signed": signed, "step": fixed}
-    config_blocks, taps, taken = [], [], set()
+    config_blocks, taps, names_of_blocks = [], [], block_names(graph)
     in_ref, in_quant, in_channels = IMAGE, IMAGE, [graph.input_shapes[graph.inputs[0]][1]]
     rows: list[TransferRow] = []
+    widths = []
     for bi, nodes in enumerate(blocks):
+        w_bits, a_bits = block_bits(decisions, nodes, plan.bits)
+        widths.append(f"{w_bits}w{a_bits}a")
         names = [s for s in low.steps if low.step_node[s] in {n.name for n in nodes}]
         out_value = nodes[-1].name
         out_ref = low._value(out_value)
@@ -621,11 +633,10 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
             steps.append(step)
         if out_ref == in_ref:
             raise ConversionError(f"block {bi} computes nothing")
-        name = unique_name(module_key(nodes), taken)
-        taken.add(name)
+        name = names_of_blocks[bi]
         out_quant = low._quant_of(out_ref)
         config_blocks.append({
-            "name": name, "tap": out_value, "w_bits": low.w_bits, "a_bits": low.a_bits,
+            "name": name, "tap": out_value, "w_bits": w_bits, "a_bits": a_bits,
             "inputs": in_channels, "input_quant": grids.find(in_quant),
             "steps": steps, "outputs": [out_ref]})
         taps.append(out_value)
@@ -639,11 +650,30 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
     config = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "input_shape": [c, h, w],
               "quantizers": quantizers, "blocks": config_blocks,
               "meta": {"teacher": "graph", "profile": plan.chip, "recipe": plan.recipe,
-                       "bits": [f"{low.w_bits}w{low.a_bits}a"] * len(config_blocks),
+                       "bits": widths,
                        "rules": plan.rules_fired(),
                        "requantize": profile.arithmetic.requant.mode.value}}
     return Lowered(config, rows, low.derived, taps, low.learned)
 
+
+
+def block_bits(decisions: dict, nodes: list[TeacherNode], default) -> tuple[int, int]:
+    """A block's widths: its nodes' (per-block bit allocation gives them all the same)."""
+    found = {decisions[n.name].bits or tuple(default) for n in nodes}
+    if len(found) != 1:
+        raise ConversionError(f"block {module_key(nodes)!r} mixes widths {sorted(found)}; "
+                              f"widths are chosen per block")
+    return found.pop()
+
+
+def block_names(graph: TeacherGraph) -> list[str]:
+    """The student's block names, in order (as ``lower_plan`` names them)."""
+    taken: set[str] = set()
+    names = []
+    for nodes in partition(graph):
+        names.append(unique_name(module_key(nodes), taken))
+        taken.add(names[-1])
+    return names
 
 
 def build_graph_student(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile):

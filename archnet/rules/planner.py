@@ -52,6 +52,7 @@ class Decision:
     reason: str
     cycles: float
     candidates: tuple[Candidate, ...] = ()
+    bits: tuple[int, int] | None = None      # (weight, activation) of this node's student ops
 
     @property
     def rule(self) -> str:
@@ -86,6 +87,11 @@ class ConversionPlan:
     student: Estimate
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def widths(self) -> str:
+        """``4w4a``, or the distinct widths in node order where they differ per block."""
+        seen = dict.fromkeys(d.bits or self.bits for d in self.decisions) or {self.bits: None}
+        return " ".join(f"{w}w{a}a" for w, a in seen)
+
     def rules_fired(self) -> dict[str, int]:
         return dict(Counter(d.rule for d in self.decisions))
 
@@ -96,7 +102,7 @@ class ConversionPlan:
         """Both latencies, notes, the rules fired, and per replaced node (or every node) the
         rule and why: what ``archnet plan`` and ``archnet convert`` print."""
         t, s = self.teacher, self.student
-        lines = [f"{self.chip} at {self.bits[0]}w{self.bits[1]}a, recipe {self.recipe}",
+        lines = [f"{self.chip} at {self.widths()}, recipe {self.recipe}",
                  f"  teacher {t.total_latency_ms:.3f} ms ({len(t.fallbacks)} host fallbacks, "
                  f"{_host_ms(t):.3f} ms on the host)",
                  f"  student {s.total_latency_ms:.3f} ms ({len(s.fallbacks)} host fallbacks)"
@@ -115,7 +121,7 @@ class ConversionPlan:
 
     def to_dict(self) -> dict:
         t, s = self.teacher, self.student
-        return {"chip": self.chip, "bits": f"{self.bits[0]}w{self.bits[1]}a",
+        return {"chip": self.chip, "bits": self.widths(),
                 "recipe": self.recipe, "notes": list(self.notes),
                 "teacher_latency_ms": t.total_latency_ms,
                 "teacher_host_ms": _host_ms(t), "teacher_fallbacks": len(t.fallbacks),
@@ -220,8 +226,11 @@ def _image_inputs(node: TeacherNode, ctx: RuleContext, form: Form) -> tuple[bool
 
 
 def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, int] = (8, 8),
-                    recipe: str = "native", allow_fallback: bool = False) -> ConversionPlan:
-    """Every node's form on ``profile`` at ``bits`` (weight, activation)."""
+                    recipe: str = "native", allow_fallback: bool = False,
+                    node_bits: dict[str, tuple[int, int]] | None = None) -> ConversionPlan:
+    """Every node's form on ``profile`` at ``bits`` (weight, activation), or at
+    ``node_bits[node]`` for the nodes it names (per-block widths: ``archnet.bit_allocation``)."""
+    node_bits = dict(node_bits or {})
     if recipe not in RECIPES:
         raise ConversionError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
     readers = Counter(i for n in graph.nodes for i in n.inputs)
@@ -229,13 +238,14 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
     unplaced = []
     for node in graph.nodes:
         ctx = _context(graph, node, profile, decided, readers)
-        form, j, cands, reason = _choose(node, ctx, bits, recipe, decided)
+        nb = tuple(node_bits.get(node.name, bits))
+        form, j, cands, reason = _choose(node, ctx, nb, recipe, decided)
         if form is None:
             if not allow_fallback:
                 unplaced.append(f"{node.where} ({node.op}): {reason}")
                 continue
             form = _host_form(node)
-            j = probe(form, list(ctx.in_shapes), bits, profile, _image_inputs(node, ctx, form))
+            j = probe(form, list(ctx.in_shapes), nb, profile, _image_inputs(node, ctx, form))
             reason = f"on the host (--allow-fallback): {reason}"
         if form.absorbs is not None:
             for taken, _ in ctx.absorbable[form.absorbs]:
@@ -245,14 +255,15 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
                                    f"({form.rule})", ()),
                     reason=f"merged into {node.where} ({form.rule})", cycles=0.0)
         decided[node.name] = Decision(node.name, node.op, node.module, node.module_type, form,
-                                      reason, j.cycles, cands)
+                                      reason, j.cycles, cands, nb)
     if unplaced:
         raise ConversionError(
             f"{len(unplaced)} teacher node(s) cannot run on {profile.name}"
             f"{' with the paper recipe' if recipe == 'paper' else ''}: " + " | ".join(unplaced)
             + " (--allow-fallback runs them on the host)")
     decisions = tuple(decided[n.name] for n in graph.nodes)
-    notes = _precision_notes(profile, bits)
+    notes = tuple(n for b in dict.fromkeys(d.bits for d in decisions)
+                  for n in _precision_notes(profile, b))
     teacher = estimate(_teacher_program(graph, profile), profile)
     student = estimate(whole_program(graph, decisions, bits, "student"), profile)
     return ConversionPlan(profile.name, tuple(bits), recipe, decisions, teacher, student, notes)
@@ -275,18 +286,19 @@ def _precision_notes(profile: ChipProfile, bits) -> tuple[str, ...]:
 
 
 def whole_program(graph: TeacherGraph, decisions, bits, name: str):
-    """The chosen forms of all nodes as one estimate-only Program (``bits`` None: float)."""
+    """The chosen forms of all nodes as one estimate-only Program (``bits`` None: float; else
+    each node at its decision's widths, ``bits`` where it has none)."""
     b = ProgramBuilder(name, {"estimate_only": True})
-    dtype = "f32" if bits is None else f"s{bits[1]}"
     values = {i: b.input(i, graph.input_shapes[i], "f32" if bits is None else IMAGE_DTYPE)
               for i in graph.inputs}
     for d in decisions:
         node = graph.node(d.node)
+        nb = None if bits is None else (d.bits or tuple(bits))
         ins = [values[i] for i in node.inputs]
         if d.form.input_shapes is not None:    # the student reads its own encoding of the input
-            ins = [b.input(f"{node.name}_in{i}", s, dtype)
+            ins = [b.input(f"{node.name}_in{i}", s, "f32" if nb is None else f"s{nb[1]}")
                    for i, s in enumerate(d.form.input_shapes)]
-        values[node.name] = add_form(b, d.form, ins, bits, node.name)
+        values[node.name] = add_form(b, d.form, ins, nb, node.name)
     b.output(*[values[o] for o in graph.outputs if o in values])
     return b.build()
 

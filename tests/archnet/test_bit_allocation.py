@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from archnet.bit_allocation import (BIT_OPTIONS, _Calibrated, allocate_bits, block_names,
-                                    feasible_options, format_latency_table, latency_table,
-                                    logit_distortion)
+from archnet.bit_allocation import (BIT_OPTIONS, GraphStudents, ResNetStudents, _Calibrated,
+                                    allocate_bits, block_names, feasible_options,
+                                    format_latency_table, latency_table, logit_distortion)
 from archnet.cli.bit_allocation import add_commands
 from archnet.data import load_dataset
 from archnet.errors import ConversionError
@@ -113,12 +113,20 @@ def test_explicit_option_the_chip_cannot_run_is_an_error(teacher):
 
 # ----------------------------------------------------------------------------- calibration
 
-def test_cached_calibration_equals_direct_calibration(teacher, images):
+def _graph_students(model, shape, profile):
+    from archnet.capture import capture
+    return GraphStudents(capture(model, (torch.zeros(1, *shape),)), load_profile(profile))
+
+
+@pytest.mark.parametrize("lowering", ["resnet", "graph"])
+def test_cached_calibration_equals_direct_calibration(teacher, images, lowering):
     model, shape = teacher
     x = images[:64]
-    bits = ["8w8a", "4w4a", "8w8a", "2w4a", "4w4a"]
-    cached = _Calibrated(model, load_profile(RK), tuple(shape), x, BIT_OPTIONS).student(bits)
-    direct = convert_resnet(model, RK, bits, shape)
+    students = ResNetStudents(model, load_profile(RK), shape) if lowering == "resnet" else \
+        _graph_students(model, shape, RK)
+    bits = ["8w8a", "4w4a", "8w8a", "2w4a", "4w4a"][:len(students.blocks)]
+    cached = _Calibrated(students, x, BIT_OPTIONS).student(bits)
+    direct = students.build(bits)
     calibrate_batchnorm(direct, x)
     calibrate_activations(direct, x)
     with torch.no_grad():
@@ -214,3 +222,23 @@ def test_cli_bad_model_is_one_line(capsys, tmp_path, teacher, make):
     assert run_cli("latency-table", str(path), "--chip", RK) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and err.startswith("archnet: error: ")
+
+
+def test_the_chip_driven_students_get_bits_per_block_under_a_budget(teacher, images):
+    """HAQ-style allocation over the chip-driven converter's blocks: the widths fit the budget,
+    differ between blocks, and the student built with them costs what the allocation says."""
+    model, shape = teacher
+    students = _graph_students(model, shape, RK)
+    wide = estimate(students.build(["8w8a"] * len(students.blocks)).export(),
+                    load_profile(RK)).total_latency_ms
+    narrow = estimate(students.build(["4w4a"] * len(students.blocks)).export(),
+                      load_profile(RK)).total_latency_ms
+    assert narrow < wide
+    budget = (wide + narrow) / 2
+    alloc = allocate_bits(model, RK, shape, budget, images[:64], options=["4w4a", "8w8a"],
+                          log=None, students=students)
+    assert alloc.estimated_ms <= budget and len(set(alloc.bits)) == 2
+    built = students.build(alloc.bits)
+    assert built.config["meta"]["bits"] == alloc.bits
+    assert estimate(built.export(), load_profile(RK)).total_latency_ms == \
+        pytest.approx(alloc.estimated_ms)

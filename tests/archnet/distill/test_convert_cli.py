@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from archnet.cli import main
 from archnet.student_io import load_student
 from simulator.ir.program import load_program
+from simulator.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parents[3]
 TEACHER = str(ROOT / "reports" / "teachers" / "digits_resnet8.pt")
@@ -112,17 +114,25 @@ def test_torchrun_two_cpu_processes(tmp_path, recipe):
         assert a[key] == b[key], key
 
 
-def test_latency_budget_chooses_bits_that_fit_and_saves_them(tmp_path):
+@pytest.mark.parametrize("recipe", ["resnet", "native"])
+def test_latency_budget_chooses_bits_that_fit_and_saves_them(tmp_path, recipe):
+    """Per-block widths under a budget, for the hand-written lowering and the chip-driven
+    converter alike."""
     out = tmp_path / "run"
-    from archnet.bit_allocation import latency_table
+    from archnet.bit_allocation import GraphStudents, latency_table
+    from archnet.capture import capture
     from archnet.teachers import load_teacher
     teacher, meta = load_teacher(TEACHER)
-    totals = latency_table(teacher, "rk3588-npu-core", meta["input_shape"]).loc["total"]
+    students = None if recipe == "resnet" else GraphStudents(
+        capture(teacher, (torch.zeros(1, *meta["input_shape"]),)),
+        load_profile("rk3588-npu-core"))
+    totals = latency_table(teacher, "rk3588-npu-core", meta["input_shape"],
+                           students=students).loc["total"]
     # between all-4w4a and all-8w8a on the profile as it stands, so some blocks must be narrow
     budget = round((totals["4w4a ms"] + totals["8w8a ms"]) / 2, 6)
     assert totals["4w4a ms"] < budget < totals["8w8a ms"]
     assert main(["convert", TEACHER, "--chip", "rk3588-npu-core", "--latency-budget", str(budget),
-                 "--out", str(out), *FAST]) == 0
+                 "--recipe", recipe, "--out", str(out), *FAST]) == 0
     summary = json.loads((out / "convert.json").read_text())
     bits = summary["bits"]
     assert len(set(bits)) > 1, bits                       # a per-block choice, not one width
