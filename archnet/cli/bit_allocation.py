@@ -25,8 +25,9 @@ def _format_of(path: Path) -> str | None:
 
 
 def load_model(path: str):
-    """``(teacher, input_shape, student or None, student bits or None)`` for a teacher or a
-    student checkpoint; anything else is a one-line ``CheckpointError``."""
+    """``(teacher, input_shape, student or None, student bits or None, recipe or None)`` for a
+    teacher or a student checkpoint (the recipe the student was converted with; for a teacher,
+    the one ``archnet convert`` would use); anything else is a one-line ``CheckpointError``."""
     from archnet.errors import CheckpointError
     from archnet.student_io import load_student
     from archnet.teachers import load_recorded_teacher, load_teacher
@@ -39,12 +40,13 @@ def load_model(path: str):
         shape = meta.get("input_shape")
         if not isinstance(shape, list) or len(shape) != 3:
             raise CheckpointError(f"{path}: teacher metadata has no input_shape [C, H, W]")
-        return teacher, shape, None, None
+        from archnet.jobs.convert import default_recipe
+        return teacher, shape, None, None, default_recipe(meta)
     if kind == STUDENT_FORMAT:
         student, meta = load_student(p)
         teacher, _, _, _ = load_recorded_teacher(meta, p)
         bits = [row["bits"] for row in student.summary()]
-        return teacher, list(student.input_shape), student, bits
+        return teacher, list(student.input_shape), student, bits, meta.get("recipe")
     raise CheckpointError(f"{path}: neither a teacher nor a student checkpoint (format {kind!r})")
 
 
@@ -60,8 +62,16 @@ def cmd_latency_table(args) -> int:
                        suffixes={"--csv": (".csv",)})
     profile = load_profile(args.chip)
     options = order_options(args.options) if args.options else None
-    teacher, shape, student, bits = load_model(args.model)
-    df = latency_table(teacher, profile, shape, options)
+    teacher, shape, student, bits, recorded = load_model(args.model)
+    recipe = args.recipe or recorded or "resnet"
+    students = None
+    if recipe != "resnet":          # the chip-driven converter's blocks
+        import torch
+
+        from archnet.bit_allocation import GraphStudents
+        from archnet.capture import capture
+        students = GraphStudents(capture(teacher, (torch.zeros(1, *shape),)), profile, recipe)
+    df = latency_table(teacher, profile, shape, options, students=students)
     if student is not None:  # the student as it is, attributed per block
         est = estimate(student.export(), profile)
         rows = block_costs(est, student.block_names)
@@ -109,6 +119,10 @@ def add_commands(sub) -> None:
     p.add_argument("--options", metavar="LIST", type=_bit_options,
                    help="comma-separated bit options, e.g. 2w4a,4w4a,8w8a (default: those of "
                         "2w4a,4w4a,8w8a the chip runs)")
+    p.add_argument("--recipe", choices=("resnet", "native", "paper"),
+                   help="whose students: the hand-written ResNet lowering, or the chip-driven "
+                        "converter's (default: the student's own recipe; for a teacher, resnet "
+                        "for the zoo's ResNets, else native)")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (atomically)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=cmd_latency_table)

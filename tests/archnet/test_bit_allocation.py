@@ -195,6 +195,16 @@ def test_cli_prints_a_table_for_a_teacher(capsys, tmp_path):
     assert not [p for p in csv.parent.iterdir() if p.name != "table.csv"]   # no temporary left
 
 
+def test_cli_tables_the_chip_driven_converters_blocks(capsys, tmp_path):
+    csv = tmp_path / "table.csv"
+    assert run_cli("latency-table", str(TEACHER), "--chip", RK, "--recipe", "native",
+                   "--csv", str(csv)) == 0
+    df = pd.read_csv(csv, index_col="block")
+    blocks = [b for b in df.index if b != "total"]
+    assert blocks == ["conv1", "layer1.0", "layer2.0", "layer3.0", "fc"]   # the graph's blocks
+    assert df.loc[blocks, "8w8a ms"].sum() == pytest.approx(df.loc["total", "8w8a ms"], rel=1e-6)
+
+
 def test_cli_marks_a_students_own_bits(capsys, tmp_path, teacher):
     model, shape = teacher
     bits = ["8w8a", "8w8a", "4w4a", "4w4a", "8w8a"]
