@@ -27,6 +27,11 @@ Each block is one ``GraphBlock``: a small straight-line program of steps over na
 
 A ``linear`` step applies to the last axis of any rank (token rows stay rows).
 
+The student's input is the host's encoding of the network's first input (``input_encoding``:
+``pixels``, images on the u8 grid of 1/255, or ``one_hot``, token rows as one-hot vectors for the
+embedding); further inputs the host writes as they are (``side_inputs``: a key mask
+``[tokens]``) are read by steps as ``side:<name>`` in any block.
+
 and it has the three faces of every Arch-Net module: ``forward`` (fake-quant float, or plain
 float with ``quantize=False``), ``integer_forward`` (the chip's arithmetic) and ``export``
 (simulator nodes). A block reads and writes *pieces*: when a chip's channel limit forces a tensor
@@ -56,10 +61,10 @@ from archnet.errors import ArchnetError
 from archnet.quant.attention import QMatMul, QSoftmax, QTranspose
 from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool2d
 from archnet.quant.lsq import LsqQuantizer, round_ste
-from archnet.quant.modules import (QChannelAffine, QConstant, QConv2d, QFlatten, QInput, QLinear,
-                                   QReshape, concat)
+from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d, QFlatten,
+                                   QInput, QLinear, QReshape, concat)
 from archnet.quant.qtensor import QTensor
-from simulator.contract import ArithmeticSpec
+from simulator.contract import ArithmeticSpec, IntType
 from simulator.ir.builder import ProgramBuilder
 from simulator.ir.program import Program
 from simulator.numerics import fixed_point as fp
@@ -70,7 +75,7 @@ IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8
 STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
               "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose",
               "channel_affine", "constant")
-MULTI_INPUT = ("concat", "add", "mul", "matmul")
+MULTI_INPUT = ("concat", "add", "mul", "matmul", "softmax")   # softmax: scores and a key mask
 REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax",
                 "channel_affine", "constant")   # steps that write their own grid
 NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant")   # without a ReLU flag
@@ -169,12 +174,18 @@ def pool_geometry(step: dict, where: str = "") -> dict:
     return {"kernel": kernel, "strides": strides, "pads": pads}
 
 
+SIDE = "side"     # quantizer key of side inputs: integers written as they are
+SIDE_TYPE = IntType(8, False)
+
+
 def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
-                  quantizers: dict) -> tuple[dict, dict]:
+                  quantizers: dict, side: dict | None = None) -> tuple[dict, dict]:
     """Shapes (without batch) and quantizer keys of every tensor of a block; checks each step."""
     where = f"block {block['name']!r}"
     shapes = {f"in:{k}": s for k, s in enumerate(in_shapes)}
     quant = {ref: in_quant for ref in shapes}
+    for name, shape in (side or {}).items():
+        shapes[f"side:{name}"], quant[f"side:{name}"] = tuple(shape), SIDE
     for step in block["steps"]:
         name = _need(step, "name", str, where)
         at = f"{where} step {name!r}"
@@ -205,6 +216,8 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             raise _fail(at, "concat takes at least two inputs")
         if kind in ("add", "mul", "matmul") and len(inputs) != 2:
             raise _fail(at, f"{kind} takes two inputs, got {len(inputs)}")
+        if kind == "softmax" and len(inputs) not in (1, 2):
+            raise _fail(at, f"softmax takes scores and an optional key mask, got {len(inputs)}")
         x = shapes[inputs[0]]
         if kind in REQUANTIZING:
             key = _need(step, "quant", str, at)
@@ -287,6 +300,12 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
                 raise _fail(at, f"matmul operands {x} and {b} do not multiply")
             shapes[name] = (*x[:-1], b[-1])
         elif kind == "softmax":
+            if len(inputs) == 2:
+                mask = shapes[inputs[1]]
+                if quant[inputs[1]] != SIDE or len(mask) != len(x) or mask[-1] != x[-1] or \
+                        any(d != 1 for d in mask[:-1]):
+                    raise _fail(at, f"a softmax's key mask is a side input shaped "
+                                    f"[1, ..., {x[-1]}], got {mask}")
             spec = quantizers[step["quant"]]
             if spec.get("step") != 1.0 / 256 or spec["bits"] != 8 or spec["signed"]:
                 raise _fail(at, "softmax writes the fixed unsigned 8-bit grid of 1/256")
@@ -334,8 +353,19 @@ def validate_config(config: dict) -> dict:
     if config.get("version") != CONFIG_VERSION:
         raise _fail("", f"'version' {config.get('version')!r} unsupported (this is {CONFIG_VERSION})")
     shape = _need(config, "input_shape", list, "")
-    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise _fail("", f"'input_shape' must be [channels, height, width], got {shape}")
+    encoding = config.get("input_encoding", "pixels")
+    if encoding not in ENCODINGS:
+        raise _fail("", f"'input_encoding' {encoding!r} not one of {', '.join(ENCODINGS)}")
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                            for d in shape) or (encoding == "pixels" and len(shape) != 3):
+        raise _fail("", f"'input_shape' must be [channels, height, width] for pixels, positive "
+                        f"sizes for {encoding}, got {shape}")
+    side = config.get("side_inputs", {})
+    if not isinstance(side, dict) or not all(
+            isinstance(k, str) and _IDENT.fullmatch(k) and isinstance(v, list) and v and
+            all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+            for k, v in side.items()):
+        raise _fail("", f"'side_inputs' must map names to shapes, got {side!r}")
     quantizers = _need(config, "quantizers", dict, "")
     for key, spec in quantizers.items():
         if not _IDENT.fullmatch(key) or key == IMAGE:
@@ -363,7 +393,7 @@ def validate_config(config: dict) -> dict:
             raise _fail(where, f"input pieces {sizes} != previous outputs {[s[0] for s in in_shapes]}")
         if _need(block, "input_quant", str, where) != in_quant:
             raise _fail(where, f"input_quant {block['input_quant']!r} != previous block's {in_quant!r}")
-        shapes, quant = _trace_shapes(block, in_shapes, in_quant, quantizers)
+        shapes, quant = _trace_shapes(block, in_shapes, in_quant, quantizers, side)
         in_shapes = [shapes[ref] for ref in block["outputs"]]
         in_quant = quant[block["outputs"][0]]
     return config
@@ -437,10 +467,13 @@ class GraphBlock(nn.Module):
     def mac_layers(self) -> dict[str, QConv2d | QLinear]:
         return {k: m for k, m in self.layers.items() if isinstance(m, (QConv2d, QLinear))}
 
-    def trace(self, x: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
-        """Every tensor of the block by name (inputs are ``in:<k>``), for calibration and tests."""
+    def trace(self, x: torch.Tensor, quantize: bool = True, side: dict | None = None
+              ) -> dict[str, torch.Tensor]:
+        """Every tensor of the block by name (inputs are ``in:<k>``, side inputs
+        ``side:<name>``), for calibration and tests."""
         env = dict(zip((f"in:{k}" for k in range(len(self.in_sizes))),
                        torch.split(x, self.in_sizes, dim=1), strict=True))
+        env.update({f"side:{k}": v for k, v in (side or {}).items()})
         for step in self.spec["steps"]:
             args = [env[ref] for ref in step["inputs"]]
             name, kind = step["name"], step["kind"]
@@ -463,24 +496,30 @@ class GraphBlock(nn.Module):
                 env[name] = self.layers[name](*args)
         return env
 
-    def forward(self, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, quantize: bool = True, side: dict | None = None
+                ) -> torch.Tensor:
         """The block's output pieces concatenated along channels; ``quantize=False`` runs the
         same network in plain float (folded BN, no quantizers)."""
-        env = self.trace(x, quantize)
+        env = self.trace(x, quantize, side)
         outs = [env[ref] for ref in self.spec["outputs"]]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec, side: dict | None = None
+                        ) -> QTensor:
         pieces = torch.split(x.value, self.in_sizes, dim=1)
         env = {f"in:{k}": QTensor(v.contiguous(), x.scale, x.dtype) for k, v in enumerate(pieces)}
+        env.update({f"side:{k}": QTensor(v.to(torch.int64), 1.0, SIDE_TYPE)
+                    for k, v in (side or {}).items()})
         for step in self.spec["steps"]:
             args = [env[ref] for ref in step["inputs"]]
             name, kind = step["name"], step["kind"]
             if kind == "concat":
                 env[name] = concat(args)
-            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool", "softmax",
+            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool",
                           "channel_affine"):
                 env[name] = self.layers[name].integer_forward(args[0], arith)
+            elif kind == "softmax":
+                env[name] = self.layers[name].integer_forward(*args, arith=arith)
             elif kind == "matmul":
                 env[name] = self.layers[name].integer_forward(*args, arith)
             elif kind == "constant":
@@ -492,8 +531,10 @@ class GraphBlock(nn.Module):
         outs = [env[ref] for ref in self.spec["outputs"]]
         return outs[0] if len(outs) == 1 else concat(outs)
 
-    def export(self, b: ProgramBuilder, x: str | Sequence[str], prefix: str | None = None) -> list[str]:
-        """Append the block's nodes; ``x`` names its input pieces, the result its output pieces.
+    def export(self, b: ProgramBuilder, x: str | Sequence[str], prefix: str | None = None,
+               side: dict | None = None) -> list[str]:
+        """Append the block's nodes; ``x`` names its input pieces (``side`` the program's side
+        inputs by name), the result its output pieces.
 
         Tensor names are ``<prefix>.<step>`` (prefix defaults to the block name)."""
         prefix = self.name if prefix is None else prefix
@@ -502,12 +543,13 @@ class GraphBlock(nn.Module):
             raise ArchnetError(f"block {self.name!r} takes {len(self.in_sizes)} input pieces, "
                                f"got {len(pieces)}")
         env = {f"in:{k}": name for k, name in enumerate(pieces)}
+        env.update({f"side:{k}": v for k, v in (side or {}).items()})
         for step in self.spec["steps"]:
             name, kind = step["name"], step["kind"]
             out = f"{prefix}.{name}"
             if kind == "concat":
                 env[name] = b.node("concat", [env[ref] for ref in step["inputs"]], out, axis=1)
-            elif kind in ("add", "mul", "lut", "matmul"):
+            elif kind in ("add", "mul", "lut", "matmul", "softmax"):
                 env[name] = self.layers[name].export(b, [env[r] for r in step["inputs"]], out)
             elif kind == "constant":
                 env[name] = self.layers[name].export(b, out)
@@ -527,13 +569,15 @@ class ArchNetStudent(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         self.config = validate_config(config)
-        self.input = QInput()
+        self.input = QInput(self.config.get("input_encoding", "pixels"))
+        self.side_inputs = {k: tuple(v) for k, v in self.config.get("side_inputs", {}).items()}
         self.quantizers = nn.ModuleDict({k: _make_quantizer(s)
                                          for k, s in self.config["quantizers"].items()})
         blocks, in_shapes, in_quant = [], [tuple(self.config["input_shape"])], IMAGE
         self._shapes: list[dict] = []
         for spec in self.config["blocks"]:
-            shapes, quant = _trace_shapes(spec, in_shapes, in_quant, self.config["quantizers"])
+            shapes, quant = _trace_shapes(spec, in_shapes, in_quant, self.config["quantizers"],
+                                          self.side_inputs)
             blocks.append(GraphBlock(spec, self.quantizers, quant))
             self._shapes.append(shapes)
             in_shapes = [shapes[ref] for ref in spec["outputs"]]
@@ -556,24 +600,28 @@ class ArchNetStudent(nn.Module):
         return [b.tap for b in self.blocks]
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return tuple(self.config["input_shape"])
 
     # -- the three faces
-    def features(self, images: torch.Tensor, quantize: bool = True) -> list[torch.Tensor]:
+    def features(self, images: torch.Tensor, quantize: bool = True, side: dict | None = None
+                 ) -> list[torch.Tensor]:
         """Every block's output, in order (the last is the logits). ``quantize=False``: plain
-        float, no quantizer anywhere (the input is used as given)."""
+        float, no quantizer anywhere (the input is used as given). ``side``: the side inputs
+        by name."""
         x = self.input(images) if quantize else images
         out = []
         for block in self.blocks:
-            x = block(x, quantize)
+            x = block(x, quantize, side)
             out.append(x)
         return out
 
-    def forward(self, images: torch.Tensor, quantize: bool = True) -> torch.Tensor:
-        return self.features(images, quantize)[-1]
+    def forward(self, images: torch.Tensor, quantize: bool = True, side: dict | None = None
+                ) -> torch.Tensor:
+        return self.features(images, quantize, side)[-1]
 
-    def integer_features(self, images: torch.Tensor, arith) -> list[QTensor]:
+    def integer_features(self, images: torch.Tensor, arith, side: dict | None = None
+                         ) -> list[QTensor]:
         """Every block's output on the chip's integers; ``arith`` is an ArithmeticSpec or a
         ChipProfile."""
         arith = arith if isinstance(arith, ArithmeticSpec) else arith.arithmetic
@@ -581,20 +629,21 @@ class ArchNetStudent(nn.Module):
         out = []
         with torch.no_grad():
             for block in self.blocks:
-                x = block.integer_forward(x, arith)
+                x = block.integer_forward(x, arith, side)
                 out.append(x)
         return out
 
-    def integer_forward(self, images: torch.Tensor, arith) -> QTensor:
-        return self.integer_features(images, arith)[-1]
+    def integer_forward(self, images: torch.Tensor, arith, side: dict | None = None) -> QTensor:
+        return self.integer_features(images, arith, side)[-1]
 
     def full_input_shape(self, input_shape: Sequence[int] | None = None) -> tuple[int, ...]:
         if input_shape is None:
             return (1, *self.input_shape)
         shape = tuple(int(d) for d in input_shape)
-        if len(shape) == 3:
+        rank = len(self.input_shape)
+        if len(shape) == rank:
             shape = (1, *shape)
-        if len(shape) != 4 or shape[1:] != self.input_shape:
+        if len(shape) != rank + 1 or shape[1:] != self.input_shape:
             raise ArchnetError(f"input shape {tuple(input_shape)} does not match the student's "
                                f"[N, {', '.join(map(str, self.input_shape))}] (its head is sized "
                                f"for that map)")
@@ -613,10 +662,13 @@ class ArchNetStudent(nn.Module):
         if not 1 <= n <= len(self.blocks):
             raise ArchnetError(f"export upto={upto}: the student has {len(self.blocks)} blocks")
         b = ProgramBuilder(name)
-        pieces = [self.input.export(b, self.full_input_shape(input_shape))]
+        full = self.full_input_shape(input_shape)
+        pieces = [self.input.export(b, full)]
+        side = {k: b.input(k, (full[0], *shape), SIDE_TYPE, scale=1.0, zero_point=0)
+                for k, shape in self.side_inputs.items()}
         per_block = []
         for block in list(self.blocks)[:n]:
-            pieces = block.export(b, pieces, block.name)
+            pieces = block.export(b, pieces, block.name, side)
             per_block.append(pieces)
         outputs = [p for ps in per_block for p in ps] if feature_outputs else pieces
         b.output(*outputs)

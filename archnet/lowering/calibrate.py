@@ -50,17 +50,18 @@ def new_batchnorm_layers(student) -> list[tuple[int, str]]:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: bool = True
-                        ) -> list[tuple[int, str]]:
-    """Fixed running statistics of the new batch-norms from ``images`` (float, no quantizers);
-    returns the (block index, step) pairs it set."""
+def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: bool = True,
+                        side: dict | None = None) -> list[tuple[int, str]]:
+    """Fixed running statistics of the new batch-norms from ``images`` (float, no quantizers;
+    ``side``: the student's side inputs for them); returns the (block index, step) pairs it
+    set."""
     todo = new_batchnorm_layers(student)
     x = images
     for i, block in enumerate(student.blocks):
         for _, name in [t for t in todo if t[0] == i]:
             m: QConv2d = block.layers[name]
             step = next(s for s in block.spec["steps"] if s["name"] == name)
-            env = block.trace(x, quantize=False)
+            env = block.trace(x, quantize=False, side=side)
             z = m.pre_bn(env[step["inputs"][0]])
             mean = z.mean(dim=(0, 2, 3))
             var = z.var(dim=(0, 2, 3), unbiased=False)
@@ -77,7 +78,7 @@ def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: boo
                 bn.bias.zero_()
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
-        x = block(x, quantize=False)
+        x = block(x, quantize=False, side=side)
     return todo
 
 
@@ -100,7 +101,7 @@ def _mse_step(values: torch.Tensor, qmin: int, qmax: int, candidates: int = 64) 
 
 @torch.no_grad()
 def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_000,
-                          seed: int = 0) -> dict[str, float]:
+                          seed: int = 0, side: dict | None = None) -> dict[str, float]:
     """Initial steps of every learned activation quantizer from ``images`` (float path, no
     quantizers): the MSE-optimal clipping of the values written to it (by every writer, for
     a quantizer shared across a concat); returns ``{quantizer key: step}``. Quantizers whose
@@ -110,7 +111,7 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
     written: dict[str, list[torch.Tensor]] = {}
     x = images
     for block in student.blocks:
-        env = block.trace(x, quantize=False)
+        env = block.trace(x, quantize=False, side=side)
         for step in block.spec["steps"]:
             key = step.get("quant")
             if key is not None and key not in fixed:    # every step writing a learned grid

@@ -16,6 +16,7 @@ copies, centre taps, shift layers, identity sums, averaging kernels); learned fo
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from archnet.errors import ConversionError
 from archnet.lowering.transfer import TransferRow, row_value
 from archnet.rules.planner import ConversionPlan, Decision
 from archnet.quant.attention import PROB_STEP
-from archnet.student import CONFIG_FORMAT, CONFIG_VERSION, IMAGE
+from archnet.student import CONFIG_FORMAT, CONFIG_VERSION, IMAGE, SIDE
 from simulator.ir.builder import unique_name
 from simulator.profiles import ChipProfile
 
@@ -47,7 +48,9 @@ def partition(graph: TeacherGraph) -> list[list[TeacherNode]]:
     for i, n in enumerate(graph.nodes):
         for v in n.inputs:
             last_use[v] = i
-    segments, cur, live = [], [], set(graph.inputs)
+    # the first input flows through the blocks; the others (a key mask) are side inputs every
+    # block may read, never what keeps a cut from being made
+    segments, cur, live = [], [], set(graph.inputs[:1])
     for i, n in enumerate(graph.nodes):
         cur.append(n)
         live = {v for v in live | {n.name} if last_use.get(v, -1) > i or v in graph.outputs}
@@ -156,11 +159,15 @@ class _Lowering:
     def _quant_of(self, ref: str) -> str:
         if ref == IMAGE:
             return IMAGE
+        if ref.startswith("side:"):
+            return SIDE
         return self.steps[ref].get("quant") or self._quant_of(self.steps[ref]["inputs"][0])
 
     def _value(self, v: str) -> str:
-        if v in self.graph.inputs:
+        if v == self.graph.inputs[0]:
             return IMAGE
+        if v in self.graph.inputs:
+            return f"side:{v}"
         if v not in self.producer:
             raise ConversionError(f"value {v!r} has no student producer")
         return self.producer[v]
@@ -432,6 +439,10 @@ class _Lowering:
             cb = conv.params.get("bias")
             self._mac_rows(macs[0], ("copy", key, {}),
                            ("copy", cb, {}) if cb else ("zeros", None, {}))
+        elif rule == "embedding.one_hot_fc":       # the table's rows are the layer's columns
+            table = self.graph.params[p["weight"]]
+            self._mac_rows(macs[0], ("copy", self._derive(f"{node.name}:table", table.t()), {}),
+                           ("zeros", None, {}))
         elif rule == "avg_pool2d.depthwise":
             c, _, kh, kw = self._weight_shape(macs[0])
             key = self._derive(f"{node.name}:avg", torch.full((c, 1, kh, kw), 1.0 / (kh * kw)))
@@ -581,9 +592,6 @@ def _signed_grids(low: "_Lowering") -> dict[str, bool]:
 
 def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) -> Lowered:
     """The student config, transfer table and block taps of ``plan`` for ``graph``."""
-    if len(graph.inputs) != 1:
-        raise ConversionError(f"the image student takes one input; the teacher has "
-                              f"{len(graph.inputs)}")
     low = _Lowering(graph, plan)
     decisions = {d.node: d for d in plan.decisions}
     blocks = partition(graph)
@@ -624,7 +632,7 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
             step = dict(low.steps[s])
             step["inputs"] = ["in:0" if r == in_ref else local.get(r, r) for r in step["inputs"]]
             for r in step["inputs"]:
-                if r != "in:0" and r not in local.values():
+                if r != "in:0" and r not in local.values() and not r.startswith("side:"):
                     raise ConversionError(f"step {s} reads {r!r} from an earlier block; blocks "
                                           f"must be cut where one value is live")
             if "quant" in step:
@@ -646,15 +654,32 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
                                         dict(args)))
         shape = graph.shape(out_value)
         in_ref, in_quant, in_channels = out_ref, out_quant, [shape[1]]
-    c, h, w = graph.input_shapes[graph.inputs[0]][1:]
-    config = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "input_shape": [c, h, w],
-              "quantizers": quantizers, "blocks": config_blocks,
+    config = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION,
+              **_input_spec(graph, plan), "quantizers": quantizers, "blocks": config_blocks,
               "meta": {"teacher": "graph", "profile": plan.chip, "recipe": plan.recipe,
                        "bits": widths,
                        "rules": plan.rules_fired(),
                        "requantize": profile.arithmetic.requant.mode.value}}
     return Lowered(config, rows, low.derived, taps, low.learned)
 
+
+
+def _input_spec(graph: TeacherGraph, plan: ConversionPlan) -> dict:
+    """The student's input: images as pixels, or the one-hot rows an embedding reads (the host
+    writes each token as a one-hot vector); the other graph inputs as side inputs."""
+    main = graph.inputs[0]
+    spec = {"input_shape": list(graph.input_shapes[main][1:])}
+    encoded = [d for d in plan.decisions if d.form.input_shapes is not None and
+               graph.node(d.node).inputs[0] == main]
+    if encoded:
+        rows, vocab = encoded[0].form.input_shapes[0]
+        tokens = graph.input_shapes[main][1:]
+        if math.prod(tokens) != rows:
+            raise ConversionError(f"{graph.node(encoded[0].node).where}: one-hot rows {rows} for "
+                                  f"token input {list(tokens)}")
+        spec = {"input_shape": [*tokens, vocab], "input_encoding": "one_hot"}
+    side = {i: list(graph.input_shapes[i][1:]) for i in graph.inputs[1:]}
+    return {**spec, "side_inputs": side} if side else spec
 
 
 def block_bits(decisions: dict, nodes: list[TeacherNode], default) -> tuple[int, int]:

@@ -74,25 +74,34 @@ class QMatMul(nn.Module):
                       real_multiplier=self._multiplier(sa, sb))
 
 
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scores with the keys a key mask drops (0) out of the softmax."""
+    return x if mask is None else x.masked_fill(mask == 0, torch.finfo(x.dtype).min)
+
+
 class QSoftmax(nn.Module):
-    """Softmax over the last axis onto the fixed probability grid (see the module doc)."""
+    """Softmax over the last axis onto the fixed probability grid (see the module doc); with a
+    key mask (a side input ``[1, ..., keys]``), over the keys it keeps."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return probabilities_fake(torch.softmax(x, dim=-1))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return probabilities_fake(torch.softmax(_masked(x, mask), dim=-1))
 
-    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(x, dim=-1)
+    def float_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.softmax(_masked(x, mask), dim=-1)
 
     @staticmethod
     def _attrs(in_scale: float, in_type: IntType) -> dict:
         return {"axis": -1, "exp_table": exp_table(in_scale, in_type.bits)}
 
-    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
-        return _run("softmax", [x], PROB_STEP, PROB_TYPE, self._attrs(x.scale, x.dtype), arith)
+    def integer_forward(self, x: QTensor, mask: QTensor | None = None, *,
+                        arith: ArithmeticSpec) -> QTensor:
+        ins = [x] if mask is None else [x, mask]
+        return _run("softmax", ins, PROB_STEP, PROB_TYPE, self._attrs(x.scale, x.dtype), arith)
 
-    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
-        t = b.tensors[x]
-        return b.node("softmax", [x], name, dtype=PROB_TYPE, scale=PROB_STEP,
+    def export(self, b: ProgramBuilder, xs, name: str) -> str:
+        xs = [xs] if isinstance(xs, str) else list(xs)
+        t = b.tensors[xs[0]]
+        return b.node("softmax", xs, name, dtype=PROB_TYPE, scale=PROB_STEP,
                       **self._attrs(t.scale[0], t.dtype))
 
 

@@ -34,21 +34,32 @@ class IntegerParams:
     out_type: IntType
 
 
+# the student's input encodings: how the host writes its input for the chip
+#   pixels:  images in [0, 1] on the u8 grid of 1/255, as the pixels were stored
+#   one_hot: token rows as one-hot vectors (0 or 1, u8 grid of 1): the embedding's input
+ENCODINGS = {"pixels": (255, "image"), "one_hot": (1, "tokens")}   # (levels of 1.0, name)
+
+
 class QInput(nn.Module):
-    """Images in [0, 1] onto the chip's u8 input grid (scale 1/255, as the pixels were stored)."""
+    """The student's input onto the chip's u8 input grid of its encoding (``ENCODINGS``)."""
 
     qtype = IntType(8, False)
-    scale = 1.0 / 255.0
+
+    def __init__(self, encoding: str = "pixels"):
+        super().__init__()
+        self.encoding = encoding
+        self.levels, self.name = ENCODINGS[encoding]
+        self.scale = 1.0 / self.levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x.clamp(0, 1) * 255) / 255
+        return torch.round(x.clamp(0, 1) * self.levels) / self.levels
 
     def integer_forward(self, x: torch.Tensor, arith: ArithmeticSpec | None = None) -> QTensor:
-        return QTensor(torch.round(x.clamp(0, 1).to(torch.float64) * 255).to(torch.int64),
+        return QTensor(torch.round(x.clamp(0, 1).to(torch.float64) * self.levels).to(torch.int64),
                        self.scale, self.qtype)
 
-    def export(self, b: ProgramBuilder, shape: tuple[int, ...], name: str = "image") -> str:
-        return b.input(name, shape, self.qtype, scale=self.scale, zero_point=0)
+    def export(self, b: ProgramBuilder, shape: tuple[int, ...], name: str | None = None) -> str:
+        return b.input(name or self.name, shape, self.qtype, scale=self.scale, zero_point=0)
 
 
 class ClampedOutput:

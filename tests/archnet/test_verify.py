@@ -181,8 +181,8 @@ def test_broken_integer_path_is_caught(run_dir, tmp_path, monkeypatch, capsys):
     from archnet.student import GraphBlock
     real = GraphBlock.integer_forward
 
-    def off_by_one(self, x, arith):
-        q = real(self, x, arith)
+    def off_by_one(self, x, arith, side=None):
+        q = real(self, x, arith, side)
         return QTensor(q.value + 1, q.scale, q.dtype) if self.name == "layer2.0" else q
     monkeypatch.setattr(GraphBlock, "integer_forward", off_by_one)
     report = verify(run_dir / "model.program", "ideal", limit=16, progress=False)

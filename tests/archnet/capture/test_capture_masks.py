@@ -59,3 +59,44 @@ def test_an_encoder_is_planned_without_host_ops(encoder):
     assert fired["softmax.native"] == 2 and fired["embedding.one_hot_fc"] == 1
     assert fired["layer_norm.fixed_affine"] == 5 and fired["gelu.native"] == 2
     assert not plan.student.fallbacks
+
+
+def test_an_encoder_lowers_to_one_student_bit_exact_on_the_simulator(encoder):
+    """The shared student represents the encoder: one-hot token rows in (the embedding as a
+    fully connected layer whose columns are the table), the key mask a side input read by
+    every softmax; its integers equal the simulator's at every block, and the embedding block
+    starts as the teacher's embedding sum."""
+    import numpy as np
+
+    from archnet.lowering import calibrate_activations, calibrate_batchnorm
+    from archnet.lowering.graph import build_graph_student
+    from simulator.execute import execute
+    model, graph = encoder
+    profile = load_profile("ethos-u55-128")
+    plan = plan_conversion(graph, profile, (8, 8))
+    student, low = build_graph_student(graph, plan, profile)
+    assert student.config["input_encoding"] == "one_hot"
+    assert student.config["input_shape"] == [8, 40]
+    assert list(student.side_inputs) == [graph.inputs[1]]
+    ids = torch.randint(0, 40, (6, 8))
+    mask = torch.ones(6, 8, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[4, 3:] = 0
+    onehot = torch.nn.functional.one_hot(ids, 40).float()
+    side = {graph.inputs[1]: mask.float()}
+    # before LayerNorm, the student's first values are the teacher's embedding sum
+    teacher = graph.values(ids, mask, keep={"add_1"})["add_1"] if "add_1" in \
+        {n.name for n in graph.nodes} else None
+    env = student.blocks[0].trace(onehot, quantize=False, side=side)
+    if teacher is not None:
+        assert any(v.shape == teacher.shape and torch.allclose(v, teacher, atol=1e-5)
+                   for v in env.values())
+    calibrate_batchnorm(student, onehot, side=side)
+    calibrate_activations(student, onehot, side=side)
+    program = student.export((6, 8, 40), feature_outputs=True)
+    feeds = {program.inputs[0]: onehot.numpy().astype(np.uint8),
+             program.inputs[1]: mask.numpy().astype(np.uint8)}
+    sim = execute(program, profile, feeds).outputs
+    ints = student.integer_features(onehot, profile, side={graph.inputs[1]: mask})
+    for q, pieces in zip(ints, program.metadata["archnet"]["block_outputs"]):
+        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
