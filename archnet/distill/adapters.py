@@ -3,7 +3,8 @@
 Arch-Net compares a student block with its teacher feature through a small learned adapter, so
 that the loss asks the student for the teacher's *information* rather than its exact basis; the
 adapter is dropped at export (it never enters the student's config, state or Program). Each is
-a 1x1 convolution (fully connected for flat features) initialised to the identity, so distillation
+a 1x1 convolution (fully connected over the features of vectors and token rows) initialised
+to the identity, so distillation
 starts by asking for the teacher's features exactly. The head (logits) has none: the logits must
 match the teacher's as they are.
 """
@@ -37,7 +38,8 @@ def build_adapters(block_names, targets: list[torch.Tensor], head_index: int) ->
         if i == head_index:
             continue
         key = adapter_key(name)
-        adapters[key] = _identity_conv(t.shape[1]) if t.dim() == 4 else _identity_linear(t.shape[1])
+        # maps: over channels; vectors and token rows: over the last (feature) axis
+        adapters[key] = _identity_conv(t.shape[1]) if t.dim() == 4 else _identity_linear(t.shape[-1])
     return adapters
 
 

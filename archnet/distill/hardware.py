@@ -57,34 +57,43 @@ class HardwarePrefix:
                 name=f"prefix_{self.n_blocks}")
         return self._programs[batch]
 
-    def run(self, images: torch.Tensor) -> torch.Tensor:
-        """The prefix's output integers for float images [N, C, H, W] (pieces concatenated)."""
+    def run(self, images: torch.Tensor, side: dict | None = None) -> torch.Tensor:
+        """The prefix's output integers for float images [N, C, H, W] (or the student's other
+        input encoding) and its side inputs (pieces concatenated)."""
         pixels = self.student.input.integer_forward(images).value.numpy().astype(np.uint8)
         program = self.program(pixels.shape[0])
+        feeds = {program.inputs[0]: pixels}
+        feeds.update({k: v.numpy().astype(np.uint8) for k, v in (side or {}).items()
+                      if k in program.inputs})
         start = time.perf_counter()
-        result = execute(program, self.profile, {program.inputs[0]: pixels}, self.backend, trace=False)
+        result = execute(program, self.profile, feeds, self.backend, trace=False)
         self.seconds += time.perf_counter() - start
         self.images_run += pixels.shape[0]
         pieces = [result.outputs[name] for name in program.outputs]
         value = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
         return torch.from_numpy(np.ascontiguousarray(value)).to(self.dtype)
 
-    def run_all(self, images: torch.Tensor, desc: str = "simulator", progress: bool | None = None
+    def run_all(self, data, desc: str = "simulator", progress: bool | None = None
                 ) -> torch.Tensor:
-        """``run`` over a whole image set in fixed-size chunks (the last one padded, so one
-        Program serves them all), sharded over the ranks of a torchrun group and gathered."""
+        """``run`` over a whole input set (``archnet.distill.inputs``, or an image tensor) in
+        fixed-size chunks (the last one padded, so one Program serves them all), sharded over
+        the ranks of a torchrun group and gathered."""
         from tqdm import tqdm
-        mine = dist.shard(images.shape[0])
+
+        from archnet.distill.inputs import as_inputs
+        data = as_inputs(data)
+        mine = dist.shard(len(data))
         n, bs = len(mine), self.batch_size
         parts = []
         bar = tqdm(total=n, desc=desc, unit="img", leave=False,
                    disable=(not dist.is_main()) or (None if progress is None else not progress))
         for start in range(0, n, bs):
-            chunk = images[mine.start + start: mine.start + min(start + bs, n)]
-            real = chunk.shape[0]
-            if real < bs and n > bs:
-                chunk = torch.cat([chunk, chunk[:1].expand(bs - real, *chunk.shape[1:])], dim=0)
-            parts.append(self.run(chunk)[:real])
+            idx = torch.arange(mine.start + start, mine.start + min(start + bs, n))
+            real = len(idx)
+            if real < bs and n > bs:      # padded with the chunk's first input
+                idx = torch.cat([idx, idx[:1].expand(bs - real)])
+            chunk, side = data.student(idx)
+            parts.append(self.run(chunk, side)[:real])
             bar.update(real)
         bar.close()
         ours = torch.cat(parts, dim=0) if parts else torch.zeros((0, *self.out_shape), dtype=self.dtype)

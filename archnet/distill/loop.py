@@ -38,11 +38,11 @@ import torch
 from torch import nn
 
 from archnet import distributed as dist
-from archnet.data import unlabeled
 from archnet.distill.adapters import adapt, build_adapters
 from archnet.distill.checkpoint import load_checkpoint, save_atomic
 from archnet.distill.hardware import HardwarePrefix
-from archnet.distill.losses import block_weights, cosine_loss, feature_loss, mixup
+from archnet.distill.inputs import as_inputs
+from archnet.distill.losses import block_weights, cosine_loss, feature_loss
 from archnet.distill.taps import TeacherTaps
 from archnet.errors import ConversionError, DistillError
 from archnet.student import ArchNetStudent
@@ -136,12 +136,13 @@ class _PeriodNet(nn.Module):
         self.register_buffer("weights", block_weights(last, first, cfg.decay), persistent=False)
 
     def forward(self, images: torch.Tensor, x_in: torch.Tensor | None,
-                targets: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                targets: list[torch.Tensor], side: dict | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.student.input(images) if self.first == 0 else x_in
         total, parts = 0.0, []
         for j, i in enumerate(range(self.first, self.last + 1)):
             block = self.student.blocks[i]
-            x = block(x)
+            x = block(x, side=side)
             loss = feature_loss(adapt(self.adapters, block.name, x), targets[i], self.cfg.attention)
             if i == self.head:
                 loss = loss + self.cfg.cosine_weight * cosine_loss(x, targets[i])
@@ -196,13 +197,12 @@ def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
         pool = pool[batch:]
 
 
-def _fingerprint(student, teacher, images, profile, cfg) -> dict:
+def _fingerprint(student, teacher, data, profile, cfg) -> dict:
     """What a resumed run must share with the run it resumes (else it would train other weights)."""
     t_sum = float(sum(p.detach().double().sum() for p in teacher.state_dict().values()
                       if p.is_floating_point()))
     arch = hashlib.sha256(json.dumps(student.config, sort_keys=True).encode()).hexdigest()[:16]
-    return {"blocks": student.block_names, "student_config": arch, "images": int(images.shape[0]),
-            "image_sum": round(float(images[: min(1024, len(images))].double().sum()), 6),
+    return {"blocks": student.block_names, "student_config": arch, **data.fingerprint(),
             "teacher_sum": round(t_sum, 6), "profile": profile.name,
             "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
             "world_size": dist.world_size()}
@@ -219,20 +219,21 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
     ``GraphTaps`` for a captured teacher)."""
     cfg.check()
     profile = load_profile(profile) if isinstance(profile, str) else profile
-    images = unlabeled(images).images.float().contiguous()
+    data = as_inputs(images)
     run_dir = Path(run_dir)
     n_blocks = len(student.blocks)
     taps = taps if taps is not None else TeacherTaps(teacher, student.block_taps)
-    probe = images[: min(8, len(images))]
-    targets = taps.features(probe)
+    probe = torch.arange(min(8, len(data)))
+    targets = taps.features(*data.teacher(probe))
     with torch.no_grad():
-        outs = student.features(probe)
+        x, side = data.student(probe)
+        outs = student.features(x, side=side)
     for name, s, t in zip(student.block_names, outs, targets, strict=True):
         if tuple(s.shape) != tuple(t.shape):
             raise ConversionError(f"student block {name!r} gives {tuple(s.shape[1:])} but its "
                                   f"teacher tap gives {tuple(t.shape[1:])}")
     adapters = build_adapters(student.block_names, targets, n_blocks - 1)
-    fingerprint = _fingerprint(student, teacher, images, profile, cfg)
+    fingerprint = _fingerprint(student, teacher, data, profile, cfg)
     history: list[dict] = []
     start, resumed_from = 0, None
     if resume:
@@ -255,7 +256,7 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
             log(f"resume: continuing after period {start - 1} ({path.name})")
     sim_seconds = sum(h.get("simulator_seconds", 0.0) for h in history)
     for period in range(start, n_blocks):
-        entry = _run_period(student, adapters, taps, images, profile, cfg, period, log, step_callback)
+        entry = _run_period(student, adapters, taps, data, profile, cfg, period, log, step_callback)
         sim_seconds += entry["simulator_seconds"]
         history.append(entry)
         if dist.is_main():
@@ -273,7 +274,7 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
     return DistillResult(student, history, seconds, sim_seconds, resumed_from)
 
 
-def _run_period(student, adapters, taps, images, profile, cfg, period, log, step_callback) -> dict:
+def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_callback) -> dict:
     from tqdm import tqdm
     n_blocks = len(student.blocks)
     first = max(0, period - cfg.window + 1)
@@ -284,13 +285,15 @@ def _run_period(student, adapters, taps, images, profile, cfg, period, log, step
     if first > 0:
         if cfg.simulator_in_loop:
             hw = HardwarePrefix(student, first, profile, cfg.backend, cfg.sim_batch)
-            cache = hw.run_all(images, desc=f"{label}: simulator, blocks 1-{first}",
+            cache = hw.run_all(data, desc=f"{label}: simulator, blocks 1-{first}",
                                progress=cfg.progress)
             rescale = hw.rescale
         else:  # ablation: the prefix's fake-quant float outputs
             with torch.no_grad():
-                cache = torch.cat([_prefix_float(student, images[i:i + cfg.sim_batch], first)
-                                   for i in range(0, len(images), cfg.sim_batch)])
+                cache = torch.cat([
+                    _prefix_float(student, *data.student(torch.arange(i, min(i + cfg.sim_batch,
+                                                                              len(data)))), first)
+                    for i in range(0, len(data), cfg.sim_batch)])
             rescale = lambda v: v  # noqa: E731
     sim_prefix = hw.seconds if hw else 0.0
     params = _trainable(student, adapters, first, period)
@@ -300,7 +303,7 @@ def _run_period(student, adapters, taps, images, profile, cfg, period, log, step
     if dist.active():
         model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = _steps(cfg, len(images))
+    steps = _steps(cfg, len(data))
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         opt, T_0=max(1, steps // cfg.restarts), eta_min=cfg.lr * 0.01)
     gen = torch.Generator().manual_seed(period_seed(cfg.seed, period))
@@ -309,19 +312,23 @@ def _run_period(student, adapters, taps, images, profile, cfg, period, log, step
     bar = tqdm(total=steps, desc=label, unit="step", leave=False,
                disable=(not dist.is_main()) or (None if cfg.progress is None else not cfg.progress))
     losses, part_sums, mixed = [], None, 0
-    for step, idx in enumerate(_batches(len(images), cfg.batch_size, steps, gen)):
+    for step, idx in enumerate(_batches(len(data), cfg.batch_size, steps, gen)):
         idx = idx[lo:lo + per_rank]
-        batch = images[idx]
+        batch, side = data.student(idx)
+        teacher_in = data.teacher(idx)
         x_in = None
-        if cfg.mixup_fraction > 0 and float(torch.rand((), generator=gen)) < cfg.mixup_fraction:
-            batch = mixup(batch, gen, cfg.mixup_alpha)
+        if data.mixable and cfg.mixup_fraction > 0 and \
+                float(torch.rand((), generator=gen)) < cfg.mixup_fraction:
+            batch = data.mix(batch, gen, cfg.mixup_alpha)
+            teacher_in = (batch,)
             mixed += 1
             if first > 0:
-                x_in = rescale(hw.run(batch)) if hw else _prefix_float(student, batch, first)
+                x_in = rescale(hw.run(batch, side)) if hw else \
+                    _prefix_float(student, batch, side, first)
         elif first > 0:
             x_in = rescale(cache[idx])
-        targets = taps.features(batch)
-        loss, parts = model(batch, x_in, targets)
+        targets = taps.features(*teacher_in)
+        loss, parts = model(batch, x_in, targets, side)
         value = float(loss.detach())
         if not math.isfinite(value):
             bar.close()
@@ -361,9 +368,10 @@ def _run_period(student, adapters, taps, images, profile, cfg, period, log, step
     return entry
 
 
-def _prefix_float(student: ArchNetStudent, images: torch.Tensor, n_blocks: int) -> torch.Tensor:
+def _prefix_float(student: ArchNetStudent, images: torch.Tensor, side: dict,
+                  n_blocks: int) -> torch.Tensor:
     with torch.no_grad():
         x = student.input(images)
         for block in student.blocks[:n_blocks]:
-            x = block(x)
+            x = block(x, side=side)
     return x

@@ -30,7 +30,7 @@ class TeacherTaps:
         self._modules = {t: modules[t] for t in dict.fromkeys(taps)}
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         found: dict[str, torch.Tensor] = {}
         handles = []
         for name, module in self._modules.items():
@@ -38,15 +38,15 @@ class TeacherTaps:
                 found[name] = out.detach().clone()  # later in-place ops must not touch it
             handles.append(module.register_forward_hook(hook))
         try:
-            self.teacher(images)
+            self.teacher(*inputs)
         finally:
             for h in handles:
                 h.remove()
         return found
 
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """One target per student block, in block order."""
-        found = self(images)
+        found = self(*inputs)
         return [found[t] for t in self.taps]
 
 
@@ -63,6 +63,6 @@ class GraphTaps:
         self.graph, self.taps = graph, list(taps)
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        found = self.graph.values(images, keep=set(self.taps))
+    def features(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        found = self.graph.values(*inputs, keep=set(self.taps))
         return [found[t] for t in self.taps]

@@ -89,11 +89,19 @@ def partition(graph: TeacherGraph) -> list[list[TeacherNode]]:
 
 
 def module_key(nodes: list[TeacherNode]) -> str:
-    """What groups nodes into a block, and names it: the teacher's module path two levels deep
-    (``layer1.0``, ``features.3``) of the first MAC node, else of the last node."""
+    """What groups nodes into a block, and names it: the module path of the first MAC node (else
+    of the last node) up to its first index in a repeated container (``layer1.0``,
+    ``features.3``, ``encoder.layer.2``, ``layers.encoder_layer_2``), else two levels deep."""
     macs = [n for n in nodes if n.op in MAC_NODE_OPS]
     path = (macs[0] if macs else nodes[-1]).module
-    return ".".join(path.split(".")[:2]) if path else nodes[-1].name
+    if not path:
+        return nodes[-1].name
+    parts = path.split(".")
+    for pattern in (r"\d+", r".*_\d+"):
+        at = next((i for i, c in enumerate(parts) if re.fullmatch(pattern, c)), None)
+        if at is not None:
+            return ".".join(parts[:at + 1])
+    return ".".join(parts[:2])
 
 
 # ----------------------------------------------------------------------------- lowering

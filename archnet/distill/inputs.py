@@ -1,0 +1,81 @@
+"""What distillation reads, per batch: the student's inputs (its encoding and side inputs) and
+the teacher's. The one place images and text differ in the loop.
+
+- ``ImageInputs``: float images [N, C, H, W] in [0, 1]; the student reads them as pixels, the
+  teacher as they are; batches may be mixed up (label-free mixup).
+- ``TokenInputs``: token ids [N, T] and a padding mask [N, T] (1 keeps a token); the student reads
+  one-hot token rows (made per batch: a corpus' one-hot rows would not fit in memory) and the
+  mask as its side input, the teacher reads the ids and the mask; no mixup (a mix of two
+  sentences is no sentence).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from archnet.data import unlabeled
+from archnet.errors import DataError
+
+
+class ImageInputs:
+    mixable = True
+
+    def __init__(self, images):
+        self.images = unlabeled(images).images.float().contiguous()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def student(self, idx) -> tuple[torch.Tensor, dict]:
+        return self.images[idx], {}
+
+    def teacher(self, idx) -> tuple[torch.Tensor, ...]:
+        return (self.images[idx],)
+
+    def mix(self, x: torch.Tensor, generator: torch.Generator, alpha: float) -> torch.Tensor:
+        from archnet.distill.losses import mixup
+        return mixup(x, generator, alpha)
+
+    def fingerprint(self) -> dict:
+        return {"images": int(self.images.shape[0]),
+                "image_sum": round(float(self.images[: min(1024, len(self.images))].double().sum()), 6)}
+
+
+class TokenInputs:
+    mixable = False
+
+    def __init__(self, ids: torch.Tensor, mask: torch.Tensor, vocab: int, mask_name: str):
+        if ids.dim() != 2 or mask.shape != ids.shape:
+            raise DataError(f"token inputs: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} "
+                            f"must both be [sentences, tokens]")
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise DataError(f"token inputs: ids outside the vocabulary of {vocab}")
+        self.ids, self.mask = ids.long().contiguous(), mask.long().contiguous()
+        self.vocab, self.mask_name = int(vocab), mask_name
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def student(self, idx) -> tuple[torch.Tensor, dict]:
+        rows = torch.nn.functional.one_hot(self.ids[idx], self.vocab).float()
+        return rows, {self.mask_name: self.mask[idx].float()}
+
+    def teacher(self, idx) -> tuple[torch.Tensor, ...]:
+        return self.ids[idx], self.mask[idx]
+
+    def mix(self, x, generator, alpha):
+        raise DataError("token inputs cannot be mixed up")
+
+    def fingerprint(self) -> dict:
+        return {"images": int(self.ids.shape[0]),
+                "image_sum": int(self.ids[: min(1024, len(self.ids))].sum()) +
+                int(self.mask[: min(1024, len(self.mask))].sum())}
+
+
+def as_inputs(data):
+    """``data`` as distillation inputs: ``ImageInputs``/``TokenInputs`` as given, anything else
+    as images."""
+    return data if isinstance(data, (ImageInputs, TokenInputs)) else ImageInputs(data)
+
+
+__all__ = ["ImageInputs", "TokenInputs", "as_inputs"]
