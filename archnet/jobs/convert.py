@@ -84,10 +84,20 @@ def run_folder(path: str | Path, resume: bool, inputs=()) -> Path:
     return out
 
 
-def _calibration_set(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+def _calibration_set(images, n: int, seed: int):
+    """A seeded sample of ``n`` inputs: images, or (for other inputs) the student's encoding
+    of them and its side inputs."""
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(images), generator=gen)[: min(n, len(images))]
-    return images[idx.sort().values]
+    count = len(images)
+    idx = torch.randperm(count, generator=gen)[: min(n, count)].sort().values
+    if isinstance(images, torch.Tensor):
+        return images[idx]
+    return images.student(idx)
+
+
+def _calibration_inputs(data, n: int, seed: int) -> tuple[torch.Tensor, dict]:
+    found = _calibration_set(data, n, seed)
+    return found if isinstance(found, tuple) else (found, {})
 
 
 def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, opts: ConvertOptions,
@@ -104,7 +114,7 @@ def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, 
         from archnet.distill.taps import GraphTaps
         from archnet.lowering.graph import build_graph_student
         from archnet.rules import plan_conversion
-        graph = capture(teacher, (torch.zeros(1, *meta["input_shape"]),))
+        graph = capture(teacher, _example(meta))
         if isinstance(bits, list):          # per-block widths (--latency-budget)
             from archnet.bit_allocation import GraphStudents
             plan = GraphStudents(graph, profile, opts.recipe).plan(bits)
@@ -113,19 +123,29 @@ def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, 
         log(plan.describe())
         student, low = build_graph_student(graph, plan, profile)
         taps = GraphTaps(graph, low.taps)
-    calib = _calibration_set(images, opts.calibration_images, seed)
-    calibrate_batchnorm(student, calib)
-    calibrate_activations(student, calib, seed=seed)
+    calib, side = _calibration_inputs(images, opts.calibration_images, seed)
+    calibrate_batchnorm(student, calib, side=side)
+    calibrate_activations(student, calib, seed=seed, side=side)
     assert_deployable(student, profile)
     return student, taps, plan
 
 
-def check_against_simulator(student, profile, images: torch.Tensor, backend: str = "kernels") -> dict:
+def _example(meta: dict) -> tuple[torch.Tensor, ...]:
+    """The teacher's example inputs at batch 1: given (``example_inputs``: token ids and a mask),
+    else a zero image of its input shape."""
+    given = meta.get("example_inputs")
+    return tuple(given) if given is not None else (torch.zeros(1, *meta["input_shape"]),)
+
+
+def check_against_simulator(student, profile, images: torch.Tensor, backend: str = "kernels",
+                            side: dict | None = None) -> dict:
     """Every element of every block output: archnet's integer emulation vs the simulator."""
     program = student.export((len(images), *student.input_shape), feature_outputs=True)
     pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
-    sim = execute(program, profile, {program.inputs[0]: pixels}, backend, trace=False).outputs
-    emu = student.integer_features(images, profile)
+    feeds = {program.inputs[0]: pixels}
+    feeds.update({k: v.numpy().astype(np.uint8) for k, v in (side or {}).items()})
+    sim = execute(program, profile, feeds, backend, trace=False).outputs
+    emu = student.integer_features(images, profile, side=side)
     per_block = program.metadata["archnet"]["block_outputs"]
     matched = total = 0
     first_bad = None
@@ -188,6 +208,9 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     from (``teacher``, ``teacher_sha256``, ``dataset``)."""
     dataset = source.get("dataset")
     allocation = None
+    if opts.latency_budget_ms is not None and not isinstance(images, torch.Tensor):
+        raise ConversionError("--latency-budget allocates widths for image networks; give "
+                              "--bits for a text network")
     if opts.latency_budget_ms is not None:
         from archnet.bit_allocation import allocate_bits
         calib = _calibration_set(images, min(opts.calibration_images, 256), cfg.seed)
@@ -195,8 +218,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         if opts.recipe != "resnet":
             from archnet.bit_allocation import GraphStudents
             from archnet.capture import capture
-            students = GraphStudents(capture(teacher, (torch.zeros(1, *meta["input_shape"]),)),
-                                     profile, opts.recipe)
+            students = GraphStudents(capture(teacher, _example(meta)), profile, opts.recipe)
         allocation = allocate_bits(teacher, profile, meta["input_shape"], opts.latency_budget_ms,
                                    calib, log=log if dist.is_main() else (lambda _m: None),
                                    students=students)
@@ -221,9 +243,8 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     }
     result = distill(student, teacher, images, profile, cfg, out, resume=opts.resume, log=log,
                      metadata=metadata, taps=taps)
-    check = check_against_simulator(student, profile,
-                                     _calibration_set(images, opts.check_images, cfg.seed + 1),
-                                     cfg.backend)
+    sample, side = _calibration_inputs(images, opts.check_images, cfg.seed + 1)
+    check = check_against_simulator(student, profile, sample, cfg.backend, side)
     if check["agreement"] != 1.0:
         raise ConversionError(f"integer emulation and simulator differ in "
                               f"{check['elements'] - check['matching']} of {check['elements']} "

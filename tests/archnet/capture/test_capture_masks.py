@@ -140,3 +140,26 @@ def test_an_encoder_distils_on_token_data_with_the_simulator_in_the_loop(encoder
     ints = student.integer_features(x, profile, side=side)
     for q, pieces in zip(ints, program.metadata["archnet"]["block_outputs"]):
         assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+
+
+def test_archnet_convert_takes_a_text_network(encoder, tmp_path):
+    """``archnet.convert`` with token ids and masks: the run folder's Program reads one-hot
+    tokens and the key mask, and its integers equal the simulator's."""
+    import json
+
+    import archnet
+    from archnet.distill.inputs import TokenInputs
+    from simulator.ir.program import load_program
+    model, graph = encoder
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 40, (40, 8), generator=gen)
+    mask = torch.ones(40, 8, dtype=torch.long)
+    mask[1::4, 4:] = 0
+    summary = archnet.convert(model, (ids[:1], mask[:1]), TokenInputs(ids, mask, 40, "mask"),
+                              chip="ethos-u55-128", out=str(tmp_path / "run"), bits="8w8a",
+                              steps_per_period=2, batch_size=8,
+                              log=lambda *a: None)
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    program = load_program(tmp_path / "run" / "model.program")
+    assert program.inputs == ["tokens", graph.inputs[1]]
+    assert json.loads((tmp_path / "run" / "convert.json").read_text())["plan"]["student_fallbacks"] == 0
