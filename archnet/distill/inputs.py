@@ -36,6 +36,13 @@ class ImageInputs:
         from archnet.distill.losses import mixup
         return mixup(x, generator, alpha)
 
+    @staticmethod
+    def block_loss(x, target, side: dict, head: bool, cfg) -> torch.Tensor:
+        """A block's loss against its teacher feature; the head adds the logits' cosine."""
+        from archnet.distill.losses import cosine_loss, feature_loss
+        loss = feature_loss(x, target, cfg.attention)
+        return loss + cfg.cosine_weight * cosine_loss(x, target) if head else loss
+
     def fingerprint(self) -> dict:
         return {"images": int(self.images.shape[0]),
                 "image_sum": round(float(self.images[: min(1024, len(self.images))].double().sum()), 6)}
@@ -65,6 +72,16 @@ class TokenInputs:
 
     def mix(self, x, generator, alpha):
         raise DataError("token inputs cannot be mixed up")
+
+    def block_loss(self, x, target, side: dict, head: bool, cfg) -> torch.Tensor:
+        """Over the tokens the mask keeps; the head (the token embeddings) adds the cosine of
+        the mean-pooled sentence embeddings."""
+        from archnet.distill.losses import masked_token_loss, pooled_cosine_loss
+        mask = side[self.mask_name]
+        if x.dim() != 3:        # not token rows (a pooled head): as images
+            return ImageInputs.block_loss(x, target, side, head, cfg)
+        loss = masked_token_loss(x, target, mask)
+        return loss + cfg.cosine_weight * pooled_cosine_loss(x, target, mask) if head else loss
 
     def fingerprint(self) -> dict:
         return {"images": int(self.ids.shape[0]),

@@ -42,7 +42,7 @@ from archnet.distill.adapters import adapt, build_adapters
 from archnet.distill.checkpoint import load_checkpoint, save_atomic
 from archnet.distill.hardware import HardwarePrefix
 from archnet.distill.inputs import as_inputs
-from archnet.distill.losses import block_weights, cosine_loss, feature_loss
+from archnet.distill.losses import block_weights
 from archnet.distill.taps import TeacherTaps
 from archnet.errors import ConversionError, DistillError
 from archnet.student import ArchNetStudent
@@ -128,9 +128,9 @@ class _PeriodNet(nn.Module):
     """The trainable window of one period and its loss; what DDP wraps."""
 
     def __init__(self, student: ArchNetStudent, adapters: nn.ModuleDict, first: int, last: int,
-                 cfg: DistillConfig):
+                 cfg: DistillConfig, data):
         super().__init__()
-        self.student, self.adapters = student, adapters
+        self.student, self.adapters, self.data = student, adapters, data
         self.first, self.last, self.cfg = first, last, cfg
         self.head = len(student.blocks) - 1
         self.register_buffer("weights", block_weights(last, first, cfg.decay), persistent=False)
@@ -143,9 +143,8 @@ class _PeriodNet(nn.Module):
         for j, i in enumerate(range(self.first, self.last + 1)):
             block = self.student.blocks[i]
             x = block(x, side=side)
-            loss = feature_loss(adapt(self.adapters, block.name, x), targets[i], self.cfg.attention)
-            if i == self.head:
-                loss = loss + self.cfg.cosine_weight * cosine_loss(x, targets[i])
+            loss = self.data.block_loss(adapt(self.adapters, block.name, x), targets[i], side,
+                                        i == self.head, self.cfg)
             parts.append(loss.detach())
             total = total + self.weights[j] * loss
         return total, parts
@@ -298,7 +297,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     sim_prefix = hw.seconds if hw else 0.0
     params = _trainable(student, adapters, first, period)
     student.train()
-    net = _PeriodNet(student, adapters, first, period, cfg)
+    net = _PeriodNet(student, adapters, first, period, cfg, data)
     model = net
     if dist.active():
         model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)

@@ -1,4 +1,6 @@
-"""Distillation losses: per-block feature MSE (teacher-attention weighted), logit cosine, mixup."""
+"""Distillation losses: per-block feature MSE (teacher-attention weighted), logit cosine, mixup;
+for token rows, the same over the tokens a padding mask keeps and the cosine of mean-pooled
+sentence embeddings."""
 
 from __future__ import annotations
 
@@ -41,6 +43,29 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor, attention: bool =
 def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """1 - cosine similarity of flattened outputs (logits or embeddings), averaged over the batch."""
     return (1 - F.cosine_similarity(student.flatten(1), teacher.detach().flatten(1), dim=1)).mean()
+
+
+def masked_token_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
+                      ) -> torch.Tensor:
+    """``feature_loss`` over the tokens a padding mask keeps (``mask`` [N, T]): padded rows
+    carry nothing the sentence needs, in the teacher or the student."""
+    keep = (mask != 0).to(student.dtype)
+    while keep.dim() < student.dim():
+        keep = keep.unsqueeze(-1)
+    target = teacher.detach()
+    count = keep.expand_as(target).sum().clamp_min(1.0)
+    err = ((student - target).pow(2) * keep).sum() / count
+    return err / ((target.pow(2) * keep).sum() / count).clamp_min(1e-12)
+
+
+def pooled_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
+                       ) -> torch.Tensor:
+    """1 - cosine of the sentence embeddings: token rows [N, T, D] mean-pooled over the tokens
+    the mask keeps (as sentence encoders pool)."""
+    keep = (mask != 0).to(student.dtype).unsqueeze(-1)
+    count = keep.sum(dim=1).clamp_min(1.0)
+    return cosine_loss((student * keep).sum(dim=1) / count,
+                       (teacher.detach() * keep).sum(dim=1) / count)
 
 
 def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.4) -> torch.Tensor:

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from archnet.data import load_dataset
-from archnet.distill import loop as loop_mod
 from archnet.distill.loop import DistillConfig, checkpoint_path, distill, latest_checkpoint
 from archnet.errors import DistillError
 from archnet.lowering import calibrate_activations, calibrate_batchnorm, convert_resnet
@@ -182,12 +181,13 @@ def test_resume_with_other_settings_is_refused(train_images, tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train_images, tmp_path, monkeypatch):
     images = train_images[:64]
     teacher, student = _fresh("8w8a", images)
-    real = loop_mod.feature_loss
+    from archnet.distill import losses as losses_mod
+    real = losses_mod.feature_loss
 
     def poisoned(s, t, *a, **kw):
         value = real(s, t, *a, **kw)
         return value * float("nan") if s.dim() == 4 and s.shape[1] == 32 else value  # layer2.0
-    monkeypatch.setattr(loop_mod, "feature_loss", poisoned)
+    monkeypatch.setattr(losses_mod, "feature_loss", poisoned)
     with pytest.raises(DistillError, match="nan"):
         distill(student, teacher, images, CHIP, _cfg(steps_per_period=2), tmp_path, log=lambda _m: None)
     last = latest_checkpoint(tmp_path)
