@@ -55,9 +55,34 @@ def cmd_convert_text(args) -> int:
     return 0
 
 
+def cmd_convert_text_graph(args) -> int:
+    """A text teacher through the chip-driven converter (``--recipe native`` or ``paper``)."""
+    from archnet.argv import command_line
+    from archnet.distill.loop import DistillConfig
+    from archnet.jobs.convert import ConvertOptions, convert_text_graph
+    from archnet.text.convert import TextConvertOptions
+    opts = ConvertOptions(teacher=args.teacher, chip=args.chip, out=args.out,
+                          bits=args.bits or "8w8a", recipe=args.recipe, resume=args.resume,
+                          threads=args.threads, command=command_line())
+    text_opts = TextConvertOptions(
+        teacher=args.teacher, chip=args.chip, out=args.out, corpus=args.corpus,
+        max_len=args.max_len, max_sentences=args.max_sentences,
+        heldout_fraction=args.heldout_fraction)
+    cfg = DistillConfig(
+        epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
+        batch_size=_given(args.batch_size, 32), lr=_given(args.lr, 1e-4), window=args.window,
+        restarts=args.restarts, mixup_fraction=0.0, cosine_weight=args.cosine_weight,
+        attention=False, simulator_in_loop=not args.no_simulator_in_loop, seed=args.seed,
+        progress=args.progress)
+    convert_text_graph(opts, text_opts, cfg, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from archnet.text.convert import is_text_teacher
     text = is_text_teacher(args.teacher)
+    if text and args.recipe in ("native", "paper"):
+        return cmd_convert_text_graph(args)
     _check_family_options(args, text)
     if text:
         return cmd_convert_text(args)

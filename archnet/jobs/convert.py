@@ -286,3 +286,46 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
             f"{out}/verify_CHIP.json` adds accuracy): {report / 'report.md'}")
     dist.barrier()
     return summary
+
+
+class _Encoder(torch.nn.Module):
+    """A text teacher as the converter captures it: token ids and a padding mask in, the
+    last hidden state (token rows) out."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask):
+        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def convert_text_graph(opts: ConvertOptions, text_opts, cfg: DistillConfig, log=print) -> dict:
+    """A text teacher (``minilm`` or a BERT folder) through the chip-driven converter: the
+    corpus' distillation sentences as token ids and masks (``TokenInputs``), the rest of the
+    job as for images (``run_conversion``). ``text_opts``: an ``archnet.text.convert``
+    ``TextConvertOptions`` (corpus, max_len, max_sentences, heldout_fraction)."""
+    from archnet.distill.inputs import TokenInputs
+    from archnet.text.convert import load_corpus
+    from archnet.text.teacher import load_text_teacher
+    t0 = time.perf_counter()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    dist.init_from_env()
+    profile = load_profile(opts.chip)
+    out = run_folder(opts.out, opts.resume, [text_opts.corpus, profile.path])
+    teacher = load_text_teacher(opts.teacher)
+    tokens, train, heldout = load_corpus(teacher, text_opts, cfg.seed)
+    ids = torch.as_tensor(tokens.input_ids)
+    mask = torch.as_tensor(tokens.attention_mask)
+    data = TokenInputs(ids, mask, teacher.config.vocab_size, "mask")
+    model = _Encoder(teacher.model.eval()).eval()
+    meta = {"input_shape": [int(ids.shape[1])], "arch": teacher.name, "test_accuracy": None,
+            "example_inputs": (ids[:1], mask[:1])}
+    log(f"teacher {teacher.name}: {len(train)} distillation sentences, {len(heldout)} held out, "
+        f"{ids.shape[1]} positions; chip {profile.name}, recipe {opts.recipe}")
+    model.content_sha256 = teacher.fingerprint
+    source = {"teacher": str(opts.teacher), "teacher_sha256": teacher.fingerprint,
+              "dataset": str(text_opts.corpus or "fortunes")}
+    return run_conversion(model, meta, data, profile, out, replace(opts, report=False), cfg,
+                          source, t0, log)

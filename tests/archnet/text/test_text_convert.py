@@ -212,3 +212,20 @@ def test_bad_input_is_one_line_naming_the_fault(fault, tiny_bert_dir, short_corp
     err = _one_line_error(capsys)
     assert needle in err, err
     assert not (out / "student.pt").exists() and not (out / "convert.json").exists()
+
+
+def test_a_text_teacher_converts_on_the_shared_pipeline(tiny_bert_dir, corpus, tmp_path):
+    """``archnet convert BERT --recipe native``: the chip-driven converter on token data (the
+    shared student, loop and checks); the run's Program reads one-hot tokens and the mask and
+    its integers equal the simulator's."""
+    from simulator.ir.program import load_program
+    out = tmp_path / "graph"
+    assert main(["convert", tiny_bert_dir, "--chip", "ethos-u55-128", "--recipe", "native",
+                 "--out", str(out), "--corpus", str(corpus), "--max-len", "16",
+                 "--max-sentences", "40", "--steps-per-period", "2", "--batch-size", "8",
+                 "--threads", "1", "--no-progress"]) == 0
+    summary = json.loads((out / "convert.json").read_text())
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    fired = summary["plan"]["rules_fired"]
+    assert fired["embedding.one_hot_fc"] == 1 and fired["softmax.native"] == 2
+    assert load_program(out / "model.program").inputs == ["tokens", "mask"]
