@@ -68,9 +68,10 @@ def check_program_matches(program: Program, student, program_path, student_path)
     """An ``ArchnetError`` naming both files unless ``program`` is ``student``'s own export."""
     def fail(why: str) -> ArchnetError:
         return ArchnetError(f"{program_path} is not the export of {student_path}: {why}")
-    if program.inputs != ["image"]:
-        raise fail(f"its inputs are {program.inputs}, a student's export takes ['image']")
-    shape = program.tensors["image"].shape
+    want = [student.input.name, *student.side_inputs]
+    if program.inputs != want:
+        raise fail(f"its inputs are {program.inputs}, the student's export takes {want}")
+    shape = program.tensors[want[0]].shape
     try:
         ref = student.export(shape)
     except ArchnetError as exc:

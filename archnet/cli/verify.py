@@ -74,10 +74,13 @@ def _check_out(args) -> None:
 
 
 def cmd_verify(args) -> int:
+    from archnet.jobs.verify_tokens import is_token_program
     from archnet.text.verify import program_family
     _check_out(args)
-    if program_family(args.program) == "text":
+    if program_family(args.program) == "text":        # archnet/text's own students
         return _cmd_verify_text(args)
+    if is_token_program(args.program):
+        return _cmd_verify_tokens(args)
     from archnet.errors import ArchnetError
     if hasattr(args, "max_sentences"):
         raise ArchnetError("--max-sentences is for text runs; give a CNN run's number of test "
@@ -114,6 +117,24 @@ def _cmd_verify_text(args) -> int:
         if args.out:
             print(f"wrote {args.out}")
     _refresh_text_report(args)
+    return 0 if doc["bit_exact"] else 1
+
+
+def _cmd_verify_tokens(args) -> int:
+    """A text network of the chip-driven converter (its Program reads one-hot tokens)."""
+    from archnet.jobs.verify_tokens import verify_tokens
+    from archnet.text.verify import DEFAULT_BATCH, DEFAULT_MAX_SENTENCES, format_text_verify
+    max_sentences = getattr(args, "max_sentences", DEFAULT_MAX_SENTENCES)
+    batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
+    doc = verify_tokens(args.program, args.chip, out=args.out, max_sentences=max_sentences,
+                        batch=batch, progress=args.progress, command=_command(args),
+                        log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json_text(doc))
+    else:
+        print(format_text_verify(doc))
+        if args.out:
+            print(f"wrote {args.out}")
     return 0 if doc["bit_exact"] else 1
 
 

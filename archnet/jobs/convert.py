@@ -202,7 +202,7 @@ def convert(opts: ConvertOptions, cfg: DistillConfig, log=print) -> dict:
 
 def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path,
                    opts: ConvertOptions, cfg: DistillConfig, source: dict, t0: float,
-                   log=print) -> dict:
+                   log=print, extra: dict | None = None) -> dict:
     """Steps 2-5 for a loaded teacher (``meta``: its ``input_shape``, ``arch``,
     ``test_accuracy``) on unlabeled ``images``; ``source`` names where the teacher and data came
     from (``teacher``, ``teacher_sha256``, ``dataset``)."""
@@ -239,7 +239,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         "allocation": allocation.to_dict() if allocation is not None else None,
         "dataset": dataset, "data_path": opts.data_path, "images": len(images),
         "input_shape": list(meta["input_shape"]), "command": opts.command,
-        "distill": asdict(cfg),
+        "distill": asdict(cfg), **(extra or {}),
     }
     result = distill(student, teacher, images, profile, cfg, out, resume=opts.resume, log=log,
                      metadata=metadata, taps=taps)
@@ -268,7 +268,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         "emulation_vs_simulator": check,
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "world_size": dist.world_size(), "threads": torch.get_num_threads(),
-        "command": opts.command, "torch": torch.__version__,
+        "command": opts.command, "torch": torch.__version__, **(extra or {}),
     }
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -327,5 +327,9 @@ def convert_text_graph(opts: ConvertOptions, text_opts, cfg: DistillConfig, log=
     model.content_sha256 = teacher.fingerprint
     source = {"teacher": str(opts.teacher), "teacher_sha256": teacher.fingerprint,
               "dataset": str(text_opts.corpus or "fortunes")}
+    # what verify needs to find the held-out sentences and the teacher again
+    extra = {"inputs": "tokens", "corpus": str(text_opts.corpus or "fortunes"),
+             "heldout_fraction": float(text_opts.heldout_fraction), "max_len": int(ids.shape[1]),
+             "teacher_name": teacher.name, "teacher_path": str(teacher.path)}
     return run_conversion(model, meta, data, profile, out, replace(opts, report=False), cfg,
-                          source, t0, log)
+                          source, t0, log, extra)

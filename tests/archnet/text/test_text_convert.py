@@ -229,3 +229,20 @@ def test_a_text_teacher_converts_on_the_shared_pipeline(tiny_bert_dir, corpus, t
     fired = summary["plan"]["rules_fired"]
     assert fired["embedding.one_hot_fc"] == 1 and fired["softmax.native"] == 2
     assert load_program(out / "model.program").inputs == ["tokens", "mask"]
+
+
+def test_verify_a_text_run_of_the_shared_pipeline(tiny_bert_dir, corpus, tmp_path):
+    """``archnet verify`` on that run: the held-out sentences bit-exact on the simulator, and
+    the sentence embeddings' closeness to the teacher's reported."""
+    out = tmp_path / "graph"
+    assert main(["convert", tiny_bert_dir, "--chip", "ethos-u55-128", "--recipe", "native",
+                 "--out", str(out), "--corpus", str(corpus), "--max-len", "16",
+                 "--max-sentences", "40", "--steps-per-period", "2", "--batch-size", "8",
+                 "--threads", "1", "--no-progress"]) == 0
+    record = tmp_path / "v.json"
+    assert main(["verify", str(out / "model.program"), "--chip", "ethos-u55-128",
+                 "--out", str(record), "--no-progress"]) == 0
+    doc = json.loads(record.read_text())
+    assert doc["bit_exact"] and doc["data"]["sentences"] >= 3
+    quality = doc["quality"]["simulator_vs_teacher"]
+    assert -1.0 <= quality["mean_cosine"] <= 1.0
