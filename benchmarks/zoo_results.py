@@ -141,16 +141,18 @@ def _replaced(plan: dict) -> str:
 def _conv_shapes(run_dir: Path) -> list[tuple]:
     """The student's MAC layers as (kind, kernel, stride, groups, in, out): what 'same steps'
     compares between two constructions whose step names differ."""
+    from archnet.student import conv_geometry
     from archnet.student_io import load_student
     student, _ = load_student(run_dir / "student.pt")
     out = []
     for block in student.config["blocks"]:
         for s in block["steps"]:
             if s["kind"] == "conv":
-                out.append(("conv", tuple(s["kernel"]), tuple(s.get("strides", [1, 1])),
-                            s.get("groups", 1), s["in_channels"], s["out_channels"]))
+                g = conv_geometry(s)
+                out.append(("conv", tuple(g["kernel"]), tuple(g["strides"]), g["groups"],
+                            s["in_channels"], s["out_channels"]))
             elif s["kind"] == "linear":
-                out.append(("linear", s["in_features"], s["out_features"]))
+                out.append(("linear", (), (), 1, s["in_features"], s["out_features"]))
     return out
 
 
