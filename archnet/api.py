@@ -31,7 +31,8 @@ def convert(model: nn.Module, example_inputs, unlabeled, *, chip: str, out: str,
     ``seed`` ...)."""
     from archnet import distributed as dist
     from archnet.distill.loop import DistillConfig
-    from archnet.jobs.convert import ConvertOptions, run_conversion, run_folder
+    from archnet.jobs.convert import ConvertOptions, run_conversion
+    from archnet.runs import run_folder
     from archnet.torchfile import tensor_leaf
     from simulator.digest import content_digest
     from simulator.profiles import load_profile

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from archnet.errors import ArchnetError
 from simulator.fileio import is_stale_temporary
 from simulator.outputs import check_folder_output
 
@@ -69,6 +70,17 @@ def check_run_output(out: str | os.PathLike, inputs=(), flag: str = "--out") -> 
                         writes=RUN_WRITES)
 
 
+def run_folder(path: str | Path, resume: bool, inputs=()) -> Path:
+    """``--out``: new, empty, or a run folder (``archnet.runs``) whose files are none of the
+    ``inputs``; one without an earlier run's checkpoints unless resuming."""
+    out = Path(path)
+    check_run_output(out, inputs)
+    if not resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
+        raise ArchnetError(f"--out {out}: holds checkpoints of an earlier run; pass --resume to "
+                           f"continue it or choose another folder")
+    return out
+
+
 def check_report_output(out: str | os.PathLike, inputs=(), flag: str = "--out") -> None:
     """``report --out``: replaced whole, so new, empty or a report, and holding no input."""
     check_folder_output(flag, out, inputs, reusable=is_report_folder, kind="report folder")
@@ -81,4 +93,4 @@ def check_demo_output(out: str | os.PathLike, flag: str = "--out") -> None:
 
 __all__ = ["CHECKPOINTS", "PROGRAM_FILE", "REPORT", "RUN_WRITES", "STUDENT_FILE", "SUMMARY_FILE",
            "check_demo_output", "check_report_output", "check_run_output", "is_demo_folder",
-           "is_report_folder", "is_run_folder", "resolve_recorded"]
+           "is_report_folder", "is_run_folder", "resolve_recorded", "run_folder"]

@@ -31,10 +31,10 @@ from archnet import distributed as dist
 from archnet.capture.sources import is_code, load_code_teacher
 from archnet.data.datasets import distillation_images
 from archnet.distill.loop import DistillConfig, distill
-from archnet.errors import ArchnetError, ConversionError, DataError
+from archnet.errors import ConversionError, DataError
 from archnet.lowering import (assert_deployable, calibrate_activations, calibrate_batchnorm,
                               convert_resnet, parse_bits)
-from archnet.runs import CHECKPOINTS, PROGRAM_FILE, STUDENT_FILE, SUMMARY_FILE, check_run_output
+from archnet.runs import PROGRAM_FILE, STUDENT_FILE, SUMMARY_FILE, run_folder
 from archnet.student_io import save_student
 from simulator.cost import estimate
 from simulator.execute import execute
@@ -71,17 +71,6 @@ def default_recipe(meta: dict) -> str:
     ran), the chip-driven converter for every other network."""
     from archnet.teachers import ARCHS
     return "resnet" if meta.get("arch") in ARCHS else "native"
-
-
-def run_folder(path: str | Path, resume: bool, inputs=()) -> Path:
-    """``--out``: new, empty, or a run folder (``archnet.runs``) whose files are none of the
-    ``inputs``; one without an earlier run's checkpoints unless resuming."""
-    out = Path(path)
-    check_run_output(out, inputs)
-    if not resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
-        raise ArchnetError(f"--out {out}: holds checkpoints of an earlier run; pass --resume to "
-                           f"continue it or choose another folder")
-    return out
 
 
 def _calibration_set(images, n: int, seed: int):
@@ -306,7 +295,7 @@ def convert_text_graph(opts: ConvertOptions, text_opts, cfg: DistillConfig, log=
     job as for images (``run_conversion``). ``text_opts``: an ``archnet.text.convert``
     ``TextConvertOptions`` (corpus, max_len, max_sentences, heldout_fraction)."""
     from archnet.distill.inputs import TokenInputs
-    from archnet.text.convert import load_corpus
+    from archnet.text.corpus import distillation_corpus
     from archnet.text.teacher import load_text_teacher
     t0 = time.perf_counter()
     if opts.threads:
@@ -315,7 +304,9 @@ def convert_text_graph(opts: ConvertOptions, text_opts, cfg: DistillConfig, log=
     profile = load_profile(opts.chip)
     out = run_folder(opts.out, opts.resume, [text_opts.corpus, profile.path])
     teacher = load_text_teacher(opts.teacher)
-    tokens, train, heldout = load_corpus(teacher, text_opts, cfg.seed)
+    tokens, train, heldout = distillation_corpus(
+        teacher, text_opts.corpus, text_opts.heldout_fraction, text_opts.max_sentences,
+        text_opts.max_len, cfg.seed)
     ids = torch.as_tensor(tokens.input_ids)
     mask = torch.as_tensor(tokens.attention_mask)
     data = TokenInputs(ids, mask, teacher.config.vocab_size, "mask")

@@ -29,7 +29,6 @@ caller on the main rank should print or write it (the CLI does so).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from archnet import distributed as dist
 from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.runs import resolve_recorded
 from archnet.student_program import check_program_matches, load_run_program, rebatch
+from archnet.verify_report import overflow_result_lines, pct, progress_bar, reduce_overflow
 from simulator.ir.program import Program
 from simulator.jsontext import finite_or_null
 from simulator.overflow import OverflowSummary
@@ -187,9 +187,9 @@ class VerifyReport:
         ]
         for a in self.agreement:
             name = a.name + (" (logits)" if a.logits else "")
-            lines.append(f"  {name:<24} {a.matched:>12,} {a.total:>12,} {_pct(a.fraction):>9}")
+            lines.append(f"  {name:<24} {a.matched:>12,} {a.total:>12,} {pct(a.fraction):>9}")
         lines.append(f"  {'all':<24} {self.matched:>12,} {self.total:>12,} "
-                     f"{_pct(self.matched / self.total if self.total else 1.0):>9}")
+                     f"{pct(self.matched / self.total if self.total else 1.0):>9}")
         if self.overflow is not None:
             lines += ["", *self.overflow.lines()]
         n = self.images
@@ -236,38 +236,9 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def overflow_result_lines(overflow: OverflowSummary | None, bit_exact: bool) -> list[str]:
-    """The lines that go right under ``result:``: whether the chip wrapped or saturated."""
-    if overflow is None:
-        return []
-    lines = [f"  {overflow.sentence()}"]
-    if overflow.events and bit_exact:
-        lines.append(f"  (bit-exact: the simulator and archnet's emulation {overflow.verb.lower()} "
-                     f"alike; that is this chip's arithmetic, and the results above include it)")
-    return lines
-
-
-def _pct(frac: float) -> str:
-    if frac == 1.0:
-        return "100%"
-    return f"{min(frac * 100, 99.999):.3f}%"
-
-
 # ----------------------------------------------------------------------------- files
 
 # ----------------------------------------------------------------------------- verification
-
-def _progress_bar(total: int, progress: bool | None, chip: str):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress or not dist.is_main():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, desc=f"verify on {chip}", unit="batch", file=sys.stderr, leave=False)
-
 
 def _first_divergence(program_b: Program, chip, image_ints, ours, pieces, backend):
     """The first block output where the simulator and archnet's emulation part, explained."""
@@ -422,7 +393,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
     stage = {"simulator": 0.0, "emulation": 0.0, "fake-quant": 0.0, "teacher": 0.0}
     divergence = None
     starts = list(range(lo, hi, batch_size))
-    bar = _progress_bar(len(starts), progress, profile.name)
+    bar = progress_bar(len(starts), progress, profile.name)
     try:
         for b0 in starts:
             b1 = min(b0 + batch_size, hi)
@@ -476,7 +447,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
             counts += [*correct, int((sp == tp).sum()), int((sp == fq).sum())]
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(agree=_pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+                bar.set_postfix(agree=pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
     finally:
         if bar is not None:
             bar.close()
@@ -522,27 +493,6 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         divergence=divergence, overflow=overflow_summary,
     )
     return report
-
-
-def reduce_overflow(program: Program, chip, stats: dict, over_ranks: bool = True
-                    ) -> OverflowSummary:
-    """The run's ``OverflowSummary``: ``stats`` ({MAC op: OverflowStats} of this process), with
-    ``over_ranks`` summed over the ranks under torchrun (events and outputs added, required bits
-    the largest); one row per MAC op of ``program`` in its order (a rank that ran no batch
-    contributes zeros)."""
-    from simulator.ir.ops import MAC_OPS
-    from simulator.overflow import LayerOverflow
-    names = [node.name for node in program.nodes if node.op in MAC_OPS]
-    counts = torch.tensor([[stats[n].events, stats[n].outputs] if n in stats else [0, 0]
-                           for n in names], dtype=torch.int64).reshape(-1, 2)
-    need = torch.tensor([stats[n].required_bits if n in stats else 0 for n in names],
-                        dtype=torch.int64)
-    if over_ranks and dist.active():
-        counts = dist.all_reduce_sum(counts)
-        torch.distributed.all_reduce(need, op=torch.distributed.ReduceOp.MAX)
-    rows = [LayerOverflow(n, int(c[1]), int(c[0]), int(b))
-            for n, c, b in zip(names, counts.tolist(), need.tolist())]
-    return OverflowSummary.of(chip, rows)
 
 
 def _str_or_none(v) -> str | None:

@@ -56,7 +56,7 @@ def _run_info(program_path: Path) -> dict:
 def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 512,
                   batch: int = 16, progress=None, command: str | None = None,
                   log=print) -> dict:
-    from archnet.jobs.verify import _pct, _progress_bar
+    from archnet.verify_report import pct, progress_bar
     from archnet.student_io import load_student
     from archnet.text.corpus import TruncationWarning
     from archnet.text.quality import MIN_SENTENCES, embedding_quality
@@ -102,7 +102,7 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
     programs: dict[int, object] = {}
     block_pieces: list[list[str]] = []
     starts = list(range(0, n, batch))
-    bar = _progress_bar(len(starts), progress, profile.name)
+    bar = progress_bar(len(starts), progress, profile.name)
     student.eval()
     try:
         for b0 in starts:
@@ -144,7 +144,7 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
                 stage["teacher"] += time.perf_counter() - t
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(agree=_pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+                bar.set_postfix(agree=pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
     finally:
         if bar is not None:
             bar.close()

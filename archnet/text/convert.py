@@ -75,17 +75,9 @@ def parse_text_bits(bits: str) -> tuple[int, int]:
 
 def load_corpus(teacher, opts: TextConvertOptions, seed: int):
     """(train Tokenized, train sentences, held-out sentences) of the corpus."""
-    from archnet.text.corpus import read_sentences, split_heldout
-    sentences = read_sentences(opts.corpus)
-    try:
-        train, heldout = split_heldout(sentences, opts.heldout_fraction)
-    except DataError as exc:
-        raise DataError(f"corpus {opts.corpus or 'fortunes'}: {exc}") from None
-    if opts.max_sentences is not None and len(train) > opts.max_sentences:
-        pick = np.random.default_rng(seed).permutation(len(train))[:opts.max_sentences]
-        train = [train[i] for i in sorted(pick)]
-    tokens = teacher.tokenize(train, opts.max_len)
-    return tokens, train, heldout
+    from archnet.text.corpus import distillation_corpus
+    return distillation_corpus(teacher, opts.corpus, opts.heldout_fraction, opts.max_sentences,
+                               opts.max_len, seed)
 
 
 def chip_fallbacks(program, chip) -> dict[str, int]:
@@ -122,7 +114,7 @@ def check_against_simulator(student, chip, ids: torch.Tensor, mask: torch.Tensor
 
 
 def convert_text(opts: TextConvertOptions, cfg: TextDistillConfig, log=print) -> dict:
-    from archnet.jobs.convert import run_folder
+    from archnet.runs import run_folder
     from archnet.text.corpus import TruncationWarning
     from archnet.text.lowering import lower_bert, student_config
     from archnet.text.student_io import save_text_student

@@ -208,3 +208,19 @@ def tokenize(tokenizer, sentences: Sequence[str], max_len: int, *,
 
 __all__ = ["FORTUNES_DIR", "Tokenized", "TruncationWarning", "read_sentences", "split_heldout",
            "tokenize"]
+
+
+def distillation_corpus(teacher, corpus, heldout_fraction: float, max_sentences, max_len: int,
+                        seed: int):
+    """(train Tokenized, train sentences, held-out sentences) of ``corpus`` (None: Debian's
+    fortunes): the held-out split by hash, the training sentences a seeded sample of at most
+    ``max_sentences``, tokenized to ``max_len`` with the teacher's tokenizer."""
+    sentences = read_sentences(corpus)
+    try:
+        train, heldout = split_heldout(sentences, heldout_fraction)
+    except DataError as exc:
+        raise DataError(f"corpus {corpus or 'fortunes'}: {exc}") from None
+    if max_sentences is not None and len(train) > max_sentences:
+        pick = np.random.default_rng(seed).permutation(len(train))[:max_sentences]
+        train = [train[i] for i in sorted(pick)]
+    return teacher.tokenize(train, max_len), train, heldout

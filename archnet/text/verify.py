@@ -43,7 +43,7 @@ from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields
 from archnet.runs import resolve_recorded
 from archnet.text.quality import MIN_SENTENCES, QUALITY_KEYS, embedding_quality
-from archnet.jobs.verify import _pct, _progress_bar, overflow_result_lines, reduce_overflow
+from archnet.verify_report import overflow_result_lines, pct, progress_bar, reduce_overflow
 from archnet.student_program import diff_programs, load_run_program
 from simulator.ir.program import Program
 from simulator.jsontext import finite_or_null, json_text
@@ -286,7 +286,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
     overflow: dict = {}   # MAC op -> OverflowStats, summed over the chunks
     divergence = None
     starts = list(range(0, n, batch))
-    bar = _progress_bar(len(starts), progress, profile.name)
+    bar = progress_bar(len(starts), progress, profile.name)
     student.eval()
     try:
         for b0 in starts:
@@ -338,7 +338,7 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
                 stage["teacher"] += time.perf_counter() - t
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(agree=_pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+                bar.set_postfix(agree=pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
     finally:
         if bar is not None:
             bar.close()
@@ -418,9 +418,9 @@ def format_text_verify(doc: dict) -> str:
     ]
     for a in doc["agreement"]:
         lines.append(f"  {a['name']:<24} {a['matched']:>12,} {a['total']:>12,} "
-                     f"{_pct(a['fraction']):>9}")
+                     f"{pct(a['fraction']):>9}")
     lines.append(f"  {'all':<24} {doc['elements_matched']:>12,} {doc['elements_total']:>12,} "
-                 f"{_pct(doc['agreement_fraction']):>9}")
+                 f"{pct(doc['agreement_fraction']):>9}")
     overflow = OverflowSummary.from_dict(doc["overflow"]) if doc.get("overflow") else None
     if overflow is not None:
         lines += ["", *overflow.lines()]
