@@ -322,5 +322,9 @@ def convert_text_graph(opts: ConvertOptions, text_opts, cfg: DistillConfig, log=
     extra = {"inputs": "tokens", "corpus": str(text_opts.corpus or "fortunes"),
              "heldout_fraction": float(text_opts.heldout_fraction), "max_len": int(ids.shape[1]),
              "teacher_name": teacher.name, "teacher_path": str(teacher.path)}
-    return run_conversion(model, meta, data, profile, out, replace(opts, report=False), cfg,
-                          source, t0, log, extra)
+    # one-hot rows are vocabulary-wide (30,522 columns for MiniLM): calibrate, check and run
+    # the simulator prefix on a few dozen sentences at a time
+    opts = replace(opts, report=False, calibration_images=min(opts.calibration_images, 64),
+                   check_images=min(opts.check_images, 32))
+    cfg = replace(cfg, sim_batch=min(cfg.sim_batch, 32))
+    return run_conversion(model, meta, data, profile, out, opts, cfg, source, t0, log, extra)
