@@ -84,6 +84,13 @@ def _calibration_set(images, n: int, seed: int):
     return images.student(idx)
 
 
+def _calibration_teacher_inputs(data, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """The teacher's inputs for the same sample ``_calibration_set`` draws."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=gen)[: min(n, len(data))].sort().values
+    return (data[idx],) if isinstance(data, torch.Tensor) else data.teacher(idx)
+
+
 def _calibration_inputs(data, n: int, seed: int) -> tuple[torch.Tensor, dict]:
     found = _calibration_set(data, n, seed)
     return found if isinstance(found, tuple) else (found, {})
@@ -114,6 +121,11 @@ def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, 
         taps = GraphTaps(graph, low.taps)
     calib, side = _calibration_inputs(images, opts.calibration_images, seed)
     calibrate_batchnorm(student, calib, side=side)
+    if taps is not None:           # LayerNorm replacements: fitted to the teacher's outputs
+        from archnet.lowering.graph import fit_layer_norms
+        teacher_in = _calibration_teacher_inputs(images, opts.calibration_images, seed)
+        fit_layer_norms(student, taps.graph, teacher_in,
+                        teacher_in[1] if len(teacher_in) > 1 else None)
     calibrate_activations(student, calib, seed=seed, side=side)
     assert_deployable(student, profile)
     return student, taps, plan

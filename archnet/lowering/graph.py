@@ -253,7 +253,7 @@ class _Lowering:
         self.steps[name] = {"name": name, "inputs": [self._value(node.inputs[0])],
                             "kind": "channel_affine", "features": d, "w_bits": self.w_bits,
                             "quant": self._grid(name), "bn_init": "statistics",
-                            "role": "teacher"}
+                            "role": "teacher", "teacher_node": node.name}
         self.step_node[name] = node.name
         self.producer[node.name] = name
         p = node.params
@@ -688,6 +688,39 @@ def _input_spec(graph: TeacherGraph, plan: ConversionPlan) -> dict:
         spec = {"input_shape": [*tokens, vocab], "input_encoding": "one_hot"}
     side = {i: list(graph.input_shapes[i][1:]) for i in graph.inputs[1:]}
     return {**spec, "side_inputs": side} if side else spec
+
+
+@torch.no_grad()
+def fit_layer_norms(student, graph: TeacherGraph, teacher_inputs, mask=None) -> int:
+    """LayerNorm's fixed-statistics replacements fitted to the teacher: with the statistics
+    calibration fixed, each channel's scale and shift are the least-squares fit of the teacher's
+    LayerNorm output on its own input normalised by them (over the tokens ``mask`` keeps), the
+    best start a per-channel affine can have. Returns how many it fitted."""
+    steps = [(block, st) for block in student.blocks for st in block.spec["steps"]
+             if st["kind"] == "channel_affine" and st.get("teacher_node")]
+    if not steps:
+        return 0
+    keep_values = set()
+    for _, st in steps:
+        node = graph.node(st["teacher_node"])
+        keep_values |= {node.name, node.inputs[0]}
+    values = graph.values(*teacher_inputs, keep=keep_values)
+    keep = None if mask is None else (mask != 0).reshape(-1)
+    for block, st in steps:
+        node = graph.node(st["teacher_node"])
+        d = node.shape[-1]
+        x = values[node.inputs[0]].reshape(-1, d).double()
+        y = values[node.name].reshape(-1, d).double()
+        if keep is not None and keep.numel() == x.shape[0]:
+            x, y = x[keep], y[keep]
+        bn = block.layers[st["name"]].bn
+        xhat = (x - bn.running_mean.double()) / torch.sqrt(bn.running_var.double() + bn.eps)
+        xm, ym = xhat.mean(0), y.mean(0)
+        var = (xhat - xm).pow(2).mean(0).clamp_min(1e-12)
+        slope = ((xhat - xm) * (y - ym)).mean(0) / var
+        bn.weight.copy_(slope.float())
+        bn.bias.copy_((ym - slope * xm).float())
+    return len(steps)
 
 
 def block_bits(decisions: dict, nodes: list[TeacherNode], default) -> tuple[int, int]:

@@ -231,3 +231,33 @@ def test_a_large_patch_conv_is_exact_space_to_depth_stages(k, rule):
     with torch.no_grad():
         assert torch.allclose(student(x, quantize=False), model(x), atol=1e-5)
     assert_deployable(student, profile)
+
+
+def test_layer_norm_replacements_are_fitted_to_the_teacher():
+    """With the statistics fixed, each channel's scale and shift fitted by least squares to the
+    teacher's LayerNorm output: the student's values move closer to the teacher's."""
+    from archnet.lowering import calibrate_batchnorm
+    from archnet.lowering.graph import fit_layer_norms
+    torch.manual_seed(0)
+    model = TinyPreNorm().eval()
+    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    profile = load_profile("ethos-u55-128")
+    student, low = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
+    images = torch.rand(32, 1, 16, 16)
+    calibrate_batchnorm(student, images)
+    norm = next(n.name for n in graph.nodes if n.op == "layer_norm")
+    block = next(b for b in student.blocks
+                 if any(s.get("teacher_node") == norm for s in b.spec["steps"]))
+    step = next(s["name"] for s in block.spec["steps"] if s.get("teacher_node") == norm)
+    index = list(student.blocks).index(block)
+
+    def error():
+        with torch.no_grad():
+            x = images
+            for b in list(student.blocks)[:index]:
+                x = b(x, quantize=False)
+            got = block.trace(x, quantize=False)[step]
+        return float((got - graph.values(images, keep={norm})[norm]).pow(2).mean())
+    before = error()
+    assert fit_layer_norms(student, graph, (images,)) == 2
+    assert error() < before
