@@ -22,11 +22,13 @@ def _shape(text: str) -> tuple[int, ...]:
 def add_commands(sub) -> None:
     p = sub.add_parser(
         "plan", help="what the converter keeps and replaces for a chip (no training)",
-        description="Captures MODEL (a teacher checkpoint, or path/to/file.py:factory), asks the "
+        description="Captures MODEL (a teacher checkpoint, path/to/file.py:factory, or a text "
+                    "teacher), asks the "
                     "chip profile which of each node's forms it runs (native first), and prints "
                     "the rule that fired per node and the estimated latency of teacher and "
                     "student. Exit 2 listing every node no rule can place.")
-    p.add_argument("model", help="teacher checkpoint (.pt) or path/to/file.py:factory")
+    p.add_argument("model", help="teacher checkpoint (.pt), path/to/file.py:factory, or a text "
+                                 "teacher: minilm or a folder of a BERT-style encoder")
     p.add_argument("--chip", required=True, help="chip profile name or TOML path")
     p.add_argument("--bits", default="8w8a", choices=SUPPORTED_BITS)
     p.add_argument("--recipe", default="native", choices=("native", "paper"),
@@ -35,13 +37,28 @@ def add_commands(sub) -> None:
                    help="run nodes no rule places on the host instead of failing")
     p.add_argument("--input-shape", type=_shape, metavar="C,H,W",
                    help="the example input of a factory that gives none")
+    p.add_argument("--max-len", type=int, default=64, metavar="N",
+                   help="text teachers: the positions planned for (default 64)")
     p.add_argument("--all", action="store_true", help="list every node, not just the replaced")
     p.add_argument("--json", metavar="FILE.json", help="also write the plan as JSON")
     p.set_defaults(func=cmd_plan)
 
 
+def _text_model(spec: str, max_len: int):
+    """A text teacher as the converter captures it: token ids and a mask of ``max_len``."""
+    import torch
+
+    from archnet.jobs.convert import _Encoder
+    from archnet.text.teacher import load_text_teacher
+    teacher = load_text_teacher(spec)
+    example = (torch.zeros(1, max_len, dtype=torch.long), torch.ones(1, max_len, dtype=torch.long))
+    return (_Encoder(teacher.model.eval()).eval(), example,
+            {"source": spec, "arch": teacher.name, "max_len": max_len})
+
+
 def cmd_plan(args) -> int:
     from archnet.capture import capture
+    from archnet.text.convert import is_text_teacher
     from archnet.capture.sources import load_model
     from archnet.lowering.resnet import parse_bits
     from archnet.rules import plan_conversion
@@ -53,7 +70,10 @@ def cmd_plan(args) -> int:
     check_file_outputs({"--json": args.json}, inputs=[args.model.split(":")[0], args.chip],
                        suffixes={"--json": (".json",)})
     profile = load_profile(args.chip)
-    model, example, meta = load_model(args.model, args.input_shape)
+    if is_text_teacher(args.model):   # minilm or a BERT folder: ids and a mask of --max-len
+        model, example, meta = _text_model(args.model, args.max_len)
+    else:
+        model, example, meta = load_model(args.model, args.input_shape)
     graph = capture(model, example)
     plan = plan_conversion(graph, profile, parse_bits(args.bits), args.recipe,
                            args.allow_fallback)

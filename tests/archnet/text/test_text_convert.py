@@ -246,3 +246,12 @@ def test_verify_a_text_run_of_the_shared_pipeline(tiny_bert_dir, corpus, tmp_pat
     assert doc["bit_exact"] and doc["data"]["sentences"] >= 3
     quality = doc["quality"]["simulator_vs_teacher"]
     assert -1.0 <= quality["mean_cosine"] <= 1.0
+
+
+def test_archnet_plan_takes_a_text_teacher(tiny_bert_dir, tmp_path, capsys):
+    record = tmp_path / "plan.json"
+    assert main(["plan", tiny_bert_dir, "--chip", "ethos-u55-128", "--max-len", "16",
+                 "--json", str(record)]) == 0
+    plan = json.loads(record.read_text())
+    assert plan["rules_fired"]["softmax.native"] == 2 and plan["student_fallbacks"] == 0
+    assert "embedding.one_hot_fc" in capsys.readouterr().out
