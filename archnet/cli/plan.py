@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from archnet.bits import SUPPORTED_BITS
+from simulator.argtypes import int_in
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -37,7 +38,7 @@ def add_commands(sub) -> None:
                    help="run nodes no rule places on the host instead of failing")
     p.add_argument("--input-shape", type=_shape, metavar="C,H,W",
                    help="the example input of a factory that gives none")
-    p.add_argument("--max-len", type=int, default=64, metavar="N",
+    p.add_argument("--max-len", type=int_in(3, 4096), default=64, metavar="N",
                    help="text teachers: the positions planned for (default 64)")
     p.add_argument("--all", action="store_true", help="list every node, not just the replaced")
     p.add_argument("--json", metavar="FILE.json", help="also write the plan as JSON")
