@@ -41,6 +41,13 @@ def progress_bar(total: int, progress: bool | None, chip: str):
     return tqdm(total=total, desc=f"verify on {chip}", unit="batch", file=sys.stderr, leave=False)
 
 
+def advance(bar, matched, totals) -> None:
+    """One batch done: the bar (if any) moves on and shows the element agreement so far."""
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(agree=pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+
+
 def reduce_overflow(program: Program, chip, stats: dict, over_ranks: bool = True
                     ) -> OverflowSummary:
     """The run's ``OverflowSummary``: ``stats`` ({MAC op: OverflowStats} of this process), with
@@ -62,4 +69,4 @@ def reduce_overflow(program: Program, chip, stats: dict, over_ranks: bool = True
     return OverflowSummary.of(chip, rows)
 
 
-__all__ = ["overflow_result_lines", "pct", "progress_bar", "reduce_overflow"]
+__all__ = ["advance", "overflow_result_lines", "pct", "progress_bar", "reduce_overflow"]

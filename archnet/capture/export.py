@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from archnet.capture.graph import TeacherGraph, TeacherNode
-from archnet.capture.masks import key_masks
+from archnet.capture.masks import call, key_masks
 from archnet.errors import ConversionError
 
 _IDENTITY_OPS = {"dropout", "feature_dropout", "alpha_dropout", "clone", "contiguous", "alias",
@@ -268,13 +268,7 @@ def _fold_constant(n, params: dict) -> torch.Tensor | None:
     nodes = [a for a in _flat(list(n.args) + list(n.kwargs.values())) if hasattr(a, "op")]
     if any(a.name not in params for a in nodes):
         return None
-
-    def sub(a):
-        if isinstance(a, (list, tuple)):
-            return type(a)(sub(x) for x in a)
-        return params[a.name] if hasattr(a, "op") else a
-    with torch.no_grad():
-        value = n.target(*sub(n.args), **{k: sub(v) for k, v in n.kwargs.items()})
+    value = call(n, params)
     return value.detach() if isinstance(value, torch.Tensor) else None
 
 

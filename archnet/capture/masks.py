@@ -38,16 +38,20 @@ def _ancestry(node, inputs: set[str]) -> tuple[set[str], list]:
     return found, sorted(order, key=lambda n: index[n.name])
 
 
-def _evaluate(chain: list, feeds: dict) -> torch.Tensor:
-    env = dict(feeds)
-
+def call(n, env: dict):
+    """An fx call node's value, its node arguments taken from ``env`` by name."""
     def sub(a):
         if isinstance(a, (list, tuple)):
             return type(a)(sub(x) for x in a)
         return env[a.name] if hasattr(a, "op") else a
     with torch.no_grad():
-        for n in chain:
-            env[n.name] = n.target(*sub(n.args), **{k: sub(v) for k, v in n.kwargs.items()})
+        return n.target(*sub(n.args), **{k: sub(v) for k, v in n.kwargs.items()})
+
+
+def _evaluate(chain: list, feeds: dict) -> torch.Tensor:
+    env = dict(feeds)
+    for n in chain:
+        env[n.name] = call(n, env)
     return env[chain[-1].name]
 
 
@@ -114,4 +118,4 @@ def key_masks(fx_graph, lifted: set[str], params: dict) -> dict[str, tuple[str, 
     return found
 
 
-__all__ = ["key_masks"]
+__all__ = ["call", "key_masks"]

@@ -74,13 +74,11 @@ def _check_out(args) -> None:
 
 
 def cmd_verify(args) -> int:
-    from archnet.jobs.verify_tokens import is_token_program
     from archnet.text.verify import program_family
     _check_out(args)
-    if program_family(args.program) == "text":        # archnet/text's own students
-        return _cmd_verify_text(args)
-    if is_token_program(args.program):
-        return _cmd_verify_tokens(args)
+    family = program_family(args.program)
+    if family in ("text", "tokens"):      # archnet/text's students, or the shared pipeline's
+        return _cmd_verify_text(args, shared=family == "tokens")
     from archnet.errors import ArchnetError
     if hasattr(args, "max_sentences"):
         raise ArchnetError("--max-sentences is for text runs; give a CNN run's number of test "
@@ -90,7 +88,9 @@ def cmd_verify(args) -> int:
     return _cmd_verify_cnn(args)
 
 
-def _cmd_verify_text(args) -> int:
+def _cmd_verify_text(args, shared: bool = False) -> int:
+    """Held-out sentences: a run of ``archnet/text/``, or (``shared``) a text network of the
+    chip-driven converter (its Program reads one-hot tokens)."""
     from archnet.errors import ArchnetError
     from archnet.text.verify import (DEFAULT_BATCH, DEFAULT_MAX_SENTENCES, format_text_verify,
                                      verify_command, verify_text)
@@ -105,36 +105,22 @@ def _cmd_verify_text(args) -> int:
     # absent unless given (argparse.SUPPRESS): None means "all"
     max_sentences = getattr(args, "max_sentences", DEFAULT_MAX_SENTENCES)
     batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
-    doc = verify_text(args.program, args.chip, out=args.out, max_sentences=max_sentences,
-                      batch=batch, progress=args.progress,
-                      log=(lambda m: print(m, file=sys.stderr)) if args.json else print,
-                      command=verify_command(args.program, args.chip, args.out, max_sentences,
-                                             batch))
+    if shared:
+        from archnet.jobs.verify_tokens import verify_tokens as run
+    else:
+        run = verify_text
+    doc = run(args.program, args.chip, out=args.out, max_sentences=max_sentences, batch=batch,
+              progress=args.progress,
+              log=(lambda m: print(m, file=sys.stderr)) if args.json else print,
+              command=verify_command(args.program, args.chip, args.out, max_sentences, batch))
     if args.json:
         print(json_text(doc))
     else:
         print(format_text_verify(doc))
         if args.out:
             print(f"wrote {args.out}")
-    _refresh_text_report(args)
-    return 0 if doc["bit_exact"] else 1
-
-
-def _cmd_verify_tokens(args) -> int:
-    """A text network of the chip-driven converter (its Program reads one-hot tokens)."""
-    from archnet.jobs.verify_tokens import verify_tokens
-    from archnet.text.verify import DEFAULT_BATCH, DEFAULT_MAX_SENTENCES, format_text_verify
-    max_sentences = getattr(args, "max_sentences", DEFAULT_MAX_SENTENCES)
-    batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
-    doc = verify_tokens(args.program, args.chip, out=args.out, max_sentences=max_sentences,
-                        batch=batch, progress=args.progress, command=_command(args),
-                        log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
-    if args.json:
-        print(json_text(doc))
-    else:
-        print(format_text_verify(doc))
-        if args.out:
-            print(f"wrote {args.out}")
+    if not shared:          # archnet report reads archnet/text/ runs only
+        _refresh_text_report(args)
     return 0 if doc["bit_exact"] else 1
 
 

@@ -89,6 +89,34 @@ def unlabeled(data) -> UnlabeledImages:
                     f"not {type(data).__name__}")
 
 
+def _npy(path: Path, what: str, holds: str) -> np.ndarray:
+    """One array of a ``.npy`` file a user hands us, read without running code (no pickles);
+    any fault is a one-line ``DataError`` naming the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such {what} file")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy reports empty, cut and pickled files in many ways
+        raise DataError(f"{path}: not a NumPy {what} array ({type(exc).__name__}: {exc})") \
+            from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: an .npz archive; give one .npy array of {holds}")
+    return arr
+
+
+def npy_labels(path, n: int) -> torch.Tensor:
+    """The classes of ``n`` images from a ``.npy`` (one integer >= 0 per image)."""
+    path = Path(path)
+    y = _npy(path, "label", "labels (N,)")
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be one integer per image, a 1-d integer array")
+    if len(y) != n:
+        raise DataError(f"{path}: {len(y)} labels for {n} images")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{path}: labels must be class indices (>= 0)")
+    return torch.from_numpy(y.astype(np.int64))
+
+
 def distillation_images(dataset: str, data_path: str | None,
                         max_images: int | None) -> torch.Tensor:
     """Unlabeled training images: a named data set (``data_path`` = its folder), or a ``.npy``
@@ -96,15 +124,7 @@ def distillation_images(dataset: str, data_path: str | None,
     from archnet.data import load_dataset
     if data_path is not None and str(data_path).endswith(".npy"):
         path = Path(data_path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such image file")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # numpy reports empty, cut and pickled files in many ways
-            raise DataError(f"{path}: not a NumPy image array ({type(exc).__name__}: {exc})") \
-                from None
-        if not isinstance(arr, np.ndarray):
-            raise DataError(f"{path}: an .npz archive; give one .npy array of images (N, C, H, W)")
+        arr = _npy(path, "image", "images (N, C, H, W)")
         if arr.ndim != 4:
             raise DataError(f"{path}: images must be (N, C, H, W), got shape {arr.shape}")
         if arr.dtype == np.uint8:

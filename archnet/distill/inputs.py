@@ -32,6 +32,9 @@ class ImageInputs:
     def teacher(self, idx) -> tuple[torch.Tensor, ...]:
         return (self.images[idx],)
 
+    def token_mask(self, idx) -> None:
+        return None
+
     def mix(self, x: torch.Tensor, generator: torch.Generator, alpha: float) -> torch.Tensor:
         from archnet.distill.losses import mixup
         return mixup(x, generator, alpha)
@@ -69,6 +72,10 @@ class TokenInputs:
 
     def teacher(self, idx) -> tuple[torch.Tensor, ...]:
         return self.ids[idx], self.mask[idx]
+
+    def token_mask(self, idx) -> torch.Tensor:
+        """Which tokens are real (1) or padding (0), [sentences, tokens]."""
+        return self.mask[idx]
 
     def mix(self, x, generator, alpha):
         raise DataError("token inputs cannot be mixed up")

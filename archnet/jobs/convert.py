@@ -30,6 +30,7 @@ import torch
 from archnet import distributed as dist
 from archnet.capture.sources import is_code, load_code_teacher
 from archnet.data.datasets import distillation_images
+from archnet.distill.inputs import ImageInputs, as_inputs
 from archnet.distill.loop import DistillConfig, distill
 from archnet.errors import ConversionError, DataError
 from archnet.lowering import (assert_deployable, calibrate_activations, calibrate_batchnorm,
@@ -73,30 +74,13 @@ def default_recipe(meta: dict) -> str:
     return "resnet" if meta.get("arch") in ARCHS else "native"
 
 
-def _calibration_set(images, n: int, seed: int):
-    """A seeded sample of ``n`` inputs: images, or (for other inputs) the student's encoding
-    of them and its side inputs."""
+def _sample(data, n: int, seed: int) -> torch.Tensor:
+    """A seeded sample of ``n`` of the input set's indices, in order."""
     gen = torch.Generator().manual_seed(seed)
-    count = len(images)
-    idx = torch.randperm(count, generator=gen)[: min(n, count)].sort().values
-    if isinstance(images, torch.Tensor):
-        return images[idx]
-    return images.student(idx)
+    return torch.randperm(len(data), generator=gen)[: min(n, len(data))].sort().values
 
 
-def _calibration_teacher_inputs(data, n: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """The teacher's inputs for the same sample ``_calibration_set`` draws."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=gen)[: min(n, len(data))].sort().values
-    return (data[idx],) if isinstance(data, torch.Tensor) else data.teacher(idx)
-
-
-def _calibration_inputs(data, n: int, seed: int) -> tuple[torch.Tensor, dict]:
-    found = _calibration_set(data, n, seed)
-    return found if isinstance(found, tuple) else (found, {})
-
-
-def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, opts: ConvertOptions,
+def build_student_for(teacher, meta: dict, profile, bits, data, opts: ConvertOptions,
                       seed: int = 0, log=print):
     """Lower, calibrate and gate: the student distillation starts from, and where its blocks'
     teacher features come from (None: hooks at the student's tap module paths), and the
@@ -119,13 +103,12 @@ def build_student_for(teacher, meta: dict, profile, bits, images: torch.Tensor, 
         log(plan.describe())
         student, low = build_graph_student(graph, plan, profile)
         taps = GraphTaps(graph, low.taps)
-    calib, side = _calibration_inputs(images, opts.calibration_images, seed)
+    idx = _sample(data, opts.calibration_images, seed)
+    calib, side = data.student(idx)
     calibrate_batchnorm(student, calib, side=side)
     if taps is not None:           # LayerNorm replacements: fitted to the teacher's outputs
         from archnet.lowering.graph import fit_layer_norms
-        teacher_in = _calibration_teacher_inputs(images, opts.calibration_images, seed)
-        fit_layer_norms(student, taps.graph, teacher_in,
-                        teacher_in[1] if len(teacher_in) > 1 else None)
+        fit_layer_norms(student, taps.graph, data.teacher(idx), data.token_mask(idx))
     calibrate_activations(student, calib, seed=seed, side=side)
     assert_deployable(student, profile)
     return student, taps, plan
@@ -208,13 +191,14 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     ``test_accuracy``) on unlabeled ``images``; ``source`` names where the teacher and data came
     from (``teacher``, ``teacher_sha256``, ``dataset``)."""
     dataset = source.get("dataset")
+    data = as_inputs(images)
     allocation = None
-    if opts.latency_budget_ms is not None and not isinstance(images, torch.Tensor):
+    if opts.latency_budget_ms is not None and not isinstance(data, ImageInputs):
         raise ConversionError("--latency-budget allocates widths for image networks; give "
                               "--bits for a text network")
     if opts.latency_budget_ms is not None:
         from archnet.bit_allocation import allocate_bits
-        calib = _calibration_set(images, min(opts.calibration_images, 256), cfg.seed)
+        calib = data.student(_sample(data, min(opts.calibration_images, 256), cfg.seed))[0]
         students = None
         if opts.recipe != "resnet":
             from archnet.bit_allocation import GraphStudents
@@ -229,7 +213,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     else:
         bits = opts.bits
         parse_bits(bits)
-    student, taps, plan = build_student_for(teacher, meta, profile, bits, images, opts, cfg.seed,
+    student, taps, plan = build_student_for(teacher, meta, profile, bits, data, opts, cfg.seed,
                                             log)
     log(student.describe())
     metadata = {
@@ -238,13 +222,13 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         "recipe": opts.recipe, "profile": profile.name, "profile_path": str(profile.path),
         "bits": [f"{b['w_bits']}w{b['a_bits']}a" for b in student.config["blocks"]],
         "allocation": allocation.to_dict() if allocation is not None else None,
-        "dataset": dataset, "data_path": opts.data_path, "images": len(images),
+        "dataset": dataset, "data_path": opts.data_path, "images": len(data),
         "input_shape": list(meta["input_shape"]), "command": opts.command,
         "distill": asdict(cfg), **(extra or {}),
     }
-    result = distill(student, teacher, images, profile, cfg, out, resume=opts.resume, log=log,
+    result = distill(student, teacher, data, profile, cfg, out, resume=opts.resume, log=log,
                      metadata=metadata, taps=taps)
-    sample, side = _calibration_inputs(images, opts.check_images, cfg.seed + 1)
+    sample, side = data.student(_sample(data, opts.check_images, cfg.seed + 1))
     check = check_against_simulator(student, profile, sample, cfg.backend, side)
     if check["agreement"] != 1.0:
         raise ConversionError(f"integer emulation and simulator differ in "
@@ -257,7 +241,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     summary = {
         "teacher": metadata["teacher"], "teacher_sha256": metadata["teacher_sha256"],
         "chip": profile.name, "profile_path": str(profile.path), "bits": metadata["bits"],
-        "allocation": metadata["allocation"], "dataset": dataset, "images": len(images),
+        "allocation": metadata["allocation"], "dataset": dataset, "images": len(data),
         "estimated_latency_ms": est.total_latency_ms, "fallbacks": len(est.fallbacks),
         "blocks": student.summary(), "history": result.history,
         # per teacher node: the rule that fired, why, and the forms the chip refused
@@ -327,7 +311,6 @@ def convert_text_graph(opts: ConvertOptions, text_opts, cfg: DistillConfig, log=
             "example_inputs": (ids[:1], mask[:1])}
     log(f"teacher {teacher.name}: {len(train)} distillation sentences, {len(heldout)} held out, "
         f"{ids.shape[1]} positions; chip {profile.name}, recipe {opts.recipe}")
-    model.content_sha256 = teacher.fingerprint
     source = {"teacher": str(opts.teacher), "teacher_sha256": teacher.fingerprint,
               "dataset": str(text_opts.corpus or "fortunes")}
     # what verify needs to find the held-out sentences and the teacher again

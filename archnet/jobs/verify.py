@@ -40,7 +40,8 @@ from archnet import distributed as dist
 from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.runs import resolve_recorded
 from archnet.student_program import check_program_matches, load_run_program, rebatch
-from archnet.verify_report import overflow_result_lines, pct, progress_bar, reduce_overflow
+from archnet.verify_report import (advance, overflow_result_lines, pct, progress_bar,
+                                    reduce_overflow)
 from simulator.ir.program import Program
 from simulator.jsontext import finite_or_null
 from simulator.overflow import OverflowSummary
@@ -270,31 +271,14 @@ def _load_teacher(meta: dict, student_path: Path, given, input_shape):
     return load_recorded_teacher(meta, student_path, given)
 
 
-def _labels(path, n: int) -> torch.Tensor:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such label file")
-    try:
-        y = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy reports empty, cut and pickled files in many ways
-        raise DataError(f"{path}: not a NumPy label array ({type(exc).__name__}: {exc})") from None
-    if not isinstance(y, np.ndarray) or y.ndim != 1 or y.dtype.kind not in "iu":
-        raise DataError(f"{path}: labels must be one integer per image, a 1-d integer array")
-    if len(y) != n:
-        raise DataError(f"{path}: {len(y)} labels for {n} images")
-    if len(y) and y.min() < 0:
-        raise DataError(f"{path}: labels must be class indices (>= 0)")
-    return torch.from_numpy(y.astype(np.int64))
-
-
 def _test_set(name, data_path, labels_path, student_path: Path):
     """(images, labels or None, data set name): a named data set's labelled test split, or a
     ``.npy`` of images with optional ``labels_path``."""
     from archnet.data import load_dataset
-    from archnet.data.datasets import distillation_images
+    from archnet.data.datasets import distillation_images, npy_labels
     if data_path is not None and str(data_path).endswith(".npy"):
         images = distillation_images(None, data_path, None)
-        labels = None if labels_path is None else _labels(labels_path, len(images))
+        labels = None if labels_path is None else npy_labels(labels_path, len(images))
         return images, labels, Path(data_path).name
     if labels_path is not None:
         raise DataError(f"--labels {labels_path}: labels go with --data IMAGES.npy (a named data "
@@ -445,9 +429,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
             correct = [0, 0, 0] if y is None else \
                 [int((tp == y).sum()), int((fq == y).sum()), int((sp == y).sum())]
             counts += [*correct, int((sp == tp).sum()), int((sp == fq).sum())]
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(agree=pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+            advance(bar, matched, totals)
     finally:
         if bar is not None:
             bar.close()

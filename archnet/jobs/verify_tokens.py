@@ -21,21 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from archnet.distill.inputs import TokenInputs
 from archnet.errors import CheckpointError, DataError
 from archnet.runs import STUDENT_FILE, SUMMARY_FILE
 from archnet.student_program import check_program_matches, load_run_program
 
 _RUN_KEYS = ("corpus", "heldout_fraction", "max_len", "teacher_path", "teacher_sha256")
-
-
-def is_token_program(path) -> bool:
-    """Whether a Program file reads one-hot tokens (a text network of the chip-driven path)."""
-    from simulator.errors import SimulatorError
-    from simulator.ir.program import load_program
-    try:
-        return load_program(path).inputs[:1] == ["tokens"]
-    except (SimulatorError, OSError, ValueError, KeyError, IndexError):
-        return False
 
 
 def _run_info(program_path: Path) -> dict:
@@ -56,10 +47,10 @@ def _run_info(program_path: Path) -> dict:
 def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 512,
                   batch: int = 16, progress=None, command: str | None = None,
                   log=print) -> dict:
-    from archnet.verify_report import pct, progress_bar
+    from archnet.verify_report import advance, progress_bar
     from archnet.student_io import load_student
     from archnet.text.corpus import TruncationWarning
-    from archnet.text.quality import MIN_SENTENCES, embedding_quality
+    from archnet.text.quality import MIN_SENTENCES, verify_quality
     from archnet.text.student import pooled
     from archnet.text.verify import _heldout, _text_teacher
     from simulator.cost import estimate
@@ -92,6 +83,7 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
         tokens = teacher.tokenize(sentences, seq_len)
     ids_all = torch.as_tensor(tokens.input_ids)
     mask_all = torch.as_tensor(tokens.attention_mask)
+    data = TokenInputs(ids_all, mask_all, vocab, mask_name)
     log(f"verify {program_path} on {profile.name}: {n} held-out sentences of {corpus}, "
         f"{seq_len} positions, chunks of {batch}")
     names = student.block_names
@@ -106,13 +98,13 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
     student.eval()
     try:
         for b0 in starts:
-            ids, mask = ids_all[b0:b0 + batch], mask_all[b0:b0 + batch]
-            k = len(ids)
+            idx = torch.arange(b0, min(b0 + batch, n))
+            ids, mask = data.teacher(idx)
+            onehot, side = data.student(idx)
+            k = len(idx)
             if k not in programs:
                 programs[k] = student.export((k, seq_len, vocab), feature_outputs=True)
             prog = programs[k]
-            onehot = torch.nn.functional.one_hot(ids, vocab).float()
-            side = {mask_name: mask}
             t = time.perf_counter()
             sim = execute(prog, profile, {prog.inputs[0]: onehot.numpy().astype(np.uint8),
                                           prog.inputs[1]: mask.numpy().astype(np.uint8)},
@@ -135,26 +127,18 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
                                            mask).numpy())
             with torch.inference_mode():
                 t = time.perf_counter()
-                fq = student(onehot, side={mask_name: mask.float()})
+                fq = student(onehot, side=side)
                 emb["fake_quant"].append(pooled(fq.double(), mask).numpy())
                 stage["fake-quant"] += time.perf_counter() - t
                 t = time.perf_counter()
                 hidden = teacher.model(input_ids=ids, attention_mask=mask).last_hidden_state
                 emb["teacher"].append(pooled(hidden.double(), mask).numpy())
                 stage["teacher"] += time.perf_counter() - t
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(agree=pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+            advance(bar, matched, totals)
     finally:
         if bar is not None:
             bar.close()
-    e = {k: np.concatenate(v) for k, v in emb.items()}
-    quality = {
-        "simulator_vs_teacher": embedding_quality(e["simulator"], e["teacher"]),
-        "fake_quant_vs_teacher": embedding_quality(e["fake_quant"], e["teacher"]),
-        "emulation_vs_teacher": embedding_quality(e["emulation"], e["teacher"]),
-        "simulator_vs_fake_quant": embedding_quality(e["simulator"], e["fake_quant"]),
-    }
+    quality = verify_quality(emb)
     est = estimate(program, profile)
     agreement = [{"name": name, "tensor": ps[0], "matched": int(m), "total": int(t),
                   "fraction": int(m) / int(t) if t else 1.0}
@@ -191,4 +175,4 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
     return doc
 
 
-__all__ = ["is_token_program", "verify_tokens"]
+__all__ = ["verify_tokens"]

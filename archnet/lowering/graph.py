@@ -271,10 +271,9 @@ class _Lowering:
         src = self._value(node.inputs[0])
         self.producer[node.name] = src
         rule = d.rule
+        computed = self._through_views(src)    # a clamp or rescale commutes with a view
         if rule.endswith(".fused"):
-            step = self.steps.get(src)
-            while step is not None and step["kind"] in ("reshape", "flatten"):   # views commute
-                step = self.steps.get(step["inputs"][0])
+            step = self.steps.get(computed)
             if step is None or step["kind"] not in ("conv", "linear", "add", "mul"):
                 raise ConversionError(f"{node.where}: {rule} needs a MAC, add or mul producer")
             if node.op == "clamp":
@@ -288,8 +287,7 @@ class _Lowering:
             return
         if rule in ("mul.requantize_scale", "add.requantize_offset"):
             scalar = float(node.attrs["scalar"])
-            while self.steps[src]["kind"] in ("reshape", "flatten"):
-                src = self.steps[src]["inputs"][0]
+            src = computed
             if self.steps[src]["kind"] == "matmul":
                 if rule.startswith("add") or scalar <= 0:
                     raise ConversionError(f"{node.where}: {rule} by {scalar:g} after a matmul; "
@@ -302,6 +300,13 @@ class _Lowering:
         if rule == "transpose.identity" or rule.endswith(".merged"):   # its reader computes it
             return
         raise ConversionError(f"{node.where}: the student builder has no lowering for {rule}")
+
+    def _through_views(self, ref: str) -> str:
+        """The step that computes ``ref``'s values: ``ref`` itself, or what a chain of views
+        (reshape, flatten) reads."""
+        while ref in self.steps and self.steps[ref]["kind"] in ("reshape", "flatten"):
+            ref = self.steps[ref]["inputs"][0]
+        return ref
 
     def _scale_rows(self, step: str, scale: float | None, offset: float | None) -> None:
         """Fold ``* scale`` or ``+ offset`` into a MAC step's initial weight and bias: each row's
@@ -427,10 +432,8 @@ class _Lowering:
         elif rule.startswith("conv2d.patchify_"):
             *copies, last = macs
             for i, s in enumerate(copies):
-                sz = self._weight_shape(s)[2]
-                c = self.steps[s]["in_channels"]
-                eye = torch.eye(c * sz * sz).reshape(c * sz * sz, c, sz, sz)
-                self._mac_rows(s, ("copy", self._derive(f"{node.name}:s2d{i}", eye), {}),
+                s2d = _space_to_depth(self.steps[s]["in_channels"], self._weight_shape(s)[2])
+                self._mac_rows(s, ("copy", self._derive(f"{node.name}:s2d{i}", s2d), {}),
                                ("zeros", None, {}))
                 self.steps[s]["role"] = "structural"
                 self.steps[s]["relu"] = False
@@ -485,13 +488,11 @@ class _Lowering:
         write: each of those channels copies one input (channel, row, column) of the patch,
         found by pushing each position's index through the copies."""
         cout, cin, k, _ = w.shape
-        ids = torch.arange(cin * k * k, dtype=torch.float64).reshape(1, cin, k, k)
-        x = ids
+        x = torch.arange(cin * k * k, dtype=torch.float64).reshape(1, cin, k, k)
         for s in copies:
             sz = self._weight_shape(s)[2]
-            c = x.shape[1]
-            eye = torch.eye(c * sz * sz, dtype=torch.float64).reshape(c * sz * sz, c, sz, sz)
-            x = torch.nn.functional.conv2d(x, eye, stride=sz)
+            x = torch.nn.functional.conv2d(x, _space_to_depth(x.shape[1], sz, torch.float64),
+                                           stride=sz)
         src = x[0].round().long()                   # [channels, r, r]: the position each copies
         return w.reshape(cout, -1)[:, src.reshape(-1)].reshape(cout, *src.shape)
 
@@ -547,6 +548,12 @@ class _Lowering:
                 self.steps[s]["relu"] = True
             else:
                 self.grids.union(src, self.steps[s]["quant"])
+
+
+def _space_to_depth(c: int, s: int, dtype=torch.float32) -> torch.Tensor:
+    """An s x s/s conv's kernel that copies input channel k's cell position (i, j) to output
+    channel k*s*s + i*s + j."""
+    return torch.eye(c * s * s, dtype=dtype).reshape(c * s * s, c, s, s)
 
 
 def _merges_batch(st) -> bool:
@@ -624,7 +631,7 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
         if fixed is not None:
             bits, signed = 8, False
         quantizers[root] = {"bits": bits, "signed": signed, "step": fixed}
-    config_blocks, taps, names_of_blocks = [], [], block_names(graph)
+    config_blocks, taps, names_of_blocks = [], [], block_names(blocks)
     in_ref, in_quant, in_channels = IMAGE, IMAGE, [graph.input_shapes[graph.inputs[0]][1]]
     rows: list[TransferRow] = []
     widths = []
@@ -732,11 +739,11 @@ def block_bits(decisions: dict, nodes: list[TeacherNode], default) -> tuple[int,
     return found.pop()
 
 
-def block_names(graph: TeacherGraph) -> list[str]:
-    """The student's block names, in order (as ``lower_plan`` names them)."""
+def block_names(blocks: list[list[TeacherNode]]) -> list[str]:
+    """The student's block names for ``partition``'s blocks, in order (unique module keys)."""
     taken: set[str] = set()
     names = []
-    for nodes in partition(graph):
+    for nodes in blocks:
         names.append(unique_name(module_key(nodes), taken))
         taken.add(names[-1])
     return names

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from archnet.quant import integer
-from archnet.quant.elementwise import _run
+from archnet.quant.elementwise import run_op
 from archnet.quant.lsq import LsqQuantizer, round_ste
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec, IntType
@@ -96,7 +96,7 @@ class QSoftmax(nn.Module):
     def integer_forward(self, x: QTensor, mask: QTensor | None = None, *,
                         arith: ArithmeticSpec) -> QTensor:
         ins = [x] if mask is None else [x, mask]
-        return _run("softmax", ins, PROB_STEP, PROB_TYPE, self._attrs(x.scale, x.dtype), arith)
+        return run_op("softmax", ins, PROB_STEP, PROB_TYPE, self._attrs(x.scale, x.dtype), arith)
 
     def export(self, b: ProgramBuilder, xs, name: str) -> str:
         xs = [xs] if isinstance(xs, str) else list(xs)

@@ -46,8 +46,8 @@ def function_table(function: str, in_scale: float, in_type: IntType, out_scale: 
         np.int64).tolist()
 
 
-def _run(op: str, ins: list[QTensor], out_scale: float, out_type: IntType, attrs: dict,
-         arith: ArithmeticSpec) -> QTensor:
+def run_op(op: str, ins: list[QTensor], out_scale: float, out_type: IntType, attrs: dict,
+           arith: ArithmeticSpec) -> QTensor:
     """One simulator node on these integers (the node ``export`` writes)."""
     b = ProgramBuilder(op)
     names = [b.input(f"x{i}", tuple(q.value.shape), q.dtype, scale=float(q.scale))
@@ -78,7 +78,7 @@ class _Rescaling(ClampedOutput, nn.Module):
     def integer_forward(self, *ins: QTensor, arith: ArithmeticSpec) -> QTensor:
         q = self.output_quant
         attrs = self._attrs([x.scale for x in ins], [x.dtype for x in ins])
-        return _run(self.op, list(ins), float(q.step()), q.qtype, attrs, arith)
+        return run_op(self.op, list(ins), float(q.step()), q.qtype, attrs, arith)
 
     def export(self, b: ProgramBuilder, xs: list[str], name: str) -> str:
         q = self.output_quant
@@ -155,7 +155,7 @@ class QPool2d(nn.Module):
         return "maxpool2d" if self.kind == "max" else "avgpool2d"
 
     def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
-        return _run(self.op, [x], float(x.scale), x.dtype, self._attrs(), arith)
+        return run_op(self.op, [x], float(x.scale), x.dtype, self._attrs(), arith)
 
     def export(self, b: ProgramBuilder, x: str, name: str) -> str:
         return b.node(self.op, [x], name, **self._attrs())

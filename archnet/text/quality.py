@@ -102,4 +102,16 @@ def embedding_quality(student: np.ndarray, teacher: np.ndarray) -> dict:
 
 QUALITY_KEYS = ("mean_cosine", "median_cosine", "min_cosine", "nn_agreement", "spearman")
 
-__all__ = ["MIN_SENTENCES", "QUALITY_KEYS", "average_ranks", "embedding_quality", "spearman"]
+def verify_quality(embeddings: dict[str, list[np.ndarray]]) -> dict:
+    """What a text verify reports from its chunks' sentence embeddings (``simulator``,
+    ``emulation``, ``fake_quant``, ``teacher``): each of the first three against the teacher,
+    and the simulator against the fake-quant student."""
+    e = {k: np.concatenate(v) for k, v in embeddings.items()}
+    return {"simulator_vs_teacher": embedding_quality(e["simulator"], e["teacher"]),
+            "fake_quant_vs_teacher": embedding_quality(e["fake_quant"], e["teacher"]),
+            "emulation_vs_teacher": embedding_quality(e["emulation"], e["teacher"]),
+            "simulator_vs_fake_quant": embedding_quality(e["simulator"], e["fake_quant"])}
+
+
+__all__ = ["MIN_SENTENCES", "QUALITY_KEYS", "average_ranks", "embedding_quality", "spearman",
+           "verify_quality"]

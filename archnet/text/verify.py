@@ -42,8 +42,9 @@ import torch
 from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields
 from archnet.runs import resolve_recorded
-from archnet.text.quality import MIN_SENTENCES, QUALITY_KEYS, embedding_quality
-from archnet.verify_report import overflow_result_lines, pct, progress_bar, reduce_overflow
+from archnet.text.quality import MIN_SENTENCES, QUALITY_KEYS, verify_quality
+from archnet.verify_report import (advance, overflow_result_lines, pct, progress_bar,
+                                    reduce_overflow)
 from archnet.student_program import diff_programs, load_run_program
 from simulator.ir.program import Program
 from simulator.jsontext import finite_or_null, json_text
@@ -56,14 +57,19 @@ DEFAULT_BATCH = 16
 
 
 def program_family(path) -> str | None:
-    """The ``family`` a Program file's metadata records ("text" for text students), or None
-    when the file is missing or unreadable (the caller's own loader then says why)."""
+    """What a Program file holds: "text" for archnet/text's students (its metadata's
+    ``family``), "tokens" for a text network of the chip-driven converter (it reads one-hot
+    ``tokens``), else None, also when the file is missing or unreadable (the caller's own
+    loader then says why)."""
     from simulator.errors import SimulatorError
     from simulator.ir.program import load_program
     try:
-        return load_program(path).metadata.get("family")
+        program = load_program(path)
     except (SimulatorError, OSError, ValueError, KeyError):
         return None
+    if program.metadata.get("family") == "text":
+        return "text"
+    return "tokens" if program.inputs[:1] == ["tokens"] else None
 
 
 def verify_command(program_path, chip: str, out=None, max_sentences=DEFAULT_MAX_SENTENCES,
@@ -336,20 +342,12 @@ def verify_text(program_path, chip, out=None, max_sentences: int | None = DEFAUL
                 hidden = teacher.forward(ids, mask).hidden_states[student.num_blocks - 1]
                 emb["teacher"].append(pooled(hidden.double(), mask).numpy())
                 stage["teacher"] += time.perf_counter() - t
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(agree=pct(matched.sum() / totals.sum() if totals.sum() else 1.0))
+            advance(bar, matched, totals)
     finally:
         if bar is not None:
             bar.close()
 
-    e = {k: np.concatenate(v) for k, v in emb.items()}
-    quality = {
-        "simulator_vs_teacher": embedding_quality(e["simulator"], e["teacher"]),
-        "fake_quant_vs_teacher": embedding_quality(e["fake_quant"], e["teacher"]),
-        "emulation_vs_teacher": embedding_quality(e["emulation"], e["teacher"]),
-        "simulator_vs_fake_quant": embedding_quality(e["simulator"], e["fake_quant"]),
-    }
+    quality = verify_quality(emb)
     est = estimate(program, profile)
     agreement = [{"name": name, "tensor": tensor, "matched": int(m), "total": int(tot),
                   "fraction": int(m) / int(tot) if tot else 1.0}

@@ -244,6 +244,9 @@ def test_verify_a_text_run_of_the_shared_pipeline(tiny_bert_dir, corpus, tmp_pat
                  "--out", str(record), "--no-progress"]) == 0
     doc = json.loads(record.read_text())
     assert doc["bit_exact"] and doc["data"]["sentences"] >= 3
+    # image-only options are refused, not ignored
+    assert main(["verify", str(out / "model.program"), "--chip", "ethos-u55-128",
+                 "--limit", "4", "--no-progress"]) == 2
     quality = doc["quality"]["simulator_vs_teacher"]
     assert -1.0 <= quality["mean_cosine"] <= 1.0
 
