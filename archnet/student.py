@@ -569,7 +569,8 @@ class ArchNetStudent(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         self.config = validate_config(config)
-        self.input = QInput(self.config.get("input_encoding", "pixels"))
+        encoding = self.config.get("input_encoding", "pixels")
+        self.input = QInput(encoding, self.config["input_shape"][-1] if encoding == "one_hot" else None)
         self.side_inputs = {k: tuple(v) for k, v in self.config.get("side_inputs", {}).items()}
         self.quantizers = nn.ModuleDict({k: _make_quantizer(s)
                                          for k, s in self.config["quantizers"].items()})
@@ -650,31 +651,55 @@ class ArchNetStudent(nn.Module):
         return shape
 
     def export(self, input_shape: Sequence[int] | None = None, *, feature_outputs: bool = False,
-               name: str = "archnet_student", upto: int | None = None) -> Program:
+               name: str = "archnet_student", upto: int | None = None, start: int = 0) -> Program:
         """The student as a validated simulator Program with the image (u8) as its input.
 
         The outputs are the logits; with ``feature_outputs`` also every block's output pieces,
         listed per block in ``metadata['archnet']['block_outputs']``. ``upto=k`` exports only
         blocks 0..k-1 (a prefix, whose outputs are block k-1's pieces): what distillation runs
-        on the simulator to feed the next blocks.
+        on the simulator to feed the next blocks. ``start=j`` begins at block j: the Program's
+        inputs are then block j-1's output pieces (``boundary:0``, ``boundary:1`` .. on their
+        grids) and the side inputs, so a prefix can be advanced block by block.
         """
         n = len(self.blocks) if upto is None else int(upto)
         if not 1 <= n <= len(self.blocks):
             raise ArchnetError(f"export upto={upto}: the student has {len(self.blocks)} blocks")
+        if not 0 <= start < n:
+            raise ArchnetError(f"export start={start}: must be below upto={n}")
         b = ProgramBuilder(name)
         full = self.full_input_shape(input_shape)
-        pieces = [self.input.export(b, full)]
+        if start == 0:
+            pieces = [self.input.export(b, full)]
+        else:
+            pieces = self._boundary_inputs(b, full, start)
         side = {k: b.input(k, (full[0], *shape), SIDE_TYPE, scale=1.0, zero_point=0)
                 for k, shape in self.side_inputs.items()}
         per_block = []
-        for block in list(self.blocks)[:n]:
+        for block in list(self.blocks)[start:n]:
             pieces = block.export(b, pieces, block.name, side)
             per_block.append(pieces)
         outputs = [p for ps in per_block for p in ps] if feature_outputs else pieces
         b.output(*outputs)
-        b.metadata["archnet"] = {"blocks": self.block_names[:n], "block_taps": self.block_taps[:n],
-                                 "block_outputs": per_block}
+        b.metadata["archnet"] = {"blocks": self.block_names[start:n],
+                                 "block_taps": self.block_taps[start:n],
+                                 "block_outputs": per_block, "start": start}
         return b.build()
+
+    def _boundary_inputs(self, b: ProgramBuilder, full: tuple[int, ...], start: int) -> list[str]:
+        """Program inputs standing for block ``start-1``'s output pieces: the shapes and grids
+        its export gives them (read from a scratch export of the blocks before ``start``)."""
+        scratch = ProgramBuilder("boundary")
+        pieces = [self.input.export(scratch, full)]
+        side = {k: scratch.input(k, (full[0], *shape), SIDE_TYPE, scale=1.0, zero_point=0)
+                for k, shape in self.side_inputs.items()}
+        for block in list(self.blocks)[:start]:
+            pieces = block.export(scratch, pieces, block.name, side)
+        names = []
+        for j, piece in enumerate(pieces):
+            t = scratch.tensors[piece]
+            names.append(b.input(f"boundary:{j}", t.shape, t.dtype, scale=t.scale,
+                                 zero_point=t.zero_point))
+        return names
 
     # -- summary
     def summary(self) -> list[dict]:

@@ -73,7 +73,7 @@ def cmd_convert_text_graph(args) -> int:
         batch_size=_given(args.batch_size, 32), lr=_given(args.lr, 1e-4), window=args.window,
         restarts=args.restarts, mixup_fraction=0.0, cosine_weight=args.cosine_weight,
         attention=False, simulator_in_loop=not args.no_simulator_in_loop, seed=args.seed,
-        progress=args.progress)
+        progress=args.progress, final_steps=args.final_steps, final_window=args.final_window)
     convert_text_graph(opts, text_opts, cfg, log=lambda line: print(line, flush=True))
     return 0
 

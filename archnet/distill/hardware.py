@@ -10,6 +10,7 @@ u8 images, concatenating the output pieces, and timing the simulator.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -30,12 +31,15 @@ def _smallest_int_dtype(lo: int, hi: int) -> torch.dtype:
 
 
 class HardwarePrefix:
-    """Blocks ``0..n_blocks-1`` of ``student`` on ``profile``'s simulator."""
+    """Blocks ``start..n_blocks-1`` of ``student`` on ``profile``'s simulator: from the input
+    (``start=0``), or from block ``start-1``'s integers kept from an earlier run, so that each
+    period advances the frozen prefix by one block instead of running it all again."""
 
     def __init__(self, student: ArchNetStudent, n_blocks: int, profile: ChipProfile,
-                 backend: str = "kernels", batch_size: int = 256):
+                 backend: str = "kernels", batch_size: int = 256, start: int = 0):
         self.student = student
         self.n_blocks = n_blocks
+        self.start = start
         self.profile = profile
         self.backend = backend
         self.batch_size = batch_size
@@ -53,31 +57,47 @@ class HardwarePrefix:
     def program(self, batch: int):
         if batch not in self._programs:
             self._programs[batch] = self.student.export(
-                (batch, *self.student.input_shape), upto=self.n_blocks,
-                name=f"prefix_{self.n_blocks}")
+                (batch, *self.student.input_shape), upto=self.n_blocks, start=self.start,
+                name=f"prefix_{self.start}_{self.n_blocks}")
         return self._programs[batch]
 
-    def run(self, images: torch.Tensor, side: dict | None = None) -> torch.Tensor:
+    def run(self, images: torch.Tensor, side: dict | None = None,
+            boundary: torch.Tensor | None = None) -> torch.Tensor:
         """The prefix's output integers for float images [N, C, H, W] (or the student's other
-        input encoding) and its side inputs (pieces concatenated)."""
-        pixels = self.student.input.integer_forward(images).value.numpy().astype(np.uint8)
-        program = self.program(pixels.shape[0])
-        feeds = {program.inputs[0]: pixels}
+        input encoding) and its side inputs (pieces concatenated); from block ``start`` the
+        integers ``boundary`` (block ``start-1``'s pieces concatenated) replace the images."""
+        if (boundary is None) != (self.start == 0):
+            raise ValueError(f"a prefix from block {self.start} needs "
+                             f"{'the boundary integers' if self.start else 'the images'}")
+        if boundary is None:
+            first = self.student.input.integer_forward(images).value.numpy().astype(np.uint8)
+            batch = first.shape[0]
+            program = self.program(batch)
+            feeds = {program.inputs[0]: first}
+        else:
+            batch = boundary.shape[0]
+            program = self.program(batch)
+            names = [n for n in program.inputs if n.startswith("boundary:")]
+            sizes = [program.tensors[n].shape[1] for n in names]
+            value = boundary.numpy()
+            feeds = {name: np.ascontiguousarray(piece) for name, piece in
+                     zip(names, np.split(value, np.cumsum(sizes)[:-1], axis=1), strict=True)}
         feeds.update({k: v.numpy().astype(np.uint8) for k, v in (side or {}).items()
                       if k in program.inputs})
         start = time.perf_counter()
         result = execute(program, self.profile, feeds, self.backend, trace=False)
         self.seconds += time.perf_counter() - start
-        self.images_run += pixels.shape[0]
+        self.images_run += batch
         pieces = [result.outputs[name] for name in program.outputs]
         value = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
         return torch.from_numpy(np.ascontiguousarray(value)).to(self.dtype)
 
-    def run_all(self, data, desc: str = "simulator", progress: bool | None = None
-                ) -> torch.Tensor:
+    def run_all(self, data, desc: str = "simulator", progress: bool | None = None,
+                boundary: torch.Tensor | None = None) -> torch.Tensor:
         """``run`` over a whole input set (``archnet.distill.inputs``, or an image tensor) in
         fixed-size chunks (the last one padded, so one Program serves them all), sharded over
-        the ranks of a torchrun group and gathered."""
+        the ranks of a torchrun group and gathered. ``boundary``: block ``start-1``'s integers
+        for every input of the set (a prefix from block ``start``)."""
         from tqdm import tqdm
 
         from archnet.distill.inputs import as_inputs
@@ -93,11 +113,63 @@ class HardwarePrefix:
             if real < bs and n > bs:      # padded with the chunk's first input
                 idx = torch.cat([idx, idx[:1].expand(bs - real)])
             chunk, side = data.student(idx)
-            parts.append(self.run(chunk, side)[:real])
+            if boundary is None:
+                parts.append(self.run(chunk, side)[:real])
+            else:
+                parts.append(self.run(None, side, boundary[idx])[:real])
             bar.update(real)
         bar.close()
         ours = torch.cat(parts, dim=0) if parts else torch.zeros((0, *self.out_shape), dtype=self.dtype)
         return dist.gather_shards(ours)
+
+    def rescale(self, value: torch.Tensor) -> torch.Tensor:
+        """Integers -> the float values the next block reads (value x grid step)."""
+        return value.to(torch.float32) * self.scale
+
+
+def _blocks_digest(student: ArchNetStudent, n_blocks: int) -> str:
+    h = hashlib.sha256()
+    for block in list(student.blocks)[:n_blocks]:
+        for key, value in block.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class FrozenPrefix:
+    """The frozen prefix's integers for every input of a set, kept from one period to the next:
+    a period whose prefix is one block longer runs only that block on the simulator, from the
+    kept integers (equal to running the whole prefix again: the simulator is deterministic and
+    each block reads only its predecessor's integers). The kept blocks' parameters are hashed;
+    if any changed, the prefix runs again from the input."""
+
+    def __init__(self, student: ArchNetStudent, profile: ChipProfile, data, backend: str,
+                 batch_size: int, progress: bool | None = None):
+        self.student, self.profile, self.data = student, profile, data
+        self.backend, self.batch_size, self.progress = backend, batch_size, progress
+        self.blocks = 0                 # how many blocks the kept integers went through
+        self.digest = ""
+        self.value: torch.Tensor | None = None
+        self.scale = 1.0
+        self.seconds = 0.0              # simulator time, all periods
+        self.images_run = 0
+
+    def outputs(self, n_blocks: int, desc: str = "simulator") -> torch.Tensor:
+        """Block ``n_blocks-1``'s integers for every input of the set."""
+        start = 0
+        if 0 < self.blocks <= n_blocks and self.digest == _blocks_digest(self.student, self.blocks):
+            start = self.blocks
+        if start == n_blocks:
+            return self.value
+        hw = HardwarePrefix(self.student, n_blocks, self.profile, self.backend, self.batch_size,
+                            start)
+        value = hw.run_all(self.data, desc=f"{desc}, blocks {start + 1}-{n_blocks}",
+                           progress=self.progress, boundary=self.value if start else None)
+        self.seconds += hw.seconds
+        self.images_run += hw.images_run
+        self.blocks, self.value, self.scale = n_blocks, value, hw.scale
+        self.digest = _blocks_digest(self.student, n_blocks)
+        return value
 
     def rescale(self, value: torch.Tensor) -> torch.Tensor:
         """Integers -> the float values the next block reads (value x grid step)."""

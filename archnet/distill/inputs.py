@@ -67,8 +67,9 @@ class TokenInputs:
         return len(self.ids)
 
     def student(self, idx) -> tuple[torch.Tensor, dict]:
-        rows = torch.nn.functional.one_hot(self.ids[idx], self.vocab).float()
-        return rows, {self.mask_name: self.mask[idx].float()}
+        """The token ids (the student's input layer reads them as their one-hot rows) and the
+        mask side input."""
+        return self.ids[idx], {self.mask_name: self.mask[idx].float()}
 
     def teacher(self, idx) -> tuple[torch.Tensor, ...]:
         return self.ids[idx], self.mask[idx]

@@ -40,10 +40,10 @@ from torch import nn
 from archnet import distributed as dist
 from archnet.distill.adapters import adapt, build_adapters
 from archnet.distill.checkpoint import load_checkpoint, save_atomic
-from archnet.distill.hardware import HardwarePrefix
+from archnet.distill.hardware import FrozenPrefix, HardwarePrefix
 from archnet.distill.inputs import as_inputs
 from archnet.distill.losses import block_weights
-from archnet.distill.taps import TeacherTaps
+from archnet.distill.taps import KeptTargets, TeacherTaps
 from archnet.errors import ConversionError, DistillError
 from archnet.student import ArchNetStudent
 from archnet.student_io import student_from_payload, student_payload
@@ -73,6 +73,8 @@ class DistillConfig:
     backend: str = "kernels"
     seed: int = 0
     progress: bool | None = None        # tqdm bars (None: only on a terminal)
+    final_steps: int = 0                # a last period on the head's loss alone (0: none)
+    final_window: int | None = None     # blocks it trains (default: all but the first)
 
     def check(self) -> "DistillConfig":
         bad = []
@@ -91,6 +93,10 @@ class DistillConfig:
             bad.append(f"mixup_fraction {self.mixup_fraction} outside [0, 1]")
         if self.restarts < 1:
             bad.append(f"restarts {self.restarts} must be >= 1")
+        if self.final_steps < 0:
+            bad.append(f"final_steps {self.final_steps} must be >= 0")
+        if self.final_window is not None and self.final_window < 1:
+            bad.append(f"final_window {self.final_window} must be >= 1")
         if bad:
             raise DistillError("distillation settings: " + "; ".join(bad))
         return self
@@ -128,12 +134,16 @@ class _PeriodNet(nn.Module):
     """The trainable window of one period and its loss; what DDP wraps."""
 
     def __init__(self, student: ArchNetStudent, adapters: nn.ModuleDict, first: int, last: int,
-                 cfg: DistillConfig, data):
+                 cfg: DistillConfig, data, final: bool = False):
         super().__init__()
         self.student, self.adapters, self.data = student, adapters, data
         self.first, self.last, self.cfg = first, last, cfg
         self.head = len(student.blocks) - 1
-        self.register_buffer("weights", block_weights(last, first, cfg.decay), persistent=False)
+        weights = block_weights(last, first, cfg.decay)
+        if final:       # the last period: the head's loss alone (what the user measures)
+            weights = torch.zeros_like(weights)
+            weights[-1] = 1.0
+        self.register_buffer("weights", weights, persistent=False)
 
     def forward(self, images: torch.Tensor, x_in: torch.Tensor | None,
                 targets: list[torch.Tensor], side: dict | None = None
@@ -143,6 +153,9 @@ class _PeriodNet(nn.Module):
         for j, i in enumerate(range(self.first, self.last + 1)):
             block = self.student.blocks[i]
             x = block(x, side=side)
+            if self.weights[j] == 0:
+                parts.append(torch.zeros(()))
+                continue
             loss = self.data.block_loss(adapt(self.adapters, block.name, x), targets[i], side,
                                         i == self.head, self.cfg)
             parts.append(loss.detach())
@@ -179,7 +192,9 @@ def _trainable(student: ArchNetStudent, adapters: nn.ModuleDict, first: int, las
     return params
 
 
-def _steps(cfg: DistillConfig, n: int) -> int:
+def _steps(cfg: DistillConfig, n: int, final: bool = False) -> int:
+    if final:
+        return cfg.final_steps
     if cfg.steps_per_period is not None:
         return cfg.steps_per_period
     return max(1, math.ceil(cfg.epochs_per_period * n / cfg.batch_size))
@@ -254,8 +269,11 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
             start = resumed_from = int(ck["period"]) + 1
             log(f"resume: continuing after period {start - 1} ({path.name})")
     sim_seconds = sum(h.get("simulator_seconds", 0.0) for h in history)
-    for period in range(start, n_blocks):
-        entry = _run_period(student, adapters, taps, data, profile, cfg, period, log, step_callback)
+    frozen = FrozenPrefix(student, profile, data, cfg.backend, cfg.sim_batch, cfg.progress) \
+        if cfg.simulator_in_loop else None
+    for period in range(start, n_blocks + (1 if cfg.final_steps else 0)):
+        entry = _run_period(student, adapters, taps, data, profile, cfg, period, log,
+                            step_callback, frozen)
         sim_seconds += entry["simulator_seconds"]
         history.append(entry)
         if dist.is_main():
@@ -273,20 +291,26 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
     return DistillResult(student, history, seconds, sim_seconds, resumed_from)
 
 
-def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_callback) -> dict:
+def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_callback,
+                frozen: FrozenPrefix | None) -> dict:
     from tqdm import tqdm
     n_blocks = len(student.blocks)
-    first = max(0, period - cfg.window + 1)
+    periods = n_blocks + (1 if cfg.final_steps else 0)
+    final = period >= n_blocks
+    if final:       # after the blockwise periods: the last blocks together, on the head's loss
+        first, period = max(0, n_blocks - (cfg.final_window or max(n_blocks - 1, 1))), n_blocks - 1
+    else:
+        first = max(0, period - cfg.window + 1)
     names = student.block_names
-    label = f"period {period + 1}/{n_blocks} ({'+'.join(names[first:period + 1])})"
+    label = (f"period {periods}/{periods} (final: {names[first]}..{names[period]})" if final else
+             f"period {period + 1}/{periods} ({'+'.join(names[first:period + 1])})")
     t0 = time.perf_counter()
     hw, cache, rescale = None, None, None
+    sim_before = (frozen.seconds, frozen.images_run) if frozen else (0.0, 0)
     if first > 0:
-        if cfg.simulator_in_loop:
-            hw = HardwarePrefix(student, first, profile, cfg.backend, cfg.sim_batch)
-            cache = hw.run_all(data, desc=f"{label}: simulator, blocks 1-{first}",
-                               progress=cfg.progress)
-            rescale = hw.rescale
+        if frozen is not None:
+            cache = frozen.outputs(first, desc=f"{label}: simulator")
+            rescale = frozen.rescale
         else:  # ablation: the prefix's fake-quant float outputs
             with torch.no_grad():
                 cache = torch.cat([
@@ -294,18 +318,19 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
                                                                               len(data)))), first)
                     for i in range(0, len(data), cfg.sim_batch)])
             rescale = lambda v: v  # noqa: E731
-    sim_prefix = hw.seconds if hw else 0.0
+    sim_prefix = frozen.seconds - sim_before[0] if frozen else 0.0
     params = _trainable(student, adapters, first, period)
     student.train()
-    net = _PeriodNet(student, adapters, first, period, cfg, data)
+    net = _PeriodNet(student, adapters, first, period, cfg, data, final)
     model = net
     if dist.active():
         model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = _steps(cfg, len(data))
+    steps = _steps(cfg, len(data), final)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         opt, T_0=max(1, steps // cfg.restarts), eta_min=cfg.lr * 0.01)
-    gen = torch.Generator().manual_seed(period_seed(cfg.seed, period))
+    gen = torch.Generator().manual_seed(period_seed(cfg.seed, n_blocks if final else period))
+    kept = KeptTargets(taps, data, [period] if final else range(first, period + 1))
     per_rank = cfg.batch_size // dist.world_size()
     lo = dist.rank() * per_rank
     bar = tqdm(total=steps, desc=label, unit="step", leave=False,
@@ -315,18 +340,21 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
         idx = idx[lo:lo + per_rank]
         batch, side = data.student(idx)
         teacher_in = data.teacher(idx)
-        x_in = None
+        x_in, mixed_now = None, False
         if data.mixable and cfg.mixup_fraction > 0 and \
                 float(torch.rand((), generator=gen)) < cfg.mixup_fraction:
             batch = data.mix(batch, gen, cfg.mixup_alpha)
             teacher_in = (batch,)
-            mixed += 1
-            if first > 0:
-                x_in = rescale(hw.run(batch, side)) if hw else \
-                    _prefix_float(student, batch, side, first)
+            mixed, mixed_now = mixed + 1, True
+            if first > 0 and frozen is not None:
+                # the mixed pixels have no kept integers: the whole prefix runs on them
+                hw = hw or HardwarePrefix(student, first, profile, cfg.backend, cfg.sim_batch)
+                x_in = rescale(hw.run(batch, side))
+            elif first > 0:
+                x_in = _prefix_float(student, batch, side, first)
         elif first > 0:
             x_in = rescale(cache[idx])
-        targets = taps.features(*teacher_in)
+        targets = taps.features(*teacher_in) if mixed_now else kept.features(idx)
         loss, parts = model(batch, x_in, targets, side)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -347,15 +375,18 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
             step_callback(period, step, value)
     bar.close()
     student.eval()
-    sim_seconds = (hw.seconds if hw else 0.0)
+    on_chip = frozen is not None and first > 0
+    sim_seconds = sim_prefix + (hw.seconds if hw else 0.0)
+    sim_images = (frozen.images_run - sim_before[1] if frozen else 0) + (hw.images_run if hw else 0)
     tail = losses[-max(1, len(losses) // 10):]
     entry = {
-        "period": period, "blocks": names[first:period + 1], "new_block": names[period],
+        "period": n_blocks if final else period, "final": final,
+        "blocks": names[first:period + 1], "new_block": names[period],
         "steps": steps, "mixup_batches": mixed, "batch_size": cfg.batch_size,
         "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
         "block_losses": {names[first + j]: float(v) / steps for j, v in enumerate(part_sums)},
-        "simulator_in_loop": bool(hw), "simulator_prefix_blocks": first if hw else 0,
-        "simulator_images": hw.images_run if hw else 0,
+        "simulator_in_loop": on_chip, "simulator_prefix_blocks": first if on_chip else 0,
+        "simulator_images": sim_images,
         "simulator_seconds": round(sim_seconds, 3),
         "simulator_prefix_seconds": round(sim_prefix, 3),
         "seconds": round(time.perf_counter() - t0, 3),

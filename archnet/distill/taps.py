@@ -66,3 +66,33 @@ class GraphTaps:
     def features(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         found = self.graph.values(*inputs, keep=set(self.taps))
         return [found[t] for t in self.taps]
+
+
+class KeptTargets:
+    """The teacher's targets of one period, computed the first time an input is drawn and kept
+    for the rest of the period, for the blocks the period compares: a period of several passes
+    over a small set (sentences) runs the teacher once per input, not once per step. Used only
+    when the kept targets fit ``budget_bytes``; otherwise every batch runs the teacher."""
+
+    def __init__(self, taps, data, blocks: Sequence[int], budget_bytes: int = 1 << 30):
+        self.taps, self.data, self.blocks = taps, data, list(blocks)
+        self.kept: dict[int, list[torch.Tensor]] = {}
+        probe = taps.features(*data.teacher(torch.arange(1)))
+        per_input = sum(probe[b][0].numel() * probe[b].element_size() for b in self.blocks)
+        self.enabled = per_input * len(data) <= budget_bytes
+
+    def features(self, idx: torch.Tensor) -> list[torch.Tensor | None]:
+        """One target per student block (``None`` for blocks the period does not compare)."""
+        if not self.enabled:
+            return self.taps.features(*self.data.teacher(idx))
+        order = idx.tolist()
+        missing = [i for i in dict.fromkeys(order) if i not in self.kept]
+        if missing:
+            found = self.taps.features(*self.data.teacher(torch.tensor(missing)))
+            for j, i in enumerate(missing):
+                self.kept[i] = [found[b][j].clone() for b in self.blocks]
+        n = max(self.blocks) + 1
+        out: list[torch.Tensor | None] = [None] * n
+        for k, b in enumerate(self.blocks):
+            out[b] = torch.stack([self.kept[i][k] for i in order])
+        return out

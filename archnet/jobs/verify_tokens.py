@@ -100,7 +100,8 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
         for b0 in starts:
             idx = torch.arange(b0, min(b0 + batch, n))
             ids, mask = data.teacher(idx)
-            onehot, side = data.student(idx)
+            token_ids, side = data.student(idx)
+            onehot = student.input.rows(token_ids)
             k = len(idx)
             if k not in programs:
                 programs[k] = student.export((k, seq_len, vocab), feature_outputs=True)
@@ -111,7 +112,7 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
                           trace=False).outputs
             stage["simulator"] += time.perf_counter() - t
             t = time.perf_counter()
-            ours = student.integer_features(onehot, profile, side=side)
+            ours = student.integer_features(token_ids, profile, side=side)
             stage["emulation"] += time.perf_counter() - t
             pieces = block_pieces = prog.metadata["archnet"]["block_outputs"]
             for i, (ps, q) in enumerate(zip(pieces, ours, strict=True)):
@@ -127,7 +128,7 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
                                            mask).numpy())
             with torch.inference_mode():
                 t = time.perf_counter()
-                fq = student(onehot, side=side)
+                fq = student(token_ids, side=side)
                 emb["fake_quant"].append(pooled(fq.double(), mask).numpy())
                 stage["fake-quant"] += time.perf_counter() - t
                 t = time.perf_counter()

@@ -40,23 +40,41 @@ class IntegerParams:
 ENCODINGS = {"pixels": (255, "image"), "one_hot": (1, "tokens")}   # (levels of 1.0, name)
 
 
+def is_token_ids(x: torch.Tensor) -> bool:
+    """Integer token ids [N, T] given for a one-hot input: the training path gathers the
+    first fully connected layer's columns instead of multiplying by vocabulary-wide rows
+    (the same values, without the 30k-wide one-hot product)."""
+    return not x.is_floating_point()
+
+
 class QInput(nn.Module):
     """The student's input onto the chip's u8 input grid of its encoding (``ENCODINGS``)."""
 
     qtype = IntType(8, False)
 
-    def __init__(self, encoding: str = "pixels"):
+    def __init__(self, encoding: str = "pixels", vocab: int | None = None):
         super().__init__()
         self.encoding = encoding
+        self.vocab = vocab          # one_hot: the rows' width
         self.levels, self.name = ENCODINGS[encoding]
         self.scale = 1.0 / self.levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_token_ids(x):
+            return x        # stands for its one-hot rows until the layer that reads them
         return torch.round(x.clamp(0, 1) * self.levels) / self.levels
 
     def integer_forward(self, x: torch.Tensor, arith: ArithmeticSpec | None = None) -> QTensor:
+        if is_token_ids(x):
+            return QTensor(self.rows(x).to(torch.int64), self.scale, self.qtype)
         return QTensor(torch.round(x.clamp(0, 1).to(torch.float64) * self.levels).to(torch.int64),
                        self.scale, self.qtype)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [N, T] as the one-hot rows [N, T, vocab] the chip reads (u8)."""
+        if self.encoding != "one_hot" or self.vocab is None:
+            raise ValueError(f"token ids given to a student whose input is {self.encoding}")
+        return F.one_hot(ids, self.vocab).to(torch.uint8)
 
     def export(self, b: ProgramBuilder, shape: tuple[int, ...], name: str | None = None) -> str:
         return b.input(name or self.name, shape, self.qtype, scale=self.scale, zero_point=0)
@@ -271,6 +289,14 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear``; token ids stand for one-hot rows, whose product picks weight columns."""
+    if is_token_ids(x):
+        y = F.embedding(x, weight.t())
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
+
+
 class QLinear(_QMac):
     """Fully connected layer (+ optional ReLU); a logits head keeps a signed output grid."""
 
@@ -280,11 +306,11 @@ class QLinear(_QMac):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.folded()
-        return self._activate(F.linear(x, self.weight_quant(weight), bias))
+        return self._activate(_linear(x, self.weight_quant(weight), bias))
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.folded()
-        return self.activation(F.linear(x, weight, bias))
+        return self.activation(_linear(x, weight, bias))
 
     def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
         p = self.integer_params(x.scale)

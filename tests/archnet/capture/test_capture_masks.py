@@ -134,10 +134,15 @@ def test_an_encoder_distils_on_token_data_with_the_simulator_in_the_loop(encoder
         sum(h["mixup_batches"] for h in result.history) == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     program = student.export((48, 8, 40), feature_outputs=True)
-    feeds = {program.inputs[0]: x.numpy().astype(np.uint8),
+    feeds = {program.inputs[0]: student.input.rows(x).numpy(),
              program.inputs[1]: mask.numpy().astype(np.uint8)}
     sim = execute(program, profile, feeds).outputs
     ints = student.integer_features(x, profile, side=side)
+    # the ids the training path reads stand exactly for the one-hot rows the chip reads
+    rows = student.input.rows(x).float()
+    assert torch.equal(student(x, side=side), student(rows, side=side))
+    assert torch.equal(student(x, quantize=False, side=side),
+                       student(rows, quantize=False, side=side))
     for q, pieces in zip(ints, program.metadata["archnet"]["block_outputs"]):
         assert np.array_equal(q.value.numpy(), sim[pieces[0]])
 

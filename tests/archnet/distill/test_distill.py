@@ -134,9 +134,10 @@ def _states(path):
 
 @pytest.mark.parametrize("lowering", ["resnet", "graph"])
 def test_resume_after_a_kill_trains_the_same_weights(train_images, tmp_path, lowering):
-    """For the hand-written ResNet lowering and the chip-driven converter's student alike."""
+    """For the hand-written ResNet lowering and the chip-driven converter's student alike,
+    through a last period that trains the last three blocks on the head's loss."""
     images = train_images[:128]
-    cfg = _cfg(steps_per_period=4, mixup_fraction=0.5)
+    cfg = _cfg(steps_per_period=4, mixup_fraction=0.5, final_steps=3, final_window=3)
 
     def fresh():
         if lowering == "resnet":
@@ -159,7 +160,10 @@ def test_resume_after_a_kill_trains_the_same_weights(train_images, tmp_path, low
     resumed = distill(student, teacher, images, CHIP, cfg, tmp_path / "killed", resume=True,
                       log=lambda _m: None, taps=taps)
     assert resumed.resumed_from == 3
-    for period in (3, 4):
+    last = full.history[-1]
+    assert len(full.history) == 6 and last["final"] and last["steps"] == 3
+    assert last["blocks"] == full.student.block_names[2:] and last["simulator_prefix_blocks"] == 2
+    for period in (3, 4, 5):
         a = _states(checkpoint_path(tmp_path / "full", period))
         b = _states(checkpoint_path(tmp_path / "killed", period))
         assert a.keys() == b.keys()
@@ -200,3 +204,26 @@ def test_bad_settings_name_the_field():
         DistillConfig(window=0).check()
     with pytest.raises(DistillError, match="mixup_fraction"):
         DistillConfig(mixup_fraction=2).check()
+
+
+def test_the_frozen_prefix_advanced_block_by_block_equals_running_it_whole(train_images):
+    """Each period runs only its newly frozen block on the simulator, from the integers kept
+    from the period before: they equal the whole prefix run again from the images, and a kept
+    block whose weights changed makes the prefix run again from the images."""
+    from archnet.distill.hardware import FrozenPrefix, HardwarePrefix
+    _, student, _ = _fresh_graph("4w4a", train_images)
+    profile = load_profile(CHIP)
+    images = train_images[:48]
+    frozen = FrozenPrefix(student, profile, images, "kernels", 16, progress=False)
+    n = len(student.blocks)
+    for k in range(1, n):
+        kept = frozen.outputs(k)
+        whole = HardwarePrefix(student, k, profile, "kernels", 16).run_all(images, progress=False)
+        assert kept.dtype == whole.dtype and torch.equal(kept, whole), k
+    assert frozen.images_run == 48 * (n - 1)          # one block per period, not the whole prefix
+    with torch.no_grad():
+        next(iter(student.blocks[0].mac_layers().values())).weight.mul_(0.5)
+    again = frozen.outputs(n - 1)
+    assert frozen.images_run == 48 * n
+    assert torch.equal(again, HardwarePrefix(student, n - 1, profile, "kernels", 16)
+                       .run_all(images, progress=False))
