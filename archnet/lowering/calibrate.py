@@ -25,10 +25,14 @@ from archnet.quant.modules import QConv2d
 
 
 @torch.no_grad()
-def init_weight_quantizers(student) -> None:
-    """Set every MAC layer's per-channel weight step from its folded weights (see module doc)."""
-    for block in student.blocks:
-        for m in block.mac_layers().values():
+def init_weight_quantizers(student, layers: list[tuple[int, str]] | None = None) -> None:
+    """Set every MAC layer's per-channel weight step from its folded weights (see module doc);
+    ``layers``: only these (block index, step name), e.g. those whose batch-norm calibration
+    just moved the folded weights."""
+    for i, block in enumerate(student.blocks):
+        for name, m in block.mac_layers().items():
+            if layers is not None and (i, name) not in layers:
+                continue
             weight, _ = m.folded()
             w = weight.detach().reshape(weight.shape[0], -1).abs()
             q = m.weight_quant
@@ -79,6 +83,9 @@ def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: boo
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
         x = block(x, quantize=False, side=side)
+    # new statistics under a kept affine move the folded weights: their steps follow (a step
+    # set for the old ones would clip them)
+    init_weight_quantizers(student, todo)
     return todo
 
 

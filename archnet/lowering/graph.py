@@ -24,6 +24,7 @@ import torch
 
 from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
+from archnet.lowering.calibrate import init_weight_quantizers
 from archnet.lowering.transfer import TransferRow, row_value
 from archnet.rules.planner import ConversionPlan, Decision
 from archnet.quant.attention import PROB_STEP
@@ -727,6 +728,9 @@ def fit_layer_norms(student, graph: TeacherGraph, teacher_inputs, mask=None) -> 
         slope = ((xhat - xm) * (y - ym)).mean(0) / var
         bn.weight.copy_(slope.float())
         bn.bias.copy_((ym - slope * xm).float())
+    names = {(i, st["name"]) for i, block in enumerate(student.blocks)
+             for st in block.spec["steps"] if st["kind"] == "channel_affine" and st.get("teacher_node")}
+    init_weight_quantizers(student, sorted(names))      # the fitted affine moved the weights
     return len(steps)
 
 
@@ -751,7 +755,6 @@ def block_names(blocks: list[list[TeacherNode]]) -> list[str]:
 
 def build_graph_student(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile):
     """The student of ``plan``, initialised from the teacher: (student in eval mode, Lowered)."""
-    from archnet.lowering.calibrate import init_weight_quantizers
     from archnet.lowering.transfer import apply_transfers
     from archnet.student import build_student
     low = lower_plan(graph, plan, profile)

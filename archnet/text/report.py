@@ -36,13 +36,18 @@ VERIFY_GLOB = "verify_*.json"
 
 
 def is_text_run(path) -> bool:
-    """Whether ``path`` is a run folder whose convert.json records family "text"."""
+    """Whether ``path`` is a run folder of a text network: convert.json records family "text"
+    (``archnet/text``'s student) or token inputs (the chip-driven converter's)."""
     summary = Path(path) / SUMMARY_FILE
     try:
         doc = json.loads(summary.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(doc, dict) and doc.get("family") == "text"
+    return isinstance(doc, dict) and (doc.get("family") == "text" or doc.get("inputs") == "tokens")
+
+
+def _token_run(summary: dict) -> bool:
+    return summary.get("inputs") == "tokens"
 
 
 def report_command(run_dirs, out=None, chips=None) -> str:
@@ -67,7 +72,10 @@ class TextRun:
 
     @property
     def bits(self) -> str:
-        return str(self.summary.get("bits") or "?")
+        bits = self.summary.get("bits") or "?"
+        if isinstance(bits, list):      # the shared pipeline records each block's bits
+            return bits[0] if len(set(bits)) == 1 else "mixed " + "/".join(map(str, bits))
+        return str(bits)
 
     @property
     def max_len(self) -> int:
@@ -104,14 +112,22 @@ def open_text_run(path) -> TextRun:
                           f"folder; `{remedy}` writes {'it' if len(missing) == 1 else 'them'}")
     if not isinstance(remedy, str):
         remedy = "archnet convert TEACHER --chip CHIP --out " + str(run)
-    check_fields(summary, TEXT_SUMMARY_FIELDS, str(run / SUMMARY_FILE), remedy)
+    tokens = _token_run(summary)
+    if not tokens:
+        check_fields(summary, TEXT_SUMMARY_FIELDS, str(run / SUMMARY_FILE), remedy)
     for key in ("max_len", "teacher_path", "bits", "chip"):
         if summary.get(key) is None:
             raise ReportError(f"{run / SUMMARY_FILE}: no {key!r}; rewrite it with `{remedy}`")
     try:
         program = load_program(run / PROGRAM_FILE)
-        student, _meta = load_text_student(run / STUDENT_FILE)
-        check_text_program(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
+        if tokens:
+            from archnet.student_io import load_student
+            from archnet.student_program import check_program_matches
+            student, _meta = load_student(run / STUDENT_FILE)
+            check_program_matches(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
+        else:
+            student, _meta = load_text_student(run / STUDENT_FILE)
+            check_text_program(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
     except SimulatorError as exc:   # ArchnetError included
         raise ReportError(f"{exc} (rewrite the run with `{remedy}`)") from None
     text_run = TextRun(run, summary, program)

@@ -227,3 +227,29 @@ def test_the_frozen_prefix_advanced_block_by_block_equals_running_it_whole(train
     assert frozen.images_run == 48 * n
     assert torch.equal(again, HardwarePrefix(student, n - 1, profile, "kernels", 16)
                        .run_all(images, progress=False))
+
+
+def test_kept_targets_run_the_teacher_once_per_input_and_equal_fresh_ones(train_images):
+    from archnet.distill.inputs import as_inputs
+    from archnet.distill.taps import KeptTargets
+    _, _, taps = _fresh_graph("4w4a", train_images)
+    data = as_inputs(train_images[:40])
+    calls = []
+    real = taps.features
+
+    def counted(*inputs):
+        calls.append(len(inputs[0]))
+        return real(*inputs)
+    taps.features = counted
+    kept = KeptTargets(taps, data, [1, 2])
+    assert kept.enabled
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        idx = torch.randint(0, 40, (16,), generator=gen)
+        got = kept.features(idx)
+        fresh = real(*data.teacher(idx))
+        assert got[0] is None and len(got) == 3
+        for b in (1, 2):
+            torch.testing.assert_close(got[b], fresh[b], rtol=1e-5, atol=1e-5)
+    assert sum(calls[1:]) == len(kept.kept) <= 40       # each input through the teacher once
+    assert not KeptTargets(taps, data, [1, 2], budget_bytes=1000).enabled

@@ -261,3 +261,32 @@ def test_layer_norm_replacements_are_fitted_to_the_teacher():
     before = error()
     assert fit_layer_norms(student, graph, (images,)) == 2
     assert error() < before
+
+
+def test_a_fitted_layer_norm_keeps_its_values_on_the_weight_grid():
+    """Calibration and the fit move a LayerNorm replacement's folded weights (1/sigma times the
+    fitted scale, far from the identity it was built as): its weight steps follow, so the
+    fake-quant affine equals the float one up to the output grid (no clipped weights)."""
+    from archnet.lowering import calibrate_batchnorm
+    from archnet.lowering.graph import fit_layer_norms
+    from archnet.quant.modules import QChannelAffine
+    torch.manual_seed(0)
+    model = TinyPreNorm().eval()
+    with torch.no_grad():       # LayerNorm scales far from 1, as trained models have
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.mul_(8.0)
+    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    profile = load_profile("ethos-u55-128")
+    student, _ = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
+    images = torch.rand(32, 1, 16, 16) * 0.1
+    calibrate_batchnorm(student, images)
+    fit_layer_norms(student, graph, (images,))
+    checked = 0
+    for block in student.blocks:
+        for name, m in block.layers.items():
+            if isinstance(m, QChannelAffine):
+                weight, _ = m.folded()
+                assert torch.allclose(m.weight_quant(weight), weight, rtol=1e-2), name
+                checked += 1
+    assert checked == 2
