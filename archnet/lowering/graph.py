@@ -203,6 +203,9 @@ class _Lowering:
         if d.rule == "layer_norm.fixed_affine":
             self._layer_norm(node)
             return
+        if d.rule == "layer_norm.folded_affine":
+            self._folded_layer_norm(node)
+            return
         ins = [self._value(v) for v in node.inputs]
         refs = {f"in{i}": r for i, r in enumerate(ins)}
         made = []
@@ -263,6 +266,36 @@ class _Lowering:
                                             else ("ones", None, {}))),
                       (name, "bn.bias", *(("copy", p["bias"], {}) if "bias" in p
                                           else ("zeros", None, {}))),
+                      (name, "bn.running_mean", "zeros", None, {}),
+                      (name, "bn.running_var", "ones", None, {})]
+
+    def _folded_layer_norm(self, node: TeacherNode) -> None:
+        """LayerNorm folded into the residual add it reads: a depthwise 1x1 (a per-channel
+        scale, no statistics) on the skip operand, placed before the add; the MAC writing the
+        other operand takes the affine's scale and shift (``fit_layer_norms`` sets both from
+        the teacher); the add's output is LayerNorm's."""
+        add = self._value(node.inputs[0])
+        spec = self.steps.get(add)
+        macs = [self._through_views(r) for r in (spec or {}).get("inputs", [])]
+        k = next((i for i, m in enumerate(macs)
+                  if m in self.steps and self.steps[m]["kind"] in ("linear", "conv")), None)
+        if spec is None or spec["kind"] != "add" or k is None:
+            raise ConversionError(f"{node.where}: layer_norm.folded_affine needs the chip's add "
+                                  f"of a fully connected layer's output and a skip")
+        d = node.shape[-1]
+        name = self._name(node.name, 0, 1)
+        skip = spec["inputs"][1 - k]
+        step = {"name": name, "inputs": [skip], "kind": "channel_affine", "features": d,
+                "w_bits": self.w_bits, "quant": self._grid(name), "role": "teacher",
+                "teacher_node": node.name, "folded_into": macs[k]}
+        items = list(self.steps.items())
+        at = [key for key, _ in items].index(add)
+        self.steps = dict(items[:at] + [(name, step)] + items[at:])   # the add reads it
+        spec["inputs"][1 - k] = name
+        self.step_node[name] = node.name
+        self.producer[node.name] = add
+        self._mac_rows(name, ("ones", None, {}), ("zeros", None, {}))
+        self.rows += [(name, "bn.weight", "ones", None, {}), (name, "bn.bias", "zeros", None, {}),
                       (name, "bn.running_mean", "zeros", None, {}),
                       (name, "bn.running_var", "ones", None, {})]
 
@@ -699,38 +732,61 @@ def _input_spec(graph: TeacherGraph, plan: ConversionPlan) -> dict:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def fit_layer_norms(student, graph: TeacherGraph, teacher_inputs, mask=None) -> int:
     """LayerNorm's fixed-statistics replacements fitted to the teacher: with the statistics
     calibration fixed, each channel's scale and shift are the least-squares fit of the teacher's
     LayerNorm output on its own input normalised by them (over the tokens ``mask`` keeps), the
-    best start a per-channel affine can have. Returns how many it fitted."""
-    steps = [(block, st) for block in student.blocks for st in block.spec["steps"]
+    best start a per-channel affine can have. A folded replacement (``layer_norm.folded_affine``)
+    fits the affine on LayerNorm's raw input and puts it where the fold says: its scale on the
+    skip's depthwise 1x1, scale and shift into the rows of the layer writing the other operand.
+    Returns how many it fitted."""
+    steps = [(i, block, st) for i, block in enumerate(student.blocks) for st in block.spec["steps"]
              if st["kind"] == "channel_affine" and st.get("teacher_node")]
     if not steps:
         return 0
     keep_values = set()
-    for _, st in steps:
+    for _, _, st in steps:
         node = graph.node(st["teacher_node"])
         keep_values |= {node.name, node.inputs[0]}
     values = graph.values(*teacher_inputs, keep=keep_values)
     keep = None if mask is None else (mask != 0).reshape(-1)
-    for block, st in steps:
+    moved = set()
+    for i, block, st in steps:
         node = graph.node(st["teacher_node"])
         d = node.shape[-1]
         x = values[node.inputs[0]].reshape(-1, d).double()
         y = values[node.name].reshape(-1, d).double()
         if keep is not None and keep.numel() == x.shape[0]:
             x, y = x[keep], y[keep]
-        bn = block.layers[st["name"]].bn
-        xhat = (x - bn.running_mean.double()) / torch.sqrt(bn.running_var.double() + bn.eps)
+        affine = block.layers[st["name"]]
+        bn = affine.bn
+        folded = st.get("folded_into")
+        if folded:          # the raw sum's own scale: no statistics
+            xhat = x
+        else:
+            xhat = (x - bn.running_mean.double()) / torch.sqrt(bn.running_var.double() + bn.eps)
         xm, ym = xhat.mean(0), y.mean(0)
         var = (xhat - xm).pow(2).mean(0).clamp_min(1e-12)
         slope = ((xhat - xm) * (y - ym)).mean(0) / var
-        bn.weight.copy_(slope.float())
-        bn.bias.copy_((ym - slope * xm).float())
-    names = {(i, st["name"]) for i, block in enumerate(student.blocks)
-             for st in block.spec["steps"] if st["kind"] == "channel_affine" and st.get("teacher_node")}
-    init_weight_quantizers(student, sorted(names))      # the fitted affine moved the weights
+        shift = ym - slope * xm
+        if folded:
+            # the depthwise 1x1 folds to weight x bn.weight / sqrt(var + eps): make that slope
+            bn.weight.fill_(1.0)
+            bn.bias.zero_()
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            affine.weight.copy_((slope * math.sqrt(1.0 + bn.eps)).float().view_as(affine.weight))
+            mac = block.layers[folded]
+            rows = slope.float().view(-1, *([1] * (mac.weight.dim() - 1)))
+            mac.weight.mul_(rows)
+            mac.bias.copy_(mac.bias * slope.float() + shift.float())
+            moved.add((i, folded))
+        else:
+            bn.weight.copy_(slope.float())
+            bn.bias.copy_(shift.float())
+        moved.add((i, st["name"]))
+    init_weight_quantizers(student, sorted(moved))      # the fits moved these weights
     return len(steps)
 
 

@@ -6,6 +6,13 @@
   fixed statistics (calibrated on the data, LayerNorm's own scale and shift kept, then
   learned), as a depthwise 1x1 conv over the token rows. Per-token forms from chip ops are
   issue 17's.
+- ``layer_norm.folded_affine``: the same affine where LayerNorm reads a residual add one of
+  whose operands a fully connected layer writes (a Transformer's sublayer output): that layer
+  takes the affine's per-channel scale and shift, and the depthwise 1x1 scales the skip operand
+  instead. The add then writes LayerNorm's output itself, so the residual stream and the
+  sublayer's output live on the normalised scale, not on the raw sum whose outlier channels
+  (hundreds in MiniLM's FFN output) a per-tensor grid cannot hold. Same function, same cost;
+  preferred where it fits.
 """
 
 from __future__ import annotations
@@ -19,13 +26,47 @@ from archnet.rules.forms import Form, Step
 FAMILY = ("batch_norm", "layer_norm")
 
 
+_VIEW_OPS = ("reshape", "flatten")
+
+
+def _sole_reader(graph, value: str) -> bool:
+    return value not in graph.outputs and sum(value in n.inputs for n in graph.nodes) == 1
+
+
+def residual_writer(node: TeacherNode, ctx: RuleContext) -> int | None:
+    """Which operand of the add that ``node`` reads is written (through views) by a fully
+    connected layer read by nothing else; None if the add is not the chip's add of two
+    activations or has no such operand."""
+    g = ctx.graph
+    if node.inputs[0] in g.inputs or ctx.producer_ops[:1] != ("add",) or \
+            not _sole_reader(g, node.inputs[0]):
+        return None
+    add = g.node(node.inputs[0])
+    if add.op != "add" or len(add.inputs) != 2 or "scalar" in add.attrs or "other" in add.params:
+        return None
+    for k, value in enumerate(add.inputs):
+        while value not in g.inputs and _sole_reader(g, value) and g.node(value).op in _VIEW_OPS:
+            value = g.node(value).inputs[0]
+        if value not in g.inputs and _sole_reader(g, value) and g.node(value).op == "linear":
+            return k
+    return None
+
+
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     x = ctx.in_shapes[0]
     if node.op == "layer_norm":
         d, rows = x[-1], math.prod(x[:-1])
         if list(node.attrs["normalized_shape"]) != [d]:
             return []
-        return [Form("layer_norm.fixed_affine",
+        steps = (Step("reshape", ("in0",), {"shape": [rows, d, 1, 1]}),
+                 Step("conv2d", ("s0",), {"groups": d}, weight=(d, 1, 1, 1)),
+                 Step("reshape", ("s1",), {"shape": list(node.shape)}))
+        folded = [Form("layer_norm.folded_affine",
+                       "LayerNorm as a per-channel affine with fixed statistics, folded into the "
+                       "residual add before it (the fully connected layer writing one operand "
+                       "takes scale and shift; a depthwise 1x1 scales the skip)", steps,
+                       exact=False)] if residual_writer(node, ctx) is not None else []
+        return [*folded, Form("layer_norm.fixed_affine",
                      "LayerNorm as a per-channel affine with fixed statistics (a depthwise 1x1 "
                      "conv over the token rows)",
                      (Step("reshape", ("in0",), {"shape": [rows, d, 1, 1]}),
