@@ -106,9 +106,10 @@ def build_student_for(teacher, meta: dict, profile, bits, data, opts: ConvertOpt
     idx = _sample(data, opts.calibration_images, seed)
     calib, side = data.student(idx)
     calibrate_batchnorm(student, calib, side=side)
-    if taps is not None:           # LayerNorm replacements: fitted to the teacher's outputs
-        from archnet.lowering.graph import fit_layer_norms
+    if taps is not None:           # replacements fitted to the teacher's values
+        from archnet.lowering.graph import fit_carried_residuals, fit_layer_norms
         fit_layer_norms(student, taps.graph, data.teacher(idx), data.token_mask(idx))
+        fit_carried_residuals(student, taps.graph, data.teacher(idx))
     calibrate_activations(student, calib, seed=seed, side=side)
     assert_deployable(student, profile)
     return student, taps, plan

@@ -484,6 +484,8 @@ class _Lowering:
             cb = conv.params.get("bias")
             self._mac_rows(macs[0], ("copy", key, {}),
                            ("copy", cb, {}) if cb else ("zeros", None, {}))
+        elif rule == "add.carry_through_block":
+            self._carry(node, d, macs)
         elif rule == "embedding.one_hot_fc":       # the table's rows are the layer's columns
             table = self.graph.params[p["weight"]]
             self._mac_rows(macs[0], ("copy", self._derive(f"{node.name}:table", table.t()), {}),
@@ -529,6 +531,43 @@ class _Lowering:
                                            stride=sz)
         src = x[0].round().long()                   # [channels, r, r]: the position each copies
         return w.reshape(cout, -1)[:, src.reshape(-1)].reshape(cout, *src.shape)
+
+    def _carry(self, node: TeacherNode, d: Decision, macs: list[str]) -> None:
+        """``add.carry_through_block``: the inverted residual's three convs, each wider by the
+        carried channels ``relu(x)``, ``relu(-x)`` (scale 1 here; ``fit_carried_residuals``
+        sets it): identity rows in the expand, identity centre taps in the depthwise conv,
+        +1/-1 columns in the projection."""
+        from archnet.rules.elementwise import inverted_residual
+        k = d.form.absorbs
+        branch, value = [], node.inputs[k]
+        for _ in range(5):
+            branch.append(self.graph.node(value))
+            value = branch[-1].inputs[0]
+        expand, act1, dw, act2, proj = inverted_residual(branch, node.inputs[1 - k])
+        g = self.graph.params
+        c = node.shape[1]
+        eye = torch.eye(c)[:, :, None, None]
+
+        def bias_of(conv, n):
+            b = conv.params.get("bias")
+            return g[b] if b else torch.zeros(n)
+        we, wd, wp = (g[n.params["weight"]] for n in (expand, dw, proj))
+        kh, kw = wd.shape[2:]
+        taps = torch.zeros(2 * c, 1, kh, kw)
+        taps[:, 0, kh // 2, kw // 2] = 1.0
+        zeros = torch.zeros(2 * c)
+        for step, weight, bias in (
+                (macs[0], torch.cat([we, eye, -eye]), torch.cat([bias_of(expand, we.shape[0]), zeros])),
+                (macs[1], torch.cat([wd, taps]), torch.cat([bias_of(dw, wd.shape[0]), zeros])),
+                (macs[2], torch.cat([wp, eye, -eye], dim=1), bias_of(proj, wp.shape[0]))):
+            self._mac_rows(step, ("copy", self._derive(f"{step}:carried", weight), {}),
+                           ("copy", self._derive(f"{step}:carried_bias", bias), {}))
+        for step, act in ((macs[0], act1), (macs[1], act2)):
+            hi = act.attrs.get("max") if act.op == "clamp" else None
+            if hi is not None:
+                self.steps[step]["clamp_max"] = float(hi)
+        self.steps[macs[0]]["carried"] = {"value": node.inputs[1 - k], "channels": c,
+                                          "into": macs[2]}
 
     def _pool_fc(self, pool: TeacherNode, macs: list[str], head: torch.Tensor, bias) -> None:
         """A global pool as 2x2-averaging convs and a fully connected layer over the positions
@@ -788,6 +827,39 @@ def fit_layer_norms(student, graph: TeacherGraph, teacher_inputs, mask=None) -> 
         moved.add((i, st["name"]))
     init_weight_quantizers(student, sorted(moved))      # the fits moved these weights
     return len(steps)
+
+
+CARRY_MARGIN = 1.25     # headroom over the largest carried value the calibration data shows
+
+
+@torch.no_grad()
+def fit_carried_residuals(student, graph: TeacherGraph, teacher_inputs) -> int:
+    """The carried input's scale of each ``add.carry_through_block``: ``s`` so that the
+    largest |x| the teacher shows on ``teacher_inputs`` (times ``CARRY_MARGIN``) passes under
+    the activation's upper bound as ``x / s``; the expand's identity rows take ``1/s``, the
+    projection's columns ``s``. Returns how many it fitted."""
+    found = [(i, block, st) for i, block in enumerate(student.blocks) for st in block.spec["steps"]
+             if st.get("carried")]
+    if not found:
+        return 0
+    values = graph.values(*teacher_inputs, keep={st["carried"]["value"] for _, _, st in found})
+    moved = []
+    for i, block, st in found:
+        carried = st["carried"]
+        bounds = [s.get("clamp_max") for s in block.spec["steps"]
+                  if s["name"] == st["name"] or s["inputs"][:1] == [st["name"]]]
+        bounds = [b for b in bounds if b is not None]
+        if not bounds:
+            continue                    # plain ReLU: exact at any scale
+        peak = float(values[carried["value"]].abs().max()) * CARRY_MARGIN
+        s = max(peak / min(bounds), 1e-6)
+        c = carried["channels"]
+        expand, proj = block.layers[st["name"]], block.layers[carried["into"]]
+        expand.weight[-2 * c:] /= s
+        proj.weight[:, -2 * c:] *= s
+        moved += [(i, st["name"]), (i, carried["into"])]
+    init_weight_quantizers(student, moved)
+    return len(found)
 
 
 def block_bits(decisions: dict, nodes: list[TeacherNode], default) -> tuple[int, int]:

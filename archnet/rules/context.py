@@ -26,10 +26,22 @@ class RuleContext:
     # then a conv kept as it is or a global pool computed by a fully connected layer; None
     # where there is no such chain
     absorbable: tuple[tuple[tuple[TeacherNode, object], ...] | None, ...] = ()
+    # per input: the longer chain of single-reader producers through kept convs and the
+    # activations fused into them (views too), nearest first: a whole branch a form may take
+    # over (``Form.absorbs_depth``)
+    branches: tuple[tuple[tuple[TeacherNode, object], ...], ...] = ()
 
-    def chain_input(self, k: int) -> str:
-        """The value a form that absorbs input ``k``'s chain reads instead."""
-        return self.absorbable[k][-1][0].inputs[0]
+    def absorbed(self, form) -> tuple[tuple[TeacherNode, object], ...]:
+        """The producers ``form`` takes over (nearest first): ``absorbable[k]``, or the first
+        ``absorbs_depth`` of ``branches[k]``."""
+        k = form.absorbs
+        if form.absorbs_depth is not None:
+            return self.branches[k][:form.absorbs_depth]
+        return self.absorbable[k]
+
+    def chain_input(self, form) -> str:
+        """The value a form that absorbs a chain reads instead of that input."""
+        return self.absorbed(form)[-1][0].inputs[0]
 
     def sole_reader_of(self, ops) -> bool:
         """Input 0 is made by a form ending in one of ``ops`` and read by nothing else: what

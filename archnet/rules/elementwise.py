@@ -8,6 +8,14 @@
   else reads, that conv reads the concat of its own input and the other operand, with an
   identity in its centre taps for the latter: the residual merge costs no layer of its own
   (exact).
+- ``add.carry_through_block``: an inverted residual (1x1 expand, activation, depthwise kxk,
+  activation, 1x1 projection, plus the block's input): the block's input travels inside it
+  as two extra channels per channel, ``relu(x / s)`` and ``relu(-x / s)``, through the expand
+  and the depthwise conv (identity taps), and the projection adds them back, times ``s``: no
+  layer and no concat of its own (the add costs a little width). Exact on every input whose
+  |x| stays under ``s`` times the activation's upper bound (ReLU6's 6; a plain ReLU has none):
+  ``s`` is fitted to the teacher's values with a margin (``archnet.lowering.graph.
+  fit_carried_residuals``).
 - ``add.requantize_offset`` / ``mul.requantize_scale``: adding or multiplying by one number
   folds into the producer's requantize (its zero point or multiplier), where the producer's
   output is read by nothing else (exact).
@@ -57,6 +65,7 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     if len(shape) == 4:
         c = shape[1]
         out += _merges(ctx, c)
+        out += _carries(node, ctx, c)
         out.append(Form("add.concat_conv_1x1", "add as concat + a 1x1 conv",
                         (Step("concat", (a, b), {"axis": 1}),
                          Step("conv2d", ("s0",), {}, weight=(c, 2 * c, 1, 1)))))
@@ -93,6 +102,57 @@ def _merges(ctx: RuleContext, c: int) -> list[Form]:
                         (Step("concat", (f"in{k}", f"in{1 - k}"), {"axis": 1}),
                          Step("conv2d", ("s0",), {"pads": [pad] * 4},
                               weight=(c, cin + c, kh, kw))), absorbs=k))
+    return out
+
+
+def inverted_residual(nodes, x: str):
+    """(expand, activation, depthwise, activation, projection) when ``nodes`` (producers,
+    nearest first) begin with an inverted residual whose expand reads ``x``; else None."""
+    if len(nodes) < 5:
+        return None
+    proj, act2, dw, act1, expand = nodes[:5]
+    if expand.inputs[0] != x or any(n.op != "conv2d" for n in (proj, dw, expand)) or \
+            any(a.op not in ("relu", "clamp") for a in (act1, act2)):
+        return None
+    for conv, depthwise in ((expand, False), (dw, True), (proj, False)):
+        a = conv.attrs
+        if tuple(a["stride"]) != (1, 1) or tuple(a["dilation"]) != (1, 1) or \
+                depthwise != (a["groups"] > 1):
+            return None
+    if dw.attrs["groups"] != dw.shape[1] or dw.shape[1] != expand.shape[1]:
+        return None
+    for act in (act1, act2):
+        if act.op == "clamp" and (act.attrs["min"] is None or float(act.attrs["min"]) != 0.0):
+            return None
+    return expand, act1, dw, act2, proj
+
+
+def _carries(node: TeacherNode, ctx: RuleContext, c: int) -> list[Form]:
+    out = []
+    for k in (0, 1):
+        if k >= len(ctx.branches):
+            continue
+        branch = ctx.branches[k][:5]
+        found = inverted_residual([n for n, _ in branch], node.inputs[1 - k])
+        if found is None or any(f.rule != "conv2d.native" for n, f in branch if n.op == "conv2d"):
+            continue
+        expand, act1, dw, act2, proj = found
+        g = ctx.graph
+        we, wd = g.params[expand.params["weight"]].shape, g.params[dw.params["weight"]].shape
+        wp = g.params[proj.params["weight"]].shape
+        if tuple(we[2:]) != (1, 1) or tuple(wp[2:]) != (1, 1) or wd[2] != wd[3] or wd[2] % 2 == 0 \
+                or tuple(dw.attrs["padding"]) != (wd[2] // 2, wd[3] // 2):
+            continue
+        e = we[0] + 2 * c
+        pad = wd[2] // 2
+        out.append(Form("add.carry_through_block",
+                        f"add carried through the inverted residual writing operand {k}: its "
+                        f"input rides along as {2 * c} extra channels",
+                        (Step("conv2d", (f"in{1 - k}",), {}, weight=(e, c, 1, 1), relu=True),
+                         Step("conv2d", ("s0",), {"pads": [pad] * 4, "groups": e},
+                              weight=(e, 1, wd[2], wd[3]), relu=True),
+                         Step("conv2d", ("s1",), {}, weight=(c, e, 1, 1))),
+                        absorbs=k, absorbs_depth=5))
     return out
 
 

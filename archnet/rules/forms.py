@@ -65,6 +65,8 @@ class Form:
     # the input whose chain of producers this form takes over (``RuleContext.absorbable``):
     # the form reads the chain's input in its place, and the chain computes nothing of its own
     absorbs: int | None = None
+    # ... taking the first ``absorbs_depth`` producers of ``RuleContext.branches`` instead
+    absorbs_depth: int | None = None
 
     def in_paper_op_set(self) -> bool:
         return not self.host and all(s.in_paper_op_set() for s in self.steps)

@@ -144,8 +144,9 @@ def _context(graph: TeacherGraph, node: TeacherNode, profile: ChipProfile,
             d = decided.get(src[0]) if src else None
         ops.append(d.last_op if d is not None else None)
     absorbable = tuple(_chain(graph, i, decided, readers) for i in node.inputs)
+    branches = tuple(_branch(graph, i, decided, readers) for i in node.inputs)
     return RuleContext(graph, profile, tuple(graph.shape(i) for i in node.inputs), tuple(ops),
-                       tuple(readers[i] for i in node.inputs), absorbable)
+                       tuple(readers[i] for i in node.inputs), absorbable, branches)
 
 
 _VIEWS = ("flatten.native", "flatten.reshape", "reshape.native")
@@ -166,6 +167,20 @@ def _chain(graph: TeacherGraph, value: str, decided: dict[str, Decision], reader
     return None
 
 
+_BRANCH_LINKS = re.compile(r"conv2d\.native|(relu|clamp)\.fused")
+
+
+def _branch(graph: TeacherGraph, value: str, decided: dict[str, Decision], readers: Counter):
+    """The producers of ``value`` through kept convs, fused activations and views, each read
+    by nothing else (``RuleContext.branches``)."""
+    chain = []
+    while (d := decided.get(value)) is not None and readers[value] == 1 and \
+            value not in graph.outputs and (_BRANCH_LINKS.fullmatch(d.rule) or d.rule in _VIEWS):
+        chain.append((graph.node(value), d.form))
+        value = graph.node(value).inputs[0]
+    return tuple(chain)
+
+
 def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
             decided: dict[str, Decision]
             ) -> tuple[Form | None, Judgement | None, tuple[Candidate, ...], str]:
@@ -177,7 +192,7 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
         j, why = None, None
         shapes = list(ctx.in_shapes)
         if form.absorbs is not None:       # it reads the absorbed chain's input
-            shapes[form.absorbs] = ctx.graph.shape(ctx.chain_input(form.absorbs))
+            shapes[form.absorbs] = ctx.graph.shape(ctx.chain_input(form))
         if recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
         elif recipe == "paper" and form.rule == "add.merge_into_conv":
@@ -201,7 +216,7 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
     def cost(f: Form, j: Judgement) -> float:
         """A form's cycles, less those of the producers it absorbs."""
         saved = 0.0 if f.absorbs is None else \
-            sum(decided[n.name].cycles for n, _ in ctx.absorbable[f.absorbs])
+            sum(decided[n.name].cycles for n, _ in ctx.absorbed(f))
         return round(j.cycles - saved, 6)
 
     natives = [(i, fj) for i, fj in enumerate(judged) if fj[0].native]
@@ -221,7 +236,7 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
 def _image_inputs(node: TeacherNode, ctx: RuleContext, form: Form) -> tuple[bool, ...]:
     ins = list(node.inputs)
     if form.absorbs is not None:        # it reads the absorbed chain's input instead
-        ins[form.absorbs] = ctx.chain_input(form.absorbs)
+        ins[form.absorbs] = ctx.chain_input(form)
     return tuple(i in ctx.graph.inputs for i in ins)
 
 
@@ -248,7 +263,7 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
             j = probe(form, list(ctx.in_shapes), nb, profile, _image_inputs(node, ctx, form))
             reason = f"on the host (--allow-fallback): {reason}"
         if form.absorbs is not None:
-            for taken, _ in ctx.absorbable[form.absorbs]:
+            for taken, _ in ctx.absorbed(form):
                 was = decided[taken.name]
                 decided[taken.name] = replace(
                     was, form=Form(f"{taken.op}.merged", f"computed by {node.where} "

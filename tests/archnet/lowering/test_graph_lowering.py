@@ -179,3 +179,32 @@ def test_paper_recipe_builds_the_hand_written_resnet_student():
     assert layers(ours) == layers(theirs)
     assert estimate(ours.export((1, 1, 28, 28)), k210).total_cycles == pytest.approx(
         estimate(theirs.export((1, 1, 28, 28)), k210).total_cycles)
+
+
+def test_an_inverted_residual_carries_its_input_where_the_chip_has_no_add(mobile):
+    """On the K210 (no add) MobileNetV2's residual rides through its own block: the input as
+    extra channels relu(x/s), relu(-x/s) through the expand and the depthwise conv, added back
+    by the projection. No concat and no layer of its own, cheaper than merging the add into
+    the projection; with ``s`` fitted to the teacher's values the student equals the teacher
+    even where the input goes far beyond ReLU6's 6 (at s = 1 it would not)."""
+    from archnet.lowering.graph import fit_carried_residuals
+    model, graph = mobile
+    profile = load_profile("k210-kpu")
+    plan = plan_conversion(graph, profile, (8, 8))
+    fired = plan.rules_fired()
+    assert fired["add.carry_through_block"] == 2 and "concat" not in {
+        s.op for d in plan.decisions for s in d.form.steps}
+    for d in plan.decisions:
+        if d.rule == "add.carry_through_block":
+            merge = next(c for c in d.candidates if c.rule == "add.merge_into_conv")
+            assert merge.fits
+    student, low = build_graph_student(graph, plan, profile)
+    x = torch.rand(4, 1, 16, 16) * 40.0            # block inputs well beyond 6
+    with torch.no_grad():
+        want = model(x)
+        assert not torch.allclose(student(x, quantize=False), want, atol=1e-3)
+        assert fit_carried_residuals(student, graph, (x,)) == 2
+        assert torch.allclose(student(x, quantize=False), want, atol=1e-3)
+    assert_deployable(student, profile)
+    convs = [s for b in low.config["blocks"] for s in b["steps"] if s["kind"] == "conv"]
+    assert [s["out_channels"] for s in convs].count(32 + 16) == 4   # expand and depthwise, x2
