@@ -495,14 +495,14 @@ class _Lowering:
             key = self._derive(f"{node.name}:avg", torch.full((c, 1, kh, kw), 1.0 / (kh * kw)))
             self._mac_rows(macs[0], ("copy", key, {}), ("zeros", None, {}))
         elif rule == "global_avg_pool.fully_connected" or \
-                re.fullmatch(r"global_avg_pool\.halve\d+(_dw)?_fully_connected", rule):
+                re.fullmatch(r"global_avg_pool\.(halve\d+(_dw)?|window\d+)_fully_connected", rule):
             c = self.graph.shape(node.inputs[0])[1]
-            self._pool_fc(node, macs, torch.eye(c), ("zeros", None, {}))
+            self._pool_fc(node, macs, torch.eye(c), ("zeros", None, {}), made)
         elif rule == "linear.global_pool_head":
             pool = node
             while pool.op != "global_avg_pool":      # through the views between them
                 pool = self.graph.node(pool.inputs[0])
-            self._pool_fc(pool, macs, w, bias)
+            self._pool_fc(pool, macs, w, bias, made)
         elif rule in ("batch_norm.depthwise_1x1", "batch_norm.dense_1x1",
                       "batch_norm.fully_connected"):
             scale, shift = _bn_affine(self.graph, node)
@@ -569,10 +569,27 @@ class _Lowering:
         self.steps[macs[0]]["carried"] = {"value": node.inputs[1 - k], "channels": c,
                                           "into": macs[2]}
 
-    def _pool_fc(self, pool: TeacherNode, macs: list[str], head: torch.Tensor, bias) -> None:
-        """A global pool as 2x2-averaging convs and a fully connected layer over the positions
-        left, whose weights spread ``head`` [out, channels] (the identity for the pool alone, the
-        next layer's weight for the pool and that layer as one) over the positions."""
+    def _pool_fc(self, pool: TeacherNode, macs: list[str], head: torch.Tensor, bias,
+                 made: list[str]) -> None:
+        """A global pool as 2x2-averaging convs (or one average window) and a fully connected
+        layer over the positions left, whose weights spread ``head`` [out, channels] (the
+        identity for the pool alone, the next layer's weight for the pool and that layer as
+        one) over the positions."""
+        window = next((self.steps[s] for s in made if self.steps[s]["kind"] == "avgpool"), None)
+        if window is not None:
+            from archnet.rules.pool import window_cover
+            c, h, w_ = self.graph.shape(pool.inputs[0])[1:]
+            (k, _), (ph, pw) = window["kernel"], window["pads"]
+            share = []
+            for size, pad in ((h, ph), (w_, pw)):
+                cells, _ = window_cover(size, k)
+                share.append(torch.tensor([min(size, (i + 1) * k - pad) - max(0, i * k - pad)
+                                           for i in range(cells)], dtype=torch.float32))
+            cell = torch.outer(*share).reshape(-1) / (h * w_)   # each cell's share of the map
+            weight = head.repeat_interleave(cell.numel(), dim=1) * cell.repeat(head.shape[1])
+            self._mac_rows(macs[-1], ("copy", self._derive(f"{pool.name}:window:{macs[-1]}",
+                                                           weight), {}), bias)
+            return
         nonneg = self._nonnegative(self.steps[macs[0]]["inputs"][0]) if macs[:-1] else False
         for s in macs[:-1]:
             c = self.steps[s]["out_channels"]

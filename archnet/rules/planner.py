@@ -150,7 +150,8 @@ def _context(graph: TeacherGraph, node: TeacherNode, profile: ChipProfile,
 
 
 _VIEWS = ("flatten.native", "flatten.reshape", "reshape.native")
-_CHAIN_ENDS = re.compile(r"conv2d\.native|global_avg_pool\.(halve\d+(_dw)?_)?fully_connected")
+_CHAIN_ENDS = re.compile(r"conv2d\.native|global_avg_pool\.(halve\d+(_dw)?_|window\d+_)?"
+                         r"fully_connected")
 
 
 def _chain(graph: TeacherGraph, value: str, decided: dict[str, Decision], readers: Counter):

@@ -8,6 +8,10 @@
 - ``global_avg_pool.window``: global pooling as one average window over the whole map.
 - ``global_avg_pool.fully_connected``: global pooling as a fully connected layer over the
   flattened map with 1/(H*W) weights per position (the paper's head; exact).
+- ``global_avg_pool.window<k>_fully_connected``: a k x k/k average window tiling the map
+  (padded evenly, the padding not counted) and a fully connected layer over the cells, each
+  weighted by its share of the map (exact): one pooling op where a chip's fully connected
+  layer cannot read the whole map, instead of a stack of halving convs.
 """
 
 from __future__ import annotations
@@ -58,7 +62,33 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
                  (Step("global_avgpool2d", ("in0",)), *views), native=True),
             Form("global_avg_pool.window", f"global average pool as one {h}x{w} average window",
                  (Step("avgpool2d", ("in0",), {"kernel": [h, w], "strides": [h, w]}), *views)),
-            *_fully_connected(c, h, w, a["keepdim"])]
+            *_fully_connected(c, h, w, a["keepdim"]), *_windows(c, h, w, a["keepdim"])]
+
+
+def window_cover(size: int, k: int) -> tuple[int, int]:
+    """(cells, padding per side) of a k/k window tiling ``size`` positions: every position in
+    exactly one window, the padding split evenly (never counted)."""
+    cells = -(-size // k)
+    pad = -(-(cells * k - size) // 2)
+    return cells, pad
+
+
+def _windows(c: int, h: int, w: int, keepdim: bool) -> list[Form]:
+    out = []
+    for k in range(2, max(h, w)):
+        (ch, ph), (cw, pw) = window_cover(h, k), window_cover(w, k)
+        if ph >= k or pw >= k or (h + 2 * ph - k) // k + 1 != ch or (w + 2 * pw - k) // k + 1 != cw:
+            continue
+        steps = [Step("avgpool2d", ("in0",), {"kernel": [k, k], "strides": [k, k],
+                                              "pads": [ph, pw, ph, pw]}),
+                 Step("flatten", ("s0",), {"axis": 1}),
+                 Step("fully_connected", ("s1",), weight=(c, c * ch * cw))]
+        if keepdim:
+            steps.append(Step("reshape", ("s2",), {"shape": [1, c, 1, 1]}))
+        out.append(Form(f"global_avg_pool.window{k}_fully_connected",
+                        f"global average pool as a {k}x{k}/{k} average window and a fully "
+                        f"connected layer over the {c}x{ch}x{cw} cells", tuple(steps)))
+    return out
 
 
 def _fully_connected(c: int, h: int, w: int, keepdim: bool) -> list[Form]:

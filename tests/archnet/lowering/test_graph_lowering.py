@@ -208,3 +208,35 @@ def test_an_inverted_residual_carries_its_input_where_the_chip_has_no_add(mobile
     assert_deployable(student, profile)
     convs = [s for b in low.config["blocks"] for s in b["steps"] if s["kind"] == "conv"]
     assert [s["out_channels"] for s in convs].count(32 + 16) == 4   # expand and depthwise, x2
+
+
+class _OddHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 64, 3, stride=2, padding=1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_a_global_pool_on_an_odd_map_is_one_average_window_and_the_head():
+    """The K210's fully connected layer cannot read a 64x7x7 map and it has no global pool:
+    one 4x4/4 average window (the 7x7 map padded to 8x8, the padding not counted) and the
+    classifier over the 2x2 cells, each weighted by its share of the map, compute pool and
+    classifier exactly, in one pooling op instead of a stack of halving convs."""
+    torch.manual_seed(0)
+    model = _OddHead().eval()
+    graph = capture(model, (torch.rand(1, 1, 14, 14),))
+    profile = load_profile("k210-kpu")
+    plan = plan_conversion(graph, profile, (8, 8))
+    head = next(d for d in plan.decisions if d.rule == "linear.global_pool_head")
+    assert [s.op for s in head.form.steps] == ["avgpool2d", "flatten", "fully_connected"]
+    assert head.form.steps[0].attrs["kernel"] == [4, 4]
+    student, _ = build_graph_student(graph, plan, profile)
+    x = torch.rand(5, 1, 14, 14)
+    with torch.no_grad():
+        assert torch.allclose(student(x, quantize=False), model(x), atol=1e-5)
+    calibrate_activations(student, x, seed=0)
+    simulator_block_outputs(student, x, profile)
