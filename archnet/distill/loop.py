@@ -6,9 +6,14 @@ teacher-attention weighted MSE) through training-only feature adapters, per-bloc
 decaying by 0.8 towards older blocks (the paper's schedule); the head's period adds a cosine loss
 on the logits. Blocks before the window are frozen: they are exported and run on the chip
 profile's **simulator**, and the window trains on the simulator's integer outputs times their
-step, so the blocks downstream learn what the integer hardware computes. With ``window`` equal
-to the number of blocks every period trains from the image (the paper's pure progressive form;
-the simulator then only verifies); ``window=1`` is strictly blockwise.
+step, so the blocks downstream learn what the integer hardware computes. The frozen prefix's
+integers are kept from one period to the next, so each period runs only its newly frozen block
+on the simulator (``FrozenPrefix``). With ``window`` equal to the number of blocks every period
+trains from the image (the paper's pure progressive form; the simulator then only verifies);
+``window=1`` is strictly blockwise. With ``final_steps`` a last period trains the last
+``final_window`` blocks together on the head's loss alone (for a sentence encoder: the pooled
+sentence embedding), without adapters: the output must be the teacher's as it is. Within a
+period the teacher's targets are kept per input where they fit (``KeptTargets``).
 
 No labels exist here: the data is an ``UnlabeledImages``. A fraction of batches is mixup of
 two images (their simulator prefix computed for the mixed pixels on the fly). Adam, with a
