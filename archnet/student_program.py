@@ -85,6 +85,23 @@ def check_program_matches(program: Program, student, program_path, student_path)
         raise fail(why)
 
 
+def program_kind(path) -> str | None:
+    """What a Program file is, for ``archnet verify``: "tokens" for a text network of
+    ``archnet convert`` (it reads one-hot ``tokens`` and a mask), "images" for an image network
+    of ``archnet convert`` (its metadata holds the student's ``archnet`` record), "retired" for
+    the retired ``archnet/text`` student's (its metadata records family "text"), "other" for any
+    other Program; None when the file is missing or unreadable (the caller's loader says why)."""
+    try:
+        program = load_program(path)
+    except (SimulatorError, OSError, ValueError, KeyError):
+        return None
+    if program.metadata.get("family") == "text":
+        return "retired"
+    if not isinstance(program.metadata.get("archnet"), dict):
+        return "other"
+    return "tokens" if program.inputs[:1] == ["tokens"] else "images"
+
+
 def rebatch(program: Program, n: int, outputs: list[str] | None = None) -> Program:
     """``program`` with batch ``n`` (dimension 0 of every non-constant tensor) and, optionally,
     other outputs; validated. The nodes and constants are the file's own."""
@@ -96,4 +113,5 @@ def rebatch(program: Program, n: int, outputs: list[str] | None = None) -> Progr
     return out.validate(f"{program.name} re-batched to {n}")
 
 
-__all__ = ["check_program_matches", "diff_programs", "load_run_program", "rebatch"]
+__all__ = ["check_program_matches", "diff_programs", "load_run_program", "program_kind",
+           "rebatch"]

@@ -70,6 +70,17 @@ def content_digest(value, leaf: Leaf | None = None) -> str:
     return h.hexdigest()
 
 
+def files_sha256(*paths) -> str:
+    """The SHA-256 (hex) of the files' bytes, one after another (a file's own digest for one),
+    read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def with_content_hash(payload: dict, leaf: Leaf | None = None) -> dict:
     """``payload`` plus its own hash under ``HASH_KEY`` (of everything else it holds)."""
     body = {k: v for k, v in payload.items() if k != HASH_KEY}

@@ -241,11 +241,13 @@ class VerifyReport:
 
 # ----------------------------------------------------------------------------- verification
 
-def _first_divergence(program_b: Program, chip, image_ints, ours, pieces, backend):
-    """The first block output where the simulator and archnet's emulation part, explained."""
+def first_divergence(program_b: Program, chip, feeds: dict, ours, pieces, backend):
+    """The first block output where the simulator and archnet's emulation part, explained:
+    ``program_b`` run on ``feeds`` (its inputs by name) against ``ours`` (the emulation's block
+    outputs, whose ``pieces`` name the Program's tensors per block)."""
     from simulator.compare import find_divergence
     from simulator.execute import execute
-    sim = execute(program_b, chip, {"image": image_ints}, backend=backend, trace=True).tensors
+    sim = execute(program_b, chip, feeds, backend=backend, trace=True).tensors
     trace_b = {}
     for q, names in zip(ours, pieces):
         sizes = [program_b.tensors[n].shape[1] for n in names]
@@ -410,7 +412,8 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
                 totals[k] += mine_v.size
                 bad |= same != mine_v.size
             if bad and divergence is None:
-                div = _first_divergence(programs[n], arith, img, ours, pieces, backend)
+                div = first_divergence(programs[n], arith, {"image": img}, ours, pieces,
+                                       backend)
                 if div is not None:
                     first = b0 + (div.index[0] if div.index else 0)
                     divergence = {"image": int(first), "node": div.node, "tensor": div.tensor,
@@ -483,5 +486,5 @@ def _str_or_none(v) -> str | None:
     return v if isinstance(v, str) else " ".join(map(str, v))
 
 
-__all__ = ["TensorAgreement", "VerifyReport", "check_program_matches", "overflow_result_lines",
-           "rebatch", "reduce_overflow", "verify"]
+__all__ = ["TensorAgreement", "VerifyReport", "check_program_matches", "first_divergence",
+           "overflow_result_lines", "rebatch", "reduce_overflow", "verify"]

@@ -206,10 +206,6 @@ def tokenize(tokenizer, sentences: Sequence[str], max_len: int, *,
     return Tokenized(ids, mask, mask.sum(axis=1), int(truncated))
 
 
-__all__ = ["FORTUNES_DIR", "Tokenized", "TruncationWarning", "read_sentences", "split_heldout",
-           "tokenize"]
-
-
 def distillation_corpus(teacher, corpus, heldout_fraction: float, max_sentences, max_len: int,
                         seed: int):
     """(train Tokenized, train sentences, held-out sentences) of ``corpus`` (None: Debian's
@@ -224,3 +220,28 @@ def distillation_corpus(teacher, corpus, heldout_fraction: float, max_sentences,
         pick = np.random.default_rng(seed).permutation(len(train))[:max_sentences]
         train = [train[i] for i in sorted(pick)]
     return teacher.tokenize(train, max_len), train, heldout
+
+
+def recorded_heldout(info: dict, folder, max_sentences: int | None
+                     ) -> tuple[list[str], int, str]:
+    """The held-out sentences of a run as convert split them (``info``: its convert.json, which
+    records ``corpus`` and ``heldout_fraction``; a corpus path as given or relative to the run
+    ``folder``): (the first ``max_sentences`` of them, None: all; how many are held out; the
+    corpus read)."""
+    from archnet.runs import SUMMARY_FILE, resolve_recorded
+    folder = Path(folder)
+    corpus = info.get("corpus") or "fortunes"
+    source = corpus
+    if corpus != "fortunes":
+        found = resolve_recorded(str(corpus), folder)
+        if found is None:
+            raise DataError(f"{corpus}: the corpus convert used is gone (named by "
+                            f"{folder / SUMMARY_FILE}; looked there and relative to {folder})")
+        source = str(found)
+    _train, heldout = split_heldout(read_sentences(source), float(info["heldout_fraction"]))
+    picked = heldout if max_sentences is None else heldout[:max_sentences]
+    return picked, len(heldout), source
+
+
+__all__ = ["FORTUNES_DIR", "Tokenized", "TruncationWarning", "distillation_corpus",
+           "read_sentences", "recorded_heldout", "split_heldout", "tokenize"]

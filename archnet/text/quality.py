@@ -14,7 +14,8 @@ row (sentence i of one with sentence i of the other):
   equal (no ranking to correlate).
 
 Rows are L2-normalised here, so any embeddings may be given; sentence-transformers' are already.
-NumPy only (no scipy).
+NumPy only (no scipy); ``pooled``, the sentence embedding of a stream of token rows, takes torch
+tensors.
 """
 
 from __future__ import annotations
@@ -102,6 +103,21 @@ def embedding_quality(student: np.ndarray, teacher: np.ndarray) -> dict:
 
 QUALITY_KEYS = ("mean_cosine", "median_cosine", "min_cosine", "nn_agreement", "spearman")
 
+
+def pooled(stream, mask):
+    """The sentence embedding of token rows ``stream`` [N, T, H] (or [N*T, H]) under the padding
+    ``mask`` [N, T] (1 keeps a token): the mean over the kept tokens, L2-normalised, computed on
+    the host as sentence-transformers does after the encoder. torch tensors in and out (float64
+    stays float64, anything else is computed in float32)."""
+    import torch
+    import torch.nn.functional as F
+    n, t = mask.shape
+    x = stream.reshape(n, t, -1).to(torch.float64 if stream.dtype == torch.float64 else torch.float32)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
+    return F.normalize(mean, dim=-1)
+
+
 def verify_quality(embeddings: dict[str, list[np.ndarray]]) -> dict:
     """What a text verify reports from its chunks' sentence embeddings (``simulator``,
     ``emulation``, ``fake_quant``, ``teacher``): each of the first three against the teacher,
@@ -113,5 +129,5 @@ def verify_quality(embeddings: dict[str, list[np.ndarray]]) -> dict:
             "simulator_vs_fake_quant": embedding_quality(e["simulator"], e["fake_quant"])}
 
 
-__all__ = ["MIN_SENTENCES", "QUALITY_KEYS", "average_ranks", "embedding_quality", "spearman",
-           "verify_quality"]
+__all__ = ["MIN_SENTENCES", "QUALITY_KEYS", "average_ranks", "embedding_quality", "pooled",
+           "spearman", "verify_quality"]

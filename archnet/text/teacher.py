@@ -15,7 +15,6 @@ transformers is an optional extra (``pip install -e '.[text]'``), imported on fi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,6 +28,7 @@ SUPPORTED_FAMILIES = ("bert",)
 FAMILY_NOTE = "BERT-style encoders such as all-MiniLM-L6-v2"
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_ALIASES = (None, "minilm", MINILM_NAME)
+TEXT_TEACHERS = ("minilm", MINILM_NAME)       # the names a command line takes
 INSTALL_TEXT = "text teachers need the optional extra: pip install -e '.[text]'"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -148,12 +148,27 @@ class TextTeacher:
     @cached_property
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the weights file (of the shards one after another, if sharded)."""
-        h = hashlib.sha256()
-        for f in _weight_files(self.path):
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-        return h.hexdigest()
+        from simulator.digest import files_sha256
+        return files_sha256(*_weight_files(self.path))
+
+    def truncated(self, layers: int | None) -> "TextTeacher":
+        """This teacher with only its first ``layers`` encoder layers (a truncated model; None or
+        all of them: this teacher). Its weights' fingerprint stays the full model's: the run
+        records the layer count beside it."""
+        if layers is None or layers == self.config.layers:
+            return self
+        if not 1 <= layers <= self.config.layers:
+            raise TeacherError(f"--layers {layers}: teacher {self.name} has 1..{self.config.layers} "
+                               f"encoder layers")
+        import copy
+
+        from torch import nn
+        model = copy.deepcopy(self.model)      # this teacher stays whole
+        model.encoder.layer = nn.ModuleList(list(model.encoder.layer)[:layers])
+        model.config.num_hidden_layers = layers
+        out = TextTeacher(model.eval(), self.tokenizer, self.path, self.name)
+        out.__dict__["fingerprint"] = self.fingerprint
+        return out
 
     def tokenize(self, sentences, max_len: int):
         """``archnet.text.corpus.tokenize`` with this teacher's tokenizer and position limit."""
@@ -242,6 +257,46 @@ def load_text_teacher(spec: str | os.PathLike | None = None) -> TextTeacher:
     return TextTeacher(model, tokenizer, path, _teacher_name(spec, path))
 
 
+def is_text_teacher(spec) -> bool:
+    """A text teacher is named (``minilm``, ``all-MiniLM-L6-v2``) or is a folder with a
+    transformers ``config.json``."""
+    spec = str(spec)
+    return spec in TEXT_TEACHERS or (Path(spec).is_dir() and (Path(spec) / "config.json").is_file())
+
+
+def recorded_teacher(info: dict, folder) -> TextTeacher:
+    """The teacher a run was converted from (``info``: its convert.json): found where it records
+    (``teacher_path``, as given or relative to the run ``folder``; the bundled MiniLM by its name
+    when its package moved), its weights' SHA-256 equal to the recorded ``teacher_sha256``
+    (another teacher under that name is an error), cut to the recorded ``layers`` if the run
+    kept only the first ones."""
+    from archnet.errors import CheckpointError
+    from archnet.runs import SUMMARY_FILE, resolve_recorded
+    folder = Path(folder)
+    recorded = str(info["teacher_path"])
+    path = resolve_recorded(recorded, folder)
+    if path is None:
+        # the bundled MiniLM moves with its package: its name still finds it
+        if info.get("teacher") not in MINILM_ALIASES:
+            raise CheckpointError(f"{recorded}: the teacher folder convert used is gone (named by "
+                                  f"{folder / SUMMARY_FILE}; looked there and relative to {folder})")
+        teacher = load_text_teacher(info["teacher"])
+    else:
+        teacher = load_text_teacher(path)
+    recorded_sha = info.get("teacher_sha256")
+    if not isinstance(recorded_sha, str):
+        raise CheckpointError(f"{folder}: the run records no teacher_sha256 to check its teacher by")
+    if teacher.fingerprint != recorded_sha:
+        raise CheckpointError(f"{teacher.path}: not the teacher this run was converted from (its "
+                              f"weights' SHA-256 {teacher.fingerprint[:12]}... differs from the "
+                              f"recorded {recorded_sha[:12]}...)")
+    layers = info.get("teacher_layers")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
+        raise CheckpointError(f"{folder / SUMMARY_FILE}: teacher_layers must be an integer, got "
+                              f"{layers!r}")
+    return teacher.truncated(layers)
+
+
 def _teacher_name(spec, path: Path) -> str:
     if spec in MINILM_ALIASES:
         return MINILM_NAME
@@ -253,5 +308,6 @@ def _teacher_name(spec, path: Path) -> str:
     return path.name
 
 
-__all__ = ["SUPPORTED_FAMILIES", "TeacherOutputs", "TeacherShape", "TextTeacher",
-           "load_text_teacher", "pooled_embedding", "resolve_teacher"]
+__all__ = ["SUPPORTED_FAMILIES", "TEXT_TEACHERS", "TeacherOutputs", "TeacherShape", "TextTeacher",
+           "is_text_teacher", "load_text_teacher", "pooled_embedding", "recorded_teacher",
+           "resolve_teacher"]
