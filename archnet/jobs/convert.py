@@ -67,6 +67,17 @@ class ConvertOptions:
     command: str | None = None
 
 
+@dataclass
+class TextConvertOptions:
+    """What a text teacher's conversion reads besides ``ConvertOptions``: the unlabeled corpus,
+    its held-out split and the positions the student supports."""
+    corpus: str | None = None          # one sentence a line; None: Debian's fortunes
+    max_len: int = 64                  # positions; longer sentences are truncated (a warning)
+    layers: int | None = None          # keep only the teacher's first N encoder layers
+    max_sentences: int | None = 2048   # distillation sentences: a seeded sample of the train split
+    heldout_fraction: float = 0.1      # held out by a hash of each sentence, never distilled on
+
+
 def default_recipe(meta: dict) -> str:
     """The hand-written lowering for the zoo's ResNets (what the committed Fashion-MNIST results
     ran), the chip-driven converter for every other network."""
@@ -274,7 +285,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     return summary
 
 
-class _Encoder(torch.nn.Module):
+class TokenEncoder(torch.nn.Module):
     """A text teacher as the converter captures it: token ids and a padding mask in, the
     last hidden state (token rows) out."""
 
@@ -286,38 +297,61 @@ class _Encoder(torch.nn.Module):
         return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
-def convert_text_graph(opts: ConvertOptions, text_opts, cfg: DistillConfig, log=print) -> dict:
+def convert_text_graph(opts: ConvertOptions, text_opts: TextConvertOptions, cfg: DistillConfig,
+                       log=print) -> dict:
     """A text teacher (``minilm`` or a BERT folder) through the chip-driven converter: the
-    corpus' distillation sentences as token ids and masks (``TokenInputs``), the rest of the
-    job as for images (``run_conversion``). ``text_opts``: an ``archnet.text.convert``
-    ``TextConvertOptions`` (corpus, max_len, max_sentences, heldout_fraction)."""
+    corpus' distillation sentences as token ids and masks (``TokenInputs``; the held-out ones,
+    split off by a hash of each sentence, are never read here: ``archnet verify`` measures
+    quality on them), the rest of the job as for images (``run_conversion``)."""
+    import warnings
+
     from archnet.distill.inputs import TokenInputs
-    from archnet.text.corpus import distillation_corpus
+    from archnet.text.corpus import TruncationWarning, distillation_corpus
     from archnet.text.teacher import load_text_teacher
     t0 = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     dist.init_from_env()
     profile = load_profile(opts.chip)
-    out = run_folder(opts.out, opts.resume, [text_opts.corpus, profile.path])
+    teacher_dir = opts.teacher if Path(opts.teacher).exists() else None
+    out = run_folder(opts.out, opts.resume, [teacher_dir, text_opts.corpus, profile.path])
     teacher = load_text_teacher(opts.teacher)
-    tokens, train, heldout = distillation_corpus(
-        teacher, text_opts.corpus, text_opts.heldout_fraction, text_opts.max_sentences,
-        text_opts.max_len, cfg.seed)
+    full_layers = teacher.config.layers
+    teacher = teacher.truncated(text_opts.layers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncationWarning)
+        tokens, train, heldout = distillation_corpus(
+            teacher, text_opts.corpus, text_opts.heldout_fraction, text_opts.max_sentences,
+            text_opts.max_len, cfg.seed)
+    for w in caught:
+        if issubclass(w.category, TruncationWarning):
+            log(f"warning: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    corpus = str(text_opts.corpus or "fortunes")
+    if len(train) < max(cfg.batch_size, 2):
+        raise DataError(f"corpus {corpus}: {len(train)} distillation sentences, need at least "
+                        f"{max(cfg.batch_size, 2)} (a batch)")
     ids = torch.as_tensor(tokens.input_ids)
     mask = torch.as_tensor(tokens.attention_mask)
     data = TokenInputs(ids, mask, teacher.config.vocab_size, "mask")
-    model = _Encoder(teacher.model.eval()).eval()
+    model = TokenEncoder(teacher.model.eval()).eval()
     meta = {"input_shape": [int(ids.shape[1])], "arch": teacher.name, "test_accuracy": None,
             "example_inputs": (ids[:1], mask[:1])}
-    log(f"teacher {teacher.name}: {len(train)} distillation sentences, {len(heldout)} held out, "
-        f"{ids.shape[1]} positions; chip {profile.name}, recipe {opts.recipe}")
+    kept = f" (its first {teacher.config.layers} of {full_layers} layers)" \
+        if teacher.config.layers != full_layers else ""
+    log(f"teacher {teacher.name}{kept}: {len(train)} distillation sentences "
+        f"({tokens.truncated} truncated to {ids.shape[1]} positions), {len(heldout)} held out; "
+        f"chip {profile.name}, recipe {opts.recipe}")
     source = {"teacher": str(opts.teacher), "teacher_sha256": teacher.fingerprint,
-              "dataset": str(text_opts.corpus or "fortunes")}
+              "dataset": corpus}
     # what verify needs to find the held-out sentences and the teacher again
-    extra = {"inputs": "tokens", "corpus": str(text_opts.corpus or "fortunes"),
+    extra = {"inputs": "tokens", "corpus": corpus,
              "heldout_fraction": float(text_opts.heldout_fraction), "max_len": int(ids.shape[1]),
-             "teacher_name": teacher.name, "teacher_path": str(teacher.path)}
+             "teacher_name": teacher.name, "teacher_path": str(teacher.path),
+             "teacher_layers": teacher.config.layers if kept else None,
+             "distill_sentences": len(train), "heldout_sentences": len(heldout),
+             "truncated": int(tokens.truncated)}
     # one-hot rows are vocabulary-wide (30,522 columns for MiniLM): calibrate, check and run
     # the simulator prefix on a few dozen sentences at a time
     opts = replace(opts, report=False, calibration_images=min(opts.calibration_images, 64),

@@ -1,19 +1,37 @@
-"""``archnet verify`` for a text network converted by the chip-driven converter (a run whose
-Program reads one-hot ``tokens`` and a key mask): the held-out sentences through the
-simulator, archnet's integer emulation, the fake-quant student and the teacher.
+"""``archnet verify`` for a text network of ``archnet convert`` (a run whose Program reads one-hot
+``tokens`` and a key mask): the held-out sentences through the simulator, archnet's integer
+emulation, the fake-quant student and the teacher.
 
-The held-out sentences are the corpus' split as convert made it (``convert.json``: corpus,
-``heldout_fraction``, ``max_len``), never distilled on; the teacher is the one recorded (its
-weights' hash checked). Every block output of the emulation must equal the simulator's; the
-sentence embeddings (the last token rows mean-pooled over the real tokens, L2-normalised) of
-the simulator and of the fake-quant student are compared with the teacher's
-(``archnet.text.quality.embedding_quality``). The report has the text verify's fields, so
-``archnet.text.verify.format_text_verify`` prints it.
+1. ``model.program`` must be the export of ``student.pt`` beside it (every node, attribute,
+   tensor type and constant; a difference is a one-line error naming both files);
+2. the held-out sentences are the corpus' split as convert made it (``convert.json``: corpus,
+   ``heldout_fraction``, ``max_len``), never distilled on; the first ``max_sentences`` are
+   tokenized to the student's positions with the teacher's tokenizer. The teacher is the one
+   recorded (its weights' hash checked; cut to the recorded ``teacher_layers`` if the run kept
+   only its first layers);
+3. they run in chunks of ``batch`` sentences four ways: the **simulator** (the Program re-exported
+   at the chunk's batch: step 1 ties the student to the saved Program), archnet's **integer
+   emulation**, the **fake-quant student** and the **teacher**;
+4. every block output of the emulation must equal the simulator's (the first place they part is
+   located and explained: ``simulator.compare.find_divergence``); the sentence embeddings (the
+   last token rows mean-pooled over the real tokens, L2-normalised: ``quality.pooled``) of the
+   simulator and of the fake-quant student are compared with the teacher's
+   (``archnet.text.quality.embedding_quality``);
+5. the simulator's accumulator statistics are summed per MAC op (``simulator.overflow``): the
+   outputs that wrapped or saturated on this chip and the narrowest safe accumulator, said in
+   words next to the result (bit-exact agreement cannot show it: both sides wrap alike);
+6. the cost model's estimate of the batch-1 Program on the chip.
+
+The chip may differ from the one the student was converted for: the Program stores real
+requantization multipliers and each profile turns them into its own integers.
+``format_text_verify`` prints the report.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -22,14 +40,29 @@ import numpy as np
 import torch
 
 from archnet.distill.inputs import TokenInputs
-from archnet.errors import CheckpointError, DataError
+from archnet.errors import ArchnetError, CheckpointError, DataError
 from archnet.runs import STUDENT_FILE, SUMMARY_FILE
 from archnet.student_program import check_program_matches, load_run_program
 
+DEFAULT_MAX_SENTENCES = 512
+DEFAULT_BATCH = 16
 _RUN_KEYS = ("corpus", "heldout_fraction", "max_len", "teacher_path", "teacher_sha256")
 
 
+def verify_command(program_path, chip: str, out=None, max_sentences=DEFAULT_MAX_SENTENCES,
+                   batch=DEFAULT_BATCH) -> str:
+    """The ``archnet verify`` line that runs this verification."""
+    parts = ["archnet", "verify", str(program_path), "--chip", str(chip)]
+    if out is not None:
+        parts += ["--out", str(out)]
+    parts += ["--max-sentences", "all" if max_sentences is None else str(max_sentences),
+              "--batch", str(batch)]
+    return shlex.join(parts)
+
+
 def _run_info(program_path: Path) -> dict:
+    """convert.json beside the Program: the run's teacher, corpus, split and positions."""
+    from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields
     path = program_path.parent / SUMMARY_FILE
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
@@ -39,27 +72,58 @@ def _run_info(program_path: Path) -> dict:
     missing = [k for k in _RUN_KEYS if not isinstance(info, dict) or info.get(k) is None]
     if missing:
         raise CheckpointError(f"{path}: records no {', '.join(missing)} (written by `archnet "
-                              f"convert TEXT_TEACHER --recipe native`?)")
+                              f"convert TEXT_TEACHER ...`?)")
+    check_fields(info, TEXT_SUMMARY_FIELDS, str(path), "archnet convert TEXT_TEACHER ...")
     info["teacher"] = info.get("teacher_name") or info.get("teacher")
     return info
 
 
-def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 512,
-                  batch: int = 16, progress=None, command: str | None = None,
+def _check_counts(max_sentences, batch) -> None:
+    from archnet.text.quality import MIN_SENTENCES
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ArchnetError(f"batch must be an integer of at least 1, got {batch!r}")
+    if max_sentences is not None and (isinstance(max_sentences, bool) or
+                                      not isinstance(max_sentences, (int, np.integer))
+                                      or max_sentences < MIN_SENTENCES):
+        raise ArchnetError(f"max_sentences must be an integer of at least {MIN_SENTENCES} "
+                           f"(nearest neighbours and rankings need them), got {max_sentences!r}")
+
+
+def verify_tokens(program_path, chip, *, out=None,
+                  max_sentences: int | None = DEFAULT_MAX_SENTENCES, batch: int = DEFAULT_BATCH,
+                  backend: str = "kernels", progress=None, command: str | None = None,
                   log=print) -> dict:
-    from archnet.verify_report import advance, progress_bar
+    """Verify a text run's ``model.program`` on ``chip`` (a profile name, file or
+    ``ChipProfile``) with its held-out sentences; see the module doc.
+
+    ``max_sentences``: the first N held-out sentences (None: all). ``batch``: sentences per
+    simulator run. ``progress``: a tqdm bar on stderr (None: when stderr is a terminal).
+    ``log``: where notes go (None: nowhere). ``command``: the command line to record (default:
+    the ``archnet verify`` line that does the same). Returns the report as a JSON-ready dict
+    (``bit_exact`` says whether every element agreed); with ``out`` also writes it there,
+    atomically. Raises ``ArchnetError`` (one line, naming the file) for missing or mismatched
+    files and data that does not fit."""
+    from archnet.jobs.verify import first_divergence
     from archnet.student_io import load_student
-    from archnet.text.corpus import TruncationWarning
-    from archnet.text.quality import MIN_SENTENCES, verify_quality
-    from archnet.text.student import pooled
-    from archnet.text.verify import _heldout, _text_teacher
+    from archnet.text.corpus import TruncationWarning, recorded_heldout
+    from archnet.text.quality import MIN_SENTENCES, pooled, verify_quality
+    from archnet.text.teacher import recorded_teacher
+    from archnet.verify_report import advance, progress_bar, reduce_overflow
     from simulator.cost import estimate
+    from simulator.digest import files_sha256
     from simulator.execute import execute
     from simulator.fileio import atomic_write_bytes
     from simulator.jsontext import finite_or_null, json_text
+    from simulator.overflow import merge_stats
     from simulator.profiles import ChipProfile, load_profile
 
+    say = log or (lambda _m: None)
     start_t = time.perf_counter()
+    _check_counts(max_sentences, batch)
+    batch = int(batch)
+    max_sentences = None if max_sentences is None else int(max_sentences)
+
+    # -- files
     program_path = Path(program_path)
     program = load_run_program(program_path)
     student_path = program_path.parent / STUDENT_FILE
@@ -67,25 +131,44 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
         raise CheckpointError(f"{student_path}: no such student checkpoint beside {program_path}")
     student, meta = load_student(student_path)
     check_program_matches(program, student, program_path, student_path)
+    if len(student.input_shape) != 2 or not student.side_inputs:
+        raise ArchnetError(f"{program_path}: not a text network (its student reads "
+                           f"{list(student.input_shape)}, not token rows and a mask)")
     info = _run_info(program_path)
     folder = program_path.parent
-    teacher = _text_teacher(info, folder)
-    profile = chip if isinstance(chip, ChipProfile) else load_profile(chip)
     seq_len, vocab = student.input_shape
+    if int(info["max_len"]) != seq_len:
+        raise CheckpointError(f"{folder / SUMMARY_FILE}: max_len {info['max_len']}, but "
+                              f"{program_path} takes {seq_len} positions")
+    if meta.get("teacher_sha256") not in (None, info["teacher_sha256"]):
+        raise CheckpointError(f"{folder / SUMMARY_FILE}: records teacher_sha256 "
+                              f"{str(info['teacher_sha256'])[:12]}..., {student_path} "
+                              f"{str(meta['teacher_sha256'])[:12]}...: not the same run")
+    teacher = recorded_teacher(info, folder)     # the recorded one: its weights' hash checked
+    profile = chip if isinstance(chip, ChipProfile) else load_profile(chip)
+    if command is None:
+        command = verify_command(program_path, profile.name, out, max_sentences, batch)
+
+    # -- data
     mask_name = next(iter(student.side_inputs))
-    sentences, heldout_total, corpus = _heldout(info, folder, max_sentences)
+    sentences, heldout_total, corpus = recorded_heldout(info, folder, max_sentences)
     n = len(sentences)
     if n < MIN_SENTENCES:
-        raise DataError(f"corpus {corpus}: {n} held-out sentence(s); embedding quality needs at "
-                        f"least {MIN_SENTENCES}")
+        raise DataError(f"corpus {corpus}: {n} held-out sentence(s) at heldout_fraction "
+                        f"{info['heldout_fraction']}; embedding quality needs at least "
+                        f"{MIN_SENTENCES} (give a larger corpus or fraction when converting)")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)
+        warnings.simplefilter("ignore", TruncationWarning)    # counted and reported below
         tokens = teacher.tokenize(sentences, seq_len)
-    ids_all = torch.as_tensor(tokens.input_ids)
-    mask_all = torch.as_tensor(tokens.attention_mask)
-    data = TokenInputs(ids_all, mask_all, vocab, mask_name)
-    log(f"verify {program_path} on {profile.name}: {n} held-out sentences of {corpus}, "
+    if tokens.truncated:
+        say(f"warning: {tokens.truncated} of {n} held-out sentences were truncated to {seq_len} "
+            f"positions")
+    data = TokenInputs(torch.as_tensor(tokens.input_ids), torch.as_tensor(tokens.attention_mask),
+                       vocab, mask_name)
+    say(f"verify {program_path} on {profile.name}: {n} held-out sentences of {corpus}, "
         f"{seq_len} positions, chunks of {batch}")
+
+    # -- runs
     names = student.block_names
     matched = np.zeros(len(names), np.int64)
     totals = np.zeros(len(names), np.int64)
@@ -93,6 +176,8 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
     stage = {"simulator": 0.0, "emulation": 0.0, "fake-quant": 0.0, "teacher": 0.0}
     programs: dict[int, object] = {}
     block_pieces: list[list[str]] = []
+    overflow: dict = {}   # MAC op -> OverflowStats, summed over the chunks
+    divergence = None
     starts = list(range(0, n, batch))
     bar = progress_bar(len(starts), progress, profile.name)
     student.eval()
@@ -101,25 +186,40 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
             idx = torch.arange(b0, min(b0 + batch, n))
             ids, mask = data.teacher(idx)
             token_ids, side = data.student(idx)
-            onehot = student.input.rows(token_ids)
             k = len(idx)
             if k not in programs:
                 programs[k] = student.export((k, seq_len, vocab), feature_outputs=True)
             prog = programs[k]
+            feeds = {prog.inputs[0]: student.input.rows(token_ids).numpy().astype(np.uint8),
+                     prog.inputs[1]: mask.numpy().astype(np.uint8)}
             t = time.perf_counter()
-            sim = execute(prog, profile, {prog.inputs[0]: onehot.numpy().astype(np.uint8),
-                                          prog.inputs[1]: mask.numpy().astype(np.uint8)},
-                          trace=False).outputs
+            result = execute(prog, profile, feeds, backend=backend, trace=False)
             stage["simulator"] += time.perf_counter() - t
+            sim = result.outputs
+            merge_stats(overflow, result.overflow)
             t = time.perf_counter()
             ours = student.integer_features(token_ids, profile, side=side)
             stage["emulation"] += time.perf_counter() - t
             pieces = block_pieces = prog.metadata["archnet"]["block_outputs"]
+            bad = False
             for i, (ps, q) in enumerate(zip(pieces, ours, strict=True)):
-                s = np.asarray(sim[ps[0]])
+                s = np.concatenate([np.asarray(sim[p]) for p in ps], axis=1)
                 mine = q.value.numpy()
-                matched[i] += int((s.astype(np.int64) == mine).sum()) if s.shape == mine.shape else 0
+                same = int((s.astype(np.int64) == mine).sum()) if s.shape == mine.shape else 0
+                matched[i] += same
                 totals[i] += mine.size
+                bad |= same != mine.size
+            if bad and divergence is None:
+                div = first_divergence(prog, profile, feeds, ours, pieces, backend)
+                if div is not None:
+                    block = next((name for name, ps in zip(names, pieces) if div.tensor in ps),
+                                 None)
+                    divergence = {"block": block,
+                                  "sentence": b0 + (div.index[0] if div.index else 0),
+                                  "node": div.node, "tensor": div.tensor,
+                                  "index": list(div.index), "simulator": div.value_a,
+                                  "archnet": div.value_b, "explanations": list(div.explanations),
+                                  "text": div.format()}
             last = pieces[-1][0]
             scale = float(prog.tensors[last].scale[0])
             emb["simulator"].append(pooled(torch.from_numpy(np.asarray(sim[last]).astype(np.float64)
@@ -139,6 +239,7 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
     finally:
         if bar is not None:
             bar.close()
+
     quality = verify_quality(emb)
     est = estimate(program, profile)
     agreement = [{"name": name, "tensor": ps[0], "matched": int(m), "total": int(t),
@@ -149,12 +250,14 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
     wall = time.perf_counter() - start_t
     doc = finite_or_null({
         "family": "text", "inputs": "tokens",
-        "program": str(program_path), "student": str(student_path),
+        "program": str(program_path), "program_sha256": files_sha256(program_path),
+        "student": str(student_path), "summary": str(folder / SUMMARY_FILE),
         "teacher": teacher.name, "teacher_path": str(teacher.path),
-        "teacher_sha256": teacher.fingerprint, "teacher_matches_conversion": True,
+        "teacher_sha256": teacher.fingerprint, "teacher_layers": info.get("teacher_layers"),
+        "teacher_matches_conversion": True,
         "chip": profile.name, "chip_path": str(profile.path),
         "converted_for": meta.get("profile"), "bits": meta.get("bits"),
-        "backend": "kernels", "batch": batch, "chunks": len(starts),
+        "backend": backend, "batch": batch, "chunks": len(starts),
         "data": {"corpus": info["corpus"], "corpus_read": corpus,
                  "heldout_fraction": float(info["heldout_fraction"]),
                  "heldout_sentences": heldout_total, "max_sentences": max_sentences,
@@ -163,7 +266,9 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
         "agreement_fraction": m_all / t_all if t_all else 1.0, "bit_exact": m_all == t_all,
         "first_divergent_block": next((a["name"] for a in agreement
                                        if a["matched"] != a["total"]), None),
-        "divergence": None, "overflow": None, "quality": quality,
+        "divergence": divergence,
+        "overflow": reduce_overflow(program, profile, overflow, over_ranks=False).to_dict(),
+        "quality": quality,
         "latency_ms": float(est.total_latency_ms), "latency_batch": 1,
         "latency_positions": seq_len,
         "fallbacks": [{"name": op.name, "reason": op.fallback_reason} for op in est.fallbacks],
@@ -176,4 +281,84 @@ def verify_tokens(program_path, chip, *, out=None, max_sentences: int | None = 5
     return doc
 
 
-__all__ = ["verify_tokens"]
+# ----------------------------------------------------------------------------- text
+
+def _num(v, fmt: str = "{:.4f}") -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def _bits(bits) -> str:
+    if isinstance(bits, list):          # each block's widths
+        return str(bits[0]) if len(set(bits)) == 1 else "/".join(map(str, bits))
+    return str(bits or "?")
+
+
+def format_text_verify(doc: dict) -> str:
+    """The human summary of a ``verify_tokens`` report."""
+    from archnet.text.quality import QUALITY_KEYS
+    from archnet.verify_report import overflow_result_lines, pct
+    from simulator.overflow import OverflowSummary
+    d = doc["data"]
+    first = "" if d["max_sentences"] is None or d["sentences"] == d["heldout_sentences"] else \
+        f" (the first {d['sentences']} of {d['heldout_sentences']})"
+    layers = doc.get("teacher_layers")
+    lines = [
+        f"verify {doc['program']} on {doc['chip']} ({doc['chip_path']})",
+        f"  student  {doc['student']} (converted for {doc['converted_for'] or '?'}, "
+        f"bits {_bits(doc['bits'])})",
+        f"  teacher  {doc['teacher']} ({doc['teacher_path']})"
+        + (f", its first {layers} layers" if layers else ""),
+        f"  data     {d['sentences']} held-out sentences{first} of {d['corpus']} (held-out "
+        f"fraction {d['heldout_fraction']}), {d['max_len']} positions, {d['truncated']} "
+        f"truncated; chunks of {doc['batch']} ({doc['chunks']}), backend {doc['backend']}",
+        "",
+        "integer emulation vs simulator",
+        f"  {'block output':<24} {'matched':>12} {'total':>12} {'agree':>9}",
+    ]
+    for a in doc["agreement"]:
+        lines.append(f"  {a['name']:<24} {a['matched']:>12,} {a['total']:>12,} "
+                     f"{pct(a['fraction']):>9}")
+    lines.append(f"  {'all':<24} {doc['elements_matched']:>12,} {doc['elements_total']:>12,} "
+                 f"{pct(doc['agreement_fraction']):>9}")
+    overflow = OverflowSummary.from_dict(doc["overflow"]) if doc.get("overflow") else None
+    if overflow is not None:
+        lines += ["", *overflow.lines()]
+    sim, fq = doc["quality"]["simulator_vs_teacher"], doc["quality"]["fake_quant_vs_teacher"]
+    labels = {"mean_cosine": "mean cosine", "median_cosine": "median cosine",
+              "min_cosine": "min cosine", "nn_agreement": "NN agreement",
+              "spearman": "Spearman (pair ranks)"}
+    lines += ["", f"sentence embeddings against the teacher's ({d['sentences']} sentences)",
+              f"  {'':<24} {'simulator':>10} {'fake-quant':>11}"]
+    for key in QUALITY_KEYS:
+        lines.append(f"  {labels[key]:<24} {_num(sim[key]):>10} {_num(fq[key]):>11}")
+    nf = doc["fallback_count"]
+    lines += [
+        "",
+        f"estimate on {doc['chip']}: {doc['latency_ms']:.4f} ms per sentence (batch 1, "
+        f"{doc['latency_positions']} positions), {nf} fallback" + ("" if nf == 1 else "s")
+        + (": " + ", ".join(f["name"] for f in doc["fallbacks"][:5]) if nf else ""),
+        f"time     {doc['wall_s']:.2f} s wall, {doc['simulator_s']:.2f} s in the simulator "
+        f"({doc['simulator_share']:.0%}); "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in doc["stage_s"].items()),
+    ]
+    for key, cmd in doc["commands"].items():
+        if cmd:
+            lines.append(f"  {key + ':':<10} {cmd}")
+    lines.append("")
+    if doc["bit_exact"]:
+        lines.append(f"result: BIT-EXACT: all {doc['elements_total']:,} elements agree")
+    else:
+        lines.append(f"result: MISMATCH: {doc['elements_total'] - doc['elements_matched']:,} of "
+                     f"{doc['elements_total']:,} elements differ; first divergent block "
+                     f"{doc['first_divergent_block']!r}")
+        div = doc.get("divergence")
+        if div:
+            text = div["text"].splitlines()
+            lines.append(f"  in held-out sentence {div['sentence']}; {text[0]}")
+            lines += ["  " + ln for ln in text[1:]]
+    lines += overflow_result_lines(overflow, doc["bit_exact"])
+    return "\n".join(lines)
+
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_MAX_SENTENCES", "format_text_verify", "verify_command",
+           "verify_tokens"]

@@ -169,10 +169,13 @@ _NUMBER, _INT, _TEXT, _FLAG, _TEXTS = "number", "integer", "string", "boolean", 
 SUMMARY_FIELDS = {"chip": _TEXT, "bits": _TEXTS, "teacher": _TEXT, "dataset": _TEXT,
                   "profile_path": _TEXT, "images": _INT, "simulator_share": _NUMBER,
                   "command": _TEXT, "estimated_latency_ms": _NUMBER}
-TEXT_SUMMARY_FIELDS = {"chip": _TEXT, "profile": _TEXT, "bits": _TEXT, "teacher": _TEXT,
-                       "teacher_path": _TEXT, "teacher_sha256": _TEXT, "corpus": _TEXT,
-                       "heldout_fraction": _NUMBER, "max_len": _INT, "command": _TEXT,
-                       "family": _TEXT, "estimated_latency_ms": _NUMBER}
+# a text network's convert.json (``archnet convert TEXT_TEACHER``): the image fields it shares,
+# and what verify and the report need to find its teacher, corpus split and positions again
+TEXT_SUMMARY_FIELDS = {"chip": _TEXT, "bits": _TEXTS, "teacher": _TEXT, "teacher_name": _TEXT,
+                       "teacher_path": _TEXT, "teacher_sha256": _TEXT, "teacher_layers": _INT,
+                       "corpus": _TEXT, "heldout_fraction": _NUMBER, "max_len": _INT,
+                       "profile_path": _TEXT, "inputs": _TEXT, "command": _TEXT,
+                       "estimated_latency_ms": _NUMBER}
 HISTORY_FIELDS = {"period": _INT, "seconds": _NUMBER, "simulator_seconds": _NUMBER,
                   "new_block": _TEXT, "blocks": _TEXTS, "steps": _INT, "loss_first": _NUMBER,
                   "loss_last": _NUMBER, "simulator_in_loop": _FLAG, "simulator_images": _INT}

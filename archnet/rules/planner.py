@@ -276,7 +276,8 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
         raise ConversionError(
             f"{len(unplaced)} teacher node(s) cannot run on {profile.name}"
             f"{' with the paper recipe' if recipe == 'paper' else ''}: " + " | ".join(unplaced)
-            + " (--allow-fallback runs them on the host)")
+            + " (`archnet plan --allow-fallback` costs them on the host; a conversion needs a "
+              "chip that runs them)")
     decisions = tuple(decided[n.name] for n in graph.nodes)
     notes = tuple(n for b in dict.fromkeys(d.bits for d in decisions)
                   for n in _precision_notes(profile, b))

@@ -1,4 +1,5 @@
-"""``archnet report RUN_DIR [RUN_DIR ...]`` for text runs: report.md, latency.csv, quality.csv.
+"""``archnet report RUN_DIR [RUN_DIR ...]`` for text runs (``archnet convert`` of a text teacher,
+whose convert.json records token ``inputs``): report.md, latency.csv, quality.csv.
 
 - **Quality** per run and verified chip, from each ``verify_<chip>.json`` (``archnet verify``):
   how close the simulator's sentence embeddings of the held-out sentences are to the teacher's
@@ -28,26 +29,31 @@ from archnet.errors import ArchnetError, ReportError
 from archnet.report.collect import TEXT_SUMMARY_FIELDS, check_fields, read_json, show_path
 from archnet.report.markdown import Markdown, code
 from archnet.report.staging import check_target, staged_folder
+from archnet.runs import PROGRAM_FILE, STUDENT_FILE, SUMMARY_FILE
 
-STUDENT_FILE = "student.pt"
-PROGRAM_FILE = "model.program"
-SUMMARY_FILE = "convert.json"
 VERIFY_GLOB = "verify_*.json"
 
 
-def is_text_run(path) -> bool:
-    """Whether ``path`` is a run folder of a text network: convert.json records family "text"
-    (``archnet/text``'s student) or token inputs (the chip-driven converter's)."""
-    summary = Path(path) / SUMMARY_FILE
+def _summary(path) -> dict | None:
     try:
-        doc = json.loads(summary.read_text(encoding="utf-8"))
+        doc = json.loads((Path(path) / SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(doc, dict) and (doc.get("family") == "text" or doc.get("inputs") == "tokens")
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
-def _token_run(summary: dict) -> bool:
-    return summary.get("inputs") == "tokens"
+def is_text_run(path) -> bool:
+    """Whether ``path`` is a run folder of a text network: its convert.json records token
+    ``inputs`` (``archnet convert`` of a text teacher)."""
+    doc = _summary(path)
+    return doc is not None and doc.get("inputs") == "tokens"
+
+
+def is_retired_text_run(path) -> bool:
+    """Whether ``path`` is a run folder of the retired ``archnet/text`` student (its convert.json
+    records family "text" and no token inputs): no command reads those any more."""
+    doc = _summary(path)
+    return doc is not None and doc.get("family") == "text" and doc.get("inputs") != "tokens"
 
 
 def report_command(run_dirs, out=None, chips=None) -> str:
@@ -73,7 +79,7 @@ class TextRun:
     @property
     def bits(self) -> str:
         bits = self.summary.get("bits") or "?"
-        if isinstance(bits, list):      # the shared pipeline records each block's bits
+        if isinstance(bits, list):      # each block's widths
             return bits[0] if len(set(bits)) == 1 else "mixed " + "/".join(map(str, bits))
         return str(bits)
 
@@ -95,8 +101,9 @@ def _verify_remedy(run: Path, chip: str) -> str:
 def open_text_run(path) -> TextRun:
     """Check a text run folder: its three files, that model.program is student.pt's export,
     and its verify records."""
-    from archnet.text.student_io import load_text_student
-    from archnet.text.verify import _sha256, check_text_program
+    from archnet.student_io import load_student
+    from archnet.student_program import check_program_matches
+    from simulator.digest import files_sha256
     from simulator.errors import SimulatorError
     from simulator.ir.program import load_program
 
@@ -112,22 +119,14 @@ def open_text_run(path) -> TextRun:
                           f"folder; `{remedy}` writes {'it' if len(missing) == 1 else 'them'}")
     if not isinstance(remedy, str):
         remedy = "archnet convert TEACHER --chip CHIP --out " + str(run)
-    tokens = _token_run(summary)
-    if not tokens:
-        check_fields(summary, TEXT_SUMMARY_FIELDS, str(run / SUMMARY_FILE), remedy)
+    check_fields(summary, TEXT_SUMMARY_FIELDS, str(run / SUMMARY_FILE), remedy)
     for key in ("max_len", "teacher_path", "bits", "chip"):
         if summary.get(key) is None:
             raise ReportError(f"{run / SUMMARY_FILE}: no {key!r}; rewrite it with `{remedy}`")
     try:
         program = load_program(run / PROGRAM_FILE)
-        if tokens:
-            from archnet.student_io import load_student
-            from archnet.student_program import check_program_matches
-            student, _meta = load_student(run / STUDENT_FILE)
-            check_program_matches(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
-        else:
-            student, _meta = load_text_student(run / STUDENT_FILE)
-            check_text_program(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
+        student, _meta = load_student(run / STUDENT_FILE)
+        check_program_matches(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
     except SimulatorError as exc:   # ArchnetError included
         raise ReportError(f"{exc} (rewrite the run with `{remedy}`)") from None
     text_run = TextRun(run, summary, program)
@@ -145,7 +144,7 @@ def open_text_run(path) -> TextRun:
             raise ReportError(f"{p}: a second verify record for chip {chip!r}; keep one")
         text_run.verifies[chip] = {**doc, "_file": str(p)}
         if doc.get("program_sha256"):
-            program_sha = program_sha or _sha256(run / PROGRAM_FILE)
+            program_sha = program_sha or files_sha256(run / PROGRAM_FILE)
             if doc["program_sha256"] != program_sha:
                 text_run.stale.add(chip)
     return text_run
@@ -164,33 +163,35 @@ def _types_text(types: dict) -> str:
 
 
 def latency_rows(runs: list[TextRun], profiles, log) -> list[dict]:
-    """Per chip: each distinct teacher graph (teacher, max_len), then each run's Program."""
+    """Per chip: each distinct teacher graph (teacher, max_len, the layers a truncated run
+    kept), then each run's Program."""
+    from archnet.text.teacher import recorded_teacher
     from archnet.text.teacher_graph import teacher_latency_rows
-    from archnet.text.verify import _text_teacher
     from simulator.cost import estimate
 
-    teachers: dict[tuple, dict] = {}   # (teacher path, max_len) -> {chip: row}
+    teachers: dict[tuple, dict] = {}   # (teacher path, max_len, layers) -> {chip: row}
     run_teacher: dict[int, tuple] = {}
-    loaded: dict[str, object] = {}
+    loaded: dict[tuple, object] = {}
     for i, r in enumerate(runs):
         tpath = str(r.summary["teacher_path"])
-        key = (tpath, r.max_len)
+        key = (tpath, r.max_len, r.summary.get("teacher_layers"))
         run_teacher[i] = key
         if key in teachers:
             continue
         try:
-            if tpath not in loaded:
-                loaded[tpath] = _text_teacher(r.summary, r.path)
-            teacher = loaded[tpath]
+            if (tpath, key[2]) not in loaded:
+                loaded[tpath, key[2]] = recorded_teacher(r.summary, r.path)
+            teacher = loaded[tpath, key[2]]
             rows = teacher_latency_rows(teacher, r.max_len, profiles)
         except ReportError:
             raise
         except ArchnetError as exc:
             raise ReportError(f"{r.path / SUMMARY_FILE}: the teacher's graph cannot be costed: "
                               f"{exc}") from None
-        teachers[key] = {"name": teacher.name, "path": str(teacher.path),
+        name = teacher.name + (f", first {key[2]} layers" if key[2] else "")
+        teachers[key] = {"name": name, "path": str(teacher.path),
                          "rows": {row["chip"]: row for row in rows}}
-        log(f"estimated the teacher {teacher.name} at {r.max_len} positions on "
+        log(f"estimated the teacher {name} at {r.max_len} positions on "
             f"{len(rows)} chip(s)")
     several = len(teachers) > 1
     out = []
@@ -337,15 +338,15 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
     md.h(2, "Data and commands")
     for r in runs:
         s = r.summary
-        st = s.get("student") or {}
+        blocks = s.get("blocks") if isinstance(s.get("blocks"), list) else []
         md.h(3, r.label)
         items = [
             f"folder: {code(show_path(r.path))}",
             f"teacher: {code(s.get('teacher') or '?')} at {code(s['teacher_path'])}"
+            + (f", its first {s['teacher_layers']} encoder layers" if s.get("teacher_layers")
+               else "")
             + (f", weights SHA-256 {code(s['teacher_sha256'])}" if s.get("teacher_sha256") else ""),
-            f"student: {code(r.bits)}"
-            + (f", {st.get('layers')} layers, hidden {st.get('hidden')}, activation "
-               f"{code(st.get('activation'))}, residual {code(st.get('residual'))}" if st else "")
+            f"student: {code(r.bits)}" + (f", {len(blocks)} blocks" if blocks else "")
             + f"; converted for {code(s.get('chip'))}"
             + (f" ({code(show_path(s['profile_path']))})" if s.get("profile_path") else ""),
             f"corpus: {code(s.get('corpus') or 'fortunes')}; held-out fraction "
@@ -354,7 +355,7 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
             f"distillation sentences ({s.get('truncated', '?')} truncated), "
             f"{s.get('heldout_sentences', '?')} held out; {r.max_len} positions",
             "converted by: " + (code(r.convert_command) if r.convert_command else
-                                "not recorded (convert_text called from Python)"),
+                                "not recorded (converted from Python)"),
         ]
         for chip, doc in sorted(r.verifies.items()):
             d = doc.get("data") or {}
@@ -393,7 +394,7 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     for p in run_dirs:
         if not is_text_run(p):
             raise ReportError(f"{p}: not a text run folder (its {SUMMARY_FILE} does not record "
-                              f"family 'text'); report CNN runs one at a time")
+                              f"token inputs); report image runs one at a time")
         runs.append(open_text_run(p))
     _labels(runs)
     profiles = [load_profile(c) for c in (chip_list or list_profiles())]
@@ -411,5 +412,5 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     return out
 
 
-__all__ = ["TextRun", "is_text_run", "latency_rows", "open_text_run", "quality_rows",
+__all__ = ["TextRun", "is_retired_text_run", "is_text_run", "latency_rows", "open_text_run", "quality_rows",
            "report_command", "write_text_report"]
