@@ -17,10 +17,9 @@ def _given(value, default):
 
 # options of one teacher family only: given to the other, they are refused, not ignored
 TEXT_ONLY = ("corpus", "max_len", "layers", "max_sentences", "heldout_fraction", "final_steps",
-             "final_window", "attention_weight", "no_chip_values", "allow_fallback")
+             "final_window")
 CNN_ONLY = ("latency_budget", "dataset", "data", "max_images", "calibration_images",
-            "keep_global_pool", "recipe", "epochs_per_period", "restarts", "mixup", "cosine_weight",
-            "no_attention")
+            "keep_global_pool", "mixup", "no_attention")
 
 
 def _check_family_options(args, text: bool) -> None:
@@ -30,44 +29,25 @@ def _check_family_options(args, text: bool) -> None:
     if given:
         raise ArchnetError(f"{', '.join(given)}: {'CNN' if text else 'text'} teachers only; "
                            f"{args.teacher} is a {'text' if text else 'CNN'} teacher")
+    if text and args.recipe == "resnet":
+        raise ArchnetError(f"--recipe resnet lowers the zoo's ResNets only; {args.teacher} is a "
+                           f"text teacher (use --recipe native, the default, or paper)")
     if not text and args.latency_budget is not None and args.bits is not None:
         raise ArchnetError("--bits and --latency-budget: give one (the budget chooses the bits)")
 
 
 def cmd_convert_text(args) -> int:
-    from archnet.argv import command_line
-    from archnet.text.convert import TextConvertOptions, convert_text
-    from archnet.text.distill import TextDistillConfig
-    opts = TextConvertOptions(
-        teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "8w8a",
-        corpus=args.corpus, max_len=args.max_len, layers=args.layers,
-        max_sentences=args.max_sentences,
-        heldout_fraction=args.heldout_fraction, allow_fallback=args.allow_fallback,
-        resume=args.resume, threads=args.threads, command=command_line())
-    cfg = TextDistillConfig(
-        steps_per_period=150 if args.steps_per_period is None else args.steps_per_period,
-        final_steps=args.final_steps, final_window=args.final_window,
-        batch_size=_given(args.batch_size, 32),
-        lr=_given(args.lr, 1e-4), window=args.window, simulator_in_loop=not args.no_simulator_in_loop,
-        attention_weight=args.attention_weight, chip_values=not args.no_chip_values,
-        seed=args.seed, progress=args.progress)
-    convert_text(opts, cfg, log=lambda line: print(line, flush=True))
-    return 0
-
-
-def cmd_convert_text_graph(args) -> int:
-    """A text teacher through the chip-driven converter (``--recipe native`` or ``paper``)."""
+    """A text teacher through the chip-driven converter (``--recipe native``, the default, or
+    ``paper``): the corpus' sentences as token ids and masks, the rest as for images."""
     from archnet.argv import command_line
     from archnet.distill.loop import DistillConfig
-    from archnet.jobs.convert import ConvertOptions, convert_text_graph
-    from archnet.text.convert import TextConvertOptions
+    from archnet.jobs.convert import ConvertOptions, TextConvertOptions, convert_text_graph
     opts = ConvertOptions(teacher=args.teacher, chip=args.chip, out=args.out,
-                          bits=args.bits or "8w8a", recipe=args.recipe, resume=args.resume,
-                          threads=args.threads, command=command_line())
+                          bits=args.bits or "8w8a", recipe=args.recipe or "native",
+                          resume=args.resume, threads=args.threads, command=command_line())
     text_opts = TextConvertOptions(
-        teacher=args.teacher, chip=args.chip, out=args.out, corpus=args.corpus,
-        max_len=args.max_len, max_sentences=args.max_sentences,
-        heldout_fraction=args.heldout_fraction)
+        corpus=args.corpus, max_len=args.max_len, layers=args.layers,
+        max_sentences=args.max_sentences, heldout_fraction=args.heldout_fraction)
     cfg = DistillConfig(
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
         batch_size=_given(args.batch_size, 32), lr=_given(args.lr, 1e-4), window=args.window,
@@ -79,10 +59,8 @@ def cmd_convert_text_graph(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from archnet.text.convert import is_text_teacher
+    from archnet.text.teacher import is_text_teacher
     text = is_text_teacher(args.teacher)
-    if text and args.recipe in ("native", "paper"):
-        return cmd_convert_text_graph(args)
     _check_family_options(args, text)
     if text:
         return cmd_convert_text(args)
@@ -114,9 +92,10 @@ def add_commands(sub) -> None:
     c = sub.add_parser(
         "convert", help="teacher -> Arch-Net for a chip, by label-free blockwise distillation "
                         "with the simulator in the loop",
-        description="Lower a ResNet teacher to a student made only of the chip's ops, quantize it "
+        description="Lower a teacher to a student made only of the chip's ops, quantize it "
                     "(one width or per-block widths under --latency-budget), distil it block by "
-                    "block from unlabeled images with the simulator in the loop, and write "
+                    "block from unlabeled images (a text teacher: unlabeled sentences, a share "
+                    "of them held out) with the simulator in the loop, and write "
                     "OUT/student.pt, OUT/model.program and OUT/convert.json. Labels are never read.")
     c.add_argument("teacher", help="teacher checkpoint (archnet teacher train), your own model "
                    "as path/to/file.py:factory (factory() returns the nn.Module, or (module, "
@@ -139,7 +118,7 @@ def add_commands(sub) -> None:
                    help="native: the chip-driven converter, keeping every op the chip runs (see "
                         "archnet plan); paper: the chip-driven converter with the paper's op set "
                         "only; resnet: the hand-written lowering of the zoo's ResNets (default "
-                        "for those; native for every other network)")
+                        "for those; native for every other network, text teachers included)")
     c.add_argument("--keep-global-pool", action="store_true",
                    help="keep global average pooling where the chip runs it")
     c.add_argument("--resume", action="store_true",
@@ -154,7 +133,8 @@ def add_commands(sub) -> None:
     c.add_argument("--restarts", type=positive_int, default=1, help="cosine cycles per period")
     c.add_argument("--mixup", type=fraction, default=0.25, help="fraction of mixup batches")
     c.add_argument("--cosine-weight", type=float_in(0.0, 1e6), default=1.0,
-                   help="logit cosine loss weight")
+                   help="weight of the head's cosine loss (the logits; text teachers: the "
+                        "mean-pooled sentence embedding)")
     c.add_argument("--no-attention", action="store_true", help="plain MSE, no teacher attention")
     c.add_argument("--no-simulator-in-loop", action="store_true",
                    help="ablation: train later blocks on fake-quant outputs instead")
@@ -168,7 +148,8 @@ def add_commands(sub) -> None:
     t.add_argument("--max-len", type=int_in(3, 4096), default=64,
                    help="positions the student supports; longer sentences are truncated (default 64)")
     t.add_argument("--layers", type=positive_int,
-                   help="keep only the teacher's first N encoder layers (a truncated model)")
+                   help="keep only the teacher's first N encoder layers (a truncated model; "
+                        "verify and report use the same N layers)")
     t.add_argument("--max-sentences", type=positive_int, default=2048,
                    help="distillation sentences, a seeded sample of the non-held-out ones (default 2048)")
     t.add_argument("--heldout-fraction", type=float_in(0.0, 1.0, above=True, below=True),
@@ -178,13 +159,5 @@ def add_commands(sub) -> None:
                    help="steps of the last, sentence-embedding (cosine) period (default 200)")
     t.add_argument("--final-window", type=positive_int,
                    help="blocks the last period trains (default: every encoder layer)")
-    t.add_argument("--attention-weight", type=float_in(0.0, 1e6), default=0.0,
-                   help="weight of the KL to the teacher's attention maps in each encoder block's "
-                        "period (default 0: on MiniLM it matched the maps but raised the hidden-"
-                        "state error)")
-    t.add_argument("--no-chip-values", action="store_true",
-                   help="ablation: train on float fake-quant values, not the chip's integers")
-    t.add_argument("--allow-fallback", action="store_true",
-                   help="convert even if the chip runs part of the student on the host")
     c.set_defaults(func=cmd_convert,
                    defaults={k: c.get_default(k) for k in (*TEXT_ONLY, *CNN_ONLY)})

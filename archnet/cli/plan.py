@@ -49,17 +49,17 @@ def _text_model(spec: str, max_len: int):
     """A text teacher as the converter captures it: token ids and a mask of ``max_len``."""
     import torch
 
-    from archnet.jobs.convert import _Encoder
+    from archnet.jobs.convert import TokenEncoder
     from archnet.text.teacher import load_text_teacher
     teacher = load_text_teacher(spec)
     example = (torch.zeros(1, max_len, dtype=torch.long), torch.ones(1, max_len, dtype=torch.long))
-    return (_Encoder(teacher.model.eval()).eval(), example,
+    return (TokenEncoder(teacher.model.eval()).eval(), example,
             {"source": spec, "arch": teacher.name, "max_len": max_len})
 
 
 def cmd_plan(args) -> int:
     from archnet.capture import capture
-    from archnet.text.convert import is_text_teacher
+    from archnet.text.teacher import is_text_teacher
     from archnet.capture.sources import load_model
     from archnet.lowering.resnet import parse_bits
     from archnet.rules import plan_conversion

@@ -1,7 +1,7 @@
 """``archnet report RUN_DIR`` and ``archnet compare MODEL --chips a,b,c``: the command lines of
 ``archnet.report`` (pandas, matplotlib and torch are imported in the handlers only).
 
-Text run folders (convert.json records family "text") go to
+Text run folders (convert.json records token ``inputs``) go to
 ``archnet.text.report.write_text_report``, which takes several RUN_DIRs side by side."""
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ def _report_command(args) -> str:
 
 def cmd_report(args) -> int:
     from archnet.errors import ReportError
-    from archnet.text.report import is_text_run
+    from archnet.text.report import is_retired_text_run, is_text_run
+    for d in [*args.run_dirs, *(args.others or [])]:
+        if is_retired_text_run(d):
+            raise ReportError(f"{d}: a run of the retired archnet/text student, which no command "
+                              f"reads any more; convert its teacher again (`archnet convert "
+                              f"TEACHER --chip CHIP --out RUN`) and report RUN")
     if any(is_text_run(d) for d in [*args.run_dirs, *(args.others or [])]):
         return _cmd_report_text(args)
     if len(args.run_dirs) > 1:

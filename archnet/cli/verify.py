@@ -5,9 +5,10 @@ archnet's integer emulation and the simulator agree on every element, 1 when any
 user error (``simulator.cli.run``). Under ``torchrun`` the images are sharded over the ranks and
 only rank 0 prints and writes. torch is imported inside the handler only.
 
-A Program whose metadata records family "text" (a text student) goes to
-``archnet.text.verify.verify_text``: held-out sentences instead of test images (``--max-sentences``,
-``--batch``), sentence-embedding quality against the teacher instead of accuracy.
+A text network's Program (it reads one-hot ``tokens`` and a mask) goes to
+``archnet.jobs.verify_tokens``: held-out sentences instead of test images (``--max-sentences``,
+``--batch``), sentence-embedding quality against the teacher instead of accuracy. A Program that
+no ``archnet convert`` run wrote is refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -74,12 +75,20 @@ def _check_out(args) -> None:
 
 
 def cmd_verify(args) -> int:
-    from archnet.text.verify import program_family
-    _check_out(args)
-    family = program_family(args.program)
-    if family in ("text", "tokens"):      # archnet/text's students, or the shared pipeline's
-        return _cmd_verify_text(args, shared=family == "tokens")
     from archnet.errors import ArchnetError
+    from archnet.student_program import program_kind
+    _check_out(args)
+    kind = program_kind(args.program)
+    if kind == "retired":
+        raise ArchnetError(f"{args.program}: a Program of the retired archnet/text student, which "
+                           f"no command reads any more; convert its teacher again (`archnet "
+                           f"convert TEACHER --chip CHIP --out RUN`) and verify RUN/model.program")
+    if kind == "other":
+        raise ArchnetError(f"{args.program}: not the Program of an `archnet convert` run (its "
+                           f"metadata has no 'archnet' record of a student); `archnet simulate` "
+                           f"and `archnet estimate` run any Program")
+    if kind == "tokens":
+        return _cmd_verify_text(args)
     if hasattr(args, "max_sentences"):
         raise ArchnetError("--max-sentences is for text runs; give a CNN run's number of test "
                            "images with --limit")
@@ -88,39 +97,34 @@ def cmd_verify(args) -> int:
     return _cmd_verify_cnn(args)
 
 
-def _cmd_verify_text(args, shared: bool = False) -> int:
-    """Held-out sentences: a run of ``archnet/text/``, or (``shared``) a text network of the
-    chip-driven converter (its Program reads one-hot tokens)."""
+def _cmd_verify_text(args) -> int:
+    """Held-out sentences: a text network's run (its Program reads one-hot tokens)."""
     from archnet.errors import ArchnetError
-    from archnet.text.verify import (DEFAULT_BATCH, DEFAULT_MAX_SENTENCES, format_text_verify,
-                                     verify_command, verify_text)
+    from archnet.jobs.verify_tokens import (DEFAULT_BATCH, DEFAULT_MAX_SENTENCES,
+                                            format_text_verify, verify_command, verify_tokens)
     given = [flag for flag, dest in CNN_ONLY if getattr(args, dest) is not None]
     if not args.check_features:
         given.append("--no-features")
     if given:
-        raise ArchnetError(f"{args.program} is a text student: {', '.join(given)} "
+        raise ArchnetError(f"{args.program} is a text run: {', '.join(given)} "
                            f"{'applies' if len(given) == 1 else 'apply'} to CNN runs only (text "
                            f"runs take --max-sentences and --batch; the student, teacher and "
                            f"corpus are the run folder's)")
     # absent unless given (argparse.SUPPRESS): None means "all"
     max_sentences = getattr(args, "max_sentences", DEFAULT_MAX_SENTENCES)
     batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
-    if shared:
-        from archnet.jobs.verify_tokens import verify_tokens as run
-    else:
-        run = verify_text
-    doc = run(args.program, args.chip, out=args.out, max_sentences=max_sentences, batch=batch,
-              progress=args.progress,
-              log=(lambda m: print(m, file=sys.stderr)) if args.json else print,
-              command=verify_command(args.program, args.chip, args.out, max_sentences, batch))
+    doc = verify_tokens(args.program, args.chip, out=args.out, max_sentences=max_sentences,
+                        batch=batch, progress=args.progress,
+                        log=(lambda m: print(m, file=sys.stderr)) if args.json else print,
+                        command=verify_command(args.program, args.chip, args.out, max_sentences,
+                                               batch))
     if args.json:
         print(json_text(doc))
     else:
         print(format_text_verify(doc))
         if args.out:
             print(f"wrote {args.out}")
-    if not shared:          # archnet report reads archnet/text/ runs only
-        _refresh_text_report(args)
+    _refresh_text_report(args)
     return 0 if doc["bit_exact"] else 1
 
 

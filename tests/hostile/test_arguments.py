@@ -16,7 +16,7 @@ from hostile_helpers import FAST, archnet, one_error_line
 
 # numeric options where 0 is a meaningful value (every other one needs at least 1, or more than 0)
 ZERO_ALLOWED = {"--seed", "--final-steps", "--images", "--crop-pad", "--weight-decay",
-                "--label-smoothing", "--mixup", "--cosine-weight", "--attention-weight"}
+                "--label-smoothing", "--mixup", "--cosine-weight"}
 
 
 def _commands(parser=None, path=()):
@@ -107,7 +107,8 @@ def test_the_issues_arguments_are_refused_before_any_work(capsys, monkeypatch, a
     def no_work(*a, **k):
         raise AssertionError("work started before the arguments were checked")
     for target in ("archnet.jobs.demo.run_demo", "archnet.jobs.convert.convert",
-                   "archnet.teachers.train.train_teacher", "archnet.text.convert.convert_text"):
+                   "archnet.teachers.train.train_teacher",
+                   "archnet.jobs.convert.convert_text_graph"):
         monkeypatch.setattr(target, no_work)
     code, _, err = archnet(capsys, *argv)
     assert code == 2
@@ -127,6 +128,25 @@ def test_given_values_reach_the_run_unchanged(capsys, monkeypatch, tmp_path):
     assert (got[1].batch_size, got[1].lr) == (64, 5e-4)
 
 
+def test_a_text_teachers_values_and_defaults_reach_the_shared_pipeline(capsys, monkeypatch,
+                                                                      tmp_path):
+    """A text teacher without --recipe goes to the shared pipeline's native recipe at 8w8a;
+    --batch-size/--lr given are used as given, absent the text defaults (32, 1e-4)."""
+    from hostile_helpers import write_tiny_bert
+    got = []
+    monkeypatch.setattr("archnet.jobs.convert.convert_text_graph",
+                        lambda opts, text_opts, cfg, log=None: got.append((opts, text_opts, cfg)))
+    bert = write_tiny_bert(tmp_path / "bert")
+    base = ["convert", bert, "--chip", "ethos-u55-128", "--out", tmp_path / "r"]
+    assert archnet(capsys, *base, "--batch-size", "3", "--lr", "0.01", "--layers", "1")[0] == 0
+    assert archnet(capsys, *base, "--recipe", "paper", "--max-len", "16")[0] == 0
+    (opts, text_opts, cfg), (opts2, text_opts2, cfg2) = got
+    assert (opts.recipe, opts.bits, cfg.batch_size, cfg.lr) == ("native", "8w8a", 3, 0.01)
+    assert (text_opts.layers, text_opts.max_len) == (1, 64)
+    assert (opts2.recipe, cfg2.batch_size, cfg2.lr, text_opts2.max_len) == ("paper", 32, 1e-4, 16)
+    assert cfg.mixup_fraction == 0.0 and cfg.attention is False
+
+
 def test_options_of_the_other_family_are_refused(capsys, tmp_path):
     from hostile_helpers import DIGITS_TEACHER
     code, _, err = archnet(capsys, "convert", DIGITS_TEACHER, "--chip", "k210-kpu", "--out",
@@ -137,6 +157,30 @@ def test_options_of_the_other_family_are_refused(capsys, tmp_path):
                            tmp_path / "r", "--bits", "4w4a", "--latency-budget", "1")
     assert code == 2
     one_error_line(err, "--bits", "--latency-budget")
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["--dataset", "digits", "--max-images", "8"], ["--dataset", "--max-images", "text teacher"]),
+    (["--latency-budget", "1"], ["--latency-budget"]),
+    (["--recipe", "resnet"], ["--recipe resnet", "text teacher"]),
+    (["--attention-weight", "1"], ["unrecognized arguments: --attention-weight"]),
+    (["--no-chip-values"], ["unrecognized arguments: --no-chip-values"]),
+    (["--allow-fallback"], ["unrecognized arguments: --allow-fallback"]),
+])
+def test_a_text_teacher_refuses_what_does_not_apply_to_it(capsys, monkeypatch, tmp_path, extra,
+                                                          names):
+    """A text teacher goes through the shared pipeline: image-only options and the retired text
+    student's options are refused in one line before any work, never ignored."""
+    from hostile_helpers import write_tiny_bert
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+    monkeypatch.setattr("archnet.jobs.convert.convert_text_graph", no_work)
+    bert = write_tiny_bert(tmp_path / "bert")
+    code, _, err = archnet(capsys, "convert", bert, "--chip", "ethos-u55-128", "--out",
+                           tmp_path / "r", *extra)
+    assert code == 2
+    one_error_line(err, *names)
 
 
 def test_empty_and_malformed_image_arrays(capsys, tmp_path):
