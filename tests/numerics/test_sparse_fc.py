@@ -128,7 +128,7 @@ def _two_hot(ids, vocab: int, positions: int, zp: int = 0) -> np.ndarray:
 
 
 def test_two_hot_rows_overflow_a_narrow_accumulator_like_the_reference():
-    """Embedding rows (token + position, as archnet's text student feeds them) whose sums leave
+    """Embedding rows (token + position, as a two-hot embedding input feeds them) whose sums leave
     a 16-bit accumulator: events and required_bits counted as the reference counts them."""
     rng = np.random.default_rng(7)
     x = _two_hot([3, 250, 299, 0, 17], vocab=300, positions=40)

@@ -120,6 +120,21 @@ def test_heldout_split_too_small():
 
 # ----------------------------------------------------------------------------- tokenize
 
+def test_recorded_heldout_is_the_split_convert_made(tmp_path):
+    """A run's held-out sentences: its corpus (as recorded, or relative to the run folder) split
+    at its fraction; a corpus that is gone is one line naming it."""
+    from archnet.text.corpus import recorded_heldout
+    (tmp_path / "run").mkdir()
+    path = _write(tmp_path / "run" / "c.txt", "\n".join(SENTENCES) + "\n")
+    want = split_heldout(SENTENCES, 0.1)[1]
+    info = {"corpus": "c.txt", "heldout_fraction": 0.1}
+    picked, total, source = recorded_heldout(info, tmp_path / "run", 3)
+    assert picked == want[:3] and total == len(want) and source == str(path)
+    assert recorded_heldout({**info, "corpus": str(path)}, tmp_path, None)[0] == want
+    with pytest.raises(DataError, match="gone.txt: the corpus convert used is gone"):
+        recorded_heldout({**info, "corpus": "gone.txt"}, tmp_path / "run", None)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_bert_dir):
     from transformers import AutoTokenizer

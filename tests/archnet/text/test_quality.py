@@ -93,3 +93,21 @@ def test_bad_input_is_a_clear_error(student, teacher, match):
     with pytest.raises(ArchnetError, match=match) as err:
         embedding_quality(student, teacher)
     assert "\n" not in str(err.value)
+
+
+def test_pooled_is_the_mean_over_real_tokens_normalised():
+    """The sentence embedding of token rows: padding rows never count, the result has unit
+    length, float64 stays float64, and a sentence with no real token is zeros, not NaN."""
+    torch = pytest.importorskip("torch")
+    from archnet.text.quality import pooled
+    rows = torch.arange(2 * 3 * 2, dtype=torch.float64).reshape(2, 3, 2) + 1
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    got = pooled(rows, mask)
+    mean = rows[0, :2].mean(0)
+    assert got.dtype == torch.float64 and torch.allclose(got[0], mean / mean.norm())
+    assert torch.equal(got[1], torch.zeros(2, dtype=torch.float64))
+    padded = rows.clone()
+    padded[0, 2] = 1e6                                  # a padding row changes nothing
+    assert torch.equal(pooled(padded, mask), got)
+    flat = pooled(rows.reshape(6, 2).float(), mask)     # [N*T, H] rows, float32
+    assert flat.dtype == torch.float32 and torch.allclose(flat.double(), got, atol=1e-6)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from archnet.errors import TeacherError
-from archnet.text.teacher import (SUPPORTED_FAMILIES, TeacherShape, load_text_teacher,
-                                  pooled_embedding, resolve_teacher)
+from archnet.text.teacher import (SUPPORTED_FAMILIES, TeacherShape, is_text_teacher,
+                                  load_text_teacher, pooled_embedding, recorded_teacher,
+                                  resolve_teacher)
 
 torch = pytest.importorskip("torch")
 
@@ -42,6 +43,14 @@ def _one_line_error(spec) -> str:
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+def test_is_text_teacher(tmp_path, tiny_bert_dir):
+    assert is_text_teacher("minilm") and is_text_teacher("all-MiniLM-L6-v2")
+    assert is_text_teacher(tiny_bert_dir) and is_text_teacher(Path(tiny_bert_dir))
+    assert not is_text_teacher(tmp_path)                     # a folder without config.json
+    assert not is_text_teacher("reports/teachers/digits_resnet8.pt")
+    assert not is_text_teacher("model.py:build")
 
 
 def test_folder_errors(tmp_path, tiny_bert_dir):
@@ -158,3 +167,51 @@ def test_minilm_embedding_is_sentence_transformers(minilm):
     got = minilm.forward(tok.input_ids, tok.attention_mask).embedding
     assert got.shape == (3, 384)
     assert torch.allclose(got, expected.to(got.dtype), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- a run's teacher
+
+def test_truncated_keeps_the_first_layers_and_leaves_the_teacher_whole(tiny_teacher):
+    cut = tiny_teacher.truncated(1)
+    assert cut.config.layers == 1 and tiny_teacher.config.layers == 2
+    assert len(tiny_teacher.model.encoder.layer) == 2
+    assert cut.fingerprint == tiny_teacher.fingerprint and cut.name == tiny_teacher.name
+    ids = np.array([[2, 5, 9, 3, 0]])
+    mask = (ids != 0).astype(np.int64)
+    assert torch.equal(cut.forward(ids, mask).hidden_states[-1],
+                       tiny_teacher.forward(ids, mask).hidden_states[1])
+    assert tiny_teacher.truncated(None) is tiny_teacher
+    assert tiny_teacher.truncated(2) is tiny_teacher
+    with pytest.raises(TeacherError, match="--layers 3: teacher .* has 1..2 encoder layers"):
+        tiny_teacher.truncated(3)
+
+
+def test_recorded_teacher_is_found_checked_and_cut(tiny_teacher, tiny_bert_dir, tmp_path):
+    from archnet.errors import CheckpointError
+    info = {"teacher": tiny_bert_dir, "teacher_path": tiny_bert_dir,
+            "teacher_sha256": tiny_teacher.fingerprint}
+    assert recorded_teacher(info, tmp_path).config.layers == 2
+    assert recorded_teacher({**info, "teacher_layers": 1}, tmp_path).config.layers == 1
+    with pytest.raises(CheckpointError, match="not the teacher this run was converted from"):
+        recorded_teacher({**info, "teacher_sha256": "0" * 64}, tmp_path)
+    with pytest.raises(CheckpointError, match="the teacher folder convert used is gone"):
+        recorded_teacher({**info, "teacher_path": str(tmp_path / "gone")}, tmp_path)
+    with pytest.raises(CheckpointError, match="teacher_layers must be an integer"):
+        recorded_teacher({**info, "teacher_layers": "1"}, tmp_path)
+
+
+def test_a_left_padding_tokenizer_still_gives_right_padded_rows(tiny_teacher, tiny_bert_dir,
+                                                                tmp_path):
+    """``tokenize`` puts the real tokens first whatever the tokenizer's ``padding_side`` (BERT's
+    positions count from the first token): a tokenizer that pads on the left gives the same rows
+    as one that pads on the right, and no real token is lost."""
+    folder = Path(shutil.copytree(tiny_bert_dir, tmp_path / "left"))
+    config = folder / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "padding_side": "left"}))
+    left = load_text_teacher(folder)
+    got, want = left.tokenize(SENTENCES, 12), tiny_teacher.tokenize(SENTENCES, 12)
+    mask = np.asarray(got.attention_mask)
+    assert mask[:, 0].all() and not mask[:, -1].all()
+    assert (np.diff(mask, axis=1) <= 0).all()           # ones, then zeros
+    assert np.array_equal(got.input_ids, want.input_ids)
+    assert np.array_equal(mask, want.attention_mask)

@@ -1,5 +1,6 @@
 """``archnet convert`` with a text teacher, end to end through the command line: a tiny BERT
-folder and a sentence file -> a verified run folder; and its bad-input messages, each one line
+folder and a sentence file -> a verified run folder of the shared, chip-driven pipeline (the
+student, distillation loop and checks images use); and its bad-input messages, each one line
 naming the thing at fault."""
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from simulator.profiles import load_profile
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from archnet.text.student import two_hot  # noqa: E402
-from archnet.text.student_io import load_text_student  # noqa: E402
-
 WORDS = ("the a cat dog sat on mat and ran far away quick brown fox jumps over lazy sleeps under "
          "tree").split()
 FAST = ["--max-len", "16", "--max-sentences", "40", "--steps-per-period", "2", "--final-steps",
         "2", "--batch-size", "8", "--threads", "1", "--no-progress"]
+# what a text student's Program may hold: no LayerNorm, Embedding (gather) or GELU op; the
+# LayerNorms are per-channel affines (a depthwise 1x1 conv2d over the rows), the embedding a
+# fully connected layer over one-hot rows, GELU the chip's lookup table
+ALLOWED = {"fully_connected", "conv2d", "requantize", "matmul", "softmax", "lookup_table", "add",
+           "reshape", "transpose"}
 
 
 def _write_corpus(path: Path, count: int, long: int = 0, seed: int = 0) -> Path:
@@ -64,25 +67,50 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-def test_convert_writes_a_verified_run_folder(tiny_bert_dir, corpus, tmp_path, capsys):
-    out = tmp_path / "run"
-    capsys.readouterr()
-    assert _convert(tiny_bert_dir, "ethos-u55-128", out, corpus) == 0
-    stdout = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def converted(tiny_bert_dir, corpus, tmp_path_factory):
+    """A text teacher converted without --recipe (the shared pipeline's native recipe), with
+    every sentence that was tokenized on the way recorded."""
+    from archnet.text import corpus as corpus_module
+    real = corpus_module.tokenize
+    seen: list[str] = []
+
+    def spy(tokenizer, sentences, *a, **kw):
+        seen.extend(sentences)
+        return real(tokenizer, sentences, *a, **kw)
+    out = tmp_path_factory.mktemp("text-convert") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(corpus_module, "tokenize", spy)
+    try:
+        import contextlib
+        import io
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = _convert(tiny_bert_dir, "ethos-u55-128", out, corpus)
+        printed = buf.getvalue().splitlines()
+    finally:
+        mp.undo()
+    assert rc == 0, printed
+    return out, printed, seen
+
+
+def test_convert_writes_a_verified_run_folder(converted, tiny_bert_dir, corpus):
+    from archnet.student_io import load_student
+    out, stdout, _ = converted
     summary = json.loads((out / "convert.json").read_text())
     check = summary["emulation_vs_simulator"]
     assert check["agreement"] == 1.0 and check["matching"] == check["elements"] > 0
     assert check["first_divergent_block"] is None
-    assert summary["fallbacks"] == 0
-    assert summary["family"] == "text" and summary["chip"] == "ethos-u55-128"
-    assert summary["bits"] == "8w8a" and summary["max_len"] == 16
-    assert summary["distill_sentences"] == 40
-    assert summary["student"]["activation"] == "gelu_lut" and summary["student"]["residual"] == "add"
-    assert [h["period"] for h in summary["history"]] == [1, 2, 3, 4]
+    assert summary["fallbacks"] == 0 and summary["inputs"] == "tokens"
+    assert summary["chip"] == "ethos-u55-128" and summary["max_len"] == 16
+    assert set(summary["bits"]) == {"8w8a"} and summary["distill_sentences"] == 40
+    assert summary["plan"]["recipe"] == "native"
+    assert [h["period"] for h in summary["history"]] == [0, 1, 2, 3]   # 3 blocks, last period
     assert summary["estimated_latency_ms"] > 0
     assert summary["command"].startswith("archnet convert ")
+    assert summary["teacher_layers"] is None
     # sentences longer than --max-len: one warning line, and the count in the summary
-    warnings = [line for line in stdout.splitlines() if line.startswith("warning: ")]
+    warnings = [line for line in stdout if line.startswith("warning: ")]
     assert len(warnings) == 1, stdout
     assert warnings[0].endswith("sentences were truncated to 16 positions")
     assert int(warnings[0].split()[1]) == summary["truncated"] > 0
@@ -90,59 +118,82 @@ def test_convert_writes_a_verified_run_folder(tiny_bert_dir, corpus, tmp_path, c
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == \
         [f"period_{k:02d}.pt" for k in range(4)]
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-    student, meta = load_text_student(out / "student.pt")
+    student, meta = load_student(out / "student.pt")
     assert meta["teacher_path"] == tiny_bert_dir and meta["profile"] == "ethos-u55-128"
     assert meta["corpus"] == str(corpus)
     program = load_program(out / "model.program")
-    assert program.metadata["student_checkpoint"] == "student.pt"
-    assert program.tensors["tokens"].shape == (16, student.cfg.vocab_size + 16)
-    assert {n.op.value for n in program.nodes} <= {"fully_connected", "requantize", "matmul",
-                                                   "softmax", "lookup_table", "add", "reshape",
-                                                   "transpose"}
-    # the saved Program runs on the chip as the saved student computes, padded rows and all
+    assert program.inputs == ["tokens", "mask"]
+    assert program.metadata["archnet"]["student_checkpoint"] == "student.pt"
+    assert {n.op.value for n in program.nodes} <= ALLOWED
+    # the saved Program is the saved student's export; exported at batch 2 (as verify runs
+    # it) it computes on the chip what the student's integer emulation does, padded rows and all
+    from archnet.student_program import check_program_matches
+    check_program_matches(program, student, out / "model.program", out / "student.pt")
     chip = load_profile("ethos-u55-128")
-    ids = torch.zeros((1, 16), dtype=torch.long)
+    ids = torch.zeros((2, 16), dtype=torch.long)
     ids[0, :6] = torch.tensor([2, 5, 9, 12, 7, 3])
+    ids[1, :3] = torch.tensor([2, 8, 3])
     mask = (ids != 0).long()
-    got = execute(program, chip, {"tokens": two_hot(ids.numpy(), student.cfg.vocab_size, 16),
-                                  "attention_mask": mask.numpy().astype(np.uint8)}).outputs
-    for name, q in zip(program.outputs, student.integer_features(ids, mask, chip.arithmetic),
-                       strict=True):
-        assert np.array_equal(got[name], q.value.numpy()), name
+    got = execute(student.export((2, *student.input_shape)), chip,
+                  {"tokens": student.input.rows(ids).numpy().astype(np.uint8),
+                   "mask": mask.numpy().astype(np.uint8)}).outputs
+    ours = student.integer_forward(ids, chip, side={"mask": mask.float()})
+    assert np.array_equal(got[program.outputs[0]], ours.value.numpy())
 
-    # a second convert into the same folder without --resume would mix two runs
+
+def test_heldout_sentences_are_never_distilled_on(converted, corpus):
+    """Every sentence convert tokenized is a distillation one: the held-out split (by a hash of
+    each sentence) never reaches the teacher, the student or the simulator."""
+    from archnet.text.corpus import read_sentences, split_heldout
+    _, _, seen = converted
+    train, heldout = split_heldout(read_sentences(corpus), 0.1)
+    assert heldout and len(seen) == 40
+    assert set(seen) <= set(train) and not set(seen) & set(heldout)
+
+
+def test_resume(converted, tiny_bert_dir, corpus, tmp_path, capsys):
+    """A second convert into the same folder without --resume is refused; --resume of the
+    finished run trains nothing and writes the same student; with the last periods' checkpoints
+    lost, --resume trains them again to the same weights."""
+    from archnet.student_io import load_student
+    out = tmp_path / "run"
+    shutil.copytree(converted[0], out)
+    before, _ = load_student(out / "student.pt")
+    before = {k: v.clone() for k, v in before.state_dict().items()}
+    capsys.readouterr()
     assert _convert(tiny_bert_dir, "ethos-u55-128", out, corpus) == 2
     assert "--resume" in _one_line_error(capsys)
-    # --resume of the finished run trains nothing and writes the same student
-    before = {k: v.clone() for k, v in student.state_dict().items()}
     assert _convert(tiny_bert_dir, "ethos-u55-128", out, corpus, "--resume") == 0
-    assert "resume: period 4 complete" in capsys.readouterr().out
-    again, _ = load_text_student(out / "student.pt")
+    assert "resume: continuing after period 3" in capsys.readouterr().out
+    again, _ = load_student(out / "student.pt")
+    assert all(torch.equal(before[k], v) for k, v in again.state_dict().items())
+
+    for k in (2, 3):
+        (out / "checkpoints" / f"period_{k:02d}.pt").unlink()
+    assert _convert(tiny_bert_dir, "ethos-u55-128", out, corpus, "--resume") == 0
+    assert "resume: continuing after period 1" in capsys.readouterr().out
+    again, _ = load_student(out / "student.pt")
     assert all(torch.equal(before[k], v) for k, v in again.state_dict().items())
 
 
-def test_a_chip_without_attention_is_refused_unless_fallback_is_allowed(tiny_bert_dir,
-                                                                       short_corpus, tmp_path,
-                                                                       capsys):
+def test_a_chip_without_attention_is_refused(tiny_bert_dir, short_corpus, tmp_path, capsys):
     out = tmp_path / "k210"
     capsys.readouterr()
     assert _convert(tiny_bert_dir, "k210-kpu", out, short_corpus) == 2
     err = _one_line_error(capsys)
-    assert "k210-kpu" in err and "on the host" in err
-    assert "matmul" in err and "softmax" in err and "--allow-fallback" in err
-    assert not (out / "student.pt").exists()
+    assert "k210-kpu" in err and "matmul" in err and "softmax" in err
+    assert not (out / "student.pt").exists() and not (out / "convert.json").exists()
 
-    assert _convert(tiny_bert_dir, "k210-kpu", out, short_corpus, "--allow-fallback") == 0
-    stdout = capsys.readouterr().out
-    assert not [line for line in stdout.splitlines() if line.startswith("warning: ")]
-    summary = json.loads((out / "convert.json").read_text())
-    assert summary["fallbacks"] > 0 and summary["truncated"] == 0
-    assert summary["emulation_vs_simulator"]["agreement"] == 1.0
-    # no LUT and no add on the K210: ReLU and the concat residual
-    assert summary["student"]["activation"] == "relu"
-    assert summary["student"]["residual"] == "concat"
-    kinds = {n.op.value for n in load_program(out / "model.program").nodes}
-    assert "concat" in kinds and "add" not in kinds and "lookup_table" not in kinds
+
+def test_the_paper_recipe_goes_through_the_shared_pipeline(tiny_bert_dir, short_corpus, tmp_path,
+                                                          capsys):
+    """--recipe paper: the paper's op set has no attention (matmul, softmax, transpose), so the
+    plan names each node it cannot place, in one line."""
+    capsys.readouterr()
+    assert _convert(tiny_bert_dir, "ethos-u55-128", tmp_path / "paper", short_corpus,
+                    "--recipe", "paper") == 2
+    err = _one_line_error(capsys)
+    assert "with the paper recipe" in err and "softmax" in err
 
 
 def _split_corpus(path: Path, train: int, heldout: int) -> Path:
@@ -176,7 +227,8 @@ def _gpt2(src: str, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("fault", ["empty corpus", "missing corpus", "no tokenizer",
                                    "gpt2 family", "bad bits", "max-len too long",
-                                   "corpus smaller than a batch", "corpus too small to split"])
+                                   "too many layers", "corpus smaller than a batch",
+                                   "corpus too small to split"])
 def test_bad_input_is_one_line_naming_the_fault(fault, tiny_bert_dir, short_corpus, tmp_path,
                                                 capsys):
     teacher, corpus, extra = tiny_bert_dir, short_corpus, []
@@ -199,6 +251,9 @@ def test_bad_input_is_one_line_naming_the_fault(fault, tiny_bert_dir, short_corp
     elif fault == "max-len too long":
         extra = ["--max-len", "41"]
         needle = "max_len 41 is above the model's 40 positions"
+    elif fault == "too many layers":
+        extra = ["--layers", "3"]
+        needle = "--layers 3: teacher"
     elif fault == "corpus smaller than a batch":
         corpus = _split_corpus(tmp_path / "few.txt", train=5, heldout=1)
         needle = f"corpus {corpus}: 5 distillation sentences, need at least 8"
@@ -214,41 +269,30 @@ def test_bad_input_is_one_line_naming_the_fault(fault, tiny_bert_dir, short_corp
     assert not (out / "student.pt").exists() and not (out / "convert.json").exists()
 
 
-def test_a_text_teacher_converts_on_the_shared_pipeline(tiny_bert_dir, corpus, tmp_path):
-    """``archnet convert BERT --recipe native``: the chip-driven converter on token data (the
-    shared student, loop and checks); the run's Program reads one-hot tokens and the mask and
-    its integers equal the simulator's."""
-    from simulator.ir.program import load_program
-    out = tmp_path / "graph"
-    assert main(["convert", tiny_bert_dir, "--chip", "ethos-u55-128", "--recipe", "native",
-                 "--out", str(out), "--corpus", str(corpus), "--max-len", "16",
-                 "--max-sentences", "40", "--steps-per-period", "2", "--batch-size", "8",
-                 "--threads", "1", "--no-progress"]) == 0
-    summary = json.loads((out / "convert.json").read_text())
-    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
-    fired = summary["plan"]["rules_fired"]
-    assert fired["embedding.one_hot_fc"] == 1 and fired["softmax.native"] == 2
-    assert load_program(out / "model.program").inputs == ["tokens", "mask"]
-
-
-def test_verify_a_text_run_of_the_shared_pipeline(tiny_bert_dir, corpus, tmp_path):
-    """``archnet verify`` on that run: the held-out sentences bit-exact on the simulator, and
-    the sentence embeddings' closeness to the teacher's reported."""
-    out = tmp_path / "graph"
-    assert main(["convert", tiny_bert_dir, "--chip", "ethos-u55-128", "--recipe", "native",
-                 "--out", str(out), "--corpus", str(corpus), "--max-len", "16",
-                 "--max-sentences", "40", "--steps-per-period", "2", "--batch-size", "8",
-                 "--threads", "1", "--no-progress"]) == 0
-    record = tmp_path / "v.json"
-    assert main(["verify", str(out / "model.program"), "--chip", "ethos-u55-128",
-                 "--out", str(record), "--no-progress"]) == 0
-    doc = json.loads(record.read_text())
-    assert doc["bit_exact"] and doc["data"]["sentences"] >= 3
-    # image-only options are refused, not ignored
-    assert main(["verify", str(out / "model.program"), "--chip", "ethos-u55-128",
-                 "--limit", "4", "--no-progress"]) == 2
-    quality = doc["quality"]["simulator_vs_teacher"]
-    assert -1.0 <= quality["mean_cosine"] <= 1.0
+@pytest.mark.parametrize("extra, needle", [
+    (["--recipe", "resnet"], "--recipe resnet lowers the zoo's ResNets only"),
+    (["--dataset", "digits"], "--dataset: CNN teachers only"),
+    (["--mixup", "0.5"], "--mixup: CNN teachers only"),
+    (["--no-attention"], "--no-attention: CNN teachers only"),
+    (["--latency-budget", "1"], "--latency-budget: CNN teachers only"),
+    (["--calibration-images", "16"], "--calibration-images: CNN teachers only"),
+    # the retired text student's options are gone, not ignored
+    (["--attention-weight", "1"], "unrecognized arguments: --attention-weight"),
+    (["--no-chip-values"], "unrecognized arguments: --no-chip-values"),
+    (["--allow-fallback"], "unrecognized arguments: --allow-fallback"),
+])
+def test_options_that_do_not_apply_to_a_text_teacher_are_refused(extra, needle, tiny_bert_dir,
+                                                                 short_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    capsys.readouterr()
+    try:
+        rc = _convert(tiny_bert_dir, "ethos-u55-128", out, short_corpus, *extra)
+    except SystemExit as exc:           # argparse
+        rc = exc.code
+    assert rc == 2
+    err = _one_line_error(capsys)
+    assert needle in err, err
+    assert not out.exists()
 
 
 def test_archnet_plan_takes_a_text_teacher(tiny_bert_dir, tmp_path, capsys):
@@ -257,4 +301,5 @@ def test_archnet_plan_takes_a_text_teacher(tiny_bert_dir, tmp_path, capsys):
                  "--json", str(record)]) == 0
     plan = json.loads(record.read_text())
     assert plan["rules_fired"]["softmax.native"] == 2 and plan["student_fallbacks"] == 0
+    assert plan["rules_fired"]["embedding.one_hot_fc"] == 1
     assert "embedding.one_hot_fc" in capsys.readouterr().out

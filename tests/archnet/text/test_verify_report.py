@@ -1,6 +1,6 @@
 """``archnet verify`` and ``archnet report`` on a text run folder: a tiny random BERT converted
-for ethos-u55-128 in a few steps (the numbers are not the point: the proofs, files and exit codes
-are)."""
+for ethos-u55-128 by the shared pipeline in a few steps (the numbers are not the point: the
+proofs, files and exit codes are)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from archnet.errors import ArchnetError  # noqa: E402
 
 CHIP = "ethos-u55-128"
 MAX_LEN = 16
+BLOCKS = ["model.embeddings", "model.encoder.layer.0", "model.encoder.layer.1"]
 # the tiny BERT's vocabulary (conftest.TINY_WORDS), so that sentences tokenize to real ids
 WORDS = ("the a cat dog sat on mat and ran far away quick brown fox jumps over lazy sleeps under "
          "tree").split()
@@ -46,15 +47,17 @@ def heldout(corpus):
     return sentences
 
 
+def _convert(teacher, corpus, out, *extra) -> None:
+    assert _main(["convert", str(teacher), "--chip", CHIP, "--out", str(out), "--corpus",
+                  str(corpus), "--max-len", str(MAX_LEN), "--max-sentences", "40",
+                  "--steps-per-period", "2", "--final-steps", "2", "--batch-size", "8",
+                  "--threads", "1", "--no-progress", *extra]) == 0
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_bert_dir, corpus):
-    from archnet.text.convert import TextConvertOptions, convert_text
-    from archnet.text.distill import TextDistillConfig
-    out = tmp_path_factory.mktemp("text-run")
-    convert_text(TextConvertOptions(teacher=tiny_bert_dir, chip=CHIP, out=str(out),
-                                    max_len=MAX_LEN, max_sentences=40, corpus=str(corpus)),
-                 TextDistillConfig(steps_per_period=2, final_steps=2, batch_size=8, sim_batch=8),
-                 log=lambda _m: None)
+    out = tmp_path_factory.mktemp("text-run") / "run"
+    _convert(tiny_bert_dir, corpus, out)
     return out
 
 
@@ -62,16 +65,17 @@ def _copy_run(run_dir, dest):
     return shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("verify_*", "report"))
 
 
-# ----------------------------------------------------------------------------- verify_text
+# ----------------------------------------------------------------------------- verify_tokens
 
 def test_verify_agrees_everywhere_and_writes_json(run_dir, heldout, tmp_path):
-    from archnet.text.verify import format_text_verify, verify_text
+    from archnet.jobs.verify_tokens import format_text_verify, verify_tokens
     out = tmp_path / "records" / "verify.json"
-    doc = verify_text(run_dir / "model.program", CHIP, out=out, batch=3, progress=False, log=None)
+    doc = verify_tokens(run_dir / "model.program", CHIP, out=out, batch=3, progress=False,
+                        log=None)
     n = len(heldout)
     assert doc["bit_exact"] and doc["agreement_fraction"] == 1.0
     assert doc["first_divergent_block"] is None and doc["divergence"] is None
-    assert [a["name"] for a in doc["agreement"]] == ["embedding", "layer0", "layer1"]
+    assert [a["name"] for a in doc["agreement"]] == BLOCKS
     assert all(a["matched"] == a["total"] == n * MAX_LEN * 32 for a in doc["agreement"])
     assert doc["data"]["sentences"] == doc["data"]["heldout_sentences"] == n
     assert doc["data"]["max_len"] == MAX_LEN and doc["chunks"] == math.ceil(n / 3)
@@ -88,6 +92,7 @@ def test_verify_agrees_everywhere_and_writes_json(run_dir, heldout, tmp_path):
     assert doc["fallback_count"] == 0 and doc["fallbacks"] == []
     assert doc["teacher_matches_conversion"] is True and doc["converted_for"] == CHIP
     assert doc["commands"]["verify"].startswith(f"archnet verify {run_dir / 'model.program'} ")
+    assert doc["program_sha256"] and doc["inputs"] == "tokens"
     assert json.loads(out.read_text()) == doc
     assert not list(out.parent.glob(".*.tmp"))
     text = format_text_verify(doc)
@@ -102,28 +107,28 @@ def test_verify_agrees_everywhere_and_writes_json(run_dir, heldout, tmp_path):
 def test_another_chip_and_fewer_sentences(run_dir):
     """A chip with other requantization arithmetic: the Program's real multipliers become that
     chip's integers, and emulation and simulator still agree."""
-    from archnet.text.verify import verify_text
-    doc = verify_text(run_dir / "model.program", "rk3588-npu-core", max_sentences=4, batch=16,
-                      progress=False, log=None)
+    from archnet.jobs.verify_tokens import verify_tokens
+    doc = verify_tokens(run_dir / "model.program", "rk3588-npu-core", max_sentences=4, batch=16,
+                        progress=False, log=None)
     assert doc["bit_exact"] and doc["chip"] == "rk3588-npu-core"
     assert doc["data"]["sentences"] == 4 and doc["chunks"] == 1
     assert doc["fallback_count"] == len(doc["fallbacks"]) and doc["latency_ms"] > 0
     with pytest.raises(ArchnetError, match="max_sentences must be an integer of at least 3"):
-        verify_text(run_dir / "model.program", CHIP, max_sentences=2, log=None)
+        verify_tokens(run_dir / "model.program", CHIP, max_sentences=2, log=None)
 
 
 def test_narrow_accumulator_is_said_plainly(run_dir, tmp_path):
     """A chip whose 8-bit accumulator wraps: the per-layer events, the safe width and WRAPPED
     next to the result, in the JSON and the text."""
-    from archnet.text.verify import format_text_verify, verify_text
+    from archnet.jobs.verify_tokens import format_text_verify, verify_tokens
     from simulator.ir.ops import MAC_OPS
     from simulator.ir.program import load_program
     chip = tmp_path / "acc8.toml"
     chip.write_text(f'inherit = "{CHIP}"\nname = "acc8"\ndescription = "8-bit wrap"\n\n'
                     f'[arithmetic]\naccumulator_bits = 8\noverflow = "wrap"\n'
                     f'saturation_point = "final"\n')
-    doc = verify_text(run_dir / "model.program", chip, max_sentences=3, batch=2,
-                      progress=False, log=None)
+    doc = verify_tokens(run_dir / "model.program", chip, max_sentences=3, batch=2,
+                        progress=False, log=None)
     ov = doc["overflow"]
     program = load_program(run_dir / "model.program")
     assert [r["name"] for r in ov["layers"]] == [n.name for n in program.nodes
@@ -135,13 +140,8 @@ def test_narrow_accumulator_is_said_plainly(run_dir, tmp_path):
     text = format_text_verify(doc)
     lines = text.splitlines()
     i = next(k for k, ln in enumerate(lines) if ln.startswith("result: "))
-    safe = ov["safe_bits"]
-    a = "an" if str(safe).startswith("8") or safe in (11, 18) else "a"
-    assert lines[i + 1] == (f"  the chip's 8-bit accumulator WRAPPED in {ov['events']:,} of "
-                            f"{ov['outputs']:,} outputs in {len(hit)} of {len(ov['layers'])} "
-                            f"MAC layers; {a} {safe}-bit accumulator would have been "
-                            f"safe for these inputs")
     assert lines[i + 1] == "  " + ov["sentence"]
+    assert "WRAPPED" in ov["sentence"] and f"{ov['events']:,}" in ov["sentence"]
     assert all(any(ln.startswith(f"  {r['name']} ") and ln.endswith("<- overflow")
                    for ln in lines) for r in hit)
 
@@ -149,38 +149,66 @@ def test_narrow_accumulator_is_said_plainly(run_dir, tmp_path):
 def test_program_of_another_student_is_refused(run_dir, tmp_path):
     import torch
 
-    from archnet.text.student_io import load_text_student, save_text_student
+    from archnet.jobs.verify_tokens import verify_tokens
+    from archnet.student_io import load_student, save_student
     run = _copy_run(run_dir, tmp_path / "run")
-    student, meta = load_text_student(run / "student.pt")
-    w = student.layers[0].query.weight
+    student, meta = load_student(run / "student.pt")
+    w = next(v for k, v in student.named_parameters()
+             if ".layers.linear" in k and k.endswith(".weight"))
     with torch.no_grad():
         flat = w.view(-1)
         i = int(flat.abs().argmax())
         flat[i] = -flat[i]   # the largest weight: never on the zero step, so its integer flips
-    save_text_student(run / "student.pt", student, meta)
-    from archnet.text.verify import verify_text
+    save_student(run / "student.pt", student, meta)
     with pytest.raises(ArchnetError) as err:
-        verify_text(run / "model.program", CHIP, log=None)
+        verify_tokens(run / "model.program", CHIP, log=None)
     msg = str(err.value)
     assert "\n" not in msg and "is not the export of" in msg
     assert str(run / "model.program") in msg and str(run / "student.pt") in msg
-    assert "layer0.query.weight" in msg
 
 
 def test_edited_program_is_refused(run_dir, tmp_path):
-    from archnet.text.verify import verify_text
+    from archnet.jobs.verify_tokens import verify_tokens
     from simulator.ir.program import load_program, save_program
     run = _copy_run(run_dir, tmp_path / "run")
     program = load_program(run / "model.program")
-    t = program.tensors["layer1.ffn2.weight"]
+    name = next(k for k, t in program.tensors.items()
+                if t.data is not None and k.endswith("fc.weight") and t.data.size > 3)
+    t = program.tensors[name]
     data = t.data.copy()
     data.flat[3] = 1 if data.flat[3] != 1 else 2
-    program.tensors["layer1.ffn2.weight"] = dataclasses.replace(t, data=data)
+    program.tensors[name] = dataclasses.replace(t, data=data)
     save_program(program, run / "model.program")
     with pytest.raises(ArchnetError) as err:
-        verify_text(run / "model.program", CHIP, log=None)
+        verify_tokens(run / "model.program", CHIP, log=None)
     msg = str(err.value)
-    assert "\n" not in msg and "constant 'layer1.ffn2.weight' differs in 1 element" in msg
+    assert "\n" not in msg and f"constant {name!r} differs in 1 element" in msg
+
+
+def test_a_truncated_teacher_is_converted_and_verified_as_truncated(tiny_bert_dir, corpus,
+                                                                   tmp_path):
+    """--layers 1: the student imitates the teacher's first layer, convert.json records it, and
+    verify and report compare with the teacher cut to that layer."""
+    import torch
+
+    from archnet.jobs.verify_tokens import verify_tokens
+    from archnet.text.teacher import load_text_teacher, recorded_teacher
+    out = tmp_path / "one-layer"
+    _convert(tiny_bert_dir, corpus, out, "--layers", "1")
+    summary = json.loads((out / "convert.json").read_text())
+    assert summary["teacher_layers"] == 1 and summary["emulation_vs_simulator"]["agreement"] == 1.0
+    assert [b["block"] for b in summary["blocks"]] == BLOCKS[:2]
+    cut = recorded_teacher(summary, out)
+    full = load_text_teacher(tiny_bert_dir)
+    assert cut.config.layers == 1 and full.config.layers == 2
+    assert cut.fingerprint == full.fingerprint == summary["teacher_sha256"]
+    ids = torch.tensor([[2, 5, 9, 3, 0, 0]])
+    mask = (ids != 0).long()
+    assert torch.allclose(cut.forward(ids, mask).hidden_states[-1],
+                          full.forward(ids, mask).hidden_states[1])
+    doc = verify_tokens(out / "model.program", CHIP, max_sentences=4, log=None)
+    assert doc["bit_exact"] and doc["teacher_layers"] == 1
+    assert [a["name"] for a in doc["agreement"]] == BLOCKS[:2]
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -200,21 +228,21 @@ def test_cli_exit_codes(run_dir, tmp_path, capsys, monkeypatch):
     assert not (run_dir / "report").exists()   # --out outside the run folder: no report
 
     from archnet.quant.qtensor import QTensor
-    from archnet.text.student import EncoderLayer
-    real = EncoderLayer.integer_forward
+    from archnet.student import GraphBlock
+    real = GraphBlock.integer_forward
 
-    def off_by_one(self, x, mask, arith):
-        q = real(self, x, mask, arith)
-        return QTensor(q.value + 1, q.scale, q.dtype)
-    monkeypatch.setattr(EncoderLayer, "integer_forward", off_by_one)
+    def off_by_one(self, x, arith, side=None):
+        q = real(self, x, arith, side)
+        return QTensor(q.value + 1, q.scale, q.dtype) if self.name == BLOCKS[1] else q
+    monkeypatch.setattr(GraphBlock, "integer_forward", off_by_one)
     rc = _main(["verify", program, "--chip", CHIP, "--max-sentences", "3", "--out",
                 str(out), "--no-progress"])
     printed = capsys.readouterr().out
     assert rc == 1
-    assert "MISMATCH" in printed and "first divergent block 'layer0'" in printed
+    assert "MISMATCH" in printed and f"first divergent block {BLOCKS[1]!r}" in printed
     doc = json.loads(out.read_text())
-    assert doc["bit_exact"] is False and doc["first_divergent_block"] == "layer0"
-    assert doc["divergence"]["block"] == "layer0" and doc["divergence"]["sentence"] == 0
+    assert doc["bit_exact"] is False and doc["first_divergent_block"] == BLOCKS[1]
+    assert doc["divergence"]["block"] == BLOCKS[1] and doc["divergence"]["sentence"] == 0
     assert doc["divergence"]["archnet"] == doc["divergence"]["simulator"] + 1
     assert [a["matched"] == a["total"] for a in doc["agreement"]] == [True, False, False]
     monkeypatch.undo()
@@ -224,6 +252,37 @@ def test_cli_exit_codes(run_dir, tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and "--limit applies to CNN runs only" in err[0]
     assert _main(["verify", str(tmp_path / "none.program"), "--chip", CHIP]) == 2
     assert "none.program: no such Program file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metadata, needle", [
+    ({"family": "text", "student_checkpoint": "student.pt"}, "retired archnet/text student"),
+    ({}, "not the Program of an `archnet convert` run"),
+])
+def test_a_program_no_run_of_the_shared_pipeline_wrote_is_refused(run_dir, tmp_path, capsys,
+                                                                  metadata, needle):
+    """The retired text student's Programs, and Programs no run wrote, are refused in one line
+    naming the file."""
+    from simulator.ir.program import load_program, save_program
+    run = _copy_run(run_dir, tmp_path / "run")
+    program = load_program(run / "model.program")
+    save_program(dataclasses.replace(program, metadata=metadata), run / "model.program")
+    capsys.readouterr()
+    assert _main(["verify", str(run / "model.program"), "--chip", CHIP]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("archnet: error: "), err
+    assert str(run / "model.program") in err[0] and needle in err[0]
+
+
+def test_report_refuses_a_run_of_the_retired_text_student(run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path / "old")
+    summary = json.loads((run / "convert.json").read_text())
+    summary.pop("inputs")
+    (run / "convert.json").write_text(json.dumps({**summary, "family": "text"}))
+    capsys.readouterr()
+    assert _main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "retired archnet/text student" in err[0]
+    assert not (tmp_path / "rep").exists()
 
 
 def test_verify_into_the_run_and_report(run_dir, tmp_path, capsys):
@@ -276,3 +335,18 @@ def test_verify_into_the_run_and_report(run_dir, tmp_path, capsys):
 
     assert _main(["report", str(run_dir), "--images", "8"]) == 2
     assert "--images applies to CNN runs" in capsys.readouterr().err
+
+
+def test_a_verify_record_of_an_earlier_program_is_stale(run_dir, tmp_path, capsys):
+    """The record names the Program's SHA-256: a Program converted again since is reported
+    stale, not with the old numbers as its own."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    assert _main(["verify", str(run / "model.program"), "--chip", CHIP, "--out",
+                  str(tmp_path / "v.json"), "--max-sentences", "3", "--no-progress"]) == 0
+    record = json.loads((tmp_path / "v.json").read_text())
+    (run / f"verify_{CHIP}.json").write_text(json.dumps({**record, "program_sha256": "0" * 64}))
+    capsys.readouterr()
+    assert _main(["report", str(run), "--out", str(tmp_path / "rep"), "--chips", CHIP,
+                  "-q"]) == 0
+    qual = (tmp_path / "rep" / "quality.csv").read_text()
+    assert "stale: model.program changed since" in qual
