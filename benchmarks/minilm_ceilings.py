@@ -1,5 +1,6 @@
 """What each of the text student's design constraints alone costs the MiniLM teacher, before any
-training: the ceiling a distillation starts under.
+training: the ceiling a distillation starts under (the student of ``archnet convert minilm``,
+the shared pipeline's).
 
     python benchmarks/minilm_ceilings.py [--sentences 512] [--calibration 256]
                                          [--train-steps 0] [--out FILE]
@@ -12,8 +13,10 @@ embeddings, nearest-neighbour agreement and Spearman, as ``archnet verify`` repo
   between sub-blocks, which the student keeps on an 8-bit per-tensor grid) rounded to a grid
   of B bits, per tensor or per channel, the clip chosen by least squared error on the
   calibration tokens;
-- **fixed-statistics LayerNorm**: every LayerNorm (or one at a time) replaced by the student's
-  ``FixedAffine``, fitted as ``archnet convert`` fits it;
+- **fixed-statistics LayerNorm**: every LayerNorm (or one at a time) replaced by a per-channel
+  affine with fixed statistics (the student's ``channel_affine``), fitted as ``archnet convert``
+  fits it (``archnet.lowering.graph.fit_layer_norms``: the statistics of the LayerNorm's input,
+  then scale and shift by least squares to its output), here on the calibration tokens;
 - **LayerNorm from chip ops**: per-token normalisation without a LayerNorm op (centre by a
   fully connected ``I - 1/H``, variance by a matmul, rsqrt by a table, scale by a matmul), with
   the centred values and the variance on grids of the given bits; the rsqrt itself exact on the
@@ -73,7 +76,7 @@ class _Variant:
                 setattr(self.model.get_submodule(parent), leaf, make(mod, name))
 
     def embeddings(self, ids, mask):
-        from archnet.text.student import pooled
+        from archnet.text.quality import pooled
         return pooled(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
@@ -118,11 +121,44 @@ def _chip_op_norm(centred_bits: int, variance_bits: int, valid):
     return ChipOpNorm
 
 
+def _fixed_statistics():
+    """A per-channel affine with fixed statistics: what a LayerNorm becomes in the student."""
+    import torch
+    from torch import nn
+
+    class FixedStatistics(nn.Module):
+        def __init__(self, channels: int, eps: float):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+            self.register_buffer("mean", torch.zeros(channels))
+            self.register_buffer("var", torch.ones(channels))
+            self.eps = eps
+
+        def forward(self, x):
+            return (x - self.mean) / torch.sqrt(self.var + self.eps) * self.weight + self.bias
+
+        @torch.no_grad()
+        def fit(self, x, y) -> None:
+            """As ``fit_layer_norms``: the statistics of ``x`` [M, C], then per channel the
+            least-squares line from the normalised ``x`` to ``y`` (the teacher's output)."""
+            x, y = x.double(), y.double()
+            self.mean.copy_(x.mean(0).float())
+            self.var.copy_(x.var(0, unbiased=False).float())
+            xhat = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + self.eps)
+            xm, ym = xhat.mean(0), y.mean(0)
+            slope = ((xhat - xm) * (y - ym)).mean(0) / (xhat - xm).pow(2).mean(0).clamp_min(1e-12)
+            self.weight.copy_(slope.float())
+            self.bias.copy_((ym - slope * xm).float())
+    return FixedStatistics
+
+
 def _fixed_affine(calib_ids, calib_mask, teacher):
-    """LayerNorm -> FixedAffine fitted on the teacher's own LayerNorm input and output."""
+    """LayerNorm -> a fixed-statistics affine fitted on the teacher's own LayerNorm input and
+    output."""
     import torch
 
-    from archnet.text.modules import FixedAffine
+    FixedStatistics = _fixed_statistics()
     seen = {}
     valid = calib_mask.reshape(-1).bool()
     hooks = [mod.register_forward_hook(
@@ -137,7 +173,7 @@ def _fixed_affine(calib_ids, calib_mask, teacher):
             h.remove()
 
     def make(ln, name):
-        affine = FixedAffine(ln.normalized_shape[0], ln.eps)
+        affine = FixedStatistics(ln.normalized_shape[0], ln.eps)
         affine.fit(*seen[name])
         return affine
     return make, sorted(seen)
@@ -160,15 +196,13 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from archnet.text.convert import TextConvertOptions, load_corpus
-    from archnet.text.distill import SentenceBatches
-    from archnet.text.quality import embedding_quality
-    from archnet.text.student import pooled
+    from archnet.text.corpus import distillation_corpus
+    from archnet.text.quality import embedding_quality, pooled
     from archnet.text.teacher import load_text_teacher
 
     teacher = load_text_teacher(args.teacher)
-    train_tok, _, heldout = load_corpus(
-        teacher, TextConvertOptions(args.teacher, "-", "-", max_len=args.max_len, max_sentences=4096), 0)
+    # the split and sample ``archnet convert`` makes (fortunes, a tenth held out, seed 0)
+    train_tok, _, heldout = distillation_corpus(teacher, None, 0.1, 4096, args.max_len, 0)
     tok = teacher.tokenize(heldout[:args.sentences], args.max_len)
     ids, mask = torch.as_tensor(tok.input_ids), torch.as_tensor(tok.attention_mask)
     train_ids, train_mask = torch.as_tensor(train_tok.input_ids), torch.as_tensor(train_tok.attention_mask)
@@ -222,16 +256,16 @@ def main() -> int:
         variant = _Variant(teacher, make_fixed)
         model = variant.model
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        data = SentenceBatches(train_ids, train_mask)
         gen = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         batches, every = [], max(1, args.train_steps // 6)
         start = time.perf_counter()
         for step in range(1, args.train_steps + 1):
             model.train()
-            if not batches:
-                batches = data.epoch(32, gen)
-            b_ids, b_mask, _ = data.cut(batches.pop())
+            if not batches:     # a seeded pass over the distillation sentences, 32 at a time
+                batches = list(torch.randperm(len(train_ids), generator=gen).split(32))
+            idx = batches.pop()
+            b_ids, b_mask = train_ids[idx], train_mask[idx]
             with torch.no_grad():
                 target = teacher.forward(b_ids, b_mask).hidden_states
             hidden = model(input_ids=b_ids, attention_mask=b_mask, output_hidden_states=True).hidden_states

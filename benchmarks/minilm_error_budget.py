@@ -3,13 +3,16 @@ kind on held-out sentences, and what sentence-embedding cosine a nearest-neighbo
 
     python benchmarks/minilm_error_budget.py reports/minilm/8w8a [--sentences 256] [--out FILE]
 
-Per block (0 = embedding, i + 1 = encoder layer i), against the teacher's hidden state at the
-same depth, over real tokens:
+RUN is a text run folder of ``archnet convert minilm ...`` (the shared pipeline: ``student.pt``,
+``convert.json``); the teacher, corpus and held-out split are the ones it records, as for
+``archnet verify``. Per student block, against the teacher's value the block imitates (its tap
+in the captured teacher graph; for MiniLM the hidden state after each LayerNorm that ends the
+embedding or an encoder layer), over real tokens:
 
 - chained: the student run from the tokens (its own errors accumulate);
-- forced: this block alone, fed the teacher's previous hidden state on the student's grid;
-- grid: the teacher's hidden state put on the student's 8-bit stream grid (rounding and
-  clipping only: what the grid itself costs).
+- forced: this block alone, fed the teacher's value of the block before on the student's grid;
+- grid: the teacher's value put on the grid of the block's output (rounding and clipping only:
+  what the grid itself costs).
 
 Relative MSE is ``mean (s - t)^2 / mean t^2``. The student runs fake-quant (float on the
 integer grids); the exported Program differs from it only by the integer softmax, LUT and
@@ -17,12 +20,13 @@ requantize rounding (``archnet verify`` measures those outputs). The last table 
 noise to the teacher's normalised embeddings: the cosine at which nearest-neighbour agreement
 falls to a given level on these sentences, for errors that are not structured.
 
-Needs the run folder's ``student.pt`` (``archnet convert minilm ...``) and the ``text`` extra.
+Needs the run folder and the ``text`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -36,47 +40,83 @@ def _rel(a, b, valid) -> float:
     return float(((a - b)[valid] ** 2).mean() / (b[valid] ** 2).mean())
 
 
+def _output_grid(student, i: int):
+    """The quantizer whose grid block ``i``'s output lies on."""
+    block = student.blocks[i]
+    ref = block.spec["outputs"][0]
+    step = next(st for st in block.spec["steps"] if st["name"] == ref)
+    if "quant" not in step:
+        raise SystemExit(f"error: block {block.name!r} ends in a {step['kind']} step that writes "
+                         f"no grid of its own; this benchmark needs one")
+    return student.quantizers[step["quant"]]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", help="run folder holding student.pt")
-    ap.add_argument("--teacher", default="minilm")
+    ap.add_argument("run", help="text run folder holding student.pt and convert.json")
     ap.add_argument("--sentences", type=int, default=256, help="held-out sentences (default 256)")
+    ap.add_argument("--chunk", type=int, default=16,
+                    help="sentences per student forward (its one-hot rows are vocabulary-wide)")
     ap.add_argument("--out", help="also write the tables to this markdown file")
     args = ap.parse_args()
+    if args.chunk < 1:
+        sys.exit("error: --chunk must be >= 1")
+    if args.sentences < 3:
+        sys.exit("error: --sentences must be >= 3")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from archnet.text.corpus import read_sentences, split_heldout
-    from archnet.text.quality import embedding_quality
-    from archnet.text.student import pooled
-    from archnet.text.student_io import load_text_student
-    from archnet.text.teacher import load_text_teacher
+    from archnet.capture import capture
+    from archnet.jobs.convert import TokenEncoder
+    from archnet.student_io import load_student
+    from archnet.text.corpus import recorded_heldout
+    from archnet.text.quality import embedding_quality, pooled
+    from archnet.text.teacher import recorded_teacher
 
-    student_path = Path(args.run) / "student.pt"
-    if not student_path.is_file():
-        sys.exit(f"error: {student_path}: no student checkpoint (run archnet convert first)")
-    student, _ = load_text_student(student_path)
-    teacher = load_text_teacher(args.teacher)
-    _, heldout = split_heldout(read_sentences())
-    tok = teacher.tokenize(heldout[:args.sentences], student.cfg.max_positions)
+    run = Path(args.run)
+    student_path, summary_path = run / "student.pt", run / "convert.json"
+    if not student_path.is_file() or not summary_path.is_file():
+        sys.exit(f"error: {run}: no student.pt and convert.json (run archnet convert first)")
+    info = json.loads(summary_path.read_text(encoding="utf-8"))
+    if info.get("inputs") != "tokens":
+        sys.exit(f"error: {run}: not a text run (its convert.json records no token inputs)")
+    student, _ = load_student(student_path)
+    student.eval()
+    teacher = recorded_teacher(info, run)
+    heldout, _, _ = recorded_heldout(info, run, args.sentences)
+    seq_len, _vocab = student.input_shape
+    mask_name = next(iter(student.side_inputs))
+    tok = teacher.tokenize(heldout, seq_len)
     ids, mask = torch.as_tensor(tok.input_ids), torch.as_tensor(tok.attention_mask)
+    side = {mask_name: mask.float()}
     valid = mask.bool()
-    lines = [f"# Error budget of {args.run} on {len(ids)} held-out fortunes", ""]
+    graph = capture(TokenEncoder(teacher.model.eval()).eval(), (ids[:1], mask[:1]))
+    lines = [f"# Error budget of {args.run} on {len(ids)} held-out sentences", ""]
+    grids = [_output_grid(student, i) for i in range(len(student.blocks))]
     with torch.no_grad():
-        out = teacher.forward(ids, mask)
-        hidden = out.hidden_states
-        chain = student.features(ids, mask)
+        found = graph.values(ids, mask, keep=set(student.block_taps))
+        target = [found[t] for t in student.block_taps]
+        # the student's one-hot rows are vocabulary-wide: a few sentences at a time
+        parts, forced_parts = [], []
+        for chunk in torch.arange(len(ids)).split(args.chunk):
+            part_side = {mask_name: side[mask_name][chunk]}
+            parts.append(student.features(ids[chunk], side=part_side))
+            forced_parts.append([student.blocks[i](grids[i - 1](target[i - 1][chunk]), True,
+                                                   part_side)
+                                 for i in range(1, len(student.blocks))])
+        chain = [torch.cat(c) for c in zip(*parts)]
+        # the first block reads the tokens themselves: forced is chained there
+        forced_all = [chain[0], *(torch.cat(c) for c in zip(*forced_parts))]
         lines += ["| block | chained rel. MSE | chained token cosine | chained pooled cosine "
                   "| forced rel. MSE | grid rel. MSE |", "|---|---:|---:|---:|---:|---:|"]
-        for i, name in enumerate(student.block_names()):
-            prev = student.stream_quant(i - 1)(hidden[i - 1]) if i else None
-            forced = student.features(ids, mask, start=i, stop=i + 1, stream=prev)[0]
-            grid = student.stream_quant(i)(hidden[i])
-            tok_cos = torch.nn.functional.cosine_similarity(chain[i][valid], hidden[i][valid], dim=-1)
-            pooled_q = embedding_quality(pooled(chain[i], mask).numpy(), pooled(hidden[i], mask).numpy())
-            lines.append(f"| {name} | {_rel(chain[i], hidden[i], valid):.4f} | {float(tok_cos.mean()):.4f} "
-                         f"| {pooled_q['mean_cosine']:.4f} | {_rel(forced, hidden[i], valid):.4f} "
-                         f"| {_rel(grid, hidden[i], valid):.5f} |")
+        for i, name in enumerate(student.block_names):
+            forced = forced_all[i]
+            grid = grids[i](target[i])
+            tok_cos = torch.nn.functional.cosine_similarity(chain[i][valid], target[i][valid], dim=-1)
+            pooled_q = embedding_quality(pooled(chain[i], mask).numpy(), pooled(target[i], mask).numpy())
+            lines.append(f"| {name} | {_rel(chain[i], target[i], valid):.4f} | {float(tok_cos.mean()):.4f} "
+                         f"| {pooled_q['mean_cosine']:.4f} | {_rel(forced, target[i], valid):.4f} "
+                         f"| {_rel(grid, target[i], valid):.5f} |")
         lengths = mask.sum(1)
         cls = torch.zeros_like(valid)
         cls[:, 0] = True
@@ -86,16 +126,16 @@ def main() -> int:
         lines += ["", "Chained error by token kind (share of the block's squared error; relative MSE "
                   "of that kind; the grid's own relative MSE for it):", "",
                   "| block | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
-        for i, name in enumerate(student.block_names()):
-            err = (chain[i] - hidden[i]).pow(2).sum(-1)
-            grid_err = (student.stream_quant(i)(hidden[i]) - hidden[i]).pow(2).sum(-1)
-            norm = hidden[i].pow(2).sum(-1)
+        for i, name in enumerate(student.block_names):
+            err = (chain[i] - target[i]).pow(2).sum(-1)
+            grid_err = (grids[i](target[i]) - target[i]).pow(2).sum(-1)
+            norm = target[i].pow(2).sum(-1)
             total = err[valid].sum()
             cells = [f"{float(err[k].sum() / total):.2f}; {float(err[k].mean() / norm[k].mean()):.4f}; "
                      f"{float(grid_err[k].mean() / norm[k].mean()):.4f}" for k in kinds.values()]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         student_emb = pooled(chain[-1], mask).numpy()
-    ref = out.embedding.numpy()
+        ref = teacher.forward(ids, mask).embedding.numpy()
     q = embedding_quality(student_emb, ref)
     lines += ["", f"Student (fake-quant) sentence embedding: mean cosine {q['mean_cosine']:.4f}, "
               f"NN agreement {q['nn_agreement']:.3f}, Spearman {q['spearman']:.3f}", "",
