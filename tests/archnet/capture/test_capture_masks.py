@@ -28,6 +28,17 @@ class _Encoder(torch.nn.Module):
         return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
+def _token_set(n: int, every: int, keep: int, seed: int, mask_name: str):
+    """``n`` random 8-token sentences of a 40-word vocabulary, every ``every``-th padded after
+    ``keep`` tokens: ids, mask and their TokenInputs."""
+    from archnet.distill.inputs import TokenInputs
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 40, (n, 8), generator=gen)
+    mask = torch.ones(n, 8, dtype=torch.long)
+    mask[::every, keep:] = 0
+    return ids, mask, TokenInputs(ids, mask, 40, mask_name)
+
+
 @pytest.fixture(scope="module", params=["eager", "sdpa"])
 def encoder(request):
     """Both of transformers' attentions: written out, and torch's fused
@@ -110,7 +121,6 @@ def test_an_encoder_distils_on_token_data_with_the_simulator_in_the_loop(encoder
     simulator for later blocks, and the result bit-exact on the simulator."""
     import numpy as np
 
-    from archnet.distill.inputs import TokenInputs
     from archnet.distill.loop import DistillConfig, distill
     from archnet.distill.taps import GraphTaps
     from archnet.lowering import calibrate_activations, calibrate_batchnorm
@@ -119,11 +129,7 @@ def test_an_encoder_distils_on_token_data_with_the_simulator_in_the_loop(encoder
     model, graph = encoder
     profile = load_profile("ethos-u55-128")
     student, low = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 40, (48, 8), generator=gen)
-    mask = torch.ones(48, 8, dtype=torch.long)
-    mask[::3, 5:] = 0
-    data = TokenInputs(ids, mask, 40, graph.inputs[1])
+    ids, mask, data = _token_set(48, every=3, keep=5, seed=0, mask_name=graph.inputs[1])
     x, side = data.student(torch.arange(48))
     calibrate_batchnorm(student, x, side=side)
     calibrate_activations(student, x, side=side)
@@ -177,7 +183,6 @@ def test_a_folded_layer_norm_keeps_the_stream_on_the_normalised_scale():
     output (the fitted per-channel affine, as the unfolded form computes it), so an outlier
     channel of the sublayer's raw output (hundreds, as MiniLM's FFN writes) does not set the
     stream's 8-bit grid: every block's fake-quant output stays near its float one."""
-    from archnet.distill.inputs import TokenInputs
     from archnet.distill.taps import GraphTaps
     from archnet.distill.losses import masked_token_loss
     from archnet.lowering import calibrate_activations, calibrate_batchnorm
@@ -194,11 +199,7 @@ def test_a_folded_layer_norm_keeps_the_stream_on_the_normalised_scale():
     plan = plan_conversion(graph, profile, (8, 8))
     assert plan.rules_fired()["layer_norm.folded_affine"] == 4
     student, low = build_graph_student(graph, plan, profile)
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 40, (64, 8), generator=gen)
-    mask = torch.ones(64, 8, dtype=torch.long)
-    mask[::4, 6:] = 0
-    data = TokenInputs(ids, mask, 40, graph.inputs[1])
+    ids, mask, data = _token_set(64, every=4, keep=6, seed=1, mask_name=graph.inputs[1])
     x, side = data.student(torch.arange(64))
     calibrate_batchnorm(student, x, side=side)
     assert fit_layer_norms(student, graph, data.teacher(torch.arange(64)), mask) == 5
