@@ -682,24 +682,15 @@ class ArchNetStudent(nn.Module):
         b.output(*outputs)
         b.metadata["archnet"] = {"blocks": self.block_names[start:n],
                                  "block_taps": self.block_taps[start:n],
-                                 "block_outputs": per_block, "start": start}
+                                 "block_outputs": per_block}
         return b.build()
 
     def _boundary_inputs(self, b: ProgramBuilder, full: tuple[int, ...], start: int) -> list[str]:
-        """Program inputs standing for block ``start-1``'s output pieces: the shapes and grids
-        its export gives them (read from a scratch export of the blocks before ``start``)."""
-        scratch = ProgramBuilder("boundary")
-        pieces = [self.input.export(scratch, full)]
-        side = {k: scratch.input(k, (full[0], *shape), SIDE_TYPE, scale=1.0, zero_point=0)
-                for k, shape in self.side_inputs.items()}
-        for block in list(self.blocks)[:start]:
-            pieces = block.export(scratch, pieces, block.name, side)
-        names = []
-        for j, piece in enumerate(pieces):
-            t = scratch.tensors[piece]
-            names.append(b.input(f"boundary:{j}", t.shape, t.dtype, scale=t.scale,
-                                 zero_point=t.zero_point))
-        return names
+        """Program inputs standing for block ``start-1``'s output pieces, with the shapes and
+        grids the export of the blocks before ``start`` gives them."""
+        before = self.export(full, upto=start, name="boundary")
+        return [b.input(f"boundary:{j}", t.shape, t.dtype, scale=t.scale, zero_point=t.zero_point)
+                for j, t in enumerate(before.tensors[p] for p in before.outputs)]
 
     # -- summary
     def summary(self) -> list[dict]:

@@ -171,6 +171,4 @@ class FrozenPrefix:
         self.digest = _blocks_digest(self.student, n_blocks)
         return value
 
-    def rescale(self, value: torch.Tensor) -> torch.Tensor:
-        """Integers -> the float values the next block reads (value x grid step)."""
-        return value.to(torch.float32) * self.scale
+    rescale = HardwarePrefix.rescale     # the kept integers are on the last prefix's grid

@@ -83,9 +83,11 @@ def calibrate_batchnorm(student, images: torch.Tensor, *, preserve_function: boo
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
         x = block(x, quantize=False, side=side)
-    # new statistics under a kept affine move the folded weights: their steps follow (a step
-    # set for the old ones would clip them)
-    init_weight_quantizers(student, todo)
+    # new statistics under a kept affine (or a reset one) move the folded weights: their steps
+    # follow (steps set for the old ones would clip them); a preserved function keeps them
+    moved = [(i, name) for i, name in todo if not preserve_function or next(
+        s for s in student.blocks[i].spec["steps"] if s["name"] == name).get("bn_init") == "statistics"]
+    init_weight_quantizers(student, moved)
     return todo
 
 

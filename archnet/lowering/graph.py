@@ -26,7 +26,9 @@ from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
 from archnet.lowering.calibrate import init_weight_quantizers
 from archnet.lowering.transfer import TransferRow, row_value
+from archnet.rules.elementwise import inverted_residual
 from archnet.rules.planner import ConversionPlan, Decision
+from archnet.rules.pool import window_cover
 from archnet.quant.attention import PROB_STEP
 from archnet.student import CONFIG_FORMAT, CONFIG_VERSION, IMAGE, SIDE
 from simulator.ir.builder import unique_name
@@ -537,7 +539,6 @@ class _Lowering:
         carried channels ``relu(x)``, ``relu(-x)`` (scale 1 here; ``fit_carried_residuals``
         sets it): identity rows in the expand, identity centre taps in the depthwise conv,
         +1/-1 columns in the projection."""
-        from archnet.rules.elementwise import inverted_residual
         k = d.form.absorbs
         branch, value = [], node.inputs[k]
         for _ in range(5):
@@ -567,7 +568,7 @@ class _Lowering:
             if hi is not None:
                 self.steps[step]["clamp_max"] = float(hi)
         self.steps[macs[0]]["carried"] = {"value": node.inputs[1 - k], "channels": c,
-                                          "into": macs[2]}
+                                          "through": macs[1], "into": macs[2]}
 
     def _pool_fc(self, pool: TeacherNode, macs: list[str], head: torch.Tensor, bias,
                  made: list[str]) -> None:
@@ -577,7 +578,6 @@ class _Lowering:
         one) over the positions."""
         window = next((self.steps[s] for s in made if self.steps[s]["kind"] == "avgpool"), None)
         if window is not None:
-            from archnet.rules.pool import window_cover
             c, h, w_ = self.graph.shape(pool.inputs[0])[1:]
             (k, _), (ph, pw) = window["kernel"], window["pads"]
             share = []
@@ -788,7 +788,6 @@ def _input_spec(graph: TeacherGraph, plan: ConversionPlan) -> dict:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def fit_layer_norms(student, graph: TeacherGraph, teacher_inputs, mask=None) -> int:
     """LayerNorm's fixed-statistics replacements fitted to the teacher: with the statistics
     calibration fixed, each channel's scale and shift are the least-squares fit of the teacher's
@@ -863,9 +862,8 @@ def fit_carried_residuals(student, graph: TeacherGraph, teacher_inputs) -> int:
     moved = []
     for i, block, st in found:
         carried = st["carried"]
-        bounds = [s.get("clamp_max") for s in block.spec["steps"]
-                  if s["name"] == st["name"] or s["inputs"][:1] == [st["name"]]]
-        bounds = [b for b in bounds if b is not None]
+        bounds = [s["clamp_max"] for s in block.spec["steps"]
+                  if s["name"] in (st["name"], carried["through"]) and s.get("clamp_max") is not None]
         if not bounds:
             continue                    # plain ReLU: exact at any scale
         peak = float(values[carried["value"]].abs().max()) * CARRY_MARGIN

@@ -59,13 +59,16 @@ class QInput(nn.Module):
         self.levels, self.name = ENCODINGS[encoding]
         self.scale = 1.0 / self.levels
 
+    def _ids(self, x: torch.Tensor) -> bool:
+        return self.encoding == "one_hot" and is_token_ids(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_token_ids(x):
+        if self._ids(x):
             return x        # stands for its one-hot rows until the layer that reads them
         return torch.round(x.clamp(0, 1) * self.levels) / self.levels
 
     def integer_forward(self, x: torch.Tensor, arith: ArithmeticSpec | None = None) -> QTensor:
-        if is_token_ids(x):
+        if self._ids(x):
             return QTensor(self.rows(x).to(torch.int64), self.scale, self.qtype)
         return QTensor(torch.round(x.clamp(0, 1).to(torch.float64) * self.levels).to(torch.int64),
                        self.scale, self.qtype)

@@ -3,7 +3,8 @@ the forms already chosen for its producers end in (a clamp fuses into a requanti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from archnet.capture.graph import TeacherGraph, TeacherNode
 from simulator.profiles import ChipProfile
@@ -30,6 +31,7 @@ class RuleContext:
     # activations fused into them (views too), nearest first: a whole branch a form may take
     # over (``Form.absorbs_depth``)
     branches: tuple[tuple[tuple[TeacherNode, object], ...], ...] = ()
+    readers: Mapping[str, int] = field(default_factory=dict)   # every value: how many nodes read it
 
     def absorbed(self, form) -> tuple[tuple[TeacherNode, object], ...]:
         """The producers ``form`` takes over (nearest first): ``absorbable[k]``, or the first
@@ -42,6 +44,11 @@ class RuleContext:
     def chain_input(self, form) -> str:
         """The value a form that absorbs a chain reads instead of that input."""
         return self.absorbed(form)[-1][0].inputs[0]
+
+    def read_once(self, value: str) -> bool:
+        """``value`` is a node's output that exactly one node reads (not a graph output)."""
+        return value not in self.graph.inputs and value not in self.graph.outputs and \
+            self.readers.get(value, 0) == 1
 
     def sole_reader_of(self, ops) -> bool:
         """Input 0 is made by a form ending in one of ``ops`` and read by nothing else: what

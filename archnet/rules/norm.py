@@ -29,25 +29,20 @@ FAMILY = ("batch_norm", "layer_norm")
 _VIEW_OPS = ("reshape", "flatten")
 
 
-def _sole_reader(graph, value: str) -> bool:
-    return value not in graph.outputs and sum(value in n.inputs for n in graph.nodes) == 1
-
-
 def residual_writer(node: TeacherNode, ctx: RuleContext) -> int | None:
     """Which operand of the add that ``node`` reads is written (through views) by a fully
     connected layer read by nothing else; None if the add is not the chip's add of two
     activations or has no such operand."""
     g = ctx.graph
-    if node.inputs[0] in g.inputs or ctx.producer_ops[:1] != ("add",) or \
-            not _sole_reader(g, node.inputs[0]):
+    if ctx.producer_ops[:1] != ("add",) or not ctx.read_once(node.inputs[0]):
         return None
     add = g.node(node.inputs[0])
     if add.op != "add" or len(add.inputs) != 2 or "scalar" in add.attrs or "other" in add.params:
         return None
     for k, value in enumerate(add.inputs):
-        while value not in g.inputs and _sole_reader(g, value) and g.node(value).op in _VIEW_OPS:
+        while ctx.read_once(value) and g.node(value).op in _VIEW_OPS:
             value = g.node(value).inputs[0]
-        if value not in g.inputs and _sole_reader(g, value) and g.node(value).op == "linear":
+        if ctx.read_once(value) and g.node(value).op == "linear":
             return k
     return None
 
@@ -67,11 +62,8 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
                        "takes scale and shift; a depthwise 1x1 scales the skip)", steps,
                        exact=False)] if residual_writer(node, ctx) is not None else []
         return [*folded, Form("layer_norm.fixed_affine",
-                     "LayerNorm as a per-channel affine with fixed statistics (a depthwise 1x1 "
-                     "conv over the token rows)",
-                     (Step("reshape", ("in0",), {"shape": [rows, d, 1, 1]}),
-                      Step("conv2d", ("s0",), {"groups": d}, weight=(d, 1, 1, 1)),
-                      Step("reshape", ("s1",), {"shape": list(node.shape)})), exact=False)]
+                              "LayerNorm as a per-channel affine with fixed statistics (a "
+                              "depthwise 1x1 conv over the token rows)", steps, exact=False)]
     c = x[1]
     if len(x) != 4:
         return [Form("batch_norm.fully_connected", "batch-norm as a diagonal fully connected layer",

@@ -146,7 +146,7 @@ def _context(graph: TeacherGraph, node: TeacherNode, profile: ChipProfile,
     absorbable = tuple(_chain(graph, i, decided, readers) for i in node.inputs)
     branches = tuple(_branch(graph, i, decided, readers) for i in node.inputs)
     return RuleContext(graph, profile, tuple(graph.shape(i) for i in node.inputs), tuple(ops),
-                       tuple(readers[i] for i in node.inputs), absorbable, branches)
+                       tuple(readers[i] for i in node.inputs), absorbable, branches, readers)
 
 
 _VIEWS = ("flatten.native", "flatten.reshape", "reshape.native")
