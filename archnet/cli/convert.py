@@ -51,7 +51,7 @@ def cmd_convert_text(args) -> int:
     cfg = DistillConfig(
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
         batch_size=_given(args.batch_size, 32), lr=_given(args.lr, 1e-4), window=args.window,
-        restarts=args.restarts, mixup_fraction=0.0, cosine_weight=args.cosine_weight,
+        restarts=args.restarts, mixup_fraction=0.0, cosine_weight=_given(args.cosine_weight, 10.0),
         attention=False, simulator_in_loop=not args.no_simulator_in_loop, seed=args.seed,
         progress=args.progress, final_steps=args.final_steps, final_window=args.final_window)
     convert_text_graph(opts, text_opts, cfg, log=lambda line: print(line, flush=True))
@@ -77,7 +77,7 @@ def cmd_convert(args) -> int:
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
         batch_size=_given(args.batch_size, 64), lr=_given(args.lr, 5e-4), window=args.window,
         restarts=args.restarts,
-        mixup_fraction=args.mixup, cosine_weight=args.cosine_weight,
+        mixup_fraction=args.mixup, cosine_weight=_given(args.cosine_weight, 1.0),
         attention=not args.no_attention, simulator_in_loop=not args.no_simulator_in_loop,
         seed=args.seed, progress=args.progress)
     from archnet import distributed
@@ -132,9 +132,9 @@ def add_commands(sub) -> None:
                    help="blocks trained per period; older ones run on the simulator (default 2)")
     c.add_argument("--restarts", type=positive_int, default=1, help="cosine cycles per period")
     c.add_argument("--mixup", type=fraction, default=0.25, help="fraction of mixup batches")
-    c.add_argument("--cosine-weight", type=float_in(0.0, 1e6), default=1.0,
-                   help="weight of the head's cosine loss (the logits; text teachers: the "
-                        "mean-pooled sentence embedding)")
+    c.add_argument("--cosine-weight", type=float_in(0.0, 1e6),
+                   help="weight of the head's cosine loss (default 1: the logits; text "
+                        "teachers 10: the mean-pooled sentence embedding, what users measure)")
     c.add_argument("--no-attention", action="store_true", help="plain MSE, no teacher attention")
     c.add_argument("--no-simulator-in-loop", action="store_true",
                    help="ablation: train later blocks on fake-quant outputs instead")

@@ -13,6 +13,12 @@
   sublayer's output live on the normalised scale, not on the raw sum whose outlier channels
   (hundreds in MiniLM's FFN output) a per-tensor grid cannot hold. Same function, same cost;
   preferred where it fits.
+- ``layer_norm.folded_embedding``: the same affine where LayerNorm reads an embedding sum (a
+  one-hot fully connected layer plus constant tables: positions, token types): the table's
+  columns and the constants take it, and the last add writes LayerNorm's output, so no grid
+  holds the raw sum. ``fit_layer_norms`` then refits each seen token's column and each
+  position's row to the teacher's LayerNorm output (the least-squares additive fit: a token
+  always at one position, as [CLS] is, comes out exact). No op of its own.
 """
 
 from __future__ import annotations
@@ -47,8 +53,34 @@ def residual_writer(node: TeacherNode, ctx: RuleContext) -> int | None:
     return None
 
 
+def embedding_sum(graph, value: str, read_once) -> TeacherNode | None:
+    """The embedding node whose one-hot layer starts ``value`` when ``value`` is a chain of adds
+    of constant operands (each read only by the next, ``read_once``) over that embedding's
+    output (through views); else None."""
+    seen_add = False
+    while read_once(value):
+        node = graph.node(value)
+        if node.op == "add" and "other" in node.params and "scalar" not in node.attrs:
+            value, seen_add = node.inputs[0], True
+        elif node.op in _VIEW_OPS:
+            value = node.inputs[0]
+        elif node.op == "embedding":
+            return node if seen_add else None
+        else:
+            return None
+    return None
+
+
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     x = ctx.in_shapes[0]
+    if node.op == "layer_norm" and ctx.producer_ops[:1] == ("add",) and \
+            list(node.attrs["normalized_shape"]) == [x[-1]] and \
+            embedding_sum(ctx.graph, node.inputs[0], ctx.read_once) is not None:
+        return [Form("layer_norm.folded_embedding",
+                     "LayerNorm of an embedding sum folded into the table's columns and the "
+                     "constant rows (fixed statistics, then each seen token's column and each "
+                     "position's row fitted to the teacher); the last add writes its output",
+                     (), exact=False)]
     if node.op == "layer_norm":
         d, rows = x[-1], math.prod(x[:-1])
         if list(node.attrs["normalized_shape"]) != [d]:

@@ -68,8 +68,9 @@ def test_an_encoder_is_planned_without_host_ops(encoder):
     plan = plan_conversion(graph, load_profile("ethos-u55-128"), (8, 8))
     fired = plan.rules_fired()
     assert fired["softmax.native"] == 2 and fired["embedding.one_hot_fc"] == 1
-    # the embedding's LayerNorm keeps its own affine; the four after a sublayer fold into its add
-    assert fired["layer_norm.fixed_affine"] == 1 and fired["layer_norm.folded_affine"] == 4
+    # the embedding's LayerNorm folds into the table; the four after a sublayer into their adds
+    assert fired["layer_norm.folded_embedding"] == 1 and fired["layer_norm.folded_affine"] == 4
+    assert "layer_norm.fixed_affine" not in fired
     assert fired["gelu.native"] == 2
     assert not plan.student.fallbacks
 
@@ -219,3 +220,43 @@ def test_a_folded_layer_norm_keeps_the_stream_on_the_normalised_scale():
         assert float(masked_token_loss(fq[i], fl[i], mask)) < 1e-4, tap
         checked += 1
     assert checked == 2
+
+
+def test_the_embedding_layer_norm_folds_into_the_table_and_fits_each_token():
+    """The embedding's LayerNorm folds into the embedding sum (table columns, position and
+    token-type rows): the float student's embedding is the least-squares additive fit of the
+    teacher's LayerNorm output, far nearer than the per-channel affine alone, and exact for a
+    token that always sits at one position (as [CLS] does)."""
+    from archnet.lowering import calibrate_batchnorm
+    from archnet.lowering.graph import build_graph_student, fit_layer_norms
+    from archnet.distill.inputs import TokenInputs
+    model = _Encoder().eval()
+    ids = torch.randint(0, 40, (1, 8))
+    graph = capture(model, (ids, torch.ones(1, 8, dtype=torch.long)))
+    profile = load_profile("ethos-u55-128")
+    plan = plan_conversion(graph, profile, (8, 8))
+    student, low = build_graph_student(graph, plan, profile)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(2, 40, (96, 8), generator=gen)
+    ids[:, 0] = 1                                    # the sentence-start token, only at 0
+    mask = torch.ones(96, 8, dtype=torch.long)
+    mask[::3, 5:] = 0
+    data = TokenInputs(ids, mask, 40, graph.inputs[1])
+    x, side = data.student(torch.arange(96))
+    calibrate_batchnorm(student, x, side=side)
+    assert fit_layer_norms(student, graph, (ids, mask), mask) == 5
+    tap = low.taps[0]
+    ln = graph.node(tap)
+    found = graph.values(ids, mask, keep={tap, ln.inputs[0]})
+    want, raw = found[tap], found[ln.inputs[0]]
+    with torch.no_grad():
+        got = student.features(x, quantize=False, side=side)[0]
+    keep = mask.bool()
+    assert torch.allclose(got[:, 0], want[:, 0], atol=1e-4)
+    # the paper's fold alone: each channel's least-squares affine of the raw sum
+    xr, yr = raw[keep].double(), want[keep].double()
+    xm, ym = xr.mean(0), yr.mean(0)
+    slope = ((xr - xm) * (yr - ym)).mean(0) / (xr - xm).pow(2).mean(0)
+    affine_only = ((slope * (xr - xm) + ym - yr).pow(2).mean() / yr.pow(2).mean()).item()
+    fitted = ((got[keep] - want[keep]).pow(2).mean() / want[keep].pow(2).mean()).item()
+    assert fitted < 0.5 * affine_only, (fitted, affine_only)
