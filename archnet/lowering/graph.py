@@ -26,6 +26,7 @@ from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
 from archnet.lowering.calibrate import init_weight_quantizers
 from archnet.lowering.transfer import TransferRow, row_value
+from archnet.lowering.widths import widen_grids
 from archnet.rules.elementwise import inverted_residual
 from archnet.rules.norm import embedding_sum
 from archnet.rules.planner import ConversionPlan, Decision
@@ -151,6 +152,7 @@ class _Lowering:
         self.graph, self.plan = graph, plan
         self.w_bits, self.a_bits = plan.bits          # of the node being lowered
         self.grid_bits: dict[str, int] = {}           # grid -> activation bits of its writer
+        self.wide: set[str] = set()                   # grids LayerNorm's forms write (widths.py)
         self.grids = _Grids()
         self.steps: dict[str, dict] = {}           # global step name -> step dict
         self.step_node: dict[str, str] = {}        # step -> teacher node
@@ -261,6 +263,7 @@ class _Lowering:
                             "kind": "channel_affine", "features": d, "w_bits": self.w_bits,
                             "quant": self._grid(name), "bn_init": "statistics",
                             "role": "teacher", "teacher_node": node.name}
+        self.wide.add(self.steps[name]["quant"])
         self.step_node[name] = node.name
         self.producer[node.name] = name
         p = node.params
@@ -296,6 +299,7 @@ class _Lowering:
         self.steps = dict(items[:at] + [(name, step)] + items[at:])   # the add reads it
         spec["inputs"][1 - k] = name
         self.step_node[name] = node.name
+        self.wide |= {step["quant"], spec["quant"], self.steps[macs[k]]["quant"]}
         self.producer[node.name] = add
         self._mac_rows(name, ("ones", None, {}), ("zeros", None, {}))
         self.rows += [(name, "bn.weight", "ones", None, {}), (name, "bn.bias", "zeros", None, {}),
@@ -351,6 +355,7 @@ class _Lowering:
             if self.steps.get(b, {}).get("kind") != "constant":
                 break
             constants.append(b)
+            self.wide.add(self.steps[ref]["quant"])
             ref = self._through_views(a)
         step = self.steps.get(ref)
         if not constants or step is None or step["kind"] != "linear":
@@ -358,6 +363,7 @@ class _Lowering:
                                   f"adds of constants over a one-hot fully connected layer")
         step["teacher_node"] = node.name
         step["folded_norm"] = constants[::-1]
+        self.wide |= {self.steps[s]["quant"] for s in (ref, *constants)}
 
     def _through_views(self, ref: str) -> str:
         """The step that computes ``ref``'s values: ``ref`` itself, or what a chain of views
@@ -725,6 +731,7 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
     for nodes in blocks:
         for n in nodes:
             low.lower(decisions[n.name])
+    widen_grids(low, {n.name: bi for bi, nodes in enumerate(blocks) for n in nodes})
     # the head writes logits on a signed grid of at least 8 bits (as the paper's head)
     last = low._value(graph.outputs[0])
     grids = low.grids

@@ -1,0 +1,85 @@
+"""Activation widths per grid. A student's ``a_bits`` is the width of what its MAC arrays read
+(the paper's 4w4a: 4-bit weights times 4-bit activations). Some values are read by ops that are
+not MACs and carry more than a MAC input needs: the operands of a table lookup (its index is
+the table's full width), of a matmul of two activations and of a softmax (attention scores and
+their keys), and LayerNorm's output, the Transformer's residual stream, with the sums its
+replacements write. These grids keep ``WIDE_BITS`` however narrow ``a_bits`` is; on 4-bit
+grids a Transformer loses the sentence (a 4-bit stream or 4-bit scores are far below what the
+retired text student measured as usable). A MAC reading a wide grid at a narrower ``a_bits``
+reads it through a per-channel requantize onto its own grid (a depthwise 1x1, learned: the
+per-channel smoothing that lets outlier channels share a 4-bit grid), one per wide value, shared
+by its MAC readers (the query, key and value layers read one).
+
+CNNs without such ops are untouched: every grid keeps its writer's ``a_bits``."""
+
+from __future__ import annotations
+
+from simulator.ir.builder import unique_name
+
+WIDE_BITS = 8          # the chip's 8-bit activations (issue 17 makes this 16 where a chip has it)
+WIDE_READERS = ("lut", "matmul", "softmax")
+MACS = ("conv", "linear")
+
+
+def widen_grids(low, block_of: dict[str, int]) -> int:
+    """Widen ``low``'s grids as the module says and insert the requantizes MACs then need;
+    returns how many requantizes it inserted. ``low`` is the lowering (its ``steps``,
+    ``grids``, ``grid_bits`` and the grids its LayerNorm forms marked ``wide``); ``block_of``
+    maps each teacher node to its block (a requantize is shared only within one)."""
+    if min(low.grid_bits.values(), default=WIDE_BITS) >= WIDE_BITS:
+        return 0
+    mac_bits = {s: low.grid_bits[st["quant"]] for s, st in low.steps.items()
+                if st["kind"] in MACS and "quant" in st}
+    wide = {low.grids.find(k) for k in low.wide}
+    for st in low.steps.values():
+        if st["kind"] in WIDE_READERS:
+            wide |= {low.grids.find(q) for q in map(low._quant_of, st["inputs"])
+                     if q in low.grids.parent}
+    for key in low.grid_bits:
+        if low.grids.find(key) in wide:
+            low.grid_bits[key] = max(low.grid_bits[key], WIDE_BITS)
+    inserted: dict[tuple[str, int], str] = {}      # (wide value, block) -> its requantize
+    for name in list(low.steps):
+        st = low.steps[name]
+        if name not in mac_bits or mac_bits[name] >= WIDE_BITS:
+            continue
+        ref = st["inputs"][0]
+        q = low._quant_of(ref)
+        if q not in low.grids.parent or low.grids.find(q) not in wide:
+            continue
+        key = (ref, block_of[low.step_node[name]])
+        if key not in inserted:
+            inserted[key] = _requantize(low, ref, name, mac_bits[name])
+        st["inputs"][0] = inserted[key]
+    return len(inserted)
+
+
+def _requantize(low, ref: str, reader: str, bits: int) -> str:
+    """A per-channel requantize of ``ref`` onto a new ``bits`` grid, placed before ``reader``
+    (in its block), starting as the identity: a depthwise 1x1 conv before a conv, a per-channel
+    affine over the last axis before a fully connected layer."""
+    mac = low.steps[reader]
+    conv = mac["kind"] == "conv"
+    channels = mac["in_channels"] if conv else mac["in_features"]
+    name = unique_name(f"{ref}_narrow", low.steps)
+    quant = low.grids.new(name)
+    low.grid_bits[quant] = bits
+    if conv:
+        step = {"name": name, "inputs": [ref], "kind": "conv", "in_channels": channels,
+                "out_channels": channels, "kernel": [1, 1], "strides": [1, 1], "pads": [0, 0],
+                "dilations": [1, 1], "groups": channels, "relu": False,
+                "w_bits": mac["w_bits"], "batch_norm": False, "role": "teacher",
+                "quant": quant}
+        low.rows += [(name, "weight", "ones", None, {}), (name, "bias", "zeros", None, {})]
+    else:
+        step = {"name": name, "inputs": [ref], "kind": "channel_affine", "features": channels,
+                "w_bits": mac["w_bits"], "quant": quant, "role": "teacher"}
+        low.rows += [(name, "weight", "ones", None, {}), (name, "bias", "zeros", None, {}),
+                     (name, "bn.weight", "ones", None, {}), (name, "bn.bias", "zeros", None, {}),
+                     (name, "bn.running_mean", "zeros", None, {}),
+                     (name, "bn.running_var", "ones", None, {})]
+    items = list(low.steps.items())
+    at = [key for key, _ in items].index(reader)
+    low.steps = dict(items[:at] + [(name, step)] + items[at:])
+    low.step_node[name] = low.step_node[reader]
+    return name

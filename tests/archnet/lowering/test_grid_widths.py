@@ -1,0 +1,133 @@
+"""Activation widths per grid (``archnet/lowering/widths.py``): below 8-bit activations, a
+Transformer's residual stream, attention operands and table inputs keep 8-bit grids and each MAC
+reads its 4-bit input through one per-channel requantize; the student still equals the teacher
+in float and the simulator bit for bit; CNNs without such ops keep every grid at ``a_bits``."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from archnet.capture import capture
+from archnet.lowering import calibrate_activations, calibrate_batchnorm
+from archnet.lowering.graph import build_graph_student, fit_layer_norms, lower_plan
+from archnet.lowering.widths import WIDE_BITS
+from archnet.rules import plan_conversion
+from simulator.execute import execute
+from simulator.profiles import load_profile
+
+transformers = pytest.importorskip("transformers")
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=32,
+                                         max_position_embeddings=16, attn_implementation="eager")
+        self.bert = transformers.BertModel(config, add_pooling_layer=False).eval()
+
+    def forward(self, ids, mask):
+        return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def _inputs(n: int = 32, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 40, (n, 8), generator=gen)
+    mask = torch.ones(n, 8, dtype=torch.long)
+    mask[::3, 5:] = 0
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    model = _Encoder().eval()
+    ids, mask = _inputs(1)
+    return capture(model, (ids, mask))
+
+
+def _bits_read(config):
+    """Per step: the widths of the grids it reads (through views), and the step itself."""
+    q = config["quantizers"]
+    for block in config["blocks"]:
+        by_name = {s["name"]: s for s in block["steps"]}
+
+        def grid_of(ref):
+            while ref in by_name and "quant" not in by_name[ref]:
+                ref = by_name[ref]["inputs"][0]
+            return by_name[ref]["quant"] if ref in by_name else block["input_quant"]
+        for st in block["steps"]:
+            reads = [q[grid_of(r)]["bits"] if grid_of(r) in q else None
+                     for r in st["inputs"] if not r.startswith("side:")]
+            yield st, reads, q.get(st.get("quant"), {}).get("bits")
+
+
+def test_an_encoder_at_4w4a_keeps_its_stream_and_attention_on_8_bit_grids(encoder):
+    profile = load_profile("ethos-u55-128")
+    config = lower_plan(encoder, plan_conversion(encoder, profile, (4, 4)), profile).config
+    readers_of = {}
+    for st, reads, _ in _bits_read(config):
+        if st["kind"] == "linear" and st["in_features"] != 40:      # not the one-hot table
+            assert reads == [4], st["name"]
+            readers_of.setdefault(st["inputs"][0], []).append(st["name"])
+        if st["kind"] in ("matmul", "lut", "softmax"):
+            assert all(b == WIDE_BITS for b in reads if b is not None), st["name"]
+        if st["kind"] == "add":                  # the stream: LayerNorm's output and its sums
+            assert reads == [WIDE_BITS, WIDE_BITS], st["name"]
+    requantizes = [s for s in readers_of if s.endswith("_narrow")]
+    # per layer: the query, key and value layers share one; the FFN's first layer has its own
+    assert sorted(len(readers_of[s]) for s in requantizes) == [1, 1, 3, 3]
+
+
+def test_an_encoder_at_4w4a_is_the_teacher_in_float_and_the_simulator_in_integers(encoder):
+    profile = load_profile("ethos-u55-128")
+    student4, _ = build_graph_student(encoder, plan_conversion(encoder, profile, (4, 4)), profile)
+    student8, _ = build_graph_student(encoder, plan_conversion(encoder, profile, (8, 8)), profile)
+    ids, mask = _inputs()
+    onehot = nn.functional.one_hot(ids, 40).float()
+    side = {encoder.inputs[1]: mask.float()}
+    with torch.no_grad():    # the requantizes start as the identity
+        for a, b in zip(student4.features(onehot, quantize=False, side=side),
+                        student8.features(onehot, quantize=False, side=side)):
+            assert torch.allclose(a, b, atol=1e-4)
+    calibrate_batchnorm(student4, onehot, side=side)
+    fit_layer_norms(student4, encoder, (ids, mask), mask)
+    calibrate_activations(student4, onehot, side=side)
+    program = student4.export(tuple(onehot.shape), feature_outputs=True)
+    feeds = {program.inputs[0]: onehot.numpy().astype(np.uint8),
+             program.inputs[1]: mask.numpy().astype(np.uint8)}
+    sim = execute(program, profile, feeds).outputs
+    ints = student4.integer_features(onehot, profile, side={encoder.inputs[1]: mask})
+    for q, pieces in zip(ints, program.metadata["archnet"]["block_outputs"]):
+        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+
+
+class _SiluNet(nn.Module):
+    """conv -> SiLU (the chip's table) -> conv, a residual add, a head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = y + self.c(nn.functional.silu(self.b(y)))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_cnn_keeps_a_bits_except_where_a_table_reads():
+    graph = capture(_SiluNet().eval(), (torch.zeros(1, 1, 8, 8),))
+    profile = load_profile("ethos-u55-128")
+    config = lower_plan(graph, plan_conversion(graph, profile, (4, 4)), profile).config
+    steps = [s for b in config["blocks"] for s in b["steps"]]
+    assert not [s for s in steps if s["name"].endswith("_narrow")]
+    for st, reads, _ in _bits_read(config):
+        if st["kind"] == "lut":
+            assert reads == [WIDE_BITS]
+        elif st["kind"] in ("conv", "linear") and st["inputs"] != ["in:0"]:
+            assert reads == [4], st["name"]
