@@ -3,7 +3,9 @@
 - ``resnet``: torchvision-style ResNets (7x7 stem, 1x1 convs, residual adds, global pooling)
 - ``plan``: writing student configs within a chip's channel limits (channel split)
 - ``transfer``: teacher -> student parameters as explicit tables
-- ``calibrate``: initial weight steps, batch-norm statistics of new layers
+- ``calibrate``: initial weight steps, batch-norm statistics of new layers, smoothing of
+  narrowed inputs
+- ``widths``: activation widths per grid (8-bit streams and attention under 4-bit MACs)
 - ``check``: ``assert_deployable``, the gate: no node of the exported student falls back
 """
 

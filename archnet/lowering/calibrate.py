@@ -137,3 +137,43 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
         q.scale.fill_(steps[key])
         q.initialised.fill_(True)
     return steps
+
+
+SMOOTHING_ALPHA = 0.5       # SmoothQuant's balance of activation and weight ranges
+
+
+@torch.no_grad()
+def smooth_narrowed_inputs(student, images: torch.Tensor, side: dict | None = None,
+                           alpha: float = SMOOTHING_ALPHA) -> int:
+    """Per-channel smoothing of every requantize that narrows a wide grid for the MACs reading
+    it (``archnet.lowering.widths``): channel ``c`` is divided by
+    ``s_c = max|x_c|^alpha / max|w_c|^(1 - alpha)`` (SmoothQuant, Xiao et al. 2023) and the
+    readers' weight columns for it multiplied by ``s_c``, so outlier channels of the stream do
+    not set the narrow grid's step for all the others; the float function is unchanged.
+    Readers with grouped convs keep the identity. Returns how many it smoothed."""
+    x, done = images, 0
+    for i, block in enumerate(student.blocks):
+        steps = block.spec["steps"]
+        narrowing = [st for st in steps if st.get("narrows")]
+        if narrowing:
+            env = block.trace(x, quantize=False, side=side)
+        for st in narrowing:
+            readers = [block.layers[r["name"]] for r in steps if st["name"] in r["inputs"]]
+            if not readers or any(getattr(m, "groups", 1) != 1 for m in readers):
+                continue
+            v = env[st["inputs"][0]]
+            conv = st["kind"] == "conv"
+            v = v.transpose(0, 1).reshape(v.shape[1], -1) if conv else v.reshape(-1, v.shape[-1]).t()
+            act = v.abs().amax(dim=1).clamp_min(1e-8)
+            wmax = torch.stack([m.weight.abs().transpose(0, 1).reshape(act.numel(), -1).amax(dim=1)
+                                for m in readers]).amax(dim=0).clamp_min(1e-8)
+            s = act.pow(alpha) / wmax.pow(1 - alpha)
+            narrow = block.layers[st["name"]]
+            narrow.weight.div_(s.view(-1, *([1] * (narrow.weight.dim() - 1))))
+            for m in readers:
+                m.weight.mul_(s.view(1, -1, *([1] * (m.weight.dim() - 2))))
+            init_weight_quantizers(student, [(i, st["name"])] + [
+                (i, r["name"]) for r in steps if st["name"] in r["inputs"]])
+            done += 1
+        x = block(x, quantize=False, side=side)
+    return done

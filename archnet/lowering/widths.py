@@ -8,7 +8,8 @@ grids a Transformer loses the sentence (a 4-bit stream or 4-bit scores are far b
 retired text student measured as usable). A MAC reading a wide grid at a narrower ``a_bits``
 reads it through a per-channel requantize onto its own grid (a depthwise 1x1, learned: the
 per-channel smoothing that lets outlier channels share a 4-bit grid), one per wide value, shared
-by its MAC readers (the query, key and value layers read one).
+by its MAC readers (the query, key and value layers read one). Calibration then sets its
+per-channel factors (``archnet.lowering.calibrate.smooth_narrowed_inputs``).
 
 CNNs without such ops are untouched: every grid keeps its writer's ``a_bits``."""
 
@@ -78,6 +79,7 @@ def _requantize(low, ref: str, reader: str, bits: int) -> str:
                      (name, "bn.weight", "ones", None, {}), (name, "bn.bias", "zeros", None, {}),
                      (name, "bn.running_mean", "zeros", None, {}),
                      (name, "bn.running_var", "ones", None, {})]
+    step["narrows"] = True          # calibration smooths its channels (smooth_narrowed_inputs)
     items = list(low.steps.items())
     at = [key for key, _ in items].index(reader)
     low.steps = dict(items[:at] + [(name, step)] + items[at:])

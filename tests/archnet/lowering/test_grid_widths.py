@@ -131,3 +131,45 @@ def test_a_cnn_keeps_a_bits_except_where_a_table_reads():
             assert reads == [WIDE_BITS]
         elif st["kind"] in ("conv", "linear") and st["inputs"] != ["in:0"]:
             assert reads == [4], st["name"]
+
+
+def test_smoothing_keeps_the_function_and_spares_the_narrow_grid_an_outlier_channel():
+    """A stream channel four times the others (LayerNorm's own scale) would set the 4-bit
+    grid's step for every channel; per-channel smoothing divides it out before the requantize
+    and multiplies it back into the readers' weights: the float student is unchanged and the
+    layers reading the narrowed stream are nearer their float values."""
+    from archnet.lowering.calibrate import smooth_narrowed_inputs
+    model = _Encoder().eval()
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            layer.output.LayerNorm.weight[5] = 4.0
+        model.bert.embeddings.LayerNorm.weight[5] = 4.0
+    ids, mask = _inputs(1)
+    graph = capture(model, (ids, mask))
+    profile = load_profile("ethos-u55-128")
+    plan = plan_conversion(graph, profile, (4, 4))
+    ids, mask = _inputs(48)
+    onehot = nn.functional.one_hot(ids, 40).float()
+    side = {graph.inputs[1]: mask.float()}
+
+    def prepared(smooth: bool):
+        student, _ = build_graph_student(graph, plan, profile)
+        calibrate_batchnorm(student, onehot, side=side)
+        fit_layer_norms(student, graph, (ids, mask), mask)
+        if smooth:
+            assert smooth_narrowed_inputs(student, onehot, side=side) == 4
+        calibrate_activations(student, onehot, side=side)
+        with torch.no_grad():
+            stream = student.features(onehot, quantize=False, side=side)[0]
+            block = student.blocks[1]
+            fl = block.trace(stream, quantize=False, side=side)
+            fq = block.trace(stream, side=side)
+        readers = [st["name"] for st in block.spec["steps"]
+                   if st["kind"] == "linear" and st["inputs"][0].endswith("_narrow")]
+        assert len(readers) == 4             # query, key, value, the FFN's first layer
+        err = sum(float((fq[r] - fl[r]).pow(2).mean() / fl[r].pow(2).mean()) for r in readers)
+        return student.features(onehot, quantize=False, side=side)[-1], err
+    float_plain, err_plain = prepared(False)
+    float_smooth, err_smooth = prepared(True)
+    assert torch.allclose(float_plain, float_smooth, atol=1e-3)
+    assert err_smooth < 0.75 * err_plain, (err_smooth, err_plain)
