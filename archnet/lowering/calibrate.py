@@ -139,7 +139,11 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
     return steps
 
 
-SMOOTHING_ALPHA = 0.5       # SmoothQuant's balance of activation and weight ranges
+# SmoothQuant's migration strength: how much of an activation channel's range moves into the
+# weights. MiniLM at 4w4a, each block fed the teacher's input, before training (relative MSE,
+# layers 0-4): 0.10-0.17 at 0.75, 0.15-0.17 at 0.5, 0.18-0.24 at 0.25, 0.19-0.26 without;
+# 0.9 and 1.0 no better than 0.75. 4-bit activations cost more than 4-bit weights there.
+SMOOTHING_ALPHA = 0.75
 
 
 @torch.no_grad()

@@ -153,6 +153,7 @@ class _Lowering:
         self.w_bits, self.a_bits = plan.bits          # of the node being lowered
         self.grid_bits: dict[str, int] = {}           # grid -> activation bits of its writer
         self.wide: set[str] = set()                   # grids LayerNorm's forms write (widths.py)
+        self.tables: set[str] = set()                 # one-hot tables' steps (widths.py)
         self.grids = _Grids()
         self.steps: dict[str, dict] = {}           # global step name -> step dict
         self.step_node: dict[str, str] = {}        # step -> teacher node
@@ -227,6 +228,8 @@ class _Lowering:
             refs[f"s{i}"] = name
             made.append(name)
         self._init(node, d, made)
+        if d.rule.startswith("embedding."):
+            self.tables |= {s for s in made if self.steps[s]["kind"] == "linear"}
         self.producer[node.name] = made[-1]
         if any(s.op == "concat" for s in form.steps):
             for name in made:

@@ -1,15 +1,15 @@
 """Activation widths per grid. A student's ``a_bits`` is the width of what its MAC arrays read
-(the paper's 4w4a: 4-bit weights times 4-bit activations). Some values are read by ops that are
-not MACs and carry more than a MAC input needs: the operands of a table lookup (its index is
-the table's full width), of a matmul of two activations and of a softmax (attention scores and
-their keys), and LayerNorm's output, the Transformer's residual stream, with the sums its
-replacements write. These grids keep ``WIDE_BITS`` however narrow ``a_bits`` is; on 4-bit
-grids a Transformer loses the sentence (a 4-bit stream or 4-bit scores are far below what the
-retired text student measured as usable). A MAC reading a wide grid at a narrower ``a_bits``
-reads it through a per-channel requantize onto its own grid (a depthwise 1x1, learned: the
-per-channel smoothing that lets outlier channels share a 4-bit grid), one per wide value, shared
-by its MAC readers (the query, key and value layers read one). Calibration then sets its
-per-channel factors (``archnet.lowering.calibrate.smooth_narrowed_inputs``).
+(the paper's 4w4a: 4-bit weights times 4-bit activations). Some values carry more than a MAC
+input needs: what a table lookup, a matmul of two activations or a softmax reads or writes (a
+table's index is its full width; attention scores, keys and their products), and LayerNorm's
+output, the Transformer's residual stream, with the sums its replacements write. These grids
+keep ``WIDE_BITS`` however narrow ``a_bits`` is: on 4-bit grids a Transformer loses the
+sentence. A MAC reading a wide grid at a narrower ``a_bits`` reads it through a per-channel
+requantize onto its own grid (a depthwise 1x1), one per wide value and block, shared by its MAC
+readers (the query, key and value layers read one); calibration sets its per-channel factors
+(``archnet.lowering.calibrate.smooth_narrowed_inputs``: the smoothing that lets outlier channels
+share a narrow grid). An embedding's one-hot table keeps ``WIDE_BITS`` weights: its weights are
+the values the lookup writes, not factors of a product.
 
 CNNs without such ops are untouched: every grid keeps its writer's ``a_bits``."""
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from simulator.ir.builder import unique_name
 
 WIDE_BITS = 8          # the chip's 8-bit activations (issue 17 makes this 16 where a chip has it)
-WIDE_READERS = ("lut", "matmul", "softmax")
+WIDE_OPS = ("lut", "matmul", "softmax")      # their operands and outputs stay wide
 MACS = ("conv", "linear")
 
 
@@ -27,14 +27,16 @@ def widen_grids(low, block_of: dict[str, int]) -> int:
     returns how many requantizes it inserted. ``low`` is the lowering (its ``steps``,
     ``grids``, ``grid_bits`` and the grids its LayerNorm forms marked ``wide``); ``block_of``
     maps each teacher node to its block (a requantize is shared only within one)."""
+    for name in low.tables:
+        low.steps[name]["w_bits"] = max(low.steps[name]["w_bits"], WIDE_BITS)
     if min(low.grid_bits.values(), default=WIDE_BITS) >= WIDE_BITS:
         return 0
     mac_bits = {s: low.grid_bits[st["quant"]] for s, st in low.steps.items()
                 if st["kind"] in MACS and "quant" in st}
     wide = {low.grids.find(k) for k in low.wide}
     for st in low.steps.values():
-        if st["kind"] in WIDE_READERS:
-            wide |= {low.grids.find(q) for q in map(low._quant_of, st["inputs"])
+        if st["kind"] in WIDE_OPS:
+            wide |= {low.grids.find(q) for q in map(low._quant_of, [*st["inputs"], st["name"]])
                      if q in low.grids.parent}
     for key in low.grid_bits:
         if low.grids.find(key) in wide:

@@ -67,17 +67,22 @@ def test_an_encoder_at_4w4a_keeps_its_stream_and_attention_on_8_bit_grids(encode
     profile = load_profile("ethos-u55-128")
     config = lower_plan(encoder, plan_conversion(encoder, profile, (4, 4)), profile).config
     readers_of = {}
-    for st, reads, _ in _bits_read(config):
+    for st, reads, writes in _bits_read(config):
         if st["kind"] == "linear" and st["in_features"] != 40:      # not the one-hot table
             assert reads == [4], st["name"]
             readers_of.setdefault(st["inputs"][0], []).append(st["name"])
         if st["kind"] in ("matmul", "lut", "softmax"):
             assert all(b == WIDE_BITS for b in reads if b is not None), st["name"]
+            assert writes == WIDE_BITS, st["name"]
         if st["kind"] == "add":                  # the stream: LayerNorm's output and its sums
             assert reads == [WIDE_BITS, WIDE_BITS], st["name"]
     requantizes = [s for s in readers_of if s.endswith("_narrow")]
-    # per layer: the query, key and value layers share one; the FFN's first layer has its own
-    assert sorted(len(readers_of[s]) for s in requantizes) == [1, 1, 3, 3]
+    # per layer: the query, key and value layers share one; the attention output and both FFN
+    # layers have their own
+    assert sorted(len(readers_of[s]) for s in requantizes) == [1] * 6 + [3, 3]
+    tables = [st for b in config["blocks"] for st in b["steps"]
+              if st["kind"] == "linear" and st["in_features"] == 40]
+    assert [st["w_bits"] for st in tables] == [WIDE_BITS]   # the one-hot table's values
 
 
 def test_an_encoder_at_4w4a_is_the_teacher_in_float_and_the_simulator_in_integers(encoder):
@@ -120,17 +125,27 @@ class _SiluNet(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def test_a_cnn_keeps_a_bits_except_where_a_table_reads():
-    graph = capture(_SiluNet().eval(), (torch.zeros(1, 1, 8, 8),))
+def test_a_cnn_keeps_a_bits_except_around_a_table():
+    """ResNet-8 at 4w4a: every grid but the logits' is 4-bit, nothing inserted. A SiLU on the
+    chip's table reads and writes 8 bits; the conv after it reads a narrowed copy."""
+    from lowering_helpers import basic_teacher
     profile = load_profile("ethos-u55-128")
+    graph = capture(basic_teacher(), (torch.zeros(1, 1, 8, 8),))
     config = lower_plan(graph, plan_conversion(graph, profile, (4, 4)), profile).config
-    steps = [s for b in config["blocks"] for s in b["steps"]]
-    assert not [s for s in steps if s["name"].endswith("_narrow")]
-    for st, reads, _ in _bits_read(config):
+    bits = sorted(q["bits"] for q in config["quantizers"].values())
+    assert bits[:-1] == [4] * (len(bits) - 1) and bits[-1] == 8
+    assert not [s for b in config["blocks"] for s in b["steps"] if s["name"].endswith("_narrow")]
+    graph = capture(_SiluNet().eval(), (torch.zeros(1, 1, 8, 8),))
+    config = lower_plan(graph, plan_conversion(graph, profile, (4, 4)), profile).config
+    for st, reads, writes in _bits_read(config):
         if st["kind"] == "lut":
-            assert reads == [WIDE_BITS]
+            assert reads == [WIDE_BITS] and writes == WIDE_BITS
+        elif st.get("narrows"):
+            assert reads == [WIDE_BITS] and writes == 4
         elif st["kind"] in ("conv", "linear") and st["inputs"] != ["in:0"]:
             assert reads == [4], st["name"]
+    narrowed = [s for b in config["blocks"] for s in b["steps"] if s["name"].endswith("_narrow")]
+    assert [(s["kind"], s["groups"]) for s in narrowed] == [("conv", 8)]
 
 
 def test_smoothing_keeps_the_function_and_spares_the_narrow_grid_an_outlier_channel():
@@ -157,7 +172,7 @@ def test_smoothing_keeps_the_function_and_spares_the_narrow_grid_an_outlier_chan
         calibrate_batchnorm(student, onehot, side=side)
         fit_layer_norms(student, graph, (ids, mask), mask)
         if smooth:
-            assert smooth_narrowed_inputs(student, onehot, side=side) == 4
+            assert smooth_narrowed_inputs(student, onehot, side=side) == 8
         calibrate_activations(student, onehot, side=side)
         with torch.no_grad():
             stream = student.features(onehot, quantize=False, side=side)[0]
@@ -166,7 +181,7 @@ def test_smoothing_keeps_the_function_and_spares_the_narrow_grid_an_outlier_chan
             fq = block.trace(stream, side=side)
         readers = [st["name"] for st in block.spec["steps"]
                    if st["kind"] == "linear" and st["inputs"][0].endswith("_narrow")]
-        assert len(readers) == 4             # query, key, value, the FFN's first layer
+        assert len(readers) == 6     # query, key, value, attention output, both FFN layers
         err = sum(float((fq[r] - fl[r]).pow(2).mean() / fl[r].pow(2).mean()) for r in readers)
         return student.features(onehot, quantize=False, side=side)[-1], err
     float_plain, err_plain = prepared(False)
