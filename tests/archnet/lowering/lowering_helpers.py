@@ -105,14 +105,19 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def simulator_block_outputs(student, images: torch.Tensor, profile) -> dict[str, np.ndarray]:
-    """Every block output of ``student``'s exported Program run by the simulator on ``images``,
-    after asserting that archnet's integer emulation equals it element for element."""
+def simulator_block_outputs(student, images: torch.Tensor, profile, side: dict | None = None
+                            ) -> dict[str, np.ndarray]:
+    """Every block output of ``student``'s exported Program run by the simulator on ``images``
+    (and its ``side`` inputs, a key mask, in the Program's input order), after asserting that
+    archnet's integer emulation equals it element for element."""
     from simulator.execute import execute
     program = student.export(tuple(images.shape), feature_outputs=True)
     pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
-    sim = execute(program, profile, {program.inputs[0]: pixels}).outputs
-    for q, pieces in zip(student.integer_features(images, profile),
+    feeds = {program.inputs[0]: pixels}
+    feeds.update({name: v.numpy().astype(np.uint8)
+                  for name, v in zip(program.inputs[1:], (side or {}).values())})
+    sim = execute(program, profile, feeds).outputs
+    for q, pieces in zip(student.integer_features(images, profile, side=side),
                          program.metadata["archnet"]["block_outputs"]):
         assert np.array_equal(q.value.numpy(), sim[pieces[0]])
     return {pieces[0]: sim[pieces[0]] for pieces in program.metadata["archnet"]["block_outputs"]} \

@@ -3,17 +3,17 @@ Transformer's residual stream, attention operands and table inputs keep 8-bit gr
 reads its 4-bit input through one per-channel requantize; the student still equals the teacher
 in float and the simulator bit for bit; CNNs without such ops keep every grid at ``a_bits``."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from lowering_helpers import simulator_block_outputs
 
 from archnet.capture import capture
 from archnet.lowering import calibrate_activations, calibrate_batchnorm
 from archnet.lowering.graph import build_graph_student, fit_layer_norms, lower_plan
 from archnet.lowering.widths import WIDE_BITS
 from archnet.rules import plan_conversion
-from simulator.execute import execute
 from simulator.profiles import load_profile
 
 transformers = pytest.importorskip("transformers")
@@ -99,13 +99,7 @@ def test_an_encoder_at_4w4a_is_the_teacher_in_float_and_the_simulator_in_integer
     calibrate_batchnorm(student4, onehot, side=side)
     fit_layer_norms(student4, encoder, (ids, mask), mask)
     calibrate_activations(student4, onehot, side=side)
-    program = student4.export(tuple(onehot.shape), feature_outputs=True)
-    feeds = {program.inputs[0]: onehot.numpy().astype(np.uint8),
-             program.inputs[1]: mask.numpy().astype(np.uint8)}
-    sim = execute(program, profile, feeds).outputs
-    ints = student4.integer_features(onehot, profile, side={encoder.inputs[1]: mask})
-    for q, pieces in zip(ints, program.metadata["archnet"]["block_outputs"]):
-        assert np.array_equal(q.value.numpy(), sim[pieces[0]])
+    simulator_block_outputs(student4, onehot, profile, side={encoder.inputs[1]: mask})
 
 
 class _SiluNet(nn.Module):
