@@ -15,7 +15,7 @@ embeddings, nearest-neighbour agreement and Spearman, as ``archnet verify`` repo
   calibration tokens;
 - **fixed-statistics LayerNorm**: every LayerNorm (or one at a time) replaced by a per-channel
   affine with fixed statistics (the student's ``channel_affine``), fitted as ``archnet convert``
-  fits it (``archnet.lowering.graph.fit_layer_norms``: the statistics of the LayerNorm's input,
+  fits it (``archnet.lowering.fits.fit_layer_norms``: the statistics of the LayerNorm's input,
   then scale and shift by least squares to its output), here on the calibration tokens;
 - **LayerNorm from chip ops**: per-token normalisation without a LayerNorm op (centre by a
   fully connected ``I - 1/H``, variance by a matmul, rsqrt by a table, scale by a matmul), with

@@ -119,7 +119,7 @@ def build_student_for(teacher, meta: dict, profile, bits, data, opts: ConvertOpt
     calibrate_batchnorm(student, calib, side=side)
     if taps is not None:           # replacements fitted to the teacher's values
         from archnet.lowering.calibrate import smooth_narrowed_inputs
-        from archnet.lowering.graph import fit_carried_residuals, fit_layer_norms
+        from archnet.lowering.fits import fit_carried_residuals, fit_layer_norms
         fit_layer_norms(student, taps.graph, data.teacher(idx), data.token_mask(idx))
         fit_carried_residuals(student, taps.graph, data.teacher(idx))
         smooth_narrowed_inputs(student, calib, side=side)

@@ -5,7 +5,10 @@
 - ``transfer``: teacher -> student parameters as explicit tables
 - ``calibrate``: initial weight steps, batch-norm statistics of new layers, smoothing of
   narrowed inputs
+- ``graph``: any captured graph's conversion plan (``archnet.rules``) to student blocks and steps
 - ``widths``: activation widths per grid (8-bit streams and attention under 4-bit MACs)
+- ``fits``: least-squares starts from the teacher's values (LayerNorm affines, embedding
+  sums, carried residual scales)
 - ``check``: ``assert_deployable``, the gate: no node of the exported student falls back
 """
 

@@ -14,7 +14,7 @@
   and the depthwise conv (identity taps), and the projection adds them back, times ``s``: no
   layer and no concat of its own (the add costs a little width). Exact on every input whose
   |x| stays under ``s`` times the activation's upper bound (ReLU6's 6; a plain ReLU has none):
-  ``s`` is fitted to the teacher's values with a margin (``archnet.lowering.graph.
+  ``s`` is fitted to the teacher's values with a margin (``archnet.lowering.fits.
   fit_carried_residuals``).
 - ``add.requantize_offset`` / ``mul.requantize_scale``: adding or multiplying by one number
   folds into the producer's requantize (its zero point or multiplier), where the producer's

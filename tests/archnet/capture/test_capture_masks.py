@@ -187,7 +187,8 @@ def test_a_folded_layer_norm_keeps_the_stream_on_the_normalised_scale():
     from archnet.distill.taps import GraphTaps
     from archnet.distill.losses import masked_token_loss
     from archnet.lowering import calibrate_activations, calibrate_batchnorm
-    from archnet.lowering.graph import build_graph_student, fit_layer_norms
+    from archnet.lowering.fits import fit_layer_norms
+    from archnet.lowering.graph import build_graph_student
     model = _Encoder().eval()
     with torch.no_grad():       # one FFN output channel two orders above the rest, which
         for layer in model.bert.encoder.layer:      # the LayerNorm after it scales back down
@@ -228,7 +229,8 @@ def test_the_embedding_layer_norm_folds_into_the_table_and_fits_each_token():
     teacher's LayerNorm output, far nearer than the per-channel affine alone, and exact for a
     token that always sits at one position (as [CLS] does)."""
     from archnet.lowering import calibrate_batchnorm
-    from archnet.lowering.graph import build_graph_student, fit_layer_norms
+    from archnet.lowering.fits import fit_layer_norms
+    from archnet.lowering.graph import build_graph_student
     from archnet.distill.inputs import TokenInputs
     model = _Encoder().eval()
     ids = torch.randint(0, 40, (1, 8))

@@ -237,7 +237,7 @@ def test_layer_norm_replacements_are_fitted_to_the_teacher():
     """With the statistics fixed, each channel's scale and shift fitted by least squares to the
     teacher's LayerNorm output: the student's values move closer to the teacher's."""
     from archnet.lowering import calibrate_batchnorm
-    from archnet.lowering.graph import fit_layer_norms
+    from archnet.lowering.fits import fit_layer_norms
     torch.manual_seed(0)
     model = TinyPreNorm().eval()
     graph = capture(model, (torch.rand(1, 1, 16, 16),))
@@ -268,7 +268,7 @@ def test_a_fitted_layer_norm_keeps_its_values_on_the_weight_grid():
     fitted scale, far from the identity it was built as): its weight steps follow, so the
     fake-quant affine equals the float one up to the output grid (no clipped weights)."""
     from archnet.lowering import calibrate_batchnorm
-    from archnet.lowering.graph import fit_layer_norms
+    from archnet.lowering.fits import fit_layer_norms
     from archnet.quant.modules import QChannelAffine
     torch.manual_seed(0)
     model = TinyPreNorm().eval()

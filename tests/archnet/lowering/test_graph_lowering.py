@@ -187,7 +187,7 @@ def test_an_inverted_residual_carries_its_input_where_the_chip_has_no_add(mobile
     by the projection. No concat and no layer of its own, cheaper than merging the add into
     the projection; with ``s`` fitted to the teacher's values the student equals the teacher
     even where the input goes far beyond ReLU6's 6 (at s = 1 it would not)."""
-    from archnet.lowering.graph import fit_carried_residuals
+    from archnet.lowering.fits import fit_carried_residuals
     model, graph = mobile
     profile = load_profile("k210-kpu")
     plan = plan_conversion(graph, profile, (8, 8))

@@ -11,7 +11,8 @@ from lowering_helpers import simulator_block_outputs
 
 from archnet.capture import capture
 from archnet.lowering import calibrate_activations, calibrate_batchnorm
-from archnet.lowering.graph import build_graph_student, fit_layer_norms, lower_plan
+from archnet.lowering.fits import fit_layer_norms
+from archnet.lowering.graph import build_graph_student, lower_plan
 from archnet.lowering.widths import WIDE_BITS
 from archnet.rules import plan_conversion
 from simulator.profiles import load_profile
