@@ -40,8 +40,7 @@ def load_model(path: str):
         shape = meta.get("input_shape")
         if not isinstance(shape, list) or len(shape) != 3:
             raise CheckpointError(f"{path}: teacher metadata has no input_shape [C, H, W]")
-        from archnet.jobs.convert import default_recipe
-        return teacher, shape, None, None, default_recipe(meta)
+        return teacher, shape, None, None, "native"
     if kind == STUDENT_FORMAT:
         student, meta = load_student(p)
         teacher, _, _, _ = load_recorded_teacher(meta, p)
@@ -121,8 +120,7 @@ def add_commands(sub) -> None:
                         "2w4a,4w4a,8w8a the chip runs)")
     p.add_argument("--recipe", choices=("resnet", "native", "paper"),
                    help="whose students: the hand-written ResNet lowering, or the chip-driven "
-                        "converter's (default: the student's own recipe; for a teacher, resnet "
-                        "for the zoo's ResNets, else native)")
+                        "converter's (default: the student's own recipe; native for a teacher)")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV (atomically)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=cmd_latency_table)

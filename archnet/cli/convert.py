@@ -114,11 +114,11 @@ def add_commands(sub) -> None:
                    "IDX), or a .npy of images (N, C, H, W)")
     c.add_argument("--max-images", type=positive_int, help="use the first N training images")
     c.add_argument("--calibration-images", type=positive_int, default=512)
-    c.add_argument("--recipe", choices=("resnet", "native", "paper"),
+    c.add_argument("--recipe", choices=("resnet", "native", "paper"), default="native",
                    help="native: the chip-driven converter, keeping every op the chip runs (see "
                         "archnet plan); paper: the chip-driven converter with the paper's op set "
-                        "only; resnet: the hand-written lowering of the zoo's ResNets (default "
-                        "for those; native for every other network, text teachers included)")
+                        "only; resnet: the hand-written lowering of the zoo's ResNets, as "
+                        "reports/fashion_mnist ran (default: native, for every network)")
     c.add_argument("--keep-global-pool", action="store_true",
                    help="keep global average pooling where the chip runs it")
     c.add_argument("--resume", action="store_true",
