@@ -9,6 +9,11 @@ whose convert.json records token ``inputs``): report.md, latency.csv, quality.cs
 - **Latency** on every bundled chip profile (or ``chips``), batch 1 at the run's ``max_len``:
   the teacher's graph (its ONNX export, costed estimate-only by ``teacher_latency_rows``: what
   the chip lacks runs on the host) beside each run's ``model.program``.
+
+A run folder may hold only its JSON (``reports/minilm``'s do: the student is 90 MB, and
+``benchmarks/minilm_results.py`` rebuilds it): its quality comes from its verify records as
+ever, and its latency from what those records measured on the Program they verified, on their
+chips only.
 - **Data and commands**: the teacher, corpus, held-out split and sentence counts, and the
   command lines that converted, verified and reported.
 
@@ -71,7 +76,7 @@ def report_command(run_dirs, out=None, chips=None) -> str:
 class TextRun:
     path: Path
     summary: dict
-    program: object
+    program: object | None             # None: the folder keeps only its JSON records
     verifies: dict[str, dict] = field(default_factory=dict)   # chip -> verify record
     stale: set[str] = field(default_factory=set)               # chips verified on another Program
     label: str = ""
@@ -114,7 +119,9 @@ def open_text_run(path) -> TextRun:
     summary = read_json(run / SUMMARY_FILE, remedy)
     remedy = summary.get("command") or remedy
     missing = [n for n in (STUDENT_FILE, PROGRAM_FILE) if not (run / n).is_file()]
-    if missing:
+    records_only = len(missing) == 2 and any(not p.name.startswith(".")
+                                             for p in run.glob(VERIFY_GLOB))
+    if missing and not records_only:
         raise ReportError(f"{', '.join(str(run / m) for m in missing)}: missing from the run "
                           f"folder; `{remedy}` writes {'it' if len(missing) == 1 else 'them'}")
     if not isinstance(remedy, str):
@@ -123,12 +130,14 @@ def open_text_run(path) -> TextRun:
     for key in ("max_len", "teacher_path", "bits", "chip"):
         if summary.get(key) is None:
             raise ReportError(f"{run / SUMMARY_FILE}: no {key!r}; rewrite it with `{remedy}`")
-    try:
-        program = load_program(run / PROGRAM_FILE)
-        student, _meta = load_student(run / STUDENT_FILE)
-        check_program_matches(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
-    except SimulatorError as exc:   # ArchnetError included
-        raise ReportError(f"{exc} (rewrite the run with `{remedy}`)") from None
+    program = None
+    if not records_only:
+        try:
+            program = load_program(run / PROGRAM_FILE)
+            student, _meta = load_student(run / STUDENT_FILE)
+            check_program_matches(program, student, run / PROGRAM_FILE, run / STUDENT_FILE)
+        except SimulatorError as exc:   # ArchnetError included
+            raise ReportError(f"{exc} (rewrite the run with `{remedy}`)") from None
     text_run = TextRun(run, summary, program)
     program_sha = None
     for p in sorted(run.glob(VERIFY_GLOB)):
@@ -143,7 +152,7 @@ def open_text_run(path) -> TextRun:
         if chip in text_run.verifies:
             raise ReportError(f"{p}: a second verify record for chip {chip!r}; keep one")
         text_run.verifies[chip] = {**doc, "_file": str(p)}
-        if doc.get("program_sha256"):
+        if doc.get("program_sha256") and program is not None:
             program_sha = program_sha or files_sha256(run / PROGRAM_FILE)
             if doc["program_sha256"] != program_sha:
                 text_run.stale.add(chip)
@@ -209,6 +218,10 @@ def latency_rows(runs: list[TextRun], profiles, log) -> list[dict]:
                         "macs": row["macs"], "speedup_vs_teacher": None,
                         "graph_source": t["path"]})
         for i, r in enumerate(runs):
+            if r.program is None:
+                row = _recorded_latency_row(r, chip, teacher_ms[run_teacher[i]])
+                out += [row] if row else []
+                continue
             est = estimate(r.program, prof)
             host = [op for op in est.ops if op.on_host]
             types = Counter(op.type for op in host)
@@ -224,6 +237,21 @@ def latency_rows(runs: list[TextRun], profiles, log) -> list[dict]:
                         "speedup_vs_teacher": tms / lat if lat > 0 else None,
                         "graph_source": str(r.path / PROGRAM_FILE)})
     return out
+
+
+def _recorded_latency_row(r: TextRun, chip: str, teacher_ms: float) -> dict | None:
+    """A records-only run's latency on ``chip``: what its verify record estimated on the
+    Program it verified (None where no record on that chip holds it)."""
+    doc = r.verifies.get(chip) or {}
+    lat = doc.get("latency_ms")
+    if not isinstance(lat, (int, float)) or lat <= 0 or doc.get("latency_positions") != r.max_len:
+        return None
+    # a record names its host ops but not their types, nor the MACs and the host's share
+    return {"chip": chip, "graph": f"student {r.label} (verify record)", "kind": "student",
+            "run": r.label, "bits": r.bits, "max_len": r.max_len, "latency_ms": float(lat),
+            "host_ms": None, "fallbacks": int(doc.get("fallback_count") or 0),
+            "host_op_types": "", "macs": None, "speedup_vs_teacher": teacher_ms / lat,
+            "graph_source": doc["_file"]}
 
 
 def quality_rows(runs: list[TextRun], chips: set[str] | None) -> list[dict]:
@@ -322,7 +350,7 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
     for row in lat:
         rows.append([row["chip"], row["graph"], row["bits"], row["host_op_types"] or "–",
                      _fmt(row["latency_ms"], "{:.4f}"), _fmt(row["host_ms"], "{:.4f}"),
-                     str(row["fallbacks"]), f"{row['macs']:,}",
+                     str(row["fallbacks"]), _fmt(row["macs"], "{:,}"),
                      _fmt(row["speedup_vs_teacher"], "{:.2f}x")])
     md.table(_md_table(["chip", "graph", "bits", "host op types", "latency (ms)", "host (ms)",
                         "fallbacks", "MACs", "vs teacher"], rows, numeric=5))
@@ -334,6 +362,13 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
          "`model.program`; *vs teacher*: the teacher's latency over the student's. Profiles: "
          + ", ".join(f"{code(p.name)} ({code(show_path(p.path))})" for p in profiles)
          + ". Table: [latency.csv](latency.csv).")
+    kept = [r for r in runs if r.program is None]
+    if kept:
+        md.p("Only the JSON records of " + ", ".join(code(show_path(r.path)) for r in kept)
+             + " are in " + ("its folder" if len(kept) == 1 else "their folders")
+             + " (no `model.program`; its convert command rebuilds it): *(verify record)* rows "
+             "are the latency its verify records estimated on the Program they verified, on "
+             "their chips only.")
 
     md.h(2, "Data and commands")
     for r in runs:

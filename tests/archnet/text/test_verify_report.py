@@ -350,3 +350,33 @@ def test_a_verify_record_of_an_earlier_program_is_stale(run_dir, tmp_path, capsy
                   "-q"]) == 0
     qual = (tmp_path / "rep" / "quality.csv").read_text()
     assert "stale: model.program changed since" in qual
+
+
+def test_a_run_folder_of_json_records_only_is_reported_from_them(run_dir, tmp_path, capsys):
+    """reports/minilm keeps a run's JSON and not its 90 MB student: quality and the verified
+    chip's latency come from the verify record; the teacher is still costed on every chip."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    assert _main(["verify", str(run / "model.program"), "--chip", CHIP, "--out",
+                  str(run / f"verify_{CHIP}.json"), "--max-sentences", "3", "--no-progress"]) == 0
+    record = json.loads((run / f"verify_{CHIP}.json").read_text())
+    for name in ("student.pt", "model.program"):
+        (run / name).unlink()
+    capsys.readouterr()
+    out = tmp_path / "rep"
+    assert _main(["report", str(run), "--out", str(out), "--chips", f"{CHIP},k210-kpu",
+                  "-q"]) == 0
+    import pandas as pd
+    lat = pd.read_csv(out / "latency.csv")
+    student = lat[lat["kind"] == "student"]
+    assert list(student["chip"]) == [CHIP]          # no record on the K210: no row
+    assert student["latency_ms"].iloc[0] == pytest.approx(record["latency_ms"])
+    assert set(lat[lat["kind"] == "teacher"]["chip"]) == {CHIP, "k210-kpu"}
+    qual = pd.read_csv(out / "quality.csv")
+    assert list(qual["status"]) == ["verified"]
+    assert qual["mean_cosine"].iloc[0] == pytest.approx(
+        record["quality"]["simulator_vs_teacher"]["mean_cosine"])
+    assert "(verify record)" in (out / "report.md").read_text()
+
+    (run / f"verify_{CHIP}.json").unlink()          # nothing left to report from
+    assert _main(["report", str(run), "--out", str(tmp_path / "none")]) == 2
+    assert "missing from the run folder" in capsys.readouterr().err
