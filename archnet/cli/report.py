@@ -2,7 +2,7 @@
 ``archnet.report`` (pandas, matplotlib and torch are imported in the handlers only).
 
 Text run folders (convert.json records token ``inputs``) go to
-``archnet.text.report.write_text_report``, which takes several RUN_DIRs side by side."""
+``archnet.report.text.write_text_report``, which takes several RUN_DIRs side by side."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _report_command(args) -> str:
 
 def cmd_report(args) -> int:
     from archnet.errors import ReportError
-    from archnet.text.report import is_retired_text_run, is_text_run
+    from archnet.report.text import is_retired_text_run, is_text_run
     for d in [*args.run_dirs, *(args.others or [])]:
         if is_retired_text_run(d):
             raise ReportError(f"{d}: a run of the retired archnet/text student, which no command "
@@ -57,7 +57,7 @@ def _cmd_report_text(args) -> int:
 
     from archnet.errors import ReportError
     from archnet.report.build import parse_chips
-    from archnet.text.report import report_command, write_text_report
+    from archnet.report.text import report_command, write_text_report
     runs = [*args.run_dirs, *(args.others or [])]
     given = (["--images"] if args.images != 64 else []) + \
         (["--latency-only"] if args.latency_only else [])

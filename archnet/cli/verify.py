@@ -134,7 +134,7 @@ def _refresh_text_report(args) -> None:
     from pathlib import Path
 
     from archnet.errors import ArchnetError
-    from archnet.text.report import is_text_run, write_text_report
+    from archnet.report.text import is_text_run, write_text_report
     if not args.out:
         return
     run_dir = Path(args.program).resolve().parent

@@ -8,6 +8,8 @@
 - ``markdown`` report.md
 - ``staging``  a folder written under a temporary name, then renamed into place
 - ``build``    ``write_report``
+- ``text``     ``write_text_report``: text runs side by side (sentence-embedding quality in place
+               of accuracy; the same history, tables, markdown and staging)
 - ``compare``  ``compare_model`` and its text, CSV, JSON and plot
 """
 

@@ -152,7 +152,9 @@ def history_frame(summary: dict) -> pd.DataFrame:
         secs = float(h.get("seconds") or 0.0)
         sim = float(h.get("simulator_seconds") or 0.0)
         rows.append({"period": int(h.get("period", len(rows))) + 1,
-                     "new_block": h.get("new_block"), "blocks": "+".join(h.get("blocks") or []),
+                     # a last period over the whole network (text: on the sentence embedding)
+                     "new_block": "(last period)" if h.get("final") else h.get("new_block"),
+                     "blocks": "+".join(h.get("blocks") or []),
                      "steps": h.get("steps"), "loss_first": h.get("loss_first"),
                      "loss_last": h.get("loss_last"), "seconds": secs, "simulator_seconds": sim,
                      "simulator_share": sim / secs if secs > 0 else 0.0,

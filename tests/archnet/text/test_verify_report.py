@@ -376,6 +376,10 @@ def test_a_run_folder_of_json_records_only_is_reported_from_them(run_dir, tmp_pa
     assert qual["mean_cosine"].iloc[0] == pytest.approx(
         record["quality"]["simulator_vs_teacher"]["mean_cosine"])
     assert "(verify record)" in (out / "report.md").read_text()
+    history = pd.read_csv(out / "history.csv")      # as an image run's report has it
+    summary = json.loads((run / "convert.json").read_text())
+    assert len(history) == len(summary["history"]) and (out / "history.png").is_file()
+    assert list(history["new_block"])[-1] == "(last period)"     # on the sentence embedding
 
     (run / f"verify_{CHIP}.json").unlink()          # nothing left to report from
     assert _main(["report", str(run), "--out", str(tmp_path / "none")]) == 2

@@ -14,6 +14,9 @@ A run folder may hold only its JSON (``reports/minilm``'s do: the student is 90 
 ``benchmarks/minilm_results.py`` rebuilds it): its quality comes from its verify records as
 ever, and its latency from what those records measured on the Program they verified, on their
 chips only.
+- **Distillation history** per run, as an image run's report has it (``tables.history_frame``,
+  ``plots.plot_history``): each period's loss at its first and last step, its seconds and the
+  simulator's share.
 - **Data and commands**: the teacher, corpus, held-out split and sentence counts, and the
   command lines that converted, verified and reported.
 
@@ -298,8 +301,44 @@ def _md_table(header: list[str], rows: list[list[str]], numeric: int = 0) -> str
     return "\n".join(lines)
 
 
+def history_files(runs: list[TextRun]) -> dict[str, tuple[str, object]]:
+    """Per run label: the stem of its history files and its history frame (runs without a
+    per-period history are left out)."""
+    from archnet.report.build import slug
+    from archnet.report.tables import history_frame
+    out = {}
+    for r in runs:
+        df = history_frame(r.summary)
+        if not df.empty:
+            stem = "history" if len(runs) == 1 else f"history_{slug(r.label)}"
+            out[r.label] = (stem, df)
+    return out
+
+
+def _history_section(md: Markdown, runs: list[TextRun], history: dict, command: str) -> None:
+    from archnet.report.tables import markdown_table
+    md.h(2, "Distillation history")
+    for r in runs:
+        if len(runs) > 1:
+            md.h(3, r.label)
+        if r.label not in history:
+            md.p(f"{code(show_path(r.path / SUMMARY_FILE))} holds no per-period history.")
+            continue
+        stem, df = history[r.label]
+        md.figure(f"{stem}.png", f"distillation history of {r.label}",
+                  "Blockwise distillation, one period per new block and a last period on the "
+                  "sentence embedding: the loss of the period's window of blocks at its first and "
+                  "last step, and the period's seconds with the simulator's share (it runs the "
+                  f"earlier blocks). Table: [{stem}.csv]({stem}.csv).",
+                  [f"data: {code(show_path(r.path / SUMMARY_FILE))}, written by "
+                   f"{code(r.convert_command or 'archnet.convert(...)')}",
+                   f"plotted by: {code(command)}"])
+        md.table(markdown_table(df[["period", "new_block", "blocks", "steps", "loss_first",
+                                    "loss_last", "seconds", "simulator_share"]]))
+
+
 def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
-              command: str) -> str:
+              command: str, history: dict) -> str:
     md = Markdown()
     md.h(1, "Arch-Net text report: " + ", ".join(r.label for r in runs))
     md.bullets([f"run folder{'s' if len(runs) > 1 else ''}: "
@@ -370,6 +409,8 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
              "are the latency its verify records estimated on the Program they verified, on "
              "their chips only.")
 
+    _history_section(md, runs, history, command)
+
     md.h(2, "Data and commands")
     for r in runs:
         s = r.summary
@@ -402,7 +443,9 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
         md.bullets(items)
     md.h(2, "Files")
     md.bullets(["[report.md](report.md)", "[latency.csv](latency.csv)",
-                "[quality.csv](quality.csv)"])
+                "[quality.csv](quality.csv)"]
+               + [f"[{stem}{ext}]({stem}{ext})" for stem, _ in history.values()
+                  for ext in (".csv", ".png")])
     return md.text()
 
 
@@ -415,6 +458,7 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     import pandas as pd
 
     from archnet.report.build import parse_chips
+    from archnet.report.plots import plot_history
     from simulator.profiles import list_profiles, load_profile
 
     say = log or (lambda _m: None)
@@ -436,12 +480,23 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     profiles = list({p.name: p for p in profiles}.values())
     lat = latency_rows(runs, profiles, say)
     qual = quality_rows(runs, None if chip_list is None else {p.name for p in profiles})
-    text = _markdown(runs, profiles, lat, qual, cmd)
+    history = history_files(runs)
+    text = _markdown(runs, profiles, lat, qual, cmd, history)
     quality = pd.DataFrame(qual)
     quality["sentences"] = quality["sentences"].astype("Int64")  # not 8.0 beside unverified runs
     with staged_folder(out, run_dirs) as tmp:
         pd.DataFrame(lat).to_csv(tmp / "latency.csv", index=False, errors="backslashreplace")
         quality.to_csv(tmp / "quality.csv", index=False, errors="backslashreplace")
+        for label, (stem, df) in history.items():
+            r = next(r for r in runs if r.label == label)
+            df.to_csv(tmp / f"{stem}.csv", index=False, errors="backslashreplace")
+            share = r.summary.get("simulator_share")
+            plot_history(df, tmp / f"{stem}.png",
+                         footer=[f"data: {show_path(r.path / SUMMARY_FILE)} (history), written by: "
+                                 f"{r.convert_command or 'archnet.convert(...)'}",
+                                 f"simulator in the loop on profile: {r.summary.get('chip')}",
+                                 f"plotted by: {cmd}"],
+                         total_share=float(share) if isinstance(share, (int, float)) else None)
         (tmp / "report.md").write_text(text, encoding="utf-8", errors="backslashreplace")
     say(f"wrote {out / 'report.md'}")
     return out
