@@ -12,9 +12,11 @@ proxy such as bits x MACs). Its search is reinforcement learning; this is the gr
 latency-constrained variant:
 
 1. *Sensitivity* of each (block, option): the student with that block at the option and every
-   other block at the widest option, calibrated (batch-norm + activation steps) on ``images``;
-   distortion = mean over images of ``1 - cos(student fake-quant logits, teacher logits)``. The
-   widest option's entry is the all-widest student's distortion (the baseline).
+   other block at the widest option, calibrated on the calibration inputs as the conversion
+   will calibrate it (``archnet.lowering.prepare``); distortion = mean over inputs of
+   ``1 - cos(student fake-quant output, teacher output)``: an image network's logits, a text
+   network's mean-pooled sentence embedding (over the tokens its mask keeps). The widest
+   option's entry is the all-widest student's distortion (the baseline).
 2. Start with every block at the widest option. While the *exact* estimate of the whole student
    (converted with the current per-block list, exported, estimated) exceeds the budget, apply the
    single-block downgrade with the best ``latency saved / (sensitivity increase + eps)`` among
@@ -25,8 +27,13 @@ latency-constrained variant:
 
 Greedy single-block moves are myopic where blocks interact: on rk3588 a block at 4w4a still
 runs 8-bit MACs while the block before it writes 8-bit activations, so the first of two
-neighbouring downgrades may save little. The calibrations are shared between the bits lists
-(``_Calibrated``: both read only the float path), so sensitivities cost one forward each.
+neighbouring downgrades may save little. For the hand-written ResNet lowering the calibrations
+are shared between the bits lists (``_Calibrated``: both read only the float path), so
+sensitivities cost one forward each; the chip-driven converter's students are prepared one by
+one (their fits and smoothing depend on the widths).
+
+The calibration inputs are images (a float tensor, or ``ImageInputs``) or token ids with their
+mask (``TokenInputs``): what differs between images and text is data.
 
 The widest feasible assignment is returned unchanged when it fits; a budget below the all-narrowest
 latency is a ``ConversionError`` naming the budget, the smallest latency and the chip.
@@ -331,20 +338,54 @@ def latency_table_dict(df, marks: Sequence[str] | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- sensitivity
 
-def _images(images) -> torch.Tensor:
-    x = getattr(images, "images", images)
-    x = torch.as_tensor(x)
-    if x.dim() != 4 or not x.is_floating_point() or len(x) == 0:
-        raise ConversionError(f"calibration images: expected float (N, C, H, W) with N > 0, got "
-                              f"{tuple(x.shape)} {x.dtype}")
-    return x.float()
+@dataclass
+class _Calibration:
+    """The calibration inputs as each side reads them."""
+    data: object                    # archnet.distill.inputs: ImageInputs or TokenInputs
+    idx: torch.Tensor
+    x: torch.Tensor                 # the student's input
+    side: dict                      # its side inputs (a token mask)
+    teacher_in: tuple
+    mask: torch.Tensor | None       # which tokens are real (text), else None
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def _calibration(images) -> _Calibration:
+    from archnet.distill.inputs import ImageInputs, TokenInputs
+    if isinstance(images, TokenInputs):
+        data = images
+    else:
+        x = torch.as_tensor(getattr(images, "images", images))
+        if x.dim() != 4 or not x.is_floating_point() or len(x) == 0:
+            raise ConversionError(f"calibration images: expected float (N, C, H, W) with N > 0, "
+                                  f"got {tuple(x.shape)} {x.dtype}")
+        data = ImageInputs(x.float())
+    if len(data) == 0:
+        raise ConversionError("calibration inputs: none given (N = 0)")
+    idx = torch.arange(len(data))
+    x, side = data.student(idx)
+    return _Calibration(data, idx, x, side, data.teacher(idx), data.token_mask(idx))
+
+
+def _pooled(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[N, ...] -> [N, features]: token rows [N, T, D] averaged over the tokens ``mask`` keeps
+    (a sentence embedding), anything else flattened (logits)."""
+    if mask is not None and out.dim() == 3:
+        m = mask.to(out.dtype).unsqueeze(-1)
+        return (out * m).sum(1) / m.sum(1).clamp_min(1)
+    return out.reshape(len(out), -1)
 
 
 @torch.no_grad()
-def logit_distortion(student, images: torch.Tensor, teacher_logits: torch.Tensor) -> float:
-    """Mean over images of 1 - cos(student fake-quant logits, teacher logits)."""
-    out = student(images).reshape(len(images), -1)
-    cos = torch.nn.functional.cosine_similarity(out.double(), teacher_logits.double(), dim=1)
+def logit_distortion(student, images: torch.Tensor, teacher_logits: torch.Tensor,
+                     side: dict | None = None, mask: torch.Tensor | None = None) -> float:
+    """Mean over inputs of 1 - cos(student fake-quant output, teacher output), each pooled as
+    ``_pooled`` says (``side``: the student's side inputs; ``mask``: text's real tokens)."""
+    out = student(images, side=side) if side else student(images)
+    cos = torch.nn.functional.cosine_similarity(_pooled(out, mask).double(),
+                                                _pooled(teacher_logits, mask).double(), dim=1)
     return float((1.0 - cos).mean())
 
 
@@ -361,11 +402,13 @@ class _Calibrated:
     the result equals a direct calibration.
     """
 
-    def __init__(self, students, images: torch.Tensor, options: Sequence[str]):
-        self.students, self.x = students, images
+    def __init__(self, students, calib: _Calibration, options: Sequence[str]):
+        self.students, self.calib, self.x = students, calib, calib.x
         self.blocks = students.blocks
         self._bn: dict[tuple[int, str], dict] | None = None
         self._steps: dict[tuple[str, int, bool], float] = {}
+        if isinstance(students, GraphStudents):
+            return                      # prepared one by one (see the module doc)
         seen_a = set()
         for opt in reversed(order_options(options)):   # widest first: it sets the batch-norms
             a = parse_bits(opt)[1]
@@ -375,6 +418,10 @@ class _Calibrated:
 
     def student(self, bits: Sequence[str]):
         student = self.students.build(bits)
+        if isinstance(self.students, GraphStudents):
+            from archnet.lowering.prepare import prepare_student
+            return prepare_student(student, self.calib.data, self.calib.idx,
+                                   self.students.graph).eval()
         layers = new_batchnorm_layers(student)
         if self._bn is None:
             calibrate_batchnorm(student, self.x)
@@ -406,20 +453,20 @@ def sensitivity_table(teacher, profile: ChipProfile | str, input_shape: Sequence
     student's distortion. Options the chip cannot run in that position are left out."""
     profile = _profile(profile)
     students = _students(teacher, profile, input_shape, students)
-    x = _images(images)
+    calib = images if isinstance(images, _Calibration) else _calibration(images)
     names = students.blocks
     opts = order_options(options)
     widest = opts[-1]
     was_training = teacher.training
     teacher.eval()
     try:
-        ref = teacher(x).reshape(len(x), -1)
+        ref = teacher(*calib.teacher_in)
     finally:
         teacher.train(was_training)
-    calibrated = _Calibrated(students, x, opts)
+    calibrated = _Calibrated(students, calib, opts)
 
     def measure(bits: list[str]) -> float:
-        return logit_distortion(calibrated.student(bits), x, ref)
+        return logit_distortion(calibrated.student(bits), calib.x, ref, calib.side, calib.mask)
 
     base = measure([widest] * len(names))
     table = {}
@@ -488,7 +535,7 @@ def allocate_bits(teacher, profile: ChipProfile | str, input_shape: Sequence[int
         raise ConversionError(f"latency budget {budget_ms!r} ms: must be a positive number")
     students = _students(teacher, profile, input_shape, students)
     opts = _options_or_fail(teacher, profile, input_shape, options, students)
-    x = _images(images)
+    calib = _calibration(images)
     costs = _Costs(students)
     names, n = costs.blocks, len(costs.blocks)
     widest, narrowest = opts[-1], opts[0]
@@ -497,7 +544,7 @@ def allocate_bits(teacher, profile: ChipProfile | str, input_shape: Sequence[int
 
     def result(bits, ms, steps, sens):
         return Allocation(profile.name, list(names), list(opts), list(bits), ms, budget, widest_ms,
-                          narrowest_ms, _predicted_distortion(sens, names, bits, widest), len(x),
+                          narrowest_ms, _predicted_distortion(sens, names, bits, widest), len(calib),
                           steps, sens)
 
     log(f"bit allocation on {profile.name}: budget {budget:.6f} ms; all {widest} "
@@ -513,7 +560,7 @@ def allocate_bits(teacher, profile: ChipProfile | str, input_shape: Sequence[int
             f"achievable latency is {smallest:.6f} ms (every block at {fastest}; all {widest}: "
             f"{widest_ms:.6f} ms)")
 
-    sens = sensitivity_table(teacher, profile, input_shape, x, opts, students)
+    sens = sensitivity_table(teacher, profile, input_shape, calib, opts, students)
     rank = {o: i for i, o in enumerate(opts)}
     bits, ms, steps = [widest] * n, widest_ms, []
 

@@ -18,7 +18,7 @@ def _given(value, default):
 # options of one teacher family only: given to the other, they are refused, not ignored
 TEXT_ONLY = ("corpus", "max_len", "layers", "max_sentences", "heldout_fraction", "final_steps",
              "final_window")
-CNN_ONLY = ("latency_budget", "dataset", "data", "max_images", "calibration_images",
+CNN_ONLY = ("dataset", "data", "max_images", "calibration_images",
             "keep_global_pool", "mixup", "no_attention")
 
 
@@ -32,7 +32,7 @@ def _check_family_options(args, text: bool) -> None:
     if text and args.recipe == "resnet":
         raise ArchnetError(f"--recipe resnet lowers the zoo's ResNets only; {args.teacher} is a "
                            f"text teacher (use --recipe native, the default, or paper)")
-    if not text and args.latency_budget is not None and args.bits is not None:
+    if args.latency_budget is not None and args.bits is not None:
         raise ArchnetError("--bits and --latency-budget: give one (the budget chooses the bits)")
 
 
@@ -43,7 +43,8 @@ def cmd_convert_text(args) -> int:
     from archnet.distill.loop import DistillConfig
     from archnet.jobs.convert import ConvertOptions, TextConvertOptions, convert_text_graph
     opts = ConvertOptions(teacher=args.teacher, chip=args.chip, out=args.out,
-                          bits=args.bits or "8w8a", recipe=args.recipe or "native",
+                          bits=None if args.latency_budget is not None else args.bits or "8w8a",
+                          latency_budget_ms=args.latency_budget, recipe=args.recipe,
                           resume=args.resume, threads=args.threads, command=command_line())
     text_opts = TextConvertOptions(
         corpus=args.corpus, max_len=args.max_len, layers=args.layers,
@@ -108,7 +109,8 @@ def add_commands(sub) -> None:
                    help="weight/activation bits of every block: 2w4a, 4w4a, 8w8a (default 4w4a; "
                         "8w8a for text teachers); not with --latency-budget")
     c.add_argument("--latency-budget", type=positive_float, metavar="MS",
-                   help="choose bits per block so the estimated latency fits MS milliseconds")
+                   help="choose bits per block so the estimated latency fits MS milliseconds "
+                        "(image and text teachers)")
     c.add_argument("--dataset", help="data set of the unlabeled images (default: the teacher's)")
     c.add_argument("--data", metavar="PATH", help="folder of the data set's files (Fashion-MNIST "
                    "IDX), or a .npy of images (N, C, H, W)")

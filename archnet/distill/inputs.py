@@ -26,6 +26,9 @@ class ImageInputs:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, idx) -> "ImageInputs":
+        return ImageInputs(self.images[idx])
+
     def student(self, idx) -> tuple[torch.Tensor, dict]:
         return self.images[idx], {}
 
@@ -65,6 +68,9 @@ class TokenInputs:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, idx) -> "TokenInputs":
+        return TokenInputs(self.ids[idx], self.mask[idx], self.vocab, self.mask_name)
 
     def student(self, idx) -> tuple[torch.Tensor, dict]:
         """The token ids (the student's input layer reads them as their one-hot rows) and the

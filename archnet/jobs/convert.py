@@ -30,11 +30,11 @@ import torch
 from archnet import distributed as dist
 from archnet.capture.sources import is_code, load_code_teacher
 from archnet.data.datasets import distillation_images
-from archnet.distill.inputs import ImageInputs, as_inputs
+from archnet.distill.inputs import as_inputs
 from archnet.distill.loop import DistillConfig, distill
 from archnet.errors import ConversionError, DataError
-from archnet.lowering import (assert_deployable, calibrate_activations, calibrate_batchnorm,
-                              convert_resnet, parse_bits)
+from archnet.lowering import assert_deployable, convert_resnet, parse_bits
+from archnet.lowering.prepare import prepare_student
 from archnet.runs import PROGRAM_FILE, STUDENT_FILE, SUMMARY_FILE, run_folder
 from archnet.student_io import save_student
 from simulator.cost import estimate
@@ -108,16 +108,8 @@ def build_student_for(teacher, meta: dict, profile, bits, data, opts: ConvertOpt
         log(plan.describe())
         student, low = build_graph_student(graph, plan, profile)
         taps = GraphTaps(graph, low.taps)
-    idx = _sample(data, opts.calibration_images, seed)
-    calib, side = data.student(idx)
-    calibrate_batchnorm(student, calib, side=side)
-    if taps is not None:           # replacements fitted to the teacher's values
-        from archnet.lowering.calibrate import smooth_narrowed_inputs
-        from archnet.lowering.fits import fit_carried_residuals, fit_layer_norms
-        fit_layer_norms(student, taps.graph, data.teacher(idx), data.token_mask(idx))
-        fit_carried_residuals(student, taps.graph, data.teacher(idx))
-        smooth_narrowed_inputs(student, calib, side=side)
-    calibrate_activations(student, calib, seed=seed, side=side)
+    prepare_student(student, data, _sample(data, opts.calibration_images, seed),
+                    None if taps is None else taps.graph, seed)
     assert_deployable(student, profile)
     return student, taps, plan
 
@@ -200,12 +192,9 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     dataset = source.get("dataset")
     data = as_inputs(images)
     allocation = None
-    if opts.latency_budget_ms is not None and not isinstance(data, ImageInputs):
-        raise ConversionError("--latency-budget allocates widths for image networks; give "
-                              "--bits for a text network")
     if opts.latency_budget_ms is not None:
         from archnet.bit_allocation import allocate_bits
-        calib = data.student(_sample(data, min(opts.calibration_images, 256), cfg.seed))[0]
+        calib = data.subset(_sample(data, min(opts.calibration_images, 256), cfg.seed))
         students = None
         if opts.recipe != "resnet":
             from archnet.bit_allocation import GraphStudents

@@ -3,6 +3,7 @@
 - ``resnet``: torchvision-style ResNets (7x7 stem, 1x1 convs, residual adds, global pooling)
 - ``plan``: writing student configs within a chip's channel limits (channel split)
 - ``transfer``: teacher -> student parameters as explicit tables
+- ``prepare``: a lowered student made ready to distil (calibration and fits, in order)
 - ``calibrate``: initial weight steps, batch-norm statistics of new layers, smoothing of
   narrowed inputs
 - ``graph``: any captured graph's conversion plan (``archnet.rules``) to student blocks and steps

@@ -161,7 +161,7 @@ def test_options_of_the_other_family_are_refused(capsys, tmp_path):
 
 @pytest.mark.parametrize("extra, names", [
     (["--dataset", "digits", "--max-images", "8"], ["--dataset", "--max-images", "text teacher"]),
-    (["--latency-budget", "1"], ["--latency-budget"]),
+    (["--latency-budget", "1", "--bits", "4w4a"], ["--bits", "--latency-budget"]),
     (["--recipe", "resnet"], ["--recipe resnet", "text teacher"]),
     (["--attention-weight", "1"], ["unrecognized arguments: --attention-weight"]),
     (["--no-chip-values"], ["unrecognized arguments: --no-chip-values"]),

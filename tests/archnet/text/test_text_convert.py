@@ -274,7 +274,6 @@ def test_bad_input_is_one_line_naming_the_fault(fault, tiny_bert_dir, short_corp
     (["--dataset", "digits"], "--dataset: CNN teachers only"),
     (["--mixup", "0.5"], "--mixup: CNN teachers only"),
     (["--no-attention"], "--no-attention: CNN teachers only"),
-    (["--latency-budget", "1"], "--latency-budget: CNN teachers only"),
     (["--calibration-images", "16"], "--calibration-images: CNN teachers only"),
     # the retired text student's options are gone, not ignored
     (["--attention-weight", "1"], "unrecognized arguments: --attention-weight"),
