@@ -367,6 +367,18 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
         if est.fallbacks:
             md.bullets([f"fallback {code(op.name)}: {op.fallback_reason}" for op in est.fallbacks])
 
+    # -- conversion plan
+    pdf = tables.plan_frame(run.summary)
+    md.h(2, "Conversion plan: the rule per teacher node")
+    if pdf is None:
+        md.p(f"{code('convert.json')} records no plan: the hand-written ResNet lowering "
+             f"(`--recipe resnet`) converted this run, by construction rather than per node.")
+    else:
+        name = csv(pdf, "plan.csv")
+        md.p(plan_text(run.summary, run.chip) + f" Table: [{name}]({name}).")
+        md.table(tables.markdown_table(pdf[["node", "module", "op", "rule", "kept", "reason",
+                                            "student_ops"]]))
+
     # -- distillation history
     hdf = tables.history_frame(run.summary)
     md.h(2, "Distillation history")
@@ -396,6 +408,20 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
     (folder / "report.md").write_text(md.text(), encoding="utf-8", errors="backslashreplace")
     written.append("report.md")
     return written
+
+
+def plan_text(summary: dict, chip: str) -> str:
+    """What the plan's table says, with the plan's notes (widths the chip does not accelerate)."""
+    plan = summary.get("plan") or {}
+    fired = plan.get("rules_fired") or {}
+    notes = [str(n) for n in plan.get("notes") or []]
+    return (f"The converter's choice per teacher node for {code(str(chip))} (recipe "
+            f"{code(str(plan.get('recipe') or summary.get('recipe') or '?'))}): *kept* yes where "
+            f"the chip's own op runs it, *replaced* where an Arch-Net form does, *host* where it "
+            f"falls back; *reason* why; the CSV adds each node's cycles and the other forms that "
+            f"fit, with their cycles, or why they did not. Rules fired: "
+            + ", ".join(f"{code(r)} x{n}" for r, n in sorted(fired.items()))
+            + "." + ("" if not notes else " " + " ".join(f"**Note:** {n}." for n in notes)))
 
 
 def _split(est) -> tuple[float, float]:

@@ -145,6 +145,38 @@ def teacher_frame(chips, student_est, teacher_est) -> pd.DataFrame:
     return df
 
 
+PLAN_COLUMNS = ["node", "module", "op", "rule", "kept", "reason", "student_ops", "cycles",
+                "other_forms"]
+
+
+def plan_frame(summary: dict) -> pd.DataFrame | None:
+    """One row per teacher node of the conversion plan ``convert.json`` records: the rule that
+    fired, whether the chip's own op was kept, why, what the student runs for it, its cycles on
+    the conversion chip and the other forms that fit (with their cycles) or why they did not.
+    None where no plan is recorded (the hand-written ResNet lowering)."""
+    plan = summary.get("plan")
+    if not isinstance(plan, dict) or not isinstance(plan.get("decisions"), list):
+        return None
+    rows = []
+    for d in plan["decisions"]:
+        if not isinstance(d, dict):
+            continue
+        others = []
+        for c in d.get("candidates") or []:
+            if not isinstance(c, dict) or c.get("rule") == d.get("rule"):
+                continue
+            cyc = c.get("cycles")
+            others.append(f"{c.get('rule')} ({c['why_not']})" if c.get("why_not") else
+                          f"{c.get('rule')} ({cyc:,.0f} cycles)" if isinstance(cyc, (int, float))
+                          else str(c.get("rule")))
+        rows.append({"node": d.get("node"), "module": d.get("module"), "op": d.get("op"),
+                     "rule": d.get("rule"),
+                     "kept": "host" if d.get("host") else "yes" if d.get("native") else "replaced",
+                     "reason": d.get("reason"), "student_ops": " ".join(d.get("student_ops") or []),
+                     "cycles": d.get("cycles"), "other_forms": "; ".join(others)})
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
+
+
 def history_frame(summary: dict) -> pd.DataFrame:
     """One row per distillation period of ``convert.json``."""
     rows = []

@@ -304,15 +304,41 @@ def _md_table(header: list[str], rows: list[list[str]], numeric: int = 0) -> str
 def history_files(runs: list[TextRun]) -> dict[str, tuple[str, object]]:
     """Per run label: the stem of its history files and its history frame (runs without a
     per-period history are left out)."""
-    from archnet.report.build import slug
     from archnet.report.tables import history_frame
+    return _per_run(runs, "history", lambda r: (lambda df: None if df.empty else df)(
+        history_frame(r.summary)))
+
+
+def plan_files(runs: list[TextRun]) -> dict[str, tuple[str, object]]:
+    """Per run label: the stem of its plan table and the frame (``tables.plan_frame``)."""
+    from archnet.report.tables import plan_frame
+    return _per_run(runs, "plan", lambda r: plan_frame(r.summary))
+
+
+def _per_run(runs: list[TextRun], kind: str, frame) -> dict[str, tuple[str, object]]:
+    from archnet.report.build import slug
     out = {}
     for r in runs:
-        df = history_frame(r.summary)
-        if not df.empty:
-            stem = "history" if len(runs) == 1 else f"history_{slug(r.label)}"
-            out[r.label] = (stem, df)
+        df = frame(r)
+        if df is not None:
+            out[r.label] = (kind if len(runs) == 1 else f"{kind}_{slug(r.label)}", df)
     return out
+
+
+def _plan_section(md: Markdown, runs: list[TextRun], plans: dict) -> None:
+    from archnet.report.build import plan_text
+    from archnet.report.tables import markdown_table
+    md.h(2, "Conversion plan: the rule per teacher node")
+    for r in runs:
+        if len(runs) > 1:
+            md.h(3, r.label)
+        if r.label not in plans:
+            md.p(f"{code(show_path(r.path / SUMMARY_FILE))} records no plan.")
+            continue
+        stem, df = plans[r.label]
+        md.p(plan_text(r.summary, str(r.summary.get("chip"))) + f" Table: [{stem}.csv]({stem}.csv).")
+        md.table(markdown_table(df[["node", "module", "op", "rule", "kept", "reason",
+                                    "student_ops"]]))
 
 
 def _history_section(md: Markdown, runs: list[TextRun], history: dict, command: str) -> None:
@@ -338,7 +364,7 @@ def _history_section(md: Markdown, runs: list[TextRun], history: dict, command: 
 
 
 def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
-              command: str, history: dict) -> str:
+              command: str, history: dict, plans: dict) -> str:
     md = Markdown()
     md.h(1, "Arch-Net text report: " + ", ".join(r.label for r in runs))
     md.bullets([f"run folder{'s' if len(runs) > 1 else ''}: "
@@ -409,6 +435,7 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
              "are the latency its verify records estimated on the Program they verified, on "
              "their chips only.")
 
+    _plan_section(md, runs, plans)
     _history_section(md, runs, history, command)
 
     md.h(2, "Data and commands")
@@ -444,6 +471,7 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
     md.h(2, "Files")
     md.bullets(["[report.md](report.md)", "[latency.csv](latency.csv)",
                 "[quality.csv](quality.csv)"]
+               + [f"[{stem}.csv]({stem}.csv)" for stem, _ in plans.values()]
                + [f"[{stem}{ext}]({stem}{ext})" for stem, _ in history.values()
                   for ext in (".csv", ".png")])
     return md.text()
@@ -480,13 +508,15 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     profiles = list({p.name: p for p in profiles}.values())
     lat = latency_rows(runs, profiles, say)
     qual = quality_rows(runs, None if chip_list is None else {p.name for p in profiles})
-    history = history_files(runs)
-    text = _markdown(runs, profiles, lat, qual, cmd, history)
+    history, plans = history_files(runs), plan_files(runs)
+    text = _markdown(runs, profiles, lat, qual, cmd, history, plans)
     quality = pd.DataFrame(qual)
     quality["sentences"] = quality["sentences"].astype("Int64")  # not 8.0 beside unverified runs
     with staged_folder(out, run_dirs) as tmp:
         pd.DataFrame(lat).to_csv(tmp / "latency.csv", index=False, errors="backslashreplace")
         quality.to_csv(tmp / "quality.csv", index=False, errors="backslashreplace")
+        for stem, df in plans.values():
+            df.to_csv(tmp / f"{stem}.csv", index=False, errors="backslashreplace")
         for label, (stem, df) in history.items():
             r = next(r for r in runs if r.label == label)
             df.to_csv(tmp / f"{stem}.csv", index=False, errors="backslashreplace")

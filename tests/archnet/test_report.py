@@ -261,3 +261,19 @@ def test_compare_bad_input(tmp_path, capsys):
     assert _cli(["compare", str(tmp_path), "--chips", ","]) == 2
     assert "--chips" in capsys.readouterr().err
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_the_plan_names_the_rule_per_teacher_node(report, run_dir):
+    """Per teacher node, the rule that fired and why, as convert.json records the plan: the
+    K210 keeps its 3x3 convs and replaces the 7x7 stem and the residual adds."""
+    plan = json.loads((run_dir / "convert.json").read_text())["plan"]
+    table = pd.read_csv(report / "plan.csv", keep_default_na=False)
+    assert table["node"].tolist() == [d["node"] for d in plan["decisions"]]
+    assert table["rule"].tolist() == [d["rule"] for d in plan["decisions"]]
+    by_op = table.groupby("op")["kept"].agg(set)
+    assert by_op["add"] == {"replaced"}                     # the K210 has no add
+    assert "yes" in by_op["conv2d"] and "replaced" in by_op["conv2d"]   # 3x3 kept, 7x7 not
+    assert all(table["reason"] != "")
+    md = (report / "report.md").read_text()
+    assert "## Conversion plan: the rule per teacher node" in md
+    assert all(f"`{rule}` x{n}" in md for rule, n in plan["rules_fired"].items())

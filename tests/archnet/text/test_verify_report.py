@@ -376,6 +376,11 @@ def test_a_run_folder_of_json_records_only_is_reported_from_them(run_dir, tmp_pa
     assert qual["mean_cosine"].iloc[0] == pytest.approx(
         record["quality"]["simulator_vs_teacher"]["mean_cosine"])
     assert "(verify record)" in (out / "report.md").read_text()
+    plan = pd.read_csv(out / "plan.csv", keep_default_na=False)     # the rule per node
+    summary = json.loads((run / "convert.json").read_text())
+    assert plan["rule"].tolist() == [d["rule"] for d in summary["plan"]["decisions"]]
+    layer_norms = plan[plan["op"] == "layer_norm"]
+    assert len(layer_norms) and set(layer_norms["kept"]) == {"replaced"}   # none on this chip
     history = pd.read_csv(out / "history.csv")      # as an image run's report has it
     summary = json.loads((run / "convert.json").read_text())
     assert len(history) == len(summary["history"]) and (out / "history.png").is_file()
