@@ -19,7 +19,8 @@ from hypothesis.extra import numpy as hnp
 
 from numerics.strategies import (ConvCase, accumulator_specs, conv_cases, edgy_integers,
                                  fc_cases, int_arrays, int_types, matmul_cases,
-                                 narrow_accumulators, of_type, prepared_scales, roundings)
+                                 narrow_accumulators, of_type, prepared_scales, roundings,
+                                 zero_points)
 from simulator.contract import (AccumulatorSpec, MacOrder, Overflow, RequantMode, RequantSpec,
                                 RoundingMode, SaturationPoint)
 from simulator.numerics import fixed_point as fp
@@ -109,6 +110,26 @@ def test_conv2d_wide_layer_equals_reference(data, acc):
     case = ConvCase(x, wts, data.draw(int_arrays((oc,), -500, 500)),
                     data.draw(edgy_integers(xt.qmin, xt.qmax)), 0, (1, stride), (1, 1, 1, 1),
                     (1, dilation), 1)
+    assert_mac_same("conv2d", *case.args(acc))
+
+
+@FAST
+@given(st.data(), accumulator_specs())
+def test_pointwise_conv_over_many_batches_equals_reference(data, acc):
+    """A 1x1 stride-1 conv runs its batches as one image (a Transformer's per-channel
+    requantize is [tokens, C, 1, 1]): values and overflow statistics stay the reference's,
+    dense or depthwise, per-channel zero points included."""
+    xt, wt = data.draw(int_types()), data.draw(int_types())
+    groups = data.draw(st.sampled_from([1, 2, "depthwise"]))
+    c = data.draw(st.integers(1, 6)) * (2 if groups == 2 else 1)
+    groups = c if groups == "depthwise" else groups
+    oc = groups * data.draw(st.integers(1, 3))
+    n, h, w = data.draw(st.integers(2, 40)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    x = data.draw(of_type((n, c, h, w), xt))
+    wts = data.draw(of_type((oc, c // groups, 1, 1), wt))
+    bias = data.draw(st.one_of(st.none(), int_arrays((oc,), -(1 << 20), 1 << 20)))
+    case = ConvCase(x, wts, bias, data.draw(zero_points(xt)), data.draw(zero_points(wt, oc)),
+                    (1, 1), (0, 0, 0, 0), (1, 1), groups)
     assert_mac_same("conv2d", *case.args(acc))
 
 
