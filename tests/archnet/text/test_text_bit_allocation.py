@@ -15,6 +15,9 @@ from archnet.cli import main  # noqa: E402
 
 CHIP = "rk3588-npu-core"
 SEQ = 12
+# the tiny BERT's vocabulary (conftest.TINY_WORDS), so that sentences tokenize to real ids
+WORDS = ("the a cat dog sat on mat and ran far away quick brown fox jumps over lazy sleeps under "
+         "tree").split()
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +89,8 @@ def _convert(tiny_bert_dir, corpus, out, *extra) -> int:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     import random
-    from conftest import TINY_WORDS
     rng = random.Random(5)
-    lines = {" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(3, 11)))
+    lines = {" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 11)))
              for _ in range(80)}
     path = tmp_path_factory.mktemp("corpus") / "s.txt"
     path.write_text("\n".join(sorted(lines)) + "\n")
