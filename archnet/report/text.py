@@ -325,32 +325,36 @@ def _per_run(runs: list[TextRun], kind: str, frame) -> dict[str, tuple[str, obje
     return out
 
 
-def _plan_section(md: Markdown, runs: list[TextRun], plans: dict) -> None:
-    from archnet.report.build import plan_text
-    from archnet.report.tables import markdown_table
-    md.h(2, "Conversion plan: the rule per teacher node")
+def _per_run_section(md: Markdown, runs: list[TextRun], title: str, found: dict, absent: str,
+                     write) -> None:
+    """A section with one part per run (a sub-heading where several are reported): ``write(r,
+    stem, df)`` for the runs in ``found``, ``absent`` said of the others' convert.json."""
+    md.h(2, title)
     for r in runs:
         if len(runs) > 1:
             md.h(3, r.label)
-        if r.label not in plans:
-            md.p(f"{code(show_path(r.path / SUMMARY_FILE))} records no plan.")
-            continue
-        stem, df = plans[r.label]
+        if r.label in found:
+            write(r, *found[r.label])
+        else:
+            md.p(f"{code(show_path(r.path / SUMMARY_FILE))} {absent}.")
+
+
+def _plan_section(md: Markdown, runs: list[TextRun], plans: dict) -> None:
+    from archnet.report.build import plan_text
+    from archnet.report.tables import markdown_table
+
+    def write(r, stem, df):
         md.p(plan_text(r.summary, str(r.summary.get("chip"))) + f" Table: [{stem}.csv]({stem}.csv).")
         md.table(markdown_table(df[["node", "module", "op", "rule", "kept", "reason",
                                     "student_ops"]]))
+    _per_run_section(md, runs, "Conversion plan: the rule per teacher node", plans,
+                     "records no plan", write)
 
 
 def _history_section(md: Markdown, runs: list[TextRun], history: dict, command: str) -> None:
     from archnet.report.tables import markdown_table
-    md.h(2, "Distillation history")
-    for r in runs:
-        if len(runs) > 1:
-            md.h(3, r.label)
-        if r.label not in history:
-            md.p(f"{code(show_path(r.path / SUMMARY_FILE))} holds no per-period history.")
-            continue
-        stem, df = history[r.label]
+
+    def write(r, stem, df):
         md.figure(f"{stem}.png", f"distillation history of {r.label}",
                   "Blockwise distillation, one period per new block and a last period on the "
                   "sentence embedding: the loss of the period's window of blocks at its first and "
@@ -361,6 +365,8 @@ def _history_section(md: Markdown, runs: list[TextRun], history: dict, command: 
                    f"plotted by: {code(command)}"])
         md.table(markdown_table(df[["period", "new_block", "blocks", "steps", "loss_first",
                                     "loss_last", "seconds", "simulator_share"]]))
+    _per_run_section(md, runs, "Distillation history", history, "holds no per-period history",
+                     write)
 
 
 def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
