@@ -403,12 +403,10 @@ class _Calibrated:
     """
 
     def __init__(self, students, calib: _Calibration, options: Sequence[str]):
-        self.students, self.calib, self.x = students, calib, calib.x
+        self.students, self.x = students, calib.x
         self.blocks = students.blocks
         self._bn: dict[tuple[int, str], dict] | None = None
         self._steps: dict[tuple[str, int, bool], float] = {}
-        if isinstance(students, GraphStudents):
-            return                      # prepared one by one (see the module doc)
         seen_a = set()
         for opt in reversed(order_options(options)):   # widest first: it sets the batch-norms
             a = parse_bits(opt)[1]
@@ -418,10 +416,6 @@ class _Calibrated:
 
     def student(self, bits: Sequence[str]):
         student = self.students.build(bits)
-        if isinstance(self.students, GraphStudents):
-            from archnet.lowering.prepare import prepare_student
-            return prepare_student(student, self.calib.data, self.calib.idx,
-                                   self.students.graph).eval()
         layers = new_batchnorm_layers(student)
         if self._bn is None:
             calibrate_batchnorm(student, self.x)
@@ -445,6 +439,27 @@ class _Calibrated:
         return student.eval()
 
 
+class _Prepared:
+    """The chip-driven converter's students, each prepared as the conversion prepares its own
+    (``archnet.lowering.prepare``): their fits and smoothing depend on the widths, so nothing
+    is shared between bits lists."""
+
+    def __init__(self, students: GraphStudents, calib: _Calibration):
+        self.students, self.calib = students, calib
+
+    def student(self, bits: Sequence[str]):
+        from archnet.lowering.prepare import prepare_student
+        return prepare_student(self.students.build(bits), self.calib.data, self.calib.idx,
+                               self.students.graph).eval()
+
+
+def _candidates(students, calib: _Calibration, options: Sequence[str]):
+    """Calibrated candidate students by their per-block bits (``.student(bits)``)."""
+    if isinstance(students, GraphStudents):
+        return _Prepared(students, calib)
+    return _Calibrated(students, calib, options)
+
+
 @torch.no_grad()
 def sensitivity_table(teacher, profile: ChipProfile | str, input_shape: Sequence[int], images,
                       options: Sequence[str], students=None) -> dict[str, dict[str, float]]:
@@ -463,7 +478,7 @@ def sensitivity_table(teacher, profile: ChipProfile | str, input_shape: Sequence
         ref = teacher(*calib.teacher_in)
     finally:
         teacher.train(was_training)
-    calibrated = _Calibrated(students, calib, opts)
+    calibrated = _candidates(students, calib, opts)
 
     def measure(bits: list[str]) -> float:
         return logit_distortion(calibrated.student(bits), calib.x, ref, calib.side, calib.mask)

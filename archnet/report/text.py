@@ -305,8 +305,11 @@ def history_files(runs: list[TextRun]) -> dict[str, tuple[str, object]]:
     """Per run label: the stem of its history files and its history frame (runs without a
     per-period history are left out)."""
     from archnet.report.tables import history_frame
-    return _per_run(runs, "history", lambda r: (lambda df: None if df.empty else df)(
-        history_frame(r.summary)))
+
+    def frame(r):
+        df = history_frame(r.summary)
+        return None if df.empty else df
+    return _per_run(runs, "history", frame)
 
 
 def plan_files(runs: list[TextRun]) -> dict[str, tuple[str, object]]:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from archnet.bit_allocation import (BIT_OPTIONS, GraphStudents, ResNetStudents, _Calibrated,
-                                    _calibration,
+from archnet.bit_allocation import (BIT_OPTIONS, GraphStudents, ResNetStudents, _calibration,
+                                    _candidates,
                                     allocate_bits, block_names, feasible_options,
                                     format_latency_table, latency_table, logit_distortion)
 from archnet.cli.bit_allocation import add_commands
@@ -126,7 +126,7 @@ def test_cached_calibration_equals_direct_calibration(teacher, images, lowering)
     students = ResNetStudents(model, load_profile(RK), shape) if lowering == "resnet" else \
         _graph_students(model, shape, RK)
     bits = ["8w8a", "4w4a", "8w8a", "2w4a", "4w4a"][:len(students.blocks)]
-    cached = _Calibrated(students, _calibration(x), BIT_OPTIONS).student(bits)
+    cached = _candidates(students, _calibration(x), BIT_OPTIONS).student(bits)
     direct = students.build(bits)
     calibrate_batchnorm(direct, x)
     calibrate_activations(direct, x)

@@ -41,7 +41,7 @@ def encoder(tiny_teacher):
 def test_candidates_are_prepared_as_the_conversion_prepares_its_student(encoder):
     """The student bit allocation measures is the one the conversion would distil from: the
     LayerNorm and embedding fits and the smoothing included, parameter for parameter."""
-    from archnet.bit_allocation import GraphStudents, _Calibrated, _calibration
+    from archnet.bit_allocation import GraphStudents, _calibration, _candidates
     from archnet.jobs.convert import ConvertOptions, build_student_for
     from simulator.profiles import load_profile
     model, graph, data = encoder
@@ -49,7 +49,7 @@ def test_candidates_are_prepared_as_the_conversion_prepares_its_student(encoder)
     students = GraphStudents(graph, profile)
     bits = ["8w8a", "4w4a", "8w8a"]
     assert len(students.blocks) == len(bits)
-    measured = _Calibrated(students, _calibration(data), ["4w4a", "8w8a"]).student(bits)
+    measured = _candidates(students, _calibration(data), ["4w4a", "8w8a"]).student(bits)
     opts = ConvertOptions(teacher="tiny", chip=CHIP, out="unused", calibration_images=len(data))
     meta = {"input_shape": [SEQ], "example_inputs": (data.ids[:1], data.mask[:1])}
     converted, _, _ = build_student_for(model, meta, profile, bits, data, opts, log=lambda m: None)
