@@ -15,6 +15,8 @@ def _given(value, default):
     return default if value is None else value
 
 
+CHIP_FORWARD = ("none", "final", "all")    # DistillConfig.chip_forward (torch-free here)
+
 # options of one teacher family only: given to the other, they are refused, not ignored
 TEXT_ONLY = ("corpus", "max_len", "layers", "max_sentences", "heldout_fraction", "final_steps",
              "final_window")
@@ -54,7 +56,8 @@ def cmd_convert_text(args) -> int:
         batch_size=_given(args.batch_size, 32), lr=_given(args.lr, 1e-4), window=args.window,
         restarts=args.restarts, mixup_fraction=0.0, cosine_weight=_given(args.cosine_weight, 10.0),
         attention=False, simulator_in_loop=not args.no_simulator_in_loop, seed=args.seed,
-        progress=args.progress, final_steps=args.final_steps, final_window=args.final_window)
+        progress=args.progress, final_steps=args.final_steps, final_window=args.final_window,
+        chip_forward=args.chip_forward)
     convert_text_graph(opts, text_opts, cfg, log=lambda line: print(line, flush=True))
     return 0
 
@@ -80,7 +83,7 @@ def cmd_convert(args) -> int:
         restarts=args.restarts,
         mixup_fraction=args.mixup, cosine_weight=_given(args.cosine_weight, 1.0),
         attention=not args.no_attention, simulator_in_loop=not args.no_simulator_in_loop,
-        seed=args.seed, progress=args.progress)
+        seed=args.seed, progress=args.progress, chip_forward=args.chip_forward)
     from archnet import distributed
     try:
         convert(opts, cfg, log=lambda line: print(line, flush=True) if distributed.is_main() else None)
@@ -138,6 +141,11 @@ def add_commands(sub) -> None:
                    help="weight of the head's cosine loss (default 1: the logits; text "
                         "teachers 10: the mean-pooled sentence embedding, what users measure)")
     c.add_argument("--no-attention", action="store_true", help="plain MSE, no teacher attention")
+    c.add_argument("--chip-forward", choices=CHIP_FORWARD, default="none",
+                   help="periods whose forward runs on the chip's integers (archnet's emulation, "
+                        "equal to the simulator), gradients straight through fake-quant: none, "
+                        "final (the last period, text teachers) or all; costs one integer forward "
+                        "of the trained blocks per step (default none)")
     c.add_argument("--no-simulator-in-loop", action="store_true",
                    help="ablation: train later blocks on fake-quant outputs instead")
     c.add_argument("--seed", type=seed, default=0)

@@ -151,6 +151,7 @@ class FrozenPrefix:
         self.digest = ""
         self.value: torch.Tensor | None = None
         self.scale = 1.0
+        self.qtype = None               # the kept integers' type (the last prefix's output)
         self.seconds = 0.0              # simulator time, all periods
         self.images_run = 0
 
@@ -167,7 +168,7 @@ class FrozenPrefix:
                            progress=self.progress, boundary=self.value if start else None)
         self.seconds += hw.seconds
         self.images_run += hw.images_run
-        self.blocks, self.value, self.scale = n_blocks, value, hw.scale
+        self.blocks, self.value, self.scale, self.qtype = n_blocks, value, hw.scale, hw.qtype
         self.digest = _blocks_digest(self.student, n_blocks)
         return value
 

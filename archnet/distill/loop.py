@@ -15,6 +15,14 @@ trains from the image (the paper's pure progressive form; the simulator then onl
 sentence embedding), without adapters: the output must be the teacher's as it is. Within a
 period the teacher's targets are kept per input where they fit (``KeptTargets``).
 
+``chip_forward`` ("final" or "all") runs those periods' forward on the chip's integers: after
+each block of the window, its fake-quant output is replaced, in value only, by archnet's integer
+emulation of the block (equal to the simulator element for element, as every conversion checks),
+while gradients flow through fake-quant (a straight-through estimator). The loss is then the loss
+the chip's outputs have; where fake-quant and the integers part (requantize rounding, lookup
+tables, the integer softmax), training follows the integers. It costs one integer forward of the
+window per step.
+
 No labels exist here: the data is an ``UnlabeledImages``. A fraction of batches is mixup of
 two images (their simulator prefix computed for the mixed pixels on the fly). Adam, with a
 cosine schedule restarting ``restarts`` times per period (and at every period).
@@ -23,6 +31,9 @@ After each period a checkpoint (student, adapters, history) is written atomicall
 ``<run_dir>/checkpoints/period_NN.pt``. ``resume=True`` continues after the last complete one;
 because every period derives its random stream from ``(seed, period)`` alone and starts from
 the checkpointed state alone, a resumed run trains exactly the weights an uninterrupted run does.
+Before the final period has run, a resumed run may change that period's own settings
+(``final_steps``, ``final_window``, ``chip_forward`` between "none" and "final"): it then trains
+what an uninterrupted run with the new settings does.
 A loss that is not finite stops the run with ``DistillError`` and leaves the last good
 checkpoint in place. Under ``torchrun`` the window is wrapped in DistributedDataParallel, each
 rank takes its slice of every batch, the simulator's work is sharded, and only rank 0 writes.
@@ -50,6 +61,7 @@ from archnet.distill.inputs import as_inputs
 from archnet.distill.losses import block_weights
 from archnet.distill.taps import KeptTargets, TeacherTaps
 from archnet.errors import ConversionError, DistillError
+from archnet.quant.qtensor import QTensor
 from archnet.student import ArchNetStudent
 from archnet.student_io import student_from_payload, student_payload
 from simulator.profiles import ChipProfile, load_profile
@@ -57,6 +69,9 @@ from simulator.profiles import ChipProfile, load_profile
 CHECKPOINT_FORMAT = "archnet-distill-checkpoint"
 CHECKPOINT_VERSION = 1
 _PERIOD_FILE = re.compile(r"period_(\d+)\.pt")
+
+
+CHIP_FORWARD = ("none", "final", "all")
 
 
 @dataclass
@@ -80,6 +95,7 @@ class DistillConfig:
     progress: bool | None = None        # tqdm bars (None: only on a terminal)
     final_steps: int = 0                # a last period on the head's loss alone (0: none)
     final_window: int | None = None     # blocks it trains (default: all but the first)
+    chip_forward: str = "none"          # "final"/"all": forward on the chip's integers (STE)
 
     def check(self) -> "DistillConfig":
         bad = []
@@ -102,6 +118,11 @@ class DistillConfig:
             bad.append(f"final_steps {self.final_steps} must be >= 0")
         if self.final_window is not None and self.final_window < 1:
             bad.append(f"final_window {self.final_window} must be >= 1")
+        if self.chip_forward not in CHIP_FORWARD:
+            bad.append(f"chip_forward {self.chip_forward!r} must be one of {', '.join(CHIP_FORWARD)}")
+        elif self.chip_forward != "none" and not self.simulator_in_loop:
+            bad.append("chip_forward needs the simulator in the loop (the frozen prefix's "
+                       "integers are the window's input)")
         if bad:
             raise DistillError("distillation settings: " + "; ".join(bad))
         return self
@@ -139,10 +160,11 @@ class _PeriodNet(nn.Module):
     """The trainable window of one period and its loss; what DDP wraps."""
 
     def __init__(self, student: ArchNetStudent, adapters: nn.ModuleDict, first: int, last: int,
-                 cfg: DistillConfig, data, final: bool = False):
+                 cfg: DistillConfig, data, final: bool = False, arith=None):
         super().__init__()
         self.student, self.adapters, self.data = student, adapters, data
         self.first, self.last, self.cfg = first, last, cfg
+        self.arith = arith      # the chip's arithmetic: forward on its integers (None: fake-quant)
         self.head = len(student.blocks) - 1
         weights = block_weights(last, first, cfg.decay)
         if final:       # the last period: the head's loss alone (what the user measures)
@@ -151,13 +173,23 @@ class _PeriodNet(nn.Module):
         self.register_buffer("weights", weights, persistent=False)
 
     def forward(self, images: torch.Tensor, x_in: torch.Tensor | None,
-                targets: list[torch.Tensor], side: dict | None = None
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                targets: list[torch.Tensor], side: dict | None = None,
+                q_in: QTensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``x_in``/``q_in``: the frozen prefix's output as floats / as the chip's integers
+        (``q_in`` only when the forward runs on the chip's integers)."""
         x = self.student.input(images) if self.first == 0 else x_in
+        q = None
+        if self.arith is not None:
+            with torch.no_grad():
+                q = self.student.input.integer_forward(images) if self.first == 0 else q_in
         total, parts = 0.0, []
         for j, i in enumerate(range(self.first, self.last + 1)):
             block = self.student.blocks[i]
             x = block(x, side=side)
+            if q is not None:   # the chip's values forward, fake-quant's gradients backward
+                with torch.no_grad():
+                    q = block.integer_forward(q, self.arith, side)
+                x = x + (q.dequantize().to(x.dtype) - x).detach()
             if self.weights[j] == 0:
                 parts.append(torch.zeros(()))
                 continue
@@ -227,6 +259,16 @@ def _fingerprint(student, teacher, data, profile, cfg) -> dict:
             "world_size": dist.world_size()}
 
 
+def _settings_of_done_periods(config: dict, final_done: bool) -> dict:
+    """The distillation settings that shaped the periods a checkpoint holds: while the final
+    period is still to run, its own settings drop out (a resumed run may try another one)."""
+    config = {"chip_forward": "none", **config}
+    if not final_done:
+        config = {k: v for k, v in config.items() if k not in ("final_steps", "final_window")}
+        config["chip_forward"] = config["chip_forward"] == "all"
+    return config
+
+
 def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipProfile | str,
             cfg: DistillConfig, run_dir: str | Path, *, resume: bool = False,
             log: Callable[[str], None] = print,
@@ -263,10 +305,14 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
             ck = load_checkpoint(path)
             if ck.get("format") != CHECKPOINT_FORMAT or ck.get("version") != CHECKPOINT_VERSION:
                 raise DistillError(f"{path}: not an archnet distillation checkpoint")
+            final_done = int(ck["period"]) >= n_blocks
             for key, value in fingerprint.items():
-                if ck["fingerprint"].get(key) != value:
+                was = ck["fingerprint"].get(key)
+                if key == "config":
+                    was, value = (_settings_of_done_periods(c, final_done) for c in (was or {}, value))
+                if was != value:
                     raise DistillError(f"{path}: cannot resume, {key} differs from the run it "
-                                       f"resumes ({ck['fingerprint'].get(key)!r} != {value!r})")
+                                       f"resumes ({was!r} != {value!r})")
             saved, _ = student_from_payload(ck["student"], str(path))
             student.load_state_dict(saved.state_dict(), strict=True)
             adapters.load_state_dict(ck["adapters"], strict=True)
@@ -326,7 +372,9 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     sim_prefix = frozen.seconds - sim_before[0] if frozen else 0.0
     params = _trainable(student, adapters, first, period)
     student.train()
-    net = _PeriodNet(student, adapters, first, period, cfg, data, final)
+    chip_forward = cfg.chip_forward == "all" or (cfg.chip_forward == "final" and final)
+    net = _PeriodNet(student, adapters, first, period, cfg, data, final,
+                     profile.arithmetic if chip_forward else None)
     model = net
     if dist.active():
         model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
@@ -345,7 +393,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
         idx = idx[lo:lo + per_rank]
         batch, side = data.student(idx)
         teacher_in = data.teacher(idx)
-        x_in, mixed_now = None, False
+        x_in, q_in, mixed_now = None, None, False
         if data.mixable and cfg.mixup_fraction > 0 and \
                 float(torch.rand((), generator=gen)) < cfg.mixup_fraction:
             batch = data.mix(batch, gen, cfg.mixup_alpha)
@@ -354,13 +402,18 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
             if first > 0 and frozen is not None:
                 # the mixed pixels have no kept integers: the whole prefix runs on them
                 hw = hw or HardwarePrefix(student, first, profile, cfg.backend, cfg.sim_batch)
-                x_in = rescale(hw.run(batch, side))
+                ints = hw.run(batch, side)
+                x_in = rescale(ints)
+                if chip_forward:
+                    q_in = QTensor(ints.long(), hw.scale, hw.qtype)
             elif first > 0:
                 x_in = _prefix_float(student, batch, side, first)
         elif first > 0:
             x_in = rescale(cache[idx])
+            if chip_forward:
+                q_in = QTensor(cache[idx].long(), frozen.scale, frozen.qtype)
         targets = taps.features(*teacher_in) if mixed_now else kept.features(idx)
-        loss, parts = model(batch, x_in, targets, side)
+        loss, parts = model(batch, x_in, targets, side, q_in)
         value = float(loss.detach())
         if not math.isfinite(value):
             bar.close()
@@ -391,6 +444,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
         "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
         "block_losses": {names[first + j]: float(v) / steps for j, v in enumerate(part_sums)},
         "simulator_in_loop": on_chip, "simulator_prefix_blocks": first if on_chip else 0,
+        "chip_forward": chip_forward,
         "simulator_images": sim_images,
         "simulator_seconds": round(sim_seconds, 3),
         "simulator_prefix_seconds": round(sim_prefix, 3),

@@ -182,6 +182,71 @@ def test_resume_with_other_settings_is_refused(train_images, tmp_path):
                 resume=True, log=lambda _m: None)
 
 
+def test_resume_before_the_final_period_may_change_its_settings(train_images, tmp_path):
+    """A checkpoint taken before the last period resumes under another last period (steps,
+    window, forward on the chip) and trains what an uninterrupted run with those settings does;
+    once the last period has run, its settings are part of the weights and a change is refused."""
+    images = train_images[:128]
+    first = _cfg(steps_per_period=3, final_steps=2, final_window=2)
+    second = _cfg(steps_per_period=3, final_steps=4, final_window=3, chip_forward="final")
+    teacher, student, taps = _fresh_graph("4w4a", images)
+    full = distill(student, teacher, images, CHIP, second, tmp_path / "full", log=lambda _m: None,
+                   taps=taps)
+    teacher, student, taps = _fresh_graph("4w4a", images)
+    distill(student, teacher, images, CHIP, first, tmp_path / "tried", log=lambda _m: None, taps=taps)
+    last = len(student.blocks)
+    with pytest.raises(DistillError, match="config"):
+        teacher, student, taps = _fresh_graph("4w4a", images)
+        distill(student, teacher, images, CHIP, second, tmp_path / "tried", resume=True,
+                log=lambda _m: None, taps=taps)
+    checkpoint_path(tmp_path / "tried", last).unlink()      # the last period not yet run
+    teacher, student, taps = _fresh_graph("4w4a", images)
+    again = distill(student, teacher, images, CHIP, second, tmp_path / "tried", resume=True,
+                    log=lambda _m: None, taps=taps)
+    assert again.resumed_from == last and again.history[-1]["chip_forward"]
+    assert again.history[-1]["steps"] == 4 and len(again.history[-1]["blocks"]) == 3
+    assert all(torch.equal(x, y) for x, y in zip(full.student.state_dict().values(),
+                                                   again.student.state_dict().values()))
+
+
+def test_chip_forward_trains_on_the_chips_integers(train_images):
+    """With the forward on the chip's integers the window's outputs are the emulation's values
+    (the loss the chip's outputs have) and the gradients still reach every trained layer."""
+    from archnet.distill.adapters import build_adapters
+    from archnet.distill.inputs import as_inputs
+    from archnet.distill.loop import _PeriodNet
+    images = train_images[:16]
+    teacher, student, taps = _fresh_graph("4w4a", images)
+    arith = load_profile(CHIP).arithmetic
+    targets = taps.features(images)
+    n = len(student.blocks)
+    adapters = build_adapters(student.block_names, targets, n - 1)
+    data = as_inputs(images)
+    chip = _PeriodNet(student, adapters, 0, n - 1, _cfg(), data, final=True, arith=arith)
+    fake = _PeriodNet(student, adapters, 0, n - 1, _cfg(), data, final=True)
+    student.train()
+    loss, _ = chip(images, None, targets, {})
+    loss.backward()
+    grads = [p.grad for b in student.blocks for m in b.mac_layers().values() for p in (m.weight,)]
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    student.eval()
+    ints = student.integer_features(images, arith)[-1].dequantize().float()
+    expected = data.block_loss(ints, targets[-1], {}, True, _cfg())
+    with torch.no_grad():
+        assert torch.allclose(chip(images, None, targets, {})[0], expected, rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(fake(images, None, targets, {})[0], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_chip_forward_needs_the_simulator_in_the_loop():
+    from archnet.cli.convert import CHIP_FORWARD as offered
+    from archnet.distill.loop import CHIP_FORWARD
+    assert offered == CHIP_FORWARD      # the command line offers what the loop accepts
+    with pytest.raises(DistillError, match="chip_forward"):
+        _cfg(chip_forward="all", simulator_in_loop=False).check()
+    with pytest.raises(DistillError, match="chip_forward"):
+        _cfg(chip_forward="sometimes").check()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train_images, tmp_path, monkeypatch):
     images = train_images[:64]
     teacher, student = _fresh("8w8a", images)
