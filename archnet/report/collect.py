@@ -178,7 +178,8 @@ TEXT_SUMMARY_FIELDS = {"chip": _TEXT, "bits": _TEXTS, "teacher": _TEXT, "teacher
                        "estimated_latency_ms": _NUMBER}
 HISTORY_FIELDS = {"period": _INT, "seconds": _NUMBER, "simulator_seconds": _NUMBER,
                   "new_block": _TEXT, "blocks": _TEXTS, "steps": _INT, "loss_first": _NUMBER,
-                  "loss_last": _NUMBER, "simulator_in_loop": _FLAG, "simulator_images": _INT}
+                  "loss_last": _NUMBER, "simulator_in_loop": _FLAG, "simulator_images": _INT,
+                  "chip_forward": _FLAG}
 
 
 def _is(value, kind: str) -> bool:

@@ -191,10 +191,14 @@ def history_frame(summary: dict) -> pd.DataFrame:
                      "loss_last": h.get("loss_last"), "seconds": secs, "simulator_seconds": sim,
                      "simulator_share": sim / secs if secs > 0 else 0.0,
                      "simulator_in_loop": h.get("simulator_in_loop"),
-                     "simulator_images": h.get("simulator_images")})
-    return pd.DataFrame(rows, columns=["period", "new_block", "blocks", "steps", "loss_first",
-                                       "loss_last", "seconds", "simulator_seconds",
-                                       "simulator_share", "simulator_in_loop", "simulator_images"])
+                     "simulator_images": h.get("simulator_images"),
+                     "chip_forward": bool(h.get("chip_forward", False))})
+    df = pd.DataFrame(rows, columns=["period", "new_block", "blocks", "steps", "loss_first",
+                                     "loss_last", "seconds", "simulator_seconds",
+                                     "simulator_share", "simulator_in_loop", "simulator_images",
+                                     "chip_forward"])
+    # the column of a run that trained some period on the chip's integers (--chip-forward)
+    return df if df["chip_forward"].any() else df.drop(columns="chip_forward")
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:

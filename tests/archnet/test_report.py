@@ -277,3 +277,14 @@ def test_the_plan_names_the_rule_per_teacher_node(report, run_dir):
     md = (report / "report.md").read_text()
     assert "## Conversion plan: the rule per teacher node" in md
     assert all(f"`{rule}` x{n}" in md for rule, n in plan["rules_fired"].items())
+
+
+def test_history_shows_periods_trained_on_the_chips_integers():
+    from archnet.report.tables import history_frame
+    period = {"period": 0, "new_block": "b0", "blocks": ["b0"], "steps": 5, "seconds": 2.0}
+    plain = history_frame({"history": [period]})
+    assert "chip_forward" not in plain.columns          # records without it read as before
+    mixed = history_frame({"history": [period, {**period, "period": 1, "final": True,
+                                                 "chip_forward": True}]})
+    assert mixed["chip_forward"].tolist() == [False, True]
+    assert mixed["new_block"].tolist() == ["b0", "(last period)"]
