@@ -1,6 +1,7 @@
 """The arithmetic contract in torch: archnet's own integer forward, checked against the simulator.
 
-MAC sums are computed exactly (float64 convolution of integers, guarded by a 2**53 bound) and
+MAC sums are computed exactly (convolution of integers in float32 where every partial sum stays
+below 2**24, else float64, guarded by a 2**53 bound) and
 then put through the chip's accumulator: wrap or saturate at the end, or saturate after every
 MAC or K-tile in the declared order (an unfolded, lane-parallel loop over K). Requantization
 calls ``simulator.numerics.fixed_point``, the one definition of multipliers and rounding.
@@ -36,12 +37,20 @@ def _exact_product(a: torch.Tensor, b: torch.Tensor, bound: int) -> torch.Tensor
     return torch.matmul(a.to(dtype), b.to(dtype)).round().to(torch.int64)
 
 
+def _reach(products: int, bias: torch.Tensor) -> int:
+    return products + (int(bias.abs().max()) if bias.numel() else 0)
+
+
 def _wrap(v: torch.Tensor, bits: int) -> torch.Tensor:
     offset = 1 << (bits - 1)
     return torch.remainder(v + offset, 1 << bits) - offset
 
 
-def _finish(exact: torch.Tensor, acc: AccumulatorSpec) -> torch.Tensor:
+def _finish(exact: torch.Tensor, acc: AccumulatorSpec, reach: int | None = None) -> torch.Tensor:
+    """``exact`` through the accumulator; ``reach`` bounds |exact| (nothing to wrap or clamp
+    when the accumulator holds it)."""
+    if reach is not None and -reach >= acc.lo and reach <= acc.hi:
+        return exact
     if acc.overflow is Overflow.WRAP:
         return _wrap(exact, acc.bits)
     return exact.clamp(acc.lo, acc.hi)
@@ -68,11 +77,12 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride, 
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     out_ch, in_per_group, kh, kw = w.shape
     b = bias if bias is not None else torch.zeros(out_ch, dtype=torch.int64)
-    _check_exact(x, w, in_per_group * kh * kw, b)
-    if acc.order_independent:
-        exact = F.conv2d(x.to(torch.float64), w.to(torch.float64), b.to(torch.float64),
-                         stride=stride, padding=padding, dilation=dilation, groups=groups)
-        return _finish(exact.round().to(torch.int64), acc)
+    bound = _check_exact(x, w, in_per_group * kh * kw, b)
+    if acc.order_independent:   # as _exact_product: float32 where every partial sum is exact
+        dtype = torch.float32 if bound < EXACT_FLOAT32 else torch.float64
+        exact = F.conv2d(x.to(dtype), w.to(dtype), None, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups)
+        return _finish(exact.round().to(torch.int64) + b.view(1, -1, 1, 1), acc, _reach(bound, b))
     n, _, h, wd = x.shape
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -97,7 +107,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, acc: Acc
     b = bias if bias is not None else torch.zeros(w.shape[0], dtype=torch.int64)
     bound = _check_exact(x, w, w.shape[1], b)
     if acc.order_independent:
-        return _finish(_exact_product(x, w.T, bound) + b, acc)
+        return _finish(_exact_product(x, w.T, bound) + b, acc, _reach(bound, b))
     return _sequential(x.unsqueeze(2), w, b, acc).squeeze(2)
 
 
@@ -128,7 +138,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, acc: AccumulatorSpec) -> torch.Tens
     k = a.shape[-1]
     bound = _check_exact(a, b, k, None)
     if acc.order_independent:
-        return _finish(_exact_product(a, b, bound), acc)
+        return _finish(_exact_product(a, b, bound), acc, bound)
     # order-dependent saturation: the chip reduces k in order, one output at a time
     lead = a.shape[:-2]
     a2 = a.reshape(-1, a.shape[-2], k)

@@ -193,3 +193,31 @@ def test_general_ops_integer_forward_equals_simulator(bits, spec):
     for backend in ("reference", "kernels"):
         sim = execute(program, arith, {"image": x_int}, backend=backend).outputs["fc"]
         assert np.array_equal(ours.value.numpy(), sim), backend
+
+
+@pytest.mark.parametrize("acc", [AccumulatorSpec(32, Overflow.WRAP),
+                                 AccumulatorSpec(16, Overflow.WRAP),
+                                 AccumulatorSpec(20, Overflow.SATURATE, SaturationPoint.FINAL)],
+                         ids=["wrap32", "wrap16", "saturate20"])
+@pytest.mark.parametrize("x_bits", [4, 8, 16], ids=lambda b: f"x{b}")
+def test_mac_sums_equal_the_reference_on_both_exact_paths(acc, x_bits):
+    """conv2d, linear and matmul of integers, as archnet computes them (float32 below 2**24,
+    float64 above, nothing wrapped when the accumulator holds every sum), equal the simulator's
+    reference under wrap and saturation alike."""
+    from archnet.quant import integer
+    from simulator.numerics import reference
+    gen = np.random.default_rng(x_bits)
+    hi = 2 ** (x_bits - 1)
+    x = gen.integers(-hi, hi, (2, 6, 7, 7))
+    w = gen.integers(-128, 128, (4, 3, 3, 3))
+    bias = gen.integers(-2 ** 20, 2 ** 20, 4)
+    ours = integer.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias),
+                          (2, 1), (1, 0), acc, dilation=(1, 2), groups=2)
+    ref, _ = reference.conv2d(x, w, bias, 0, 0, (2, 1), [1, 0, 1, 0], (1, 2), 2, acc)
+    assert np.array_equal(ours.numpy(), ref)
+    a, wl = gen.integers(-hi, hi, (5, 300)), gen.integers(-128, 128, (3, 300))
+    ours = integer.linear(torch.from_numpy(a), torch.from_numpy(wl), torch.from_numpy(bias[:3]), acc)
+    assert np.array_equal(ours.numpy(), reference.fully_connected(a, wl, bias[:3], 0, 0, acc)[0])
+    b = gen.integers(-hi, hi, (2, 300, 4))
+    ours = integer.matmul(torch.from_numpy(a[None].repeat(2, 0)), torch.from_numpy(b), acc)
+    assert np.array_equal(ours.numpy(), reference.matmul(a[None].repeat(2, 0), b, 0, 0, acc)[0])
