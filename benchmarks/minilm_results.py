@@ -12,6 +12,7 @@ names each command exactly as it ran. The run folders' ``student.pt`` and ``mode
     python benchmarks/minilm_results.py                  # both widths, verify, report
     python benchmarks/minilm_results.py --bits 4w4a      # one width
     python benchmarks/minilm_results.py --verify-only    # verify the existing runs, then report
+    python benchmarks/minilm_results.py --bits 4w4a --resume   # after the last checkpoint
     python benchmarks/minilm_results.py --report-only
 """
 
@@ -29,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "minilm"
 CHIP = "ethos-u55-128"          # has matmul, softmax, the LUT unit and add: no host fallback
-# bits -> steps per period, steps of the last (sentence-embedding) period
-RECIPES = {"8w8a": (500, 1000), "4w4a": (500, 500)}
+# bits -> steps per period, steps of the last (sentence-embedding) period, the periods whose
+# forward runs on the chip's integers (--chip-forward)
+RECIPES = {"8w8a": (500, 1000, "none"), "4w4a": (500, 500, "final")}
 SENTENCES = 4096                # distillation sentences (of ~13.6k non-held-out fortunes)
 HELDOUT = 512                   # held-out sentences verified on the simulator
 
@@ -50,8 +52,8 @@ def archnet(*args: str) -> list[str]:
     return [sys.executable, "-m", "archnet", *args]
 
 
-def convert_and_verify(bits: str, threads: int, verify_only: bool) -> None:
-    steps, final = RECIPES[bits]
+def convert_and_verify(bits: str, threads: int, verify_only: bool, resume: bool) -> None:
+    steps, final, chip_forward = RECIPES[bits]
     run_dir = OUT / bits
     rel = str(run_dir.relative_to(ROOT))
     with open(OUT / "commands.log", "a") as log:
@@ -59,7 +61,8 @@ def convert_and_verify(bits: str, threads: int, verify_only: bool) -> None:
             wall = run(archnet("convert", "minilm", "--recipe", "native", "--chip", CHIP,
                                "--bits", bits, "--out", rel, "--max-sentences", str(SENTENCES),
                                "--steps-per-period", str(steps), "--final-steps", str(final),
-                               "--threads", str(threads), "--no-progress"), log)
+                               "--chip-forward", chip_forward, "--threads", str(threads),
+                               "--no-progress", *(["--resume"] if resume else [])), log)
             (run_dir / "convert_wall.json").write_text(json.dumps({"wall_seconds": round(wall, 1)}) + "\n")
         run(archnet("verify", f"{rel}/model.program", "--chip", CHIP, "--out",
                     f"{rel}/verify_{CHIP}.json", "--max-sentences", str(HELDOUT)), log)
@@ -70,12 +73,15 @@ def main() -> int:
     ap.add_argument("--bits", choices=sorted(RECIPES), action="append")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--verify-only", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue each conversion after its last complete period (a checkpoint "
+                         "before the last period may take another last-period recipe)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for bits in args.bits or list(RECIPES):
-            convert_and_verify(bits, args.threads, args.verify_only)
+            convert_and_verify(bits, args.threads, args.verify_only, args.resume)
     done = [str((OUT / b).relative_to(ROOT)) for b in RECIPES if (OUT / b / "convert.json").is_file()]
     with open(OUT / "commands.log", "a") as log:
         run(archnet("report", *done, "--out", str((OUT / "report").relative_to(ROOT))), log)
