@@ -1,7 +1,7 @@
 """Where a converted MiniLM student loses the teacher: an error budget per block and per token
 kind on held-out sentences, and what sentence-embedding cosine a nearest-neighbour target needs.
 
-    python benchmarks/minilm_error_budget.py reports/minilm/8w8a [--sentences 256] [--out FILE]
+    python benchmarks/minilm_error_budget.py reports/minilm/8w8a [--sentences 256] [--integers] [--out FILE]
 
 RUN is a text run folder of ``archnet convert minilm ...`` (the shared pipeline: ``student.pt``,
 ``convert.json``); the teacher, corpus and held-out split are the ones it records, as for
@@ -16,7 +16,9 @@ embedding or an encoder layer), over real tokens:
 
 Relative MSE is ``mean (s - t)^2 / mean t^2``. The student runs fake-quant (float on the
 integer grids); the exported Program differs from it only by the integer softmax, LUT and
-requantize rounding (``archnet verify`` measures those outputs). The last table adds isotropic
+requantize rounding (``archnet verify`` measures those outputs). ``--integers`` runs it on the
+chip's integers instead (archnet's emulation under the recorded chip's arithmetic, equal to the
+simulator): for a student whose last period trained on them (``--chip-forward``). The last table adds isotropic
 noise to the teacher's normalised embeddings: the cosine at which nearest-neighbour agreement
 falls to a given level on these sentences, for errors that are not structured.
 
@@ -57,6 +59,8 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, default=256, help="held-out sentences (default 256)")
     ap.add_argument("--chunk", type=int, default=16,
                     help="sentences per student forward (its one-hot rows are vocabulary-wide)")
+    ap.add_argument("--integers", action="store_true",
+                    help="run the student on the chip's integers (its emulation), not fake-quant")
     ap.add_argument("--out", help="also write the tables to this markdown file")
     args = ap.parse_args()
     if args.chunk < 1:
@@ -67,6 +71,8 @@ def main() -> int:
     import torch
 
     from archnet.capture import capture
+    from archnet.quant.qtensor import QTensor
+    from simulator.profiles import load_profile
     from archnet.jobs.convert import TokenEncoder
     from archnet.student_io import load_student
     from archnet.text.corpus import recorded_heldout
@@ -91,8 +97,22 @@ def main() -> int:
     side = {mask_name: mask.float()}
     valid = mask.bool()
     graph = capture(TokenEncoder(teacher.model.eval()).eval(), (ids[:1], mask[:1]))
-    lines = [f"# Error budget of {args.run} on {len(ids)} held-out sentences", ""]
+    how = "the chip's integers" if args.integers else "fake-quant"
+    lines = [f"# Error budget of {args.run} on {len(ids)} held-out sentences ({how})", ""]
     grids = [_output_grid(student, i) for i in range(len(student.blocks))]
+    arith = load_profile(info["chip"]).arithmetic if args.integers else None
+
+    def features(chunk, part_side):
+        if arith is None:
+            return student.features(ids[chunk], side=part_side)
+        return [q.dequantize().float() for q in student.integer_features(ids[chunk], arith, part_side)]
+
+    def forced_block(i, value, part_side):
+        if arith is None:
+            return student.blocks[i](grids[i - 1](value), True, part_side)
+        grid = grids[i - 1]
+        q = QTensor(grid.integer(value), float(grid.step()), grid.qtype)
+        return student.blocks[i].integer_forward(q, arith, part_side).dequantize().float()
     with torch.no_grad():
         found = graph.values(ids, mask, keep=set(student.block_taps))
         target = [found[t] for t in student.block_taps]
@@ -100,9 +120,8 @@ def main() -> int:
         parts, forced_parts = [], []
         for chunk in torch.arange(len(ids)).split(args.chunk):
             part_side = {mask_name: side[mask_name][chunk]}
-            parts.append(student.features(ids[chunk], side=part_side))
-            forced_parts.append([student.blocks[i](grids[i - 1](target[i - 1][chunk]), True,
-                                                   part_side)
+            parts.append(features(chunk, part_side))
+            forced_parts.append([forced_block(i, target[i - 1][chunk], part_side)
                                  for i in range(1, len(student.blocks))])
         chain = [torch.cat(c) for c in zip(*parts)]
         # the first block reads the tokens themselves: forced is chained there
@@ -137,7 +156,7 @@ def main() -> int:
         student_emb = pooled(chain[-1], mask).numpy()
         ref = teacher.forward(ids, mask).embedding.numpy()
     q = embedding_quality(student_emb, ref)
-    lines += ["", f"Student (fake-quant) sentence embedding: mean cosine {q['mean_cosine']:.4f}, "
+    lines += ["", f"Student ({how}) sentence embedding: mean cosine {q['mean_cosine']:.4f}, "
               f"NN agreement {q['nn_agreement']:.3f}, Spearman {q['spearman']:.3f}", "",
               "Isotropic noise on the teacher's embedding (seed 0):", "",
               "| noise sigma | mean cosine | NN agreement | Spearman |", "|---:|---:|---:|---:|"]
