@@ -92,6 +92,9 @@ def cmd_verify(args) -> int:
     if hasattr(args, "max_sentences"):
         raise ArchnetError("--max-sentences is for text runs; give a CNN run's number of test "
                            "images with --limit")
+    if args.corpus is not None:
+        raise ArchnetError(f"--corpus is for text runs; {args.program} reads images: give your "
+                           f"own with --data IMAGES.npy (and --labels Y.npy for accuracy)")
     if args.batch_size is None:
         args.batch_size = CNN_DEFAULT_BATCH
     return _cmd_verify_cnn(args)
@@ -114,10 +117,10 @@ def _cmd_verify_text(args) -> int:
     max_sentences = getattr(args, "max_sentences", DEFAULT_MAX_SENTENCES)
     batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
     doc = verify_tokens(args.program, args.chip, out=args.out, max_sentences=max_sentences,
-                        batch=batch, progress=args.progress,
+                        batch=batch, progress=args.progress, corpus=args.corpus,
                         log=(lambda m: print(m, file=sys.stderr)) if args.json else print,
                         command=verify_command(args.program, args.chip, args.out, max_sentences,
-                                               batch))
+                                               batch, args.corpus))
     if args.json:
         print(json_text(doc))
     else:
@@ -221,6 +224,9 @@ def add_commands(sub) -> None:
     p.add_argument("--labels", metavar="Y.npy", help="with --data IMAGES.npy: the images' classes "
                                                      "(a 1-d integer array), for accuracy")
     p.add_argument("--dataset", metavar="NAME", help="data set (default: the student's)")
+    p.add_argument("--corpus", metavar="FILE", help="text runs: your own UTF-8 text, one sentence "
+                   "a line; every line (of 3 or more words, each distinct line once) is held out, "
+                   "instead of the run's own held-out split")
     p.add_argument("--limit", type=int_in(1), metavar="N", help="only the first N test images")
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int_in(1),
                    metavar="N", help=f"images per simulator run (default {CNN_DEFAULT_BATCH}); "

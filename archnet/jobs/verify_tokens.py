@@ -50,9 +50,11 @@ _RUN_KEYS = ("corpus", "heldout_fraction", "max_len", "teacher_path", "teacher_s
 
 
 def verify_command(program_path, chip: str, out=None, max_sentences=DEFAULT_MAX_SENTENCES,
-                   batch=DEFAULT_BATCH) -> str:
+                   batch=DEFAULT_BATCH, corpus=None) -> str:
     """The ``archnet verify`` line that runs this verification."""
     parts = ["archnet", "verify", str(program_path), "--chip", str(chip)]
+    if corpus is not None:
+        parts += ["--corpus", str(corpus)]
     if out is not None:
         parts += ["--out", str(out)]
     parts += ["--max-sentences", "all" if max_sentences is None else str(max_sentences),
@@ -92,11 +94,13 @@ def _check_counts(max_sentences, batch) -> None:
 def verify_tokens(program_path, chip, *, out=None,
                   max_sentences: int | None = DEFAULT_MAX_SENTENCES, batch: int = DEFAULT_BATCH,
                   backend: str = "kernels", progress=None, command: str | None = None,
-                  log=print) -> dict:
+                  log=print, corpus=None) -> dict:
     """Verify a text run's ``model.program`` on ``chip`` (a profile name, file or
     ``ChipProfile``) with its held-out sentences; see the module doc.
 
-    ``max_sentences``: the first N held-out sentences (None: all). ``batch``: sentences per
+    ``max_sentences``: the first N held-out sentences (None: all). ``corpus``: the user's own
+    text file instead of the run's split: every line of it (of 3 words or more, each distinct
+    line once) is held out. ``batch``: sentences per
     simulator run. ``progress``: a tqdm bar on stderr (None: when stderr is a terminal).
     ``log``: where notes go (None: nowhere). ``command``: the command line to record (default:
     the ``archnet verify`` line that does the same). Returns the report as a JSON-ready dict
@@ -105,7 +109,7 @@ def verify_tokens(program_path, chip, *, out=None,
     files and data that does not fit."""
     from archnet.jobs.verify import first_divergence
     from archnet.student_io import load_student
-    from archnet.text.corpus import TruncationWarning, recorded_heldout
+    from archnet.text.corpus import TruncationWarning, read_sentences, recorded_heldout
     from archnet.text.quality import MIN_SENTENCES, pooled, verify_quality
     from archnet.text.teacher import recorded_teacher
     from archnet.verify_report import advance, progress_bar, reduce_overflow
@@ -147,14 +151,21 @@ def verify_tokens(program_path, chip, *, out=None,
     teacher = recorded_teacher(info, folder)     # the recorded one: its weights' hash checked
     profile = chip if isinstance(chip, ChipProfile) else load_profile(chip)
     if command is None:
-        command = verify_command(program_path, profile.name, out, max_sentences, batch)
+        command = verify_command(program_path, profile.name, out, max_sentences, batch, corpus)
 
     # -- data
     mask_name = next(iter(student.side_inputs))
-    sentences, heldout_total, corpus = recorded_heldout(info, folder, max_sentences)
+    if corpus is None:
+        sentences, heldout_total, corpus_read = recorded_heldout(info, folder, max_sentences)
+    else:       # the user's own text: every line held out, no split
+        every = read_sentences(Path(corpus))
+        sentences, heldout_total, corpus_read = every[:max_sentences], len(every), str(corpus)
     n = len(sentences)
     if n < MIN_SENTENCES:
-        raise DataError(f"corpus {corpus}: {n} held-out sentence(s) at heldout_fraction "
+        if corpus is not None:
+            raise DataError(f"{corpus}: {n} sentence(s) of 3 or more words; embedding quality "
+                            f"needs at least {MIN_SENTENCES}")
+        raise DataError(f"corpus {corpus_read}: {n} held-out sentence(s) at heldout_fraction "
                         f"{info['heldout_fraction']}; embedding quality needs at least "
                         f"{MIN_SENTENCES} (give a larger corpus or fraction when converting)")
     with warnings.catch_warnings():
@@ -165,7 +176,7 @@ def verify_tokens(program_path, chip, *, out=None,
             f"positions")
     data = TokenInputs(torch.as_tensor(tokens.input_ids), torch.as_tensor(tokens.attention_mask),
                        vocab, mask_name)
-    say(f"verify {program_path} on {profile.name}: {n} held-out sentences of {corpus}, "
+    say(f"verify {program_path} on {profile.name}: {n} held-out sentences of {corpus_read}, "
         f"{seq_len} positions, chunks of {batch}")
 
     # -- runs
@@ -258,8 +269,10 @@ def verify_tokens(program_path, chip, *, out=None,
         "chip": profile.name, "chip_path": str(profile.path),
         "converted_for": meta.get("profile"), "bits": meta.get("bits"),
         "backend": backend, "batch": batch, "chunks": len(starts),
-        "data": {"corpus": info["corpus"], "corpus_read": corpus,
-                 "heldout_fraction": float(info["heldout_fraction"]),
+        "data": {"corpus": info["corpus"] if corpus is None else str(corpus),
+                 "corpus_read": corpus_read,
+                 "split": "run" if corpus is None else "every line",
+                 "heldout_fraction": float(info["heldout_fraction"]) if corpus is None else None,
                  "heldout_sentences": heldout_total, "max_sentences": max_sentences,
                  "sentences": n, "max_len": seq_len, "truncated": int(tokens.truncated)},
         "agreement": agreement, "elements_matched": m_all, "elements_total": t_all,
@@ -308,8 +321,10 @@ def format_text_verify(doc: dict) -> str:
         f"bits {_bits(doc['bits'])})",
         f"  teacher  {doc['teacher']} ({doc['teacher_path']})"
         + (f", its first {layers} layers" if layers else ""),
-        f"  data     {d['sentences']} held-out sentences{first} of {d['corpus']} (held-out "
-        f"fraction {d['heldout_fraction']}), {d['max_len']} positions, {d['truncated']} "
+        f"  data     {d['sentences']} held-out sentences{first} of {d['corpus']} "
+        + ("(every line held out)" if d.get("split") == "every line" else
+           f"(held-out fraction {d['heldout_fraction']})")
+        + f", {d['max_len']} positions, {d['truncated']} "
         f"truncated; chunks of {doc['batch']} ({doc['chunks']}), backend {doc['backend']}",
         "",
         "integer emulation vs simulator",

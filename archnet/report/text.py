@@ -279,7 +279,10 @@ def quality_rows(runs: list[TextRun], chips: set[str] | None) -> list[dict]:
                                            "nn_agreement", "spearman")},
                 "fake_quant_mean_cosine": fq.get("mean_cosine"),
                 "element_agreement": doc.get("agreement_fraction"),
-                "bit_exact": doc.get("bit_exact"), "verify_file": doc["_file"]})
+                "bit_exact": doc.get("bit_exact"), "verify_file": doc["_file"],
+                # verified on the user's own text (`archnet verify --corpus`), not the run's split
+                "own_corpus": (doc.get("data") or {}).get("corpus")
+                if (doc.get("data") or {}).get("split") == "every line" else None})
     return rows
 
 
@@ -389,7 +392,8 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
             continue
         agree = q["element_agreement"]
         stale = " (stale)" if q["status"] != "verified" else ""
-        rows.append([q["run"], q["bits"], q["chip"] + stale,
+        own = q.get("own_corpus")
+        rows.append([q["run"], q["bits"], q["chip"] + stale + (f" (every line of {own})" if own else ""),
                      _fmt(q["sentences"], "{}"), _fmt(q["mean_cosine"], "{:.4f}"),
                      _fmt(q["min_cosine"], "{:.4f}"), _fmt(q["nn_agreement"], "{:.1%}"),
                      _fmt(q["spearman"], "{:.4f}"), _fmt(q["fake_quant_mean_cosine"], "{:.4f}"),
@@ -472,9 +476,12 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
         for chip, doc in sorted(r.verifies.items()):
             d = doc.get("data") or {}
             by = (doc.get("commands") or {}).get("verify") or "?"
+            held = (f"{d.get('sentences')} sentences of {code(str(d.get('corpus')))} (every "
+                    f"line held out, of {d.get('heldout_sentences')})"
+                    if d.get("split") == "every line" else
+                    f"{d.get('sentences')} held-out sentences (of {d.get('heldout_sentences')})")
             items.append(
-                f"verified on {code(chip)}: {d.get('sentences')} held-out sentences (of "
-                f"{d.get('heldout_sentences')}), {d.get('truncated')} truncated to "
+                f"verified on {code(chip)}: {held}, {d.get('truncated')} truncated to "
                 f"{d.get('max_len')} positions; by {code(by)} ({code(show_path(doc['_file']))})")
         md.bullets(items)
     md.h(2, "Files")
@@ -520,6 +527,8 @@ def write_text_report(run_dirs, out, chips=None, log=print, command: str | None 
     history, plans = history_files(runs), plan_files(runs)
     text = _markdown(runs, profiles, lat, qual, cmd, history, plans)
     quality = pd.DataFrame(qual)
+    if "own_corpus" in quality and quality["own_corpus"].isna().all():    # only when verified so
+        quality = quality.drop(columns="own_corpus")
     quality["sentences"] = quality["sentences"].astype("Int64")  # not 8.0 beside unverified runs
     with staged_folder(out, run_dirs) as tmp:
         pd.DataFrame(lat).to_csv(tmp / "latency.csv", index=False, errors="backslashreplace")

@@ -151,6 +151,15 @@ def test_missing_student_is_one_line(run_dir, tmp_path, capsys):
     assert "nothing.program: no such Program file" in capsys.readouterr().err
 
 
+def test_own_text_is_refused_for_an_image_run_naming_the_image_option(run_dir, tmp_path, capsys):
+    own = tmp_path / "mine.txt"
+    own.write_text("a sentence of several words\n")
+    assert _cli(["verify", str(run_dir / "model.program"), "--chip", "ideal", "--corpus",
+                 str(own)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--corpus is for text runs" in err[0] and "--data" in err[0]
+
+
 def test_teacher_found_beside_the_student_or_named_missing(tmp_path):
     run = _make_run(tmp_path / "run", "teacher.pt")  # relative: not in cwd, beside the student
     with pytest.raises(ArchnetError, match=r"teacher\.pt: no such teacher checkpoint"):

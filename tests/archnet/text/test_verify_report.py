@@ -389,3 +389,47 @@ def test_a_run_folder_of_json_records_only_is_reported_from_them(run_dir, tmp_pa
     (run / f"verify_{CHIP}.json").unlink()          # nothing left to report from
     assert _main(["report", str(run), "--out", str(tmp_path / "none")]) == 2
     assert "missing from the run folder" in capsys.readouterr().err
+
+
+def test_verify_on_the_users_own_text(run_dir, tmp_path, capsys):
+    """--corpus FILE: every line of the user's file is held out (no split), measured as the run's
+    held-out sentences are; recorded and reported as that file's."""
+    program = str(run_dir / "model.program")
+    own = tmp_path / "mine.txt"
+    lines = [f"my own sentence number {k} about the weather" for k in range(7)]
+    own.write_text("\n".join(lines + [lines[0], "too short"]) + "\n")   # a repeat, a 2-word line
+    out = tmp_path / "verify_own.json"
+    assert _main(["verify", program, "--chip", CHIP, "--corpus", str(own), "--batch", "4",
+                  "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "BIT-EXACT" in printed and "every line held out" in printed
+    doc = json.loads(out.read_text())
+    assert doc["data"]["split"] == "every line" and doc["data"]["corpus"] == str(own)
+    assert doc["data"]["sentences"] == doc["data"]["heldout_sentences"] == 7
+    assert doc["data"]["heldout_fraction"] is None
+    assert f"--corpus {own}" in doc["commands"]["verify"]
+    assert doc["quality"]["simulator_vs_teacher"]["mean_cosine"] > 0
+
+    run = _copy_run(run_dir, tmp_path / "copy")
+    shutil.copy(out, run / f"verify_{CHIP}.json")
+    assert _main(["report", str(run), "--out", str(tmp_path / "rep"), "--chips", CHIP, "-q"]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert f"(every line of {own})" in text and "every line held out, of 7" in text
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "no such corpus file"),
+    ("", "is empty"),
+    (b"\xff\xfe bad bytes here\n", "not UTF-8"),
+    ("one two three four\n" * 2, "needs at least"),
+])
+def test_an_unusable_own_corpus_is_one_line_naming_it(run_dir, tmp_path, capsys, content, needle):
+    own = tmp_path / "mine.txt"
+    if isinstance(content, bytes):
+        own.write_bytes(content)
+    elif content is not None:
+        own.write_text(content)
+    assert _main(["verify", str(run_dir / "model.program"), "--chip", CHIP, "--corpus",
+                  str(own), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "mine.txt" in err[0], err
