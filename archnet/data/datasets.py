@@ -127,6 +127,8 @@ def distillation_images(dataset: str, data_path: str | None,
         arr = _npy(path, "image", "images (N, C, H, W)")
         if arr.ndim != 4:
             raise DataError(f"{path}: images must be (N, C, H, W), got shape {arr.shape}")
+        if arr.size == 0:
+            raise DataError(f"{path}: holds no images (shape {arr.shape})")
         if arr.dtype == np.uint8:
             arr = arr.astype(np.float32) / 255.0
         elif arr.dtype.kind == "f":

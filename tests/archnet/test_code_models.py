@@ -108,3 +108,22 @@ def test_a_code_model_needs_npy_images(converted, capsys, tmp_path):
     assert main(["convert", spec, "--chip", "ethos-u55-128", "--out", str(tmp_path / "r"),
                  *FAST]) == 2
     assert "--data IMAGES.npy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.zeros((0, 1, 8, 8), np.float32), "holds no images"),
+    (b"not an npy file", "not a NumPy image array"),
+    (np.zeros((4, 8, 8), np.float32), "must be (N, C, H, W)"),
+])
+def test_unusable_npy_images_are_one_line_naming_the_file(converted, capsys, content, message):
+    tmp, spec, out = converted
+    bad = tmp / "bad_images.npy"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        np.save(bad, content)
+    capsys.readouterr()
+    assert main(["verify", str(out / "model.program"), "--chip", "ethos-u55-128", "--teacher",
+                 spec, "--data", str(bad), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "bad_images.npy" in err and len(err.splitlines()) == 1
