@@ -29,13 +29,19 @@ DEMO_ENTRIES = ("teacher.pt", "run", "demo.json")
 
 def resolve_recorded(value: str, folder: str | os.PathLike) -> Path | None:
     """A path a run recorded: as given (relative to the current folder), else relative to
-    ``folder``, so a run folder moved elsewhere still finds what convert named relative to where
-    it ran; None when neither exists."""
+    ``folder`` or the nearest of its parents that holds it. Convert records paths relative to
+    where it ran, usually a parent of the run folder (``archnet demo`` writes ``DIR/run`` beside
+    ``DIR/teacher.pt``), so the run is still found from another current folder, or moved with
+    what it names. None when none exists (callers check what they find: the teacher's hash)."""
     p = Path(value)
     if p.exists():
         return p
-    if not p.is_absolute() and (Path(folder) / p).exists():
-        return Path(folder) / p
+    if p.is_absolute():
+        return None
+    base = Path(folder).resolve()
+    for root in (base, *base.parents):
+        if (root / p).exists():
+            return root / p
     return None
 
 

@@ -195,10 +195,10 @@ def load_recorded_teacher(student_meta: dict, student_path: str | os.PathLike,
             raise CheckpointError(f"{student_path}: metadata names no teacher; give one with --teacher")
         path = resolve_recorded(recorded, student_path.parent)
         if path is None or not path.is_file():
-            tried = [recorded] if Path(recorded).is_absolute() else \
-                [recorded, str(student_path.parent / recorded)]
+            where = "" if Path(recorded).is_absolute() else \
+                f" and relative to {student_path.parent} and its parents"
             raise CheckpointError(f"{recorded}: no such teacher checkpoint (named by {student_path}; "
-                                  f"looked at {' and '.join(tried)}); give one with --teacher")
+                                  f"looked there{where}); give one with --teacher")
     model, meta = load_teacher(path)
     matches = teacher_content_hash(model) == recorded_hash
     if not matches and given is None:

@@ -236,7 +236,7 @@ def recorded_heldout(info: dict, folder, max_sentences: int | None
         found = resolve_recorded(str(corpus), folder)
         if found is None:
             raise DataError(f"{corpus}: the corpus convert used is gone (named by "
-                            f"{folder / SUMMARY_FILE}; looked there and relative to {folder})")
+                            f"{folder / SUMMARY_FILE}; looked there and relative to {folder} and its parents)")
         source = str(found)
     _train, heldout = split_heldout(read_sentences(source), float(info["heldout_fraction"]))
     picked = heldout if max_sentences is None else heldout[:max_sentences]

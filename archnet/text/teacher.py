@@ -279,7 +279,7 @@ def recorded_teacher(info: dict, folder) -> TextTeacher:
         # the bundled MiniLM moves with its package: its name still finds it
         if info.get("teacher") not in MINILM_ALIASES:
             raise CheckpointError(f"{recorded}: the teacher folder convert used is gone (named by "
-                                  f"{folder / SUMMARY_FILE}; looked there and relative to {folder})")
+                                  f"{folder / SUMMARY_FILE}; looked there and relative to {folder} and its parents)")
         teacher = load_text_teacher(info["teacher"])
     else:
         teacher = load_text_teacher(path)

@@ -160,6 +160,22 @@ def test_own_text_is_refused_for_an_image_run_naming_the_image_option(run_dir, t
     assert len(err) == 1 and "--corpus is for text runs" in err[0] and "--data" in err[0]
 
 
+def test_a_recorded_path_is_found_from_any_current_folder(tmp_path, monkeypatch):
+    """Convert records paths relative to where it ran (a parent of the run folder, as archnet
+    demo's DIR/run beside DIR/teacher.pt): found from another current folder."""
+    from archnet.runs import resolve_recorded
+    (tmp_path / "work" / "demo" / "run").mkdir(parents=True)
+    (tmp_path / "work" / "demo" / "teacher.pt").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = tmp_path / "work" / "demo" / "run"
+    assert resolve_recorded("demo/teacher.pt", run) == (tmp_path / "work" / "demo" / "teacher.pt").resolve()
+    assert resolve_recorded("teacher.pt", run) == (tmp_path / "work" / "demo" / "teacher.pt").resolve()
+    assert resolve_recorded("demo/missing.pt", run) is None
+    assert resolve_recorded(str(tmp_path / "nowhere.pt"), run) is None
+
+
 def test_teacher_found_beside_the_student_or_named_missing(tmp_path):
     run = _make_run(tmp_path / "run", "teacher.pt")  # relative: not in cwd, beside the student
     with pytest.raises(ArchnetError, match=r"teacher\.pt: no such teacher checkpoint"):
