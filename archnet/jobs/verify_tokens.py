@@ -109,7 +109,8 @@ def verify_tokens(program_path, chip, *, out=None,
     files and data that does not fit."""
     from archnet.jobs.verify import first_divergence
     from archnet.student_io import load_student
-    from archnet.text.corpus import TruncationWarning, read_sentences, recorded_heldout
+    from archnet.text.corpus import (TruncationWarning, read_sentences, recorded_heldout,
+                                     recorded_split)
     from archnet.text.quality import MIN_SENTENCES, pooled, verify_quality
     from archnet.text.teacher import recorded_teacher
     from archnet.verify_report import advance, progress_bar, reduce_overflow
@@ -155,11 +156,18 @@ def verify_tokens(program_path, chip, *, out=None,
 
     # -- data
     mask_name = next(iter(student.side_inputs))
+    seen_in_training = None     # of the user's sentences, those in the run's training split
     if corpus is None:
         sentences, heldout_total, corpus_read = recorded_heldout(info, folder, max_sentences)
     else:       # the user's own text: every line held out, no split
         every = read_sentences(Path(corpus))
         sentences, heldout_total, corpus_read = every[:max_sentences], len(every), str(corpus)
+        try:
+            train = set(recorded_split(info, folder)[0])
+            seen_in_training = sum(s in train for s in sentences)
+        except DataError:       # the run's corpus is gone: nothing to compare with
+            say(f"note: the corpus {info['corpus']} convert used is gone; cannot say which of "
+                f"your sentences it could have distilled on")
     n = len(sentences)
     if n < MIN_SENTENCES:
         if corpus is not None:
@@ -174,6 +182,9 @@ def verify_tokens(program_path, chip, *, out=None,
     if tokens.truncated:
         say(f"warning: {tokens.truncated} of {n} held-out sentences were truncated to {seq_len} "
             f"positions")
+    if seen_in_training:
+        say(f"warning: {seen_in_training} of your {n} sentences are in the training split of "
+            f"{info['corpus']}, which the run distilled on a sample of: they are not unseen")
     data = TokenInputs(torch.as_tensor(tokens.input_ids), torch.as_tensor(tokens.attention_mask),
                        vocab, mask_name)
     say(f"verify {program_path} on {profile.name}: {n} held-out sentences of {corpus_read}, "
@@ -272,6 +283,7 @@ def verify_tokens(program_path, chip, *, out=None,
         "data": {"corpus": info["corpus"] if corpus is None else str(corpus),
                  "corpus_read": corpus_read,
                  "split": "run" if corpus is None else "every line",
+                 "in_run_training_split": seen_in_training,
                  "heldout_fraction": float(info["heldout_fraction"]) if corpus is None else None,
                  "heldout_sentences": heldout_total, "max_sentences": max_sentences,
                  "sentences": n, "max_len": seq_len, "truncated": int(tokens.truncated)},
@@ -322,7 +334,8 @@ def format_text_verify(doc: dict) -> str:
         f"  teacher  {doc['teacher']} ({doc['teacher_path']})"
         + (f", its first {layers} layers" if layers else ""),
         f"  data     {d['sentences']} held-out sentences{first} of {d['corpus']} "
-        + ("(every line held out)" if d.get("split") == "every line" else
+        + (f"(every line held out; {d.get('in_run_training_split')} in the run's training "
+           f"split)" if d.get("split") == "every line" else
            f"(held-out fraction {d['heldout_fraction']})")
         + f", {d['max_len']} positions, {d['truncated']} "
         f"truncated; chunks of {doc['batch']} ({doc['chunks']}), backend {doc['backend']}",

@@ -222,12 +222,10 @@ def distillation_corpus(teacher, corpus, heldout_fraction: float, max_sentences,
     return teacher.tokenize(train, max_len), train, heldout
 
 
-def recorded_heldout(info: dict, folder, max_sentences: int | None
-                     ) -> tuple[list[str], int, str]:
-    """The held-out sentences of a run as convert split them (``info``: its convert.json, which
-    records ``corpus`` and ``heldout_fraction``; a corpus path as given or relative to the run
-    ``folder``): (the first ``max_sentences`` of them, None: all; how many are held out; the
-    corpus read)."""
+def recorded_split(info: dict, folder) -> tuple[list[str], list[str], str]:
+    """A run's corpus split as convert made it (``info``: its convert.json, which records
+    ``corpus`` and ``heldout_fraction``; a corpus path as given or relative to the run
+    ``folder`` or a parent): (training sentences, held-out sentences, the corpus read)."""
     from archnet.runs import SUMMARY_FILE, resolve_recorded
     folder = Path(folder)
     corpus = info.get("corpus") or "fortunes"
@@ -238,10 +236,18 @@ def recorded_heldout(info: dict, folder, max_sentences: int | None
             raise DataError(f"{corpus}: the corpus convert used is gone (named by "
                             f"{folder / SUMMARY_FILE}; looked there and relative to {folder} and its parents)")
         source = str(found)
-    _train, heldout = split_heldout(read_sentences(source), float(info["heldout_fraction"]))
+    train, heldout = split_heldout(read_sentences(source), float(info["heldout_fraction"]))
+    return train, heldout, source
+
+
+def recorded_heldout(info: dict, folder, max_sentences: int | None
+                     ) -> tuple[list[str], int, str]:
+    """The held-out sentences of a run as convert split them (``recorded_split``): (the first
+    ``max_sentences`` of them, None: all; how many are held out; the corpus read)."""
+    _train, heldout, source = recorded_split(info, folder)
     picked = heldout if max_sentences is None else heldout[:max_sentences]
     return picked, len(heldout), source
 
 
 __all__ = ["FORTUNES_DIR", "Tokenized", "TruncationWarning", "distillation_corpus",
-           "read_sentences", "recorded_heldout", "split_heldout", "tokenize"]
+           "read_sentences", "recorded_heldout", "recorded_split", "split_heldout", "tokenize"]

@@ -408,6 +408,7 @@ def test_verify_on_the_users_own_text(run_dir, tmp_path, capsys):
     assert doc["data"]["sentences"] == doc["data"]["heldout_sentences"] == 7
     assert doc["data"]["heldout_fraction"] is None
     assert f"--corpus {own}" in doc["commands"]["verify"]
+    assert doc["data"]["in_run_training_split"] == 0 and "0 in the run's training split" in printed
     assert doc["quality"]["simulator_vs_teacher"]["mean_cosine"] > 0
 
     run = _copy_run(run_dir, tmp_path / "copy")
@@ -415,6 +416,22 @@ def test_verify_on_the_users_own_text(run_dir, tmp_path, capsys):
     assert _main(["report", str(run), "--out", str(tmp_path / "rep"), "--chips", CHIP, "-q"]) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
     assert f"(every line of {own})" in text and "every line held out, of 7" in text
+
+
+def test_own_text_that_the_run_could_have_distilled_on_is_said(run_dir, tmp_path, capsys):
+    """Lines of the user's file that lie in the run's training split are counted and warned of:
+    a measure on them is not a held-out one."""
+    from archnet.text.corpus import recorded_split
+    info = json.loads((run_dir / "convert.json").read_text())
+    train = recorded_split(info, run_dir)[0]
+    own = tmp_path / "mine.txt"
+    own.write_text("\n".join(train[:3] + [f"a sentence of mine, number {k}" for k in range(4)]))
+    out = tmp_path / "v.json"
+    assert _main(["verify", str(run_dir / "model.program"), "--chip", CHIP, "--corpus", str(own),
+                  "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(out.read_text())["data"]["in_run_training_split"] == 3
+    assert "warning: 3 of your 7 sentences are in the training split" in printed
 
 
 @pytest.mark.parametrize("content, needle", [
