@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from archnet import distributed as dist
+from archnet.quant.qtensor import QTensor
 from archnet.student import ArchNetStudent
 from simulator.execute import execute
 from simulator.profiles import ChipProfile
@@ -126,6 +127,10 @@ class HardwarePrefix:
         """Integers -> the float values the next block reads (value x grid step)."""
         return value.to(torch.float32) * self.scale
 
+    def qtensor(self, value: torch.Tensor) -> QTensor:
+        """Integers -> the QTensor the next block's integer forward reads."""
+        return QTensor(value.to(torch.int64), self.scale, self.qtype)
+
 
 def _blocks_digest(student: ArchNetStudent, n_blocks: int) -> str:
     h = hashlib.sha256()
@@ -173,3 +178,4 @@ class FrozenPrefix:
         return value
 
     rescale = HardwarePrefix.rescale     # the kept integers are on the last prefix's grid
+    qtensor = HardwarePrefix.qtensor

@@ -405,13 +405,13 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
                 ints = hw.run(batch, side)
                 x_in = rescale(ints)
                 if chip_forward:
-                    q_in = QTensor(ints.long(), hw.scale, hw.qtype)
+                    q_in = hw.qtensor(ints)
             elif first > 0:
                 x_in = _prefix_float(student, batch, side, first)
         elif first > 0:
             x_in = rescale(cache[idx])
             if chip_forward:
-                q_in = QTensor(cache[idx].long(), frozen.scale, frozen.qtype)
+                q_in = frozen.qtensor(cache[idx])
         targets = taps.features(*teacher_in) if mixed_now else kept.features(idx)
         loss, parts = model(batch, x_in, targets, side, q_in)
         value = float(loss.detach())

@@ -334,8 +334,8 @@ def format_text_verify(doc: dict) -> str:
         f"  teacher  {doc['teacher']} ({doc['teacher_path']})"
         + (f", its first {layers} layers" if layers else ""),
         f"  data     {d['sentences']} held-out sentences{first} of {d['corpus']} "
-        + (f"(every line held out; {d.get('in_run_training_split')} in the run's training "
-           f"split)" if d.get("split") == "every line" else
+        + (f"(every line held out; {_num(d.get('in_run_training_split'), '{}')} in the run's "
+           f"training split)" if d.get("split") == "every line" else
            f"(held-out fraction {d['heldout_fraction']})")
         + f", {d['max_len']} positions, {d['truncated']} "
         f"truncated; chunks of {doc['batch']} ({doc['chunks']}), backend {doc['backend']}",

@@ -20,14 +20,15 @@ EXACT_FLOAT64 = 2 ** 53
 EXACT_FLOAT32 = 2 ** 24     # every integer partial sum below it is exact in float32
 
 
-def _check_exact(x: torch.Tensor, w: torch.Tensor, k: int, bias: torch.Tensor | None) -> int:
-    """The largest |sum of products| (bias aside) ``k``-long reductions of x and w can reach;
-    raises unless the sum with the bias is exact in float64."""
+def _check_exact(x: torch.Tensor, w: torch.Tensor, k: int, bias: torch.Tensor | None
+                 ) -> tuple[int, int]:
+    """The largest |sum of products| ``k``-long reductions of x and w can reach, without and
+    with the bias; raises unless the sum with the bias is exact in float64."""
     products = k * int(x.abs().max()) * int(w.abs().max()) if x.numel() and w.numel() else 0
     bound = products + (int(bias.abs().max()) if bias is not None and bias.numel() else 0)
     if bound >= EXACT_FLOAT64:
         raise OverflowError(f"MAC sums up to {bound} are not exact in float64")
-    return products
+    return products, bound
 
 
 def _exact_product(a: torch.Tensor, b: torch.Tensor, bound: int) -> torch.Tensor:
@@ -35,10 +36,6 @@ def _exact_product(a: torch.Tensor, b: torch.Tensor, bound: int) -> torch.Tensor
     in float32 below 2**24 (low-bit operands: twice as fast), else in float64."""
     dtype = torch.float32 if bound < EXACT_FLOAT32 else torch.float64
     return torch.matmul(a.to(dtype), b.to(dtype)).round().to(torch.int64)
-
-
-def _reach(products: int, bias: torch.Tensor) -> int:
-    return products + (int(bias.abs().max()) if bias.numel() else 0)
 
 
 def _wrap(v: torch.Tensor, bits: int) -> torch.Tensor:
@@ -77,12 +74,12 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride, 
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     out_ch, in_per_group, kh, kw = w.shape
     b = bias if bias is not None else torch.zeros(out_ch, dtype=torch.int64)
-    bound = _check_exact(x, w, in_per_group * kh * kw, b)
+    bound, reach = _check_exact(x, w, in_per_group * kh * kw, b)
     if acc.order_independent:   # as _exact_product: float32 where every partial sum is exact
         dtype = torch.float32 if bound < EXACT_FLOAT32 else torch.float64
         exact = F.conv2d(x.to(dtype), w.to(dtype), None, stride=stride, padding=padding,
                          dilation=dilation, groups=groups)
-        return _finish(exact.round().to(torch.int64) + b.view(1, -1, 1, 1), acc, _reach(bound, b))
+        return _finish(exact.round().to(torch.int64) + b.view(1, -1, 1, 1), acc, reach)
     n, _, h, wd = x.shape
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -105,9 +102,9 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride, 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, acc: AccumulatorSpec) -> torch.Tensor:
     """acc[n, o] = bias[o] + sum_k x[n, k] * w[o, k] under the chip's accumulator."""
     b = bias if bias is not None else torch.zeros(w.shape[0], dtype=torch.int64)
-    bound = _check_exact(x, w, w.shape[1], b)
+    bound, reach = _check_exact(x, w, w.shape[1], b)
     if acc.order_independent:
-        return _finish(_exact_product(x, w.T, bound) + b, acc, _reach(bound, b))
+        return _finish(_exact_product(x, w.T, bound) + b, acc, reach)
     return _sequential(x.unsqueeze(2), w, b, acc).squeeze(2)
 
 
@@ -136,9 +133,9 @@ def requant_multiplier(in_scale: float, weight_scales: torch.Tensor, out_scale: 
 def matmul(a: torch.Tensor, b: torch.Tensor, acc: AccumulatorSpec) -> torch.Tensor:
     """acc[..., n, m] = sum_k a[..., n, k] * b[..., k, m] of two activations (zero points 0)."""
     k = a.shape[-1]
-    bound = _check_exact(a, b, k, None)
+    bound, reach = _check_exact(a, b, k, None)
     if acc.order_independent:
-        return _finish(_exact_product(a, b, bound), acc, bound)
+        return _finish(_exact_product(a, b, bound), acc, reach)
     # order-dependent saturation: the chip reduces k in order, one output at a time
     lead = a.shape[:-2]
     a2 = a.reshape(-1, a.shape[-2], k)

@@ -271,18 +271,18 @@ def quality_rows(runs: list[TextRun], chips: set[str] | None) -> list[dict]:
         for chip, doc in recs.items():
             sim = doc["quality"].get("simulator_vs_teacher") or {}
             fq = doc["quality"].get("fake_quant_vs_teacher") or {}
+            data = doc.get("data") or {}
             rows.append({
                 "run": r.label, "bits": r.bits, "chip": chip,
                 "status": "stale: model.program changed since" if chip in r.stale else "verified",
-                "sentences": (doc.get("data") or {}).get("sentences"),
+                "sentences": data.get("sentences"),
                 **{k: sim.get(k) for k in ("mean_cosine", "median_cosine", "min_cosine",
                                            "nn_agreement", "spearman")},
                 "fake_quant_mean_cosine": fq.get("mean_cosine"),
                 "element_agreement": doc.get("agreement_fraction"),
                 "bit_exact": doc.get("bit_exact"), "verify_file": doc["_file"],
                 # verified on the user's own text (`archnet verify --corpus`), not the run's split
-                "own_corpus": (doc.get("data") or {}).get("corpus")
-                if (doc.get("data") or {}).get("split") == "every line" else None})
+                "own_corpus": data.get("corpus") if data.get("split") == "every line" else None})
     return rows
 
 
