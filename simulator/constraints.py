@@ -20,6 +20,7 @@ Decisions recorded here:
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Callable
 
 from simulator.contract import IntType
 from simulator.ir import MAC_OPS, Node, OpKind, Program, TensorInfo
-from simulator.profiles import ChipProfile, OpLimits, list_profiles, load_profile
+from simulator.profiles import Broadcast, ChipProfile, OpLimits, list_profiles, load_profile
 
 HOST_ONLY = frozenset({OpKind.FALLBACK, OpKind.QUANTIZE, OpKind.DEQUANTIZE})
 WINDOW_OPS = frozenset({OpKind.CONV2D, OpKind.MAXPOOL2D, OpKind.AVGPOOL2D})
@@ -303,7 +304,11 @@ def constraint_concat_inputs(v: NodeView, profile: ChipProfile) -> str | None:
 @_rule(OpKind.LOOKUP_TABLE)
 def constraint_lut_input_bits(v: NodeView, profile: ChipProfile) -> str | None:
     """lookup_table input width must not exceed ``ops.lookup_table.max_input_bits`` (a 256-entry
-    LUT takes 8-bit inputs)."""
+    LUT takes 8-bit inputs); an interpolated table (16-bit input, 513 entries) needs
+    ``ops.lookup_table.interpolated = true``."""
+    if v.attrs.get("interpolated"):
+        return None if profile.op("lookup_table").interpolated else \
+            "interpolated 16-bit lookup_table not supported (ops.lookup_table.interpolated = false)"
     limit = profile.op("lookup_table").max_input_bits
     return None if v.activation_bits <= limit else (
         f"lookup_table on {v.activation_bits}-bit input exceeds "
@@ -346,7 +351,10 @@ def constraint_lut_function(v: NodeView, profile: ChipProfile) -> str | None:
 @_rule(OpKind.MUL)
 def constraint_mul_operands(v: NodeView, profile: ChipProfile) -> str | None:
     """mul's second operand must be the first's shape or one value per channel or per tensor
-    (a squeeze-and-excitation gate), the broadcasts NPUs' elementwise units take."""
+    (a squeeze-and-excitation gate), the broadcasts NPUs' elementwise units take; any NumPy
+    broadcast where ``ops.mul.broadcast = "any"``."""
+    if profile.op("mul").broadcast is Broadcast.ANY:
+        return None
     a, b = v.inputs[0].shape, v.inputs[1].shape
     b_full = (1,) * (len(a) - len(b)) + tuple(b)
     per_channel = len(a) == 4 and all(d == 1 for i, d in enumerate(b_full) if i not in (0, 1))
@@ -355,16 +363,42 @@ def constraint_mul_operands(v: NodeView, profile: ChipProfile) -> str | None:
     return f"mul broadcast of {tuple(b)} to {tuple(a)} is neither elementwise, per channel nor scalar"
 
 
-@_rule(OpKind.ADD)
+@_rule(OpKind.ADD, OpKind.SUB)
 def constraint_add_operands(v: NodeView, profile: ChipProfile) -> str | None:
-    """add's second operand must be the first's shape per sample (a constant table shared by
-    the batch), one value per channel, or one value: the broadcasts elementwise units take."""
+    """add's (sub's) second operand must be the first's shape per sample (a constant table
+    shared by the batch), one value per channel, or one value: the broadcasts elementwise units
+    take; any NumPy broadcast where ``ops.add.broadcast`` (``ops.sub.broadcast``) is "any"."""
+    kind = v.kind.value
+    if profile.op(kind).broadcast is Broadcast.ANY:
+        return None
     a, b = v.inputs[0].shape, v.inputs[1].shape
     b_full = (1,) * (len(a) - len(b)) + tuple(b)
     per_channel = len(a) == 4 and all(d == 1 for i, d in enumerate(b_full) if i not in (0, 1))
     if b_full[1:] == tuple(a)[1:] or per_channel or all(d == 1 for d in b_full):
         return None
-    return f"add broadcast of {tuple(b)} to {tuple(a)} is neither elementwise, per channel nor scalar"
+    return (f"{kind} broadcast of {tuple(b)} to {tuple(a)} is neither elementwise, per channel "
+            f"nor scalar")
+
+
+def _reduced(v: NodeView) -> list[int]:
+    x = v.inputs[0].shape
+    return [x[a] for a in sorted({a % len(x) for a in v.attrs["axes"]})]
+
+
+@_rule(OpKind.MEAN)
+def constraint_mean_reduced_elements(v: NodeView, profile: ChipProfile) -> str | None:
+    """mean may sum at most ``ops.mean.max_reduced_elements`` elements into one output."""
+    count, limit = math.prod(_reduced(v)), profile.op("mean").max_reduced_elements
+    return None if count <= limit else \
+        f"mean over {count} elements exceeds ops.mean.max_reduced_elements {limit}"
+
+
+@_rule(OpKind.MEAN)
+def constraint_mean_axis_length(v: NodeView, profile: ChipProfile) -> str | None:
+    """No axis a mean reduces may be longer than ``ops.mean.max_axis_length``."""
+    longest, limit = max(_reduced(v)), profile.op("mean").max_axis_length
+    return None if longest <= limit else \
+        f"mean axis of {longest} exceeds ops.mean.max_axis_length {limit}"
 
 
 @_rule(OpKind.SOFTMAX)

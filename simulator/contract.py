@@ -58,6 +58,12 @@ class FloatType:
 DType = IntType | FloatType
 FLOAT32 = FloatType()
 ACCUMULATOR = IntType(32, True)  # nominal type of MAC outputs; the profile's width applies
+S16 = IntType(16, True)
+
+# TOSA's TABLE for 16-bit inputs: 513 entries, 2**16 / 512 inputs between neighbours, the low
+# 7 bits of the input interpolate (fixed_point.lookup_interpolated)
+INTERPOLATION_FRACTION_BITS = 7
+INTERPOLATED_TABLE_ENTRIES = (1 << (16 - INTERPOLATION_FRACTION_BITS)) + 1
 
 
 _DTYPE_ALIASES = {"int8": "s8", "uint8": "u8", "int16": "s16", "uint16": "u16", "int32": "s32",
@@ -80,7 +86,7 @@ def parse_dtype(name: str) -> DType:
 # lookup_table and the profiles list under ops.lookup_table.functions. A table with no name (a
 # student's own) runs only on a programmable table ("any").
 ACTIVATION_FUNCTIONS = ("sigmoid", "tanh", "hardsigmoid", "hardswish", "silu", "gelu",
-                        "leaky_relu", "prelu", "elu", "softplus", "exp")
+                        "leaky_relu", "prelu", "elu", "softplus", "exp", "rsqrt")
 
 
 class RoundingMode(str, enum.Enum):

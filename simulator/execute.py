@@ -134,6 +134,13 @@ def _run_requantize(node, p, ins, arith, be):
 
 def _run_add(node, p, ins, arith, be):
     ta, tb, out = (p.tensors[n] for n in (*node.inputs, node.outputs[0]))
+    b, b_zp = ins[1], tb.zp_scalar
+    if node.op is OpKind.SUB:
+        # a - b is the add of a and -(b - zb): one rounding of the exact difference. (Under
+        # per-operand add rounding the negated operand is rescaled on its own, which rounds
+        # ties differently from TFLite's SUB; no profile with that rounding declares sub.)
+        b, b_zp = np.int64(b_zp) - np.asarray(b, np.int64), 0
+    ins = [ins[0], b]
     ra = _ratio(ta.scale, out.scale, f"node {node.name!r}")
     rb = _ratio(tb.scale, out.scale, f"node {node.name!r}")
     lo, hi = clamp_bounds(out, node.attrs)
@@ -142,10 +149,10 @@ def _run_add(node, p, ins, arith, be):
             else fp.ADD_LEFT_SHIFT
         prepared = fp.prepare_add_per_operand(ta.scale[0], tb.scale[0], out.scale[0],
                                               arith.requant, shift)
-        return be.add_per_operand(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, prepared,
+        return be.add_per_operand(ins[0], ta.zp_scalar, ins[1], b_zp, prepared,
                                   arith.requant.rounding, out.zp_scalar, lo, hi, shift)
     ma, mb, shift = fp.prepare_add(ra, rb, arith.requant)
-    return be.add(ins[0], ta.zp_scalar, ins[1], tb.zp_scalar, ma, mb, shift, arith.requant.mode,
+    return be.add(ins[0], ta.zp_scalar, ins[1], b_zp, ma, mb, shift, arith.requant.mode,
                   arith.requant.rounding, out.zp_scalar, lo, hi)
 
 
@@ -172,6 +179,26 @@ def _run_global_avgpool(node, p, ins, arith, be):
         return be.global_mean(ins[0], src.zp_scalar, prepared, out.zp_scalar, out.dtype.qmin,
                               out.dtype.qmax)
     return be.global_avgpool2d(ins[0], src.zp_scalar, arith.requant.rounding)
+
+
+def _run_mean(node, p, ins, arith, be):
+    src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
+    axes = sorted({a % len(src.shape) for a in node.attrs["axes"]})
+    count = math.prod(src.shape[a] for a in axes)
+    ratio = _ratio(src.scale, out.scale, f"node {node.name!r}")
+    # the chip that forms TFLite's MEAN multiplier forms it for every mean
+    prepare = fp.prepare_tflite_mean if arith.global_avgpool is GlobalAvgPool.TFLITE_MEAN \
+        else fp.prepare_mean
+    return be.mean(ins[0], src.zp_scalar, axes, node.attrs["keepdims"],
+                   prepare(ratio, count, arith.requant), out.zp_scalar, out.dtype.qmin,
+                   out.dtype.qmax)
+
+
+def _run_lookup_table(node, p, ins, arith, be):
+    table = np.asarray(node.attrs["table"], np.int64)
+    if node.attrs["interpolated"]:
+        return be.lookup_interpolated(ins[0], table)
+    return be.lookup_table(ins[0], table, p.tensors[node.inputs[0]].dtype.qmin)
 
 
 def _run_softmax(node, p, ins, arith, be):
@@ -223,6 +250,7 @@ def _window(node):
 RUNNERS: dict[OpKind, Callable] = {
     OpKind.REQUANTIZE: _run_requantize,
     OpKind.ADD: _run_add,
+    OpKind.SUB: _run_add,
     OpKind.MUL: _run_mul,
     OpKind.SOFTMAX: _run_softmax,
     OpKind.FALLBACK: _run_fallback,
@@ -236,8 +264,8 @@ RUNNERS: dict[OpKind, Callable] = {
     OpKind.GLOBAL_AVGPOOL2D: lambda n, p, ins, a, be: _run_global_avgpool(n, p, ins, a, be),
     OpKind.CONCAT: lambda n, p, ins, a, be: reference.concat(ins, n.attrs["axis"]),
     OpKind.CLAMP: lambda n, p, ins, a, be: be.clamp(ins[0], n.attrs["min"], n.attrs["max"]),
-    OpKind.LOOKUP_TABLE: lambda n, p, ins, a, be: be.lookup_table(
-        ins[0], np.asarray(n.attrs["table"], np.int64), p.tensors[n.inputs[0]].dtype.qmin),
+    OpKind.LOOKUP_TABLE: _run_lookup_table,
+    OpKind.MEAN: _run_mean,
     OpKind.RESHAPE: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),
     OpKind.FLATTEN: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),
     OpKind.TRANSPOSE: lambda n, p, ins, a, be: reference.transpose(ins[0], n.attrs["perm"]),

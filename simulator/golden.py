@@ -195,6 +195,67 @@ def _lut_program(rng, dtype: str):
                          table=table)
 
 
+def _mean_rows_program(rng):
+    """A mean over each row's last axis at 16 bits (a token's channels), zero points in."""
+    b = ProgramBuilder("golden_mean")
+    x = b.input("x", (2, 5, 24), "s16", scale=0.003, zero_point=-7)
+    y = b.node("mean", [x], "y", dtype="s16", scale=0.0011, zero_point=5, axes=[-1])
+    b.output(y)
+    return b.build(), {"x": _rand(rng, "s16", (2, 5, 24)) // 4}
+
+
+def _sub_rows_program(rng):
+    """x minus one value per row (a token's mean) broadcast along the row, at 16 bits."""
+    b = ProgramBuilder("golden_sub")
+    x = b.input("x", (2, 5, 8), "s16", scale=0.003, zero_point=3)
+    m = b.input("m", (2, 5, 1), "s16", scale=0.0017, zero_point=-2)
+    y = b.node("sub", [x, m], "y", dtype="s16", scale=0.004, zero_point=1)
+    b.output(y)
+    return b.build(), {"x": _rand(rng, "s16", (2, 5, 8)) // 2, "m": _rand(rng, "s16", (2, 5, 1)) // 2}
+
+
+def rsqrt_table(x_scale: float, x_zp: int, eps: float, out_scale: float) -> list[int]:
+    """TOSA's 513 samples of 1 / sqrt(v + eps) over the s16 inputs, v = x_scale * (q - x_zp),
+    each rounded to the output grid and clipped to s16 (negative v read as 0)."""
+    q = np.linspace(-32768, 32768, 513)
+    v = np.maximum((q - x_zp) * x_scale, 0.0) + eps
+    return np.clip(np.rint(1.0 / np.sqrt(v) / out_scale), -32768, 32767).astype(int).tolist()
+
+
+def _lut_interpolated_program(rng):
+    b = ProgramBuilder("golden_lookup_interpolated")
+    x = b.input("x", (3, 7, 11), "s16", scale=0.001)
+    table = [int(v) for v in np.clip(np.rint(np.tanh(np.linspace(-32.768, 32.768, 513)) * 32767),
+                                     -32768, 32767)]
+    y = b.node("lookup_table", [x], "y", dtype="s32", scale=1 / 32767 / 128, table=table,
+               interpolated=True, function="tanh")
+    b.output(y)
+    return b.build(), {"x": _rand(rng, "s16", (3, 7, 11))}
+
+
+def _token_norm_program(rng):
+    """LayerNorm over each token's 16 channels from chip ops at 16 bits, as Arm's toolchain
+    decomposes it: mean, subtract, square, mean, rsqrt by an interpolated table, multiply. The
+    square and the variance are nonnegative: their zero point puts the whole s16 range above 0."""
+    b = ProgramBuilder("golden_token_norm")
+    x = b.input("x", (2, 6, 16), "s16", scale=0.002)
+    m = b.node("mean", [x], "mean", dtype="s16", scale=0.002, axes=[-1])
+    c = b.node("sub", [x, m], "centred", dtype="s16", scale=0.002)
+    sq = b.node("mul", [c, c], "square", dtype="s16", scale=8e-4, zero_point=-32768)
+    var = b.node("mean", [sq], "variance", dtype="s16", scale=1e-4, zero_point=-32768, axes=[-1])
+    r_scale = 1 / 8192
+    wide = b.node("lookup_table", [var], "rsqrt_wide", dtype="s32", scale=r_scale / 128,
+                  table=rsqrt_table(1e-4, -32768, 1e-5, r_scale), interpolated=True,
+                  function="rsqrt")
+    r = b.node("requantize", [wide], "rsqrt", dtype="s16", scale=r_scale,
+               real_multiplier=[1 / 128])
+    y = b.node("mul", [c, r], "y", dtype="s8", scale=1 / 32)
+    b.output(y)
+    spread = rng.uniform(0.5, 2.0, (2, 6, 1))
+    values = np.rint(rng.normal(0, 1, (2, 6, 16)) * spread / 0.002 + rng.normal(0, 300, (2, 6, 1)))
+    return b.build(), {"x": np.clip(values, -32768, 32767).astype(np.int64)}
+
+
 def _requant_program(rng, in_t: str, out_t: str, per_channel: bool):
     """Dyadic ratios make exact ties frequent, so every rounding mode shows where it differs."""
     b = ProgramBuilder("golden_requantize")
@@ -251,6 +312,12 @@ def cases() -> Iterator[GoldenCase]:
                          lambda rng: _single_input("global_avgpool2d", "u8", (2, 4, 5, 3), rng))
         yield GoldenCase(f"softmax_s8_{rq_name}", "softmax", "acc32_sat_final", rq_name,
                          lambda rng: _softmax_program(rng, "s8"))
+        yield GoldenCase(f"mean_rows_s16_{rq_name}", "mean", "acc32_sat_final", rq_name,
+                         _mean_rows_program)
+        yield GoldenCase(f"sub_rows_s16_{rq_name}", "sub", "acc32_sat_final", rq_name,
+                         _sub_rows_program)
+        yield GoldenCase(f"token_norm_s16_{rq_name}", "mean", "acc32_sat_final", rq_name,
+                         _token_norm_program)
     yield GoldenCase("softmax_u4", "softmax", "acc32_sat_final", "half_up_m16",
                      lambda rng: _softmax_program(rng, "u4"))
     yield GoldenCase("softmax_masked_s8_half_even_m24", "softmax", "acc32_sat_final",
@@ -271,6 +338,8 @@ def cases() -> Iterator[GoldenCase]:
     for dtype in ("u8", "s8", "s4"):
         yield GoldenCase(f"lookup_table_{dtype}", "lookup_table", "acc32_sat_final", "tflite_m32",
                          lambda rng, d=dtype: _lut_program(rng, d))
+    yield GoldenCase("lookup_interpolated_s16", "lookup_table", "acc32_sat_final", "tflite_m32",
+                     _lut_interpolated_program)
     for dtype in ("u8", "s4"):
         yield GoldenCase(f"concat_{dtype}", "concat", "acc32_sat_final", "tflite_m32",
                          lambda rng, d=dtype: _concat_program(rng, d))
@@ -290,6 +359,7 @@ def _tflite_cases() -> Iterator[GoldenCase]:
         **tfl)
     yield GoldenCase("global_avgpool_s8_tflite_mean", "global_avgpool2d", build=_mean_program,
                      **tfl)
+    yield GoldenCase("mean_rows_s16_tflite_mean", "mean", build=_mean_rows_program, **tfl)
     yield GoldenCase("fc_s8_tflite_float64", "fully_connected", build=_fc_ties_program, **tfl)
     yield from _tflite16_cases()
 

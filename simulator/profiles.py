@@ -59,6 +59,13 @@ class FeatureMapTiling(str, enum.Enum):
     STRIPES = "stripes"  # a stripe of kernel-height input rows and one output row (cascading)
 
 
+class Broadcast(str, enum.Enum):
+    """Which second operands an elementwise add or mul takes beside its first."""
+
+    CHANNEL = "channel"  # the same shape (per sample for add), one value per channel, or one value
+    ANY = "any"          # any NumPy broadcast of the second to the first (Ethos-U's IFM2_BROADCAST)
+
+
 # ----------------------------------------------------------------------------- frozen profile
 
 @dataclass(frozen=True)
@@ -156,7 +163,10 @@ class OpLimits:
     max_inputs: int | None = None
     max_input_bits: int | None = None
     max_axis_length: int | None = None
+    max_reduced_elements: int | None = None    # mean: elements summed for one output
     functions: tuple[str, ...] | None = None   # lookup_table: None = any table
+    interpolated: bool | None = None           # lookup_table: TOSA's 513-entry s16 tables
+    broadcast: Broadcast | None = None         # add, mul
 
 
 @dataclass(frozen=True)
@@ -455,12 +465,14 @@ OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
     "maxpool2d": dict(_WINDOW),
     "avgpool2d": {**_WINDOW, "max_padded_kernel_hw": _hw(_SIDE)},
     "global_avgpool2d": {"supported": _flag(), "max_input_hw": _hw(_SIDE)},
-    "add": {"supported": _flag()},
-    "mul": {"supported": _flag()},
+    "add": {"supported": _flag(), "broadcast": _choice(Broadcast)},
+    "sub": {"supported": _flag(), "broadcast": _choice(Broadcast)},
+    "mul": {"supported": _flag(), "broadcast": _choice(Broadcast)},
     "concat": {"supported": _flag(), "max_inputs": _MAX_INPUTS},
     "clamp": {"supported": _flag()},
     "lookup_table": {"supported": _flag(), "max_input_bits": _BITS,
-                     "functions": _functions_or_any()},
+                     "functions": _functions_or_any(), "interpolated": _flag()},
+    "mean": {"supported": _flag(), "max_reduced_elements": _LENGTH, "max_axis_length": _LENGTH},
     "softmax": {"supported": _flag(), "max_axis_length": _LENGTH},
     "requantize": {"supported": _flag()},
     "reshape": {"supported": _flag()},

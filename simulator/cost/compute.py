@@ -95,12 +95,14 @@ def element_compute_cycles(v: NodeView, profile: ChipProfile) -> float:
     """Compute cycles of a non-MAC op on the element units; 0 for reshape/flatten (views)."""
     rates = profile.elementwise
     out_elems = math.prod(v.output.shape)
-    if v.kind in (OpKind.ADD, OpKind.MUL):  # two operands in, one out: the same unit and rate
+    if v.kind in (OpKind.ADD, OpKind.SUB, OpKind.MUL):  # two operands in, one out: one unit
         return out_elems / rates.add_elements_per_cycle
     if v.kind in (OpKind.MAXPOOL2D, OpKind.AVGPOOL2D):
         kh, kw = v.kernel
         return out_elems * kh * kw / rates.pool_elements_per_cycle
-    if v.kind is OpKind.GLOBAL_AVGPOOL2D:
+    if v.kind in (OpKind.GLOBAL_AVGPOOL2D, OpKind.MEAN):
+        # a reduction reads every input element once on the pooling unit (Vela lowers MEAN
+        # to average pools and depthwise convs)
         return math.prod(v.inputs[0].shape) / rates.pool_elements_per_cycle
     if v.kind in (OpKind.CLAMP, OpKind.REQUANTIZE):
         return out_elems / rates.elements_per_cycle

@@ -46,7 +46,7 @@ UNKNOWN_FLOPS_PER_ELEMENT = 1.0   # a lower bound for an op type not listed abov
 
 # The same, for IR ops placed on the host (unsupported by the chip, or boundary conversions).
 OP_FLOPS_PER_ELEMENT: dict[OpKind, float] = {
-    OpKind.ADD: 1, OpKind.MUL: 1, OpKind.CLAMP: 1, OpKind.REQUANTIZE: 2, OpKind.LOOKUP_TABLE: 1,
+    OpKind.ADD: 1, OpKind.SUB: 1, OpKind.MUL: 1, OpKind.CLAMP: 1, OpKind.REQUANTIZE: 2, OpKind.LOOKUP_TABLE: 1,
     OpKind.SOFTMAX: EXP_FLOPS + 4, OpKind.CONCAT: 1, OpKind.TRANSPOSE: 1, OpKind.RESHAPE: 0,
     OpKind.FLATTEN: 0, OpKind.QUANTIZE: 3, OpKind.DEQUANTIZE: 2,
 }
@@ -56,7 +56,7 @@ OP_FLOPS_PER_ELEMENT: dict[OpKind, float] = {
 LUT_FUNCTION_FLOPS: dict[str, float] = {
     "sigmoid": EXP_FLOPS + 2, "tanh": EXP_FLOPS + 4, "hardsigmoid": 3, "hardswish": 4,
     "silu": EXP_FLOPS + 3, "gelu": EXP_FLOPS + 8, "leaky_relu": 2, "prelu": 2,
-    "elu": EXP_FLOPS + 2, "softplus": 2 * EXP_FLOPS, "exp": EXP_FLOPS,
+    "elu": EXP_FLOPS + 2, "softplus": 2 * EXP_FLOPS, "exp": EXP_FLOPS, "rsqrt": EXP_FLOPS,
 }
 
 
@@ -78,6 +78,6 @@ def host_flops(v: NodeView) -> float:
     if v.kind in (OpKind.MAXPOOL2D, OpKind.AVGPOOL2D):
         kh, kw = v.kernel
         return out_elems * kh * kw
-    if v.kind is OpKind.GLOBAL_AVGPOOL2D:
+    if v.kind in (OpKind.GLOBAL_AVGPOOL2D, OpKind.MEAN):
         return math.prod(v.inputs[0].shape)
     return out_elems * OP_FLOPS_PER_ELEMENT[v.kind]

@@ -25,9 +25,11 @@ class OpKind(str, enum.Enum):
     GLOBAL_AVGPOOL2D = "global_avgpool2d"
     CONCAT = "concat"                    # operands share dtype, scale and zero point
     ADD = "add"                          # a, b (own scales; b broadcast to a) -> y
+    SUB = "sub"                          # a - b, rounded as add rounds a sum
     MUL = "mul"                          # a, b (b broadcast to a, e.g. [N,C,1,1]) -> y
     CLAMP = "clamp"                      # relu is clamp(min=zero_point)
-    LOOKUP_TABLE = "lookup_table"        # y = table[x - qmin(x)]
+    LOOKUP_TABLE = "lookup_table"        # y = table[x - qmin(x)]; int16: TOSA's interpolated table
+    MEAN = "mean"                        # mean of (x - zp) over axes, rescaled once (TFLite MEAN)
     SOFTMAX = "softmax"                  # x[, key mask]: exp LUT, integer normalisation
     RESHAPE = "reshape"
     FLATTEN = "flatten"
@@ -144,6 +146,17 @@ def _mul_shape(shapes, attrs):
     return a
 
 
+def _mean_shape(shapes, attrs):
+    x = shapes[0]
+    axes = sorted({a % len(x) for a in attrs["axes"]}) if x else []
+    if not attrs["axes"] or len(axes) != len(attrs["axes"]) or \
+            any(not -len(x) <= a < len(x) for a in attrs["axes"]):
+        raise ProgramError(f"mean: axes {attrs['axes']} are not distinct axes of {x}")
+    if attrs["keepdims"]:
+        return tuple(1 if i in axes else d for i, d in enumerate(x))
+    return tuple(d for i, d in enumerate(x) if i not in axes)
+
+
 def _concat_shape(shapes, attrs):
     axis = attrs["axis"] % len(shapes[0])
     for s in shapes[1:]:
@@ -200,13 +213,18 @@ OP_INFO: dict[OpKind, OpInfo] = {
     OpKind.CONCAT: OpInfo(1, 64, {"axis": Attr("int", 1)}, _concat_shape),
     OpKind.ADD: OpInfo(2, 2, {"clamp_min": Attr("int", None), "clamp_max": Attr("int", None)},
                        _add_shape),
+    OpKind.SUB: OpInfo(2, 2, {"clamp_min": Attr("int", None), "clamp_max": Attr("int", None)},
+                       _add_shape),
     OpKind.MUL: OpInfo(2, 2, {"clamp_min": Attr("int", None), "clamp_max": Attr("int", None)},
                        _mul_shape),
     OpKind.CLAMP: OpInfo(1, 1, {"min": Attr("int"), "max": Attr("int")}, _same_shape),
     # function: what the table holds ("sigmoid", "hardswish" ...), for the chip's activation
-    # unit and the reports; the table alone defines the values
-    OpKind.LOOKUP_TABLE: OpInfo(1, 1, {"table": Attr("ints"), "function": Attr("str", None)},
-                                _same_shape),
+    # unit and the reports; the table alone defines the values. interpolated: a 16-bit input
+    # reads a 513-entry table between entries, as TOSA's TABLE (reference.lookup_interpolated)
+    OpKind.LOOKUP_TABLE: OpInfo(1, 1, {"table": Attr("ints"), "function": Attr("str", None),
+                                       "interpolated": Attr("bool", False)}, _same_shape),
+    OpKind.MEAN: OpInfo(1, 1, {"axes": Attr("ints"), "keepdims": Attr("bool", True)},
+                        _mean_shape),
     OpKind.SOFTMAX: OpInfo(1, 2, {"axis": Attr("int", -1), "exp_table": Attr("ints")},
                            _softmax_shape),
     OpKind.RESHAPE: OpInfo(1, 1, {"shape": Attr("ints")}, _reshape_shape),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.contract import DType, IntType, parse_dtype
+from simulator.contract import INTERPOLATED_TABLE_ENTRIES, S16, DType, IntType, parse_dtype
 from simulator.digest import HASH_KEY, content_digest
 from simulator.errors import ProgramError, SimulatorError
 from simulator.fileio import atomic_write_bytes
@@ -231,7 +231,9 @@ def _check_node_types(program: Program, node: Node, where: str) -> None:
                     f"{where}: concat operands must share dtype, scale and zero point "
                     f"({first.name!r}: {first.dtype} {first.scale} {first.zero_point}; "
                     f"{t.name!r}: {t.dtype} {t.scale} {t.zero_point}); insert a requantize")
-    if node.op is OpKind.LOOKUP_TABLE:
+    if node.op is OpKind.LOOKUP_TABLE and node.attrs["interpolated"]:
+        _check_interpolated_table(node, ts[0], out, where)
+    elif node.op is OpKind.LOOKUP_TABLE:
         if ts[0].dtype.bits > 16 or len(node.attrs["table"]) != 1 << ts[0].dtype.bits:
             raise ProgramError(f"{where}: lookup_table needs 2**bits = {1 << min(ts[0].dtype.bits, 30)}"
                                f" entries for {ts[0].dtype}, has {len(node.attrs['table'])}")
@@ -241,15 +243,41 @@ def _check_node_types(program: Program, node: Node, where: str) -> None:
         if out.scale is None or len(out.scale) != 1 or \
                 not math.log2(out.scale[0]).is_integer() or out.scale[0] > 1:
             raise ProgramError(f"{where}: softmax output scale must be 2**-k, got {out.scale}")
-    if node.op in (OpKind.REQUANTIZE, OpKind.ADD, OpKind.MUL) and out.scale is None:
+    if node.op in (OpKind.REQUANTIZE, OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.MEAN) and \
+            out.scale is None:
         raise ProgramError(f"{where}: {node.op.value} output {out.name!r} needs a scale")
-    if node.op in (OpKind.ADD, OpKind.MUL) and (ts[0].scale is None or ts[1].scale is None):
+    if node.op in (OpKind.ADD, OpKind.SUB, OpKind.MUL) and \
+            (ts[0].scale is None or ts[1].scale is None):
         raise ProgramError(f"{where}: {node.op.value} operands need scales")
+    if node.op is OpKind.MEAN and (ts[0].scale is None or len(ts[0].scale) != 1
+                                   or len(out.scale) != 1):
+        raise ProgramError(f"{where}: mean needs per-tensor scales on its input and output")
     if node.op is OpKind.REQUANTIZE and len(node.attrs["real_multiplier"]) > 1:
         axis = node.attrs["axis"]
         if not -len(out.shape) <= axis < len(out.shape) or out.shape[axis] != len(node.attrs["real_multiplier"]):
             raise ProgramError(f"{where}: {len(node.attrs['scale'])} per-channel scales do not match "
                                f"axis {axis} of {out.shape}")
+
+
+def _check_interpolated_table(node: Node, x: TensorInfo, out: TensorInfo, where: str) -> None:
+    """TOSA's TABLE for 16-bit inputs: a signed 16-bit input, 513 signed 16-bit entries whose
+    neighbours differ by a 16-bit slope, and an output wide enough for entry x 2**7."""
+    table = node.attrs["table"]
+    if x.dtype != S16:
+        raise ProgramError(f"{where}: an interpolated lookup_table reads s16, not {x.dtype}")
+    if len(table) != INTERPOLATED_TABLE_ENTRIES:
+        raise ProgramError(f"{where}: an interpolated lookup_table needs "
+                           f"{INTERPOLATED_TABLE_ENTRIES} entries, has {len(table)}")
+    if min(table) < S16.qmin or max(table) > S16.qmax:
+        raise ProgramError(f"{where}: interpolated lookup_table entries must be s16, found "
+                           f"[{min(table)}, {max(table)}]")
+    slopes = [b - a for a, b in zip(table, table[1:])]
+    if min(slopes) < S16.qmin or max(slopes) > S16.qmax:
+        raise ProgramError(f"{where}: interpolated lookup_table neighbours differ by more than "
+                           f"s16 ([{min(slopes)}, {max(slopes)}])")
+    if out.dtype.bits < 24 or not out.dtype.signed:
+        raise ProgramError(f"{where}: an interpolated lookup_table writes entry x 2**7 (up to 23 "
+                           f"bits signed); output {out.name!r} is {out.dtype}")
 
 
 # ---------------------------------------------------------------------- file format

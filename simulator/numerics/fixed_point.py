@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.contract import (AccumulatorSpec, Overflow, RequantMode, RequantSpec,
-                                RoundingMode, SaturationPoint)
+from simulator.contract import (INTERPOLATION_FRACTION_BITS, AccumulatorSpec, Overflow,
+                                RequantMode, RequantSpec, RoundingMode, SaturationPoint)
 from simulator.errors import SimulatorError
 
 INT32_MIN = -(1 << 31)
@@ -130,6 +130,24 @@ def prepare_tflite_mean(scale_ratio: float, count: int, spec: RequantSpec) -> Pr
     mult = (mult << k) // count
     return PreparedScale(RequantMode.MULTIPLIER_SHIFT, spec.rounding,
                          np.asarray([mult], np.int64), np.asarray([shift + k], np.int64))
+
+
+def prepare_mean(scale_ratio: float, count: int, spec: RequantSpec) -> PreparedScale:
+    """A mean's one rescale of its exact sum: ``in_scale / (out_scale * count)`` prepared as
+    any requantize scale, so the division by the count rounds once, with the chip's rounding."""
+    return prepare_scale(scale_ratio / count, spec)
+
+
+def lookup_interpolated(x, table) -> np.ndarray:
+    """TOSA's TABLE for a signed 16-bit ``x``: the input, offset to 0..65535, picks an entry by
+    its high 9 bits and interpolates towards the next by its low 7; the result is the entry
+    times 2**7 plus slope x fraction (exact, up to 23 bits signed)."""
+    u = np.asarray(x, dtype=np.int64) + np.int64(1 << 15)
+    t = np.asarray(table, dtype=np.int64)
+    index = u >> INTERPOLATION_FRACTION_BITS
+    fraction = u & ((1 << INTERPOLATION_FRACTION_BITS) - 1)
+    base = t[index]
+    return (base << INTERPOLATION_FRACTION_BITS) + (t[index + 1] - base) * fraction
 
 
 # ----------------------------------------------------------------------------- rounding

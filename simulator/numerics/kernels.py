@@ -58,7 +58,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from simulator.contract import (AccumulatorSpec, MacOrder, Overflow, RequantMode, RoundingMode,
+from simulator.contract import (INTERPOLATED_TABLE_ENTRIES, INTERPOLATION_FRACTION_BITS,
+                                AccumulatorSpec, MacOrder, Overflow, RequantMode, RoundingMode,
                                 SaturationPoint)
 from simulator.numerics import fixed_point as fp
 from simulator.numerics import reference
@@ -1635,11 +1636,16 @@ def mul(a, a_zp, b, b_zp, prepared: PreparedScale, y_zp, qmin, qmax):
     return requantize(product, 0, prepared, 0, y_zp, qmin, qmax)
 
 
-def global_mean(x, x_zp, prepared: PreparedScale, y_zp, qmin, qmax):
-    """TFLite's int8 MEAN over height and width: the sums in one NumPy pass (exact in int64),
+def mean(x, x_zp, axes, keepdims: bool, prepared: PreparedScale, y_zp, qmin, qmax):
+    """sum(x - x_zp) over ``axes`` rescaled once: the sums in one NumPy pass (exact in int64),
     their rescale the requantize kernel."""
-    sums = (_i64(x) - np.int64(x_zp)).sum(axis=(2, 3), keepdims=True)
+    sums = (_i64(x) - np.int64(x_zp)).sum(axis=tuple(axes), keepdims=keepdims)
     return requantize(sums, 0, prepared, 0, y_zp, qmin, qmax)
+
+
+def global_mean(x, x_zp, prepared: PreparedScale, y_zp, qmin, qmax):
+    """TFLite's int8 MEAN over height and width (``mean`` over axes 2 and 3)."""
+    return mean(x, x_zp, (2, 3), True, prepared, y_zp, qmin, qmax)
 
 
 @njit(inline="always", **_JIT)
@@ -1739,6 +1745,33 @@ def lookup_table(x, table, offset: int):
     out = np.empty(x.size, np.int64)
     if not _lookup(x.ravel(), t, int(offset), out):
         raise IndexError(f"lookup_table: an index x - {offset} is outside the {t.size}-entry table")
+    return out.reshape(x.shape)
+
+
+@njit(**_JIT)
+def _lookup_interpolated(x, table, fraction_bits, out):
+    """fixed_point.lookup_interpolated one element at a time; False if x is not s16."""
+    low = (1 << fraction_bits) - 1
+    for i in range(x.size):
+        u = x[i] + 32768
+        if u < 0 or u > 65535:
+            return False
+        index = u >> fraction_bits
+        base = table[index]
+        out[i] = (base << fraction_bits) + (table[index + 1] - base) * (u & low)
+    return True
+
+
+def lookup_interpolated(x, table):
+    """TOSA's TABLE on a signed 16-bit x (see ``fixed_point.lookup_interpolated``)."""
+    x = _i64(x)
+    t = _i64(table).ravel()
+    if t.size != INTERPOLATED_TABLE_ENTRIES:
+        raise IndexError(f"lookup_interpolated: the table has {t.size} entries, needs "
+                         f"{INTERPOLATED_TABLE_ENTRIES}")
+    out = np.empty(x.size, np.int64)
+    if not _lookup_interpolated(x.ravel(), t, INTERPOLATION_FRACTION_BITS, out):
+        raise IndexError("lookup_interpolated: an input is outside s16")
     return out.reshape(x.shape)
 
 

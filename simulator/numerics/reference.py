@@ -166,11 +166,17 @@ def mul(a, a_zp, b, b_zp, prepared: PreparedScale, y_zp, qmin, qmax):
     return fp.requantize(da * db, 0, prepared, y_zp, qmin, qmax)
 
 
-def global_mean(x, x_zp, prepared: PreparedScale, y_zp, qmin, qmax):
-    """TFLite's int8 MEAN over height and width: sum(x - x_zp) rescaled once by ``prepared``
-    (``fixed_point.prepare_tflite_mean``: the scale ratio over the count), plus y_zp."""
-    sums = (np.asarray(x, dtype=np.int64) - np.int64(x_zp)).sum(axis=(2, 3), keepdims=True)
+def mean(x, x_zp, axes, keepdims: bool, prepared: PreparedScale, y_zp, qmin, qmax):
+    """sum(x - x_zp) over ``axes`` rescaled once by ``prepared`` (the scale ratio over the
+    count: ``fixed_point.prepare_mean``, or TFLite's ``prepare_tflite_mean``), plus y_zp."""
+    sums = (np.asarray(x, dtype=np.int64) - np.int64(x_zp)).sum(axis=tuple(axes),
+                                                               keepdims=keepdims)
     return fp.requantize(sums, 0, prepared, y_zp, qmin, qmax)
+
+
+def global_mean(x, x_zp, prepared: PreparedScale, y_zp, qmin, qmax):
+    """TFLite's int8 MEAN over height and width (``mean`` over axes 2 and 3)."""
+    return mean(x, x_zp, (2, 3), True, prepared, y_zp, qmin, qmax)
 
 
 def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qmin, qmax,
@@ -196,6 +202,11 @@ def clamp(x, lo: int, hi: int):
 def lookup_table(x, table, offset: int):
     """y = table[x - offset]; offset is the input type's qmin."""
     return np.asarray(table, dtype=np.int64)[np.asarray(x, dtype=np.int64) - offset]
+
+
+def lookup_interpolated(x, table):
+    """TOSA's TABLE on a signed 16-bit x: ``fixed_point.lookup_interpolated``."""
+    return fp.lookup_interpolated(x, table)
 
 
 def softmax(x, axis: int, exp_table, out_shift: int, y_zp: int, qmin: int, qmax: int,

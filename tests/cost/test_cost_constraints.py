@@ -122,3 +122,46 @@ def test_avgpool_kernel_limit_depends_on_padding(pads, expected):
     b.output(b.node("avgpool2d", [x], "pool", kernel=[9, 9], strides=[1, 1], pads=pads))
     got = reasons(b.build(), load_profile("ethos-u55-128"), node="pool")
     assert got == ([] if expected is None else [expected])
+
+
+def token_norm_program(d: int = 384, rows: int = 8):
+    """The per-token LayerNorm's chip ops on [rows, d] at 16 bits: mean, sub of the row's mean,
+    square, mean, interpolated rsqrt table, multiply."""
+    from simulator.golden import rsqrt_table
+    b = ProgramBuilder("norm")
+    x = b.input("x", (rows, d), "s16", scale=0.002)
+    m = b.node("mean", [x], "mean", dtype="s16", scale=0.002, axes=[-1])
+    c = b.node("sub", [x, m], "centred", dtype="s16", scale=0.002)
+    sq = b.node("mul", [c, c], "square", dtype="s16", scale=8e-4, zero_point=-32768)
+    v = b.node("mean", [sq], "var", dtype="s16", scale=1e-4, zero_point=-32768, axes=[-1])
+    w = b.node("lookup_table", [v], "rsqrt_wide", dtype="s32", scale=1 / 8192 / 128,
+               table=rsqrt_table(1e-4, -32768, 1e-5, 1 / 8192), interpolated=True,
+               function="rsqrt")
+    r = b.node("requantize", [w], "rsqrt", dtype="s16", scale=1 / 8192, real_multiplier=[1 / 128])
+    b.output(b.node("mul", [c, r], "norm", dtype="s16", scale=1 / 4096))
+    return b.build()
+
+
+def test_token_norm_runs_on_ethos_u55_and_names_each_missing_piece_elsewhere():
+    prog = token_norm_program()
+    assert not any(p.on_host for p in place(prog, ETHOS))
+    assert not any(p.on_host for p in place(prog, IDEAL))
+    base = load_profile("rk3588-npu-core")
+    why = {p.node: p.fallback_reason for p in place(prog, base) if p.on_host}
+    assert why["mean"] == "mean not supported (ops.mean.supported = false)"
+    assert why["centred"] == "sub not supported (ops.sub.supported = false)"
+    assert "ops.lookup_table.interpolated = false" in why["rsqrt_wide"]
+    # a row's value broadcast along it is a mul the "channel" broadcast does not take
+    assert "mul broadcast of (8, 1) to (8, 384)" in why["norm"]
+    assert reasons(prog, with_op(ETHOS, "mul", broadcast=constraints.Broadcast.CHANNEL),
+                   "norm") == ["mul broadcast of (8, 1) to (8, 384) is neither elementwise, per "
+                               "channel nor scalar"]
+
+
+def test_mean_limits_name_their_fields():
+    prog = token_norm_program(d=5000, rows=2)
+    assert reasons(prog, ETHOS, "mean") == ["mean axis of 5000 exceeds ops.mean.max_axis_length "
+                                            "4095"]
+    assert reasons(prog, with_op(ETHOS, "mean", max_reduced_elements=4096), "var") == [
+        "mean over 5000 elements exceeds ops.mean.max_reduced_elements 4096",
+        "mean axis of 5000 exceeds ops.mean.max_axis_length 4095"]

@@ -228,3 +228,17 @@ def test_importing_cost_loads_no_numerics():
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True,
                    cwd=Path(__file__).resolve().parents[2])
+
+
+def test_token_norm_ops_cost_on_their_units():
+    """A mean reads every input element on the pooling unit, a sub is an add on the elementwise
+    unit; none is a fallback on Ethos-U55."""
+    from test_cost_constraints import token_norm_program
+    chip = load_profile("ethos-u55-128")
+    est = estimate(token_norm_program(d=384, rows=8), chip)
+    assert est.fallbacks == []
+    rates = chip.elementwise
+    assert est.op("mean").cost.compute_cycles == pytest.approx(8 * 384 / rates.pool_elements_per_cycle)
+    assert est.op("centred").cost.compute_cycles == pytest.approx(8 * 384 / rates.add_elements_per_cycle)
+    # the table reads the variance as the mean writes it: fused into the mean's output stage
+    assert est.op("rsqrt_wide").fused_into == "var"
