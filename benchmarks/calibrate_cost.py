@@ -118,6 +118,14 @@ MEASUREMENTS = (
                 "OpenNuvoton/ML_M55M1_SampleCode M55M1BSP-3.01.002/SampleCode/NuEdgeWise/"
                 "ImageClassification/README.md (e079d25), mobilenet_v2_224_035_int8quant_"
                 "vela_H256", "MobileNet", system_clock_hz=220e6),
+    Measurement("ethos-u85-128", "mobilenet_v2", 224, 4738932 / 1e9 * 1e3, "held_out",
+                "NPU cycles (ethosu_pmu_cycle_cntr 4,738,932) of one inference on the "
+                "Corstone-320 FVP, whose NPU model is cycle-approximate; Ethos_U85_SYS_DRAM_Mid "
+                "(1 GHz), Sram_Only; 64 NPU ops, 0 CPU ops; compared in cycles (ms at 1 GHz)",
+                "ArmDeveloperEcosystem/arm-learning-paths content/learning-paths/embedded-and-"
+                "microcontrollers/visualizing-ethos-u-performance/8-evaluate-output.md (36883f7): "
+                "torchvision MobileNetV2 INT8 through ExecuTorch's aot_arm_compiler --delegate "
+                "--quantize, Vela for ethos-u85-128", "MobileNet"),
 )
 
 # Fields fitted per group of profiles that share an NPU generation, and the cases each group
@@ -127,7 +135,9 @@ FIT_GROUPS = {
                                                      "array.op_overhead_cycles")),
     "edgetpu": (("edgetpu",), ("array.efficiency", "host.invoke_overhead_s",
                                "memory.weight_bytes_per_s")),
-    "ethos-u55": (("ethos-u55-128", "ethos-u55-256"), ("array.efficiency",)),
+    # Ethos-U55 and U85 share the MAC micro-block (8-deep reduction, channels by 8): one value
+    "ethos-u": (("ethos-u55-128", "ethos-u55-256", "ethos-u85-128", "ethos-u85-256",
+                 "ethos-u85-512"), ("array.efficiency",)),
 }
 
 
