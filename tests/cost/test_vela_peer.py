@@ -1,6 +1,7 @@
-"""Arm Vela as a peer of the Ethos-U55 profiles (benchmarks/vela_peer.py): one network, side by
-side, within 1.5x, and reports/vela_peer.csv current for it; and the int8 TFLite file the
-comparison feeds both tools holds the layers of the network's ONNX export."""
+"""Arm Vela as a peer of the Ethos-U55 and Ethos-U85 profiles (benchmarks/vela_peer.py): one
+network on one chip of each, side by side, within 1.5x, and reports/vela_peer.csv current for it;
+and the int8 TFLite file the comparison feeds both tools holds the layers of the network's ONNX
+export."""
 
 from __future__ import annotations
 
@@ -18,17 +19,22 @@ from simulator.cost import estimate  # noqa: E402
 from simulator.profiles import load_profile  # noqa: E402
 
 NETWORK, CHIP = "mobilenet_v1", "ethos-u55-128"
+PINNED_CHIPS = ("ethos-u55-128", "ethos-u85-256")
 # the ops Vela runs on the Ethos-U55 that the writer uses for these networks
 NPU_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MAX_POOL_2D",
            "AVERAGE_POOL_2D", "MEAN", "CONCATENATION", "RESHAPE", "HARD_SWISH", "LOGISTIC"}
 
 
 def test_profiles_name_the_vela_configuration_they_model():
-    for chip, accelerator in (("ethos-u55-128", "ethos-u55-128"),
-                              ("ethos-u55-256", "ethos-u55-256")):
+    for chip, system, memory in (
+            ("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"),
+            ("ethos-u55-256", "Ethos_U55_High_End_Embedded", "Shared_Sram"),
+            ("ethos-u85-128", "Ethos_U85_SYS_DRAM_Mid", "Sram_Only"),
+            ("ethos-u85-256", "Ethos_U85_SYS_DRAM_Mid", "Sram_Only"),
+            ("ethos-u85-512", "Ethos_U85_SYS_DRAM_Mid", "Sram_Only")):
         target = vela_target(load_profile(chip))
         assert (target.accelerator, target.system_config, target.memory_mode) == \
-            (accelerator, "Ethos_U55_High_End_Embedded", "Shared_Sram")
+            (chip, system, memory)
 
 
 @pytest.mark.parametrize("network", ["mobilenet_v3_small", "inception_v1"])
@@ -51,14 +57,15 @@ def test_tflite_file_holds_the_onnx_layers(network, tmp_path):
 
 @pytest.mark.skipif(not vela_available(), reason="Arm Vela is not installed: the peer check "
                     "needs PyPI ethos-u-vela (in the test and peers extras)")
-def test_vela_and_archnet_agree_and_report_is_current(tmp_path):
-    row = compare(NETWORK, CHIP, tmp_path)
+@pytest.mark.parametrize("chip", PINNED_CHIPS)
+def test_vela_and_archnet_agree_and_report_is_current(chip, tmp_path):
+    row = compare(NETWORK, chip, tmp_path)
     assert row["vela_cpu_ops"] == 0 and row["archnet_host_ops"] == 0, row
     assert 1 / TOLERANCE <= row["ratio"] <= TOLERANCE, \
-        f"{NETWORK} on {CHIP}: archnet {row['archnet_ms']} ms, Vela {row['vela_ms']} ms"
+        f"{NETWORK} on {chip}: archnet {row['archnet_ms']} ms, Vela {row['vela_ms']} ms"
     with open(REPORT_DIR / "vela_peer.csv", newline="") as fh:
         committed = [r for r in csv.DictReader(fh) if (r["network"], r["chip"]) ==
-                     (NETWORK, CHIP) and r["global_pool"] == row["global_pool"]]
+                     (NETWORK, chip) and r["global_pool"] == row["global_pool"]]
     assert len(committed) == 1, "reports/vela_peer.csv has no row for this network and chip"
     for key, tol in (("vela_ms", 0.01), ("archnet_ms", 0.01), ("ratio", 0.005)):
         assert float(committed[0][key]) == pytest.approx(row[key], abs=tol), \
