@@ -72,10 +72,15 @@ def shard(n: int) -> range:
     return range(n * r // w, n * (r + 1) // w)
 
 
+_GLOO_WIDER = {torch.int16: torch.int32}
+
+
 def gather_shards(t: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``shard`` along dim 0, in rank order (same on every rank)."""
     if not active():
         return t
+    if t.dtype in _GLOO_WIDER:          # gloo gathers no 16-bit integers (a 16-bit stream's)
+        return gather_shards(t.to(_GLOO_WIDER[t.dtype])).to(t.dtype)
     sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
     dist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.int64))
     biggest = int(max(s.item() for s in sizes))

@@ -24,6 +24,8 @@ Each block is one ``GraphBlock``: a small straight-line program of steps over na
   grid: a position table; no inputs)
 - ``channel_affine`` QChannelAffine (a per-channel affine over the last axis with fixed
   statistics: LayerNorm's replacement; ``features``)
+- ``token_norm`` QTokenNorm (LayerNorm over the last axis per token, from mean, sub, mul and an
+  interpolated 16-bit table, then its per-channel affine; ``features``, ``eps``)
 
 A ``linear`` step applies to the last axis of any rank (token rows stay rows).
 
@@ -63,6 +65,7 @@ from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool
 from archnet.quant.lsq import LsqQuantizer, round_ste
 from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d, QFlatten,
                                    QInput, QLinear, QReshape, concat)
+from archnet.quant.norm import QTokenNorm
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec, IntType
 from simulator.ir.builder import ProgramBuilder
@@ -74,11 +77,12 @@ CONFIG_VERSION = 1
 IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
 STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
               "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose",
-              "channel_affine", "constant")
+              "channel_affine", "constant", "token_norm")
 MULTI_INPUT = ("concat", "add", "mul", "matmul", "softmax")   # softmax: scores and a key mask
 REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax",
-                "channel_affine", "constant")   # steps that write their own grid
-NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant")   # without a ReLU flag
+                "channel_affine", "constant", "token_norm")   # steps that write their own grid
+NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant", "token_norm")
+AFFINE_STEPS = ("channel_affine", "token_norm")     # per-channel over the last axis, w_bits
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 _NODE_OPS = {  # simulator op kinds each step exports
     "conv": ("conv2d", "requantize"), "linear": ("fully_connected", "requantize"),
@@ -87,6 +91,9 @@ _NODE_OPS = {  # simulator op kinds each step exports
     "mul": ("mul",), "lut": ("lookup_table",), "reshape": ("reshape",),
     "matmul": ("matmul", "requantize"), "softmax": ("softmax",), "transpose": ("transpose",),
     "channel_affine": ("reshape", "conv2d", "requantize"), "constant": (),
+    "token_norm": ("mean", "sub", "mul", "mean", "mean", "lookup_table", "lookup_table",
+                   "requantize", "requantize", "minimum", "mul", "reshape", "conv2d",
+                   "requantize", "reshape"),
 }
 
 
@@ -226,7 +233,7 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             relu = _need(step, "relu", bool, at) if kind not in NO_RELU else False
             if not relu and not quantizers[key]["signed"] and kind not in ("lut", "softmax"):
                 raise _fail(at, f"no ReLU, so its quantizer {key!r} must be signed")
-            if kind in ("conv", "linear", "channel_affine"):
+            if kind in ("conv", "linear", *AFFINE_STEPS):
                 _need(step, "w_bits", int, at)
             cmax = step.get("clamp_max")
             if cmax is not None and (not isinstance(cmax, (int, float)) or isinstance(cmax, bool)
@@ -285,8 +292,12 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             if len(b) > len(x) or any(db not in (1, da) for da, db in zip(x[::-1], b[::-1])):
                 raise _fail(at, f"mul operand {b} does not broadcast to {x}")
             shapes[name] = x
-        elif kind == "channel_affine":
+        elif kind in AFFINE_STEPS:
             features = _need(step, "features", int, at)
+            eps = step.get("eps", 1e-5)
+            if kind == "token_norm" and (not isinstance(eps, (int, float)) or isinstance(eps, bool)
+                                         or not math.isfinite(eps) or eps <= 0):
+                raise _fail(at, f"eps {eps!r} must be a finite number > 0")
             if not x or x[-1] != features:
                 raise _fail(at, f"expects {features} features on the last axis, input shape is {x}")
             shapes[name] = x
@@ -452,6 +463,9 @@ class GraphBlock(nn.Module):
             elif kind == "channel_affine":
                 m = QChannelAffine(step["features"], w_bits=step["w_bits"],
                                    output_quant=quantizers[step["quant"]])
+            elif kind == "token_norm":
+                m = QTokenNorm(step["features"], w_bits=step["w_bits"],
+                               eps=step.get("eps", 1e-5), output_quant=quantizers[step["quant"]])
             elif kind == "matmul":
                 m = QMatMul(quantizers[step["quant"]], step.get("scale", 1.0))
             elif kind == "softmax":
@@ -465,7 +479,15 @@ class GraphBlock(nn.Module):
             self.layers[step["name"]] = m
 
     def mac_layers(self) -> dict[str, QConv2d | QLinear]:
-        return {k: m for k, m in self.layers.items() if isinstance(m, (QConv2d, QLinear))}
+        """Every MAC layer by its path under ``layers`` (a token norm's affine is
+        ``<step>.affine``)."""
+        out = {}
+        for k, m in self.layers.items():
+            if isinstance(m, (QConv2d, QLinear)):
+                out[k] = m
+            elif isinstance(m, QTokenNorm):
+                out[f"{k}.affine"] = m.affine
+        return out
 
     def trace(self, x: torch.Tensor, quantize: bool = True, side: dict | None = None
               ) -> dict[str, torch.Tensor]:
@@ -479,7 +501,7 @@ class GraphBlock(nn.Module):
             name, kind = step["name"], step["kind"]
             if kind == "concat":
                 env[name] = torch.cat(args, dim=1)
-            elif kind in ("conv", "linear", "channel_affine") and not quantize:
+            elif kind in ("conv", "linear", *AFFINE_STEPS) and not quantize:
                 env[name] = self.layers[name].float_forward(args[0])
             elif kind == "global_avgpool" and not quantize:
                 env[name] = args[0].mean(dim=(2, 3), keepdim=True)
@@ -516,7 +538,7 @@ class GraphBlock(nn.Module):
             if kind == "concat":
                 env[name] = concat(args)
             elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool",
-                          "channel_affine"):
+                          *AFFINE_STEPS):
                 env[name] = self.layers[name].integer_forward(args[0], arith)
             elif kind == "softmax":
                 env[name] = self.layers[name].integer_forward(*args, arith=arith)

@@ -363,11 +363,11 @@ def constraint_mul_operands(v: NodeView, profile: ChipProfile) -> str | None:
     return f"mul broadcast of {tuple(b)} to {tuple(a)} is neither elementwise, per channel nor scalar"
 
 
-@_rule(OpKind.ADD, OpKind.SUB)
+@_rule(OpKind.ADD, OpKind.SUB, OpKind.MINIMUM)
 def constraint_add_operands(v: NodeView, profile: ChipProfile) -> str | None:
-    """add's (sub's) second operand must be the first's shape per sample (a constant table
-    shared by the batch), one value per channel, or one value: the broadcasts elementwise units
-    take; any NumPy broadcast where ``ops.add.broadcast`` (``ops.sub.broadcast``) is "any"."""
+    """add's (sub's, minimum's) second operand must be the first's shape per sample (a constant
+    table shared by the batch), one value per channel, or one value: the broadcasts elementwise
+    units take; any NumPy broadcast where ``ops.<kind>.broadcast`` is "any"."""
     kind = v.kind.value
     if profile.op(kind).broadcast is Broadcast.ANY:
         return None

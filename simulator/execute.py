@@ -265,6 +265,7 @@ RUNNERS: dict[OpKind, Callable] = {
     OpKind.CONCAT: lambda n, p, ins, a, be: reference.concat(ins, n.attrs["axis"]),
     OpKind.CLAMP: lambda n, p, ins, a, be: be.clamp(ins[0], n.attrs["min"], n.attrs["max"]),
     OpKind.LOOKUP_TABLE: _run_lookup_table,
+    OpKind.MINIMUM: lambda n, p, ins, a, be: be.minimum(ins[0], ins[1]),
     OpKind.MEAN: _run_mean,
     OpKind.RESHAPE: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),
     OpKind.FLATTEN: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),
@@ -316,7 +317,7 @@ def execute(program: Program, chip, inputs: dict[str, np.ndarray], backend: str 
         if stats is not None:
             overflow[node.name] = stats
         if not trace:
-            for name in node.inputs:
+            for name in set(node.inputs):   # a node reading one tensor twice (x * x) uses it once
                 remaining[name] -= 1
                 if remaining[name] == 0 and name not in keep and program.tensors[name].data is None:
                     del values[name]

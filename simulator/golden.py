@@ -214,6 +214,15 @@ def _sub_rows_program(rng):
     return b.build(), {"x": _rand(rng, "s16", (2, 5, 8)) // 2, "m": _rand(rng, "s16", (2, 5, 1)) // 2}
 
 
+def _minimum_program(rng):
+    """Two tables' readings of one value on one grid, the smaller kept (row broadcast)."""
+    b = ProgramBuilder("golden_minimum")
+    x = b.input("a", (2, 5, 8), "s16", scale=0.01)
+    y = b.input("b", (2, 5, 1), "s16", scale=0.01)
+    b.output(b.node("minimum", [x, y], "y", dtype="s16", scale=0.01))
+    return b.build(), {"a": _rand(rng, "s16", (2, 5, 8)), "b": _rand(rng, "s16", (2, 5, 1))}
+
+
 def rsqrt_table(x_scale: float, x_zp: int, eps: float, out_scale: float) -> list[int]:
     """TOSA's 513 samples of 1 / sqrt(v + eps) over the s16 inputs, v = x_scale * (q - x_zp),
     each rounded to the output grid and clipped to s16 (negative v read as 0)."""
@@ -340,6 +349,7 @@ def cases() -> Iterator[GoldenCase]:
                          lambda rng, d=dtype: _lut_program(rng, d))
     yield GoldenCase("lookup_interpolated_s16", "lookup_table", "acc32_sat_final", "tflite_m32",
                      _lut_interpolated_program)
+    yield GoldenCase("minimum_s16", "minimum", "acc32_sat_final", "tflite_m32", _minimum_program)
     for dtype in ("u8", "s4"):
         yield GoldenCase(f"concat_{dtype}", "concat", "acc32_sat_final", "tflite_m32",
                          lambda rng, d=dtype: _concat_program(rng, d))

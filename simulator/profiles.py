@@ -166,7 +166,7 @@ class OpLimits:
     max_reduced_elements: int | None = None    # mean: elements summed for one output
     functions: tuple[str, ...] | None = None   # lookup_table: None = any table
     interpolated: bool | None = None           # lookup_table: TOSA's 513-entry s16 tables
-    broadcast: Broadcast | None = None         # add, mul
+    broadcast: Broadcast | None = None         # add, sub, mul, minimum
 
 
 @dataclass(frozen=True)
@@ -467,6 +467,7 @@ OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
     "global_avgpool2d": {"supported": _flag(), "max_input_hw": _hw(_SIDE)},
     "add": {"supported": _flag(), "broadcast": _choice(Broadcast)},
     "sub": {"supported": _flag(), "broadcast": _choice(Broadcast)},
+    "minimum": {"supported": _flag(), "broadcast": _choice(Broadcast)},
     "mul": {"supported": _flag(), "broadcast": _choice(Broadcast)},
     "concat": {"supported": _flag(), "max_inputs": _MAX_INPUTS},
     "clamp": {"supported": _flag()},

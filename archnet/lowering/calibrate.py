@@ -114,7 +114,8 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
     """Initial steps of every learned activation quantizer from ``images`` (float path, no
     quantizers): the MSE-optimal clipping of the values written to it (by every writer, for
     a quantizer shared across a concat); returns ``{quantizer key: step}``. Quantizers whose
-    grid is fixed by construction (``step`` in the config) are left alone."""
+    grid is fixed by construction (``step`` in the config) are left alone. A token norm's
+    internal grids are fixed here too (``QTokenNorm.calibrate``)."""
     gen = torch.Generator().manual_seed(seed)
     fixed = {k for k, s in student.config["quantizers"].items() if s.get("step") is not None}
     written: dict[str, list[torch.Tensor]] = {}
@@ -122,6 +123,8 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
     for block in student.blocks:
         env = block.trace(x, quantize=False, side=side)
         for step in block.spec["steps"]:
+            if step["kind"] == "token_norm":     # its internal 16-bit grids, from its input
+                block.layers[step["name"]].calibrate(env[step["inputs"][0]])
             key = step.get("quant")
             if key is not None and key not in fixed:    # every step writing a learned grid
                 v = env[step["name"]].reshape(-1)

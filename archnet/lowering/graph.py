@@ -26,7 +26,7 @@ from archnet.capture.graph import TeacherGraph, TeacherNode
 from archnet.errors import ConversionError
 from archnet.lowering.calibrate import init_weight_quantizers
 from archnet.lowering.transfer import TransferRow, row_value
-from archnet.lowering.widths import widen_grids
+from archnet.lowering.widths import stream_width, widen_grids
 from archnet.rules.elementwise import inverted_residual
 from archnet.rules.planner import ConversionPlan, Decision
 from archnet.rules.pool import window_cover
@@ -208,6 +208,9 @@ class _Lowering:
         if d.rule == "layer_norm.fixed_affine":
             self._layer_norm(node)
             return
+        if d.rule == "layer_norm.per_token":
+            self._token_norm(node)
+            return
         if d.rule == "layer_norm.folded_affine":
             self._folded_layer_norm(node)
             return
@@ -276,6 +279,34 @@ class _Lowering:
                                           else ("zeros", None, {}))),
                       (name, "bn.running_mean", "zeros", None, {}),
                       (name, "bn.running_var", "ones", None, {})]
+
+    def _token_norm(self, node: TeacherNode) -> None:
+        """LayerNorm per token from the chip's mean, sub, mul and tables (``QTokenNorm``): the
+        teacher's scale and shift become its depthwise affine, exactly; its internal grids are
+        set by calibration."""
+        d = node.shape[-1]
+        name = self._name(node.name, 0, 1)
+        self.steps[name] = {"name": name, "inputs": [self._value(node.inputs[0])],
+                            "kind": "token_norm", "features": d, "w_bits": self.w_bits,
+                            "eps": float(node.attrs.get("eps", 1e-5)),
+                            "quant": self._grid(name), "role": "teacher",
+                            "teacher_node": node.name}
+        # the stream: LayerNorm's output and, where it reads a residual sum, the sum and its
+        # operands (the sublayer's output and the skip) stay wide
+        self.wide.add(self.steps[name]["quant"])
+        src = self._through_views(self.steps[name]["inputs"][0])
+        if src in self.steps and self.steps[src]["kind"] == "add":
+            self.wide |= {self._quant_of(r) for r in (src, *self.steps[src]["inputs"])
+                          if r in self.steps}
+        self.step_node[name] = node.name
+        self.producer[node.name] = name
+        p = node.params
+        weight = self.graph.params[p["weight"]] if "weight" in p else torch.ones(d)
+        bias = self.graph.params[p["bias"]] if "bias" in p else torch.zeros(d)
+        self.rows += [(name, "affine.weight", "copy",
+                       self._derive(f"{node.name}:norm_scale", weight.reshape(d, 1, 1, 1)), {}),
+                      (name, "affine.bias", "copy", self._derive(f"{node.name}:norm_shift", bias),
+                       {})]
 
     def _folded_layer_norm(self, node: TeacherNode) -> None:
         """LayerNorm folded into the residual add it reads: a depthwise 1x1 (a per-channel
@@ -733,7 +764,8 @@ def lower_plan(graph: TeacherGraph, plan: ConversionPlan, profile: ChipProfile) 
     for nodes in blocks:
         for n in nodes:
             low.lower(decisions[n.name])
-    widen_grids(low, {n.name: bi for bi, nodes in enumerate(blocks) for n in nodes})
+    widen_grids(low, {n.name: bi for bi, nodes in enumerate(blocks) for n in nodes},
+                plan.stream_bits or stream_width(profile))
     # the head writes logits on a signed grid of at least 8 bits (as the paper's head)
     last = low._value(graph.outputs[0])
     grids = low.grids

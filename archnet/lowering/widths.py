@@ -11,44 +11,65 @@ readers (the query, key and value layers read one); calibration sets its per-cha
 share a narrow grid). An embedding's one-hot table keeps ``WIDE_BITS`` weights: its weights are
 the values the lookup writes, not factors of a product.
 
+The residual stream (the grids LayerNorm's forms mark: their outputs and the sums they read)
+is ``stream_bits`` wide: 16 where the chip runs 16-bit activations (``stream_width``: an 8-bit
+per-tensor stream alone costs MiniLM a fifth of its nearest neighbours, a 12-bit one 2 %,
+reports/minilm/ceilings.md), else ``WIDE_BITS``; what reads it at ``a_bits`` reads it through
+the per-channel requantize above (8-bit per channel: 96.5 % of the neighbours kept). Tables,
+attention scores and softmax stay at ``WIDE_BITS`` whatever the stream: the chips' 8-bit
+tables and int8 matmuls (Ethos-U55's BATCH_MATMUL) take no more.
+
 CNNs without such ops are untouched: every grid keeps its writer's ``a_bits``."""
 
 from __future__ import annotations
 
 from simulator.ir.builder import unique_name
 
-WIDE_BITS = 8          # the chip's 8-bit activations (issue 17 makes this 16 where a chip has it)
+WIDE_BITS = 8          # tables, attention and softmax: the chips' 8-bit units
+STREAM_BITS = 16       # the residual stream where the chip runs 16-bit activations
 WIDE_OPS = ("lut", "matmul", "softmax")      # their operands and outputs stay wide
 MACS = ("conv", "linear")
 
 
-def widen_grids(low, block_of: dict[str, int]) -> int:
+def stream_width(profile) -> int:
+    """The residual stream's width on ``profile``: ``STREAM_BITS`` where its MACs read 16-bit
+    activations (so every op of the stream runs at 16 bits: ``precision.modes``), else
+    ``WIDE_BITS``."""
+    return STREAM_BITS if profile.mode_for(8, STREAM_BITS) is not None else WIDE_BITS
+
+
+def widen_grids(low, block_of: dict[str, int], stream_bits: int = WIDE_BITS) -> int:
     """Widen ``low``'s grids as the module says and insert the requantizes MACs then need;
     returns how many requantizes it inserted. ``low`` is the lowering (its ``steps``,
-    ``grids``, ``grid_bits`` and the grids its LayerNorm forms marked ``wide``); ``block_of``
-    maps each teacher node to its block (a requantize is shared only within one)."""
+    ``grids``, ``grid_bits`` and the grids its LayerNorm forms marked ``wide``: the stream,
+    ``stream_bits`` wide); ``block_of`` maps each teacher node to its block (a requantize is
+    shared only within one)."""
     for name in low.tables:
         low.steps[name]["w_bits"] = max(low.steps[name]["w_bits"], WIDE_BITS)
-    if min(low.grid_bits.values(), default=WIDE_BITS) >= WIDE_BITS:
+    stream = {low.grids.find(k) for k in low.wide}
+    width = {}
+    for st in low.steps.values():
+        if st["kind"] in WIDE_OPS:
+            width |= {low.grids.find(q): WIDE_BITS
+                      for q in map(low._quant_of, [*st["inputs"], st["name"]])
+                      if q in low.grids.parent}
+    width |= {root: max(stream_bits, width.get(root, 0)) for root in stream}
+    if all(low.grid_bits[k] >= width.get(low.grids.find(k), 0) for k in low.grid_bits):
         return 0
     mac_bits = {s: low.grid_bits[st["quant"]] for s, st in low.steps.items()
                 if st["kind"] in MACS and "quant" in st}
-    wide = {low.grids.find(k) for k in low.wide}
-    for st in low.steps.values():
-        if st["kind"] in WIDE_OPS:
-            wide |= {low.grids.find(q) for q in map(low._quant_of, [*st["inputs"], st["name"]])
-                     if q in low.grids.parent}
     for key in low.grid_bits:
-        if low.grids.find(key) in wide:
-            low.grid_bits[key] = max(low.grid_bits[key], WIDE_BITS)
+        low.grid_bits[key] = max(low.grid_bits[key], width.get(low.grids.find(key), 0))
+    wide = set(width)
     inserted: dict[tuple[str, int], str] = {}      # (wide value, block) -> its requantize
     for name in list(low.steps):
         st = low.steps[name]
-        if name not in mac_bits or mac_bits[name] >= WIDE_BITS:
+        if name not in mac_bits:
             continue
         ref = st["inputs"][0]
         q = low._quant_of(ref)
-        if q not in low.grids.parent or low.grids.find(q) not in wide:
+        if q not in low.grids.parent or low.grids.find(q) not in wide or \
+                mac_bits[name] >= width[low.grids.find(q)]:
             continue
         key = (ref, block_of[low.step_node[name]])
         if key not in inserted:

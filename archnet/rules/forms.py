@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simulator.constraints import check_node
+from simulator.contract import INTERPOLATED_TABLE_ENTRIES
 from simulator.cost import estimate
 from simulator.ir import OpKind
 from simulator.ir.builder import ProgramBuilder, unique_name
@@ -37,6 +38,7 @@ class Step:
     weight: tuple[int, ...] | None = None
     relu: bool = False          # a MAC's requantize clamps at zero (ReLU fused)
     out_shape: tuple[int, ...] | None = None   # a host fallback's (the simulator cannot infer it)
+    bits: int | None = None     # its output's width where not the student's (16-bit internals)
 
     def in_paper_op_set(self) -> bool:
         if self.op not in PAPER_OPS:
@@ -121,10 +123,12 @@ def add_form(b: ProgramBuilder, form: Form, inputs: list[str], bits: tuple[int, 
         else:
             attrs = dict(st.attrs)
             if st.op == OpKind.LOOKUP_TABLE.value:     # values do not matter to the chip's rules
-                attrs.setdefault("table", [0] * table)
+                attrs.setdefault("table", [0] * (INTERPOLATED_TABLE_ENTRIES
+                                                 if attrs.get("interpolated") else table))
             if st.op == OpKind.SOFTMAX.value:
                 attrs.setdefault("exp_table", [0] * table)
-            out = b.node(st.op, ins, name, dtype=_dtype(a_bits), **attrs)
+            width = a_bits if st.bits is None or bits is None else st.bits
+            out = b.node(st.op, ins, name, dtype=_dtype(width), **attrs)
         names[f"s{i}"] = out
     return out
 

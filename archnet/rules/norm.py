@@ -2,10 +2,14 @@
 
 - ``batch_norm.depthwise_1x1``: a batch-norm (per-channel affine) as a depthwise 1x1 conv
   (exact); ``batch_norm.dense_1x1`` where the chip has no depthwise conv (diagonal weights).
+- ``layer_norm.per_token``: LayerNorm itself, per token, from the chip's ops at 16 bits (the
+  row's mean, the centred values, their squares, the variance on two grids, two interpolated
+  rsqrt tables and their minimum, the product; ``archnet.quant.norm``), then its scale and shift
+  as a depthwise 1x1. Exact in float, so it wins wherever the chip runs every piece (Ethos-U55
+  and U85: mean, sub, minimum, broadcast mul, interpolated 16-bit tables, 16-bit activations).
 - ``layer_norm.fixed_affine``: the paper's LayerNorm replacement: a per-channel affine with
   fixed statistics (calibrated on the data, LayerNorm's own scale and shift kept, then
-  learned), as a depthwise 1x1 conv over the token rows. Per-token forms from chip ops are
-  issue 17's.
+  learned), as a depthwise 1x1 conv over the token rows.
 - ``layer_norm.folded_affine``: the same affine where LayerNorm reads a residual add one of
   whose operands a fully connected layer writes (a Transformer's sublayer output): that layer
   takes the affine's per-channel scale and shift, and the depthwise 1x1 scales the skip operand
@@ -71,6 +75,31 @@ def embedding_sum(graph, value: str, read_once) -> TeacherNode | None:
     return None
 
 
+INTERNAL_BITS = 16
+
+
+def _per_token_steps(x: tuple[int, ...], out_shape) -> tuple[Step, ...]:
+    """The simulator ops ``QTokenNorm.export`` writes, in its order (see archnet.quant.norm)."""
+    d, rows = x[-1], math.prod(x[:-1])
+    wide, row = INTERNAL_BITS, {"axes": [-1]}
+    table = {"interpolated": True, "function": "rsqrt"}
+    narrow = {"real_multiplier": [1.0 / 128]}
+    return (Step("mean", ("in0",), row, bits=wide),                        # s0
+            Step("sub", ("in0", "s0"), bits=wide),                         # s1 centred
+            Step("mul", ("s1", "s1"), bits=wide),                          # s2 squares
+            Step("mean", ("s2",), row, bits=wide),                         # s3 variance
+            Step("mean", ("s2",), row, bits=wide),                         # s4 on the fine grid
+            Step("lookup_table", ("s3",), table, bits=32),                 # s5
+            Step("lookup_table", ("s4",), table, bits=32),                 # s6
+            Step("requantize", ("s5",), narrow, bits=wide),                # s7
+            Step("requantize", ("s6",), narrow, bits=wide),                # s8
+            Step("minimum", ("s7", "s8"), bits=wide),                      # s9 rsqrt
+            Step("mul", ("s1", "s9"), bits=wide),                          # s10 normalised
+            Step("reshape", ("s10",), {"shape": [rows, d, 1, 1]}),
+            Step("conv2d", ("s11",), {"groups": d}, weight=(d, 1, 1, 1)),  # scale and shift
+            Step("reshape", ("s12",), {"shape": list(out_shape)}))
+
+
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     x = ctx.in_shapes[0]
     if node.op == "layer_norm" and ctx.producer_ops[:1] == ("add",) and \
@@ -88,12 +117,16 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
         steps = (Step("reshape", ("in0",), {"shape": [rows, d, 1, 1]}),
                  Step("conv2d", ("s0",), {"groups": d}, weight=(d, 1, 1, 1)),
                  Step("reshape", ("s1",), {"shape": list(node.shape)}))
+        per_token = Form("layer_norm.per_token",
+                         "LayerNorm per token from chip ops at 16 bits (mean, sub, square, "
+                         "mean, interpolated rsqrt tables, multiply), then its scale and shift "
+                         "as a depthwise 1x1", _per_token_steps(x, node.shape))
         folded = [Form("layer_norm.folded_affine",
                        "LayerNorm as a per-channel affine with fixed statistics, folded into the "
                        "residual add before it (the fully connected layer writing one operand "
                        "takes scale and shift; a depthwise 1x1 scales the skip)", steps,
                        exact=False)] if residual_writer(node, ctx) is not None else []
-        return [*folded, Form("layer_norm.fixed_affine",
+        return [per_token, *folded, Form("layer_norm.fixed_affine",
                               "LayerNorm as a per-channel affine with fixed statistics (a "
                               "depthwise 1x1 conv over the token rows)", steps, exact=False)]
     c = x[1]

@@ -32,6 +32,14 @@ from simulator.profiles import ChipProfile
 RULE_MODULES = (conv, pool, linear, elementwise, activation, shape, norm, embedding, attention)
 RULES = {op: m.forms for m in RULE_MODULES for op in m.FAMILY}
 RECIPES = ("native", "paper")
+# the LayerNorm forms a user may ask for (``layer_norm``; "auto": the chip and the cost model
+# choose): per token from chip ops, or the paper's fixed statistics (alone or folded); an
+# embedding's LayerNorm folds into its table either way
+LAYER_NORMS = {"auto": None,
+               "per_token": {"layer_norm.per_token", "layer_norm.folded_embedding"},
+               "fixed": {"layer_norm.fixed_affine", "layer_norm.folded_affine",
+                         "layer_norm.folded_embedding"}}
+STREAM_WIDTHS = (8, 16)
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class ConversionPlan:
     teacher: Estimate
     student: Estimate
     notes: tuple[str, ...] = field(default_factory=tuple)
+    layer_norm: str = "auto"
+    stream_bits: int | None = None      # the residual stream's width; None: the chip's
 
     def widths(self) -> str:
         """``4w4a``, or the distinct widths in node order where they differ per block."""
@@ -122,7 +132,8 @@ class ConversionPlan:
     def to_dict(self) -> dict:
         t, s = self.teacher, self.student
         return {"chip": self.chip, "bits": self.widths(),
-                "recipe": self.recipe, "notes": list(self.notes),
+                "recipe": self.recipe, "layer_norm": self.layer_norm,
+                "stream_bits": self.stream_bits, "notes": list(self.notes),
                 "teacher_latency_ms": t.total_latency_ms,
                 "teacher_host_ms": _host_ms(t), "teacher_fallbacks": len(t.fallbacks),
                 "student_latency_ms": s.total_latency_ms, "student_host_ms": _host_ms(s),
@@ -183,7 +194,7 @@ def _branch(graph: TeacherGraph, value: str, decided: dict[str, Decision], reade
 
 
 def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
-            decided: dict[str, Decision]
+            decided: dict[str, Decision], layer_norm: str = "auto"
             ) -> tuple[Form | None, Judgement | None, tuple[Candidate, ...], str]:
     rule = RULES.get(node.op)
     if rule is None:
@@ -194,7 +205,10 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
         shapes = list(ctx.in_shapes)
         if form.absorbs is not None:       # it reads the absorbed chain's input
             shapes[form.absorbs] = ctx.graph.shape(ctx.chain_input(form))
-        if recipe == "paper" and not form.in_paper_op_set():
+        wanted = LAYER_NORMS[layer_norm]
+        if node.op == "layer_norm" and wanted is not None and form.rule not in wanted:
+            why = f"not a layer_norm={layer_norm} form"
+        elif recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
         elif recipe == "paper" and form.rule == "add.merge_into_conv":
             why = "the paper merges a residual in a layer of its own"
@@ -243,19 +257,29 @@ def _image_inputs(node: TeacherNode, ctx: RuleContext, form: Form) -> tuple[bool
 
 def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, int] = (8, 8),
                     recipe: str = "native", allow_fallback: bool = False,
-                    node_bits: dict[str, tuple[int, int]] | None = None) -> ConversionPlan:
+                    node_bits: dict[str, tuple[int, int]] | None = None,
+                    layer_norm: str = "auto", stream_bits: int | None = None) -> ConversionPlan:
     """Every node's form on ``profile`` at ``bits`` (weight, activation), or at
-    ``node_bits[node]`` for the nodes it names (per-block widths: ``archnet.bit_allocation``)."""
+    ``node_bits[node]`` for the nodes it names (per-block widths: ``archnet.bit_allocation``);
+    ``layer_norm`` restricts LayerNorm to one family of forms (``LAYER_NORMS``),
+    ``stream_bits`` sets the residual stream's width (None: the chip's, see
+    ``archnet.lowering.widths``)."""
     node_bits = dict(node_bits or {})
     if recipe not in RECIPES:
         raise ConversionError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    if layer_norm not in LAYER_NORMS:
+        raise ConversionError(f"unknown layer_norm {layer_norm!r} (known: "
+                              f"{', '.join(LAYER_NORMS)})")
+    if stream_bits is not None and stream_bits not in STREAM_WIDTHS:
+        raise ConversionError(f"stream_bits {stream_bits!r}: one of "
+                              f"{', '.join(map(str, STREAM_WIDTHS))} (or None: the chip's)")
     readers = Counter(i for n in graph.nodes for i in n.inputs)
     decided: dict[str, Decision] = {}
     unplaced = []
     for node in graph.nodes:
         ctx = _context(graph, node, profile, decided, readers)
         nb = tuple(node_bits.get(node.name, bits))
-        form, j, cands, reason = _choose(node, ctx, nb, recipe, decided)
+        form, j, cands, reason = _choose(node, ctx, nb, recipe, decided, layer_norm)
         if form is None:
             if not allow_fallback:
                 unplaced.append(f"{node.where} ({node.op}): {reason}")
@@ -283,7 +307,8 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
                   for n in _precision_notes(profile, b))
     teacher = estimate(_teacher_program(graph, profile), profile)
     student = estimate(whole_program(graph, decisions, bits, "student"), profile)
-    return ConversionPlan(profile.name, tuple(bits), recipe, decisions, teacher, student, notes)
+    return ConversionPlan(profile.name, tuple(bits), recipe, decisions, teacher, student, notes,
+                          layer_norm, stream_bits)
 
 
 def _host_form(node: TeacherNode) -> Form:

@@ -95,7 +95,7 @@ def element_compute_cycles(v: NodeView, profile: ChipProfile) -> float:
     """Compute cycles of a non-MAC op on the element units; 0 for reshape/flatten (views)."""
     rates = profile.elementwise
     out_elems = math.prod(v.output.shape)
-    if v.kind in (OpKind.ADD, OpKind.SUB, OpKind.MUL):  # two operands in, one out: one unit
+    if v.kind in (OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.MINIMUM):  # two in, one out
         return out_elems / rates.add_elements_per_cycle
     if v.kind in (OpKind.MAXPOOL2D, OpKind.AVGPOOL2D):
         kh, kw = v.kernel

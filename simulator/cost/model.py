@@ -34,7 +34,7 @@ from simulator.ir import MAC_OPS, OpKind, Program
 from simulator.profiles import ChipProfile, WeightPort
 
 FUSABLE = frozenset({OpKind.REQUANTIZE, OpKind.CLAMP, OpKind.LOOKUP_TABLE})
-FUSION_ANCHORS = MAC_OPS | {OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.MAXPOOL2D, OpKind.AVGPOOL2D,
+FUSION_ANCHORS = MAC_OPS | {OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.MINIMUM, OpKind.MAXPOOL2D, OpKind.AVGPOOL2D,
                             OpKind.GLOBAL_AVGPOOL2D, OpKind.MEAN}
 VIEWS = frozenset({OpKind.RESHAPE, OpKind.FLATTEN})
 

@@ -26,6 +26,7 @@ class OpKind(str, enum.Enum):
     CONCAT = "concat"                    # operands share dtype, scale and zero point
     ADD = "add"                          # a, b (own scales; b broadcast to a) -> y
     SUB = "sub"                          # a - b, rounded as add rounds a sum
+    MINIMUM = "minimum"                  # elementwise min; operands and output share one grid
     MUL = "mul"                          # a, b (b broadcast to a, e.g. [N,C,1,1]) -> y
     CLAMP = "clamp"                      # relu is clamp(min=zero_point)
     LOOKUP_TABLE = "lookup_table"        # y = table[x - qmin(x)]; int16: TOSA's interpolated table
@@ -217,6 +218,7 @@ OP_INFO: dict[OpKind, OpInfo] = {
                        _add_shape),
     OpKind.MUL: OpInfo(2, 2, {"clamp_min": Attr("int", None), "clamp_max": Attr("int", None)},
                        _mul_shape),
+    OpKind.MINIMUM: OpInfo(2, 2, {}, _add_shape),
     OpKind.CLAMP: OpInfo(1, 1, {"min": Attr("int"), "max": Attr("int")}, _same_shape),
     # function: what the table holds ("sigmoid", "hardswish" ...), for the chip's activation
     # unit and the reports; the table alone defines the values. interpolated: a 16-bit input

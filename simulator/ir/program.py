@@ -223,6 +223,13 @@ def _check_node_types(program: Program, node: Node, where: str) -> None:
     for t in ts + [out]:
         if not t.is_int:
             raise ProgramError(f"{where}: {node.op.value} needs integer tensors; {t.name!r} is {t.dtype}")
+    if node.op is OpKind.MINIMUM:
+        for t in ts:
+            if (t.dtype, t.scale, t.zero_point) != (out.dtype, out.scale, out.zero_point):
+                raise ProgramError(f"{where}: minimum's operands and output share dtype, scale "
+                                   f"and zero point ({t.name!r}: {t.dtype} {t.scale} "
+                                   f"{t.zero_point}; output: {out.dtype} {out.scale} "
+                                   f"{out.zero_point})")
     if node.op is OpKind.CONCAT:
         first = ts[0]
         for t in ts[1:] + [out]:

@@ -1711,6 +1711,12 @@ def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: i
     return out.reshape(v.shape)
 
 
+def minimum(a, b):
+    """The smaller integer of each pair, b broadcast to a: one NumPy pass (a comparison has
+    nothing to round)."""
+    return np.minimum(_i64(a), _i64(b))
+
+
 @njit(**_JIT)
 def _clamp(x, lo, hi, out):
     for i in range(x.size):

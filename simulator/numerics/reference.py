@@ -195,6 +195,11 @@ def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: i
     return fp.requantize_float64(x, x_zp, scales, y_zp, qmin, qmax, axis)
 
 
+def minimum(a, b):
+    """The smaller integer of each pair, b broadcast to a (one grid: no rescale)."""
+    return np.minimum(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+
+
 def clamp(x, lo: int, hi: int):
     return np.clip(np.asarray(x, dtype=np.int64), lo, hi)
 

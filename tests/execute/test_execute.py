@@ -117,3 +117,16 @@ def test_kernels_equal_reference_on_the_example(arith):
     for name in b.tensors:
         assert np.array_equal(a.tensors[name], b.tensors[name]), name
     assert a.overflow == b.overflow
+
+
+def test_a_node_reading_one_tensor_twice_runs_without_trace():
+    """x * x reads x twice: dropping dead tensors (trace=False) must count it as one use."""
+    b = ProgramBuilder("square")
+    x = b.input("x", (2, 3), "s8", scale=0.1)
+    c = b.node("clamp", [x], "c", min=-100, max=100)
+    b.output(b.node("mul", [c, c], "y", dtype="s16", scale=0.01))
+    prog = b.build()
+    x_value = np.arange(-3, 3).reshape(2, 3)
+    traced = execute(prog, WIDE, {"x": x_value}).outputs["y"]
+    lean = execute(prog, WIDE, {"x": x_value}, trace=False).outputs["y"]
+    assert np.array_equal(traced, lean) and np.array_equal(lean, x_value * x_value)

@@ -137,3 +137,20 @@ def test_rsqrt_table_reads_variances_on_the_grid():
     got = kernels.lookup_interpolated(q, table) / 128 * out
     v = (q - zp) * scale
     assert np.allclose(got, 1 / np.sqrt(v + 1e-5), rtol=2e-3)
+
+
+def test_minimum_keeps_one_grid():
+    def build(scale_b):
+        b = ProgramBuilder("min")
+        x = b.input("a", (2, 3), "s16", scale=0.01)
+        y = b.input("b", (2, 1), "s16", scale=scale_b)
+        b.output(b.node("minimum", [x, y], "y", dtype="s16", scale=0.01))
+        return b.build()
+
+    prog = build(0.01)
+    a, m = np.asarray([[5, -7, 9], [0, 3, -1]]), np.asarray([[4], [2]])
+    for backend in ("kernels", "reference"):
+        out = execute(prog, load_profile("ideal"), {"a": a, "b": m}, backend=backend)
+        _same(out.outputs["y"], [[4, -7, 4], [0, 2, -1]])
+    with pytest.raises(ProgramError, match="share dtype, scale and zero point"):
+        build(0.02)

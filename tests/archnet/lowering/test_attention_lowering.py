@@ -19,6 +19,15 @@ from simulator.profiles import load_profile
 CHIPS = ("ethos-u55-128", "rk3588-npu-core")
 
 
+def without_mean(profile):
+    """``profile`` without a mean op: no per-token LayerNorm, so the paper's affine is chosen."""
+    from dataclasses import replace
+    from types import MappingProxyType
+    ops = dict(profile.ops)
+    ops["mean"] = replace(ops["mean"], supported=False)
+    return replace(profile, ops=MappingProxyType(ops))
+
+
 class TinyAttention(nn.Module):
     """Patches of 4x4 as tokens, one self-attention layer with two heads, a linear head."""
 
@@ -158,13 +167,13 @@ def test_layer_norm_becomes_a_fixed_statistics_affine():
         model.norm1.weight.uniform_(0.5, 1.5)
         model.norm1.bias.uniform_(-0.5, 0.5)
     graph = capture(model, (torch.rand(1, 1, 16, 16),))
-    profile = load_profile("ethos-u55-128")
+    profile = without_mean(load_profile("ethos-u55-128"))
     plan = plan_conversion(graph, profile, (8, 8))
     fired = plan.rules_fired()
     assert fired["layer_norm.fixed_affine"] == 2 and fired["gelu.native"] == 1
     student, low = build_graph_student(graph, plan, profile)
     affines = [(b, s["name"]) for b in student.blocks for s in b.spec["steps"]
-               if s["kind"] == "channel_affine"]
+               if s["kind"] == "channel_affine" and not s.get("narrows")]
     assert len(affines) == 2
     images = torch.rand(12, 1, 16, 16)
     assert len(calibrate_batchnorm(student, images)) == 2
@@ -177,6 +186,58 @@ def test_layer_norm_becomes_a_fixed_statistics_affine():
     calibrate_activations(student, images, seed=0)
     assert_deployable(student, profile)
     simulator_block_outputs(student, images, profile)
+
+
+@pytest.mark.parametrize("chip", ["ethos-u55-128", "ethos-u85-256"])
+def test_layer_norm_is_normalised_per_token_where_the_chip_has_the_ops(chip, tmp_path):
+    """On Ethos-U (mean, sub, minimum, broadcast mul, interpolated 16-bit tables) LayerNorm
+    stays LayerNorm: the per-token form, exact in float, whose integers equal the simulator's
+    and stay close to the teacher's LayerNorm before any training; a converted run is
+    bit-exact with no host op."""
+    import archnet
+    torch.manual_seed(0)
+    model = TinyPreNorm().eval()
+    with torch.no_grad():
+        model.norm1.weight.uniform_(0.5, 1.5)
+        model.norm1.bias.uniform_(-0.5, 0.5)
+    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    profile = load_profile(chip)
+    plan = plan_conversion(graph, profile, (8, 8))
+    assert plan.rules_fired()["layer_norm.per_token"] == 2
+    student, low = build_graph_student(graph, plan, profile)
+    images = torch.rand(24, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(student(images, quantize=False), model(images), atol=1e-4)
+    calibrate_activations(student, images, seed=0)
+    assert_deployable(student, profile)
+    simulator_block_outputs(student, images, profile)
+    # the normalisation itself on the chip's integers: within a few output steps of LayerNorm
+    norm = next(s for b in student.blocks for s in b.spec["steps"] if s["kind"] == "token_norm")
+    block = next(b for b in student.blocks if norm in b.spec["steps"])
+    module = block.layers[norm["name"]]
+    tokens = model.patch(images).flatten(2).transpose(1, 2).detach()
+    from archnet.quant.qtensor import QTensor
+    from simulator.contract import IntType
+    scale = float(tokens.abs().max()) / 32767
+    q = QTensor(torch.round(tokens / scale).to(torch.int64), scale, IntType(16, True))
+    got = module.integer_forward(q, profile.arithmetic).dequantize()
+    want = model.norm1(tokens).detach().double()
+    assert float((got - want).abs().max()) <= 4 * float(module.output_quant.step())
+    summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "run"),
+                              bits="8w8a", steps_per_period=2, batch_size=12, log=lambda *a: None)
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+
+
+def test_layer_norm_per_token_needs_every_piece():
+    """Without a mean (or a sub, a minimum, interpolated tables) the chip cannot normalise per
+    token: the plan names why and falls back to the paper's affine."""
+    torch.manual_seed(0)
+    graph = capture(TinyPreNorm().eval(), (torch.rand(1, 1, 16, 16),))
+    plan = plan_conversion(graph, without_mean(load_profile("ethos-u55-128")), (8, 8))
+    decision = next(d for d in plan.decisions if d.op == "layer_norm")
+    assert decision.rule != "layer_norm.per_token"
+    per_token = next(c for c in decision.candidates if c.rule == "layer_norm.per_token")
+    assert not per_token.fits and "ops.mean.supported = false" in per_token.why_not
 
 
 class TinyPositions(TinyPreNorm):
@@ -241,7 +302,7 @@ def test_layer_norm_replacements_are_fitted_to_the_teacher():
     torch.manual_seed(0)
     model = TinyPreNorm().eval()
     graph = capture(model, (torch.rand(1, 1, 16, 16),))
-    profile = load_profile("ethos-u55-128")
+    profile = without_mean(load_profile("ethos-u55-128"))
     student, low = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
     images = torch.rand(32, 1, 16, 16)
     calibrate_batchnorm(student, images)
@@ -277,15 +338,16 @@ def test_a_fitted_layer_norm_keeps_its_values_on_the_weight_grid():
             if isinstance(m, torch.nn.LayerNorm):
                 m.weight.mul_(8.0)
     graph = capture(model, (torch.rand(1, 1, 16, 16),))
-    profile = load_profile("ethos-u55-128")
+    profile = without_mean(load_profile("ethos-u55-128"))
     student, _ = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
     images = torch.rand(32, 1, 16, 16) * 0.1
     calibrate_batchnorm(student, images)
     fit_layer_norms(student, graph, (images,))
     checked = 0
     for block in student.blocks:
+        narrows = {s["name"] for s in block.spec["steps"] if s.get("narrows")}
         for name, m in block.layers.items():
-            if isinstance(m, QChannelAffine):
+            if isinstance(m, QChannelAffine) and name not in narrows:
                 weight, _ = m.folded()
                 assert torch.allclose(m.weight_quant(weight), weight, rtol=1e-2), name
                 checked += 1

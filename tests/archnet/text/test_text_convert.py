@@ -28,7 +28,8 @@ FAST = ["--max-len", "16", "--max-sentences", "40", "--steps-per-period", "2", "
 # LayerNorms are per-channel affines (a depthwise 1x1 conv2d over the rows), the embedding a
 # fully connected layer over one-hot rows, GELU the chip's lookup table
 ALLOWED = {"fully_connected", "conv2d", "requantize", "matmul", "softmax", "lookup_table", "add",
-           "reshape", "transpose"}
+           "reshape", "transpose",
+           "mean", "sub", "mul", "minimum"}      # LayerNorm per token (layer_norm.per_token)
 
 
 def _write_corpus(path: Path, count: int, long: int = 0, seed: int = 0) -> Path:
