@@ -19,14 +19,17 @@ from archnet.errors import ConversionError, DataError
 
 
 def convert(model: nn.Module, example_inputs, unlabeled, *, chip: str, out: str,
-            bits: str = "8w8a", recipe: str = "native", resume: bool = False,
-            log=print, **distill) -> dict:
+            bits: str = "8w8a", recipe: str = "native", layer_norm: str = "auto",
+            stream_bits: int | None = None, resume: bool = False, log=print,
+            **distill) -> dict:
     """Convert ``model`` for ``chip``; returns the ``convert.json`` summary.
 
     ``example_inputs``: one image batch (or a 1-tuple of it) fixing the input shape;
     ``unlabeled``: a float tensor of images [N, C, H, W] in [0, 1]. A text network takes token
     ids and a padding mask: ``example_inputs`` ``(ids, mask)`` and ``unlabeled`` an
-    ``archnet.distill.inputs.TokenInputs``. ``distill``: any
+    ``archnet.distill.inputs.TokenInputs``. ``layer_norm`` (auto, per_token, fixed) and
+    ``stream_bits`` (8, 16, None: the chip's) choose LayerNorm's form and the residual stream's
+    width, as ``archnet convert --layer-norm --stream-bits`` do. ``distill``: any
     ``archnet.distill.loop.DistillConfig`` field (``steps_per_period``, ``batch_size``, ``lr``,
     ``seed`` ...)."""
     from archnet import distributed as dist
@@ -77,7 +80,8 @@ def convert(model: nn.Module, example_inputs, unlabeled, *, chip: str, out: str,
               "dataset": "token inputs" if example is not None else "unlabeled tensor",
               "teacher_sha256": content_digest(dict(model.state_dict()), tensor_leaf)}
     opts = ConvertOptions(teacher=source["teacher"], chip=chip, out=str(out), bits=bits,
-                          recipe=recipe, resume=resume, command="archnet.convert(...)",
+                          recipe=recipe, layer_norm=layer_norm, stream_bits=stream_bits,
+                          resume=resume, command="archnet.convert(...)",
                           report=False)   # reports read the teacher from a checkpoint
     cfg = DistillConfig(**distill)
     return run_conversion(model.eval(), meta, images, profile, run, opts, cfg, source, t0, log)

@@ -123,9 +123,11 @@ class GraphStudents:
     """The chip-driven converter's students of a captured teacher (``archnet.capture``), at
     per-block widths: the plan is made with each block's nodes at its width."""
 
-    def __init__(self, graph, profile: ChipProfile, recipe: str = "native"):
+    def __init__(self, graph, profile: ChipProfile, recipe: str = "native",
+                 layer_norm: str = "auto", stream_bits: int | None = None):
         from archnet.lowering.graph import block_names as graph_blocks, partition
         self.graph, self.profile, self.recipe = graph, profile, recipe
+        self.layer_norm, self.stream_bits = layer_norm, stream_bits
         self._parts = partition(graph)
         self.blocks = graph_blocks(self._parts)
         self._plans: dict[tuple[str, ...], object] = {}
@@ -140,7 +142,9 @@ class GraphStudents:
                          for n in nodes}
             try:
                 self._plans[key] = plan_conversion(self.graph, self.profile, parse_bits(key[-1]),
-                                                   self.recipe, node_bits=node_bits)
+                                                   self.recipe, node_bits=node_bits,
+                                                   layer_norm=self.layer_norm,
+                                                   stream_bits=self.stream_bits)
             except ConversionError as exc:
                 self._plans[key] = exc
         found = self._plans[key]

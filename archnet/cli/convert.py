@@ -16,6 +16,25 @@ def _given(value, default):
 
 
 CHIP_FORWARD = ("none", "final", "all")    # DistillConfig.chip_forward (torch-free here)
+LAYER_NORMS = ("auto", "per_token", "fixed")   # archnet.rules.planner.LAYER_NORMS
+STREAM_WIDTHS = ("auto", "8", "16")            # archnet.rules.planner.STREAM_WIDTHS, or the chip's
+
+
+def stream_bits(choice: str) -> int | None:
+    return None if choice == "auto" else int(choice)
+
+
+def add_form_options(p) -> None:
+    """--layer-norm and --stream-bits, of ``archnet convert`` and ``archnet plan``."""
+    p.add_argument("--layer-norm", choices=LAYER_NORMS, default="auto",
+                   help="LayerNorm's form: per_token (the chip's mean, sub, mul and 16-bit "
+                        "tables, where it has them), fixed (the paper's fixed-statistics "
+                        "affine), auto (the chip and the cost model choose: per token where it "
+                        "fits; default)")
+    p.add_argument("--stream-bits", choices=STREAM_WIDTHS, default="auto",
+                   help="width of the Transformer's residual stream (LayerNorm's outputs and "
+                        "the sums they read): auto is 16 where the chip runs 16-bit activations, "
+                        "else 8 (default auto)")
 
 # options of one teacher family only: given to the other, they are refused, not ignored
 TEXT_ONLY = ("corpus", "max_len", "layers", "max_sentences", "heldout_fraction", "final_steps",
@@ -47,6 +66,7 @@ def cmd_convert_text(args) -> int:
     opts = ConvertOptions(teacher=args.teacher, chip=args.chip, out=args.out,
                           bits=None if args.latency_budget is not None else args.bits or "8w8a",
                           latency_budget_ms=args.latency_budget, recipe=args.recipe,
+                          layer_norm=args.layer_norm, stream_bits=stream_bits(args.stream_bits),
                           resume=args.resume, threads=args.threads, command=command_line())
     text_opts = TextConvertOptions(
         corpus=args.corpus, max_len=args.max_len, layers=args.layers,
@@ -75,7 +95,8 @@ def cmd_convert(args) -> int:
         teacher=args.teacher, chip=args.chip, out=args.out, bits=args.bits or "4w4a",
         latency_budget_ms=args.latency_budget, dataset=args.dataset, data_path=args.data,
         max_images=args.max_images, calibration_images=args.calibration_images,
-        keep_global_pool=args.keep_global_pool, recipe=args.recipe, resume=args.resume,
+        keep_global_pool=args.keep_global_pool, recipe=args.recipe, layer_norm=args.layer_norm,
+        stream_bits=stream_bits(args.stream_bits), resume=args.resume,
         threads=args.threads, command=command_line())
     cfg = DistillConfig(
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,
@@ -124,6 +145,7 @@ def add_commands(sub) -> None:
                         "archnet plan); paper: the chip-driven converter with the paper's op set "
                         "only; resnet: the hand-written lowering of the zoo's ResNets, as "
                         "reports/fashion_mnist ran (default: native, for every network)")
+    add_form_options(c)
     c.add_argument("--keep-global-pool", action="store_true",
                    help="keep global average pooling where the chip runs it")
     c.add_argument("--resume", action="store_true",

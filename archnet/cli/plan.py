@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from archnet.bits import SUPPORTED_BITS
+from archnet.cli.convert import add_form_options, stream_bits
 from simulator.argtypes import int_in
 
 
@@ -34,6 +35,7 @@ def add_commands(sub) -> None:
     p.add_argument("--bits", default="8w8a", choices=SUPPORTED_BITS)
     p.add_argument("--recipe", default="native", choices=("native", "paper"),
                    help="native (default): keep what the chip runs; paper: the paper's op set only")
+    add_form_options(p)
     p.add_argument("--allow-fallback", action="store_true",
                    help="run nodes no rule places on the host instead of failing")
     p.add_argument("--input-shape", type=_shape, metavar="C,H,W",
@@ -77,7 +79,8 @@ def cmd_plan(args) -> int:
         model, example, meta = load_model(args.model, args.input_shape)
     graph = capture(model, example)
     plan = plan_conversion(graph, profile, parse_bits(args.bits), args.recipe,
-                           args.allow_fallback)
+                           args.allow_fallback, layer_norm=args.layer_norm,
+                           stream_bits=stream_bits(args.stream_bits))
     print(plan.describe(args.all))
     if args.json:
         atomic_write_bytes(args.json, json_text({"model": meta, **plan.to_dict()}).encode())

@@ -34,6 +34,7 @@ from archnet.distill.inputs import as_inputs
 from archnet.distill.loop import DistillConfig, distill
 from archnet.errors import ConversionError, DataError
 from archnet.lowering import assert_deployable, convert_resnet, parse_bits
+from archnet.lowering.widths import stream_width
 from archnet.lowering.prepare import prepare_student
 from archnet.runs import PROGRAM_FILE, STUDENT_FILE, SUMMARY_FILE, run_folder
 from archnet.student_io import save_student
@@ -61,6 +62,8 @@ class ConvertOptions:
                                      # archnet.rules); resnet: the hand-written lowering of the
                                      # zoo's ResNets, kept while reports/fashion_mnist is its
                                      # results
+    layer_norm: str = "auto"         # LayerNorm's form family (archnet.rules.planner.LAYER_NORMS)
+    stream_bits: int | None = None   # the residual stream's width; None: the chip's
     resume: bool = False
     check_images: int = 256
     report: bool = True              # a latency-only report at the end (the demo writes a full one)
@@ -102,9 +105,11 @@ def build_student_for(teacher, meta: dict, profile, bits, data, opts: ConvertOpt
         graph = capture(teacher, _example(meta))
         if isinstance(bits, list):          # per-block widths (--latency-budget)
             from archnet.bit_allocation import GraphStudents
-            plan = GraphStudents(graph, profile, opts.recipe).plan(bits)
+            plan = GraphStudents(graph, profile, opts.recipe, opts.layer_norm,
+                                 opts.stream_bits).plan(bits)
         else:
-            plan = plan_conversion(graph, profile, parse_bits(bits), opts.recipe)
+            plan = plan_conversion(graph, profile, parse_bits(bits), opts.recipe,
+                                   layer_norm=opts.layer_norm, stream_bits=opts.stream_bits)
         log(plan.describe())
         student, low = build_graph_student(graph, plan, profile)
         taps = GraphTaps(graph, low.taps)
@@ -199,7 +204,8 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         if opts.recipe != "resnet":
             from archnet.bit_allocation import GraphStudents
             from archnet.capture import capture
-            students = GraphStudents(capture(teacher, _example(meta)), profile, opts.recipe)
+            students = GraphStudents(capture(teacher, _example(meta)), profile, opts.recipe,
+                                     opts.layer_norm, opts.stream_bits)
         allocation = allocate_bits(teacher, profile, meta["input_shape"], opts.latency_budget_ms,
                                    calib, log=log if dist.is_main() else (lambda _m: None),
                                    students=students)
@@ -215,7 +221,8 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     metadata = {
         "teacher": source.get("teacher"), "teacher_sha256": source.get("teacher_sha256"),
         "teacher_arch": meta.get("arch"), "teacher_test_accuracy": meta.get("test_accuracy"),
-        "recipe": opts.recipe, "profile": profile.name, "profile_path": str(profile.path),
+        "recipe": opts.recipe, "layer_norm": opts.layer_norm, "stream_bits": opts.stream_bits,
+        "profile": profile.name, "profile_path": str(profile.path),
         "bits": [f"{b['w_bits']}w{b['a_bits']}a" for b in student.config["blocks"]],
         "allocation": allocation.to_dict() if allocation is not None else None,
         "dataset": dataset, "data_path": opts.data_path, "images": len(data),
@@ -237,6 +244,9 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
     summary = {
         "teacher": metadata["teacher"], "teacher_sha256": metadata["teacher_sha256"],
         "chip": profile.name, "profile_path": str(profile.path), "bits": metadata["bits"],
+        "layer_norm": opts.layer_norm, "stream_bits": opts.stream_bits,
+        # the residual stream's width as built (the chip's where not asked)
+        "stream_width": opts.stream_bits or stream_width(profile),
         "allocation": metadata["allocation"], "dataset": dataset, "images": len(data),
         "estimated_latency_ms": est.total_latency_ms, "fallbacks": len(est.fallbacks),
         "blocks": student.summary(), "history": result.history,

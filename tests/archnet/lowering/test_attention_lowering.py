@@ -226,6 +226,16 @@ def test_layer_norm_is_normalised_per_token_where_the_chip_has_the_ops(chip, tmp
     summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "run"),
                               bits="8w8a", steps_per_period=2, batch_size=12, log=lambda *a: None)
     assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    assert (summary["layer_norm"], summary["stream_bits"], summary["stream_width"]) == \
+        ("auto", None, 16)
+    # the paper's form on an 8-bit stream, when asked: recorded, and bit-exact too
+    summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "fixed"),
+                              bits="8w8a", layer_norm="fixed", stream_bits=8, steps_per_period=2,
+                              batch_size=12, log=lambda *a: None)
+    assert (summary["layer_norm"], summary["stream_bits"]) == ("fixed", 8)
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    assert summary["stream_width"] == 8 and "layer_norm.per_token" not in \
+        summary["plan"]["rules_fired"]
 
 
 def test_layer_norm_per_token_needs_every_piece():

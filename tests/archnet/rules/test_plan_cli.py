@@ -83,3 +83,46 @@ def test_plan_refuses_to_write_over_its_input(capsys, factory):
     code, _, err = _run(capsys, "plan", f"{factory}:with_example", "--chip", "k210-kpu",
                         "--json", factory)
     assert code == 2 and ".json" in err
+
+
+PRE_NORM = '''
+import torch
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(1, 16, 4, stride=4)
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16 * 16, 4)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = t + self.fc(self.norm(t))
+        return self.head(t.flatten(1))
+
+def block():
+    return Block(), torch.rand(1, 1, 16, 16)
+'''
+
+
+def test_the_user_chooses_the_layer_norm_form_and_the_stream_width(capsys, tmp_path):
+    """--layer-norm and --stream-bits: auto takes the per-token form on Ethos-U55 (it has the
+    ops); fixed forces the paper's affine; both are recorded in the plan's JSON."""
+    path = tmp_path / "prenorm.py"
+    path.write_text(PRE_NORM)
+    plans = {}
+    for form in ("auto", "fixed"):
+        out_json = tmp_path / f"{form}.json"
+        code, out, _ = _run(capsys, "plan", f"{path}:block", "--chip", "ethos-u55-128",
+                            "--layer-norm", form, "--stream-bits", "8", "--json", out_json)
+        assert code == 0
+        plans[form] = json.loads(out_json.read_text())
+    rules = {k: {d["rule"] for d in p["decisions"] if d["op"] == "layer_norm"}
+             for k, p in plans.items()}
+    assert rules == {"auto": {"layer_norm.per_token"}, "fixed": {"layer_norm.fixed_affine"}}
+    assert plans["fixed"]["layer_norm"] == "fixed" and plans["fixed"]["stream_bits"] == 8
+    code, _, err = _run(capsys, "plan", f"{path}:block", "--chip", "ethos-u55-128",
+                        "--stream-bits", "12")
+    assert code == 2 and "--stream-bits" in err
