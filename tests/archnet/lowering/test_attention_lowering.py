@@ -156,17 +156,22 @@ class TinyPreNorm(nn.Module):
         return self.head(t.flatten(1))
 
 
-def test_layer_norm_becomes_a_fixed_statistics_affine():
-    """LayerNorm -> one per-channel affine step whose statistics calibration fixes to the data's
-    (the paper's replacement); the student keeps LayerNorm's own scale and shift, and its
-    integers equal the simulator's."""
-    from archnet.lowering import calibrate_batchnorm
+def _prenorm_with_affine():
+    """TinyPreNorm whose first LayerNorm has a scale and shift far from 1 and 0, and its graph."""
     torch.manual_seed(0)
     model = TinyPreNorm().eval()
     with torch.no_grad():
         model.norm1.weight.uniform_(0.5, 1.5)
         model.norm1.bias.uniform_(-0.5, 0.5)
-    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    return model, capture(model, (torch.rand(1, 1, 16, 16),))
+
+
+def test_layer_norm_becomes_a_fixed_statistics_affine():
+    """LayerNorm -> one per-channel affine step whose statistics calibration fixes to the data's
+    (the paper's replacement); the student keeps LayerNorm's own scale and shift, and its
+    integers equal the simulator's."""
+    from archnet.lowering import calibrate_batchnorm
+    model, graph = _prenorm_with_affine()
     profile = without_mean(load_profile("ethos-u55-128"))
     plan = plan_conversion(graph, profile, (8, 8))
     fired = plan.rules_fired()
@@ -195,12 +200,7 @@ def test_layer_norm_is_normalised_per_token_where_the_chip_has_the_ops(chip, tmp
     and stay close to the teacher's LayerNorm before any training; a converted run is
     bit-exact with no host op."""
     import archnet
-    torch.manual_seed(0)
-    model = TinyPreNorm().eval()
-    with torch.no_grad():
-        model.norm1.weight.uniform_(0.5, 1.5)
-        model.norm1.bias.uniform_(-0.5, 0.5)
-    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    model, graph = _prenorm_with_affine()
     profile = load_profile(chip)
     plan = plan_conversion(graph, profile, (8, 8))
     assert plan.rules_fired()["layer_norm.per_token"] == 2
