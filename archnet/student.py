@@ -64,7 +64,7 @@ from archnet.quant.attention import QMatMul, QSoftmax, QTranspose
 from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool2d
 from archnet.quant.lsq import LsqQuantizer, round_ste
 from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d, QFlatten,
-                                   QInput, QLinear, QReshape, concat)
+                                   QInput, QLinear, QReshape, concat, concat_float)
 from archnet.quant.norm import QTokenNorm
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec, IntType
@@ -500,7 +500,7 @@ class GraphBlock(nn.Module):
             args = [env[ref] for ref in step["inputs"]]
             name, kind = step["name"], step["kind"]
             if kind == "concat":
-                env[name] = torch.cat(args, dim=1)
+                env[name] = concat_float(args)
             elif kind in ("conv", "linear", *AFFINE_STEPS) and not quantize:
                 env[name] = self.layers[name].float_forward(args[0])
             elif kind == "global_avgpool" and not quantize:
@@ -570,7 +570,8 @@ class GraphBlock(nn.Module):
             name, kind = step["name"], step["kind"]
             out = f"{prefix}.{name}"
             if kind == "concat":
-                env[name] = b.node("concat", [env[ref] for ref in step["inputs"]], out, axis=1)
+                env[name] = b.node("concat", _batched_constants(b, [env[r] for r in step["inputs"]]),
+                                   out, axis=1)
             elif kind in ("add", "mul", "lut", "matmul", "softmax"):
                 env[name] = self.layers[name].export(b, [env[r] for r in step["inputs"]], out)
             elif kind == "constant":
@@ -578,6 +579,20 @@ class GraphBlock(nn.Module):
             else:
                 env[name] = self.layers[name].export(b, env[step["inputs"][0]], out)
         return [env[ref] for ref in self.spec["outputs"]]
+
+
+def _batched_constants(b: ProgramBuilder, names: list[str]) -> list[str]:
+    """Concat operands for the Program: a per-sample constant (a class token, batch 1) beside a
+    batch of N becomes a constant of N copies (the chip's concat does not broadcast)."""
+    batch = max(b.tensors[n].shape[0] for n in names)
+    out = []
+    for n in names:
+        t = b.tensors[n]
+        if t.data is not None and t.shape[0] == 1 and batch > 1:
+            n = b.constant(f"{n}.x{batch}", np.repeat(t.data, batch, axis=0), t.dtype,
+                           scale=list(t.scale), zero_point=list(t.zero_point))
+        out.append(n)
+    return out
 
 
 # ----------------------------------------------------------------------------- the student

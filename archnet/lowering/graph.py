@@ -242,11 +242,13 @@ class _Lowering:
                         self.grids.union(keys[0], k)
 
     def _constant(self, node: TeacherNode, i: int, shape: tuple[int, ...]) -> str:
-        """A constant operand of ``node`` as a step of its own (learned, on its own grid)."""
+        """A constant operand of ``node`` as a step of its own (learned, on its own grid; a
+        concat's shares the concat's grid: a class token)."""
         if node.op == "cat":
-            raise ConversionError(f"{node.where}: a concat with a constant operand (a class "
-                                  f"token) has no student step yet")
-        if "scalar" in node.attrs:
+            at = node.attrs["constants_at"][i]
+            value = self.graph.params[node.params[f"operand{at}"]]
+            value = value[:1].reshape(shape)        # one sample's: the batch joins at run time
+        elif "scalar" in node.attrs:
             value = torch.full(shape, float(node.attrs["scalar"]))
         else:
             value = self.graph.params[node.params["other"]].reshape(shape)
@@ -537,6 +539,14 @@ class _Lowering:
             self._mac_rows(last, ("copy", self._derive(f"{node.name}:patch",
                                                        self._patch_weight(w, copies)), {}), bias)
             self._shift_grids(copies)
+        elif rule == "select.fully_connected":       # 0/1 weights: token k's features
+            tokens, features = self.graph.shape(node.inputs[0])[1:]
+            k = node.attrs["index"] % tokens
+            sel = torch.zeros(features, tokens * features)
+            sel[:, k * features:(k + 1) * features] = torch.eye(features)
+            self._mac_rows(macs[0], ("copy", self._derive(f"{node.name}:select", sel), {}),
+                           ("zeros", None, {}))
+            self.steps[macs[0]]["role"] = "structural"
         elif rule == "add.merge_into_conv":
             conv = self.graph.node(node.inputs[d.form.absorbs])
             wc = self.graph.params[conv.params["weight"]]

@@ -367,4 +367,18 @@ def concat(xs: list[QTensor]) -> QTensor:
         if other.scale != first.scale or other.dtype != first.dtype:
             raise ValueError(f"concat operands on different grids: {first.scale} {first.dtype} vs "
                              f"{other.scale} {other.dtype}")
-    return QTensor(torch.cat([x.value for x in xs], dim=1), first.scale, first.dtype)
+    batch = max(x.value.shape[0] for x in xs)
+    return QTensor(torch.cat([_batched(x.value, batch) for x in xs], dim=1), first.scale,
+                   first.dtype)
+
+
+def _batched(v: torch.Tensor, batch: int) -> torch.Tensor:
+    """``v`` for ``batch`` samples: a per-sample constant (batch 1, a class token) repeated."""
+    return v.expand(batch, *v.shape[1:]) if v.shape[0] == 1 and batch > 1 else v
+
+
+def concat_float(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Concat along channels (tokens, for token rows) of float tensors, constants joining every
+    sample."""
+    batch = max(x.shape[0] for x in xs)
+    return torch.cat([_batched(x, batch) for x in xs], dim=1)

@@ -362,3 +362,51 @@ def test_a_fitted_layer_norm_keeps_its_values_on_the_weight_grid():
                 assert torch.allclose(m.weight_quant(weight), weight, rtol=1e-2), name
                 checked += 1
     assert checked == 2
+
+
+class TinyViT(TinyPreNorm):
+    """A ViT in miniature: 4x4 patches, a class token concatenated before them, positions, one
+    pre-LayerNorm block (attention, GELU MLP), the head reading the class token (``x[:, 0]``)."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__(dim)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.5)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        t = t + self._attend(self.norm1(t))
+        t = t + self.fc2(nn.functional.gelu(self.fc1(self.norm2(t))))
+        return self.head(t[:, 0])
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_a_class_token_and_its_readout_convert_bit_exactly(chip, tmp_path):
+    """The class token is a learned constant concatenated to every sample's tokens (on the
+    tokens' grid, copied per sample in the Program: the chip's concat does not broadcast); the
+    head's ``x[:, 0]`` is a fully connected layer with 0/1 weights over the flattened tokens.
+    The student starts as the teacher in float, its integers equal the simulator's, and a
+    converted run is bit-exact with no host op."""
+    import archnet
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    graph = capture(model, (torch.rand(1, 1, 16, 16),))
+    profile = load_profile(chip)
+    plan = plan_conversion(graph, profile, (8, 8))
+    fired = plan.rules_fired()
+    assert fired["cat.native"] == 1 and fired["select.fully_connected"] == 1
+    student, _ = build_graph_student(graph, plan, profile)
+    images = torch.rand(12, 1, 16, 16)
+    with torch.no_grad():
+        want = model(images)
+        assert want.std(0).min() > 1e-3          # the class token read what the patches said
+        if "layer_norm.per_token" in fired:      # every form exact: the student is the teacher
+            assert torch.allclose(student(images, quantize=False), want, atol=1e-4)
+    calibrate_activations(student, images, seed=0)
+    assert_deployable(student, profile)
+    simulator_block_outputs(student, images, profile)
+    summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "run"),
+                              bits="8w8a", steps_per_period=2, batch_size=6, log=lambda *a: None)
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
