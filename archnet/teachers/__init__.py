@@ -36,9 +36,10 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
 # the non-ResNet families (archnet.teachers.small), built from the same checkpoint metadata;
 # they take in_channels, num_classes, width and (VGG, whose classifier reads the last map)
 # image_size
-SMALL_ARCHS = ("mobilenetv2", "vgg")
+SMALL_ARCHS = ("mobilenetv2", "vgg", "vit")
 SMALL_OPTIONS = {"mobilenetv2": ("num_classes", "in_channels", "width"),
-                 "vgg": ("num_classes", "in_channels", "width", "image_size")}
+                 "vgg": ("num_classes", "in_channels", "width", "image_size"),
+                 "vit": ("num_classes", "in_channels", "width", "image_size")}
 RESNET_OPTIONS = ("num_classes", "in_channels", "width", "stem_stride", "stem_pool",
                   "zero_init_residual")
 # option -> (type, lowest, highest), for every family: a checkpoint's kwargs are checked against

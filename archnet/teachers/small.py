@@ -91,4 +91,9 @@ class VGGSmall(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-SMALL = {"mobilenetv2": MobileNetV2Small, "vgg": VGGSmall}
+def _vit(**kw):
+    from archnet.teachers.vit import vit_small_images
+    return vit_small_images(**kw)
+
+
+SMALL = {"mobilenetv2": MobileNetV2Small, "vgg": VGGSmall, "vit": _vit}

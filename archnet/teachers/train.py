@@ -24,7 +24,7 @@ from pathlib import Path
 from archnet.errors import TeacherError
 from archnet.teachers import SMALL_ARCHS
 
-SMALL_WIDTH = {"mobilenetv2": 16, "vgg": 32}   # their width where the command line gives none
+SMALL_WIDTH = {"mobilenetv2": 16, "vgg": 32, "vit": 64}   # width where the command line gives none
 
 # Per data set: the model and recipe used when the command line gives no value.
 PRESETS: dict[str, dict] = {
@@ -191,7 +191,7 @@ def train_teacher(cfg: TrainConfig, log=print) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     kwargs = dict(in_channels=info["input_shape"][0], num_classes=info["num_classes"],
                   width=cfg.width)
-    if cfg.arch == "vgg":
+    if cfg.arch in ("vgg", "vit"):
         kwargs["image_size"] = int(info["input_shape"][1])
     elif cfg.arch not in SMALL_ARCHS:
         kwargs.update(stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool)

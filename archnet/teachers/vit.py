@@ -85,19 +85,20 @@ class VisionTransformer(nn.Module):
     learned positions, pre-norm encoder blocks, the class token's final state -> linear head."""
 
     def __init__(self, image_size: int, patch_size: int, num_layers: int, num_heads: int,
-                 hidden_dim: int, mlp_dim: int, num_classes: int = 1000, dropout: float = 0.0):
+                 hidden_dim: int, mlp_dim: int, num_classes: int = 1000, dropout: float = 0.0,
+                 in_channels: int = 3):
         super().__init__()
         if image_size % patch_size:
             raise TeacherError(f"image size {image_size} is not a multiple of patch {patch_size}")
         self.image_size = image_size
         self.hidden_dim = hidden_dim
-        self.conv_proj = nn.Conv2d(3, hidden_dim, patch_size, stride=patch_size)
+        self.conv_proj = nn.Conv2d(in_channels, hidden_dim, patch_size, stride=patch_size)
         self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         seq_length = (image_size // patch_size) ** 2 + 1
         self.encoder = Encoder(seq_length, num_layers, num_heads, hidden_dim, mlp_dim, dropout)
         self.heads = nn.Sequential()
         self.heads.add_module("head", nn.Linear(hidden_dim, num_classes))
-        fan_in = 3 * patch_size * patch_size
+        fan_in = in_channels * patch_size * patch_size
         nn.init.trunc_normal_(self.conv_proj.weight, std=fan_in ** -0.5)
         nn.init.zeros_(self.conv_proj.bias)
 
@@ -123,3 +124,12 @@ def deit_tiny(num_classes: int = 1000, image_size: int = 224,
               dropout: float = 0.0) -> VisionTransformer:
     """DeiT-Ti/16 without the distillation token (timm's ``deit_tiny_patch16_224``)."""
     return VisionTransformer(image_size, 16, 12, 3, 192, 768, num_classes, dropout)
+
+
+def vit_small_images(num_classes: int = 10, in_channels: int = 1, width: int = 64,
+                     image_size: int = 28) -> VisionTransformer:
+    """The zoo's ViT for 28x28 images (``archnet teacher train --arch vit``): 4x4 patches (49
+    tokens and the class token), 4 pre-norm blocks of 4 heads, MLP twice the width."""
+    if width % 4:
+        raise TeacherError(f"ViT width {width} is not a multiple of its 4 heads")
+    return VisionTransformer(image_size, 4, 4, 4, width, 2 * width, num_classes, 0.0, in_channels)
