@@ -435,6 +435,14 @@ def is_boundary(program: Program, node: Node) -> bool:
         (node.op is OpKind.DEQUANTIZE and node.outputs[0] in program.outputs)
 
 
+def is_input_lookup(program: Program, node: Node) -> bool:
+    """A gather of a constant table's rows by a graph input (an embedding of token ids): where
+    the chip has no gather, the host looks the rows up as it writes the input, boundary work
+    and not a fallback."""
+    return node.op is OpKind.GATHER and node.inputs[1] in program.inputs and \
+        program.tensors[node.inputs[0]].data is not None
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where one node runs: ``on_host`` with the reasons, or on the NPU (no reasons)."""
@@ -481,6 +489,9 @@ def place(program: Program, profile: ChipProfile) -> list[Placement]:
             out.append(Placement(node.name, True, (), boundary=True))
             continue
         reasons = check_node(program, node, profile)
+        if reasons and is_input_lookup(program, node):
+            out.append(Placement(node.name, True, (), boundary=True))
+            continue
         if not reasons:
             epilogue = constraint_epilogue_of_host_op(program, node, host_made, uses)
             reasons = [epilogue] if epilogue else []

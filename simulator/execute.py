@@ -266,6 +266,7 @@ RUNNERS: dict[OpKind, Callable] = {
     OpKind.CLAMP: lambda n, p, ins, a, be: be.clamp(ins[0], n.attrs["min"], n.attrs["max"]),
     OpKind.LOOKUP_TABLE: _run_lookup_table,
     OpKind.MINIMUM: lambda n, p, ins, a, be: be.minimum(ins[0], ins[1]),
+    OpKind.GATHER: lambda n, p, ins, a, be: be.gather(ins[0], ins[1]),
     OpKind.MEAN: _run_mean,
     OpKind.RESHAPE: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),
     OpKind.FLATTEN: lambda n, p, ins, a, be: reference.reshape(ins[0], p.tensors[n.outputs[0]].shape),

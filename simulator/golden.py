@@ -223,6 +223,15 @@ def _minimum_program(rng):
     return b.build(), {"a": _rand(rng, "s16", (2, 5, 8)), "b": _rand(rng, "s16", (2, 5, 1))}
 
 
+def _gather_program(rng):
+    """Token ids looking up rows of an s8 embedding table (the chip's gather)."""
+    b = ProgramBuilder("golden_gather")
+    ids = b.input("ids", (2, 7), "u16")
+    table = b.constant("table", _rand(rng, "s8", (40, 6)), "s8", scale=0.02)
+    b.output(b.node("gather", [table, ids], "rows", dtype="s8", scale=0.02))
+    return b.build(), {"ids": rng.integers(0, 40, (2, 7))}
+
+
 def rsqrt_table(x_scale: float, x_zp: int, eps: float, out_scale: float) -> list[int]:
     """TOSA's 513 samples of 1 / sqrt(v + eps) over the s16 inputs, v = x_scale * (q - x_zp),
     each rounded to the output grid and clipped to s16 (negative v read as 0)."""
@@ -350,6 +359,7 @@ def cases() -> Iterator[GoldenCase]:
     yield GoldenCase("lookup_interpolated_s16", "lookup_table", "acc32_sat_final", "tflite_m32",
                      _lut_interpolated_program)
     yield GoldenCase("minimum_s16", "minimum", "acc32_sat_final", "tflite_m32", _minimum_program)
+    yield GoldenCase("gather_s8", "gather", "acc32_sat_final", "tflite_m32", _gather_program)
     for dtype in ("u8", "s4"):
         yield GoldenCase(f"concat_{dtype}", "concat", "acc32_sat_final", "tflite_m32",
                          lambda rng, d=dtype: _concat_program(rng, d))

@@ -474,6 +474,7 @@ OP_SCHEMA: dict[str, dict[str, _Leaf]] = {
     "lookup_table": {"supported": _flag(), "max_input_bits": _BITS,
                      "functions": _functions_or_any(), "interpolated": _flag()},
     "mean": {"supported": _flag(), "max_reduced_elements": _LENGTH, "max_axis_length": _LENGTH},
+    "gather": {"supported": _flag()},
     "softmax": {"supported": _flag(), "max_axis_length": _LENGTH},
     "requantize": {"supported": _flag()},
     "reshape": {"supported": _flag()},

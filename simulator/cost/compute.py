@@ -110,6 +110,6 @@ def element_compute_cycles(v: NodeView, profile: ChipProfile) -> float:
         return lookup_cycles(v, profile)
     if v.kind is OpKind.SOFTMAX:
         return out_elems / rates.softmax_elements_per_cycle
-    if v.kind in (OpKind.CONCAT, OpKind.TRANSPOSE):
+    if v.kind in (OpKind.CONCAT, OpKind.TRANSPOSE, OpKind.GATHER):   # data movement
         return out_elems * v.activation_bits / 8 / rates.data_movement_bytes_per_cycle
     return 0.0

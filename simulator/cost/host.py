@@ -48,7 +48,7 @@ UNKNOWN_FLOPS_PER_ELEMENT = 1.0   # a lower bound for an op type not listed abov
 OP_FLOPS_PER_ELEMENT: dict[OpKind, float] = {
     OpKind.ADD: 1, OpKind.SUB: 1, OpKind.MUL: 1, OpKind.MINIMUM: 1, OpKind.CLAMP: 1, OpKind.REQUANTIZE: 2, OpKind.LOOKUP_TABLE: 1,
     OpKind.SOFTMAX: EXP_FLOPS + 4, OpKind.CONCAT: 1, OpKind.TRANSPOSE: 1, OpKind.RESHAPE: 0,
-    OpKind.FLATTEN: 0, OpKind.QUANTIZE: 3, OpKind.DEQUANTIZE: 2,
+    OpKind.FLATTEN: 0, OpKind.QUANTIZE: 3, OpKind.DEQUANTIZE: 2, OpKind.GATHER: 1,
 }
 
 

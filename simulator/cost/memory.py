@@ -80,6 +80,8 @@ def _is_parameter(program, name: str) -> bool:
 
 
 def param_bytes(v: NodeView, params: list[str], profile: ChipProfile) -> float:
+    if v.kind is OpKind.GATHER:     # only the rows it looks up cross the weight interface
+        return nbytes(v.output, tensor_bits(v.output, profile))
     total = 0.0
     for i, name in enumerate(params):
         t = v.program.tensors[name]

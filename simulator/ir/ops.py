@@ -31,6 +31,7 @@ class OpKind(str, enum.Enum):
     CLAMP = "clamp"                      # relu is clamp(min=zero_point)
     LOOKUP_TABLE = "lookup_table"        # y = table[x - qmin(x)]; int16: TOSA's interpolated table
     MEAN = "mean"                        # mean of (x - zp) over axes, rescaled once (TFLite MEAN)
+    GATHER = "gather"                    # table[indices]: rows of a table (an embedding lookup)
     SOFTMAX = "softmax"                  # x[, key mask]: exp LUT, integer normalisation
     RESHAPE = "reshape"
     FLATTEN = "flatten"
@@ -158,6 +159,13 @@ def _mean_shape(shapes, attrs):
     return tuple(d for i, d in enumerate(x) if i not in axes)
 
 
+def _gather_shape(shapes, attrs):
+    table, indices = shapes
+    if len(table) < 2:
+        raise ProgramError(f"gather: table shape {table} has no rows to gather")
+    return (*indices, *table[1:])
+
+
 def _concat_shape(shapes, attrs):
     axis = attrs["axis"] % len(shapes[0])
     for s in shapes[1:]:
@@ -227,6 +235,7 @@ OP_INFO: dict[OpKind, OpInfo] = {
                                        "interpolated": Attr("bool", False)}, _same_shape),
     OpKind.MEAN: OpInfo(1, 1, {"axes": Attr("ints"), "keepdims": Attr("bool", True)},
                         _mean_shape),
+    OpKind.GATHER: OpInfo(2, 2, {}, _gather_shape),
     OpKind.SOFTMAX: OpInfo(1, 2, {"axis": Attr("int", -1), "exp_table": Attr("ints")},
                            _softmax_shape),
     OpKind.RESHAPE: OpInfo(1, 1, {"shape": Attr("ints")}, _reshape_shape),

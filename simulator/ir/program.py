@@ -223,6 +223,11 @@ def _check_node_types(program: Program, node: Node, where: str) -> None:
     for t in ts + [out]:
         if not t.is_int:
             raise ProgramError(f"{where}: {node.op.value} needs integer tensors; {t.name!r} is {t.dtype}")
+    if node.op is OpKind.GATHER:
+        table = ts[0]
+        if (table.dtype, table.scale, table.zero_point) != (out.dtype, out.scale, out.zero_point):
+            raise ProgramError(f"{where}: gather writes its table's rows: output {out.name!r} "
+                               f"must have the table's dtype, scale and zero point")
     if node.op is OpKind.MINIMUM:
         for t in ts:
             if (t.dtype, t.scale, t.zero_point) != (out.dtype, out.scale, out.zero_point):

@@ -1711,6 +1711,11 @@ def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: i
     return out.reshape(v.shape)
 
 
+def gather(table, indices):
+    """The table's rows at ``indices``: one NumPy fancy-indexing pass (a copy, nothing to round)."""
+    return reference.gather(table, indices)
+
+
 def minimum(a, b):
     """The smaller integer of each pair, b broadcast to a: one NumPy pass (a comparison has
     nothing to round)."""

@@ -195,6 +195,15 @@ def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: i
     return fp.requantize_float64(x, x_zp, scales, y_zp, qmin, qmax, axis)
 
 
+def gather(table, indices):
+    """The table's rows at ``indices`` (any shape): out[..., :] = table[indices[...]]."""
+    t = np.asarray(table, dtype=np.int64)
+    i = np.asarray(indices, dtype=np.int64)
+    if i.size and (i.min() < 0 or i.max() >= t.shape[0]):
+        raise IndexError(f"gather: an index is outside the table's {t.shape[0]} rows")
+    return t[i]
+
+
 def minimum(a, b):
     """The smaller integer of each pair, b broadcast to a (one grid: no rescale)."""
     return np.minimum(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))

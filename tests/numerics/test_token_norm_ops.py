@@ -154,3 +154,43 @@ def test_minimum_keeps_one_grid():
         _same(out.outputs["y"], [[4, -7, 4], [0, 2, -1]])
     with pytest.raises(ProgramError, match="share dtype, scale and zero point"):
         build(0.02)
+
+
+def _lookup_program(vocab=40, tokens=7, width=6):
+    b = ProgramBuilder("lookup")
+    ids = b.input("ids", (2, tokens), "u16")
+    table = b.constant("table", np.arange(vocab * width).reshape(vocab, width) % 200 - 100, "s8",
+                       scale=0.02)
+    rows = b.node("gather", [table, ids], "rows", dtype="s8", scale=0.02)
+    b.output(b.node("clamp", [rows], "y", min=-50, max=50))
+    return b.build()
+
+
+def test_gather_reads_rows_and_refuses_an_index_outside_the_table():
+    prog = _lookup_program()
+    ids = np.asarray([[0, 3, 39, 3, 1, 2, 5], [7, 7, 7, 0, 0, 1, 38]])
+    for backend in ("kernels", "reference"):
+        out = execute(prog, load_profile("ideal"), {"ids": ids}, backend=backend)
+        table = prog.tensors["table"].data.astype(np.int64)
+        _same(out.tensors["rows"], table[ids])
+    with pytest.raises(IndexError, match="outside the table's 40 rows"):
+        execute(prog, load_profile("ideal"), {"ids": np.full((2, 7), 40)})
+
+
+def test_an_input_lookup_is_the_chips_gather_or_the_hosts_at_the_boundary():
+    """Ethos-U85 gathers rows itself (a DMA op, its cost the rows it reads); Ethos-U55 has no
+    gather, so the host looks the rows up as it writes the input: boundary work, no fallback,
+    and not the whole table's bytes either way."""
+    from simulator.constraints import place
+    from simulator.cost import estimate
+    prog = _lookup_program(vocab=30000, tokens=64, width=384)
+    u85, u55 = load_profile("ethos-u85-256"), load_profile("ethos-u55-128")
+    on85 = {p.node: p for p in place(prog, u85)}["rows"]
+    on55 = {p.node: p for p in place(prog, u55)}["rows"]
+    assert not on85.on_host
+    assert on55.on_host and on55.boundary and on55.fallback_reason is None
+    est85, est55 = estimate(prog, u85), estimate(prog, u55)
+    assert est85.fallbacks == [] and est55.fallbacks == []
+    rows_bytes = 2 * 64 * 384
+    assert est85.op("rows").cost.weight_bytes == rows_bytes        # not the 11.5 MB table
+    assert est55.op("rows").cost.activation_bytes == rows_bytes    # the rows sent to the NPU
