@@ -20,7 +20,8 @@ from archnet.errors import ConversionError, DataError
 
 def convert(model: nn.Module, example_inputs, unlabeled, *, chip: str, out: str,
             bits: str = "8w8a", recipe: str = "native", layer_norm: str = "auto",
-            stream_bits: int | None = None, resume: bool = False, log=print,
+            stream_bits: int | None = None, embedding: str = "auto", resume: bool = False,
+            log=print,
             **distill) -> dict:
     """Convert ``model`` for ``chip``; returns the ``convert.json`` summary.
 
@@ -29,7 +30,8 @@ def convert(model: nn.Module, example_inputs, unlabeled, *, chip: str, out: str,
     ids and a padding mask: ``example_inputs`` ``(ids, mask)`` and ``unlabeled`` an
     ``archnet.distill.inputs.TokenInputs``. ``layer_norm`` (auto, per_token, fixed) and
     ``stream_bits`` (8, 16, None: the chip's) choose LayerNorm's form and the residual stream's
-    width, as ``archnet convert --layer-norm --stream-bits`` do. ``distill``: any
+    width, as ``archnet convert --layer-norm --stream-bits`` do; ``embedding`` (auto, gather,
+    one_hot) an embedding's form, as ``--embedding``. ``distill``: any
     ``archnet.distill.loop.DistillConfig`` field (``steps_per_period``, ``batch_size``, ``lr``,
     ``seed`` ...)."""
     from archnet import distributed as dist
@@ -81,6 +83,7 @@ def convert(model: nn.Module, example_inputs, unlabeled, *, chip: str, out: str,
               "teacher_sha256": content_digest(dict(model.state_dict()), tensor_leaf)}
     opts = ConvertOptions(teacher=source["teacher"], chip=chip, out=str(out), bits=bits,
                           recipe=recipe, layer_norm=layer_norm, stream_bits=stream_bits,
+                          embedding=embedding,
                           resume=resume, command="archnet.convert(...)",
                           report=False)   # reports read the teacher from a checkpoint
     cfg = DistillConfig(**distill)

@@ -124,10 +124,11 @@ class GraphStudents:
     per-block widths: the plan is made with each block's nodes at its width."""
 
     def __init__(self, graph, profile: ChipProfile, recipe: str = "native",
-                 layer_norm: str = "auto", stream_bits: int | None = None):
+                 layer_norm: str = "auto", stream_bits: int | None = None,
+                 embedding: str = "auto"):
         from archnet.lowering.graph import block_names as graph_blocks, partition
         self.graph, self.profile, self.recipe = graph, profile, recipe
-        self.layer_norm, self.stream_bits = layer_norm, stream_bits
+        self.layer_norm, self.stream_bits, self.embedding = layer_norm, stream_bits, embedding
         self._parts = partition(graph)
         self.blocks = graph_blocks(self._parts)
         self._plans: dict[tuple[str, ...], object] = {}
@@ -144,7 +145,8 @@ class GraphStudents:
                 self._plans[key] = plan_conversion(self.graph, self.profile, parse_bits(key[-1]),
                                                    self.recipe, node_bits=node_bits,
                                                    layer_norm=self.layer_norm,
-                                                   stream_bits=self.stream_bits)
+                                                   stream_bits=self.stream_bits,
+                                                   embedding=self.embedding)
             except ConversionError as exc:
                 self._plans[key] = exc
         found = self._plans[key]

@@ -63,8 +63,8 @@ from archnet.errors import ArchnetError
 from archnet.quant.attention import QMatMul, QSoftmax, QTranspose
 from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool2d
 from archnet.quant.lsq import LsqQuantizer, round_ste
-from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d, QFlatten,
-                                   QInput, QLinear, QReshape, concat, concat_float)
+from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d, QEmbedding,
+                                   QFlatten, QInput, QLinear, QReshape, concat, concat_float)
 from archnet.quant.norm import QTokenNorm
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec, IntType
@@ -77,11 +77,11 @@ CONFIG_VERSION = 1
 IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
 STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
               "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose",
-              "channel_affine", "constant", "token_norm")
+              "channel_affine", "constant", "token_norm", "embedding")
 MULTI_INPUT = ("concat", "add", "mul", "matmul", "softmax")   # softmax: scores and a key mask
 REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax",
-                "channel_affine", "constant", "token_norm")   # steps that write their own grid
-NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant", "token_norm")
+                "channel_affine", "constant", "token_norm", "embedding")   # write their grid
+NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant", "token_norm", "embedding")
 AFFINE_STEPS = ("channel_affine", "token_norm")     # per-channel over the last axis, w_bits
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 _NODE_OPS = {  # simulator op kinds each step exports
@@ -94,6 +94,7 @@ _NODE_OPS = {  # simulator op kinds each step exports
     "token_norm": ("mean", "sub", "mul", "mean", "mean", "lookup_table", "lookup_table",
                    "requantize", "requantize", "minimum", "mul", "reshape", "conv2d",
                    "requantize", "reshape"),
+    "embedding": ("gather",),
 }
 
 
@@ -301,6 +302,11 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
             if not x or x[-1] != features:
                 raise _fail(at, f"expects {features} features on the last axis, input shape is {x}")
             shapes[name] = x
+        elif kind == "embedding":
+            vocab, features = (_need(step, k, int, at) for k in ("vocab", "features"))
+            if quant[inputs[0]] != IMAGE or len(x) != 1:
+                raise _fail(at, f"an embedding reads the student's token ids, got {x}")
+            shapes[name] = (x[0], features)
         elif kind == "matmul":
             b = shapes[inputs[1]]
             scale = step.get("scale", 1.0)
@@ -463,6 +469,8 @@ class GraphBlock(nn.Module):
             elif kind == "channel_affine":
                 m = QChannelAffine(step["features"], w_bits=step["w_bits"],
                                    output_quant=quantizers[step["quant"]])
+            elif kind == "embedding":
+                m = QEmbedding(step["vocab"], step["features"], quantizers[step["quant"]])
             elif kind == "token_norm":
                 m = QTokenNorm(step["features"], w_bits=step["w_bits"],
                                eps=step.get("eps", 1e-5), output_quant=quantizers[step["quant"]])
@@ -512,7 +520,7 @@ class GraphBlock(nn.Module):
                 env[name] = self.layers[name].activation(y)
             elif kind == "lut" and not quantize:
                 env[name] = FUNCTIONS[step["function"]][0](args[0])
-            elif kind in ("matmul", "softmax", "constant") and not quantize:
+            elif kind in ("matmul", "softmax", "constant", "embedding") and not quantize:
                 env[name] = self.layers[name].float_forward(*args)
             else:
                 env[name] = self.layers[name](*args)
@@ -537,7 +545,7 @@ class GraphBlock(nn.Module):
             name, kind = step["name"], step["kind"]
             if kind == "concat":
                 env[name] = concat(args)
-            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool",
+            elif kind in ("conv", "linear", "global_avgpool", "maxpool", "avgpool", "embedding",
                           *AFFINE_STEPS):
                 env[name] = self.layers[name].integer_forward(args[0], arith)
             elif kind == "softmax":
@@ -608,6 +616,8 @@ class ArchNetStudent(nn.Module):
         self.config = validate_config(config)
         encoding = self.config.get("input_encoding", "pixels")
         self.input = QInput(encoding, self.config["input_shape"][-1] if encoding == "one_hot" else None)
+        if encoding == "token_ids":
+            self.input.vocab = self.config.get("vocab")
         self.side_inputs = {k: tuple(v) for k, v in self.config.get("side_inputs", {}).items()}
         self.quantizers = nn.ModuleDict({k: _make_quantizer(s)
                                          for k, s in self.config["quantizers"].items()})

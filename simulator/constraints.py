@@ -439,8 +439,10 @@ def is_input_lookup(program: Program, node: Node) -> bool:
     """A gather of a constant table's rows by a graph input (an embedding of token ids): where
     the chip has no gather, the host looks the rows up as it writes the input, boundary work
     and not a fallback."""
-    return node.op is OpKind.GATHER and node.inputs[1] in program.inputs and \
-        program.tensors[node.inputs[0]].data is not None
+    table = node.inputs[0]
+    constant = program.tensors[table].data is not None or (
+        not program.executable and table not in program.inputs and program.producer(table) is None)
+    return node.op is OpKind.GATHER and node.inputs[1] in program.inputs and constant
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ def _given(value, default):
 CHIP_FORWARD = ("none", "final", "all")    # DistillConfig.chip_forward (torch-free here)
 LAYER_NORMS = ("auto", "per_token", "fixed")   # archnet.rules.planner.LAYER_NORMS
 STREAM_WIDTHS = ("auto", "8", "16")            # archnet.rules.planner.STREAM_WIDTHS, or the chip's
+EMBEDDINGS = ("auto", "gather", "one_hot")      # archnet.rules.planner.EMBEDDINGS
 
 
 def stream_bits(choice: str) -> int | None:
@@ -35,6 +36,10 @@ def add_form_options(p) -> None:
                    help="width of the Transformer's residual stream (LayerNorm's outputs and "
                         "the sums they read): auto is 16 where the chip runs 16-bit activations, "
                         "else 8 (default auto)")
+    p.add_argument("--embedding", choices=EMBEDDINGS, default="auto",
+                   help="an embedding's form: gather (the rows looked up: the chip's gather "
+                        "where it has one, else the host's at the input), one_hot (the paper's "
+                        "one-hot rows x a fully connected layer), auto (the cheaper; default)")
 
 # options of one teacher family only: given to the other, they are refused, not ignored
 TEXT_ONLY = ("corpus", "max_len", "layers", "max_sentences", "heldout_fraction", "final_steps",
@@ -67,6 +72,7 @@ def cmd_convert_text(args) -> int:
                           bits=None if args.latency_budget is not None else args.bits or "8w8a",
                           latency_budget_ms=args.latency_budget, recipe=args.recipe,
                           layer_norm=args.layer_norm, stream_bits=stream_bits(args.stream_bits),
+                          embedding=args.embedding,
                           resume=args.resume, threads=args.threads, command=command_line())
     text_opts = TextConvertOptions(
         corpus=args.corpus, max_len=args.max_len, layers=args.layers,
@@ -96,7 +102,7 @@ def cmd_convert(args) -> int:
         latency_budget_ms=args.latency_budget, dataset=args.dataset, data_path=args.data,
         max_images=args.max_images, calibration_images=args.calibration_images,
         keep_global_pool=args.keep_global_pool, recipe=args.recipe, layer_norm=args.layer_norm,
-        stream_bits=stream_bits(args.stream_bits), resume=args.resume,
+        stream_bits=stream_bits(args.stream_bits), embedding=args.embedding, resume=args.resume,
         threads=args.threads, command=command_line())
     cfg = DistillConfig(
         epochs_per_period=args.epochs_per_period, steps_per_period=args.steps_per_period,

@@ -80,7 +80,7 @@ def cmd_plan(args) -> int:
     graph = capture(model, example)
     plan = plan_conversion(graph, profile, parse_bits(args.bits), args.recipe,
                            args.allow_fallback, layer_norm=args.layer_norm,
-                           stream_bits=stream_bits(args.stream_bits))
+                           stream_bits=stream_bits(args.stream_bits), embedding=args.embedding)
     print(plan.describe(args.all))
     if args.json:
         atomic_write_bytes(args.json, json_text({"model": meta, **plan.to_dict()}).encode())

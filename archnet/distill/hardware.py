@@ -71,7 +71,7 @@ class HardwarePrefix:
             raise ValueError(f"a prefix from block {self.start} needs "
                              f"{'the boundary integers' if self.start else 'the images'}")
         if boundary is None:
-            first = self.student.input.integer_forward(images).value.numpy().astype(np.uint8)
+            first = self.student.input.host_values(images)
             batch = first.shape[0]
             program = self.program(batch)
             feeds = {program.inputs[0]: first}

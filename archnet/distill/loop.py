@@ -61,6 +61,7 @@ from archnet.distill.inputs import as_inputs
 from archnet.distill.losses import block_weights
 from archnet.distill.taps import KeptTargets, TeacherTaps
 from archnet.errors import ConversionError, DistillError
+from archnet.quant.modules import QEmbedding
 from archnet.quant.qtensor import QTensor
 from archnet.student import ArchNetStudent
 from archnet.student_io import student_from_payload, student_payload
@@ -219,6 +220,7 @@ def _trainable(student: ArchNetStudent, adapters: nn.ModuleDict, first: int, las
             params += [m.weight, m.bias, m.weight_quant.scale]
             if m.bn is not None:
                 params += [m.bn.weight, m.bn.bias]
+        params += [m.weight for m in block.layers.values() if isinstance(m, QEmbedding)]
         grids |= {s["quant"] for s in block.spec["steps"] if "quant" in s}
         key = block.name.replace(".", "_")
         if key in adapters:

@@ -64,6 +64,7 @@ class ConvertOptions:
                                      # results
     layer_norm: str = "auto"         # LayerNorm's form family (archnet.rules.planner.LAYER_NORMS)
     stream_bits: int | None = None   # the residual stream's width; None: the chip's
+    embedding: str = "auto"          # the embedding's form (archnet.rules.planner.EMBEDDINGS)
     resume: bool = False
     check_images: int = 256
     report: bool = True              # a latency-only report at the end (the demo writes a full one)
@@ -106,10 +107,11 @@ def build_student_for(teacher, meta: dict, profile, bits, data, opts: ConvertOpt
         if isinstance(bits, list):          # per-block widths (--latency-budget)
             from archnet.bit_allocation import GraphStudents
             plan = GraphStudents(graph, profile, opts.recipe, opts.layer_norm,
-                                 opts.stream_bits).plan(bits)
+                                 opts.stream_bits, opts.embedding).plan(bits)
         else:
             plan = plan_conversion(graph, profile, parse_bits(bits), opts.recipe,
-                                   layer_norm=opts.layer_norm, stream_bits=opts.stream_bits)
+                                   layer_norm=opts.layer_norm, stream_bits=opts.stream_bits,
+                                   embedding=opts.embedding)
         log(plan.describe())
         student, low = build_graph_student(graph, plan, profile)
         taps = GraphTaps(graph, low.taps)
@@ -130,7 +132,7 @@ def check_against_simulator(student, profile, images: torch.Tensor, backend: str
                             side: dict | None = None) -> dict:
     """Every element of every block output: archnet's integer emulation vs the simulator."""
     program = student.export((len(images), *student.input_shape), feature_outputs=True)
-    pixels = student.input.integer_forward(images).value.numpy().astype(np.uint8)
+    pixels = student.input.host_values(images)
     feeds = {program.inputs[0]: pixels}
     feeds.update({k: v.numpy().astype(np.uint8) for k, v in (side or {}).items()})
     sim = execute(program, profile, feeds, backend, trace=False).outputs
@@ -205,7 +207,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
             from archnet.bit_allocation import GraphStudents
             from archnet.capture import capture
             students = GraphStudents(capture(teacher, _example(meta)), profile, opts.recipe,
-                                     opts.layer_norm, opts.stream_bits)
+                                     opts.layer_norm, opts.stream_bits, opts.embedding)
         allocation = allocate_bits(teacher, profile, meta["input_shape"], opts.latency_budget_ms,
                                    calib, log=log if dist.is_main() else (lambda _m: None),
                                    students=students)
@@ -222,6 +224,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         "teacher": source.get("teacher"), "teacher_sha256": source.get("teacher_sha256"),
         "teacher_arch": meta.get("arch"), "teacher_test_accuracy": meta.get("test_accuracy"),
         "recipe": opts.recipe, "layer_norm": opts.layer_norm, "stream_bits": opts.stream_bits,
+        "embedding": opts.embedding,
         "profile": profile.name, "profile_path": str(profile.path),
         "bits": [f"{b['w_bits']}w{b['a_bits']}a" for b in student.config["blocks"]],
         "allocation": allocation.to_dict() if allocation is not None else None,
@@ -245,6 +248,7 @@ def run_conversion(teacher, meta: dict, images: torch.Tensor, profile, out: Path
         "teacher": metadata["teacher"], "teacher_sha256": metadata["teacher_sha256"],
         "chip": profile.name, "profile_path": str(profile.path), "bits": metadata["bits"],
         "layer_norm": opts.layer_norm, "stream_bits": opts.stream_bits,
+        "embedding": opts.embedding,
         # the residual stream's width as built (the chip's where not asked)
         "stream_width": opts.stream_bits or stream_width(profile),
         "allocation": metadata["allocation"], "dataset": dataset, "images": len(data),

@@ -136,12 +136,14 @@ def verify_tokens(program_path, chip, *, out=None,
         raise CheckpointError(f"{student_path}: no such student checkpoint beside {program_path}")
     student, meta = load_student(student_path)
     check_program_matches(program, student, program_path, student_path)
-    if len(student.input_shape) != 2 or not student.side_inputs:
+    token_ids = student.input.encoding == "token_ids"
+    if len(student.input_shape) != (1 if token_ids else 2) or not student.side_inputs:
         raise ArchnetError(f"{program_path}: not a text network (its student reads "
-                           f"{list(student.input_shape)}, not token rows and a mask)")
+                           f"{list(student.input_shape)}, not tokens and a mask)")
     info = _run_info(program_path)
     folder = program_path.parent
-    seq_len, vocab = student.input_shape
+    seq_len = student.input_shape[0]
+    vocab = student.input.vocab if token_ids else student.input_shape[1]
     if int(info["max_len"]) != seq_len:
         raise CheckpointError(f"{folder / SUMMARY_FILE}: max_len {info['max_len']}, but "
                               f"{program_path} takes {seq_len} positions")
@@ -210,9 +212,9 @@ def verify_tokens(program_path, chip, *, out=None,
             token_ids, side = data.student(idx)
             k = len(idx)
             if k not in programs:
-                programs[k] = student.export((k, seq_len, vocab), feature_outputs=True)
+                programs[k] = student.export((k, *student.input_shape), feature_outputs=True)
             prog = programs[k]
-            feeds = {prog.inputs[0]: student.input.rows(token_ids).numpy().astype(np.uint8),
+            feeds = {prog.inputs[0]: student.input.host_values(token_ids),
                      prog.inputs[1]: mask.numpy().astype(np.uint8)}
             t = time.perf_counter()
             result = execute(prog, profile, feeds, backend=backend, trace=False)

@@ -211,6 +211,9 @@ class _Lowering:
         if d.rule == "layer_norm.per_token":
             self._token_norm(node)
             return
+        if d.rule == "embedding.gather":
+            self._embedding(node)
+            return
         if d.rule == "layer_norm.folded_affine":
             self._folded_layer_norm(node)
             return
@@ -281,6 +284,21 @@ class _Lowering:
                                           else ("zeros", None, {}))),
                       (name, "bn.running_mean", "zeros", None, {}),
                       (name, "bn.running_var", "ones", None, {})]
+
+    def _embedding(self, node: TeacherNode) -> None:
+        """The table looked up by the student's token ids (``QEmbedding``), the teacher's rows
+        copied: the chip's gather, or the host's at the input."""
+        vocab, dim = self.graph.params[node.params["weight"]].shape
+        name = self._name(node.name, 0, 1)
+        self.steps[name] = {"name": name, "inputs": [self._value(node.inputs[0])],
+                            "kind": "embedding", "vocab": int(vocab), "features": int(dim),
+                            "quant": self._grid(name), "role": "teacher",
+                            "teacher_node": node.name}
+        self.step_node[name] = node.name
+        self.producer[node.name] = name
+        table = self.graph.params[node.params["weight"]]
+        self.rows.append((name, "weight", "copy", self._derive(f"{node.name}:table", table.t()),
+                          {}))
 
     def _token_norm(self, node: TeacherNode) -> None:
         """LayerNorm per token from the chip's mean, sub, mul and tables (``QTokenNorm``): the
@@ -393,7 +411,7 @@ class _Lowering:
             self.wide.add(self.steps[ref]["quant"])
             ref = self._through_views(a)
         step = self.steps.get(ref)
-        if not constants or step is None or step["kind"] != "linear":
+        if not constants or step is None or step["kind"] not in ("linear", "embedding"):
             raise ConversionError(f"{node.where}: layer_norm.folded_embedding needs the chip's "
                                   f"adds of constants over a one-hot fully connected layer")
         step["teacher_node"] = node.name
@@ -849,7 +867,13 @@ def _input_spec(graph: TeacherGraph, plan: ConversionPlan) -> dict:
     spec = {"input_shape": list(graph.input_shapes[main][1:])}
     encoded = [d for d in plan.decisions if d.form.input_shapes is not None and
                graph.node(d.node).inputs[0] == main]
-    if encoded:
+    gathered = [d for d in plan.decisions if d.rule == "embedding.gather" and
+                graph.node(d.node).inputs[0] == main]
+    if gathered:
+        vocab = graph.params[graph.node(gathered[0].node).params["weight"]].shape[0]
+        spec = {"input_shape": list(graph.input_shapes[main][1:]), "input_encoding": "token_ids",
+                "vocab": int(vocab)}
+    elif encoded:
         rows, vocab = encoded[0].form.input_shapes[0]
         tokens = graph.input_shapes[main][1:]
         if math.prod(tokens) != rows:

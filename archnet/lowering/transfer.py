@@ -211,7 +211,7 @@ def row_value(row: TransferRow, teacher_state: Mapping[str, torch.Tensor],
 def transfer_targets(student) -> list[str]:
     """Every student tensor a complete table must write: weight and bias of each MAC layer, and
     its batch-norm's weight, bias, running mean and running variance; each constant's value."""
-    from archnet.quant.modules import QConstant
+    from archnet.quant.modules import QConstant, QEmbedding
     keys = []
     for i, block in enumerate(student.blocks):
         for name, m in block.mac_layers().items():
@@ -221,6 +221,8 @@ def transfer_targets(student) -> list[str]:
                 keys += [f"{base}.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
         keys += [f"blocks.{i}.layers.{name}.value" for name, m in block.layers.items()
                  if isinstance(m, QConstant)]
+        keys += [f"blocks.{i}.layers.{name}.weight" for name, m in block.layers.items()
+                 if isinstance(m, QEmbedding)]
     return keys
 
 

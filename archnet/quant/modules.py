@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +38,9 @@ class IntegerParams:
 # the student's input encodings: how the host writes its input for the chip
 #   pixels:  images in [0, 1] on the u8 grid of 1/255, as the pixels were stored
 #   one_hot: token rows as one-hot vectors (0 or 1, u8 grid of 1): the embedding's input
-ENCODINGS = {"pixels": (255, "image"), "one_hot": (1, "tokens")}   # (levels of 1.0, name)
+#   token_ids: the token ids themselves (u16): a gather looks the embedding's rows up
+ENCODINGS = {"pixels": (255, "image"), "one_hot": (1, "tokens"), "token_ids": (1, "tokens")}
+TOKEN_ID_TYPE = IntType(16, False)
 
 
 def is_token_ids(x: torch.Tensor) -> bool:
@@ -58,16 +61,20 @@ class QInput(nn.Module):
         self.vocab = vocab          # one_hot: the rows' width
         self.levels, self.name = ENCODINGS[encoding]
         self.scale = 1.0 / self.levels
+        if encoding == "token_ids":
+            self.qtype = TOKEN_ID_TYPE
 
     def _ids(self, x: torch.Tensor) -> bool:
-        return self.encoding == "one_hot" and is_token_ids(x)
+        return self.encoding in ("one_hot", "token_ids") and is_token_ids(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._ids(x):
-            return x        # stands for its one-hot rows until the layer that reads them
+            return x        # stands for its one-hot rows (or is) what the first layer reads
         return torch.round(x.clamp(0, 1) * self.levels) / self.levels
 
     def integer_forward(self, x: torch.Tensor, arith: ArithmeticSpec | None = None) -> QTensor:
+        if self._ids(x) and self.encoding == "token_ids":
+            return QTensor(x.to(torch.int64), self.scale, self.qtype)
         if self._ids(x):
             return QTensor(self.rows(x).to(torch.int64), self.scale, self.qtype)
         return QTensor(torch.round(x.clamp(0, 1).to(torch.float64) * self.levels).to(torch.int64),
@@ -78,6 +85,12 @@ class QInput(nn.Module):
         if self.encoding != "one_hot" or self.vocab is None:
             raise ValueError(f"token ids given to a student whose input is {self.encoding}")
         return F.one_hot(ids, self.vocab).to(torch.uint8)
+
+    def host_values(self, x: torch.Tensor) -> np.ndarray:
+        """What the host writes into the Program's input for ``x``: ``integer_forward``'s
+        integers in the input type's NumPy type (u8, or u16 token ids)."""
+        value = self.integer_forward(x).value.numpy()
+        return value.astype(np.uint16 if self.qtype.bits > 8 else np.uint8)
 
     def export(self, b: ProgramBuilder, shape: tuple[int, ...], name: str | None = None) -> str:
         return b.input(name or self.name, shape, self.qtype, scale=self.scale, zero_point=0)
@@ -286,6 +299,40 @@ class QConstant(nn.Module):
     def export(self, b: ProgramBuilder, name: str) -> str:
         t = self.integer_forward()
         return b.constant(name, t.value.numpy(), t.dtype, scale=t.scale)
+
+
+class QEmbedding(nn.Module):
+    """An embedding table looked up by token ids (``embedding.gather``): the chip's gather, or
+    the host's as it writes the input. The table is learned like a weight and written on its
+    output grid (the values the lookup returns); ``weight`` is [features, vocab], as the
+    one-hot layer's, so the embedding fits treat both alike."""
+
+    def __init__(self, vocab: int, features: int, output_quant: LsqQuantizer):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(features, vocab))
+        self.bias = None
+        self.output_quant = output_quant
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.output_quant(self.weight.t()))
+
+    def float_forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight.t())
+
+    def table(self) -> QTensor:
+        q = self.output_quant
+        return QTensor(q.integer(self.weight.detach().t()), float(q.step()), q.qtype)
+
+    def integer_forward(self, ids: QTensor, arith: ArithmeticSpec | None = None) -> QTensor:
+        t = self.table()
+        if ids.value.numel() and int(ids.value.max()) >= t.value.shape[0]:
+            raise IndexError(f"a token id is outside the {t.value.shape[0]}-row table")
+        return QTensor(t.value[ids.value], t.scale, t.dtype)
+
+    def export(self, b: ProgramBuilder, ids: str, name: str) -> str:
+        t = self.table()
+        table = b.constant(f"{name}.table", t.value.numpy(), t.dtype, scale=t.scale)
+        return b.node("gather", [table, ids], name, dtype=t.dtype, scale=t.scale)
 
 
 def _pair(v) -> tuple[int, int]:

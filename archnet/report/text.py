@@ -436,7 +436,9 @@ def _markdown(runs: list[TextRun], profiles, lat: list[dict], qual: list[dict],
          "(opset 17, fixed shape), imported for estimation only: what the chip lacks "
          "(LayerNormalization, the embedding Gather, GELU's Erf, the mask's Cast/Where, ...) "
          "runs on the host; *fallbacks* counts its host ops and *host op types* names them (ONNX "
-         "op types; IR ops where a chip also hands those to the host). *student*: the run's "
+         "op types; IR ops where a chip also hands those to the host, with the host's work at "
+         "the input: a student's embedding rows looked up as the host writes them, a gather "
+         "that is not a fallback). *student*: the run's "
          "`model.program`; *vs teacher*: the teacher's latency over the student's. Profiles: "
          + ", ".join(f"{code(p.name)} ({code(show_path(p.path))})" for p in profiles)
          + ". Table: [latency.csv](latency.csv).")

@@ -4,7 +4,7 @@ says of each.
 A ``Form`` is a small template of simulator ops (``Step``) over the node's inputs (``in0``,
 ``in1`` ...) and earlier steps (``s0``, ``s1`` ...). ``probe`` builds it as an estimate-only
 simulator Program at the student's bit widths and asks the simulator what it asks of any
-Program: ``simulator.constraints.check_node`` for every reason an op would leave the NPU (the
+Program: ``simulator.constraints.place`` for every reason an op would leave the NPU (the
 same predicates that decide fallbacks, not a second copy of the chip's limits) and
 ``simulator.cost.estimate`` for its cycles. Rules only propose forms; the chip decides.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator.constraints import check_node
+from simulator.constraints import place
 from simulator.contract import INTERPOLATED_TABLE_ENTRIES
 from simulator.cost import estimate
 from simulator.ir import OpKind
@@ -149,7 +149,7 @@ def probe(form: Form, in_shapes: list[tuple[int, ...]], bits: tuple[int, int],
     out = add_form(b, form, ins, bits, "p")
     b.output(out)
     program = b.build()
-    reasons = [] if form.host else [r for n in program.nodes for r in check_node(program, n, profile)]
+    reasons = [] if form.host else [r for p in place(program, profile) for r in p.reasons]
     est = estimate(program, profile)
     return Judgement(tuple(dict.fromkeys(reasons)), est.total_cycles - est.invoke.cycles,
                      sum(op.cost.macs for op in est.ops), program.tensors[out].shape)

@@ -40,6 +40,10 @@ LAYER_NORMS = {"auto": None,
                "fixed": {"layer_norm.fixed_affine", "layer_norm.folded_affine",
                          "layer_norm.folded_embedding"}}
 STREAM_WIDTHS = (8, 16)
+# the embedding forms a user may ask for: the rows looked up (the chip's gather, or the host's
+# at the input), or the paper's one-hot rows times a fully connected layer
+EMBEDDINGS = {"auto": None, "gather": {"embedding.gather"},
+              "one_hot": {"embedding.one_hot_fc"}}
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class ConversionPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     layer_norm: str = "auto"
     stream_bits: int | None = None      # the residual stream's width; None: the chip's
+    embedding: str = "auto"
 
     def widths(self) -> str:
         """``4w4a``, or the distinct widths in node order where they differ per block."""
@@ -133,7 +138,8 @@ class ConversionPlan:
         t, s = self.teacher, self.student
         return {"chip": self.chip, "bits": self.widths(),
                 "recipe": self.recipe, "layer_norm": self.layer_norm,
-                "stream_bits": self.stream_bits, "notes": list(self.notes),
+                "stream_bits": self.stream_bits, "embedding": self.embedding,
+                "notes": list(self.notes),
                 "teacher_latency_ms": t.total_latency_ms,
                 "teacher_host_ms": _host_ms(t), "teacher_fallbacks": len(t.fallbacks),
                 "student_latency_ms": s.total_latency_ms, "student_host_ms": _host_ms(s),
@@ -194,7 +200,7 @@ def _branch(graph: TeacherGraph, value: str, decided: dict[str, Decision], reade
 
 
 def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
-            decided: dict[str, Decision], layer_norm: str = "auto"
+            decided: dict[str, Decision], layer_norm: str = "auto", embedding: str = "auto"
             ) -> tuple[Form | None, Judgement | None, tuple[Candidate, ...], str]:
     rule = RULES.get(node.op)
     if rule is None:
@@ -205,9 +211,10 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
         shapes = list(ctx.in_shapes)
         if form.absorbs is not None:       # it reads the absorbed chain's input
             shapes[form.absorbs] = ctx.graph.shape(ctx.chain_input(form))
-        wanted = LAYER_NORMS[layer_norm]
-        if node.op == "layer_norm" and wanted is not None and form.rule not in wanted:
-            why = f"not a layer_norm={layer_norm} form"
+        wanted = {"layer_norm": LAYER_NORMS[layer_norm],
+                  "embedding": EMBEDDINGS[embedding]}.get(node.op)
+        if wanted is not None and form.rule not in wanted:
+            why = f"not a {node.op}={layer_norm if node.op == 'layer_norm' else embedding} form"
         elif recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
         elif recipe == "paper" and form.rule == "add.merge_into_conv":
@@ -258,18 +265,23 @@ def _image_inputs(node: TeacherNode, ctx: RuleContext, form: Form) -> tuple[bool
 def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, int] = (8, 8),
                     recipe: str = "native", allow_fallback: bool = False,
                     node_bits: dict[str, tuple[int, int]] | None = None,
-                    layer_norm: str = "auto", stream_bits: int | None = None) -> ConversionPlan:
+                    layer_norm: str = "auto", stream_bits: int | None = None,
+                    embedding: str = "auto") -> ConversionPlan:
     """Every node's form on ``profile`` at ``bits`` (weight, activation), or at
     ``node_bits[node]`` for the nodes it names (per-block widths: ``archnet.bit_allocation``);
     ``layer_norm`` restricts LayerNorm to one family of forms (``LAYER_NORMS``),
     ``stream_bits`` sets the residual stream's width (None: the chip's, see
-    ``archnet.lowering.widths``)."""
+    ``archnet.lowering.widths``), ``embedding`` restricts embeddings to one form
+    (``EMBEDDINGS``)."""
     node_bits = dict(node_bits or {})
     if recipe not in RECIPES:
         raise ConversionError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
     if layer_norm not in LAYER_NORMS:
         raise ConversionError(f"unknown layer_norm {layer_norm!r} (known: "
                               f"{', '.join(LAYER_NORMS)})")
+    if embedding not in EMBEDDINGS:
+        raise ConversionError(f"unknown embedding {embedding!r} (known: "
+                              f"{', '.join(EMBEDDINGS)})")
     if stream_bits is not None and stream_bits not in STREAM_WIDTHS:
         raise ConversionError(f"stream_bits {stream_bits!r}: one of "
                               f"{', '.join(map(str, STREAM_WIDTHS))} (or None: the chip's)")
@@ -279,7 +291,7 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
     for node in graph.nodes:
         ctx = _context(graph, node, profile, decided, readers)
         nb = tuple(node_bits.get(node.name, bits))
-        form, j, cands, reason = _choose(node, ctx, nb, recipe, decided, layer_norm)
+        form, j, cands, reason = _choose(node, ctx, nb, recipe, decided, layer_norm, embedding)
         if form is None:
             if not allow_fallback:
                 unplaced.append(f"{node.where} ({node.op}): {reason}")
@@ -308,7 +320,7 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
     teacher = estimate(_teacher_program(graph, profile), profile)
     student = estimate(whole_program(graph, decisions, bits, "student"), profile)
     return ConversionPlan(profile.name, tuple(bits), recipe, decisions, teacher, student, notes,
-                          layer_norm, stream_bits)
+                          layer_norm, stream_bits, embedding)
 
 
 def _host_form(node: TeacherNode) -> Form:

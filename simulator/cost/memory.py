@@ -169,7 +169,7 @@ class MemoryState:
         """Bytes a host op moves over the host link: NPU-made inputs in, its output back out
         when an NPU op consumes it."""
         fetched = [n for n in node.inputs
-                   if n not in self.host_has and self.program.tensors[n].data is None]
+                   if n not in self.host_has and not _is_parameter(self.program, n)]
         moved = sum(self.bytes_of(n) for n in fetched)
         out = node.outputs[0]
         self.host_has.update(fetched + [out])

@@ -75,7 +75,9 @@ def test_an_encoder_is_planned_without_host_ops(encoder):
     _, graph = encoder
     plan = plan_conversion(graph, load_profile("ethos-u55-128"), (8, 8))
     fired = plan.rules_fired()
-    assert fired["softmax.native"] == 2 and fired["embedding.one_hot_fc"] == 1
+    # the embedding's rows are looked up: by the host as it writes the input (the U55 has no
+    # gather), not streamed through a fully connected layer
+    assert fired["softmax.native"] == 2 and fired["embedding.gather"] == 1
     # the embedding's LayerNorm folds into the table; the four after a sublayer stay LayerNorm,
     # per token from the chip's mean, sub, mul and tables
     assert fired["layer_norm.folded_embedding"] == 1 and fired["layer_norm.per_token"] == 4
@@ -88,11 +90,13 @@ def test_an_encoder_is_planned_without_host_ops(encoder):
     assert fired["layer_norm.folded_embedding"] == 1 and fired["layer_norm.folded_affine"] == 4
 
 
-def test_an_encoder_lowers_to_one_student_bit_exact_on_the_simulator(encoder):
-    """The shared student represents the encoder: one-hot token rows in (the embedding as a
-    fully connected layer whose columns are the table), the key mask a side input read by
-    every softmax; its integers equal the simulator's at every block, and the embedding block
-    starts as the teacher's embedding sum."""
+@pytest.mark.parametrize("embedding", ["gather", "one_hot"])
+def test_an_encoder_lowers_to_one_student_bit_exact_on_the_simulator(encoder, embedding):
+    """The shared student represents the encoder: token ids in, looked up by a gather (the
+    host's at the input on the U55), or one-hot token rows in (the embedding as a fully
+    connected layer whose columns are the table); the key mask a side input read by every
+    softmax; its integers equal the simulator's at every block, and the embedding block starts
+    as the teacher's embedding sum."""
     import numpy as np
 
     from archnet.lowering import calibrate_activations, calibrate_batchnorm
@@ -100,16 +104,17 @@ def test_an_encoder_lowers_to_one_student_bit_exact_on_the_simulator(encoder):
     from simulator.execute import execute
     model, graph = encoder
     profile = load_profile("ethos-u55-128")
-    plan = plan_conversion(graph, profile, (8, 8))
+    plan = plan_conversion(graph, profile, (8, 8), embedding=embedding)
     student, low = build_graph_student(graph, plan, profile)
-    assert student.config["input_encoding"] == "one_hot"
-    assert student.config["input_shape"] == [8, 40]
+    gather = embedding == "gather"
+    assert student.config["input_encoding"] == ("token_ids" if gather else "one_hot")
+    assert student.config["input_shape"] == ([8] if gather else [8, 40])
     assert list(student.side_inputs) == [graph.inputs[1]]
     ids = torch.randint(0, 40, (6, 8))
     mask = torch.ones(6, 8, dtype=torch.long)
     mask[1, 6:] = 0
     mask[4, 3:] = 0
-    onehot = torch.nn.functional.one_hot(ids, 40).float()
+    onehot = ids if gather else torch.nn.functional.one_hot(ids, 40).float()
     side = {graph.inputs[1]: mask.float()}
     # before LayerNorm, the student's first values are the teacher's embedding sum
     teacher = graph.values(ids, mask, keep={"add_1"})["add_1"] if "add_1" in \
@@ -120,9 +125,10 @@ def test_an_encoder_lowers_to_one_student_bit_exact_on_the_simulator(encoder):
                    for v in env.values())
     calibrate_batchnorm(student, onehot, side=side)
     calibrate_activations(student, onehot, side=side)
-    program = student.export((6, 8, 40), feature_outputs=True)
-    feeds = {program.inputs[0]: onehot.numpy().astype(np.uint8),
+    program = student.export((6, *student.input_shape), feature_outputs=True)
+    feeds = {program.inputs[0]: student.input.host_values(onehot),
              program.inputs[1]: mask.numpy().astype(np.uint8)}
+    assert ("gather" in {n.op.value for n in program.nodes}) == gather
     sim = execute(program, profile, feeds).outputs
     ints = student.integer_features(onehot, profile, side={graph.inputs[1]: mask})
     for q, pieces in zip(ints, program.metadata["archnet"]["block_outputs"]):
@@ -142,7 +148,9 @@ def test_an_encoder_distils_on_token_data_with_the_simulator_in_the_loop(encoder
     from simulator.execute import execute
     model, graph = encoder
     profile = load_profile("ethos-u55-128")
-    student, low = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
+    # the one-hot form: its training path reads ids standing for the rows the chip reads
+    plan = plan_conversion(graph, profile, (8, 8), embedding="one_hot")
+    student, low = build_graph_student(graph, plan, profile)
     ids, mask, data = _token_set(48, every=3, keep=5, seed=0, mask_name=graph.inputs[1])
     x, side = data.student(torch.arange(48))
     calibrate_batchnorm(student, x, side=side)
@@ -170,8 +178,9 @@ def test_an_encoder_distils_on_token_data_with_the_simulator_in_the_loop(encoder
 
 
 def test_archnet_convert_takes_a_text_network(encoder, tmp_path):
-    """``archnet.convert`` with token ids and masks: the run folder's Program reads one-hot
-    tokens and the key mask, and its integers equal the simulator's."""
+    """``archnet.convert`` with token ids and masks: the run folder's Program reads the tokens
+    (their ids, the table's rows looked up by a gather: the host's on the U55) and the key
+    mask, and its integers equal the simulator's."""
     import json
 
     import archnet
@@ -189,6 +198,8 @@ def test_archnet_convert_takes_a_text_network(encoder, tmp_path):
     assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
     program = load_program(tmp_path / "run" / "model.program")
     assert program.inputs == ["tokens", graph.inputs[1]]
+    assert program.tensors["tokens"].dtype.name == "u16" and summary["embedding"] == "auto"
+    assert summary["plan"]["rules_fired"]["embedding.gather"] == 1
     assert json.loads((tmp_path / "run" / "convert.json").read_text())["plan"]["student_fallbacks"] == 0
 
 

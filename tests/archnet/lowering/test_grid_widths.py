@@ -88,7 +88,12 @@ def test_an_encoder_at_4w4a_keeps_its_stream_and_attention_on_wide_grids(encoder
     # per layer: the query, key and value layers share one; the attention output and both FFN
     # layers have their own
     assert sorted(len(readers_of[s]) for s in requantizes) == [1] * 6 + [3, 3]
-    tables = [st for b in config["blocks"] for st in b["steps"]
+    # the embedding's rows, looked up by the host, are the values of the stream's first sum
+    tables = [(st, writes) for st, reads, writes in _bits_read(config) if st["kind"] == "embedding"]
+    assert [writes for _, writes in tables] == [stream_bits]
+    one_hot = lower_plan(encoder, plan_conversion(encoder, profile, (4, 4), stream_bits=stream,
+                                                  embedding="one_hot"), profile).config
+    tables = [st for b in one_hot["blocks"] for st in b["steps"]
               if st["kind"] == "linear" and st["in_features"] == 40]
     assert [st["w_bits"] for st in tables] == [WIDE_BITS]   # the one-hot table's values
 
@@ -97,17 +102,16 @@ def test_an_encoder_at_4w4a_is_the_teacher_in_float_and_the_simulator_in_integer
     profile = load_profile("ethos-u55-128")
     student4, _ = build_graph_student(encoder, plan_conversion(encoder, profile, (4, 4)), profile)
     student8, _ = build_graph_student(encoder, plan_conversion(encoder, profile, (8, 8)), profile)
-    ids, mask = _inputs()
-    onehot = nn.functional.one_hot(ids, 40).float()
+    ids, mask = _inputs()            # the students read token ids (the embedding's gather)
     side = {encoder.inputs[1]: mask.float()}
     with torch.no_grad():    # the requantizes start as the identity
-        for a, b in zip(student4.features(onehot, quantize=False, side=side),
-                        student8.features(onehot, quantize=False, side=side)):
+        for a, b in zip(student4.features(ids, quantize=False, side=side),
+                        student8.features(ids, quantize=False, side=side)):
             assert torch.allclose(a, b, atol=1e-4)
-    calibrate_batchnorm(student4, onehot, side=side)
+    calibrate_batchnorm(student4, ids, side=side)
     fit_layer_norms(student4, encoder, (ids, mask), mask)
-    calibrate_activations(student4, onehot, side=side)
-    simulator_block_outputs(student4, onehot, profile, side={encoder.inputs[1]: mask})
+    calibrate_activations(student4, ids, side=side)
+    simulator_block_outputs(student4, ids, profile, side={encoder.inputs[1]: mask})
 
 
 class _SiluNet(nn.Module):
@@ -166,7 +170,7 @@ def test_smoothing_keeps_the_function_and_spares_the_narrow_grid_an_outlier_chan
     profile = load_profile("ethos-u55-128")
     plan = plan_conversion(graph, profile, (4, 4))
     ids, mask = _inputs(48)
-    onehot = nn.functional.one_hot(ids, 40).float()
+    onehot = ids                # the student reads token ids (the embedding's gather)
     side = {graph.inputs[1]: mask.float()}
 
     def prepared(smooth: bool):

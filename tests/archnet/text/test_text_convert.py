@@ -29,7 +29,8 @@ FAST = ["--max-len", "16", "--max-sentences", "40", "--steps-per-period", "2", "
 # fully connected layer over one-hot rows, GELU the chip's lookup table
 ALLOWED = {"fully_connected", "conv2d", "requantize", "matmul", "softmax", "lookup_table", "add",
            "reshape", "transpose",
-           "mean", "sub", "mul", "minimum"}      # LayerNorm per token (layer_norm.per_token)
+           "mean", "sub", "mul", "minimum",      # LayerNorm per token (layer_norm.per_token)
+           "gather"}                             # the embedding's rows, looked up by the host
 
 
 def _write_corpus(path: Path, count: int, long: int = 0, seed: int = 0) -> Path:
@@ -136,7 +137,7 @@ def test_convert_writes_a_verified_run_folder(converted, tiny_bert_dir, corpus):
     ids[1, :3] = torch.tensor([2, 8, 3])
     mask = (ids != 0).long()
     got = execute(student.export((2, *student.input_shape)), chip,
-                  {"tokens": student.input.rows(ids).numpy().astype(np.uint8),
+                  {"tokens": student.input.host_values(ids),
                    "mask": mask.numpy().astype(np.uint8)}).outputs
     ours = student.integer_forward(ids, chip, side={"mask": mask.float()})
     assert np.array_equal(got[program.outputs[0]], ours.value.numpy())
@@ -301,8 +302,13 @@ def test_archnet_plan_takes_a_text_teacher(tiny_bert_dir, tmp_path, capsys):
                  "--json", str(record)]) == 0
     plan = json.loads(record.read_text())
     assert plan["rules_fired"]["softmax.native"] == 2 and plan["student_fallbacks"] == 0
-    assert plan["rules_fired"]["embedding.one_hot_fc"] == 1
-    assert "embedding.one_hot_fc" in capsys.readouterr().out
+    # the embedding's rows looked up by the host as it writes the input (the U55 has no gather),
+    # not the one-hot layer that streams the whole table
+    assert plan["rules_fired"]["embedding.gather"] == 1 and plan["embedding"] == "auto"
+    assert "embedding.gather" in capsys.readouterr().out
+    assert main(["plan", tiny_bert_dir, "--chip", "ethos-u55-128", "--max-len", "16",
+                 "--embedding", "one_hot", "--json", str(record)]) == 0
+    assert json.loads(record.read_text())["rules_fired"]["embedding.one_hot_fc"] == 1
 
 
 def test_torchrun_two_cpu_processes(tiny_bert_dir, corpus, tmp_path):

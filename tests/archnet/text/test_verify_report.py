@@ -313,7 +313,8 @@ def test_verify_into_the_run_and_report(run_dir, tmp_path, capsys):
     assert "Erf" not in teacher["host op types"]
     assert int(teacher["fallbacks"]) > 0
     student = dict(zip(header, row(f"| {CHIP} | student {run_dir.name} |")))
-    assert student["fallbacks"] == "0" and student["host op types"] == "–"
+    # the U55 has no gather: the host looks the embedding's rows up as it writes the input
+    assert student["fallbacks"] == "0" and student["host op types"] == "gather 1"
     assert float(student["vs teacher"].rstrip("x")) > 1
     for chip in list_profiles():   # every bundled profile, teacher and both students
         assert sum(ln.startswith(f"| {chip} | ") for ln in lines) == 3
