@@ -42,6 +42,7 @@ from simulator.fileio import atomic_write_bytes  # noqa: E402
 OUT = ROOT / "reports" / "minilm"
 CHIPS = ("ethos-u55-128", "ethos-u85-256", "rk3588-npu-core")
 FORMS = ("per_token", "fixed")
+EMBEDDINGS = ("gather", "one_hot")
 STREAMS = (16, 8)
 BITS = (8, 8)
 # (chip, form, stream) -> the run folder of a full 8w8a conversion with them
@@ -90,7 +91,9 @@ def _fixed(make_fixed, stream_bits: int, valid):
 
 
 def latencies(graph, chip: str) -> dict:
-    """The teacher's latency and, per (form, stream), the student's or why it cannot be built."""
+    """The teacher's latency and, per (form, stream), the student's (its embedding as the cost
+    model chooses it) or why it cannot be built; per embedding form, the per-token 16-bit
+    student's."""
     from archnet.errors import ConversionError
     from archnet.lowering.graph import build_graph_student
     from archnet.rules import plan_conversion
@@ -111,7 +114,16 @@ def latencies(graph, chip: str) -> dict:
             student, _ = build_graph_student(graph, plan, profile)
             est = estimate(student.export(), profile)
             out[form, stream] = {"runs": True, "ms": est.total_latency_ms,
-                                 "fallbacks": len(est.fallbacks)}
+                                 "fallbacks": len(est.fallbacks),
+                                 "embedding": next(d.rule for d in plan.decisions
+                                                   if d.op == "embedding")}
+    for embedding in EMBEDDINGS:
+        try:
+            plan = plan_conversion(graph, profile, BITS, "native", embedding=embedding)
+        except ConversionError:
+            continue
+        student, _ = build_graph_student(graph, plan, profile)
+        out["embedding", embedding] = estimate(student.export(), profile).total_latency_ms
     return out
 
 
@@ -121,9 +133,10 @@ def full_quality(run: Path, chip: str) -> dict | None:
         return None
     q = json.loads(path.read_text())["quality"]["simulator_vs_teacher"]
     fired = json.loads((run / "convert.json").read_text())["plan"]["rules_fired"]
+    embedding = "gather" if "embedding.gather" in fired else "one-hot"
     return {**q, "source": f"full conversion, on the simulator's integers "
                            f"({run.relative_to(ROOT)}: {fired.get('layer_norm.per_token', 0)} "
-                           f"per-token LayerNorms)"}
+                           f"per-token LayerNorms, {embedding} embedding)"}
 
 
 def main() -> int:
@@ -172,7 +185,7 @@ def main() -> int:
     graph = capture(TokenEncoder(teacher.model.eval()).eval(),
                     (example_ids[:1].expand(1, args.max_len).clone(),
                      torch.ones(1, args.max_len, dtype=torch.long)))
-    rows = []
+    rows, embeddings = [], []
     for chip in CHIPS:
         print(f"latency on {chip} ...", file=sys.stderr, flush=True)
         lat = latencies(graph, chip)
@@ -182,6 +195,7 @@ def main() -> int:
                 run = FULL_RUNS.get((chip, form, stream))
                 q = (full_quality(run, chip) if run is not None else None) or untrained[form, stream]
                 rows.append({"chip": chip, "layer_norm": form, "stream_bits": stream,
+                             "embedding": cell.get("embedding", ""),
                              "runs": cell["runs"], "why_not": cell.get("why", ""),
                              "student_ms": cell.get("ms"), "fallbacks": cell.get("fallbacks"),
                              "teacher_ms": lat.get("teacher_ms"),
@@ -189,7 +203,9 @@ def main() -> int:
                              "mean_cosine": q["mean_cosine"], "min_cosine": q["min_cosine"],
                              "nn_agreement": q["nn_agreement"], "spearman": q["spearman"],
                              "quality_source": q["source"]})
-    write(rows, args)
+        embeddings.append({"chip": chip, **{e: lat.get(("embedding", e)) for e in EMBEDDINGS},
+                           "teacher_ms": lat.get("teacher_ms")})
+    write(rows, embeddings, args)
     return 0
 
 
@@ -197,7 +213,7 @@ def _ms(v) -> str:
     return "" if v is None else f"{v:.1f}"
 
 
-def write(rows: list[dict], args) -> None:
+def write(rows: list[dict], embeddings: list[dict], args) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
@@ -212,15 +228,23 @@ def write(rows: list[dict], args) -> None:
              "teacher's (its LayerNorm, Gather and Erf on the host). A constraint-only cell is the "
              "float teacher with that form and stream alone, untrained: for the fixed-statistics "
              "form it is where distillation starts, not where it ends.", "",
-             "| chip | LayerNorm | stream | runs on the chip | student ms | teacher ms | mean cosine "
-             "| min cosine | NN agreement | Spearman | quality from |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| chip | LayerNorm | stream | embedding | runs on the chip | student ms | teacher ms "
+             "| mean cosine | min cosine | NN agreement | Spearman | quality from |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         runs = f"yes, {r['fallbacks']} host ops" if r["runs"] else f"no: {r['why_not']}"
-        lines.append(f"| {r['chip']} | {r['layer_norm']} | {r['stream_bits']} | {runs} "
+        lines.append(f"| {r['chip']} | {r['layer_norm']} | {r['stream_bits']} "
+                     f"| {r['embedding'].removeprefix('embedding.')} | {runs} "
                      f"| {_ms(r['student_ms'])} | {_ms(r['teacher_ms'])} "
                      f"| {r['mean_cosine']:.4f} | {r['min_cosine']:.3f} | {r['nn_agreement']:.3f} "
                      f"| {r['spearman']:.3f} | {r['quality_source']} |")
+    lines += ["", "The embedding's form, on the per-token, chip-width student (`--embedding`): the "
+              "rows looked up (the chip's gather, or the host's as it writes the input) or the "
+              "paper's one-hot rows times a fully connected layer, whose 11.7 MB table streams "
+              "through the MAC array on every inference:", "",
+              "| chip | gather ms | one-hot ms | teacher ms |", "|---|---:|---:|---:|"]
+    lines += [f"| {e['chip']} | {_ms(e['gather'])} | {_ms(e['one_hot'])} | {_ms(e['teacher_ms'])} |"
+              for e in embeddings]
     atomic_write_bytes(OUT / "forms.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
