@@ -65,6 +65,7 @@ from archnet.quant.elementwise import FUNCTIONS, QAdd, QLookupTable, QMul, QPool
 from archnet.quant.lsq import LsqQuantizer, round_ste
 from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d, QEmbedding,
                                    QFlatten, QInput, QLinear, QReshape, concat, concat_float)
+from archnet.quant.norm import OPS as TOKEN_NORM_OPS
 from archnet.quant.norm import QTokenNorm
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec, IntType
@@ -91,9 +92,7 @@ _NODE_OPS = {  # simulator op kinds each step exports
     "mul": ("mul",), "lut": ("lookup_table",), "reshape": ("reshape",),
     "matmul": ("matmul", "requantize"), "softmax": ("softmax",), "transpose": ("transpose",),
     "channel_affine": ("reshape", "conv2d", "requantize"), "constant": (),
-    "token_norm": ("mean", "sub", "mul", "mean", "mean", "lookup_table", "lookup_table",
-                   "requantize", "requantize", "minimum", "mul", "reshape", "conv2d",
-                   "requantize", "reshape"),
+    "token_norm": TOKEN_NORM_OPS,
     "embedding": ("gather",),
 }
 
@@ -377,6 +376,11 @@ def validate_config(config: dict) -> dict:
                             for d in shape) or (encoding == "pixels" and len(shape) != 3):
         raise _fail("", f"'input_shape' must be [channels, height, width] for pixels, positive "
                         f"sizes for {encoding}, got {shape}")
+    if encoding == "token_ids":
+        vocab = config.get("vocab")
+        if not isinstance(vocab, int) or isinstance(vocab, bool) or not 1 <= vocab <= 1 << 16:
+            raise _fail("", f"'vocab' of token_ids must be the table's rows, 1..65536 (u16 "
+                            f"ids), got {vocab!r}")
     side = config.get("side_inputs", {})
     if not isinstance(side, dict) or not all(
             isinstance(k, str) and _IDENT.fullmatch(k) and isinstance(v, list) and v and
@@ -615,9 +619,9 @@ class ArchNetStudent(nn.Module):
         super().__init__()
         self.config = validate_config(config)
         encoding = self.config.get("input_encoding", "pixels")
-        self.input = QInput(encoding, self.config["input_shape"][-1] if encoding == "one_hot" else None)
-        if encoding == "token_ids":
-            self.input.vocab = self.config.get("vocab")
+        vocab = {"one_hot": self.config["input_shape"][-1],
+                 "token_ids": self.config.get("vocab")}.get(encoding)
+        self.input = QInput(encoding, vocab)
         self.side_inputs = {k: tuple(v) for k, v in self.config.get("side_inputs", {}).items()}
         self.quantizers = nn.ModuleDict({k: _make_quantizer(s)
                                          for k, s in self.config["quantizers"].items()})

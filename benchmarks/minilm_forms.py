@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.minilm_ceilings import _fixed_affine, _grid_step, _on_grid, _Variant  # noqa: E402
+from benchmarks.minilm_ceilings import _fixed_affine, _stream_grid, _Variant  # noqa: E402
 from simulator.fileio import atomic_write_bytes  # noqa: E402
 
 OUT = ROOT / "reports" / "minilm"
@@ -50,9 +50,9 @@ FULL_RUNS = {("ethos-u55-128", "per_token", 16): OUT / "8w8a",
              ("ethos-u55-128", "fixed", 8): OUT / "8w8a_fixed8"}
 
 
-def _per_token(stream_bits: int, valid):
+def _per_token(valid):
     """LayerNorm -> archnet's per-token chain (16-bit grids fixed on the first call's ``valid``
-    tokens), LayerNorm's scale and shift, then the stream's per-tensor grid."""
+    tokens), then LayerNorm's own scale and shift."""
     from torch import nn
 
     from archnet.quant.norm import QTokenNorm
@@ -60,34 +60,21 @@ def _per_token(stream_bits: int, valid):
     class PerToken(nn.Module):
         def __init__(self, ln, name):
             super().__init__()
-            self.ln, self.norm, self.step = ln, None, None
+            self.ln, self.norm = ln, None
 
         def forward(self, x):
             if self.norm is None:
                 self.norm = QTokenNorm(x.shape[-1], eps=self.ln.eps)
                 self.norm.calibrate(x.reshape(-1, x.shape[-1])[valid])
-            y = self.norm._normalise(x) * self.ln.weight + self.ln.bias
-            if self.step is None:
-                self.step = _grid_step(y.reshape(-1, y.shape[-1])[valid], stream_bits, False)
-            return _on_grid(y, self.step, stream_bits)
+            return self.norm._normalise(x) * self.ln.weight + self.ln.bias
     return PerToken
 
 
-def _fixed(make_fixed, stream_bits: int, valid):
-    """LayerNorm -> the fitted fixed-statistics affine, then the stream's per-tensor grid."""
-    from torch import nn
-
-    class Fixed(nn.Module):
-        def __init__(self, ln, name):
-            super().__init__()
-            self.affine, self.step = make_fixed(ln, name), None
-
-        def forward(self, x):
-            y = self.affine(x)
-            if self.step is None:
-                self.step = _grid_step(y.reshape(-1, y.shape[-1])[valid], stream_bits, False)
-            return _on_grid(y, self.step, stream_bits)
-    return Fixed
+def _on_stream(make, stream_bits: int, valid):
+    """LayerNorm -> ``make``'s replacement, its output on the stream's per-tensor grid (the
+    ceilings' stream grid around it)."""
+    grid = _stream_grid(stream_bits, False, valid)
+    return lambda ln, name: grid(make(ln, name), name)
 
 
 def latencies(graph, chip: str) -> dict:
@@ -170,9 +157,8 @@ def main() -> int:
     untrained = {}
     for form in FORMS:
         for stream in STREAMS:
-            make = _per_token(stream, valid) if form == "per_token" else \
-                _fixed(make_fixed, stream, valid)
-            variant = _Variant(teacher, make)
+            replaced = _per_token(valid) if form == "per_token" else make_fixed
+            variant = _Variant(teacher, _on_stream(replaced, stream, valid))
             variant.model.eval()
             with torch.no_grad():
                 variant.model(input_ids=cal_ids, attention_mask=cal_mask)    # fixes the grids

@@ -28,6 +28,7 @@ from typing import Callable
 
 from simulator.contract import IntType
 from simulator.ir import MAC_OPS, Node, OpKind, Program, TensorInfo
+from simulator.ir.ops import reduced_axes
 from simulator.profiles import Broadcast, ChipProfile, OpLimits, list_profiles, load_profile
 
 HOST_ONLY = frozenset({OpKind.FALLBACK, OpKind.QUANTIZE, OpKind.DEQUANTIZE})
@@ -382,7 +383,7 @@ def constraint_add_operands(v: NodeView, profile: ChipProfile) -> str | None:
 
 def _reduced(v: NodeView) -> list[int]:
     x = v.inputs[0].shape
-    return [x[a] for a in sorted({a % len(x) for a in v.attrs["axes"]})]
+    return [x[a] for a in reduced_axes(x, v.attrs["axes"])]
 
 
 @_rule(OpKind.MEAN)

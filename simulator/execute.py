@@ -18,7 +18,7 @@ from simulator.contract import (AddRounding, ArithmeticSpec, AvgPoolSum, FcRequa
                                 GlobalAvgPool, Int16Requant, IntType, MulScale,
                                 QuantizeRounding)
 from simulator.errors import InputError, UnsupportedOpError
-from simulator.ir.ops import MAC_OPS, OpKind
+from simulator.ir.ops import MAC_OPS, OpKind, reduced_axes
 from simulator.ir.program import Node, Program, TensorInfo
 from simulator.numerics import fixed_point as fp
 from simulator.numerics import host_ops, reference
@@ -183,7 +183,7 @@ def _run_global_avgpool(node, p, ins, arith, be):
 
 def _run_mean(node, p, ins, arith, be):
     src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
-    axes = sorted({a % len(src.shape) for a in node.attrs["axes"]})
+    axes = reduced_axes(src.shape, node.attrs["axes"])
     count = math.prod(src.shape[a] for a in axes)
     ratio = _ratio(src.scale, out.scale, f"node {node.name!r}")
     # the chip that forms TFLite's MEAN multiplier forms it for every mean

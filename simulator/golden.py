@@ -30,6 +30,7 @@ from simulator.execute import execute, output_array
 from simulator.fileio import atomic_write_bytes
 from simulator.ir.builder import ProgramBuilder
 from simulator.ir.program import Program, load_program, save_program
+from simulator.numerics.tables import rsqrt_table
 
 # ----------------------------------------------------------------------------- contracts
 
@@ -232,14 +233,6 @@ def _gather_program(rng):
     return b.build(), {"ids": rng.integers(0, 40, (2, 7))}
 
 
-def rsqrt_table(x_scale: float, x_zp: int, eps: float, out_scale: float) -> list[int]:
-    """TOSA's 513 samples of 1 / sqrt(v + eps) over the s16 inputs, v = x_scale * (q - x_zp),
-    each rounded to the output grid and clipped to s16 (negative v read as 0)."""
-    q = np.linspace(-32768, 32768, 513)
-    v = np.maximum((q - x_zp) * x_scale, 0.0) + eps
-    return np.clip(np.rint(1.0 / np.sqrt(v) / out_scale), -32768, 32767).astype(int).tolist()
-
-
 def _lut_interpolated_program(rng):
     b = ProgramBuilder("golden_lookup_interpolated")
     x = b.input("x", (3, 7, 11), "s16", scale=0.001)
@@ -263,7 +256,7 @@ def _token_norm_program(rng):
     var = b.node("mean", [sq], "variance", dtype="s16", scale=1e-4, zero_point=-32768, axes=[-1])
     r_scale = 1 / 8192
     wide = b.node("lookup_table", [var], "rsqrt_wide", dtype="s32", scale=r_scale / 128,
-                  table=rsqrt_table(1e-4, -32768, 1e-5, r_scale), interpolated=True,
+                  table=rsqrt_table(1e-4, r_scale, 1e-5, in_zp=-32768), interpolated=True,
                   function="rsqrt")
     r = b.node("requantize", [wide], "rsqrt", dtype="s16", scale=r_scale,
                real_multiplier=[1 / 128])

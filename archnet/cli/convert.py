@@ -26,7 +26,7 @@ def stream_bits(choice: str) -> int | None:
 
 
 def add_form_options(p) -> None:
-    """--layer-norm and --stream-bits, of ``archnet convert`` and ``archnet plan``."""
+    """--layer-norm, --stream-bits and --embedding, of ``archnet convert`` and ``archnet plan``."""
     p.add_argument("--layer-norm", choices=LAYER_NORMS, default="auto",
                    help="LayerNorm's form: per_token (the chip's mean, sub, mul and 16-bit "
                         "tables, where it has them), fixed (the paper's fixed-statistics "

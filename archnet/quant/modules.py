@@ -58,7 +58,7 @@ class QInput(nn.Module):
     def __init__(self, encoding: str = "pixels", vocab: int | None = None):
         super().__init__()
         self.encoding = encoding
-        self.vocab = vocab          # one_hot: the rows' width
+        self.vocab = vocab          # one_hot: the rows' width; token_ids: the table's rows
         self.levels, self.name = ENCODINGS[encoding]
         self.scale = 1.0 / self.levels
         if encoding == "token_ids":

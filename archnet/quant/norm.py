@@ -35,20 +35,15 @@ from archnet.quant.qtensor import QTensor
 from simulator.contract import INTERPOLATION_FRACTION_BITS, S16, ArithmeticSpec
 from simulator.execute import execute
 from simulator.ir.builder import ProgramBuilder
+from simulator.numerics.tables import rsqrt_table
 
 HEADROOM = 1.25        # each internal grid covers 1.25x the largest value calibration saw
 FINE = 16              # the fine variance grid: 16x finer than the coarse one
 GRIDS = ("mean", "centred", "square", "variance", "variance_fine", "rsqrt", "norm")
-
-
-def rsqrt_table(in_scale: float, out_scale: float, eps: float, floor: float) -> list[int]:
-    """TOSA's 513 samples of 1 / sqrt(v + eps) over the s16 variances v = in_scale * q (q >= 0;
-    negative inputs never occur and read the floor), each at least ``floor`` (the table's first
-    interval then interpolates between values a token can have), on the output grid."""
-    q = np.linspace(S16.qmin, S16.qmax + 1, 513)
-    v = np.maximum(q * in_scale, floor)
-    return np.clip(np.rint(1.0 / np.sqrt(v + eps) / out_scale), S16.qmin, S16.qmax).astype(
-        int).tolist()
+# the simulator ops ``export`` writes, in order (the rule that plans it, archnet.rules.norm,
+# probes the same list; tests/archnet/lowering/test_attention_lowering.py ties the three)
+OPS = ("mean", "sub", "mul", "mean", "lookup_table", "requantize", "mean", "lookup_table",
+       "requantize", "minimum", "mul", "reshape", "conv2d", "requantize", "reshape")
 
 
 def _on_grid(v: torch.Tensor, step: float, lo: int = S16.qmin, hi: int = S16.qmax):

@@ -88,12 +88,12 @@ def _per_token_steps(x: tuple[int, ...], out_shape) -> tuple[Step, ...]:
             Step("sub", ("in0", "s0"), bits=wide),                         # s1 centred
             Step("mul", ("s1", "s1"), bits=wide),                          # s2 squares
             Step("mean", ("s2",), row, bits=wide),                         # s3 variance
-            Step("mean", ("s2",), row, bits=wide),                         # s4 on the fine grid
-            Step("lookup_table", ("s3",), table, bits=32),                 # s5
-            Step("lookup_table", ("s4",), table, bits=32),                 # s6
-            Step("requantize", ("s5",), narrow, bits=wide),                # s7
-            Step("requantize", ("s6",), narrow, bits=wide),                # s8
-            Step("minimum", ("s7", "s8"), bits=wide),                      # s9 rsqrt
+            Step("lookup_table", ("s3",), table, bits=32),                 # s4
+            Step("requantize", ("s4",), narrow, bits=wide),                # s5 its rsqrt
+            Step("mean", ("s2",), row, bits=wide),                         # s6 on the fine grid
+            Step("lookup_table", ("s6",), table, bits=32),                 # s7
+            Step("requantize", ("s7",), narrow, bits=wide),                # s8 its rsqrt
+            Step("minimum", ("s5", "s8"), bits=wide),                      # s9 rsqrt
             Step("mul", ("s1", "s9"), bits=wide),                          # s10 normalised
             Step("reshape", ("s10",), {"shape": [rows, d, 1, 1]}),
             Step("conv2d", ("s11",), {"groups": d}, weight=(d, 1, 1, 1)),  # scale and shift

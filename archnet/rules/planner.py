@@ -44,6 +44,7 @@ STREAM_WIDTHS = (8, 16)
 # at the input), or the paper's one-hot rows times a fully connected layer
 EMBEDDINGS = {"auto": None, "gather": {"embedding.gather"},
               "one_hot": {"embedding.one_hot_fc"}}
+FORM_CHOICES = {"layer_norm": LAYER_NORMS, "embedding": EMBEDDINGS}   # op -> its choices
 
 
 @dataclass(frozen=True)
@@ -211,10 +212,10 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
         shapes = list(ctx.in_shapes)
         if form.absorbs is not None:       # it reads the absorbed chain's input
             shapes[form.absorbs] = ctx.graph.shape(ctx.chain_input(form))
-        wanted = {"layer_norm": LAYER_NORMS[layer_norm],
-                  "embedding": EMBEDDINGS[embedding]}.get(node.op)
+        chosen = {"layer_norm": layer_norm, "embedding": embedding}.get(node.op, "auto")
+        wanted = FORM_CHOICES[node.op][chosen] if chosen != "auto" else None
         if wanted is not None and form.rule not in wanted:
-            why = f"not a {node.op}={layer_norm if node.op == 'layer_norm' else embedding} form"
+            why = f"not a {node.op}={chosen} form"
         elif recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
         elif recipe == "paper" and form.rule == "add.merge_into_conv":
@@ -276,12 +277,10 @@ def plan_conversion(graph: TeacherGraph, profile: ChipProfile, bits: tuple[int, 
     node_bits = dict(node_bits or {})
     if recipe not in RECIPES:
         raise ConversionError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
-    if layer_norm not in LAYER_NORMS:
-        raise ConversionError(f"unknown layer_norm {layer_norm!r} (known: "
-                              f"{', '.join(LAYER_NORMS)})")
-    if embedding not in EMBEDDINGS:
-        raise ConversionError(f"unknown embedding {embedding!r} (known: "
-                              f"{', '.join(EMBEDDINGS)})")
+    for op, chosen in (("layer_norm", layer_norm), ("embedding", embedding)):
+        if chosen not in FORM_CHOICES[op]:
+            raise ConversionError(f"unknown {op} {chosen!r} (known: "
+                                  f"{', '.join(FORM_CHOICES[op])})")
     if stream_bits is not None and stream_bits not in STREAM_WIDTHS:
         raise ConversionError(f"stream_bits {stream_bits!r}: one of "
                               f"{', '.join(map(str, STREAM_WIDTHS))} (or None: the chip's)")

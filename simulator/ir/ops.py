@@ -148,9 +148,14 @@ def _mul_shape(shapes, attrs):
     return a
 
 
+def reduced_axes(shape, axes) -> list[int]:
+    """A mean's ``axes`` of a tensor of ``shape`` as distinct non-negative axes, in order."""
+    return sorted({a % len(shape) for a in axes}) if shape else []
+
+
 def _mean_shape(shapes, attrs):
     x = shapes[0]
-    axes = sorted({a % len(x) for a in attrs["axes"]}) if x else []
+    axes = reduced_axes(x, attrs["axes"])
     if not attrs["axes"] or len(axes) != len(attrs["axes"]) or \
             any(not -len(x) <= a < len(x) for a in attrs["axes"]):
         raise ProgramError(f"mean: axes {attrs['axes']} are not distinct axes of {x}")

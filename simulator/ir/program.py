@@ -228,19 +228,12 @@ def _check_node_types(program: Program, node: Node, where: str) -> None:
         if (table.dtype, table.scale, table.zero_point) != (out.dtype, out.scale, out.zero_point):
             raise ProgramError(f"{where}: gather writes its table's rows: output {out.name!r} "
                                f"must have the table's dtype, scale and zero point")
-    if node.op is OpKind.MINIMUM:
-        for t in ts:
-            if (t.dtype, t.scale, t.zero_point) != (out.dtype, out.scale, out.zero_point):
-                raise ProgramError(f"{where}: minimum's operands and output share dtype, scale "
-                                   f"and zero point ({t.name!r}: {t.dtype} {t.scale} "
-                                   f"{t.zero_point}; output: {out.dtype} {out.scale} "
-                                   f"{out.zero_point})")
-    if node.op is OpKind.CONCAT:
+    if node.op in (OpKind.CONCAT, OpKind.MINIMUM):      # no rescale: one grid in and out
         first = ts[0]
         for t in ts[1:] + [out]:
             if (t.dtype, t.scale, t.zero_point) != (first.dtype, first.scale, first.zero_point):
                 raise ProgramError(
-                    f"{where}: concat operands must share dtype, scale and zero point "
+                    f"{where}: {node.op.value} operands must share dtype, scale and zero point "
                     f"({first.name!r}: {first.dtype} {first.scale} {first.zero_point}; "
                     f"{t.name!r}: {t.dtype} {t.scale} {t.zero_point}); insert a requantize")
     if node.op is OpKind.LOOKUP_TABLE and node.attrs["interpolated"]:

@@ -127,7 +127,7 @@ def test_avgpool_kernel_limit_depends_on_padding(pads, expected):
 def token_norm_program(d: int = 384, rows: int = 8):
     """The per-token LayerNorm's chip ops on [rows, d] at 16 bits: mean, sub of the row's mean,
     square, mean, interpolated rsqrt table, multiply."""
-    from simulator.golden import rsqrt_table
+    from simulator.numerics.tables import rsqrt_table
     b = ProgramBuilder("norm")
     x = b.input("x", (rows, d), "s16", scale=0.002)
     m = b.node("mean", [x], "mean", dtype="s16", scale=0.002, axes=[-1])
@@ -135,7 +135,7 @@ def token_norm_program(d: int = 384, rows: int = 8):
     sq = b.node("mul", [c, c], "square", dtype="s16", scale=8e-4, zero_point=-32768)
     v = b.node("mean", [sq], "var", dtype="s16", scale=1e-4, zero_point=-32768, axes=[-1])
     w = b.node("lookup_table", [v], "rsqrt_wide", dtype="s32", scale=1 / 8192 / 128,
-               table=rsqrt_table(1e-4, -32768, 1e-5, 1 / 8192), interpolated=True,
+               table=rsqrt_table(1e-4, 1 / 8192, 1e-5, in_zp=-32768), interpolated=True,
                function="rsqrt")
     r = b.node("requantize", [w], "rsqrt", dtype="s16", scale=1 / 8192, real_multiplier=[1 / 128])
     b.output(b.node("mul", [c, r], "norm", dtype="s16", scale=1 / 4096))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from simulator.contract import RequantMode, RequantSpec, RoundingMode
 from simulator.errors import ProgramError
-from simulator.golden import rsqrt_table
+from simulator.numerics.tables import rsqrt_table
 from simulator.ir.builder import ProgramBuilder
 from simulator.execute import execute
 from simulator.numerics import fixed_point as fp
@@ -115,7 +115,7 @@ def test_interpolated_table_is_validated_on_load():
                         interpolated=True))
         return b.build()
 
-    good = rsqrt_table(1e-3, -32768, 1e-5, 1 / 1024)
+    good = rsqrt_table(1e-3, 1 / 1024, 1e-5, in_zp=-32768)
     build(good)
     with pytest.raises(ProgramError, match="513 entries"):
         build(good[:-1])
@@ -132,7 +132,7 @@ def test_interpolated_table_is_validated_on_load():
 def test_rsqrt_table_reads_variances_on_the_grid():
     """On a sample point the table's value is 1/sqrt(v + eps) on the output grid."""
     scale, zp, out = 1e-3, -32768, 1 / 2048
-    table = rsqrt_table(scale, zp, 1e-5, out)
+    table = rsqrt_table(scale, out, 1e-5, in_zp=zp)
     q = np.asarray([-32768 + 128 * 40, -32768 + 128 * 300], np.int64)
     got = kernels.lookup_interpolated(q, table) / 128 * out
     v = (q - zp) * scale
@@ -152,7 +152,7 @@ def test_minimum_keeps_one_grid():
     for backend in ("kernels", "reference"):
         out = execute(prog, load_profile("ideal"), {"a": a, "b": m}, backend=backend)
         _same(out.outputs["y"], [[4, -7, 4], [0, 2, -1]])
-    with pytest.raises(ProgramError, match="share dtype, scale and zero point"):
+    with pytest.raises(ProgramError, match="minimum operands must share dtype, scale and zero"):
         build(0.02)
 
 

@@ -410,3 +410,22 @@ def test_a_class_token_and_its_readout_convert_bit_exactly(chip, tmp_path):
     summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "run"),
                               bits="8w8a", steps_per_period=2, batch_size=6, log=lambda *a: None)
     assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+
+
+def test_the_planned_per_token_form_is_the_chain_the_student_exports():
+    """The rule probes the ops ``QTokenNorm.export`` writes, in its order: what the chip is
+    asked about is what it will run (and the student's op summary lists the same)."""
+    from archnet.quant.norm import OPS, QTokenNorm
+    from archnet.rules.forms import Form, add_form
+    from archnet.rules.norm import _per_token_steps
+    from simulator.ir.builder import ProgramBuilder
+    ops = []
+    for student in (True, False):
+        b = ProgramBuilder("norm", {"estimate_only": not student})
+        x = b.input("x", (2, 5, 16), "s8", scale=0.1)
+        if student:
+            QTokenNorm(16).export(b, x, "y")
+        else:
+            add_form(b, Form("p", "", _per_token_steps((2, 5, 16), (2, 5, 16))), [x], (8, 8), "p")
+        ops.append(tuple(n.op.value for n in b.nodes))
+    assert ops[0] == ops[1] == OPS

@@ -126,3 +126,12 @@ def test_the_user_chooses_the_layer_norm_form_and_the_stream_width(capsys, tmp_p
     code, _, err = _run(capsys, "plan", f"{path}:block", "--chip", "ethos-u55-128",
                         "--stream-bits", "12")
     assert code == 2 and "--stream-bits" in err
+
+
+def test_the_command_line_offers_what_the_planner_accepts():
+    """cli/convert.py stays torch-free, so it spells the choices again: they must agree."""
+    from archnet.cli import convert as cli
+    from archnet.rules import planner
+    assert cli.LAYER_NORMS == tuple(planner.LAYER_NORMS)
+    assert cli.EMBEDDINGS == tuple(planner.EMBEDDINGS)
+    assert cli.STREAM_WIDTHS == ("auto", *map(str, planner.STREAM_WIDTHS))
