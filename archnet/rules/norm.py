@@ -90,14 +90,15 @@ def _per_token_steps(x: tuple[int, ...], out_shape) -> tuple[Step, ...]:
             Step("mean", ("s2",), row, bits=wide),                         # s3 variance
             Step("lookup_table", ("s3",), table, bits=32),                 # s4
             Step("requantize", ("s4",), narrow, bits=wide),                # s5 its rsqrt
-            Step("mean", ("s2",), row, bits=wide),                         # s6 on the fine grid
-            Step("lookup_table", ("s6",), table, bits=32),                 # s7
-            Step("requantize", ("s7",), narrow, bits=wide),                # s8 its rsqrt
-            Step("minimum", ("s5", "s8"), bits=wide),                      # s9 rsqrt
-            Step("mul", ("s1", "s9"), bits=wide),                          # s10 normalised
-            Step("reshape", ("s10",), {"shape": [rows, d, 1, 1]}),
-            Step("conv2d", ("s11",), {"groups": d}, weight=(d, 1, 1, 1)),  # scale and shift
-            Step("reshape", ("s12",), {"shape": list(out_shape)}))
+            Step("mul", ("s1", "s1"), bits=wide),                          # s6 on the fine grids
+            Step("mean", ("s6",), row, bits=wide),                         # s7
+            Step("lookup_table", ("s7",), table, bits=32),                 # s8
+            Step("requantize", ("s8",), narrow, bits=wide),                # s9 its rsqrt
+            Step("minimum", ("s5", "s9"), bits=wide),                      # s10 rsqrt
+            Step("mul", ("s1", "s10"), bits=wide),                         # s11 normalised
+            Step("reshape", ("s11",), {"shape": [rows, d, 1, 1]}),
+            Step("conv2d", ("s12",), {"groups": d}, weight=(d, 1, 1, 1)),  # scale and shift
+            Step("reshape", ("s13",), {"shape": list(out_shape)}))
 
 
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
