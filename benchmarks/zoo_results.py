@@ -1,6 +1,7 @@
-"""The zoo converted by the chip-driven converter: every Fashion-MNIST teacher at 4w4a for
-k210-kpu, ethos-u55-128 and rk3588-npu-core and at 8w8a for ethos-u55-128, each verified on the
-simulator's integers, and ResNet-8 with ``--recipe paper`` for k210-kpu beside the hand-written
+"""The zoo converted by the chip-driven converter: every Fashion-MNIST CNN teacher at 4w4a for
+k210-kpu, ethos-u55-128 and rk3588-npu-core and at 8w8a for ethos-u55-128, the ViT at 8w8a and
+4w4a for ethos-u55-128, ethos-u85-256 and rk3588-npu-core (the chips that run attention), each
+verified on the simulator's integers, and ResNet-8 with ``--recipe paper`` for k210-kpu beside the hand-written
 ResNet lowering it must reproduce. Writes ``reports/zoo/``.
 
 Not a test (each conversion runs for minutes to tens of minutes on 2 cores). Chips for which the
@@ -32,10 +33,17 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "zoo"
 TEACHERS = {"resnet8": "reports/teachers/fashion_mnist_resnet.pt",
             "vgg": "reports/teachers/fashion_mnist_vgg.pt",
-            "mobilenetv2": "reports/teachers/fashion_mnist_mobilenetv2.pt"}
+            "mobilenetv2": "reports/teachers/fashion_mnist_mobilenetv2.pt",
+            "vit": "reports/teachers/fashion_mnist_vit.pt"}
 TARGETS = [("k210-kpu", "4w4a"), ("ethos-u55-128", "4w4a"), ("rk3588-npu-core", "4w4a"),
            ("ethos-u55-128", "8w8a")]
-ALLOWED = {"8w8a": 0.5, "4w4a": 1.0}          # points of accuracy the issue allows
+# a Transformer needs a matmul of two activations and a softmax: not on the K210
+TRANSFORMER_TARGETS = [(chip, bits) for bits in ("8w8a", "4w4a")
+                       for chip in ("ethos-u55-128", "ethos-u85-256", "rk3588-npu-core")]
+TARGETS_OF = {"vit": TRANSFORMER_TARGETS}
+# points of accuracy the issues allow (issue 12 for the CNNs, issue 17 for the ViT)
+ALLOWED = {"8w8a": 0.5, "4w4a": 1.0}
+ALLOWED_OF = {"vit": {"8w8a": 1.0, "4w4a": 2.0}}
 EPOCHS = 0.5                                  # per period, native conversions
 # the paper's construction on ResNet-8 for the K210, with the committed hand-written run's
 # schedule (reports/fashion_mnist/4w4a: --epochs-per-period 2.0)
@@ -95,7 +103,7 @@ def plans(teachers: list[str]) -> dict:
     for name in teachers:
         model, meta = load_teacher(ROOT / TEACHERS[name])
         graph = capture(model, (torch.zeros(1, *meta["input_shape"]),))
-        for chip, bits in TARGETS + [(PAPER[1], PAPER[2])]:
+        for chip, bits in TARGETS_OF.get(name, TARGETS) + [(PAPER[1], PAPER[2])] * (name == PAPER[0]):
             for recipe in ("native", "paper") if (name, chip, bits) == PAPER[:3] else ("native",):
                 plan = plan_conversion(graph, load_profile(chip), parse_bits(bits), recipe)
                 out[name, chip, bits, recipe] = plan.to_dict()
@@ -108,7 +116,7 @@ def conversions(teachers: list[str], planned: dict) -> list[Conversion]:
     todo = []
     for name in teachers:
         groups: dict[tuple, Conversion] = {}
-        for chip, bits in TARGETS:
+        for chip, bits in TARGETS_OF.get(name, TARGETS):
             plan = planned[name, chip, bits, "native"]
             same = (bits, tuple((d["node"], d["rule"]) for d in plan["decisions"]))
             if same in groups:
@@ -129,7 +137,11 @@ def _missed(c: Conversion, chip: str) -> bool:
     """Whether the conversion, verified on this chip, lost more accuracy than allowed."""
     v = _load(c.dir / f"verify_{chip}.json")
     return v is not None and \
-        100 * (v["teacher_accuracy"] - v["simulator_accuracy"]) > ALLOWED[c.bits]
+        100 * (v["teacher_accuracy"] - v["simulator_accuracy"]) > _allowed(c.teacher, c.bits)
+
+
+def _allowed(teacher: str, bits: str) -> float:
+    return ALLOWED_OF.get(teacher, ALLOWED)[bits]
 
 
 def _done(c: Conversion) -> bool:
@@ -192,7 +204,7 @@ def write_report(teachers: list[str], planned: dict) -> Path:
              "arithmetic differs, that chip also gets its own conversion, in the row below it. "
              "Latency is the cost model's estimate per image; the teacher's "
              "counts its host fallbacks (their share in brackets). Allowed loss: 1.0 point at "
-             "4w4a, 0.5 at 8w8a.", "",
+             "4w4a, 0.5 at 8w8a (the ViT: 2.0 at 4w4a, 1.0 at 8w8a).", "",
              "| model | chip | bits | teacher ms (host ms) | Arch-Net ms | speed-up | teacher % | "
              "simulator % | loss | met | bit-exact | converted for | rules fired (replacements) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|"]
@@ -214,7 +226,7 @@ def write_report(teachers: list[str], planned: dict) -> Path:
                 continue
             loss = 100 * (v["teacher_accuracy"] - v["simulator_accuracy"])
             fast = v["latency_ms"] <= t_ms * (1 + 1e-9) and (host == 0 or v["latency_ms"] < t_ms)
-            met = loss <= ALLOWED[c.bits] and v["bit_exact"] and fast
+            met = loss <= _allowed(c.teacher, c.bits) and v["bit_exact"] and fast
             lines.append(
                 f"| {name} | {chip} | {c.bits} | {t_ms:.3f} ({host:.3f}) | {v['latency_ms']:.3f} | "
                 f"{t_ms / v['latency_ms']:.2f}x | {100 * v['teacher_accuracy']:.2f} | "
