@@ -10,6 +10,7 @@ import numpy as np
 
 from archnet.errors import ArchnetError
 from simulator.errors import SimulatorError
+from simulator.ir.ops import infer_shape
 from simulator.ir.program import Program, load_program
 
 
@@ -103,10 +104,26 @@ def program_kind(path) -> str | None:
 
 
 def rebatch(program: Program, n: int, outputs: list[str] | None = None) -> Program:
-    """``program`` with batch ``n`` (dimension 0 of every non-constant tensor) and, optionally,
-    other outputs; validated. The nodes and constants are the file's own."""
-    tensors = {k: t if t.data is not None else dataclasses.replace(t, shape=(n, *t.shape[1:]))
-               for k, t in program.tensors.items()}
+    """``program`` with batch ``n`` and, optionally, other outputs; validated. The inputs take
+    batch ``n`` and every node's output the shape its op gives (token rows fold the batch into
+    their first axis). The nodes and constants are the file's own, except that a per-sample
+    constant joined to a batch by a concat (a class token: the chip's concat does not broadcast,
+    so the export holds one copy per sample) holds as many copies of its sample as the batch."""
+    tensors = dict(program.tensors)
+    for name in program.inputs:
+        tensors[name] = dataclasses.replace(tensors[name], shape=(n, *tensors[name].shape[1:]))
+    for node in program.nodes:
+        if node.op.value == "concat" and any(tensors[i].data is None for i in node.inputs):
+            batch = next(tensors[i].shape[0] for i in node.inputs if tensors[i].data is None)
+            for name in node.inputs:
+                t = tensors[name]
+                if t.data is not None and t.shape[0] != batch:
+                    data = np.repeat(t.data[:1], batch, axis=0)
+                    tensors[name] = dataclasses.replace(t, shape=data.shape, data=data)
+        out = tensors[node.outputs[0]]
+        shape = infer_shape(node.op, [tensors[i].shape for i in node.inputs], node.attrs,
+                            f"{program.name} re-batched to {n}: node {node.name!r}")
+        tensors[out.name] = dataclasses.replace(out, shape=shape or (n, *out.shape[1:]))
     out = dataclasses.replace(program, tensors=tensors,
                               outputs=list(outputs if outputs is not None else program.outputs),
                               metadata=dict(program.metadata))

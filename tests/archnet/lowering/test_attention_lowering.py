@@ -410,6 +410,20 @@ def test_a_class_token_and_its_readout_convert_bit_exactly(chip, tmp_path):
     summary = archnet.convert(model, images[:1], images, chip=chip, out=str(tmp_path / "run"),
                               bits="8w8a", steps_per_period=2, batch_size=6, log=lambda *a: None)
     assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    # the Program file, re-batched as ``archnet verify`` runs it: each sample's logits are the
+    # ones it gets alone
+    import numpy as np
+
+    from archnet.student_program import rebatch
+    from simulator.execute import execute
+    from simulator.ir.program import load_program
+    program = load_program(tmp_path / "run" / "model.program")
+    x = program.tensors[program.inputs[0]]
+    ints = np.clip(np.round(images.numpy() / x.scale[0]) + x.zp_scalar, x.dtype.qmin,
+                   x.dtype.qmax).astype(np.int64)
+    run = {n: execute(rebatch(program, n), profile.arithmetic, {program.inputs[0]: v}, trace=False)
+           .outputs[program.outputs[0]] for n, v in ((5, ints[:5]), (1, ints[3:4]))}
+    assert run[5].shape[0] == 5 and np.array_equal(run[5][3:4], run[1])
 
 
 def test_the_planned_per_token_form_is_the_chain_the_student_exports():

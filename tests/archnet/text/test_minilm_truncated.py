@@ -28,7 +28,7 @@ def test_truncated_minilm_converts_and_verifies_bit_exact(minilm, tmp_path, caps
         pytest.skip("Debian fortunes is not installed (apt-get install fortunes)")
     out = tmp_path / "run"
     assert main(["convert", "minilm", "--chip", CHIP, "--out", str(out), "--layers", str(LAYERS),
-                 "--max-len", str(MAX_LEN), "--max-sentences", "48", "--steps-per-period", "12",
+                 "--max-len", str(MAX_LEN), "--max-sentences", "48", "--steps-per-period", "24",
                  "--final-steps", "4", "--batch-size", "8", "--lr", "2e-4", "--threads", "1",
                  "--no-progress"]) == 0
     assert "truncated to 16 positions" in capsys.readouterr().out
