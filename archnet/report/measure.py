@@ -3,6 +3,8 @@ and of the teacher's graph, and the per-layer error between fake-quant and integ
 
 from __future__ import annotations
 
+import math
+
 import os
 import tempfile
 import warnings
@@ -139,6 +141,15 @@ def _dequant(info, value: np.ndarray) -> np.ndarray:
     return (value.astype(np.float64) - zp) * scale
 
 
+def _like(t, shape: tuple[int, ...]) -> np.ndarray:
+    """A traced step's values (a tensor) in the shape of its Program tensor; a per-sample constant (a class
+    token, traced once) stands for every sample, as the re-batched Program holds it."""
+    v = t.double().numpy()
+    if v.size * shape[0] == math.prod(shape) and v.size != math.prod(shape):
+        return np.broadcast_to(v.reshape(1, *shape[1:]), shape)
+    return v.reshape(shape)
+
+
 def layer_errors(run: RunFolder, profile, images) -> list[LayerError]:
     """Every student step in network order: the fake-quant float tensor against the simulator's
     integer tensor (dequantized) on ``profile``'s arithmetic, for ``images``.
@@ -187,8 +198,8 @@ def layer_errors(run: RunFolder, profile, images) -> list[LayerError]:
                     continue
                 info = prog_n.tensors[tensor]
                 ref = deq(tensor)
-                fq = env[step["name"]].double().numpy().reshape(ref.shape)
-                fq_local = env_local[step["name"]].double().numpy().reshape(ref.shape)
+                fq = _like(env[step["name"]], ref.shape)
+                fq_local = _like(env_local[step["name"]], ref.shape)
                 norm = float(np.linalg.norm(ref))
                 denom = norm if norm > 0 else 1.0
                 step_size = float(np.max(info.scale)) if info.scale else 1.0

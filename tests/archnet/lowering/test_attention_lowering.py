@@ -424,6 +424,11 @@ def test_a_class_token_and_its_readout_convert_bit_exactly(chip, tmp_path):
     run = {n: execute(rebatch(program, n), profile.arithmetic, {program.inputs[0]: v}, trace=False)
            .outputs[program.outputs[0]] for n, v in ((5, ints[:5]), (1, ints[3:4]))}
     assert run[5].shape[0] == 5 and np.array_equal(run[5][3:4], run[1])
+    # the report's per-layer error compares the traced class token with its copies
+    from archnet.report.collect import open_run
+    from archnet.report.measure import layer_errors
+    rows = layer_errors(open_run(tmp_path / "run"), profile, images[:3])
+    assert rows and max(r.rel_error for r in rows) < 0.5
 
 
 def test_the_planned_per_token_form_is_the_chain_the_student_exports():
