@@ -142,8 +142,9 @@ def _dequant(info, value: np.ndarray) -> np.ndarray:
 
 
 def _like(t, shape: tuple[int, ...]) -> np.ndarray:
-    """A traced step's values (a tensor) in the shape of its Program tensor; a per-sample constant (a class
-    token, traced once) stands for every sample, as the re-batched Program holds it."""
+    """A traced step's values (a tensor) in the shape of its Program tensor; a per-sample
+    constant (a class token, traced once) stands for every sample, as the re-batched Program
+    holds it."""
     v = t.double().numpy()
     if v.size * shape[0] == math.prod(shape) and v.size != math.prod(shape):
         return np.broadcast_to(v.reshape(1, *shape[1:]), shape)
