@@ -10,7 +10,7 @@ import numpy as np
 
 from archnet.errors import ArchnetError
 from simulator.errors import SimulatorError
-from simulator.ir.ops import infer_shape
+from simulator.ir.ops import OpKind, infer_shape
 from simulator.ir.program import Program, load_program
 
 
@@ -113,7 +113,7 @@ def rebatch(program: Program, n: int, outputs: list[str] | None = None) -> Progr
     for name in program.inputs:
         tensors[name] = dataclasses.replace(tensors[name], shape=(n, *tensors[name].shape[1:]))
     for node in program.nodes:
-        if node.op.value == "concat" and any(tensors[i].data is None for i in node.inputs):
+        if node.op is OpKind.CONCAT and any(tensors[i].data is None for i in node.inputs):
             batch = next(tensors[i].shape[0] for i in node.inputs if tensors[i].data is None)
             for name in node.inputs:
                 t = tensors[name]

@@ -41,7 +41,7 @@ from simulator.ir.builder import ProgramBuilder
 from simulator.numerics.tables import rsqrt_table
 
 HEADROOM = 1.25        # each internal grid covers 1.25x the largest value calibration saw
-FINE = 16              # the fine variance grid: 16x finer than the coarse one
+FINE = 16              # the fine square and variance grids: 16x finer than the coarse ones
 GRIDS = ("mean", "centred", "square", "variance", "square_fine", "variance_fine", "rsqrt",
          "norm")
 # the simulator ops ``export`` writes, in order (the rule that plans it, archnet.rules.norm,

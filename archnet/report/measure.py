@@ -4,7 +4,6 @@ and of the teacher's graph, and the per-layer error between fake-quant and integ
 from __future__ import annotations
 
 import math
-
 import os
 import tempfile
 import warnings
