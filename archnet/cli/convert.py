@@ -114,8 +114,10 @@ def cmd_convert(args) -> int:
     from archnet import distributed
     try:
         convert(opts, cfg, log=lambda line: print(line, flush=True) if distributed.is_main() else None)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(failed=True)
+        raise
+    distributed.shutdown()
     return 0
 
 

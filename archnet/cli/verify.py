@@ -167,9 +167,12 @@ def _cmd_verify_cnn(args) -> int:
                         limit=args.limit, batch_size=args.batch_size, progress=args.progress,
                         check_features=args.check_features, command=_command(args))
         main = distributed.is_main()  # asked before shutdown, after which every rank is "rank 0"
-    finally:
+    except BaseException:
         if started:
-            distributed.shutdown()
+            distributed.shutdown(failed=True)
+        raise
+    if started:
+        distributed.shutdown()
     if main:
         doc = report.to_dict()
         if args.out:
