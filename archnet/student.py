@@ -334,6 +334,10 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
         elif kind == "lut":
             if _need(step, "function", str, at) not in FUNCTIONS:
                 raise _fail(at, f"function {step['function']!r} not one of {', '.join(FUNCTIONS)}")
+            gain = step.get("gain", 1.0)
+            if not isinstance(gain, (int, float)) or isinstance(gain, bool) or \
+                    not math.isfinite(gain) or gain <= 0:
+                raise _fail(at, f"gain {gain!r} is not a positive number")
             shapes[name] = x
         else:  # concat
             keys = {quant[ref] for ref in inputs}
@@ -467,7 +471,8 @@ class GraphBlock(nn.Module):
             elif kind == "mul":
                 m = QMul(quantizers[step["quant"]], step["relu"])
             elif kind == "lut":
-                m = QLookupTable(step["function"], quantizers[step["quant"]])
+                m = QLookupTable(step["function"], quantizers[step["quant"]],
+                                 step.get("gain", 1.0))
             elif kind == "constant":
                 m = QConstant(step["shape"], quantizers[step["quant"]])
             elif kind == "channel_affine":
@@ -523,7 +528,7 @@ class GraphBlock(nn.Module):
                 y = args[0] + args[1] if kind == "add" else args[0] * args[1]
                 env[name] = self.layers[name].activation(y)
             elif kind == "lut" and not quantize:
-                env[name] = FUNCTIONS[step["function"]][0](args[0])
+                env[name] = self.layers[name].float_forward(args[0])
             elif kind in ("matmul", "softmax", "constant", "embedding") and not quantize:
                 env[name] = self.layers[name].float_forward(*args)
             else:

@@ -478,6 +478,8 @@ class _Lowering:
             step = {**base, "kind": op, "relu": False}
         elif op == "lookup_table":
             step = {**base, "kind": "lut", "function": st.attrs["function"]}
+            if st.gain != 1.0:
+                step["gain"] = st.gain
         elif op == "matmul":
             step = {**base, "kind": "matmul", "scale": 1.0}
         elif op == "softmax":

@@ -105,21 +105,31 @@ class QMul(_Rescaling):
 
 
 class QLookupTable(_Rescaling):
-    """An activation function on the chip's table unit: input grid in, output grid out."""
+    """An activation function on the chip's table unit: input grid in, output grid out.
+
+    With ``gain`` g the table holds f(g x) / g: ``function`` on both grids relabelled g times
+    coarser, as the chip's table is configured with any input and output scales (GELU as
+    SiLU(1.702 x) / 1.702)."""
 
     op = "lookup_table"
 
-    def __init__(self, function: str, output_quant: LsqQuantizer):
+    def __init__(self, function: str, output_quant: LsqQuantizer, gain: float = 1.0):
         super().__init__(output_quant, False)
         self.function = function
+        self.gain = float(gain)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = FUNCTIONS[self.function][0]
+        return f(x) if self.gain == 1.0 else f(self.gain * x) / self.gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_quant(FUNCTIONS[self.function][0](x))
+        return self.output_quant(self.float_forward(x))
 
     def _attrs(self, ins_scales, ins_types) -> dict:
         q = self.output_quant
-        return {"table": function_table(self.function, ins_scales[0], ins_types[0],
-                                        float(q.step()), q.qtype), "function": self.function}
+        g = self.gain
+        return {"table": function_table(self.function, g * float(ins_scales[0]), ins_types[0],
+                                        g * float(q.step()), q.qtype), "function": self.function}
 
 
 class QPool2d(nn.Module):

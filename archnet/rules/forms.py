@@ -39,6 +39,9 @@ class Step:
     relu: bool = False          # a MAC's requantize clamps at zero (ReLU fused)
     out_shape: tuple[int, ...] | None = None   # a host fallback's (the simulator cannot infer it)
     bits: int | None = None     # its output's width where not the student's (16-bit internals)
+    # a lookup_table whose table holds f(gain * x) / gain: the function on the input's grid and
+    # the output's grid relabelled ``gain`` times coarser (the chip's table takes any scales)
+    gain: float = 1.0
 
     def in_paper_op_set(self) -> bool:
         if self.op not in PAPER_OPS:
@@ -61,6 +64,9 @@ class Form:
     steps: tuple[Step, ...]
     native: bool = False
     exact: bool = True
+    # an inexact form's largest deviation from the teacher's op in float where it is bounded (a
+    # close approximation, such as GELU as x * sigmoid(1.702 x)); None: recovered by training
+    max_error: float | None = None
     host: bool = False
     constants: tuple[tuple[int, ...], ...] = ()   # constant operands, read as c0, c1 ...
     input_shapes: tuple[tuple[int, ...], ...] | None = None   # the student's own input encoding

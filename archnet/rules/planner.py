@@ -246,14 +246,22 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
     if natives:        # native first: the chip runs the teacher's op, keep it (the cheapest way)
         _, (form, j) = min(natives, key=lambda ifj: (cost(*ifj[1]), ifj[0]))
         return form, j, tuple(cands), "the chip runs it"
-    # exact before learned, then cheapest; ties keep the rule's order
-    _, (form, j) = min(enumerate(judged),
-                       key=lambda ifj: (not ifj[1][0].exact, cost(*ifj[1]), ifj[0]))
+    # exact before approximate (bounded error) before learned, then cheapest; ties keep the
+    # rule's order
+    _, (form, j) = min(enumerate(judged), key=lambda ifj: (_fidelity(ifj[1][0]), cost(*ifj[1]),
+                                                           ifj[0]))
     lacks = cands[0].why_not if cands and not cands[0].fits else "no native form"
     others = len(judged) - 1
-    return form, j, tuple(cands), (f"the chip lacks the teacher's op ({lacks}); "
-                                   f"{'cheapest exact' if form.exact else 'cheapest learned'} "
+    kind = ("cheapest exact" if form.exact else
+            f"cheapest approximate (within {form.max_error:.3g} in float)"
+            if form.max_error is not None else "cheapest learned")
+    return form, j, tuple(cands), (f"the chip lacks the teacher's op ({lacks}); {kind} "
                                    f"replacement" + (f" of {others + 1} that fit" if others else ""))
+
+
+def _fidelity(form: Form) -> int:
+    """0 exact, 1 approximate within a known bound, 2 learned."""
+    return 0 if form.exact else 1 if form.max_error is not None else 2
 
 
 def _image_inputs(node: TeacherNode, ctx: RuleContext, form: Form) -> tuple[bool, ...]:

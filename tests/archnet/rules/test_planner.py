@@ -163,3 +163,26 @@ def test_teacher_estimate_equals_the_onnx_import_of_the_same_model(tmp_path, chi
     plan = plan_conversion(capture(model, (x,)), profile, (8, 8))
     assert plan.teacher.total_cycles == pytest.approx(onnx_est.total_cycles, rel=1e-3)
     assert len(plan.teacher.fallbacks) == len(onnx_est.fallbacks)
+
+
+class _Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+def test_approximate_replacement_beats_a_learned_one():
+    """rk3588's table unit has SiLU but no GELU: x * sigmoid(1.702 x) (within 0.021 in float)
+    wins over ReLU although ReLU costs nothing; where no SiLU runs, ReLU stays."""
+    graph = capture(_Mlp().eval(), (torch.randn(1, 16),))
+    gelu = next(d for d in plan_conversion(graph, load_profile("rk3588-npu-core"), (8, 8)).decisions
+                if d.op == "gelu")
+    assert gelu.rule == "gelu.silu" and not gelu.form.exact
+    assert gelu.form.max_error == pytest.approx(0.0203, abs=1e-4)
+    assert "cheapest approximate (within 0.0203 in float) replacement of 2 that fit" in gelu.reason
+    k210 = next(d for d in plan_conversion(graph, load_profile("k210-kpu"), (8, 8)).decisions
+                if d.op == "gelu")
+    assert k210.rule.startswith("gelu.relu") and "cheapest learned" in k210.reason
