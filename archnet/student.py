@@ -26,6 +26,8 @@ Each block is one ``GraphBlock``: a small straight-line program of steps over na
   statistics: LayerNorm's replacement; ``features``)
 - ``token_norm`` QTokenNorm (LayerNorm over the last axis per token, from mean, sub, mul and an
   interpolated 16-bit table, then its per-channel affine; ``features``, ``eps``)
+- ``token_norm_fc`` QTokenNormFc (the same from fully connected layers, add, mul and a sigmoid
+  table: the rsqrt a fitted sigmoid network; ``features``, ``eps``)
 
 A ``linear`` step applies to the last axis of any rank (token rows stay rows).
 
@@ -67,6 +69,8 @@ from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d
                                    QFlatten, QInput, QLinear, QReshape, concat, concat_float)
 from archnet.quant.norm import OPS as TOKEN_NORM_OPS
 from archnet.quant.norm import QTokenNorm
+from archnet.quant.norm_fc import OPS as TOKEN_NORM_FC_OPS
+from archnet.quant.norm_fc import QTokenNormFc
 from archnet.quant.qtensor import QTensor
 from simulator.contract import ArithmeticSpec, IntType
 from simulator.ir.builder import ProgramBuilder
@@ -78,12 +82,13 @@ CONFIG_VERSION = 1
 IMAGE = "image"        # quantizer key of the student's input: QInput's fixed u8 grid, scale 1/255
 STEP_KINDS = ("conv", "linear", "maxpool", "flatten", "concat", "global_avgpool", "avgpool",
               "add", "mul", "lut", "reshape", "matmul", "softmax", "transpose",
-              "channel_affine", "constant", "token_norm", "embedding")
+              "channel_affine", "constant", "token_norm", "token_norm_fc", "embedding")
 MULTI_INPUT = ("concat", "add", "mul", "matmul", "softmax")   # softmax: scores and a key mask
 REQUANTIZING = ("conv", "linear", "add", "mul", "lut", "matmul", "softmax",
-                "channel_affine", "constant", "token_norm", "embedding")   # write their grid
-NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant", "token_norm", "embedding")
-AFFINE_STEPS = ("channel_affine", "token_norm")     # per-channel over the last axis, w_bits
+                "channel_affine", "constant", "token_norm", "token_norm_fc", "embedding")   # write their grid
+TOKEN_NORMS = ("token_norm", "token_norm_fc")    # LayerNorm per token, from chip ops
+NO_RELU = ("lut", "matmul", "softmax", "channel_affine", "constant", *TOKEN_NORMS, "embedding")
+AFFINE_STEPS = ("channel_affine", *TOKEN_NORMS)     # per-channel over the last axis, w_bits
 _IDENT = re.compile(r"[A-Za-z0-9_]+")
 _NODE_OPS = {  # simulator op kinds each step exports
     "conv": ("conv2d", "requantize"), "linear": ("fully_connected", "requantize"),
@@ -92,7 +97,7 @@ _NODE_OPS = {  # simulator op kinds each step exports
     "mul": ("mul",), "lut": ("lookup_table",), "reshape": ("reshape",),
     "matmul": ("matmul", "requantize"), "softmax": ("softmax",), "transpose": ("transpose",),
     "channel_affine": ("reshape", "conv2d", "requantize"), "constant": (),
-    "token_norm": TOKEN_NORM_OPS,
+    "token_norm": TOKEN_NORM_OPS, "token_norm_fc": TOKEN_NORM_FC_OPS,
     "embedding": ("gather",),
 }
 
@@ -295,7 +300,7 @@ def _trace_shapes(block: dict, in_shapes: list[tuple[int, ...]], in_quant: str,
         elif kind in AFFINE_STEPS:
             features = _need(step, "features", int, at)
             eps = step.get("eps", 1e-5)
-            if kind == "token_norm" and (not isinstance(eps, (int, float)) or isinstance(eps, bool)
+            if kind in TOKEN_NORMS and (not isinstance(eps, (int, float)) or isinstance(eps, bool)
                                          or not math.isfinite(eps) or eps <= 0):
                 raise _fail(at, f"eps {eps!r} must be a finite number > 0")
             if not x or x[-1] != features:
@@ -480,9 +485,10 @@ class GraphBlock(nn.Module):
                                    output_quant=quantizers[step["quant"]])
             elif kind == "embedding":
                 m = QEmbedding(step["vocab"], step["features"], quantizers[step["quant"]])
-            elif kind == "token_norm":
-                m = QTokenNorm(step["features"], w_bits=step["w_bits"],
-                               eps=step.get("eps", 1e-5), output_quant=quantizers[step["quant"]])
+            elif kind in TOKEN_NORMS:
+                m = (QTokenNorm if kind == "token_norm" else QTokenNormFc)(
+                    step["features"], w_bits=step["w_bits"], eps=step.get("eps", 1e-5),
+                    output_quant=quantizers[step["quant"]])
             elif kind == "matmul":
                 m = QMatMul(quantizers[step["quant"]], step.get("scale", 1.0))
             elif kind == "softmax":
@@ -502,7 +508,7 @@ class GraphBlock(nn.Module):
         for k, m in self.layers.items():
             if isinstance(m, (QConv2d, QLinear)):
                 out[k] = m
-            elif isinstance(m, QTokenNorm):
+            elif isinstance(m, (QTokenNorm, QTokenNormFc)):
                 out[f"{k}.affine"] = m.affine
         return out
 

@@ -22,6 +22,7 @@ import math
 import torch
 
 from archnet.quant.modules import QConv2d
+from archnet.student import TOKEN_NORMS
 
 
 @torch.no_grad()
@@ -122,9 +123,13 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
     x = images
     for block in student.blocks:
         env = block.trace(x, quantize=False, side=side)
+        norms = [st for st in block.spec["steps"] if st["kind"] in TOKEN_NORMS]
+        for step in norms:                  # its internal 16-bit grids, from its input
+            block.layers[step["name"]].calibrate(env[step["inputs"][0]])
+        if any(st["kind"] != "token_norm" for st in norms):
+            # a fitted form's float output depends on its fit: trace again with it
+            env = block.trace(x, quantize=False, side=side)
         for step in block.spec["steps"]:
-            if step["kind"] == "token_norm":     # its internal 16-bit grids, from its input
-                block.layers[step["name"]].calibrate(env[step["inputs"][0]])
             key = step.get("quant")
             if key is not None and key not in fixed:    # every step writing a learned grid
                 v = env[step["name"]].reshape(-1)

@@ -208,8 +208,9 @@ class _Lowering:
         if d.rule == "layer_norm.fixed_affine":
             self._layer_norm(node)
             return
-        if d.rule == "layer_norm.per_token":
-            self._token_norm(node)
+        if d.rule in ("layer_norm.per_token", "layer_norm.per_token_fc"):
+            self._token_norm(node, "token_norm" if d.rule == "layer_norm.per_token"
+                             else "token_norm_fc")
             return
         if d.rule == "embedding.gather":
             self._embedding(node)
@@ -300,14 +301,15 @@ class _Lowering:
         self.rows.append((name, "weight", "copy", self._derive(f"{node.name}:table", table.t()),
                           {}))
 
-    def _token_norm(self, node: TeacherNode) -> None:
-        """LayerNorm per token from the chip's mean, sub, mul and tables (``QTokenNorm``): the
-        teacher's scale and shift become its depthwise affine, exactly; its internal grids are
-        set by calibration."""
+    def _token_norm(self, node: TeacherNode, kind: str) -> None:
+        """LayerNorm per token from the chip's mean, sub, mul and tables (``token_norm``:
+        ``QTokenNorm``) or from its fully connected layers, add, mul and sigmoid table
+        (``token_norm_fc``: ``QTokenNormFc``): the teacher's scale and shift become its
+        depthwise affine, exactly; its internal grids are set by calibration."""
         d = node.shape[-1]
         name = self._name(node.name, 0, 1)
         self.steps[name] = {"name": name, "inputs": [self._value(node.inputs[0])],
-                            "kind": "token_norm", "features": d, "w_bits": self.w_bits,
+                            "kind": kind, "features": d, "w_bits": self.w_bits,
                             "eps": float(node.attrs.get("eps", 1e-5)),
                             "quant": self._grid(name), "role": "teacher",
                             "teacher_node": node.name}

@@ -124,7 +124,8 @@ def add_form(b: ProgramBuilder, form: Form, inputs: list[str], bits: tuple[int, 
         elif st.op in _REQUANTIZED:
             acc = b.node(st.op, ins, name + "_acc", **st.attrs)
             clamp = {"clamp_min": 0} if st.relu else {}
-            out = b.node("requantize", [acc], name, dtype=_dtype(a_bits), real_multiplier=[0.5],
+            width = a_bits if st.bits is None else st.bits
+            out = b.node("requantize", [acc], name, dtype=_dtype(width), real_multiplier=[0.5],
                          **clamp)
         else:
             attrs = dict(st.attrs)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 
 from archnet.capture.graph import TeacherNode
+from archnet.quant.norm_fc import RSQRT_TOLERANCE
+from archnet.quant.norm_fc import UNITS as FC_UNITS
 from archnet.rules.context import RuleContext
 from archnet.rules.forms import Form, Step
 
@@ -101,6 +103,24 @@ def _per_token_steps(x: tuple[int, ...], out_shape) -> tuple[Step, ...]:
             Step("reshape", ("s13",), {"shape": list(out_shape)}))
 
 
+def _per_token_fc_steps(x: tuple[int, ...], out_shape) -> tuple[Step, ...]:
+    """The simulator ops ``QTokenNormFc.export`` writes, in its order (archnet.quant.norm_fc)."""
+    d, rows, k = x[-1], math.prod(x[:-1]), FC_UNITS
+    wide = INTERNAL_BITS
+    return (Step("reshape", ("in0",), {"shape": [rows, d]}),                  # s0 token rows
+            Step("fully_connected", ("s0",), weight=(d, d), bits=wide),       # s1 -mean
+            Step("add", ("s0", "s1"), bits=wide),                             # s2 centred
+            Step("mul", ("s2", "s2"), bits=wide),                             # s3 squares
+            Step("fully_connected", ("s3",), weight=(1, d), bits=wide),       # s4 variance
+            Step("fully_connected", ("s4",), weight=(k, 1), bits=8),          # s5 logits
+            Step("lookup_table", ("s5",), {"function": "sigmoid"}, bits=8),   # s6 gates
+            Step("fully_connected", ("s6",), weight=(d, k), bits=wide),       # s7 rsqrt
+            Step("mul", ("s2", "s7"), bits=wide),                             # s8 normalised
+            Step("reshape", ("s8",), {"shape": [rows, d, 1, 1]}),
+            Step("conv2d", ("s9",), {"groups": d}, weight=(d, 1, 1, 1)),     # scale and shift
+            Step("reshape", ("s10",), {"shape": list(out_shape)}))
+
+
 def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
     x = ctx.in_shapes[0]
     if node.op == "layer_norm" and ctx.producer_ops[:1] == ("add",) and \
@@ -122,12 +142,19 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
                          "LayerNorm per token from chip ops at 16 bits (mean, sub, square, "
                          "mean, interpolated rsqrt tables, multiply), then its scale and shift "
                          "as a depthwise 1x1", _per_token_steps(x, node.shape))
+        per_token_fc = Form("layer_norm.per_token_fc",
+                            "LayerNorm per token from fully connected layers, add, mul and a "
+                            "sigmoid table (the mean and the variance as 1/D layers, rsqrt as "
+                            "a fitted sigmoid network whose last layer broadcasts it), then "
+                            "its scale and shift as a depthwise 1x1",
+                            _per_token_fc_steps(x, node.shape), exact=False,
+                            max_error=RSQRT_TOLERANCE)
         folded = [Form("layer_norm.folded_affine",
                        "LayerNorm as a per-channel affine with fixed statistics, folded into the "
                        "residual add before it (the fully connected layer writing one operand "
                        "takes scale and shift; a depthwise 1x1 scales the skip)", steps,
                        exact=False)] if residual_writer(node, ctx) is not None else []
-        return [per_token, *folded, Form("layer_norm.fixed_affine",
+        return [per_token, per_token_fc, *folded, Form("layer_norm.fixed_affine",
                               "LayerNorm as a per-channel affine with fixed statistics (a "
                               "depthwise 1x1 conv over the token rows)", steps, exact=False)]
     c = x[1]

@@ -36,7 +36,8 @@ RECIPES = ("native", "paper")
 # choose): per token from chip ops, or the paper's fixed statistics (alone or folded); an
 # embedding's LayerNorm folds into its table either way
 LAYER_NORMS = {"auto": None,
-               "per_token": {"layer_norm.per_token", "layer_norm.folded_embedding"},
+               "per_token": {"layer_norm.per_token", "layer_norm.per_token_fc",
+                             "layer_norm.folded_embedding"},
                "fixed": {"layer_norm.fixed_affine", "layer_norm.folded_affine",
                          "layer_norm.folded_embedding"}}
 STREAM_WIDTHS = (8, 16)

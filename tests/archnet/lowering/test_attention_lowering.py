@@ -20,7 +20,8 @@ CHIPS = ("ethos-u55-128", "rk3588-npu-core")
 
 
 def without_mean(profile):
-    """``profile`` without a mean op: no per-token LayerNorm, so the paper's affine is chosen."""
+    """``profile`` without a mean op: no ``layer_norm.per_token``; with ``layer_norm="fixed"``
+    the paper's affine is chosen (``layer_norm.per_token_fc`` would fit otherwise)."""
     from dataclasses import replace
     from types import MappingProxyType
     ops = dict(profile.ops)
@@ -173,7 +174,7 @@ def test_layer_norm_becomes_a_fixed_statistics_affine():
     from archnet.lowering import calibrate_batchnorm
     model, graph = _prenorm_with_affine()
     profile = without_mean(load_profile("ethos-u55-128"))
-    plan = plan_conversion(graph, profile, (8, 8))
+    plan = plan_conversion(graph, profile, (8, 8), layer_norm="fixed")
     fired = plan.rules_fired()
     assert fired["layer_norm.fixed_affine"] == 2 and fired["gelu.native"] == 1
     student, low = build_graph_student(graph, plan, profile)
@@ -191,6 +192,49 @@ def test_layer_norm_becomes_a_fixed_statistics_affine():
     calibrate_activations(student, images, seed=0)
     assert_deployable(student, profile)
     simulator_block_outputs(student, images, profile)
+
+
+def test_layer_norm_is_normalised_per_token_from_fully_connected_layers_on_rk3588(tmp_path):
+    """RK3588 has no mean, sub, broadcast mul or rsqrt table: LayerNorm per token from its
+    fully connected layers, add, mul and sigmoid table (``layer_norm.per_token_fc``), ranked
+    above the fixed statistics; in float within the fitted rsqrt's tolerance of the teacher,
+    on the chip's integers within a few output steps of LayerNorm, and a converted run is
+    bit-exact with no host op."""
+    import archnet
+    from archnet.quant.norm_fc import RSQRT_TOLERANCE
+    from archnet.quant.qtensor import QTensor
+    from simulator.contract import IntType
+    model, graph = _prenorm_with_affine()
+    profile = load_profile("rk3588-npu-core")
+    plan = plan_conversion(graph, profile, (8, 8))
+    norms = [d for d in plan.decisions if d.op == "layer_norm"]
+    assert [d.rule for d in norms] == ["layer_norm.per_token_fc"] * 2
+    assert "cheapest approximate" in norms[0].reason
+    student, low = build_graph_student(graph, plan, profile)
+    images = torch.rand(24, 1, 16, 16)
+    calibrate_activations(student, images, seed=0)
+    norm = next(s for b in student.blocks for s in b.spec["steps"]
+                if s["kind"] == "token_norm_fc")
+    module = next(b for b in student.blocks if norm in b.spec["steps"]).layers[norm["name"]]
+    assert float(module.rsqrt_error) <= RSQRT_TOLERANCE
+    tokens = model.patch(images).flatten(2).transpose(1, 2).detach()
+    want = model.norm1(tokens).detach().double()
+    with torch.no_grad():
+        assert float((module.float_forward(tokens) - want).abs().max()) <= \
+            2 * RSQRT_TOLERANCE * float(want.abs().max())
+    scale = float(tokens.abs().max()) / 127
+    q = QTensor(torch.round(tokens / scale).to(torch.int64), scale, IntType(8, True))
+    got = module.integer_forward(q, profile.arithmetic).dequantize()
+    want = model.norm1(q.dequantize().float()).detach().double()
+    err = (got - want).abs().max(dim=-1).values / want.abs().max(dim=-1).values
+    assert float(err.max()) <= 0.01     # per token, of its largest value (0.2 % seen)
+    assert_deployable(student, profile)
+    simulator_block_outputs(student, images, profile)
+    summary = archnet.convert(model, images[:1], images, chip="rk3588-npu-core",
+                              out=str(tmp_path / "run"), bits="8w8a", steps_per_period=2,
+                              batch_size=12, log=lambda *a: None)
+    assert summary["emulation_vs_simulator"]["agreement"] == 1.0 and summary["fallbacks"] == 0
+    assert summary["plan"]["rules_fired"]["layer_norm.per_token_fc"] == 2
 
 
 @pytest.mark.parametrize("chip", ["ethos-u55-128", "ethos-u85-256"])
@@ -313,7 +357,8 @@ def test_layer_norm_replacements_are_fitted_to_the_teacher():
     model = TinyPreNorm().eval()
     graph = capture(model, (torch.rand(1, 1, 16, 16),))
     profile = without_mean(load_profile("ethos-u55-128"))
-    student, low = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
+    student, low = build_graph_student(graph, plan_conversion(graph, profile, (8, 8), layer_norm="fixed"),
+                                       profile)
     images = torch.rand(32, 1, 16, 16)
     calibrate_batchnorm(student, images)
     norm = next(n.name for n in graph.nodes if n.op == "layer_norm")
@@ -349,7 +394,8 @@ def test_a_fitted_layer_norm_keeps_its_values_on_the_weight_grid():
                 m.weight.mul_(8.0)
     graph = capture(model, (torch.rand(1, 1, 16, 16),))
     profile = without_mean(load_profile("ethos-u55-128"))
-    student, _ = build_graph_student(graph, plan_conversion(graph, profile, (8, 8)), profile)
+    student, _ = build_graph_student(graph, plan_conversion(graph, profile, (8, 8), layer_norm="fixed"),
+                                       profile)
     images = torch.rand(32, 1, 16, 16) * 0.1
     calibrate_batchnorm(student, images)
     fit_layer_norms(student, graph, (images,))
@@ -434,17 +480,19 @@ def test_a_class_token_and_its_readout_convert_bit_exactly(chip, tmp_path):
 def test_the_planned_per_token_form_is_the_chain_the_student_exports():
     """The rule probes the ops ``QTokenNorm.export`` writes, in its order: what the chip is
     asked about is what it will run (and the student's op summary lists the same)."""
-    from archnet.quant.norm import OPS, QTokenNorm
+    from archnet.quant import norm, norm_fc
     from archnet.rules.forms import Form, add_form
-    from archnet.rules.norm import _per_token_steps
+    from archnet.rules.norm import _per_token_fc_steps, _per_token_steps
     from simulator.ir.builder import ProgramBuilder
-    ops = []
-    for student in (True, False):
-        b = ProgramBuilder("norm", {"estimate_only": not student})
-        x = b.input("x", (2, 5, 16), "s8", scale=0.1)
-        if student:
-            QTokenNorm(16).export(b, x, "y")
-        else:
-            add_form(b, Form("p", "", _per_token_steps((2, 5, 16), (2, 5, 16))), [x], (8, 8), "p")
-        ops.append(tuple(n.op.value for n in b.nodes))
-    assert ops[0] == ops[1] == OPS
+    for module, steps in ((norm.QTokenNorm, _per_token_steps),
+                          (norm_fc.QTokenNormFc, _per_token_fc_steps)):
+        ops = []
+        for student in (True, False):
+            b = ProgramBuilder("norm", {"estimate_only": not student})
+            x = b.input("x", (2, 5, 16), "s8", scale=0.1)
+            if student:
+                module(16).export(b, x, "y")
+            else:
+                add_form(b, Form("p", "", steps((2, 5, 16), (2, 5, 16))), [x], (8, 8), "p")
+            ops.append(tuple(n.op.value for n in b.nodes))
+        assert ops[0] == ops[1] == (norm.OPS if module is norm.QTokenNorm else norm_fc.OPS)
