@@ -14,7 +14,8 @@ cosine to the teacher's, nearest-neighbour agreement, Spearman; as ``archnet ver
   simulator's ``verify_<chip>.json``): distilled, measured on the chip's integers;
 - **constraint only** elsewhere: the float teacher with the form and the stream alone, untrained
   (``benchmarks/minilm_ceilings.py``'s method): per token, archnet's own 16-bit chain
-  (``QTokenNorm``, its grids calibrated as a conversion calibrates them), then the stream's grid;
+  (``QTokenNorm``, or ``QTokenNormFc`` for ``per_token_fc``, its grids and fit calibrated as a
+  conversion calibrates them), then the stream's grid;
   fixed statistics, the per-channel affine ``fit_layer_norms`` fits. A fixed-statistics cell is
   what training starts from, not where it ends (MiniLM's full 8w8a conversion with it reaches
   0.977, untrained it is 0.45).
@@ -41,7 +42,7 @@ from simulator.fileio import atomic_write_bytes  # noqa: E402
 
 OUT = ROOT / "reports" / "minilm"
 CHIPS = ("ethos-u55-128", "ethos-u85-256", "rk3588-npu-core")
-FORMS = ("per_token", "fixed")
+FORMS = ("per_token", "per_token_fc", "fixed")
 EMBEDDINGS = ("gather", "one_hot")
 STREAMS = (16, 8)
 BITS = (8, 8)
@@ -50,12 +51,14 @@ FULL_RUNS = {("ethos-u55-128", "per_token", 16): OUT / "8w8a",
              ("ethos-u55-128", "fixed", 8): OUT / "8w8a_fixed8"}
 
 
-def _per_token(valid):
-    """LayerNorm -> archnet's per-token chain (16-bit grids fixed on the first call's ``valid``
-    tokens), then LayerNorm's own scale and shift."""
+def _per_token(valid, fully_connected: bool = False):
+    """LayerNorm -> archnet's per-token chain (``QTokenNorm``, or ``QTokenNormFc`` from fully
+    connected layers; 16-bit grids and fit fixed on the first call's ``valid`` tokens), then
+    LayerNorm's own scale and shift."""
     from torch import nn
 
     from archnet.quant.norm import QTokenNorm
+    from archnet.quant.norm_fc import QTokenNormFc
 
     class PerToken(nn.Module):
         def __init__(self, ln, name):
@@ -64,9 +67,10 @@ def _per_token(valid):
 
         def forward(self, x):
             if self.norm is None:
-                self.norm = QTokenNorm(x.shape[-1], eps=self.ln.eps)
+                self.norm = (QTokenNormFc if fully_connected else QTokenNorm)(
+                    x.shape[-1], eps=self.ln.eps)
                 self.norm.calibrate(x.reshape(-1, x.shape[-1])[valid])
-            return self.norm._normalise(x) * self.ln.weight + self.ln.bias
+            return self.norm._normalise(x).to(x.dtype) * self.ln.weight + self.ln.bias
     return PerToken
 
 
@@ -157,7 +161,8 @@ def main() -> int:
     untrained = {}
     for form in FORMS:
         for stream in STREAMS:
-            replaced = _per_token(valid) if form == "per_token" else make_fixed
+            replaced = make_fixed if form == "fixed" else \
+                _per_token(valid, fully_connected=form == "per_token_fc")
             variant = _Variant(teacher, _on_stream(replaced, stream, valid))
             variant.model.eval()
             with torch.no_grad():

@@ -16,7 +16,7 @@ def _given(value, default):
 
 
 CHIP_FORWARD = ("none", "final", "all")    # DistillConfig.chip_forward (torch-free here)
-LAYER_NORMS = ("auto", "per_token", "fixed")   # archnet.rules.planner.LAYER_NORMS
+LAYER_NORMS = ("auto", "per_token", "per_token_fc", "fixed")   # archnet.rules.planner.LAYER_NORMS
 STREAM_WIDTHS = ("auto", "8", "16")            # archnet.rules.planner.STREAM_WIDTHS, or the chip's
 EMBEDDINGS = ("auto", "gather", "one_hot")      # archnet.rules.planner.EMBEDDINGS
 
@@ -29,9 +29,10 @@ def add_form_options(p) -> None:
     """--layer-norm, --stream-bits and --embedding, of ``archnet convert`` and ``archnet plan``."""
     p.add_argument("--layer-norm", choices=LAYER_NORMS, default="auto",
                    help="LayerNorm's form: per_token (the chip's mean, sub, mul and 16-bit "
-                        "tables, where it has them), fixed (the paper's fixed-statistics "
-                        "affine), auto (the chip and the cost model choose: per token where it "
-                        "fits; default)")
+                        "tables, where it has them), per_token_fc (per token from fully "
+                        "connected layers, add, mul and a sigmoid table; rsqrt fitted), fixed "
+                        "(the paper's fixed-statistics affine), auto (the chip and the cost "
+                        "model choose: per_token where it fits, else fixed; default)")
     p.add_argument("--stream-bits", choices=STREAM_WIDTHS, default="auto",
                    help="width of the Transformer's residual stream (LayerNorm's outputs and "
                         "the sums they read): auto is 16 where the chip runs 16-bit activations, "
