@@ -32,7 +32,8 @@ def add_form_options(p) -> None:
                         "tables, where it has them), per_token_fc (per token from fully "
                         "connected layers, add, mul and a sigmoid table; rsqrt fitted), fixed "
                         "(the paper's fixed-statistics affine), auto (the chip and the cost "
-                        "model choose: per_token where it fits, else fixed; default)")
+                        "model choose: per_token where it fits, then per_token_fc, then fixed; "
+                        "default)")
     p.add_argument("--stream-bits", choices=STREAM_WIDTHS, default="auto",
                    help="width of the Transformer's residual stream (LayerNorm's outputs and "
                         "the sums they read): auto is 16 where the chip runs 16-bit activations, "

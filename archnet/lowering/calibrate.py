@@ -110,6 +110,23 @@ def _mse_step(values: torch.Tensor, qmin: int, qmax: int, candidates: int = 64) 
 
 
 @torch.no_grad()
+def calibrate_token_norms(student, images: torch.Tensor, side: dict | None = None) -> int:
+    """Fix every per-token LayerNorm's internal grids (and a fitted form's rsqrt network)
+    from its float input, in order, each traced after the ones before it are set; returns how
+    many. First of all: a fitted form's float output is meaningless until then, and the fits
+    and the smoothing read the float path."""
+    done = 0
+    x = images
+    for block in student.blocks:
+        for step in [st for st in block.spec["steps"] if st["kind"] in TOKEN_NORMS]:
+            env = block.trace(x, quantize=False, side=side)
+            block.layers[step["name"]].calibrate(env[step["inputs"][0]])
+            done += 1
+        x = block(x, quantize=False, side=side)
+    return done
+
+
+@torch.no_grad()
 def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_000,
                           seed: int = 0, side: dict | None = None) -> dict[str, float]:
     """Initial steps of every learned activation quantizer from ``images`` (float path, no

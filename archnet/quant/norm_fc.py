@@ -24,10 +24,12 @@ as the chip computes it (8-bit logits and gates), is ``rsqrt_error``, at most
 ``RSQRT_TOLERANCE`` (the zoo's ViT: 0.35 to 0.84 %; with every LayerNorm so replaced, its
 internal grids included, it scores 91.32 % against the float teacher's 91.34 before any
 training), where the paper's fixed statistics leave that ViT at 15 %
-(``layer_norm.fixed_affine``). Distilled, it has not yet kept that lead (RK3588's ViT: 89.82 %
-at 8w8a and 75.51 % at 4w4a, against 89.30 and 85.78 with fixed statistics), so the planner
-takes it only when asked (``--layer-norm per_token_fc``, ``archnet.rules.planner.OPT_IN``).
-Its limit: one grid for the squares, as
+(``layer_norm.fixed_affine``); the planner ranks it between the two (approximate, with a
+bound). It must be calibrated before anything reads the student's float path
+(``archnet.lowering.calibrate.calibrate_token_norms``): unfitted, its float output is
+LayerNorm's shift alone, and grids and fits set from that wreck the student (the zoo ViT's
+untrained fake-quant student on RK3588: 75.55 % at 8w8a and 10.2 % at 4w4a so, 91.75 % and
+88.65 % calibrated first). Its limit: one grid for the squares, as
 the chip has no ``minimum`` to pick between two; on MiniLM-like streams (channels 20x the
 rest, token variances 500x apart) the quietest tokens come out up to 8 % off.
 Internal grids are fixed by calibration and signed 16-bit, except the table's 8-bit input and

@@ -46,11 +46,6 @@ STREAM_WIDTHS = (8, 16)
 EMBEDDINGS = {"auto": None, "gather": {"embedding.gather"},
               "one_hot": {"embedding.one_hot_fc"}}
 FORM_CHOICES = {"layer_norm": LAYER_NORMS, "embedding": EMBEDDINGS}   # op -> its choices
-# forms ``auto`` never picks, only a family that names them: per_token_fc keeps the ViT's float
-# accuracy untrained (91.32 % against fixed statistics' 15 %), but distilled on rk3588-npu-core it
-# reached 89.82 % at 8w8a and 75.51 % at 4w4a against fixed statistics' 89.30 and 85.78
-# (reports/zoo/README.md): until its training is understood, a user asks for it
-OPT_IN = {"layer_norm.per_token_fc": "opt-in: --layer-norm per_token_fc"}
 
 
 @dataclass(frozen=True)
@@ -222,8 +217,6 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
         wanted = FORM_CHOICES[node.op][chosen] if chosen != "auto" else None
         if wanted is not None and form.rule not in wanted:
             why = f"not a {node.op}={chosen} form"
-        elif wanted is None and form.rule in OPT_IN:
-            why = OPT_IN[form.rule]
         elif recipe == "paper" and not form.in_paper_op_set():
             why = "outside the paper's op set"
         elif recipe == "paper" and form.rule == "add.merge_into_conv":
