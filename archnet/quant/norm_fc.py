@@ -71,6 +71,12 @@ def _on_grid(v: torch.Tensor, step: float, lo: int, hi: int) -> torch.Tensor:
     return torch.clamp(round_ste(v / step), lo, hi) * step
 
 
+def _least_squares(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """argmin |a x - b| by NumPy's SVD solver: the same bits on every call (torch's CPU lstsq
+    is not, and a conversion must not depend on the run)."""
+    return torch.from_numpy(np.linalg.lstsq(a.numpy(), b.numpy(), rcond=None)[0])
+
+
 def fit_rsqrt(variances: torch.Tensor, eps: float, units: int = UNITS, steps: int = 800
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float, float]:
     """(b, c, a, d, lo, hi): a sigmoid network r(v) = a . sigmoid(b v + c) + d fitted to
@@ -95,8 +101,7 @@ def fit_rsqrt(variances: torch.Tensor, eps: float, units: int = UNITS, steps: in
 
     with torch.no_grad():
         design = torch.cat([gates(grid), torch.ones(len(grid), 1, dtype=torch.float64)], 1)
-        sol = torch.linalg.lstsq(design / target[:, None],
-                                 torch.ones(len(grid), 1, dtype=torch.float64)).solution[:, 0]
+        sol = _least_squares(design / target[:, None], torch.ones(len(grid), dtype=torch.float64))
     a = sol[:-1].clamp_min(1e-6).requires_grad_(True)
     d = sol[-1].clone().requires_grad_(True)
     opt = torch.optim.Adam([log_slope, log_centre, a, d], lr=0.01)
@@ -132,9 +137,12 @@ class QTokenNormFc(nn.Module):
             self.register_buffer(f"{g}_step", torch.tensor(1.0 / S16.qmax, dtype=torch.float64))
         self.register_buffer("logit_step", torch.tensor(LOGIT_RANGE / S8.qmax,
                                                         dtype=torch.float64))
-        # the rsqrt network: logits b * v + c, gates sigmoid, r = a . gates + d
-        for name, shape in (("b", (units,)), ("c", (units,)), ("a", (units,)), ("d", ())):
-            self.register_buffer(f"net_{name}", torch.zeros(shape, dtype=torch.float64))
+        # the rsqrt network: logits b * v + c, gates sigmoid, r = a . gates + d; until
+        # ``calibrate`` fits it, placeholders that export (a latency estimate needs only the
+        # shapes)
+        for name, value in (("b", -1.0), ("c", 0.0), ("a", 2.0 / units), ("d", 0.0)):
+            shape = () if name == "d" else (units,)
+            self.register_buffer(f"net_{name}", torch.full(shape, value, dtype=torch.float64))
         self.register_buffer("rsqrt_error", torch.tensor(0.0, dtype=torch.float64))
 
     @property
@@ -200,8 +208,7 @@ class QTokenNormFc(nn.Module):
                           S8.qmin, S8.qmax)
         gates = _on_grid(torch.sigmoid(logits), 1.0 / U8.qmax, 0, U8.qmax)
         design = torch.cat([gates, torch.ones(len(grid), 1, dtype=torch.float64)], 1)
-        sol = torch.linalg.lstsq(design / target[:, None], torch.ones(len(grid), 1,
-                                 dtype=torch.float64)).solution[:, 0]
+        sol = _least_squares(design / target[:, None], torch.ones(len(grid), dtype=torch.float64))
         self.net_a.copy_(sol[:-1])
         a_int, a_scale = self._a_int()
         self.net_a.copy_(a_int * a_scale)
