@@ -68,7 +68,7 @@ from archnet.quant.lsq import LsqQuantizer, round_ste
 from archnet.quant.modules import (ENCODINGS, QChannelAffine, QConstant, QConv2d, QEmbedding,
                                    QFlatten, QInput, QLinear, QReshape, concat, concat_float)
 from archnet.quant.norm import OPS as TOKEN_NORM_OPS
-from archnet.quant.norm import QTokenNorm
+from archnet.quant.norm import QTokenNorm, TokenNormBase
 from archnet.quant.norm_fc import OPS as TOKEN_NORM_FC_OPS
 from archnet.quant.norm_fc import QTokenNormFc
 from archnet.quant.qtensor import QTensor
@@ -508,7 +508,7 @@ class GraphBlock(nn.Module):
         for k, m in self.layers.items():
             if isinstance(m, (QConv2d, QLinear)):
                 out[k] = m
-            elif isinstance(m, (QTokenNorm, QTokenNormFc)):
+            elif isinstance(m, TokenNormBase):
                 out[f"{k}.affine"] = m.affine
         return out
 

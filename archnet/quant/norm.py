@@ -54,8 +54,13 @@ def _on_grid(v: torch.Tensor, step: float, lo: int = S16.qmin, hi: int = S16.qma
     return torch.clamp(round_ste(v / step), lo, hi) * step
 
 
-class QTokenNorm(nn.Module):
-    """LayerNorm over the last axis, per token, from mean, sub, mul and an interpolated table."""
+class TokenNormBase(nn.Module):
+    """What every per-token LayerNorm form shares: LayerNorm's scale and shift as a depthwise
+    1x1 over the token rows (``affine``, whose grid is the output's), internal grids as
+    float64 buffers ``<grid>_step``, the fake-quant ``forward`` (``_normalise`` then the
+    affine) and the integer forward through the simulator (``export``'s nodes, executed)."""
+
+    GRIDS: tuple[str, ...] = ()
 
     def __init__(self, features: int, w_bits: int = 8, eps: float = 1e-5,
                  output_quant: LsqQuantizer | None = None):
@@ -67,9 +72,8 @@ class QTokenNorm(nn.Module):
                               groups=features)
         with torch.no_grad():
             self.affine.weight.fill_(1.0)
-        for g in GRIDS:
+        for g in self.GRIDS:
             self.register_buffer(f"{g}_step", torch.tensor(1.0 / S16.qmax, dtype=torch.float64))
-        self.register_buffer("variance_floor", torch.tensor(0.0, dtype=torch.float64))
 
     @property
     def output_quant(self) -> LsqQuantizer:
@@ -78,15 +82,62 @@ class QTokenNorm(nn.Module):
     def _step(self, g: str) -> float:
         return float(getattr(self, f"{g}_step"))
 
-    # -- float and fake-quant
-    @torch.no_grad()
-    def calibrate(self, x: torch.Tensor) -> None:
-        """Fix the internal grids from the float input ``x`` (any shape, features last)."""
+    @staticmethod
+    def _rows(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1], 1, 1)
+
+    def _statistics(self, x: torch.Tensor):
+        """Per token of the float input ``x`` (features last), in float64: the mean, the
+        centred values, their squares and the variance ([tokens, 1]), as calibration reads
+        them."""
         x = x.detach().to(torch.float64).reshape(-1, self.features)
         mean = x.mean(dim=1, keepdim=True)
         centred = x - mean
         square = centred * centred
-        variance = square.mean(dim=1, keepdim=True)
+        return mean, centred, square, square.mean(dim=1, keepdim=True)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def export(self, b: ProgramBuilder, x: str, name: str) -> str:
+        raise NotImplementedError
+
+    def _affine_export(self, b: ProgramBuilder, n: str, name: str, shape) -> str:
+        """The normalised rows ``n`` through the affine, back to the input's ``shape``."""
+        rows = b.node("reshape", [n], f"{name}.rows", shape=[-1, self.features, 1, 1])
+        y = self.affine.export(b, rows, f"{name}.affine")
+        return b.node("reshape", [y], name, shape=[-1, *shape[1:]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self._normalise(x)
+        return self.affine(self._rows(n)).reshape(x.shape)
+
+    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
+        b = ProgramBuilder(type(self).__name__)
+        xin = b.input("x", tuple(x.value.shape), x.dtype, scale=float(x.scale))
+        b.output(self.export(b, xin, "y"))
+        program = b.build()
+        y = execute(program, arith, {"x": x.value.numpy()}, trace=False).outputs["y"]
+        out = program.tensors["y"]
+        return QTensor(torch.from_numpy(np.ascontiguousarray(y)).to(torch.int64),
+                       out.scale[0], out.dtype)
+
+
+class QTokenNorm(TokenNormBase):
+    """LayerNorm over the last axis, per token, from mean, sub, mul and an interpolated table."""
+
+    GRIDS = GRIDS
+
+    def __init__(self, features: int, w_bits: int = 8, eps: float = 1e-5,
+                 output_quant: LsqQuantizer | None = None):
+        super().__init__(features, w_bits, eps, output_quant)
+        self.register_buffer("variance_floor", torch.tensor(0.0, dtype=torch.float64))
+
+    # -- float and fake-quant
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Fix the internal grids from the float input ``x`` (any shape, features last)."""
+        mean, centred, square, variance = self._statistics(x)
         floor = max(float(variance.min()) / 2, 0.0)
         rsqrt = 1.0 / torch.sqrt(variance.clamp_min(floor) + self.eps)
         norm = centred * rsqrt
@@ -114,14 +165,6 @@ class QTokenNorm(nn.Module):
         r = _on_grid(r, self._step("rsqrt"), 0)
         return _on_grid(c * r, self._step("norm"))
 
-    @staticmethod
-    def _rows(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1, x.shape[-1], 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self._normalise(x)
-        return self.affine(self._rows(n)).reshape(x.shape)
-
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         """LayerNorm itself (the form is exact in float)."""
         n = F.layer_norm(x, (self.features,), eps=self.eps)
@@ -145,17 +188,4 @@ class QTokenNorm(nn.Module):
                                    real_multiplier=[1.0 / (1 << INTERPOLATION_FRACTION_BITS)]))
         r = b.node("minimum", readings, f"{name}.rsqrt", dtype=S16, scale=s["rsqrt"])
         n = b.node("mul", [c, r], f"{name}.norm", dtype=S16, scale=s["norm"])
-        shape = b.tensors[x].shape
-        rows = b.node("reshape", [n], f"{name}.rows", shape=[-1, shape[-1], 1, 1])
-        y = self.affine.export(b, rows, f"{name}.affine")
-        return b.node("reshape", [y], name, shape=[-1, *shape[1:]])
-
-    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
-        b = ProgramBuilder("token_norm")
-        xin = b.input("x", tuple(x.value.shape), x.dtype, scale=float(x.scale))
-        b.output(self.export(b, xin, "y"))
-        program = b.build()
-        y = execute(program, arith, {"x": x.value.numpy()}, trace=False).outputs["y"]
-        out = program.tensors["y"]
-        return QTensor(torch.from_numpy(np.ascontiguousarray(y)).to(torch.int64),
-                       out.scale[0], out.dtype)
+        return self._affine_export(b, n, name, b.tensors[x].shape)

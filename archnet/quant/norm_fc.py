@@ -44,13 +44,11 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 
 from archnet.quant.lsq import LsqQuantizer, round_ste
-from archnet.quant.modules import BIAS_TYPE, QConv2d
-from archnet.quant.qtensor import QTensor
-from simulator.contract import S16, ArithmeticSpec, IntType
-from simulator.execute import execute
+from archnet.quant.modules import BIAS_TYPE
+from archnet.quant.norm import TokenNormBase
+from simulator.contract import S16, IntType
 from simulator.ir.builder import ProgramBuilder
 
 HEADROOM = 1.25        # each internal grid covers 1.25x the largest value calibration saw
@@ -121,20 +119,15 @@ def fit_rsqrt(variances: torch.Tensor, eps: float, units: int = UNITS, steps: in
         return b, c, a.abs() / root, float(d) / root, lo, hi
 
 
-class QTokenNormFc(nn.Module):
+class QTokenNormFc(TokenNormBase):
     """LayerNorm over the last axis, per token, from FC layers, add, mul and a sigmoid table."""
+
+    GRIDS = GRIDS
 
     def __init__(self, features: int, w_bits: int = 8, eps: float = 1e-5,
                  output_quant: LsqQuantizer | None = None, units: int = UNITS):
-        super().__init__()
-        self.features, self.eps, self.units = features, float(eps), units
-        self.affine = QConv2d(features, features, 1, 1, w_bits=w_bits, relu=False,
-                              batch_norm=False, output_quant=output_quant, padding=0,
-                              groups=features)
-        with torch.no_grad():
-            self.affine.weight.fill_(1.0)
-        for g in GRIDS:
-            self.register_buffer(f"{g}_step", torch.tensor(1.0 / S16.qmax, dtype=torch.float64))
+        super().__init__(features, w_bits, eps, output_quant)
+        self.units = units
         self.register_buffer("logit_step", torch.tensor(LOGIT_RANGE / S8.qmax,
                                                         dtype=torch.float64))
         # the rsqrt network: logits b * v + c, gates sigmoid, r = a . gates + d; until
@@ -144,13 +137,6 @@ class QTokenNormFc(nn.Module):
             shape = () if name == "d" else (units,)
             self.register_buffer(f"net_{name}", torch.full(shape, value, dtype=torch.float64))
         self.register_buffer("rsqrt_error", torch.tensor(0.0, dtype=torch.float64))
-
-    @property
-    def output_quant(self) -> LsqQuantizer:
-        return self.affine.output_quant
-
-    def _step(self, g: str) -> float:
-        return float(getattr(self, f"{g}_step"))
 
     # -- the rsqrt network's values on the chip's grids
     def _a_int(self) -> tuple[torch.Tensor, float]:
@@ -173,11 +159,8 @@ class QTokenNormFc(nn.Module):
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
         """Fix the internal grids and fit the rsqrt network from the float input ``x``."""
-        x = x.detach().to(torch.float64).reshape(-1, self.features)
-        mean = x.mean(dim=1, keepdim=True)
-        centred = x - mean
-        square = centred * centred
-        variance = square.mean(dim=1)
+        mean, centred, square, variance = self._statistics(x)
+        variance = variance.flatten()
         with torch.enable_grad():
             b, c, a, d, lo, hi = fit_rsqrt(variance, self.eps, self.units)
         for name, value in (("b", b), ("c", c), ("a", a), ("d", d)):
@@ -230,14 +213,6 @@ class QTokenNormFc(nn.Module):
         r = _on_grid(r, s["rsqrt"], S16.qmin, S16.qmax)
         return _on_grid(c * r, s["norm"], S16.qmin, S16.qmax)
 
-    @staticmethod
-    def _rows(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1, x.shape[-1], 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self._normalise(x)
-        return self.affine(self._rows(n)).reshape(x.shape)
-
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The form in float: LayerNorm with the fitted network for its rsqrt."""
         n = self._normalise(x, quantized=False).to(x.dtype)
@@ -284,16 +259,4 @@ class QTokenNormFc(nn.Module):
         r = self._fc(b, gates, f"{name}.rsqrt", np.tile(a_int.numpy(), (d, 1)), [a_scale] * d,
                      np.full(d, float(self.net_d)), s["rsqrt"], S16)
         n = b.node("mul", [c, r], f"{name}.norm", dtype=S16, scale=s["norm"])
-        rows = b.node("reshape", [n], f"{name}.rows", shape=[-1, d, 1, 1])
-        y = self.affine.export(b, rows, f"{name}.affine")
-        return b.node("reshape", [y], name, shape=[-1, *shape[1:]])
-
-    def integer_forward(self, x: QTensor, arith: ArithmeticSpec) -> QTensor:
-        b = ProgramBuilder("token_norm_fc")
-        xin = b.input("x", tuple(x.value.shape), x.dtype, scale=float(x.scale))
-        b.output(self.export(b, xin, "y"))
-        program = b.build()
-        y = execute(program, arith, {"x": x.value.numpy()}, trace=False).outputs["y"]
-        out = program.tensors["y"]
-        return QTensor(torch.from_numpy(np.ascontiguousarray(y)).to(torch.int64),
-                       out.scale[0], out.dtype)
+        return self._affine_export(b, n, name, shape)
