@@ -26,12 +26,12 @@ internal grids included, it scores 91.32 % against the float teacher's 91.34 bef
 training), where the paper's fixed statistics leave that ViT at 15 %
 (``layer_norm.fixed_affine``); the planner ranks it between the two (approximate, with a
 bound). It must be calibrated before anything reads the student's float path
-(``archnet.lowering.calibrate.calibrate_token_norms``): unfitted, its float output is
-LayerNorm's shift alone, and grids and fits set from that wreck the student (the zoo ViT's
-untrained fake-quant student on RK3588: 75.55 % at 8w8a and 10.2 % at 4w4a so, 91.75 % and
-88.65 % calibrated first). Its limit: one grid for the squares, as
-the chip has no ``minimum`` to pick between two; on MiniLM-like streams (channels 20x the
-rest, token variances 500x apart) the quietest tokens come out up to 8 % off.
+(``archnet.lowering.calibrate.calibrate_token_norms``): unfitted, its float output is not
+LayerNorm, and grids and fits set from it wreck the student (the zoo ViT's untrained
+fake-quant student on RK3588: 75.55 % at 8w8a and 10.2 % at 4w4a so, 91.75 % and 88.65 %
+calibrated first; converted, 91.26 % and 90.38 %). Its limit: one grid for the squares, as the
+chip has no ``minimum`` to pick between two; on MiniLM-like streams (channels 20x the rest,
+token variances 500x apart) the quietest tokens come out up to 8 % off.
 Internal grids are fixed by calibration and signed 16-bit, except the table's 8-bit input and
 output (a chip without 16-bit activations refuses the form); the internal layers' weights are
 8-bit whatever the student's width (they are exact or fitted values, not learned factors).
