@@ -512,14 +512,17 @@ class GraphBlock(nn.Module):
                 out[f"{k}.affine"] = m.affine
         return out
 
-    def trace(self, x: torch.Tensor, quantize: bool = True, side: dict | None = None
-              ) -> dict[str, torch.Tensor]:
+    def trace(self, x: torch.Tensor, quantize: bool = True, side: dict | None = None,
+              until: str | None = None) -> dict[str, torch.Tensor]:
         """Every tensor of the block by name (inputs are ``in:<k>``, side inputs
-        ``side:<name>``), for calibration and tests."""
+        ``side:<name>``), for calibration and tests; with ``until``, only those computed
+        before that step."""
         env = dict(zip((f"in:{k}" for k in range(len(self.in_sizes))),
                        torch.split(x, self.in_sizes, dim=1), strict=True))
         env.update({f"side:{k}": v for k, v in (side or {}).items()})
         for step in self.spec["steps"]:
+            if step["name"] == until:
+                break
             args = [env[ref] for ref in step["inputs"]]
             name, kind = step["name"], step["kind"]
             if kind == "concat":

@@ -112,14 +112,14 @@ def _mse_step(values: torch.Tensor, qmin: int, qmax: int, candidates: int = 64) 
 @torch.no_grad()
 def calibrate_token_norms(student, images: torch.Tensor, side: dict | None = None) -> int:
     """Fix every per-token LayerNorm's internal grids (and a fitted form's rsqrt network)
-    from its float input, in order, each traced after the ones before it are set; returns how
-    many. First of all: a fitted form's float output is meaningless until then, and the fits
+    from its float input, in order, each traced up to it after the ones before it are set;
+    returns how many. First of all: a fitted form refuses to be read until then, and the fits
     and the smoothing read the float path."""
     done = 0
     x = images
     for block in student.blocks:
         for step in [st for st in block.spec["steps"] if st["kind"] in TOKEN_NORMS]:
-            env = block.trace(x, quantize=False, side=side)
+            env = block.trace(x, quantize=False, side=side, until=step["name"])
             block.layers[step["name"]].calibrate(env[step["inputs"][0]])
             done += 1
         x = block(x, quantize=False, side=side)
@@ -133,19 +133,15 @@ def calibrate_activations(student, images: torch.Tensor, max_samples: int = 200_
     quantizers): the MSE-optimal clipping of the values written to it (by every writer, for
     a quantizer shared across a concat); returns ``{quantizer key: step}``. Quantizers whose
     grid is fixed by construction (``step`` in the config) are left alone. A token norm's
-    internal grids are fixed here too (``QTokenNorm.calibrate``)."""
+    internal grids are fixed here again first (``calibrate_token_norms``), on the values as
+    the fits and smoothing before left them."""
     gen = torch.Generator().manual_seed(seed)
     fixed = {k for k, s in student.config["quantizers"].items() if s.get("step") is not None}
     written: dict[str, list[torch.Tensor]] = {}
+    calibrate_token_norms(student, images, side=side)
     x = images
     for block in student.blocks:
         env = block.trace(x, quantize=False, side=side)
-        norms = [st for st in block.spec["steps"] if st["kind"] in TOKEN_NORMS]
-        for step in norms:                  # its internal 16-bit grids, from its input
-            block.layers[step["name"]].calibrate(env[step["inputs"][0]])
-        if any(st["kind"] != "token_norm" for st in norms):
-            # a fitted form's float output depends on its fit: trace again with it
-            env = block.trace(x, quantize=False, side=side)
         for step in block.spec["steps"]:
             key = step.get("quant")
             if key is not None and key not in fixed:    # every step writing a learned grid

@@ -146,6 +146,10 @@ class _Grids:
         self.parent[b] = a
 
 
+# the per-token LayerNorm rules and the student step kind each lowers to
+_TOKEN_NORM_STEPS = {"layer_norm.per_token": "token_norm",
+                     "layer_norm.per_token_fc": "token_norm_fc"}
+
 class _Lowering:
     def __init__(self, graph: TeacherGraph, plan: ConversionPlan):
         self.graph, self.plan = graph, plan
@@ -208,9 +212,8 @@ class _Lowering:
         if d.rule == "layer_norm.fixed_affine":
             self._layer_norm(node)
             return
-        if d.rule in ("layer_norm.per_token", "layer_norm.per_token_fc"):
-            self._token_norm(node, "token_norm" if d.rule == "layer_norm.per_token"
-                             else "token_norm_fc")
+        if d.rule in _TOKEN_NORM_STEPS:
+            self._token_norm(node, _TOKEN_NORM_STEPS[d.rule])
             return
         if d.rule == "embedding.gather":
             self._embedding(node)

@@ -50,7 +50,7 @@ OPS = ("mean", "sub", "mul", "mean", "lookup_table", "requantize", "mul", "mean"
        "lookup_table", "requantize", "minimum", "mul", "reshape", "conv2d", "requantize", "reshape")
 
 
-def _on_grid(v: torch.Tensor, step: float, lo: int = S16.qmin, hi: int = S16.qmax):
+def on_grid(v: torch.Tensor, step: float, lo: int = S16.qmin, hi: int = S16.qmax):
     return torch.clamp(round_ste(v / step), lo, hi) * step
 
 
@@ -95,6 +95,11 @@ class TokenNormBase(nn.Module):
         centred = x - mean
         square = centred * centred
         return mean, centred, square, square.mean(dim=1, keepdim=True)
+
+    def _cover(self, peak: dict) -> None:
+        """Each named internal grid (16-bit) covers its largest value times ``HEADROOM``."""
+        for g, value in peak.items():
+            getattr(self, f"{g}_step").fill_(max(float(value) * HEADROOM, 1e-12) / S16.qmax)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -143,8 +148,7 @@ class QTokenNorm(TokenNormBase):
         norm = centred * rsqrt
         peak = {"mean": mean.abs().max(), "centred": centred.abs().max(),
                 "square": square.max(), "variance": variance.max(), "norm": norm.abs().max()}
-        for g, value in peak.items():
-            getattr(self, f"{g}_step").fill_(max(float(value) * HEADROOM, 1e-12) / S16.qmax)
+        self._cover(peak)
         self.square_fine_step.fill_(self._step("square") / FINE)
         self.variance_fine_step.fill_(self._step("variance") / FINE)
         self.variance_floor.fill_(floor)
@@ -153,17 +157,17 @@ class QTokenNorm(TokenNormBase):
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """The chain up to the normalised values, each intermediate on its grid."""
-        m = _on_grid(x.mean(dim=-1, keepdim=True), self._step("mean"))
-        c = _on_grid(x - m, self._step("centred"))
+        m = on_grid(x.mean(dim=-1, keepdim=True), self._step("mean"))
+        c = on_grid(x - m, self._step("centred"))
         floor, r = float(self.variance_floor), None
         for square, variance in (("square", "variance"), ("square_fine", "variance_fine")):
-            sq = _on_grid(c * c, self._step(square), 0)
-            v = _on_grid(sq.mean(dim=-1, keepdim=True), self._step(variance), 0)
+            sq = on_grid(c * c, self._step(square), 0)
+            v = on_grid(sq.mean(dim=-1, keepdim=True), self._step(variance), 0)
             # the table's interpolation is not modelled (it errs below 0.3 % where it is read)
             reading = torch.rsqrt(v.clamp_min(floor) + self.eps)
             r = reading if r is None else torch.minimum(r, reading)
-        r = _on_grid(r, self._step("rsqrt"), 0)
-        return _on_grid(c * r, self._step("norm"))
+        r = on_grid(r, self._step("rsqrt"), 0)
+        return on_grid(c * r, self._step("norm"))
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         """LayerNorm itself (the form is exact in float)."""

@@ -45,13 +45,12 @@ import warnings
 import numpy as np
 import torch
 
-from archnet.quant.lsq import LsqQuantizer, round_ste
+from archnet.quant.lsq import LsqQuantizer
 from archnet.quant.modules import BIAS_TYPE
-from archnet.quant.norm import TokenNormBase
+from archnet.quant.norm import TokenNormBase, on_grid
 from simulator.contract import S16, IntType
 from simulator.ir.builder import ProgramBuilder
 
-HEADROOM = 1.25        # each internal grid covers 1.25x the largest value calibration saw
 UNITS = 16             # sigmoid units of the rsqrt network: within 1 % of 1/sqrt over 1e5
 # the relative error the fit must reach over the calibrated variances (the planner's bound for
 # the form); calibration warns, naming the LayerNorm's error, where it does not
@@ -63,10 +62,6 @@ GRIDS = ("neg_mean", "centred", "square", "variance", "rsqrt", "norm")
 OPS = ("reshape", "fully_connected", "requantize", "add", "mul", "fully_connected", "requantize",
        "fully_connected", "requantize", "lookup_table", "fully_connected", "requantize", "mul",
        "reshape", "conv2d", "requantize", "reshape")
-
-
-def _on_grid(v: torch.Tensor, step: float, lo: int, hi: int) -> torch.Tensor:
-    return torch.clamp(round_ste(v / step), lo, hi) * step
 
 
 def _least_squares(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -136,7 +131,7 @@ class QTokenNormFc(TokenNormBase):
         for name, value in (("b", -1.0), ("c", 0.0), ("a", 2.0 / units), ("d", 0.0)):
             shape = () if name == "d" else (units,)
             self.register_buffer(f"net_{name}", torch.full(shape, value, dtype=torch.float64))
-        self.register_buffer("rsqrt_error", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("rsqrt_error", torch.tensor(0.0, dtype=torch.float64))  # 0: unfitted
 
     # -- the rsqrt network's values on the chip's grids
     def _a_int(self) -> tuple[torch.Tensor, float]:
@@ -150,8 +145,8 @@ class QTokenNormFc(TokenNormBase):
         logits = v * self.net_b + self.net_c
         if not quantized:
             return (torch.sigmoid(logits) @ self.net_a)[..., None] + self.net_d
-        logits = _on_grid(logits, self._step("logit"), S8.qmin, S8.qmax)
-        gates = _on_grid(torch.sigmoid(logits), 1.0 / U8.qmax, 0, U8.qmax)
+        logits = on_grid(logits, self._step("logit"), S8.qmin, S8.qmax)
+        gates = on_grid(torch.sigmoid(logits), 1.0 / U8.qmax, 0, U8.qmax)
         a_int, a_scale = self._a_int()
         return (gates @ (a_int * a_scale))[..., None] + self.net_d
 
@@ -178,8 +173,7 @@ class QTokenNormFc(TokenNormBase):
         peak = {"neg_mean": mean.abs().max(), "centred": centred.abs().max(),
                 "square": square.max(), "variance": variance.max(), "rsqrt": r.abs().max(),
                 "norm": norm.abs().max()}
-        for g, value in peak.items():
-            getattr(self, f"{g}_step").fill_(max(float(value) * HEADROOM, 1e-12) / S16.qmax)
+        self._cover(peak)
 
     def _refit_on_grids(self, grid: torch.Tensor) -> None:
         """a and d again by least squares (relative error) on the gates as the chip computes
@@ -187,9 +181,9 @@ class QTokenNormFc(TokenNormBase):
         onto its grid: the network the chip runs is the one fitted (2 % -> 0.3 % off 1/sqrt
         on a 100x range of variances)."""
         target = 1.0 / torch.sqrt(grid + self.eps)
-        logits = _on_grid(grid[:, None] * self.net_b + self.net_c, self._step("logit"),
+        logits = on_grid(grid[:, None] * self.net_b + self.net_c, self._step("logit"),
                           S8.qmin, S8.qmax)
-        gates = _on_grid(torch.sigmoid(logits), 1.0 / U8.qmax, 0, U8.qmax)
+        gates = on_grid(torch.sigmoid(logits), 1.0 / U8.qmax, 0, U8.qmax)
         design = torch.cat([gates, torch.ones(len(grid), 1, dtype=torch.float64)], 1)
         sol = _least_squares(design / target[:, None], torch.ones(len(grid), dtype=torch.float64))
         self.net_a.copy_(sol[:-1])
@@ -199,19 +193,22 @@ class QTokenNormFc(TokenNormBase):
         self.net_d.fill_(float((rest / target).sum() / (1.0 / target ** 2).sum()))
 
     def _normalise(self, x: torch.Tensor, quantized: bool = True) -> torch.Tensor:
+        if float(self.rsqrt_error) == 0.0:     # its values would mislead whatever reads them
+            raise RuntimeError(f"per-token LayerNorm over {self.features} features read before "
+                               f"calibration (archnet.lowering.calibrate.calibrate_token_norms)")
         x = x.to(torch.float64) if not quantized else x
         if not quantized:
             c = x - x.mean(dim=-1, keepdim=True)
             v = (c * c).mean(dim=-1, keepdim=True)
             return c * self._network(v, False).to(c.dtype)
         s = {g: self._step(g) for g in GRIDS}
-        m = _on_grid(-x.mean(dim=-1, keepdim=True), s["neg_mean"], S16.qmin, S16.qmax)
-        c = _on_grid(x + m, s["centred"], S16.qmin, S16.qmax)
-        sq = _on_grid(c * c, s["square"], 0, S16.qmax)
-        v = _on_grid(sq.mean(dim=-1, keepdim=True), s["variance"], 0, S16.qmax)
+        m = on_grid(-x.mean(dim=-1, keepdim=True), s["neg_mean"])
+        c = on_grid(x + m, s["centred"])
+        sq = on_grid(c * c, s["square"], 0)
+        v = on_grid(sq.mean(dim=-1, keepdim=True), s["variance"], 0)
         r = self._network(v.to(torch.float64), True).to(c.dtype)
-        r = _on_grid(r, s["rsqrt"], S16.qmin, S16.qmax)
-        return _on_grid(c * r, s["norm"], S16.qmin, S16.qmax)
+        r = on_grid(r, s["rsqrt"])
+        return on_grid(c * r, s["norm"])
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The form in float: LayerNorm with the fitted network for its rsqrt."""

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -28,6 +29,7 @@ _RECTIFIERS = ("gelu", "silu", "hardswish", "leaky_relu")
 SIGMOID_GELU_GAIN = 1.702
 
 
+@functools.cache
 def sigmoid_gelu_error() -> float:
     """The largest |GELU(x) - x * sigmoid(1.702 x)|: 0.0203, at |x| near 2.27 (the two meet at
     0 and at large |x|), on a grid fine enough for three digits."""

@@ -26,22 +26,25 @@ def _stream(tokens: int = 96, seed: int = 0) -> torch.Tensor:
     return (x * spread[:, None] + 0.3).unsqueeze(0)
 
 
-def _norm(x: torch.Tensor) -> QTokenNorm:
+def _norm(x: torch.Tensor, form=QTokenNorm):
+    """``form`` over ``x``'s features, calibrated on ``x``; its output grid holds LayerNorm's."""
     want = F.layer_norm(x, (D,), eps=1e-5)
     out = LsqQuantizer(16, True)
     out.scale.data.fill_(float(want.abs().max()) * 1.1 / out.qmax)
     out.initialised.fill_(True)
-    norm = QTokenNorm(D, output_quant=out).double()
+    norm = form(D, output_quant=out).double()
     norm.calibrate(x)
     return norm
 
 
-def _relative_error(norm: QTokenNorm, x: torch.Tensor) -> torch.Tensor:
-    """Per token, the largest distance between the chip's integers and LayerNorm over
-    LayerNorm's largest value."""
-    scale = float(x.abs().max()) * 1.05 / 32767
-    q = QTensor(torch.round(x / scale).to(torch.int64), scale, IntType(16, True))
-    got = norm.integer_forward(q, load_profile("ethos-u55-128").arithmetic).dequantize()
+def _relative_error(norm, x: torch.Tensor, chip: str = "ethos-u55-128",
+                    bits: int = 16) -> torch.Tensor:
+    """Per token, the largest distance between ``chip``'s integers and LayerNorm (of the same
+    ``bits``-bit input) over LayerNorm's largest value."""
+    qmax = (1 << (bits - 1)) - 1
+    scale = float(x.abs().max()) * 1.05 / qmax
+    q = QTensor(torch.round(x / scale).to(torch.int64), scale, IntType(bits, True))
+    got = norm.integer_forward(q, load_profile(chip).arithmetic).dequantize()
     want = F.layer_norm(q.dequantize(), (D,), eps=1e-5)
     return ((got - want).abs().amax(dim=-1) / want.abs().amax(dim=-1))[0]
 

@@ -10,15 +10,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from archnet.quant.lsq import LsqQuantizer
 from archnet.quant.norm_fc import RSQRT_TOLERANCE, QTokenNormFc, fit_rsqrt
-from archnet.quant.qtensor import QTensor
-from simulator.contract import IntType
-from simulator.profiles import load_profile
 
-D = 64
+import test_token_norm as token_norm
+
+D = token_norm.D
 
 
 def _stream(tokens: int = 96, seed: int = 0) -> torch.Tensor:
@@ -40,26 +37,12 @@ def test_the_rsqrt_network_fits_over_the_range_seen(ratio):
 
 
 def _norm(x: torch.Tensor) -> QTokenNormFc:
-    want = F.layer_norm(x, (D,), eps=1e-5)
-    out = LsqQuantizer(16, True)
-    out.scale.data.fill_(float(want.abs().max()) * 1.1 / out.qmax)
-    out.initialised.fill_(True)
-    norm = QTokenNormFc(D, output_quant=out).double()
-    with torch.no_grad():
-        norm.affine.weight_quant.scale.fill_(1.0 / 127)     # LayerNorm's unit scale, exact
-        norm.affine.weight_quant.initialised.fill_(True)
-    norm.calibrate(x)
-    return norm
+    return token_norm._norm(x, QTokenNormFc)
 
 
 def _relative_error(norm: QTokenNormFc, x: torch.Tensor) -> torch.Tensor:
-    """Per token, the largest distance between RK3588's integers and LayerNorm (of the same
-    8-bit input) over LayerNorm's largest value."""
-    scale = float(x.abs().max()) * 1.05 / 127
-    q = QTensor(torch.round(x / scale).to(torch.int64), scale, IntType(8, True))
-    got = norm.integer_forward(q, load_profile("rk3588-npu-core").arithmetic).dequantize()
-    want = F.layer_norm(q.dequantize(), (D,), eps=1e-5)
-    return ((got - want).abs().amax(dim=-1) / want.abs().amax(dim=-1))[0]
+    """On RK3588's integers, from an 8-bit input (its stream can be 8-bit)."""
+    return token_norm._relative_error(norm, x, "rk3588-npu-core", 8)
 
 
 def test_every_token_is_normalised_within_three_percent():
