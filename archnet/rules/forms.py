@@ -67,6 +67,7 @@ class Form:
     # an inexact form's largest deviation from the teacher's op in float where it is bounded (a
     # close approximation, such as GELU as x * sigmoid(1.702 x)); None: recovered by training
     max_error: float | None = None
+    max_error_is: str = "absolute, in float"   # what max_error bounds, for the planner's reason
     host: bool = False
     constants: tuple[tuple[int, ...], ...] = ()   # constant operands, read as c0, c1 ...
     input_shapes: tuple[tuple[int, ...], ...] | None = None   # the student's own input encoding

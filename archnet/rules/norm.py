@@ -148,7 +148,8 @@ def forms(node: TeacherNode, ctx: RuleContext) -> list[Form]:
                             "a fitted sigmoid network whose last layer broadcasts it), then "
                             "its scale and shift as a depthwise 1x1",
                             _per_token_fc_steps(x, node.shape), exact=False,
-                            max_error=RSQRT_TOLERANCE)
+                            max_error=RSQRT_TOLERANCE,
+                            max_error_is="relative, of its 1/sqrt on the chip's grids")
         folded = [Form("layer_norm.folded_affine",
                        "LayerNorm as a per-channel affine with fixed statistics, folded into the "
                        "residual add before it (the fully connected layer writing one operand "

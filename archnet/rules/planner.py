@@ -254,7 +254,7 @@ def _choose(node: TeacherNode, ctx: RuleContext, bits, recipe: str,
     lacks = cands[0].why_not if cands and not cands[0].fits else "no native form"
     others = len(judged) - 1
     kind = ("cheapest exact" if form.exact else
-            f"cheapest approximate (within {form.max_error:.3g} in float)"
+            f"cheapest approximate (within {form.max_error:.3g}, {form.max_error_is})"
             if form.max_error is not None else "cheapest learned")
     return form, j, tuple(cands), (f"the chip lacks the teacher's op ({lacks}); {kind} "
                                    f"replacement" + (f" of {others + 1} that fit" if others else ""))
