@@ -61,15 +61,32 @@ def check_input(info: TensorInfo, value, where: str = "input") -> np.ndarray:
             raise InputError(f"{where} {info.name!r}: dtype {arr.dtype} is not an integer type "
                              f"(expected values of {info.dtype})")
         lo, hi = info.dtype.qmin, info.dtype.qmax
-        if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+        held = np.iinfo(arr.dtype)
+        if arr.size and (held.min < lo or held.max > hi) and (
+                int(arr.min()) < lo or int(arr.max()) > hi):
             raise InputError(f"{where} {info.name!r}: values [{int(arr.min())}, {int(arr.max())}] "
                              f"outside {info.dtype} range [{lo}, {hi}]")
-        return arr.astype(np.int64)
+        return _compact(arr)
     if arr.dtype.kind != "f":
         raise InputError(f"{where} {info.name!r}: dtype {arr.dtype} is not float (expected f32)")
     if not np.all(np.isfinite(arr)):
         raise InputError(f"{where} {info.name!r}: contains NaN or infinity")
     return arr.astype(np.float32)
+
+
+def _compact(arr: np.ndarray) -> np.ndarray:
+    """An integer array kept in its own dtype when narrower than int64 (the fused kernels read
+    it as it is), else int64."""
+    if arr.dtype.itemsize < 8:
+        return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _wide(v):
+    """A value as every runner and result sees it: integer arrays as int64."""
+    if isinstance(v, np.ndarray) and v.dtype.kind in "iu" and v.dtype != np.int64:
+        return v.astype(np.int64)
+    return v
 
 
 # ---------------------------------------------------------------------- node runners
@@ -88,7 +105,7 @@ def _activation_bits(t: TensorInfo) -> int:
     return t.dtype.bits if isinstance(t.dtype, IntType) else 32
 
 
-def _run_mac(node, p, ins, arith, be):
+def _run_mac(node, p, ins, arith, be, state=None):
     t = [p.tensors[i] for i in node.inputs]
     acc = arith.accumulator_for(_activation_bits(t[0]))
     if node.op is OpKind.MATMUL:
@@ -97,8 +114,9 @@ def _run_mac(node, p, ins, arith, be):
     if node.op is OpKind.FULLY_CONNECTED:
         return be.fully_connected(ins[0], ins[1], bias, t[0].zp_scalar, _zp_array(t[1]), acc)
     a = node.attrs
+    extra = {} if state is None else {"prepared": state}   # the kernels' PreparedConv
     return be.conv2d(ins[0], ins[1], bias, t[0].zp_scalar, _zp_array(t[1]), tuple(a["strides"]),
-                     tuple(a["pads"]), tuple(a["dilations"]), a["groups"], acc)
+                     tuple(a["pads"]), tuple(a["dilations"]), a["groups"], acc, **extra)
 
 
 def clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
@@ -111,25 +129,29 @@ def clamp_bounds(out: TensorInfo, attrs: dict) -> tuple[int, int]:
     return lo, hi
 
 
-def _run_requantize(node, p, ins, arith, be):
-    src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
-    lo, hi = clamp_bounds(out, node.attrs)
+def requantize_scale(node: Node, p: Program, arith: ArithmeticSpec):
+    """How the chip scales this requantize, prepared once: ("float64", real multipliers) where
+    TFLite requantizes a fully connected layer in double, else ("scale", PreparedScale)."""
     float64_fc = arith.fc_requantize is FcRequant.FLOAT64_HALF_AWAY
     reduced16 = arith.int16_requantize is Int16Requant.TFLITE_REDUCED_MULTIPLIER
     # the producer is a scan of the nodes: looked up only where TFLite's choices depend on it
     producer = p.producer(node.inputs[0]) if float64_fc or reduced16 else None
-    if float64_fc:
-        if producer is not None and producer.op is OpKind.FULLY_CONNECTED:
-            return be.requantize_float64(ins[0], src.zp_scalar, node.attrs["real_multiplier"],
-                                         node.attrs["axis"] % len(out.shape), out.zp_scalar,
-                                         lo, hi)
+    if float64_fc and producer is not None and producer.op is OpKind.FULLY_CONNECTED:
+        return "float64", node.attrs["real_multiplier"]
     if (reduced16 and producer is not None and producer.op in MAC_OPS
             and _activation_bits(p.tensors[producer.inputs[0]]) == 16):
-        prepared = fp.prepare_tflite_int64(node.attrs["real_multiplier"])
-    else:
-        prepared = fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
-    return be.requantize(ins[0], src.zp_scalar, prepared, node.attrs["axis"] % len(out.shape),
-                         out.zp_scalar, lo, hi)
+        return "scale", fp.prepare_tflite_int64(node.attrs["real_multiplier"])
+    return "scale", fp.prepare_scale(node.attrs["real_multiplier"], arith.requant)
+
+
+def _run_requantize(node, p, ins, arith, be, state=None):
+    src, out = p.tensors[node.inputs[0]], p.tensors[node.outputs[0]]
+    lo, hi = clamp_bounds(out, node.attrs)
+    kind, scale = state if state is not None else requantize_scale(node, p, arith)
+    axis = node.attrs["axis"] % len(out.shape)
+    if kind == "float64":
+        return be.requantize_float64(ins[0], src.zp_scalar, scale, axis, out.zp_scalar, lo, hi)
+    return be.requantize(ins[0], src.zp_scalar, scale, axis, out.zp_scalar, lo, hi)
 
 
 def _run_add(node, p, ins, arith, be):
@@ -275,8 +297,9 @@ RUNNERS: dict[OpKind, Callable] = {
 
 
 def run_node(node: Node, program: Program, inputs: list[np.ndarray], arith: ArithmeticSpec,
-             backend: str = "kernels") -> tuple[np.ndarray, OverflowStats | None]:
-    """Run one node; MAC ops also return their accumulator statistics."""
+             backend: str = "kernels", state=None) -> tuple[np.ndarray, OverflowStats | None]:
+    """Run one node; MAC ops also return their accumulator statistics. ``state``: what
+    ``prepare`` made ready for this node (None: prepared on the spot)."""
     be = backend_module(backend)
     if node.op in MAC_OPS:
         for name in node.inputs:
@@ -284,19 +307,118 @@ def run_node(node: Node, program: Program, inputs: list[np.ndarray], arith: Arit
                 raise UnsupportedOpError(
                     f"node {node.name!r}: {node.op.value} on float tensor {name!r} cannot be "
                     f"executed (this Program was imported for estimation only)")
-        return _run_mac(node, program, inputs, arith, be)
+        return _run_mac(node, program, inputs, arith, be, state)
+    if node.op is OpKind.REQUANTIZE:
+        return _run_requantize(node, program, inputs, arith, be, state), None
     return RUNNERS[node.op](node, program, inputs, arith, be), None
 
 
-def execute(program: Program, chip, inputs: dict[str, np.ndarray], backend: str = "kernels",
-            trace: bool = True, progress: Callable[[int, int, Node], None] | None = None
-            ) -> ExecutionResult:
-    """Run ``program`` on the chip's arithmetic; every tensor is kept when ``trace``."""
+@dataclass
+class _Step:
+    node: Node
+    state: object = None            # the node's prepared constants (PreparedConv, a scale)
+    requantize: Node | None = None  # a requantize computed in this conv's epilogue
+    requantize_state: object = None
+
+
+@dataclass
+class PreparedProgram:
+    """A Program made ready once for one chip's arithmetic and one backend: integer constants
+    as int64, requantize scales as the chip's integers, conv weights packed for the kernels,
+    and (kernels) each conv whose accumulator only a requantize reads fused with it. Execute
+    it as often as wanted; it holds no state between runs."""
+    program: Program
+    arith: ArithmeticSpec
+    backend: str
+    constants: dict[str, np.ndarray]
+    steps: list[_Step]
+
+
+def _fusable_requantize(node: Node, p: Program, readers: dict[str, list[Node]],
+                        arith: ArithmeticSpec) -> Node | None:
+    """The requantize to compute in this conv's epilogue: the only reader of its accumulator,
+    which is no output of the Program, with one chip scale (or one per output channel)."""
+    acc_name = node.outputs[0]
+    users = readers.get(acc_name, [])
+    if len(users) != 1 or users[0].op is not OpKind.REQUANTIZE or acc_name in p.outputs:
+        return None
+    rq = users[0]
+    kind, _ = requantize_scale(rq, p, arith)
+    out = p.tensors[rq.outputs[0]]
+    return rq if kind == "scale" and rq.attrs["axis"] % len(out.shape) == 1 else None
+
+
+def prepare(program: Program, chip, backend: str = "kernels") -> PreparedProgram:
+    """Make ``program`` ready for ``chip``'s arithmetic (see PreparedProgram)."""
     arith = arithmetic_of(chip)
-    backend_module(backend)
+    be = backend_module(backend)
     if not program.executable:
         raise UnsupportedOpError(f"program {program.name!r} holds float compute and was imported "
                                  f"for estimation only; it cannot be executed")
+    constants = {name: t.data.astype(np.int64) if t.is_int else t.data
+                 for name, t in program.tensors.items() if t.data is not None}
+    readers: dict[str, list[Node]] = {}
+    for node in program.nodes:
+        for name in dict.fromkeys(node.inputs):
+            readers.setdefault(name, []).append(node)
+    steps: list[_Step] = []
+    fused: set[str] = set()
+    for node in program.nodes:
+        if node.name in fused:
+            continue
+        step = _Step(node)
+        if node.op is OpKind.REQUANTIZE:
+            step.state = requantize_scale(node, program, arith)
+        elif (node.op is OpKind.CONV2D and backend == "kernels"
+              and all(n in constants for n in node.inputs[1:])
+              and all(program.tensors[n].is_int for n in node.inputs)):
+            a = node.attrs
+            w = program.tensors[node.inputs[1]]
+            step.state = be.PreparedConv(constants[w.name],
+                                         constants[node.inputs[2]] if len(node.inputs) > 2
+                                         else None, _zp_array(w), tuple(a["strides"]),
+                                         tuple(a["pads"]), tuple(a["dilations"]), a["groups"])
+            rq = _fusable_requantize(node, program, readers, arith)
+            if rq is not None:
+                step.requantize, step.requantize_state = rq, requantize_scale(rq, program, arith)
+                fused.add(rq.name)
+        steps.append(step)
+    return PreparedProgram(program, arith, backend, constants, steps)
+
+
+def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, trace: bool):
+    """A conv and the requantize in its epilogue: the requantize's output (and, traced, the
+    accumulator) into ``values``; returns the conv's statistics."""
+    from simulator.numerics import kernels
+    node, rq = step.node, step.requantize
+    x = p.tensors[node.inputs[0]]
+    acc_t, out = p.tensors[node.outputs[0]], p.tensors[rq.outputs[0]]
+    lo, hi = clamp_bounds(out, rq.attrs)
+    y, acc, stats = kernels.conv2d_requantize(
+        values[node.inputs[0]], step.state, x.zp_scalar,
+        arith.accumulator_for(_activation_bits(x)), step.requantize_state[1], 1,
+        acc_t.zp_scalar, out.zp_scalar, lo, hi, keep_acc=trace)
+    if trace:
+        values[node.outputs[0]] = acc
+    values[rq.outputs[0]] = y
+    return stats
+
+
+def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarray],
+            backend: str = "kernels", trace: bool = True,
+            progress: Callable[[int, int, Node], None] | None = None) -> ExecutionResult:
+    """Run ``program`` on the chip's arithmetic; every tensor is kept when ``trace``. A
+    ``PreparedProgram`` (``prepare``) skips the preparation; it must be for this chip's
+    arithmetic and this backend."""
+    arith = arithmetic_of(chip)
+    if isinstance(program, PreparedProgram):
+        prepared = program
+        if prepared.arith != arith or prepared.backend != backend:
+            raise InputError(f"program {prepared.program.name!r} was prepared for another "
+                             f"arithmetic or backend ({prepared.backend}); prepare it again")
+    else:
+        prepared = prepare(program, arith, backend)
+    program = prepared.program
     missing = [n for n in program.inputs if n not in inputs]
     if missing:
         raise InputError(f"missing input(s) {missing}; the Program takes {program.inputs}")
@@ -304,26 +426,35 @@ def execute(program: Program, chip, inputs: dict[str, np.ndarray], backend: str 
     if extra:
         raise InputError(f"unknown input(s) {extra}; the Program takes {program.inputs}")
     values = {n: check_input(program.tensors[n], inputs[n]) for n in program.inputs}
-    for name, t in program.tensors.items():
-        if t.data is not None:
-            values[name] = t.data.astype(np.int64) if t.is_int else t.data
+    values.update(prepared.constants)
     overflow: dict[str, OverflowStats] = {}
     remaining = {n: sum(1 for m in program.nodes if n in m.inputs) for n in program.tensors}
     keep = set(program.outputs) | set(program.inputs)
-    for i, node in enumerate(program.nodes):
+    done = 0
+    for step in prepared.steps:
+        node = step.node
         if progress:
-            progress(i, len(program.nodes), node)
-        value, stats = run_node(node, program, [values[n] for n in node.inputs], arith, backend)
-        values[node.outputs[0]] = value
-        if stats is not None:
-            overflow[node.name] = stats
+            progress(done, len(program.nodes), node)
+        if step.requantize is not None:
+            overflow[node.name] = _run_fused(step, program, values, arith, trace)
+            ran = (node, step.requantize)
+        else:
+            value, stats = run_node(node, program, [_wide(values[n]) for n in node.inputs],
+                                    arith, backend, step.state)
+            values[node.outputs[0]] = value
+            if stats is not None:
+                overflow[node.name] = stats
+            ran = (node,)
+        done += len(ran)
         if not trace:
-            for name in set(node.inputs):   # a node reading one tensor twice (x * x) uses it once
+            for name in {n for r in ran for n in r.inputs}:  # a tensor read twice counts once
                 remaining[name] -= 1
-                if remaining[name] == 0 and name not in keep and program.tensors[name].data is None:
+                if (remaining[name] == 0 and name not in keep and name in values
+                        and program.tensors[name].data is None):
                     del values[name]
-    outputs = {n: values[n] for n in program.outputs}
-    return ExecutionResult(outputs, values if trace else dict(outputs), overflow, backend)
+    outputs = {n: _wide(values[n]) for n in program.outputs}
+    tensors = {n: _wide(v) for n, v in values.items()} if trace else dict(outputs)
+    return ExecutionResult(outputs, tensors, overflow, backend)
 
 
 def output_array(info: TensorInfo, value: np.ndarray) -> np.ndarray:

@@ -312,7 +312,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
     from archnet.student_io import load_student
     from archnet.teachers import teacher_content_hash
     from simulator.cost import estimate
-    from simulator.execute import execute
+    from simulator.execute import execute, prepare
     from simulator.overflow import merge_stats
     from simulator.profiles import ChipProfile, load_profile
 
@@ -370,7 +370,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
         raise ArchnetError(f"{student_path}: the head's output is split into {len(pieces[-1])} "
                            f"pieces {pieces[-1]}; the logits must be one tensor")
     logits_name = pieces[-1][0]
-    programs: dict[int, Program] = {}
+    programs: dict = {}   # batch size -> PreparedProgram
 
     matched = np.zeros(len(compared), np.int64)
     totals = np.zeros(len(compared), np.int64)
@@ -386,8 +386,8 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
             x = images[b0:b1].contiguous()
             y = None if labels is None else labels[b0:b1].numpy()
             n = b1 - b0
-            if n not in programs:
-                programs[n] = rebatch(program, n, sim_outputs)
+            if n not in programs:   # made ready once per batch size (weights packed)
+                programs[n] = prepare(rebatch(program, n, sim_outputs), arith, backend)
             img = student.input.integer_forward(x).value.numpy()
 
             t = time.perf_counter()
@@ -412,7 +412,7 @@ def verify(program_path, chip, *, student_path=None, teacher_path=None, data_pat
                 totals[k] += mine_v.size
                 bad |= same != mine_v.size
             if bad and divergence is None:
-                div = first_divergence(programs[n], arith, {"image": img}, ours, pieces,
+                div = first_divergence(programs[n].program, arith, {"image": img}, ours, pieces,
                                        backend)
                 if div is not None:
                     first = b0 + (div.index[0] if div.index else 0)

@@ -327,8 +327,9 @@ _VPDPWSSD_OPERAND = _vnni_operand(_VPDPWSSD, _LL_V32I16)
 _VPDPBUSD_OPERAND = _vnni_operand(_VPDPBUSD, _LL_V64I8)
 
 
-def _vnni_codegen(name, operand):
-    """acc + VNNI(name)(w, broadcast of the int32 word xarr[xidx])."""
+def _vnni_codegen(name, operand, broadcast_first=False):
+    """acc + VNNI(name)(w, broadcast of the int32 word xarr[xidx]), or with the broadcast as
+    the first (for VPDPBUSD: the unsigned) operand."""
     def codegen(context, builder, sig, args):
         acc_v, w_v, xa, xi = args
         word = builder.load(_element_pointer(context, builder, sig.args[2], xa, xi), align=4)
@@ -338,7 +339,8 @@ def _vnni_codegen(name, operand):
         op = operand or _LL_V16I32
         fnty = llir.FunctionType(_LL_V16I32, [_LL_V16I32, op, op])
         fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        return builder.call(fn, [acc_v, builder.bitcast(w_v, op), builder.bitcast(splat, op)])
+        w_o, x_o = builder.bitcast(w_v, op), builder.bitcast(splat, op)
+        return builder.call(fn, [acc_v, x_o, w_o] if broadcast_first else [acc_v, w_o, x_o])
     return codegen
 
 
@@ -351,9 +353,10 @@ def _vdpwssd(typingctx, acc, w, xarr, xidx):
 
 @intrinsic
 def _vdpbusd(typingctx, acc, w, xarr, xidx):
-    """acc[i] += sum_j u8(w)[4i+j] * s8(x)[j], x = the int32 word xarr[xidx] (four int8)
+    """acc[i] += sum_j u8(x)[j] * s8(w)[4i+j], x = the int32 word xarr[xidx] (four uint8)
     broadcast; int32 lanes wrap (AVX512-VNNI VPDPBUSD, no saturation)."""
-    return _vec16(_vec16, _vec16, xarr, xidx), _vnni_codegen(_VPDPBUSD, _VPDPBUSD_OPERAND)
+    return (_vec16(_vec16, _vec16, xarr, xidx),
+            _vnni_codegen(_VPDPBUSD, _VPDPBUSD_OPERAND, broadcast_first=True))
 
 
 def _vnni_available() -> bool:
@@ -472,52 +475,107 @@ def _pack_nhwc16(t0, t1, x, bi, zx, pt, pl, xh):
 
 
 @njit(**_JIT)
-def _pack_nhwc8(t0, t1, x, bi, zx, pt, pl, xq, csum):
-    """Rows t of batch bi: xq[pt + t, pl + ix, c] = x[bi, c, t, ix] - zx as int8 (the rest of xq
-    stays 0) and csum[pt + t, pl + ix] = the sum over c of those values. The caller has checked
-    that int8 holds every value."""
+def _pack_nhwc_u8(t0, t1, x, bi, off, pt, pl, xq):
+    """Rows t of batch bi: xq[pt + t, pl + ix, c] = x[bi, c, t, ix] + off as uint8 (the
+    padding keeps the caller's fill). The caller has checked that uint8 holds every value."""
     c_in, w = x.shape[1], x.shape[3]
     for iy in range(t0, t1):
         for ix in range(w):
-            total = np.int64(0)
             for c in range(c_in):
-                v = x[bi, c, iy, ix] - zx
-                xq[pt + iy, pl + ix, c] = v
-                total += v
-            csum[pt + iy, pl + ix] = total
+                xq[pt + iy, pl + ix, c] = x[bi, c, iy, ix] + off
+
+
+# The epilogue of the VNNI engines, one output row of one 64-channel block at a time: ``ep``
+# holds (lo, hi, bits, wrap) of the accumulator, then the requantize fused after it: rq -1 (none),
+# 0..4 (integer multiplier and shift, rounding code as _ROUNDING_CODE), 5 (float32 scale); its
+# result bits, the accumulator's zero point, the output zero point and the clamp [qmin, qmax].
+EP_NONE, EP_FLOAT = -1, 5
 
 
 @njit(inline="always", **_JIT)
-def _vnni_row_out(row, line, corr, oc0, oc, oy, oh, ow, bias, lo, hi, bits, wrap, outf):
-    """One output row of one 64-channel block: row[ox * 64 + j] + corr[ox] + bias[oc0 + j],
-    wrapped or clamped into outf (out [oc, oh, ow] flattened); returns (events, min, max) of
-    the exact values. Positions past ow (computed on whatever lies beyond) are skipped."""
+def _accumulator(v, lo, hi, bits, wrap):
+    """The exact value v wrapped to ``bits`` or clamped to [lo, hi] (both computed: no branch
+    in a vector loop)."""
+    wrapped = _wrap(v, bits)
+    clamped = min(max(v, lo), hi)
+    return wrapped if wrap else clamped
+
+
+@njit(inline="always", **_JIT)
+def _store_transposed(tile, oc0, nj, oy, oh, ow, out):
+    """out[((oc0 + j) * oh + oy) * ow + ox] = tile[ox * 64 + j]."""
+    for j in range(nj):
+        base = ((oc0 + j) * oh + oy) * ow
+        dst = out[base:base + ow]
+        src = tile[j:]
+        for ox in range(ow):
+            dst[ox] = src[ox * 64]
+
+
+@njit(inline="always", **_JIT)
+def _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb, ep, mult, shift, fscale,
+                  acc_out, y_out):
+    """row[ox * 64 + j] (the exact sum less cb) -> the accumulator of channel oc0 + j at (oy,
+    ox), wrapped or clamped, into acc_out (if it has elements) and requantized into y_out (if
+    ep asks), both [oc, oh, ow] flattened; returns (events, min, max) of the exact values, as
+    fixed_point.accumulate counts them. One pass with the channels innermost (contiguous views,
+    so that the loop is vector code), then the transposed stores. Positions past ow (computed
+    on whatever lies beyond) are skipped."""
+    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
+    nj = min(64, oc - oc0)
+    c = cb[oc0:oc0 + nj]
     e = 0
     mn = np.int64(0)
     mx = np.int64(0)
-    for j in range(min(64, oc - oc0)):
-        b = bias[oc0 + j]
+    if rq == EP_NONE:
         for ox in range(ow):
-            line[ox] = np.int64(row[ox * 64 + j]) + corr[ox] + b
+            r = row[ox * 64:ox * 64 + nj]
+            ta = acc_tile[ox * 64:ox * 64 + nj]
+            for j in range(nj):
+                v = np.int64(r[j]) + c[j]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                e += (v < lo) | (v > hi)
+                ta[j] = _accumulator(v, lo, hi, bits, wrap)
+    elif rq == EP_FLOAT:
+        f = fscale[oc0:oc0 + nj]
         for ox in range(ow):
-            v = line[ox]
-            mn = min(mn, v)
-            mx = max(mx, v)
-            e += (v < lo) | (v > hi)
-        base = ((oc0 + j) * oh + oy) * ow
-        dst = outf[base:base + ow]
-        if wrap:
-            for ox in range(ow):
-                dst[ox] = _wrap(line[ox], bits)
-        else:
-            for ox in range(ow):
-                dst[ox] = min(max(line[ox], lo), hi)
+            r = row[ox * 64:ox * 64 + nj]
+            ta = acc_tile[ox * 64:ox * 64 + nj]
+            t = tile[ox * 64:ox * 64 + nj]
+            for j in range(nj):
+                v = np.int64(r[j]) + c[j]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                e += (v < lo) | (v > hi)
+                a = _accumulator(v, lo, hi, bits, wrap)
+                ta[j] = a
+                t[j] = _requant_one_float(a - azp, f[j], yzp, qmin, qmax)
+    else:
+        m = mult[oc0:oc0 + nj]
+        s = shift[oc0:oc0 + nj]
+        for ox in range(ow):
+            r = row[ox * 64:ox * 64 + nj]
+            ta = acc_tile[ox * 64:ox * 64 + nj]
+            t = tile[ox * 64:ox * 64 + nj]
+            for j in range(nj):
+                v = np.int64(r[j]) + c[j]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                e += (v < lo) | (v > hi)
+                a = _accumulator(v, lo, hi, bits, wrap)
+                ta[j] = a
+                t[j] = _requant_one(a - azp, m[j], s[j], rq, rbits, yzp, qmin, qmax)
+    if acc_out.size:
+        _store_transposed(acc_tile, oc0, nj, oy, oh, ow, acc_out)
+    if rq != EP_NONE:
+        _store_transposed(tile, oc0, nj, oy, oh, ow, y_out)
     return e, mn, mx
 
 
 @njit(**_JIT)
-def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, bias, lo, hi, bits,
-                 wrap, oc, oh, ow, outf, ev, mins, maxs):
+def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, mult, shift,
+                 fscale, oc, oh, ow, acc_out, y_out, ev, mins, maxs):
     """An int16 conv on AVX512-VNNI (VPDPWSSD), exact in wrapping int32 lanes, then bias and
     wrap/clamp.
 
@@ -525,15 +583,15 @@ def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, bias, l
     positions and ``cwn`` words; wp: weights as int32 words [kh, kw, cwn, opad] (pairs of int16
     taps). Micro-tile: 6 positions x 64 channels in 24 vector registers, summed in any order
     (the caller proved every sum fits int32, so the wrapped lanes hold it exactly). Task t is
-    output row oy = t // (opad / 64) for the 64 channels of block t % (opad / 64); it leaves
-    (events, min, max) of its exact values in ev/mins/maxs[t], as fixed_point.accumulate counts
-    them for order-independent specs.
+    output row oy = t // (opad / 64) for the 64 channels of block t % (opad / 64); the
+    epilogue (``_vnni_row_out``: cb per channel added, then the accumulator and the fused
+    requantize) leaves (events, min, max) of its exact values in ev/mins/maxs[t].
     """
     nxb = (ow + 5) // 6
     nob = opad // 64
     row = np.empty(nxb * 6 * 64, np.int32)   # row[ox * 64 + j]: position ox, channel oc0 + j
-    line = np.empty(ow, np.int64)
-    corr = np.zeros(ow, np.int64)
+    tile = np.empty(nxb * 6 * 64, np.int64)
+    acc_tile = np.empty(nxb * 6 * 64, np.int64)
     for t in range(t0, t1):
         ob = t % nob
         oy = t // nob
@@ -594,26 +652,26 @@ def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, bias, l
             _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
             _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
-        ev[t], mins[t], maxs[t] = _vnni_row_out(row, line, corr, oc0, oc, oy, oh, ow, bias, lo,
-                                                hi, bits, wrap, outf)
+        ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
+                                                ep, mult, shift, fscale, acc_out, y_out)
 
 
 @njit(**_JIT)
-def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, bias, lo, hi, bits,
-                wrap, oc, oh, ow, csum, outf, ev, mins, maxs):
-    """``_conv_vnni16`` for int8 operands on VPDPBUSD, four channels per word: twice the MACs.
+def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, mult, shift,
+                fscale, oc, oh, ow, acc_out, y_out, ev, mins, maxs):
+    """``_conv_vnni16`` for 8-bit operands on VPDPBUSD, four channels per word: twice the MACs.
 
-    VPDPBUSD multiplies unsigned by signed bytes; the broadcast input words are the signed
-    side (x - zx as int8) and the weights the unsigned one, stored as w - zw + 128. So each lane
-    holds sum (w - zw) * (x - zx) + 128 * sum (x - zx) over the window, and the second term is
-    taken off exactly, from csum (per-position channel sums of x - zx):
-    corr = -128 * sum over the taps of csum.
+    VPDPBUSD multiplies unsigned by signed bytes: the broadcast input words are the unsigned
+    side, x + off (padding: zx + off), the weights the signed one, w - zw. Each lane then holds
+    sum (x + off) * (w - zw) over the window, which exceeds the true sum by (zx + off) * sum (w
+    - zw) over all taps, a constant per output channel that the caller folded into cb. So any
+    input zero point runs here, as long as the input spans at most 256 values.
     """
     nxb = (ow + 5) // 6
     nob = opad // 64
-    row = np.empty(nxb * 6 * 64, np.int32)
-    line = np.empty(ow, np.int64)
-    corr = np.empty(ow, np.int64)
+    row = np.empty(nxb * 6 * 64, np.int32)   # row[ox * 64 + j]: position ox, channel oc0 + j
+    tile = np.empty(nxb * 6 * 64, np.int64)
+    acc_tile = np.empty(nxb * 6 * 64, np.int64)
     for t in range(t0, t1):
         ob = t % nob
         oy = t // nob
@@ -674,14 +732,8 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, bias, lo
             _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
             _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
-        for ox in range(ow):
-            total = np.int64(0)
-            for ky in range(kh):
-                for kx in range(kw):
-                    total += csum[oy * sh + ky * dh, ox * sw + kx * dw]
-            corr[ox] = -128 * total
-        ev[t], mins[t], maxs[t] = _vnni_row_out(row, line, corr, oc0, oc, oy, oh, ow, bias, lo,
-                                                hi, bits, wrap, outf)
+        ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
+                                                ep, mult, shift, fscale, acc_out, y_out)
 
 
 @njit(**_JIT)
@@ -1019,35 +1071,30 @@ def _max_abs(a: np.ndarray, offset: int = 0) -> int:
 
 @njit(**_JIT)
 def _row_stats(w2):
-    """min, max, max over rows of sum |w| and of sum (w + 128), for w2 [rows, k] whose sums
-    the caller knows fit int64."""
+    """min, max and the largest row sum of |w|, for w2 [rows, k] whose sums the caller knows
+    fit int64."""
     lo = w2[0, 0]
     hi = w2[0, 0]
     l1 = np.int64(0)
-    l1_128 = np.int64(0)
     for r in range(w2.shape[0]):
         a = np.int64(0)
-        b = np.int64(0)
         for k in range(w2.shape[1]):
             v = w2[r, k]
             lo = min(lo, v)
             hi = max(hi, v)
             a += abs(v)
-            b += v + 128
         l1 = max(l1, a)
-        l1_128 = max(l1_128, b)
-    return lo, hi, l1, l1_128
+    return lo, hi, l1
 
 
 @njit(**_JIT)
 def _pack_weights(wz, width, cwn, opad, wp):
     """wp[((ky * kw + kx) * cwn + cw) * opad + o] = the int32 word of channels
-    cw * per_word .. + per_word of tap (ky, kx) for output o: int16 pairs (w) for width 16,
-    uint8 quads (w + 128) for width 8; channels past C pad with w = 0."""
+    cw * per_word .. + per_word of tap (ky, kx) for output o: int16 pairs for width 16, int8
+    quads for width 8 (two's complement); channels past C pad with w = 0."""
     oc, c_in, kh, kw = wz.shape
     per_word = 32 // width
     mask = (1 << width) - 1
-    offset = 128 if width == 8 else 0
     for ky in range(kh):
         for kx in range(kw):
             for cw in range(cwn):
@@ -1057,7 +1104,7 @@ def _pack_weights(wz, width, cwn, opad, wp):
                     for i in range(per_word):
                         c = cw * per_word + i
                         v = wz[o, c, ky, kx] if (o < oc and c < c_in) else 0
-                        word |= ((v + offset) & mask) << (i * width)
+                        word |= (v & mask) << (i * width)
                     wp[base + o] = np.int32(word - (1 << 32) if word >= (1 << 31) else word)
 
 
@@ -1080,8 +1127,8 @@ def gemm_path(bound: int, max_operand: int = INT16_MAX + 1, vnni_shape: bool = F
               int8_bound: int | None = None) -> str:
     """The exact GEMM for order-independent sums whose every partial sum is at most ``bound``.
 
-    ``vnni8``: int8 operands (the caller passes ``int8_bound``, the bound of the biased sum
-    VPDPBUSD forms, only when both operands fit int8) and ``vnni16``: int16 operands
+    ``vnni8``: uint8 inputs by int8 weights (the caller passes ``int8_bound``, the bound of the
+    offset sum VPDPBUSD forms, only when the operands fit) and ``vnni16``: int16 operands
     (``max_operand`` <= 32767), both summed in wrapping int32 lanes, exact when the sum fits
     int32 (its residue mod 2**32 is then the sum); ``float32`` / ``float64``: BLAS, exact
     below 2**24 / 2**53; ``int64``: the numba loop, always exact.
@@ -1112,8 +1159,9 @@ class MacPlan:
     """
 
     def __init__(self, acc: AccumulatorSpec, bound: int, max_x: int, max_w: int, max_bias: int,
-                 vnni_shape: bool = False, int8_bound: int | None = None):
+                 vnni_shape: bool = False, int8_bound: int | None = None, x_offset: int = 0):
         self.lo, self.hi, self.bits = acc.lo, acc.hi, acc.bits
+        self.x_offset = x_offset   # vnni8: what makes the input unsigned
         self.wrap = acc.overflow is Overflow.WRAP
         if acc.order_independent:
             self.kind = "gemm"
@@ -1206,58 +1254,102 @@ class _VnniConv:
         (sh, sw), (dh, dw) = strides, dilations
         self.hp = max(pads[0] + h, (oh - 1) * sh + (kh - 1) * dh + 1)
         self.wpe = max(pads[1] + w, (owe - 1) * sw + (kw - 1) * dw + 1)
-        # for width 8 the weights are the unsigned side of VPDPBUSD: w - zw + 128
         self.wp = np.empty(kh * kw * self.cwn * self.opad, np.int32)
         _pack_weights(_i64(wz), width, self.cwn, self.opad, self.wp)
+        # width 8 reads x + off against w - zw: each sum is (zx + off) * wsum too large
+        self.wsum = _i64(wz).reshape(oc, -1).sum(axis=1)
         self.ntask = oh * (self.opad // 64)
         self.work = self.ntask * owe * 64 * kh * kw * self.cwn
 
-    def run(self, x, bi, zx, b, plan, out3) -> tuple[int, int, int]:
-        """Pack batch bi and convolve it into out3 [oc, oh, ow] (C-contiguous); the caller has
-        checked that the operands fit and the sums are exact."""
+    def run(self, x, bi, zx, b, plan, acc_out, fused: "_FusedRequant | None" = None):
+        """Pack batch bi and convolve it: the accumulators into acc_out [oc, oh, ow] (or none,
+        if it is empty), the fused requantize's output into ``fused.y[bi]``; the caller has
+        checked that the operands fit and the sums are exact. Returns (events, min, max)."""
         h = x.shape[2]
-        dtype = np.int8 if self.width == 8 else np.int16
-        xq = np.zeros((self.hp, self.wpe, (32 // self.width) * self.cwn), dtype)
-        common = (self.wpe, self.cwn, self.opad, b, plan.lo, plan.hi, plan.bits, plan.wrap,
-                  self.oc, self.oh, self.ow)
+        ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
+            fused.ep if fused is not None else _NO_REQUANT)
+        arrays = fused.arrays(bi) if fused is not None else _NO_REQUANT_ARRAYS
         ev, mins, maxs = (np.zeros(self.ntask, np.int64) for _ in range(3))
         if self.width == 8:
-            csum = np.zeros((self.hp, self.wpe), np.int64)
-            _run_tasks(_pack_nhwc8, h, 8 * x[bi].size, x, bi, zx, self.pads[0], self.pads[1],
-                       xq, csum)
-            _run_tasks(_conv_vnni8, self.ntask, self.work, xq.view(np.int32).ravel(), self.wp,
-                       *self.geometry, *common, csum, out3.reshape(-1), ev, mins, maxs)
+            off = plan.x_offset
+            xq = np.full((self.hp, self.wpe, 4 * self.cwn), zx + off, np.uint8)
+            if 4 * self.cwn > x.shape[1]:
+                xq[:, :, x.shape[1]:] = 0      # channels past C: their weights are 0
+            # serial: a pool thread would take about as long to wake as the copy takes
+            _pack_nhwc_u8(0, h, x, bi, off, self.pads[0], self.pads[1], xq)
+            cb = b - (zx + off) * self.wsum
+            kernel = _conv_vnni8
         else:
-            _run_tasks(_pack_nhwc16, h, 8 * x[bi].size, x, bi, zx, self.pads[0], self.pads[1],
-                       xq)
-            _run_tasks(_conv_vnni16, self.ntask, self.work, xq.view(np.int32).ravel(), self.wp,
-                       *self.geometry, *common, out3.reshape(-1), ev, mins, maxs)
+            xq = np.zeros((self.hp, self.wpe, 2 * self.cwn), np.int16)
+            _pack_nhwc16(0, h, x, bi, zx, self.pads[0], self.pads[1], xq)
+            cb = b
+            kernel = _conv_vnni16
+        _run_tasks(kernel, self.ntask, self.work, xq.view(np.int32).ravel(), self.wp,
+                   *self.geometry, self.wpe, self.cwn, self.opad, cb, ep, *arrays[:3], self.oc,
+                   self.oh, self.ow, acc_out.reshape(-1), arrays[3], ev, mins, maxs)
         return int(ev.sum()), int(mins.min()), int(maxs.max())
+
+
+_NO_REQUANT = (EP_NONE, 64, 0, 0, 0, 0)
+_NO_REQUANT_ARRAYS = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.float32),
+                      np.zeros(0, np.int64))
+_NO_ACC = np.zeros(0, np.int64)
+
+
+class _FusedRequant:
+    """A requantize computed in a MAC engine's epilogue: its constants per output channel and
+    its output y [n, oc, ...] (int64)."""
+
+    def __init__(self, prepared: PreparedScale, oc: int, acc_zp: int, y_zp: int, qmin: int,
+                 qmax: int, y: np.ndarray):
+        m = np.asarray(prepared.multiplier).ravel()
+        sh = np.asarray(prepared.shift).ravel()
+        if prepared.mode is RequantMode.FLOAT_SCALE:
+            rq = EP_FLOAT
+            self.fscale = np.ascontiguousarray(np.broadcast_to(m.astype(np.float32), (oc,)))
+            self.mult = self.shift = np.zeros(oc, np.int64)
+        else:
+            rq = _ROUNDING_CODE[prepared.rounding]
+            self.mult = np.ascontiguousarray(np.broadcast_to(m.astype(np.int64), (oc,)))
+            self.shift = np.ascontiguousarray(np.broadcast_to(sh.astype(np.int64), (oc,)))
+            self.fscale = np.zeros(oc, np.float32)
+        bits = min(max(int(prepared.result_bits), 1), 64)
+        self.ep = (rq, bits, int(acc_zp), int(y_zp), int(qmin), int(qmax))
+        self.y = y
+
+    @staticmethod
+    def applies(prepared: PreparedScale, oc: int, axis: int) -> bool:
+        """The epilogue's form of requantize: one scale, or one per output channel (axis 1);
+        integer shifts within 0..62, as the requantize kernel's."""
+        m, sh = np.asarray(prepared.multiplier), np.asarray(prepared.shift)
+        if m.size != sh.size or m.size not in (1, oc) or (m.size > 1 and axis != 1):
+            return False
+        return prepared.mode is RequantMode.FLOAT_SCALE or bool(
+            sh.size and sh.min() >= 0 and sh.max() <= 62)
+
+    def arrays(self, bi: int):
+        return self.mult, self.shift, self.fscale, self.y[bi].reshape(-1)
 
 
 def conv_plan(x, w, bias, x_zp, w_zp, groups, acc: AccumulatorSpec) -> MacPlan:
     """The plan conv2d would use for these operands (all batches at once; for tests and the
     benchmark)."""
-    x = _i64(x)
-    w = np.asarray(w, dtype=np.int64)
-    wz = w - reference._channel_zero_points(w_zp, w.shape[0])[:, None, None, None]
-    b = np.zeros(w.shape[0], np.int64) if bias is None else _i64(bias)
-    return _Weights(wz, b, groups).plan(x.ravel(), int(x_zp), acc)
+    prepared = PreparedConv(w, bias, w_zp, (1, 1), (0, 0, 0, 0), (1, 1), groups)
+    return prepared.weights.plan(_i64(x).ravel(), int(x_zp), acc)
 
 
 class _Weights:
-    """What the plan needs to know of the weights and bias, computed once per call."""
+    """What the plan needs to know of the weights and bias."""
 
     def __init__(self, wz, b, groups):
         self.wz = wz
         w2 = _i64(wz).reshape(wz.shape[0], -1)
-        self.w_lo = self.w_hi = self.l1 = self.l1_128 = 0
+        self.w_lo = self.w_hi = self.l1 = 0
         if w2.size and _max_abs(w2) * w2.shape[1] < (1 << 60):  # int64 sums are exact
-            self.w_lo, self.w_hi, self.l1, self.l1_128 = (int(v) for v in _row_stats(w2))
+            self.w_lo, self.w_hi, self.l1 = (int(v) for v in _row_stats(w2))
         elif w2.size:
             self.w_lo, self.w_hi = (int(v) for v in _min_max(w2.ravel()))
             self.l1 = _max_l1(w2)
-            self.l1_128 = None  # never int8 anyway
         self.max_w = max(-self.w_lo, self.w_hi, 0)
         self.max_b = _max_abs(b)
         self.vnni_shape = groups == 1
@@ -1267,61 +1359,153 @@ class _Weights:
         lo, hi = _min_max(xs) if xs.size else (zx, zx)
         x_lo, x_hi = int(lo) - zx, int(hi) - zx
         max_x = max(-x_lo, x_hi, 0)
-        int8 = None
-        if (self.vnni_shape and VNNI_AVAILABLE and -128 <= x_lo and x_hi <= 127
-                and -128 <= self.w_lo and self.w_hi <= 127):
-            int8 = max_x * self.l1_128  # bound of |sum (w - zw + 128) * (x - zx)|
+        int8, off = None, 0
+        if self.vnni_shape and VNNI_AVAILABLE and -128 <= self.w_lo and self.w_hi <= 127:
+            # the smallest offset making the input and the padding (zx) unsigned bytes
+            off = -min(int(lo), zx)
+            top = max(int(hi), zx) + off
+            if top <= 255:
+                int8 = top * self.l1   # bound of |sum (x + off) * (w - zw)|
         return MacPlan(acc, max_x * self.l1, max_x, self.max_w, self.max_b, self.vnni_shape,
-                       int8)
+                       int8, off)
+
+
+class PreparedConv:
+    """A conv's constant operands made ready once (a Program node's weights): the zero-point
+    corrected weights and bias, their statistics for the plans, and each VNNI engine's packed
+    weights, kept for every input shape it meets."""
+
+    def __init__(self, w, bias, w_zp, strides, pads, dilations, groups):
+        w = np.asarray(w, dtype=np.int64)
+        oc = w.shape[0]
+        self.wz = w - reference._channel_zero_points(w_zp, oc)[:, None, None, None]
+        self.b = np.zeros(oc, np.int64) if bias is None else _i64(bias).reshape(oc)
+        self.strides, self.dilations = tuple(strides), tuple(dilations)
+        self.pads, self.groups = tuple(int(p) for p in pads), groups
+        self.weights = _Weights(self.wz, self.b, groups)
+        self._engines: dict[tuple, _VnniConv] = {}
+
+    def engine(self, path: str, x_shape, oh: int, ow: int) -> _VnniConv:
+        key = (path, tuple(x_shape[1:]))
+        if key not in self._engines:
+            pt, pl = self.pads[:2]
+            self._engines[key] = _VnniConv(8 if path == "vnni8" else 16, self.wz, x_shape,
+                                           self.strides, (pt, pl), self.dilations, oh, ow)
+        return self._engines[key]
 
 
 # ============================================================================ MAC ops
 
 def conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups,
-           acc: AccumulatorSpec) -> tuple[np.ndarray, OverflowStats]:
+           acc: AccumulatorSpec, prepared: PreparedConv | None = None
+           ) -> tuple[np.ndarray, OverflowStats]:
     """acc[n, o, y, x] = bias[o] + sum over (c, ky, kx) of (x - x_zp) * (w - w_zp[o]).
 
     Planned batch by batch (the exactness bounds use that batch's input range), so one call
-    may use different engines for different batches; each is exact.
+    may use different engines for different batches; each is exact. ``prepared``: the same
+    weights, bias and geometry made ready beforehand (``PreparedConv``), w and bias unread.
     """
-    x = _i64(x)
-    w = np.asarray(w, dtype=np.int64)
+    out, _, stats = _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc,
+                          prepared, None)
+    return out, stats
+
+
+def conv2d_requantize(x, prepared: PreparedConv, x_zp, acc: AccumulatorSpec,
+                      scale: PreparedScale, axis: int, acc_zp: int, y_zp: int, qmin: int,
+                      qmax: int, keep_acc: bool = True):
+    """``requantize(conv2d(...), acc_zp, scale, axis, y_zp, qmin, qmax)`` in one pass where the
+    engine can requantize in its epilogue (the VNNI engines), else the two in turn; returns
+    (y, the accumulators or None unless ``keep_acc``, the conv's statistics).
+
+    x may be any integer dtype (the VNNI engines read it as it is); y is int16 where [qmin,
+    qmax] fits it (a quarter of int64's memory traffic), else int64, and holds the same values
+    as the unfused ops' int64 result."""
+    x = _ints(x)
+    oc = prepared.wz.shape[0]
+    fuse = x.ndim == 4 and _FusedRequant.applies(scale, oc, axis)
+    out, y, stats = _conv(x, None, None, x_zp, None, prepared.strides, prepared.pads,
+                          prepared.dilations, prepared.groups, acc, prepared,
+                          (scale, acc_zp, y_zp, qmin, qmax) if fuse else None, keep_acc or not fuse)
+    if y is None:   # not fused, or an engine that does not requantize: the two ops in turn
+        y = requantize(out, acc_zp, scale, axis, y_zp, qmin, qmax)
+        if _Y16_MIN <= qmin and qmax <= _Y16_MAX:
+            y = y.astype(np.int16)
+    return y, out if keep_acc else None, stats
+
+
+_Y16_MIN, _Y16_MAX = -(1 << 15), (1 << 15) - 1
+
+
+def _ints(x) -> np.ndarray:
+    """x as a C-contiguous integer array of its own dtype (int64 for anything else)."""
+    x = np.asarray(x)
+    return np.ascontiguousarray(x) if x.dtype.kind in "iu" and x.dtype.itemsize < 8 else _i64(x)
+
+
+def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepared, requant,
+          keep_acc=True):
+    """conv2d, with the requantize ``requant`` (scale, acc_zp, y_zp, qmin, qmax) after it when
+    given: returns (accumulators or None, y or None, stats). x: any integer dtype (see
+    ``_ints``), read as it is by the VNNI engines' packing, as int64 by the others."""
+    x = _ints(x)
     zx = int(x_zp)
     n, c, h, wd = x.shape
-    oc, icg, kh, kw = w.shape
-    if min(pads) < 0 or oc % groups or c != icg * groups:
-        return reference.conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc)
+    if prepared is None:
+        w = np.asarray(w, dtype=np.int64)
+        oc, icg, kh, kw = w.shape
+        if min(pads) < 0 or oc % groups or c != icg * groups:
+            return _reference_conv(_i64(x), w, bias, x_zp, w_zp, strides, pads, dilations,
+                                   groups, acc)
+    else:
+        oc, icg, kh, kw = prepared.wz.shape
+        if min(pads) < 0 or oc % groups or c != icg * groups:
+            return _reference_conv(_i64(x), prepared.wz, prepared.b, x_zp, 0, strides, pads,
+                                   dilations, groups, acc)
     (sh, sw), (dh, dw) = strides, dilations
     pt, pl, pb, pr = (int(p) for p in pads)
     if n > 1 and kh == kw == 1 and sh == sw == 1 and not any((pt, pl, pb, pr)):
         # a pointwise conv (a Transformer's per-channel requantize over [tokens, C, 1, 1] among
         # them) reads each position alone: run the batch as one image, its positions side by
         # side, instead of thousands of one-position batches; each output's MACs and their
-        # order are unchanged, and the plan's bounds cover every batch
-        one = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(1, c, n * h, wd)
-        out, stats = conv2d(one, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc)
-        return np.ascontiguousarray(out.reshape(oc, n, h, wd).transpose(1, 0, 2, 3)), stats
-    wz = w - reference._channel_zero_points(w_zp, oc)[:, None, None, None]
-    b = np.zeros(oc, np.int64) if bias is None else _i64(bias).reshape(oc)
+        # order are unchanged, and the plan's bounds cover every batch (unfused: the caller
+        # requantizes the result)
+        one = np.ascontiguousarray(_i64(x).transpose(1, 0, 2, 3)).reshape(1, c, n * h, wd)
+        out, _, stats = _conv(one, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc,
+                              prepared, None)
+        return np.ascontiguousarray(out.reshape(oc, n, h, wd).transpose(1, 0, 2, 3)), None, stats
+    if prepared is None:
+        prepared = PreparedConv(w, bias, w_zp, strides, pads, dilations, groups)
     oh = conv_output_size(h, kh, sh, pt, pb, dh)
     ow = conv_output_size(wd, kw, sw, pl, pr, dw)
-    out = np.empty((n, oc, oh, ow), np.int64)
-    if out.size == 0:
-        return out, OverflowStats(0, 0, 1)
-    weights = _Weights(wz, b, groups)
-    engines: dict[str, _VnniConv] = {}
+    out = np.empty((n, oc, oh, ow), np.int64) if keep_acc or requant is None else None
+    y = None
+    if requant is not None:
+        narrow = _Y16_MIN <= requant[3] and requant[4] <= _Y16_MAX
+        y = np.empty((n, oc, oh, ow), np.int16 if narrow else np.int64)
+    if n * oc * oh * ow == 0:
+        return out, y, OverflowStats(0, 0, 1)
+    fused = None if requant is None else _FusedRequant(requant[0], oc, *requant[1:], y)
     stats = _Stats()
+    x64 = None   # x as int64, made only for a batch an im2col engine takes
     for bi in range(n):
-        plan = weights.plan(x[bi].reshape(-1), zx, acc)
+        plan = prepared.weights.plan(x[bi].reshape(-1), zx, acc)
         if plan.path in ("vnni8", "vnni16"):
-            if plan.path not in engines:
-                engines[plan.path] = _VnniConv(8 if plan.path == "vnni8" else 16, wz, x.shape,
-                                               (sh, sw), (pt, pl), (dh, dw), oh, ow)
-            stats.add(*engines[plan.path].run(x, bi, zx, b, plan, out[bi]))
-        else:
-            _conv_batch(x, bi, wz, b, zx, (sh, sw), (pt, pl), (dh, dw), groups, oh, ow, acc,
-                        plan, out[bi].reshape(oc, oh * ow), stats)
-    return out, stats.result(out.size)
+            engine = prepared.engine(plan.path, x.shape, oh, ow)
+            stats.add(*engine.run(x, bi, zx, prepared.b, plan,
+                                  out[bi] if out is not None else _NO_ACC, fused))
+            continue
+        acc_bi = out[bi] if out is not None else np.empty((oc, oh, ow), np.int64)
+        x64 = _i64(x) if x64 is None else x64
+        _conv_batch(x64, bi, prepared.wz, prepared.b, zx, (sh, sw), (pt, pl), (dh, dw), groups,
+                    oh, ow, acc, plan, acc_bi.reshape(oc, oh * ow), stats)
+        if requant is not None:
+            y[bi] = requantize(acc_bi, requant[1], requant[0], 0, *requant[2:])
+    return out, y, stats.result(n * oc * oh * ow)
+
+
+def _reference_conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc):
+    out, stats = reference.conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc)
+    return out, None, stats
 
 
 def _conv_batch(x, bi, wz, b, zx, strides, pads, dilations, groups, oh, ow, acc, plan, out2,

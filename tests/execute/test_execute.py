@@ -130,3 +130,63 @@ def test_a_node_reading_one_tensor_twice_runs_without_trace():
     traced = execute(prog, WIDE, {"x": x_value}).outputs["y"]
     lean = execute(prog, WIDE, {"x": x_value}, trace=False).outputs["y"]
     assert np.array_equal(traced, lean) and np.array_equal(lean, x_value * x_value)
+
+
+ORT_LIKE = ArithmeticSpec(AccumulatorSpec(32, Overflow.WRAP, SaturationPoint.FINAL),
+                          RequantSpec(RequantMode.FLOAT_SCALE, RoundingMode.HALF_EVEN, 32))
+
+
+def _conv_chain(x_zp: int = 3):
+    """Two 3x3 convs, each read only by its requantize (fused on the kernels backend), then a
+    max-pool: a compact intermediate feeding both a fused conv and an unfused op."""
+    rng = np.random.default_rng(11)
+    b = ProgramBuilder("chain")
+    x = b.input("x", (2, 5, 9, 9), "u8", scale=0.02, zero_point=x_zp)
+    h = x
+    for i, c_out in enumerate((70, 8)):
+        c_in = 5 if i == 0 else 70
+        w = b.constant(f"w{i}", rng.integers(-128, 128, (c_out, c_in, 3, 3)), "s8", scale=0.01)
+        bias = b.constant(f"b{i}", rng.integers(-3000, 3000, c_out), "s32", scale=2e-4)
+        acc = b.node("conv2d", [h, w, bias], f"acc{i}", strides=[1, 1], pads=[1, 1, 1, 1],
+                     scale=2e-4)
+        h = b.node("requantize", [acc], f"y{i}", dtype="u8", scale=0.05, zero_point=7,
+                   real_multiplier=[2e-4 / 0.05 * (1 + i)])
+    b.output(b.node("maxpool2d", [h], "pool", kernel=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0]))
+    b.output(h)
+    return b.build()
+
+
+@pytest.mark.parametrize("arith", [WIDE, NARROW, ORT_LIKE], ids=["acc32", "acc16_per_mac", "ort"])
+def test_prepared_program_runs_as_the_program_does(arith):
+    """prepare() once, execute many times: the same tensors, outputs (int64) and statistics as
+    the reference, traced or not, with the convs' requantizes fused into them."""
+    from simulator.execute import prepare
+    prog = _conv_chain()
+    x = {"x": np.random.default_rng(2).integers(0, 256, (2, 5, 9, 9)).astype(np.uint8)}
+    want = execute(prog, arith, x, backend="reference")
+    prepared = prepare(prog, arith)
+    assert [s.requantize.outputs[0] for s in prepared.steps if s.requantize is not None] == [
+        "y0", "y1"]
+    for _ in range(2):
+        got = execute(prepared, arith, x)
+        assert set(got.tensors) == set(want.tensors)
+        for name, value in want.tensors.items():
+            assert got.tensors[name].dtype == value.dtype, name
+            np.testing.assert_array_equal(got.tensors[name], value, err_msg=name)
+        assert got.overflow == want.overflow
+        lean = execute(prepared, arith, x, trace=False)
+        assert set(lean.outputs) == {"pool", "y1"}
+        for name in lean.outputs:
+            assert lean.outputs[name].dtype == np.int64
+            np.testing.assert_array_equal(lean.outputs[name], want.outputs[name])
+        assert lean.overflow == want.overflow
+
+
+def test_a_program_prepared_for_another_chip_is_refused():
+    from simulator.execute import prepare
+    prepared = prepare(_conv_chain(), WIDE)
+    x = {"x": np.zeros((2, 5, 9, 9), np.uint8)}
+    with pytest.raises(InputError, match="prepared for another arithmetic"):
+        execute(prepared, NARROW, x)
+    with pytest.raises(InputError, match="prepared for another arithmetic"):
+        execute(prepared, WIDE, x, backend="reference")

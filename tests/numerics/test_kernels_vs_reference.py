@@ -113,6 +113,85 @@ def test_conv2d_wide_layer_equals_reference(data, acc):
     assert_mac_same("conv2d", *case.args(acc))
 
 
+def assert_conv_requantize_same(case: ConvCase, acc, prepared, axis, acc_zp, y_zp, qmin, qmax):
+    """kernels.conv2d_requantize == reference.requantize(reference.conv2d(...)): the output,
+    the accumulators and their statistics, on every engine the plan could pick."""
+    want_acc, want_stats = reference.conv2d(*case.args(acc))
+    want = reference.requantize(want_acc, acc_zp, prepared, axis, y_zp, qmin, qmax)
+    conv = kernels.PreparedConv(case.w, case.bias, case.w_zp, case.strides, case.pads,
+                                case.dilations, case.groups)
+    x = np.asarray(case.x)
+    narrow = next((np.dtype(t) for t in (np.uint8, np.int8, np.int16)
+                   if x.size and np.iinfo(t).min <= x.min() and x.max() <= np.iinfo(t).max),
+                  np.dtype(np.int64))
+    for paths in engines_for(acc).values():
+        with disabled(paths):
+            for keep, xs in ((True, x), (False, x.astype(narrow))):
+                y, got_acc, stats = kernels.conv2d_requantize(
+                    xs, conv, case.x_zp, acc, prepared, axis, acc_zp, y_zp, qmin, qmax, keep)
+                assert stats == want_stats
+                assert y.dtype == (np.int16 if -(1 << 15) <= qmin and qmax < (1 << 15)
+                                   else np.int64)
+                np.testing.assert_array_equal(y, want)
+                if keep:
+                    np.testing.assert_array_equal(got_acc, want_acc)
+                else:
+                    assert got_acc is None
+
+
+@FAST
+@given(st.data(), accumulator_specs())
+def test_conv2d_requantize_equals_reference(data, acc):
+    """The requantize fused into the conv's epilogue: per tensor or per output channel, every
+    rounding mode and the float32 scale, any input and output zero point."""
+    case = data.draw(conv_cases())
+    oc = case.w.shape[0]
+    prepared, per_channel = data.draw(prepared_scales(oc))
+    dst = data.draw(int_types(bits=(4, 8, 16)))
+    y_zp = data.draw(edgy_integers(dst.qmin, dst.qmax))
+    acc_zp = data.draw(st.sampled_from([0, 0, 3, -7]))
+    assert_conv_requantize_same(case, acc, prepared, 1, acc_zp, y_zp, dst.qmin, dst.qmax)
+
+
+@settings(deadline=None, max_examples=max(5, settings.default.max_examples // 4))
+@given(st.data(), accumulator_specs())
+def test_conv2d_requantize_wide_layer_equals_reference(data, acc):
+    """More than 64 output channels (two channel blocks of the VNNI epilogue), u8 or s8 inputs
+    with any zero point, a clamp narrower than the type."""
+    xt = data.draw(int_types(bits=(8,)))
+    oc = data.draw(st.sampled_from([64, 70, 130]))
+    c = data.draw(st.integers(1, 9))
+    x = data.draw(of_type((1, c, 5, data.draw(st.integers(3, 14))), xt))
+    wts = data.draw(of_type((oc, c, 3, 3), data.draw(int_types(bits=(4, 8)))))
+    case = ConvCase(x, wts, data.draw(int_arrays((oc,), -5000, 5000)),
+                    data.draw(edgy_integers(xt.qmin, xt.qmax)), 0, (1, 1), (1, 1, 1, 1),
+                    (1, 1), 1)
+    prepared, _ = data.draw(prepared_scales(oc))
+    assert_conv_requantize_same(case, acc, prepared, 1, 0, data.draw(st.integers(0, 255)),
+                                data.draw(st.integers(0, 20)), data.draw(st.integers(200, 255)))
+
+
+@pytest.mark.skipif(not kernels.VNNI_AVAILABLE, reason="the fused epilogue is the VNNI engines'")
+@pytest.mark.parametrize("mode", [RequantMode.MULTIPLIER_SHIFT, RequantMode.FLOAT_SCALE])
+def test_vnni_engines_requantize_in_their_epilogue(monkeypatch, mode):
+    """No separate requantize pass (and no accumulator array unless asked) on the VNNI path."""
+    rng = np.random.default_rng(5)
+    case = ConvCase(rng.integers(0, 256, (1, 16, 9, 9)), rng.integers(-128, 128, (64, 16, 3, 3)),
+                    rng.integers(-999, 999, 64), 3, 0, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    acc = AccumulatorSpec(32, Overflow.WRAP, SaturationPoint.FINAL)
+    prepared = fp.prepare_scale(0.0021, RequantSpec(mode, RoundingMode.HALF_EVEN))
+    want = reference.requantize(reference.conv2d(*case.args(acc))[0], 0, prepared, 1, 7, 0, 255)
+
+    def unfused(*args, **kwargs):
+        raise AssertionError("requantized in a second pass")
+    monkeypatch.setattr(kernels, "requantize", unfused)
+    conv = kernels.PreparedConv(case.w, case.bias, 0, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    y, got_acc, _ = kernels.conv2d_requantize(case.x, conv, 3, acc, prepared, 1, 0, 7, 0, 255,
+                                              keep_acc=False)
+    assert got_acc is None
+    np.testing.assert_array_equal(y, want)
+
+
 @FAST
 @given(st.data(), accumulator_specs())
 def test_pointwise_conv_over_many_batches_equals_reference(data, acc):
@@ -653,15 +732,30 @@ def test_float32_bound_just_above_2_24_falls_back():
 
 
 def test_int8_operands_past_the_int32_sum_bound_leave_the_vnni8_path():
-    # VPDPBUSD sums (w + 128) * x: with x = -128 and w = 127 that is 255 * -128 per tap;
-    # 65794 taps would leave int32, so 1x1 conv with that many channels may not use it
-    k = 65794
-    x = np.full((1, k, 1, 1), -128)
-    w = np.full((1, k, 1, 1), 127)
+    # VPDPBUSD sums (x + off) * (w - zw): x = 255 (off 0) by w = 127 is 32385 per tap; 66,312
+    # taps reach 2**31, so a 1x1 conv with that many channels may not use it, one fewer may
     acc = AccumulatorSpec(48, Overflow.WRAP, SaturationPoint.FINAL)
-    assert kernels.conv_plan(x, w, None, 0, 0, 1, acc).path != "vnni8"
-    got = assert_same("conv2d", x, w, None, 0, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1, acc)
-    assert got.item() == int(fp.wrap(-128 * 127 * k, 48))
+    for k, allowed in ((66312, False), (66311, True)):
+        x = np.full((1, k, 1, 1), 255)
+        w = np.full((1, k, 1, 1), 127)
+        path = kernels.conv_plan(x, w, None, 0, 0, 1, acc).path
+        assert (path == "vnni8") == (allowed and kernels.VNNI_AVAILABLE)
+        got = assert_same("conv2d", x, w, None, 0, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1, acc)
+        assert got.item() == int(fp.wrap(255 * 127 * k, 48))
+
+
+def test_vnni8_takes_any_input_zero_point():
+    # the input goes in as x + off (unsigned), the zero point's share comes off per channel:
+    # u8 with zero point 0 or 3, s8 with zero point -128, all on the 8-bit engine, all exact
+    rng = np.random.default_rng(0)
+    acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
+    for lo, hi, zx in ((0, 255, 0), (0, 255, 3), (-128, 127, -128), (-128, 127, 5)):
+        x = rng.integers(lo, hi + 1, (2, 5, 7, 9))
+        w = rng.integers(-128, 128, (70, 5, 3, 3))
+        if kernels.VNNI_AVAILABLE:
+            assert kernels.conv_plan(x, w, None, zx, 0, 1, acc).path == "vnni8"
+        assert_mac_same("conv2d", x, w, rng.integers(-999, 999, 70), zx, 0, (1, 1),
+                        (1, 1, 1, 1), (1, 1), 1, acc)
 
 
 def test_int16_operands_past_the_int32_sum_bound_leave_the_vnni_path():
@@ -702,13 +796,14 @@ def test_bias_outside_the_accumulator_counts_as_an_event():
 
 
 def test_batches_are_planned_one_by_one():
-    """Batch 0 fits int16 (VNNI where available), batch 1 does not: each exact on its own."""
+    """Batch 0 spans 256 values (the 8-bit VNNI engine where available), batch 1 does not fit
+    int16: each exact on its own."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (2, 3, 6, 7))
     x[1, 0, 2, 3] = 40000
     w = rng.integers(-128, 128, (66, 3, 3, 3))
     acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
-    expected = "vnni16" if kernels.VNNI_AVAILABLE else "float32"
+    expected = "vnni8" if kernels.VNNI_AVAILABLE else "float32"
     assert kernels.conv_plan(x[:1], w, None, 7, 0, 1, acc).path == expected
     assert kernels.conv_plan(x[1:], w, None, 7, 0, 1, acc).path == "float64"
     assert_mac_same("conv2d", x, w, rng.integers(-99, 99, 66), 7, 0, (1, 2), (1, 0, 2, 1),
@@ -722,8 +817,8 @@ def test_benchmark_layer_takes_the_fast_path():
     acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
     plan = kernels.conv_plan(x, w, None, 128, 0, 1, acc)
     assert plan.path == ("vnni8" if kernels.VNNI_AVAILABLE else "float32")
-    assert kernels.conv_plan(x, w, None, 0, 0, 1, acc).path == (  # x - 0 leaves int8
-        "vnni16" if kernels.VNNI_AVAILABLE else "float32")
+    assert kernels.conv_plan(x, w, None, 0, 0, 1, acc).path == (  # any zero point
+        "vnni8" if kernels.VNNI_AVAILABLE else "float32")
     per_mac = AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.PER_MAC)
     assert kernels.conv_plan(x, w, None, 128, 0, 1, per_mac).path == "int32"
     assert_mac_same("conv2d", x, w, None, 128, 0, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc)
