@@ -1,7 +1,8 @@
 """The fast backend: numba ports of ``reference.py``, equal to it bit for bit.
 
 Same function names, same arguments (specs and ``PreparedScale`` included), same int64 results
-and the same ``OverflowStats``. Each public function unpacks its Python-level arguments into
+and the same ``OverflowStats``; beyond the reference, ``PreparedConv`` (a conv's weights made
+ready once) and ``conv2d_requantize`` (the two ops as one kernel, the reference's composition). Each public function unpacks its Python-level arguments into
 plain integers and arrays and hands them to ``@njit(cache=True)`` inner functions; the rounding
 and overflow rules are those of ``fixed_point`` (the spec), written again here in scalar form.
 tests/numerics/test_kernels_vs_reference.py proves the equality over random cases.
@@ -14,12 +15,15 @@ How the MAC ops are made fast without changing a single bit:
   ``fixed_point.accumulate`` does. Which GEMM is decided by a bound B >= |sum over any subset of
   the products| for every output (``max|x - zx| * max_o sum_k |w[o, k] - zw[o]|``):
 
-  - ``vnni8`` / ``vnni16``: where the CPU has AVX512-VNNI and both operands fit int8 / int16,
+  - ``vnni8`` / ``vnni16``: where the CPU has AVX512-VNNI and the operands fit bytes / int16,
     the products are summed in int32 lanes by VPDPBUSD / VPDPWSSD (wrapping, in any order).
     Integer addition mod 2**32 is associative, so the lanes hold the true sum mod 2**32, which
     *is* the true sum when its bound is below 2**31. VPDPBUSD multiplies unsigned by signed
-    bytes, so the weights go in as w - zw + 128 and 128 * sum(x - zx) over each window is taken
-    off afterwards, exactly. Conv reads a padded NHWC copy of the input directly (no im2col).
+    bytes: the input goes in as x + off (unsigned, whatever its zero point), the weights as
+    w - zw, and (zx + off) * sum(w - zw), a constant per output channel, comes off with the
+    bias, exactly. Conv reads a padded NHWC copy of the input directly (no im2col), and a
+    requantize after it can run in its epilogue (``conv2d_requantize``), so the accumulators
+    never go to memory.
   - ``float32`` / ``float64``: im2col, then BLAS; exact when B < 2**24 / 2**53, since every
     partial sum in whatever order and blocking BLAS uses (FMA or not) is then an integer that
     the float type represents.
