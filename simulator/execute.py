@@ -397,7 +397,8 @@ def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, tra
     y, acc, stats = kernels.conv2d_requantize(
         values[node.inputs[0]], step.state, x.zp_scalar,
         arith.accumulator_for(_activation_bits(x)), step.requantize_state[1], 1,
-        acc_t.zp_scalar, out.zp_scalar, lo, hi, keep_acc=trace)
+        acc_t.zp_scalar, out.zp_scalar, lo, hi, keep_acc=trace,
+        wide=rq.outputs[0] in p.outputs)   # a result is int64: no second pass to widen it
     if trace:
         values[node.outputs[0]] = acc
     values[rq.outputs[0]] = y

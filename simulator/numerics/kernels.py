@@ -48,9 +48,11 @@ reference, which is the definition, so the answer is still the reference's.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import os
+import platform
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -171,6 +173,32 @@ def _tflite_multiply(acc, m, s):
     right = -exponent if exponent < 0 else 0
     x = _wrap(acc << left, 32)
     return _rdbpot(_srdhm(x, m), right)
+
+
+# ============================================================================ memory
+
+def _reuse_freed_memory() -> None:
+    """Ask glibc to keep freed blocks for reuse. By default a block over 128 KiB is mapped
+    afresh at each allocation and unmapped when freed (the threshold adapts, but not to arrays
+    of several sizes alive at once), so every layer's output is page-faulted in again: 0.65 ms
+    per 1.6 MB array on a 2-core VM, longer than the 115 MMAC conv that wrote it. Blocks up to
+    32 MiB now come from the heap, which keeps up to 128 MiB of free space before returning
+    it. Left alone where the user set either threshold (MALLOC_*_THRESHOLD_) or the C library
+    is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or any(
+            f"MALLOC_{k}_THRESHOLD_" in os.environ for k in ("MMAP", "TRIM")):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    m_trim_threshold, m_mmap_threshold = -1, -3   # malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 128 << 20)
+
+
+_reuse_freed_memory()
 
 
 # ============================================================================ threads
@@ -1416,23 +1444,24 @@ def conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups,
 
 def conv2d_requantize(x, prepared: PreparedConv, x_zp, acc: AccumulatorSpec,
                       scale: PreparedScale, axis: int, acc_zp: int, y_zp: int, qmin: int,
-                      qmax: int, keep_acc: bool = True):
+                      qmax: int, keep_acc: bool = True, wide: bool = False):
     """``requantize(conv2d(...), acc_zp, scale, axis, y_zp, qmin, qmax)`` in one pass where the
     engine can requantize in its epilogue (the VNNI engines), else the two in turn; returns
     (y, the accumulators or None unless ``keep_acc``, the conv's statistics).
 
     x may be any integer dtype (the VNNI engines read it as it is); y is int16 where [qmin,
-    qmax] fits it (a quarter of int64's memory traffic), else int64, and holds the same values
-    as the unfused ops' int64 result."""
+    qmax] fits it (a quarter of int64's memory traffic) unless ``wide``, else int64, and holds
+    the same values as the unfused ops' int64 result."""
     x = _ints(x)
     oc = prepared.wz.shape[0]
     fuse = x.ndim == 4 and _FusedRequant.applies(scale, oc, axis)
     out, y, stats = _conv(x, None, None, x_zp, None, prepared.strides, prepared.pads,
                           prepared.dilations, prepared.groups, acc, prepared,
-                          (scale, acc_zp, y_zp, qmin, qmax) if fuse else None, keep_acc or not fuse)
+                          (scale, acc_zp, y_zp, qmin, qmax, wide) if fuse else None,
+                          keep_acc or not fuse)
     if y is None:   # not fused, or an engine that does not requantize: the two ops in turn
         y = requantize(out, acc_zp, scale, axis, y_zp, qmin, qmax)
-        if _Y16_MIN <= qmin and qmax <= _Y16_MAX:
+        if not wide and _Y16_MIN <= qmin and qmax <= _Y16_MAX:
             y = y.astype(np.int16)
     return y, out if keep_acc else None, stats
 
@@ -1448,8 +1477,8 @@ def _ints(x) -> np.ndarray:
 
 def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepared, requant,
           keep_acc=True):
-    """conv2d, with the requantize ``requant`` (scale, acc_zp, y_zp, qmin, qmax) after it when
-    given: returns (accumulators or None, y or None, stats). x: any integer dtype (see
+    """conv2d, with the requantize ``requant`` (scale, acc_zp, y_zp, qmin, qmax, wide) after it
+    when given: returns (accumulators or None, y or None, stats). x: any integer dtype (see
     ``_ints``), read as it is by the VNNI engines' packing, as int64 by the others."""
     x = _ints(x)
     zx = int(x_zp)
@@ -1484,11 +1513,11 @@ def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepare
     out = np.empty((n, oc, oh, ow), np.int64) if keep_acc or requant is None else None
     y = None
     if requant is not None:
-        narrow = _Y16_MIN <= requant[3] and requant[4] <= _Y16_MAX
+        narrow = not requant[5] and _Y16_MIN <= requant[3] and requant[4] <= _Y16_MAX
         y = np.empty((n, oc, oh, ow), np.int16 if narrow else np.int64)
     if n * oc * oh * ow == 0:
         return out, y, OverflowStats(0, 0, 1)
-    fused = None if requant is None else _FusedRequant(requant[0], oc, *requant[1:], y)
+    fused = None if requant is None else _FusedRequant(requant[0], oc, *requant[1:5], y)
     stats = _Stats()
     x64 = None   # x as int64, made only for a batch an im2col engine takes
     for bi in range(n):
@@ -1503,7 +1532,7 @@ def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepare
         _conv_batch(x64, bi, prepared.wz, prepared.b, zx, (sh, sw), (pt, pl), (dh, dw), groups,
                     oh, ow, acc, plan, acc_bi.reshape(oc, oh * ow), stats)
         if requant is not None:
-            y[bi] = requantize(acc_bi, requant[1], requant[0], 0, *requant[2:])
+            y[bi] = requantize(acc_bi, requant[1], requant[0], 0, *requant[2:5])
     return out, y, stats.result(n * oc * oh * ow)
 
 
