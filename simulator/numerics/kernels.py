@@ -769,14 +769,17 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, 
 
 
 @njit(**_JIT)
-def _im2col(x, bi, zx, row_c, row_ky, row_kx, sh, sw, dh, dw, pt, pl, oy0, oy1, ow, col):
-    """col[r, (oy - oy0) * ow + ox] = x[bi, c, iy, ix] - zx, 0 where (iy, ix) is padding.
+def _im2col(r0, r1, x, bi, zx, row_c, row_ky, row_kx, sh, sw, dh, dw, pt, pl, oy0, oy1, ow,
+            col):
+    """Rows r0..r1 of col: col[r, (oy - oy0) * ow + ox] = x[bi, c, iy, ix] - zx, 0 where (iy,
+    ix) is padding.
 
     Row r is the tap (row_c[r], row_ky[r], row_kx[r]); ``col``'s dtype (float32, float64,
-    int32, int64) is the GEMM's. Serial: it runs between BLAS calls, whose idle workers spin.
+    int32, int64) is the GEMM's. Serial before a BLAS call (its idle workers spin), on the
+    pool's threads before the lane engines.
     """
     h, w = x.shape[2], x.shape[3]
-    for r in range(col.shape[0]):
+    for r in range(r0, r1):
         c, ky, kx = row_c[r], row_ky[r], row_kx[r]
         for oy in range(oy0, oy1):
             base = (oy - oy0) * ow
@@ -1563,7 +1566,12 @@ def _conv_batch(x, bi, wz, b, zx, strides, pads, dilations, groups, oh, ow, acc,
     for oy0 in range(0, oh, rows_per_chunk):
         oy1 = min(oh, oy0 + rows_per_chunk)
         col = np.empty((groups * kg, (oy1 - oy0) * ow), plan.dtype)
-        _im2col(x, bi, zx, row_c, row_ky, row_kx, sh, sw, dh, dw, pt, pl, oy0, oy1, ow, col)
+        im2col_args = (x, bi, zx, row_c, row_ky, row_kx, sh, sw, dh, dw, pt, pl, oy0, oy1, ow,
+                       col)
+        if plan.kind == "lanes":
+            _run_tasks(_im2col, col.shape[0], col.size, *im2col_args)
+        else:
+            _im2col(0, col.shape[0], *im2col_args)
         stats.add(*plan.run(a, col, per_group, b, np.zeros(col.shape[1], np.int64), out2, 0,
                             oy0 * ow))
 
