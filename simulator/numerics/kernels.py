@@ -512,9 +512,11 @@ def _pack_nhwc_u8(t0, t1, x, bi, off, pt, pl, xq):
     padding keeps the caller's fill). The caller has checked that uint8 holds every value."""
     c_in, w = x.shape[1], x.shape[3]
     for iy in range(t0, t1):
-        for ix in range(w):
-            for c in range(c_in):
-                xq[pt + iy, pl + ix, c] = x[bi, c, iy, ix] + off
+        dst = xq[pt + iy, pl:pl + w]
+        for c in range(c_in):
+            src = x[bi, c, iy]
+            for ix in range(w):
+                dst[ix, c] = src[ix] + off
 
 
 # The epilogue of the VNNI engines, one output row of one 64-channel block at a time: ``ep``
@@ -766,6 +768,137 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, 
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
         ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
                                                 ep, mult, shift, fscale, acc_out, y_out)
+
+
+@njit(**_JIT)
+def _pack_nhwc_repeat(t0, t1, x, bi, zx, mult_ch, pt, pl, xp):
+    """Rows t of batch bi: xp[pt + t, pl + ix, c * mult_ch + j] = x[bi, c, t, ix] - zx for j <
+    mult_ch, each input channel repeated for its output channels (the padding stays 0)."""
+    c_in, w = x.shape[1], x.shape[3]
+    for iy in range(t0, t1):
+        # one input row at a time (contiguous reads), scattered into an L1-sized block
+        dst = xp[pt + iy, pl:pl + w]
+        for c in range(c_in):
+            src = x[bi, c, iy]
+            for j in range(mult_ch):
+                o = c * mult_ch + j
+                for ix in range(w):
+                    dst[ix, o] = src[ix] - zx
+
+
+@njit(**_JIT)
+def _depthwise(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fscale, line,
+               acc_out, y_out, ev, mins, maxs):
+    """Output rows t0..t1 of a depthwise conv on the padded NHWC input xp [hp, wp, oc] (each
+    input channel repeated for its output channels), vector code across the channels: for each output position the
+    taps' products with wk [kh, kw, oc] summed in lanes of ``line``'s dtype (int32 where the
+    caller proved every partial sum fits, else int64: exact either way, in any order), then
+    cb, the accumulator and the fused requantize per channel as the VNNI epilogue does them,
+    and the row stored transposed into [oc, oh, ow]."""
+    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
+    kh, kw, oc = wk.shape
+    sums = np.empty_like(line)
+    tile = np.empty(ow * oc, np.int64)
+    acc_tile = np.empty(ow * oc, np.int64)
+    for oy in range(t0, t1):
+        e = 0
+        mn = np.int64(0)
+        mx = np.int64(0)
+        for ox in range(ow):
+            sums[:] = 0
+            for ky in range(kh):
+                for kx in range(kw):
+                    src = xp[oy * sh + ky * dh, ox * sw + kx * dw]
+                    wv = wk[ky, kx]
+                    for o in range(oc):
+                        sums[o] += src[o] * wv[o]
+            ta = acc_tile[ox * oc:(ox + 1) * oc]
+            for o in range(oc):
+                v = np.int64(sums[o]) + cb[o]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                e += (v < lo) | (v > hi)
+                ta[o] = _accumulator(v, lo, hi, bits, wrap)
+            t = tile[ox * oc:(ox + 1) * oc]
+            if rq == EP_FLOAT:
+                for o in range(oc):
+                    t[o] = _requant_one_float(ta[o] - azp, fscale[o], yzp, qmin, qmax)
+            elif rq != EP_NONE:
+                for o in range(oc):
+                    t[o] = _requant_one(ta[o] - azp, mult[o], shift[o], rq, rbits, yzp, qmin,
+                                        qmax)
+        for o in range(oc):
+            base = (o * oh + oy) * ow
+            if acc_out.size:
+                dst = acc_out[base:base + ow]
+                src_a = acc_tile[o:]
+                for ox in range(ow):
+                    dst[ox] = src_a[ox * oc]
+            if rq != EP_NONE:
+                dst_y = y_out[base:base + ow]
+                src_y = tile[o:]
+                for ox in range(ow):
+                    dst_y[ox] = src_y[ox * oc]
+        ev[oy], mins[oy], maxs[oy] = e, mn, mx
+
+
+@njit(**_JIT)
+def _depthwise_zmm(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fscale, line,
+                   acc_out, y_out, ev, mins, maxs):
+    """``_depthwise`` on 512-bit vectors for int16 operands whose every partial sum fits int32
+    (the caller checked): xp and wk int16 with oc padded to a multiple of 16 (zeros), the
+    products by VPMADDWD, 16 channels per vector, every tap of a position summed in registers
+    before the epilogue. ``line`` is unused (int32 lanes)."""
+    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
+    kh, kw, opad = wk.shape
+    oc = cb.size
+    xf = xp.reshape(-1)
+    wf = wk.reshape(-1)
+    wp, cp = xp.shape[1], opad
+    sums = np.empty(opad, np.int32)
+    tile = np.empty(ow * oc, np.int64)
+    acc_tile = np.empty(ow * oc, np.int64)
+    for oy in range(t0, t1):
+        e = 0
+        mn = np.int64(0)
+        mx = np.int64(0)
+        for ox in range(ow):
+            for o0 in range(0, opad, 16):
+                a = _vzero()
+                for ky in range(kh):
+                    row = ((oy * sh + ky * dh) * wp + ox * sw) * cp + o0
+                    for kx in range(kw):
+                        a = _vadd(a, _vterm(xf, row + kx * dw * cp,
+                                            _vlanes(wf, (ky * kw + kx) * opad + o0)))
+                _vstore(sums, o0, a)
+            ta = acc_tile[ox * oc:(ox + 1) * oc]
+            for o in range(oc):
+                v = np.int64(sums[o]) + cb[o]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                e += (v < lo) | (v > hi)
+                ta[o] = _accumulator(v, lo, hi, bits, wrap)
+            t = tile[ox * oc:(ox + 1) * oc]
+            if rq == EP_FLOAT:
+                for o in range(oc):
+                    t[o] = _requant_one_float(ta[o] - azp, fscale[o], yzp, qmin, qmax)
+            elif rq != EP_NONE:
+                for o in range(oc):
+                    t[o] = _requant_one(ta[o] - azp, mult[o], shift[o], rq, rbits, yzp, qmin,
+                                        qmax)
+        for o in range(oc):
+            base = (o * oh + oy) * ow
+            if acc_out.size:
+                dst = acc_out[base:base + ow]
+                src_a = acc_tile[o:]
+                for ox in range(ow):
+                    dst[ox] = src_a[ox * oc]
+            if rq != EP_NONE:
+                dst_y = y_out[base:base + ow]
+                src_y = tile[o:]
+                for ox in range(ow):
+                    dst_y[ox] = src_y[ox * oc]
+        ev[oy], mins[oy], maxs[oy] = e, mn, mx
 
 
 @njit(**_JIT)
@@ -1197,6 +1330,8 @@ class MacPlan:
                  vnni_shape: bool = False, int8_bound: int | None = None, x_offset: int = 0):
         self.lo, self.hi, self.bits = acc.lo, acc.hi, acc.bits
         self.x_offset = x_offset   # vnni8: what makes the input unsigned
+        self.bound = bound         # of |any partial sum of the products|
+        self.max_operand = max(max_x, max_w)
         self.wrap = acc.overflow is Overflow.WRAP
         if acc.order_independent:
             self.kind = "gemm"
@@ -1419,6 +1554,48 @@ class PreparedConv:
         self.pads, self.groups = tuple(int(p) for p in pads), groups
         self.weights = _Weights(self.wz, self.b, groups)
         self._engines: dict[tuple, _VnniConv] = {}
+        self._wk = None   # depthwise weights [kh, kw, oc]
+
+    @property
+    def depthwise(self) -> bool:
+        """Each output channel reads one input plane (groups = input channels)."""
+        return self.groups > 1 and self.wz.shape[1] == 1
+
+    def run_depthwise(self, x, bi, zx, plan, oh, ow, acc_out, fused: "_FusedRequant | None"):
+        """Batch bi through the depthwise kernel (order-independent plans): returns (events,
+        min, max); the accumulators into acc_out [oc, oh, ow] (if it has elements), the fused
+        requantize's output into ``fused.y[bi]``."""
+        c, h, w = x.shape[1:]
+        oc, _, kh, kw = self.wz.shape
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        pt, pl, pb, pr = self.pads
+        hp = max(pt + h + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+        wp = max(pl + w + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
+        # int32 where every partial sum fits (then every product with a nonzero weight does);
+        # int16 operands on 512-bit vectors where they fit too
+        dtype = np.int32 if plan.bound < INT32_LANE else np.int64
+        zmm = (dtype == np.int32 and AVX512_AVAILABLE and "zmm" not in DISABLED_PATHS
+               and plan.max_operand <= INT16_MAX)
+        opad = -(-oc // 16) * 16 if zmm else oc
+        if zmm:
+            dtype = np.int16
+        xp = np.zeros((hp, wp, opad), dtype)
+        _run_tasks(_pack_nhwc_repeat, h, 8 * x[bi].size, x, bi, zx, oc // c, pt, pl, xp)
+        ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
+            fused.ep if fused is not None else _NO_REQUANT)
+        mult, shift, fscale, y = fused.arrays(bi) if fused is not None else _NO_REQUANT_ARRAYS
+        if fused is None:
+            mult, shift, fscale = (np.zeros(oc, a.dtype) for a in (mult, shift, fscale))
+        ev, mins, maxs = (np.zeros(oh, np.int64) for _ in range(3))
+        if self._wk is None or self._wk.dtype != dtype or self._wk.shape[2] != opad:
+            wk = np.zeros((kh, kw, opad), dtype)
+            wk[:, :, :oc] = self.wz.reshape(oc, kh, kw).transpose(1, 2, 0)
+            self._wk = wk
+        kernel = _depthwise_zmm if zmm else _depthwise
+        _run_tasks(kernel, oh, 4 * oc * oh * ow * kh * kw, xp, self._wk, sh, sw, dh, dw, oh,
+                   ow, self.b, ep, mult, shift, fscale, np.empty(oc, dtype),
+                   acc_out.reshape(-1), y, ev, mins, maxs)
+        return int(ev.sum()), int(mins.min()), int(maxs.max())
 
     def engine(self, path: str, x_shape, oh: int, ow: int) -> _VnniConv:
         key = (path, tuple(x_shape[1:]))
@@ -1529,6 +1706,11 @@ def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepare
             engine = prepared.engine(plan.path, x.shape, oh, ow)
             stats.add(*engine.run(x, bi, zx, prepared.b, plan,
                                   out[bi] if out is not None else _NO_ACC, fused))
+            continue
+        if (prepared.depthwise and plan.kind == "gemm" and plan.path != "int64"
+                and "depthwise" not in DISABLED_PATHS):
+            stats.add(*prepared.run_depthwise(x, bi, zx, plan, oh, ow,
+                                              out[bi] if out is not None else _NO_ACC, fused))
             continue
         acc_bi = out[bi] if out is not None else np.empty((oc, oh, ow), np.int64)
         x64 = _i64(x) if x64 is None else x64

@@ -34,9 +34,9 @@ FAST = settings(deadline=None)
 GEMM_ENGINES = {
     "best": set(),
     "vnni16": {"vnni8"},
-    "float32": {"vnni8", "vnni16"},
-    "float64": {"vnni8", "vnni16", "float32"},
-    "int64": {"vnni8", "vnni16", "float32", "float64"},
+    "float32": {"vnni8", "vnni16", "depthwise"},
+    "float64": {"vnni8", "vnni16", "depthwise", "float32"},
+    "int64": {"vnni8", "vnni16", "depthwise", "float32", "float64"},
 }
 LANE_ENGINES = {"best": set(), "int32-ymm": {"zmm"}, "int64": {"int32"}}
 
@@ -190,6 +190,27 @@ def test_vnni_engines_requantize_in_their_epilogue(monkeypatch, mode):
                                               keep_acc=False)
     assert got_acc is None
     np.testing.assert_array_equal(y, want)
+
+
+@settings(deadline=None, max_examples=max(5, settings.default.max_examples // 4))
+@given(st.data(), accumulator_specs())
+def test_depthwise_conv_equals_reference(data, acc):
+    """Depthwise convs (one input plane per output channel, depth multiplier 1 or 2), strides
+    and dilations, any zero points, with and without the fused requantize."""
+    xt, wt = data.draw(int_types(bits=(4, 8, 16))), data.draw(int_types(bits=(2, 4, 8)))
+    c, mult_ch = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 2))
+    k, stride, dilation = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2)), \
+        data.draw(st.integers(1, 2))
+    pads = tuple(data.draw(st.integers(0, k - 1)) for _ in range(4))
+    size = data.draw(st.integers(dilation * (k - 1) + 1, 11))
+    x = data.draw(of_type((data.draw(st.integers(1, 2)), c, size, size + 1), xt))
+    wts = data.draw(of_type((c * mult_ch, 1, k, k), wt))
+    case = ConvCase(x, wts, data.draw(int_arrays((c * mult_ch,), -5000, 5000)),
+                    data.draw(zero_points(xt)), data.draw(zero_points(wt, c * mult_ch)),
+                    (stride, stride), pads, (dilation, dilation), c)
+    assert_mac_same("conv2d", *case.args(acc))
+    prepared, _ = data.draw(prepared_scales(c * mult_ch))
+    assert_conv_requantize_same(case, acc, prepared, 1, 0, 3, -100, 100)
 
 
 @FAST
