@@ -111,10 +111,11 @@ def _run_mac(node, p, ins, arith, be, state=None):
     if node.op is OpKind.MATMUL:
         return be.matmul(ins[0], ins[1], t[0].zp_scalar, t[1].zp_scalar, acc)
     bias = ins[2] if len(ins) > 2 else None
-    if node.op is OpKind.FULLY_CONNECTED:
-        return be.fully_connected(ins[0], ins[1], bias, t[0].zp_scalar, _zp_array(t[1]), acc)
-    a = node.attrs
     extra = {} if state is None else {"prepared": state}   # the kernels' PreparedConv
+    if node.op is OpKind.FULLY_CONNECTED:
+        return be.fully_connected(ins[0], ins[1], bias, t[0].zp_scalar, _zp_array(t[1]), acc,
+                                  **extra)
+    a = node.attrs
     return be.conv2d(ins[0], ins[1], bias, t[0].zp_scalar, _zp_array(t[1]), tuple(a["strides"]),
                      tuple(a["pads"]), tuple(a["dilations"]), a["groups"], acc, **extra)
 
@@ -369,15 +370,20 @@ def prepare(program: Program, chip, backend: str = "kernels") -> PreparedProgram
         step = _Step(node)
         if node.op is OpKind.REQUANTIZE:
             step.state = requantize_scale(node, program, arith)
-        elif (node.op is OpKind.CONV2D and backend == "kernels"
+        elif (node.op in (OpKind.CONV2D, OpKind.FULLY_CONNECTED) and backend == "kernels"
               and all(n in constants for n in node.inputs[1:])
               and all(program.tensors[n].is_int for n in node.inputs)):
             a = node.attrs
             w = program.tensors[node.inputs[1]]
-            step.state = be.PreparedConv(constants[w.name],
-                                         constants[node.inputs[2]] if len(node.inputs) > 2
-                                         else None, _zp_array(w), tuple(a["strides"]),
-                                         tuple(a["pads"]), tuple(a["dilations"]), a["groups"])
+            bias = constants[node.inputs[2]] if len(node.inputs) > 2 else None
+            if node.op is OpKind.FULLY_CONNECTED:   # as the 1x1 conv the kernels run it as
+                step.state = be.PreparedConv(constants[w.name][:, :, None, None], bias,
+                                             _zp_array(w), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+                steps.append(step)
+                continue
+            step.state = be.PreparedConv(constants[w.name], bias, _zp_array(w),
+                                         tuple(a["strides"]), tuple(a["pads"]),
+                                         tuple(a["dilations"]), a["groups"])
             rq = _fusable_requantize(node, program, readers, arith)
             if rq is not None:
                 step.requantize, step.requantize_state = rq, requantize_scale(rq, program, arith)

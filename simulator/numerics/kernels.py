@@ -391,6 +391,13 @@ def _vdpbusd(typingctx, acc, w, xarr, xidx):
             _vnni_codegen(_VPDPBUSD, _VPDPBUSD_OPERAND, broadcast_first=True))
 
 
+@intrinsic
+def _vdpbusd_bw(typingctx, acc, x, warr, widx):
+    """acc[i] += sum_j u8(x)[4i+j] * s8(w)[j], w = the int32 word warr[widx] (four int8)
+    broadcast: 16 positions' unsigned input quads against one output channel's weights."""
+    return _vec16(_vec16, _vec16, warr, widx), _vnni_codegen(_VPDPBUSD, _VPDPBUSD_OPERAND)
+
+
 def _vnni_available() -> bool:
     """AVX512-VNNI on the host, numba compiling for the host (not a generic CPU), and an LLVM
     that knows both instructions."""
@@ -899,6 +906,119 @@ def _depthwise_zmm(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, 
                 for ox in range(ow):
                     dst_y[ox] = src_y[ox * oc]
         ev[oy], mins[oy], maxs[oy] = e, mn, mx
+
+
+POINTWISE_CHANNELS = 6     # output channels per micro-tile of the pointwise engine
+POINTWISE_POSITIONS = 64   # positions per micro-tile (4 vectors of 16)
+
+
+@njit(**_JIT)
+def _pack_quads(t0, t1, x, bi, off, xw):
+    """Channel words t of batch bi: byte j of xw[t, p] = x[bi, 4t + j, p] + off (positions p
+    of the flattened map; channels past C stay 0). The caller checked that bytes hold them."""
+    c_in, npos = x.shape[1], x.shape[2] * x.shape[3]
+    xb = xw.view(np.uint8)
+    for cw in range(t0, t1):
+        for j in range(4):
+            c = cw * 4 + j
+            if c >= c_in:
+                break
+            src = x[bi, c].reshape(-1)
+            dst = xb[cw, j::4]
+            for p in range(npos):
+                dst[p] = src[p] + off
+
+
+@njit(**_JIT)
+def _pointwise_vnni8(t0, t1, xw, wq, cb, ep, mult, shift, fscale, oc, npos, acc_out, y_out, ev,
+                     mins, maxs):
+    """A 1x1 stride-1 conv (groups 1) with the positions in the vector lanes: task t is the
+    positions t * 64 .. + 64 of the flattened map for every output channel. xw [CW, P64] holds
+    the input as words of four unsigned channel bytes (x + off), wq [OCP, CW] the weights as
+    words of four signed bytes (w - zw); micro-tile 6 channels x 64 positions in 24 registers,
+    summed in any order by VPDPBUSD (the caller proved every sum fits int32). Each output row
+    is then contiguous in [oc, P]: cb[o] (bias less the offset's share) added, the accumulator
+    and the fused requantize per channel scalar, as the VNNI epilogue does them."""
+    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
+    cwn, p64 = xw.shape
+    ocp = wq.shape[0]
+    xf = xw.reshape(-1)
+    wf = wq.reshape(-1)
+    buf = np.empty(POINTWISE_CHANNELS * POINTWISE_POSITIONS, np.int32)
+    acc = np.empty(POINTWISE_POSITIONS, np.int64)
+    for t in range(t0, t1):
+        p0 = t * POINTWISE_POSITIONS
+        n = min(POINTWISE_POSITIONS, npos - p0)
+        e = 0
+        mn = np.int64(0)
+        mx = np.int64(0)
+        for o0 in range(0, ocp, POINTWISE_CHANNELS):
+            a00 = _vzero(); a01 = _vzero(); a02 = _vzero(); a03 = _vzero()  # noqa: E702
+            a10 = _vzero(); a11 = _vzero(); a12 = _vzero(); a13 = _vzero()  # noqa: E702
+            a20 = _vzero(); a21 = _vzero(); a22 = _vzero(); a23 = _vzero()  # noqa: E702
+            a30 = _vzero(); a31 = _vzero(); a32 = _vzero(); a33 = _vzero()  # noqa: E702
+            a40 = _vzero(); a41 = _vzero(); a42 = _vzero(); a43 = _vzero()  # noqa: E702
+            a50 = _vzero(); a51 = _vzero(); a52 = _vzero(); a53 = _vzero()  # noqa: E702
+            for cw in range(cwn):
+                xi = cw * p64 + p0
+                x0 = _vload(xf, xi)
+                x1 = _vload(xf, xi + 16)
+                x2 = _vload(xf, xi + 32)
+                x3 = _vload(xf, xi + 48)
+                w0 = o0 * cwn + cw
+                w1 = w0 + cwn
+                w2 = w1 + cwn
+                w3 = w2 + cwn
+                w4 = w3 + cwn
+                w5 = w4 + cwn
+                a00 = _vdpbusd_bw(a00, x0, wf, w0); a01 = _vdpbusd_bw(a01, x1, wf, w0)  # noqa
+                a02 = _vdpbusd_bw(a02, x2, wf, w0); a03 = _vdpbusd_bw(a03, x3, wf, w0)  # noqa
+                a10 = _vdpbusd_bw(a10, x0, wf, w1); a11 = _vdpbusd_bw(a11, x1, wf, w1)  # noqa
+                a12 = _vdpbusd_bw(a12, x2, wf, w1); a13 = _vdpbusd_bw(a13, x3, wf, w1)  # noqa
+                a20 = _vdpbusd_bw(a20, x0, wf, w2); a21 = _vdpbusd_bw(a21, x1, wf, w2)  # noqa
+                a22 = _vdpbusd_bw(a22, x2, wf, w2); a23 = _vdpbusd_bw(a23, x3, wf, w2)  # noqa
+                a30 = _vdpbusd_bw(a30, x0, wf, w3); a31 = _vdpbusd_bw(a31, x1, wf, w3)  # noqa
+                a32 = _vdpbusd_bw(a32, x2, wf, w3); a33 = _vdpbusd_bw(a33, x3, wf, w3)  # noqa
+                a40 = _vdpbusd_bw(a40, x0, wf, w4); a41 = _vdpbusd_bw(a41, x1, wf, w4)  # noqa
+                a42 = _vdpbusd_bw(a42, x2, wf, w4); a43 = _vdpbusd_bw(a43, x3, wf, w4)  # noqa
+                a50 = _vdpbusd_bw(a50, x0, wf, w5); a51 = _vdpbusd_bw(a51, x1, wf, w5)  # noqa
+                a52 = _vdpbusd_bw(a52, x2, wf, w5); a53 = _vdpbusd_bw(a53, x3, wf, w5)  # noqa
+            _vstore(buf, 0, a00); _vstore(buf, 16, a01)  # noqa: E702
+            _vstore(buf, 32, a02); _vstore(buf, 48, a03)  # noqa: E702
+            _vstore(buf, 64, a10); _vstore(buf, 80, a11)  # noqa: E702
+            _vstore(buf, 96, a12); _vstore(buf, 112, a13)  # noqa: E702
+            _vstore(buf, 128, a20); _vstore(buf, 144, a21)  # noqa: E702
+            _vstore(buf, 160, a22); _vstore(buf, 176, a23)  # noqa: E702
+            _vstore(buf, 192, a30); _vstore(buf, 208, a31)  # noqa: E702
+            _vstore(buf, 224, a32); _vstore(buf, 240, a33)  # noqa: E702
+            _vstore(buf, 256, a40); _vstore(buf, 272, a41)  # noqa: E702
+            _vstore(buf, 288, a42); _vstore(buf, 304, a43)  # noqa: E702
+            _vstore(buf, 320, a50); _vstore(buf, 336, a51)  # noqa: E702
+            _vstore(buf, 352, a52); _vstore(buf, 368, a53)  # noqa: E702
+            for r in range(min(POINTWISE_CHANNELS, oc - o0)):
+                o = o0 + r
+                lanes = buf[r * POINTWISE_POSITIONS:r * POINTWISE_POSITIONS + n]
+                b = cb[o]
+                for q in range(n):
+                    v = np.int64(lanes[q]) + b
+                    mn = min(mn, v)
+                    mx = max(mx, v)
+                    e += (v < lo) | (v > hi)
+                    acc[q] = _accumulator(v, lo, hi, bits, wrap)
+                base = o * npos + p0
+                if acc_out.size:
+                    acc_out[base:base + n] = acc[:n]
+                if rq == EP_FLOAT:
+                    f = fscale[o]
+                    dst = y_out[base:base + n]
+                    for q in range(n):
+                        dst[q] = _requant_one_float(acc[q] - azp, f, yzp, qmin, qmax)
+                elif rq != EP_NONE:
+                    m, sh = mult[o], shift[o]
+                    dst = y_out[base:base + n]
+                    for q in range(n):
+                        dst[q] = _requant_one(acc[q] - azp, m, sh, rq, rbits, yzp, qmin, qmax)
+        ev[t], mins[t], maxs[t] = e, mn, mx
 
 
 @njit(**_JIT)
@@ -1553,8 +1673,9 @@ class PreparedConv:
         self.strides, self.dilations = tuple(strides), tuple(dilations)
         self.pads, self.groups = tuple(int(p) for p in pads), groups
         self.weights = _Weights(self.wz, self.b, groups)
-        self._engines: dict[tuple, _VnniConv] = {}
+        self._engines: dict[tuple, object] = {}   # VNNI engines and GEMM matrices, by shape
         self._wk = None   # depthwise weights [kh, kw, oc]
+        self._wq = self._wsum = None   # pointwise weights as words of four bytes
 
     @property
     def depthwise(self) -> bool:
@@ -1596,6 +1717,49 @@ class PreparedConv:
                    ow, self.b, ep, mult, shift, fscale, np.empty(oc, dtype),
                    acc_out.reshape(-1), y, ev, mins, maxs)
         return int(ev.sum()), int(mins.min()), int(maxs.max())
+
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1 conv at stride 1 without padding, groups 1: a matrix product of the weights
+        with the input's [C, H*W], run with the positions in the vector lanes."""
+        oc, _, kh, kw = self.wz.shape
+        return (kh == kw == 1 and self.strides == (1, 1) and not any(self.pads)
+                and self.groups == 1 and "pointwise" not in DISABLED_PATHS)
+
+    def run_pointwise(self, x, bi, zx, plan, acc_out, fused: "_FusedRequant | None"):
+        """Batch bi through ``_pointwise_vnni8`` (plan path vnni8): returns (events, min,
+        max); the accumulators into acc_out [oc, h, w] (if it has elements), the fused
+        requantize's output into ``fused.y[bi]``."""
+        c, h, w = x.shape[1:]
+        oc = self.wz.shape[0]
+        npos = h * w
+        ntask = -(-npos // POINTWISE_POSITIONS)
+        cwn = -(-c // 4)
+        if self._wq is None:
+            ocp = -(-oc // POINTWISE_CHANNELS) * POINTWISE_CHANNELS
+            wq = np.zeros((ocp, cwn * 4), np.int8)
+            wq[:oc, :c] = self.wz.reshape(oc, c)
+            self._wq = wq.view(np.int32)
+            self._wsum = self.wz.reshape(oc, -1).sum(axis=1)
+        xw = np.zeros((cwn, ntask * POINTWISE_POSITIONS), np.int32)
+        _run_tasks(_pack_quads, cwn, 4 * x[bi].size, x, bi, plan.x_offset, xw)
+        cb = self.b - (zx + plan.x_offset) * self._wsum
+        ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
+            fused.ep if fused is not None else _NO_REQUANT)
+        mult, shift, fscale, y = fused.arrays(bi) if fused is not None else _NO_REQUANT_ARRAYS
+        ev, mins, maxs = (np.zeros(ntask, np.int64) for _ in range(3))
+        _run_tasks(_pointwise_vnni8, ntask, ntask * POINTWISE_POSITIONS * oc * cwn * 4, xw,
+                   self._wq, cb, ep, mult, shift, fscale, oc, npos, acc_out.reshape(-1), y, ev,
+                   mins, maxs)
+        return int(ev.sum()), int(mins.min()), int(maxs.max())
+
+    def columns(self, dtype) -> np.ndarray:
+        """The weights as the [C * kh * kw, oc] matrix of a GEMM, in ``dtype`` (kept)."""
+        key = ("columns", np.dtype(dtype).str)
+        if key not in self._engines:
+            self._engines[key] = np.ascontiguousarray(self.wz.reshape(self.wz.shape[0], -1).T,
+                                                      dtype=dtype)
+        return self._engines[key]
 
     def engine(self, path: str, x_shape, oh: int, ow: int) -> _VnniConv:
         key = (path, tuple(x_shape[1:]))
@@ -1702,6 +1866,10 @@ def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepare
     x64 = None   # x as int64, made only for a batch an im2col engine takes
     for bi in range(n):
         plan = prepared.weights.plan(x[bi].reshape(-1), zx, acc)
+        if plan.path == "vnni8" and prepared.pointwise:
+            stats.add(*prepared.run_pointwise(x, bi, zx, plan,
+                                              out[bi] if out is not None else _NO_ACC, fused))
+            continue
         if plan.path in ("vnni8", "vnni16"):
             engine = prepared.engine(plan.path, x.shape, oh, ow)
             stats.add(*engine.run(x, bi, zx, prepared.b, plan,
@@ -1758,34 +1926,39 @@ def _conv_batch(x, bi, wz, b, zx, strides, pads, dilations, groups, oh, ow, acc,
                             oy0 * ow))
 
 
-def fully_connected(x, w, bias, x_zp, w_zp, acc: AccumulatorSpec):
-    """acc[n, m] = bias[m] + sum over k of (x[n, k] - x_zp) * (w[m, k] - w_zp[m])."""
+def fully_connected(x, w, bias, x_zp, w_zp, acc: AccumulatorSpec,
+                    prepared: PreparedConv | None = None):
+    """acc[n, m] = bias[m] + sum over k of (x[n, k] - x_zp) * (w[m, k] - w_zp[m]).
+
+    ``prepared``: the same weights and bias made ready beforehand, as the 1x1 conv
+    ``PreparedConv(w[:, :, None, None], ...)`` (w and bias unread)."""
     x = _i64(x)
     zx = int(x_zp)
-    w = np.asarray(w, dtype=np.int64)
-    m_out, k = w.shape
-    wz = w - reference._channel_zero_points(w_zp, m_out)[:, None]
-    b = np.zeros(m_out, np.int64) if bias is None else _i64(bias).reshape(m_out)
+    if prepared is None:
+        w = np.asarray(w, dtype=np.int64)
+        prepared = PreparedConv(w.reshape(*w.shape, 1, 1), bias, w_zp, (1, 1), (0, 0, 0, 0),
+                                (1, 1), 1)
+    m_out, k = prepared.wz.shape[:2]
+    wz, b = prepared.wz.reshape(m_out, k), prepared.b
     out = np.empty((x.shape[0], m_out), np.int64)
     if out.size == 0:
         return out, OverflowStats(0, 0, 1)
     sparse = _sparse_fully_connected(x, zx, wz, b, acc)
     if sparse is not None:
         return sparse
-    plan = _Weights(wz, b, 1).plan(x.reshape(-1), zx, acc)
+    plan = prepared.weights.plan(x.reshape(-1), zx, acc)
     stats = _Stats()
     if plan.path in ("vnni8", "vnni16"):
         # a 1 x N "image" of K channels and a 1x1 kernel: the output [M, 1, N] is out transposed
         x4 = np.ascontiguousarray(x.T).reshape(1, k, 1, x.shape[0])
-        conv = _VnniConv(8 if plan.path == "vnni8" else 16, wz.reshape(m_out, k, 1, 1),
-                         x4.shape, (1, 1), (0, 0), (1, 1), 1, x.shape[0])
+        conv = prepared.engine(plan.path, x4.shape, 1, x.shape[0])
         out_t = np.empty((m_out, 1, x.shape[0]), np.int64)
         stats.add(*conv.run(x4, 0, zx, b, plan, out_t))
         out[:] = out_t.reshape(m_out, -1).T
         return out, stats.result(out.size)
     xz = x - np.int64(zx)
     a = np.ascontiguousarray(xz, dtype=plan.dtype)
-    col = np.ascontiguousarray(wz.T, dtype=plan.dtype)
+    col = prepared.columns(plan.dtype)
     stats.add(*plan.run(a, col, a.shape[0], np.zeros(a.shape[0], np.int64), b, out, 0, 0))
     return out, stats.result(out.size)
 

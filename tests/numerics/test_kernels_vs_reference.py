@@ -33,6 +33,7 @@ FAST = settings(deadline=None)
 # that every one of them is compared with the reference on whatever machine runs the tests.
 GEMM_ENGINES = {
     "best": set(),
+    "vnni8-tiles": {"pointwise"},
     "vnni16": {"vnni8"},
     "float32": {"vnni8", "vnni16", "depthwise"},
     "float64": {"vnni8", "vnni16", "depthwise", "float32"},
@@ -211,6 +212,24 @@ def test_depthwise_conv_equals_reference(data, acc):
     assert_mac_same("conv2d", *case.args(acc))
     prepared, _ = data.draw(prepared_scales(c * mult_ch))
     assert_conv_requantize_same(case, acc, prepared, 1, 0, 3, -100, 100)
+
+
+@pytest.mark.parametrize("c, oc, h, w", [(5, 7, 3, 3), (16, 96, 11, 13), (70, 13, 9, 8)])
+def test_pointwise_engine_equals_reference(c, oc, h, w):
+    """1x1 convs with the positions in the vector lanes: channels not a multiple of 4, output
+    channels not a multiple of 6, maps not a multiple of 64 positions, s8 and u8 inputs with
+    their zero points, fused requantize or not, every accumulator policy that sums freely."""
+    rng = np.random.default_rng(c * oc)
+    for lo, hi, zx in ((-128, 127, -5), (0, 255, 200)):
+        case = ConvCase(rng.integers(lo, hi + 1, (2, c, h, w)), rng.integers(-128, 128, (oc, c, 1, 1)),
+                        rng.integers(-9999, 9999, oc), zx, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+        for acc in (AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL),
+                    AccumulatorSpec(18, Overflow.WRAP, SaturationPoint.FINAL),
+                    AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.FINAL)):
+            assert_mac_same("conv2d", *case.args(acc))
+            scale = fp.prepare_scale(np.linspace(1e-4, 3e-3, oc),
+                                     RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE))
+            assert_conv_requantize_same(case, acc, scale, 1, 0, -3, -128, 127)
 
 
 @FAST
