@@ -333,6 +333,7 @@ class PreparedProgram:
     backend: str
     constants: dict[str, np.ndarray]
     steps: list[_Step]
+    readers: dict[str, int]   # tensor -> how many nodes read it (to drop it after the last)
 
 
 def _fusable_requantize(node: Node, p: Program, readers: dict[str, list[Node]],
@@ -389,7 +390,8 @@ def prepare(program: Program, chip, backend: str = "kernels") -> PreparedProgram
                 step.requantize, step.requantize_state = rq, requantize_scale(rq, program, arith)
                 fused.add(rq.name)
         steps.append(step)
-    return PreparedProgram(program, arith, backend, constants, steps)
+    counts = {n: len(readers.get(n, ())) for n in program.tensors}
+    return PreparedProgram(program, arith, backend, constants, steps, counts)
 
 
 def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, trace: bool):
@@ -404,7 +406,9 @@ def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, tra
         values[node.inputs[0]], step.state, x.zp_scalar,
         arith.accumulator_for(_activation_bits(x)), step.requantize_state[1], 1,
         acc_t.zp_scalar, out.zp_scalar, lo, hi, keep_acc=trace,
-        wide=rq.outputs[0] in p.outputs)   # a result is int64: no second pass to widen it
+        wide=rq.outputs[0] in p.outputs,   # a result is int64: no second pass to widen it
+        # an 8-bit input's type range plans as its values would (the 8-bit engines)
+        x_range=(x.dtype.qmin, x.dtype.qmax) if x.dtype.bits <= 8 else None)
     if trace:
         values[node.outputs[0]] = acc
     values[rq.outputs[0]] = y
@@ -435,7 +439,7 @@ def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarr
     values = {n: check_input(program.tensors[n], inputs[n]) for n in program.inputs}
     values.update(prepared.constants)
     overflow: dict[str, OverflowStats] = {}
-    remaining = {n: sum(1 for m in program.nodes if n in m.inputs) for n in program.tensors}
+    remaining = dict(prepared.readers)
     keep = set(program.outputs) | set(program.inputs)
     done = 0
     for step in prepared.steps:

@@ -1644,9 +1644,10 @@ class _Weights:
         self.max_b = _max_abs(b)
         self.vnni_shape = groups == 1
 
-    def plan(self, xs, zx, acc) -> MacPlan:
-        """The plan for inputs xs (any shape) with zero point zx."""
-        lo, hi = _min_max(xs) if xs.size else (zx, zx)
+    def plan(self, xs, zx, acc, x_range: tuple[int, int] | None = None) -> MacPlan:
+        """The plan for inputs xs (any shape) with zero point zx; ``x_range``: bounds the
+        inputs are known to lie within (their type's), which spares the scan of xs."""
+        lo, hi = x_range if x_range is not None else _min_max(xs) if xs.size else (zx, zx)
         x_lo, x_hi = int(lo) - zx, int(hi) - zx
         max_x = max(-x_lo, x_hi, 0)
         int8, off = None, 0
@@ -1788,21 +1789,23 @@ def conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups,
 
 def conv2d_requantize(x, prepared: PreparedConv, x_zp, acc: AccumulatorSpec,
                       scale: PreparedScale, axis: int, acc_zp: int, y_zp: int, qmin: int,
-                      qmax: int, keep_acc: bool = True, wide: bool = False):
+                      qmax: int, keep_acc: bool = True, wide: bool = False,
+                      x_range: tuple[int, int] | None = None):
     """``requantize(conv2d(...), acc_zp, scale, axis, y_zp, qmin, qmax)`` in one pass where the
     engine can requantize in its epilogue (the VNNI engines), else the two in turn; returns
     (y, the accumulators or None unless ``keep_acc``, the conv's statistics).
 
     x may be any integer dtype (the VNNI engines read it as it is); y is int16 where [qmin,
     qmax] fits it (a quarter of int64's memory traffic) unless ``wide``, else int64, and holds
-    the same values as the unfused ops' int64 result."""
+    the same values as the unfused ops' int64 result. ``x_range``: bounds of x's type, planned
+    on instead of scanning x."""
     x = _ints(x)
     oc = prepared.wz.shape[0]
     fuse = x.ndim == 4 and _FusedRequant.applies(scale, oc, axis)
     out, y, stats = _conv(x, None, None, x_zp, None, prepared.strides, prepared.pads,
                           prepared.dilations, prepared.groups, acc, prepared,
                           (scale, acc_zp, y_zp, qmin, qmax, wide) if fuse else None,
-                          keep_acc or not fuse)
+                          keep_acc or not fuse, x_range)
     if y is None:   # not fused, or an engine that does not requantize: the two ops in turn
         y = requantize(out, acc_zp, scale, axis, y_zp, qmin, qmax)
         if not wide and _Y16_MIN <= qmin and qmax <= _Y16_MAX:
@@ -1820,7 +1823,7 @@ def _ints(x) -> np.ndarray:
 
 
 def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepared, requant,
-          keep_acc=True):
+          keep_acc=True, x_range=None):
     """conv2d, with the requantize ``requant`` (scale, acc_zp, y_zp, qmin, qmax, wide) after it
     when given: returns (accumulators or None, y or None, stats). x: any integer dtype (see
     ``_ints``), read as it is by the VNNI engines' packing, as int64 by the others."""
@@ -1865,7 +1868,7 @@ def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepare
     stats = _Stats()
     x64 = None   # x as int64, made only for a batch an im2col engine takes
     for bi in range(n):
-        plan = prepared.weights.plan(x[bi].reshape(-1), zx, acc)
+        plan = prepared.weights.plan(x[bi].reshape(-1), zx, acc, x_range)
         if plan.path == "vnni8" and prepared.pointwise:
             stats.add(*prepared.run_pointwise(x, bi, zx, plan,
                                               out[bi] if out is not None else _NO_ACC, fused))
