@@ -23,7 +23,10 @@ How the MAC ops are made fast without changing a single bit:
     w - zw, and (zx + off) * sum(w - zw), a constant per output channel, comes off with the
     bias, exactly. Conv reads a padded NHWC copy of the input directly (no im2col), and a
     requantize after it can run in its epilogue (``conv2d_requantize``), so the accumulators
-    never go to memory.
+    never go to memory. A 1x1 stride-1 conv puts the positions in the lanes instead
+    (``_pointwise_vnni8``), so that each output row is contiguous for that epilogue.
+  - ``depthwise``: one input plane per output channel, summed across channels in vector lanes
+    (int32 or int64 where the bound allows, exact in any order), with the same epilogue.
   - ``float32`` / ``float64``: im2col, then BLAS; exact when B < 2**24 / 2**53, since every
     partial sum in whatever order and blocking BLAS uses (FMA or not) is then an integer that
     the float type represents.
