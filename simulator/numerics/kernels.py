@@ -23,9 +23,7 @@ How the MAC ops are made fast without changing a single bit:
     w - zw, and (zx + off) * sum(w - zw), a constant per output channel, comes off with the
     bias, exactly. Conv reads a padded NHWC copy of the input directly (no im2col), and a
     requantize after it can run in its epilogue (``conv2d_requantize``), so the accumulators
-    never go to memory. A 1x1 conv over a large map puts the output positions in the lanes
-    instead (``_rows_vnni8``: the padded rows laid end to end, every tap a fixed offset), so
-    that each output row is contiguous for that epilogue.
+    never go to memory.
   - ``depthwise``: one input plane per output channel, summed across channels in vector lanes
     (int32 or int64 where the bound allows, exact in any order), with the same epilogue.
   - ``float32`` / ``float64``: im2col, then BLAS; exact when B < 2**24 / 2**53, since every
@@ -393,13 +391,6 @@ def _vdpbusd(typingctx, acc, w, xarr, xidx):
     broadcast; int32 lanes wrap (AVX512-VNNI VPDPBUSD, no saturation)."""
     return (_vec16(_vec16, _vec16, xarr, xidx),
             _vnni_codegen(_VPDPBUSD, _VPDPBUSD_OPERAND, broadcast_first=True))
-
-
-@intrinsic
-def _vdpbusd_bw(typingctx, acc, x, warr, widx):
-    """acc[i] += sum_j u8(x)[4i+j] * s8(w)[j], w = the int32 word warr[widx] (four int8)
-    broadcast: 16 positions' unsigned input quads against one output channel's weights."""
-    return _vec16(_vec16, _vec16, warr, widx), _vnni_codegen(_VPDPBUSD, _VPDPBUSD_OPERAND)
 
 
 def _vnni_available() -> bool:
@@ -910,137 +901,6 @@ def _depthwise_zmm(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, 
                 for ox in range(ow):
                     dst_y[ox] = src_y[ox * oc]
         ev[oy], mins[oy], maxs[oy] = e, mn, mx
-
-
-ROWS_CHANNELS = 6     # output channels per micro-tile of the rows engine
-ROWS_POSITIONS = 64   # flat output positions per micro-tile (4 vectors of 16)
-
-
-@njit(**_JIT)
-def _pack_quads(t0, t1, x, bi, off, pt, pl, wpad, xw):
-    """Channel words t of batch bi: byte j of xw[t, (pt + iy) * wpad + pl + ix] =
-    x[bi, 4t + j, iy, ix] + off, the padded map's rows laid end to end (whatever the caller
-    filled stays in the padding and in channels past C). The caller checked that bytes hold
-    them."""
-    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
-    xb = xw.view(np.uint8)
-    for cw in range(t0, t1):
-        for j in range(4):
-            c = cw * 4 + j
-            if c >= c_in:
-                break
-            for iy in range(h):
-                src = x[bi, c, iy]
-                dst = xb[cw, ((pt + iy) * wpad + pl) * 4 + j:]
-                for ix in range(w):
-                    dst[ix * 4] = src[ix] + off
-
-
-@njit(**_JIT)
-def _rows_vnni8(t0, t1, xw, wq, taps, cb, ep, mult, shift, fscale, oc, oh, ow, wpad, acc_out,
-                y_out, ev, mins, maxs):
-    """A stride-1 conv (groups 1) with the output positions in the vector lanes: the padded
-    input's rows laid end to end (xw [CW, L]: words of four unsigned channel bytes, x + off),
-    output position (oy, ox) at flat index q = oy * wpad + ox, so that tap k reads the input
-    word at q + taps[k] for every q alike; the columns ox >= ow of each row are computed and
-    dropped. Task t is the flat positions t * 64 .. + 64 for every output channel; wq [T, OCP,
-    CW] holds each tap's weights as words of four signed bytes (w - zw); micro-tile 6 channels
-    x 64 positions in 24 registers, summed in any order by VPDPBUSD (the caller proved every
-    sum fits int32). The epilogue runs over each output row's contiguous part: cb[o] (bias less
-    the offset's share) added, the accumulator and the fused requantize per channel scalar, as
-    the VNNI epilogue does them, statistics over the kept positions only."""
-    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
-    cwn, span = xw.shape
-    ntap, ocp = wq.shape[0], wq.shape[1]
-    xf = xw.reshape(-1)
-    wf = wq.reshape(-1)
-    nflat = oh * wpad
-    buf = np.empty(ROWS_CHANNELS * ROWS_POSITIONS, np.int32)
-    acc = np.empty(ROWS_POSITIONS, np.int64)
-    for t in range(t0, t1):
-        q0 = t * ROWS_POSITIONS
-        n = min(ROWS_POSITIONS, nflat - q0)
-        e = 0
-        mn = np.int64(0)
-        mx = np.int64(0)
-        for o0 in range(0, ocp, ROWS_CHANNELS):
-            a00 = _vzero(); a01 = _vzero(); a02 = _vzero(); a03 = _vzero()  # noqa: E702
-            a10 = _vzero(); a11 = _vzero(); a12 = _vzero(); a13 = _vzero()  # noqa: E702
-            a20 = _vzero(); a21 = _vzero(); a22 = _vzero(); a23 = _vzero()  # noqa: E702
-            a30 = _vzero(); a31 = _vzero(); a32 = _vzero(); a33 = _vzero()  # noqa: E702
-            a40 = _vzero(); a41 = _vzero(); a42 = _vzero(); a43 = _vzero()  # noqa: E702
-            a50 = _vzero(); a51 = _vzero(); a52 = _vzero(); a53 = _vzero()  # noqa: E702
-            for k in range(ntap):
-                xk = q0 + taps[k]
-                wk = (k * ocp + o0) * cwn
-                for cw in range(cwn):
-                    xi = cw * span + xk
-                    x0 = _vload(xf, xi)
-                    x1 = _vload(xf, xi + 16)
-                    x2 = _vload(xf, xi + 32)
-                    x3 = _vload(xf, xi + 48)
-                    w0 = wk + cw
-                    w1 = w0 + cwn
-                    w2 = w1 + cwn
-                    w3 = w2 + cwn
-                    w4 = w3 + cwn
-                    w5 = w4 + cwn
-                    a00 = _vdpbusd_bw(a00, x0, wf, w0); a01 = _vdpbusd_bw(a01, x1, wf, w0)  # noqa
-                    a02 = _vdpbusd_bw(a02, x2, wf, w0); a03 = _vdpbusd_bw(a03, x3, wf, w0)  # noqa
-                    a10 = _vdpbusd_bw(a10, x0, wf, w1); a11 = _vdpbusd_bw(a11, x1, wf, w1)  # noqa
-                    a12 = _vdpbusd_bw(a12, x2, wf, w1); a13 = _vdpbusd_bw(a13, x3, wf, w1)  # noqa
-                    a20 = _vdpbusd_bw(a20, x0, wf, w2); a21 = _vdpbusd_bw(a21, x1, wf, w2)  # noqa
-                    a22 = _vdpbusd_bw(a22, x2, wf, w2); a23 = _vdpbusd_bw(a23, x3, wf, w2)  # noqa
-                    a30 = _vdpbusd_bw(a30, x0, wf, w3); a31 = _vdpbusd_bw(a31, x1, wf, w3)  # noqa
-                    a32 = _vdpbusd_bw(a32, x2, wf, w3); a33 = _vdpbusd_bw(a33, x3, wf, w3)  # noqa
-                    a40 = _vdpbusd_bw(a40, x0, wf, w4); a41 = _vdpbusd_bw(a41, x1, wf, w4)  # noqa
-                    a42 = _vdpbusd_bw(a42, x2, wf, w4); a43 = _vdpbusd_bw(a43, x3, wf, w4)  # noqa
-                    a50 = _vdpbusd_bw(a50, x0, wf, w5); a51 = _vdpbusd_bw(a51, x1, wf, w5)  # noqa
-                    a52 = _vdpbusd_bw(a52, x2, wf, w5); a53 = _vdpbusd_bw(a53, x3, wf, w5)  # noqa
-            _vstore(buf, 0, a00); _vstore(buf, 16, a01)  # noqa: E702
-            _vstore(buf, 32, a02); _vstore(buf, 48, a03)  # noqa: E702
-            _vstore(buf, 64, a10); _vstore(buf, 80, a11)  # noqa: E702
-            _vstore(buf, 96, a12); _vstore(buf, 112, a13)  # noqa: E702
-            _vstore(buf, 128, a20); _vstore(buf, 144, a21)  # noqa: E702
-            _vstore(buf, 160, a22); _vstore(buf, 176, a23)  # noqa: E702
-            _vstore(buf, 192, a30); _vstore(buf, 208, a31)  # noqa: E702
-            _vstore(buf, 224, a32); _vstore(buf, 240, a33)  # noqa: E702
-            _vstore(buf, 256, a40); _vstore(buf, 272, a41)  # noqa: E702
-            _vstore(buf, 288, a42); _vstore(buf, 304, a43)  # noqa: E702
-            _vstore(buf, 320, a50); _vstore(buf, 336, a51)  # noqa: E702
-            _vstore(buf, 352, a52); _vstore(buf, 368, a53)  # noqa: E702
-            for r in range(min(ROWS_CHANNELS, oc - o0)):
-                o = o0 + r
-                b = cb[o]
-                q = q0
-                while q < q0 + n:   # the block's pieces of output rows
-                    oy = q // wpad
-                    ox = q - oy * wpad
-                    run = min(q0 + n, (oy + 1) * wpad) - q   # lanes left in this row
-                    keep = max(0, min(run, ow - ox))         # of them, real outputs
-                    lanes = buf[r * ROWS_POSITIONS + q - q0:]
-                    for i in range(keep):
-                        v = np.int64(lanes[i]) + b
-                        mn = min(mn, v)
-                        mx = max(mx, v)
-                        e += (v < lo) | (v > hi)
-                        acc[i] = _accumulator(v, lo, hi, bits, wrap)
-                    base = (o * oh + oy) * ow + ox
-                    if acc_out.size:
-                        acc_out[base:base + keep] = acc[:keep]
-                    if rq == EP_FLOAT:
-                        f = fscale[o]
-                        dst = y_out[base:base + keep]
-                        for i in range(keep):
-                            dst[i] = _requant_one_float(acc[i] - azp, f, yzp, qmin, qmax)
-                    elif rq != EP_NONE:
-                        m, sh = mult[o], shift[o]
-                        dst = y_out[base:base + keep]
-                        for i in range(keep):
-                            dst[i] = _requant_one(acc[i] - azp, m, sh, rq, rbits, yzp, qmin,
-                                                  qmax)
-                    q += run
-        ev[t], mins[t], maxs[t] = e, mn, mx
 
 
 @njit(**_JIT)
@@ -1740,55 +1600,6 @@ class PreparedConv:
                    acc_out.reshape(-1), y, ev, mins, maxs)
         return int(ev.sum()), int(mins.min()), int(maxs.max())
 
-    def rows_pay(self, oh: int, ow: int) -> bool:
-        """Whether ``_rows_vnni8`` (output positions in the lanes, rows contiguous for the
-        epilogue) beats the tile engine: for 1x1 stride-1 convs over maps of several tasks per
-        thread (MobileNetV2's 16 -> 96 at 112x112: 0.98 against 1.28 ms). It runs any
-        stride-1 conv exactly, but for larger kernels its unaligned input loads cost more than
-        the transposed stores it saves (3x3 layers 4 to 18 % slower), and a small map leaves
-        a thread idle (320 -> 1280 at 7x7: 2.2x slower)."""
-        _, _, kh, kw = self.wz.shape
-        ntask = -(-(oh * ow) // ROWS_POSITIONS)
-        return (kh == kw == 1 and self.strides == (1, 1) and self.groups == 1
-                and not any(self.pads) and ntask >= 4 * thread_count()
-                and "rows" not in DISABLED_PATHS)
-
-    def run_rows(self, x, bi, zx, plan, oh, ow, acc_out, fused: "_FusedRequant | None"):
-        """Batch bi through ``_rows_vnni8`` (plan path vnni8): returns (events, min, max); the
-        accumulators into acc_out [oc, oh, ow] (if it has elements), the fused requantize's
-        output into ``fused.y[bi]``."""
-        c, h, w = x.shape[1:]
-        oc, _, kh, kw = self.wz.shape
-        (dh, dw) = self.dilations
-        pt, pl, pb, pr = self.pads
-        wpad = max(pl + w + pr, ow + (kw - 1) * dw)
-        ntask = -(-(oh * wpad) // ROWS_POSITIONS)
-        cwn = -(-c // 4)
-        key = ("rows", c)
-        if key not in self._engines:
-            ocp = -(-oc // ROWS_CHANNELS) * ROWS_CHANNELS
-            wq = np.zeros((kh * kw, ocp, cwn * 4), np.int8)
-            wq[:, :oc, :c] = self.wz.transpose(2, 3, 0, 1).reshape(kh * kw, oc, c)
-            self._engines[key] = (wq.view(np.int32), self.wz.reshape(oc, -1).sum(axis=1))
-        wq, wsum = self._engines[key]
-        taps = np.array([ky * dh * wpad + kx * dw for ky in range(kh) for kx in range(kw)],
-                        np.int64)
-        # every read stays inside: the last task's 64 lanes at the farthest tap
-        span = ntask * ROWS_POSITIONS + int(taps[-1])
-        fill = (zx + plan.x_offset) & 0xFF
-        xw = np.full((cwn, span), np.int32(np.uint32(fill * 0x01010101).view(np.int32)),
-                     np.int32)
-        _run_tasks(_pack_quads, cwn, 4 * x[bi].size, x, bi, plan.x_offset, pt, pl, wpad, xw)
-        cb = self.b - (zx + plan.x_offset) * wsum
-        ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
-            fused.ep if fused is not None else _NO_REQUANT)
-        mult, shift, fscale, y = fused.arrays(bi) if fused is not None else _NO_REQUANT_ARRAYS
-        ev, mins, maxs = (np.zeros(ntask, np.int64) for _ in range(3))
-        _run_tasks(_rows_vnni8, ntask, ntask * ROWS_POSITIONS * oc * cwn * 4 * kh * kw,
-                   xw, wq, taps, cb, ep, mult, shift, fscale, oc, oh, ow, wpad,
-                   acc_out.reshape(-1), y, ev, mins, maxs)
-        return int(ev.sum()), int(mins.min()), int(maxs.max())
-
     def columns(self, dtype) -> np.ndarray:
         """The weights as the [C * kh * kw, oc] matrix of a GEMM, in ``dtype`` (kept)."""
         key = ("columns", np.dtype(dtype).str)
@@ -1904,10 +1715,6 @@ def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepare
     x64 = None   # x as int64, made only for a batch an im2col engine takes
     for bi in range(n):
         plan = prepared.weights.plan(x[bi].reshape(-1), zx, acc, x_range)
-        if plan.path == "vnni8" and prepared.rows_pay(oh, ow):
-            stats.add(*prepared.run_rows(x, bi, zx, plan, oh, ow,
-                                         out[bi] if out is not None else _NO_ACC, fused))
-            continue
         if plan.path in ("vnni8", "vnni16"):
             engine = prepared.engine(plan.path, x.shape, oh, ow)
             stats.add(*engine.run(x, bi, zx, prepared.b, plan,

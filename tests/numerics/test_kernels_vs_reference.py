@@ -33,7 +33,6 @@ FAST = settings(deadline=None)
 # that every one of them is compared with the reference on whatever machine runs the tests.
 GEMM_ENGINES = {
     "best": set(),
-    "vnni8-tiles": {"rows"},
     "vnni16": {"vnni8"},
     "float32": {"vnni8", "vnni16", "depthwise"},
     "float64": {"vnni8", "vnni16", "depthwise", "float32"},
@@ -214,53 +213,21 @@ def test_depthwise_conv_equals_reference(data, acc):
     assert_conv_requantize_same(case, acc, prepared, 1, 0, 3, -100, 100)
 
 
-@pytest.mark.skipif(not kernels.VNNI_AVAILABLE, reason="a VNNI engine")
 @pytest.mark.parametrize("c, oc, h, w", [(5, 7, 3, 3), (16, 96, 11, 13), (70, 13, 9, 8)])
-@pytest.mark.parametrize("k, pads, dilation", [(1, (0, 0, 0, 0), 1), (3, (1, 1, 1, 1), 1),
-                                               (3, (1, 2, 1, 1), 2), (2, (1, 0, 0, 1), 1)])
-def test_rows_engine_equals_reference(c, oc, h, w, k, pads, dilation):
-    """The output-positions-in-lanes engine on any stride-1 conv (the converter's plans use it
-    for large 1x1 maps only, so it is called here directly): 1x1 and larger kernels, padding
-    and dilation, channels not a multiple of 4, output channels not a multiple of 6, rows
-    whose padded width leaves dropped columns, maps not a multiple of 64 positions, s8 and u8
-    inputs with their zero points, the fused requantize or the accumulators."""
-    rng = np.random.default_rng(c * oc * k)
-    acc = AccumulatorSpec(18, Overflow.WRAP, SaturationPoint.FINAL)
-    scale = fp.prepare_scale(np.linspace(1e-4, 3e-3, oc),
-                             RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE))
+def test_pointwise_layers_equal_reference(c, oc, h, w):
+    """1x1 convs as MobileNets have them: channels not a multiple of 4, output channels not a
+    multiple of 64, s8 and u8 inputs with their zero points, fused requantize or not, every
+    accumulator policy that sums freely."""
+    rng = np.random.default_rng(c * oc)
     for lo, hi, zx in ((-128, 127, -5), (0, 255, 200)):
-        case = ConvCase(rng.integers(lo, hi + 1, (1, c, h, w)), rng.integers(-128, 128, (oc, c, k, k)),
-                        rng.integers(-9999, 9999, oc), zx, 0, (1, 1), pads, (dilation, dilation), 1)
-        want_acc, want_stats = reference.conv2d(*case.args(acc))
-        want = reference.requantize(want_acc, 0, scale, 1, -3, -128, 127)
-        conv = kernels.PreparedConv(case.w, case.bias, 0, (1, 1), pads, (dilation, dilation), 1)
-        plan = conv.weights.plan(case.x.reshape(-1), zx, acc)
-        assert plan.path == "vnni8"
-        _, _, oh, ow = want.shape
-        got_acc = np.empty(want_acc.shape[1:], np.int64)
-        y = np.empty((1, *want.shape[1:]), np.int16)
-        fused = kernels._FusedRequant(scale, oc, 0, -3, -128, 127, y)
-        stats = kernels._Stats()
-        stats.add(*conv.run_rows(case.x, 0, zx, plan, oh, ow, got_acc, fused))
-        assert stats.result(want.size) == want_stats
-        np.testing.assert_array_equal(got_acc, want_acc[0])
-        np.testing.assert_array_equal(y, want)
-
-
-@pytest.mark.parametrize("c, oc, h", [(16, 96, 23), (70, 13, 24)])
-def test_large_pointwise_maps_take_the_rows_engine(c, oc, h):
-    """Every policy that sums freely, through conv2d and conv2d_requantize, on maps large
-    enough for the rows engine."""
-    rng = np.random.default_rng(c)
-    for lo, hi, zx in ((-128, 127, -5), (0, 255, 200)):
-        case = ConvCase(rng.integers(lo, hi + 1, (2, c, h, h)), rng.integers(-128, 128, (oc, c, 1, 1)),
+        case = ConvCase(rng.integers(lo, hi + 1, (2, c, h, w)), rng.integers(-128, 128, (oc, c, 1, 1)),
                         rng.integers(-9999, 9999, oc), zx, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1)
-        assert kernels.PreparedConv(case.w, None, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1).rows_pay(h, h)
         for acc in (AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL),
+                    AccumulatorSpec(18, Overflow.WRAP, SaturationPoint.FINAL),
                     AccumulatorSpec(16, Overflow.SATURATE, SaturationPoint.FINAL)):
             assert_mac_same("conv2d", *case.args(acc))
             scale = fp.prepare_scale(np.linspace(1e-4, 3e-3, oc),
-                                     RequantSpec(RequantMode.FLOAT_SCALE, RoundingMode.HALF_EVEN))
+                                     RequantSpec(RequantMode.MULTIPLIER_SHIFT, RoundingMode.TFLITE))
             assert_conv_requantize_same(case, acc, scale, 1, 0, -3, -128, 127)
 
 
