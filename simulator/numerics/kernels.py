@@ -538,14 +538,15 @@ def _accumulator(v, lo, hi, bits, wrap):
 
 
 @njit(inline="always", **_JIT)
-def _store_transposed(tile, oc0, nj, oy, oh, ow, out):
-    """out[((oc0 + j) * oh + oy) * ow + ox] = tile[ox * 64 + j]."""
+def _store_transposed(tile, stride, oc0, nj, oy, oh, ow, out):
+    """out[((oc0 + j) * oh + oy) * ow + ox] = tile[ox * stride + j]: one output row of
+    channels oc0..oc0 + nj, from positions-major to NCHW."""
     for j in range(nj):
         base = ((oc0 + j) * oh + oy) * ow
         dst = out[base:base + ow]
         src = tile[j:]
         for ox in range(ow):
-            dst[ox] = src[ox * 64]
+            dst[ox] = src[ox * stride]
 
 
 @njit(inline="always", **_JIT)
@@ -602,10 +603,7 @@ def _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb, ep, mult, shift,
                 a = _accumulator(v, lo, hi, bits, wrap)
                 ta[j] = a
                 t[j] = _requant_one(a - azp, m[j], s[j], rq, rbits, yzp, qmin, qmax)
-    if acc_out.size:
-        _store_transposed(acc_tile, oc0, nj, oy, oh, ow, acc_out)
-    if rq != EP_NONE:
-        _store_transposed(tile, oc0, nj, oy, oh, ow, y_out)
+    _row_store(acc_tile, tile, 64, oc0, nj, oy, oh, ow, rq, acc_out, y_out)
     return e, mn, mx
 
 
@@ -788,6 +786,40 @@ def _pack_nhwc_repeat(t0, t1, x, bi, zx, mult_ch, pt, pl, xp):
                     dst[ix, o] = src[ix] - zx
 
 
+@njit(inline="always", **_JIT)
+def _position_out(sums, cb, ep, mult, shift, fscale, acc_tile, tile):
+    """One output position's channels o: sums[o] + cb[o] (exact), their accumulators into
+    acc_tile[o] and (if ep asks) requantized into tile[o]; returns (events, min, max)."""
+    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
+    e = 0
+    mn = np.int64(0)
+    mx = np.int64(0)
+    for o in range(acc_tile.size):
+        v = np.int64(sums[o]) + cb[o]
+        mn = min(mn, v)
+        mx = max(mx, v)
+        e += (v < lo) | (v > hi)
+        acc_tile[o] = _accumulator(v, lo, hi, bits, wrap)
+    if rq == EP_FLOAT:
+        for o in range(acc_tile.size):
+            tile[o] = _requant_one_float(acc_tile[o] - azp, fscale[o], yzp, qmin, qmax)
+    elif rq != EP_NONE:
+        for o in range(acc_tile.size):
+            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], rq, rbits, yzp, qmin,
+                                   qmax)
+    return e, mn, mx
+
+
+@njit(inline="always", **_JIT)
+def _row_store(acc_tile, tile, stride, oc0, nj, oy, oh, ow, rq, acc_out, y_out):
+    """One output row's accumulators (if acc_out has elements) and requantized values (if
+    any) from positions-major tiles to NCHW."""
+    if acc_out.size:
+        _store_transposed(acc_tile, stride, oc0, nj, oy, oh, ow, acc_out)
+    if rq != EP_NONE:
+        _store_transposed(tile, stride, oc0, nj, oy, oh, ow, y_out)
+
+
 @njit(**_JIT)
 def _depthwise(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fscale, line,
                acc_out, y_out, ev, mins, maxs):
@@ -797,7 +829,6 @@ def _depthwise(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fsca
     caller proved every partial sum fits, else int64: exact either way, in any order), then
     cb, the accumulator and the fused requantize per channel as the VNNI epilogue does them,
     and the row stored transposed into [oc, oh, ow]."""
-    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
     kh, kw, oc = wk.shape
     sums = np.empty_like(line)
     tile = np.empty(ow * oc, np.int64)
@@ -814,33 +845,13 @@ def _depthwise(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fsca
                     wv = wk[ky, kx]
                     for o in range(oc):
                         sums[o] += src[o] * wv[o]
-            ta = acc_tile[ox * oc:(ox + 1) * oc]
-            for o in range(oc):
-                v = np.int64(sums[o]) + cb[o]
-                mn = min(mn, v)
-                mx = max(mx, v)
-                e += (v < lo) | (v > hi)
-                ta[o] = _accumulator(v, lo, hi, bits, wrap)
-            t = tile[ox * oc:(ox + 1) * oc]
-            if rq == EP_FLOAT:
-                for o in range(oc):
-                    t[o] = _requant_one_float(ta[o] - azp, fscale[o], yzp, qmin, qmax)
-            elif rq != EP_NONE:
-                for o in range(oc):
-                    t[o] = _requant_one(ta[o] - azp, mult[o], shift[o], rq, rbits, yzp, qmin,
-                                        qmax)
-        for o in range(oc):
-            base = (o * oh + oy) * ow
-            if acc_out.size:
-                dst = acc_out[base:base + ow]
-                src_a = acc_tile[o:]
-                for ox in range(ow):
-                    dst[ox] = src_a[ox * oc]
-            if rq != EP_NONE:
-                dst_y = y_out[base:base + ow]
-                src_y = tile[o:]
-                for ox in range(ow):
-                    dst_y[ox] = src_y[ox * oc]
+            pe, pmn, pmx = _position_out(sums, cb, ep, mult, shift, fscale,
+                                         acc_tile[ox * oc:(ox + 1) * oc],
+                                         tile[ox * oc:(ox + 1) * oc])
+            e += pe
+            mn = min(mn, pmn)
+            mx = max(mx, pmx)
+        _row_store(acc_tile, tile, oc, 0, oc, oy, oh, ow, ep[4], acc_out, y_out)
         ev[oy], mins[oy], maxs[oy] = e, mn, mx
 
 
@@ -851,7 +862,6 @@ def _depthwise_zmm(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, 
     (the caller checked): xp and wk int16 with oc padded to a multiple of 16 (zeros), the
     products by VPMADDWD, 16 channels per vector, every tap of a position summed in registers
     before the epilogue. ``line`` is unused (int32 lanes)."""
-    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
     kh, kw, opad = wk.shape
     oc = cb.size
     xf = xp.reshape(-1)
@@ -873,33 +883,13 @@ def _depthwise_zmm(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, 
                         a = _vadd(a, _vterm(xf, row + kx * dw * cp,
                                             _vlanes(wf, (ky * kw + kx) * opad + o0)))
                 _vstore(sums, o0, a)
-            ta = acc_tile[ox * oc:(ox + 1) * oc]
-            for o in range(oc):
-                v = np.int64(sums[o]) + cb[o]
-                mn = min(mn, v)
-                mx = max(mx, v)
-                e += (v < lo) | (v > hi)
-                ta[o] = _accumulator(v, lo, hi, bits, wrap)
-            t = tile[ox * oc:(ox + 1) * oc]
-            if rq == EP_FLOAT:
-                for o in range(oc):
-                    t[o] = _requant_one_float(ta[o] - azp, fscale[o], yzp, qmin, qmax)
-            elif rq != EP_NONE:
-                for o in range(oc):
-                    t[o] = _requant_one(ta[o] - azp, mult[o], shift[o], rq, rbits, yzp, qmin,
-                                        qmax)
-        for o in range(oc):
-            base = (o * oh + oy) * ow
-            if acc_out.size:
-                dst = acc_out[base:base + ow]
-                src_a = acc_tile[o:]
-                for ox in range(ow):
-                    dst[ox] = src_a[ox * oc]
-            if rq != EP_NONE:
-                dst_y = y_out[base:base + ow]
-                src_y = tile[o:]
-                for ox in range(ow):
-                    dst_y[ox] = src_y[ox * oc]
+            pe, pmn, pmx = _position_out(sums, cb, ep, mult, shift, fscale,
+                                         acc_tile[ox * oc:(ox + 1) * oc],
+                                         tile[ox * oc:(ox + 1) * oc])
+            e += pe
+            mn = min(mn, pmn)
+            mx = max(mx, pmx)
+        _row_store(acc_tile, tile, oc, 0, oc, oy, oh, ow, ep[4], acc_out, y_out)
         ev[oy], mins[oy], maxs[oy] = e, mn, mx
 
 
