@@ -555,55 +555,22 @@ def _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb, ep, mult, shift,
     """row[ox * 64 + j] (the exact sum less cb) -> the accumulator of channel oc0 + j at (oy,
     ox), wrapped or clamped, into acc_out (if it has elements) and requantized into y_out (if
     ep asks), both [oc, oh, ow] flattened; returns (events, min, max) of the exact values, as
-    fixed_point.accumulate counts them. One pass with the channels innermost (contiguous views,
-    so that the loop is vector code), then the transposed stores. Positions past ow (computed
-    on whatever lies beyond) are skipped."""
-    lo, hi, bits, wrap, rq, rbits, azp, yzp, qmin, qmax = ep
+    fixed_point.accumulate counts them. Position by position with the channels innermost
+    (contiguous views, so that the loops are vector code; ``_position_out``, the depthwise
+    kernels' too), then the transposed stores. Positions past ow (computed on whatever lies
+    beyond) are skipped."""
     nj = min(64, oc - oc0)
-    c = cb[oc0:oc0 + nj]
+    c, m, s, f = cb[oc0:oc0 + nj], mult[oc0:oc0 + nj], shift[oc0:oc0 + nj], fscale[oc0:oc0 + nj]
     e = 0
     mn = np.int64(0)
     mx = np.int64(0)
-    if rq == EP_NONE:
-        for ox in range(ow):
-            r = row[ox * 64:ox * 64 + nj]
-            ta = acc_tile[ox * 64:ox * 64 + nj]
-            for j in range(nj):
-                v = np.int64(r[j]) + c[j]
-                mn = min(mn, v)
-                mx = max(mx, v)
-                e += (v < lo) | (v > hi)
-                ta[j] = _accumulator(v, lo, hi, bits, wrap)
-    elif rq == EP_FLOAT:
-        f = fscale[oc0:oc0 + nj]
-        for ox in range(ow):
-            r = row[ox * 64:ox * 64 + nj]
-            ta = acc_tile[ox * 64:ox * 64 + nj]
-            t = tile[ox * 64:ox * 64 + nj]
-            for j in range(nj):
-                v = np.int64(r[j]) + c[j]
-                mn = min(mn, v)
-                mx = max(mx, v)
-                e += (v < lo) | (v > hi)
-                a = _accumulator(v, lo, hi, bits, wrap)
-                ta[j] = a
-                t[j] = _requant_one_float(a - azp, f[j], yzp, qmin, qmax)
-    else:
-        m = mult[oc0:oc0 + nj]
-        s = shift[oc0:oc0 + nj]
-        for ox in range(ow):
-            r = row[ox * 64:ox * 64 + nj]
-            ta = acc_tile[ox * 64:ox * 64 + nj]
-            t = tile[ox * 64:ox * 64 + nj]
-            for j in range(nj):
-                v = np.int64(r[j]) + c[j]
-                mn = min(mn, v)
-                mx = max(mx, v)
-                e += (v < lo) | (v > hi)
-                a = _accumulator(v, lo, hi, bits, wrap)
-                ta[j] = a
-                t[j] = _requant_one(a - azp, m[j], s[j], rq, rbits, yzp, qmin, qmax)
-    _row_store(acc_tile, tile, 64, oc0, nj, oy, oh, ow, rq, acc_out, y_out)
+    for ox in range(ow):
+        pe, pmn, pmx = _position_out(row[ox * 64:ox * 64 + nj], c, ep, m, s, f,
+                                     acc_tile[ox * 64:ox * 64 + nj], tile[ox * 64:ox * 64 + nj])
+        e += pe
+        mn = min(mn, pmn)
+        mx = max(mx, pmx)
+    _row_store(acc_tile, tile, 64, oc0, nj, oy, oh, ow, ep[4], acc_out, y_out)
     return e, mn, mx
 
 
