@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.checks import report  # noqa: E402
 from simulator.contract import (AccumulatorSpec, ArithmeticSpec, Overflow,  # noqa: E402
                                 RequantMode, RequantSpec, RoundingMode, SaturationPoint)
 from simulator.execute import execute, prepare  # noqa: E402
@@ -295,19 +296,8 @@ def main(argv=None) -> int:
     print(f"ORT {ms(t_ort[id(session)])}, imported layer {ms(t_ort[id(user_session)])}; "
           + "; ".join(f"{c[0].split(',')[-1].strip()} {ms(t)}" for c, t in zip(cases, t_sim))
           + f"; per-MAC {ms(t_mac16)}")
-    widths = (60, 22, 17, 12, 22, 6)
-    header = ("case", "simulator", "onnxruntime", "ratio", "target", "status")
-    print("  ".join(h.ljust(wd) for h, wd in zip(header, widths)))
-    print("  ".join("-" * wd for wd in widths))
-    for *cells, ok in rows:
-        print("  ".join(str(c).ljust(wd) for c, wd in zip((*cells, "PASS" if ok else "MISS"),
-                                                           widths)))
-    missed = [r[0] for r in rows if not r[-1]]
-    if args.check and missed:
-        print(f"missed: {missed}", file=sys.stderr)
-        return 1
-    return 0
-
+    return report(("case", "simulator", "onnxruntime", "ratio", "target", "status"),
+                  (60, 22, 17, 12, 22, 6), rows, args.check)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args(argv)
 
+    from benchmarks.checks import report
     from simulator.execute import execute, prepare
     from simulator.numerics import kernels
     from simulator.profiles import load_profile
@@ -113,23 +114,12 @@ def main(argv=None) -> int:
     print(f"machine: {os.cpu_count()} cores, load average {load}; simulator threads "
           f"{kernels.thread_count()}, onnxruntime intra_op_num_threads {args.threads}; "
           f"{SIZE}x{SIZE}, batch 1, medians")
-    header = ("network", "nodes", "simulator img/s", "onnxruntime img/s", "time ratio",
-              "target", "equal outputs", "status")
-    widths = (14, 6, 16, 18, 11, 10, 14, 6)
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    missed = []
-    for name, nodes, ms_sim, ms_ort, ratio, same in rows:
-        ok = ratio <= TARGET_RATIO
-        missed += [] if ok else [name]
-        cells = (name, nodes, f"{1e3 / ms_sim:.1f}", f"{1e3 / ms_ort:.1f}", f"{ratio:.2f}x",
-                 f"<= {TARGET_RATIO:.0f}x", f"{same:.1%}", "PASS" if ok else "MISS")
-        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
-    if args.check and missed:
-        print(f"missed: {missed}", file=sys.stderr)
-        return 1
-    return 0
-
+    table = [(name, nodes, f"{1e3 / ms_sim:.1f}", f"{1e3 / ms_ort:.1f}", f"{ratio:.2f}x",
+              f"<= {TARGET_RATIO:.0f}x", f"{same:.1%}", ratio <= TARGET_RATIO)
+             for name, nodes, ms_sim, ms_ort, ratio, same in rows]
+    return report(("network", "nodes", "simulator img/s", "onnxruntime img/s", "time ratio",
+                   "target", "equal outputs", "status"), (14, 6, 16, 18, 11, 10, 14, 6), table,
+                  args.check)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -319,7 +319,7 @@ class _Step:
     node: Node
     state: object = None            # the node's prepared constants (PreparedConv, a scale)
     requantize: Node | None = None  # a requantize computed in this conv's epilogue
-    requantize_state: object = None
+    requantize_scale: object = None  # its PreparedScale
 
 
 @dataclass
@@ -337,17 +337,18 @@ class PreparedProgram:
 
 
 def _fusable_requantize(node: Node, p: Program, readers: dict[str, list[Node]],
-                        arith: ArithmeticSpec) -> Node | None:
-    """The requantize to compute in this conv's epilogue: the only reader of its accumulator,
-    which is no output of the Program, with one chip scale (or one per output channel)."""
+                        arith: ArithmeticSpec):
+    """(the requantize to compute in this conv's epilogue, its PreparedScale), or None: the
+    only reader of the accumulator, which is no output of the Program, with one chip scale
+    (or one per output channel)."""
     acc_name = node.outputs[0]
     users = readers.get(acc_name, [])
     if len(users) != 1 or users[0].op is not OpKind.REQUANTIZE or acc_name in p.outputs:
         return None
     rq = users[0]
-    kind, _ = requantize_scale(rq, p, arith)
+    kind, scale = requantize_scale(rq, p, arith)
     out = p.tensors[rq.outputs[0]]
-    return rq if kind == "scale" and rq.attrs["axis"] % len(out.shape) == 1 else None
+    return (rq, scale) if kind == "scale" and rq.attrs["axis"] % len(out.shape) == 1 else None
 
 
 def prepare(program: Program, chip, backend: str = "kernels") -> PreparedProgram:
@@ -380,15 +381,14 @@ def prepare(program: Program, chip, backend: str = "kernels") -> PreparedProgram
             if node.op is OpKind.FULLY_CONNECTED:   # as the 1x1 conv the kernels run it as
                 step.state = be.PreparedConv(constants[w.name][:, :, None, None], bias,
                                              _zp_array(w), (1, 1), (0, 0, 0, 0), (1, 1), 1)
-                steps.append(step)
-                continue
-            step.state = be.PreparedConv(constants[w.name], bias, _zp_array(w),
-                                         tuple(a["strides"]), tuple(a["pads"]),
-                                         tuple(a["dilations"]), a["groups"])
-            rq = _fusable_requantize(node, program, readers, arith)
-            if rq is not None:
-                step.requantize, step.requantize_state = rq, requantize_scale(rq, program, arith)
-                fused.add(rq.name)
+            else:
+                step.state = be.PreparedConv(constants[w.name], bias, _zp_array(w),
+                                             tuple(a["strides"]), tuple(a["pads"]),
+                                             tuple(a["dilations"]), a["groups"])
+                fusion = _fusable_requantize(node, program, readers, arith)
+                if fusion is not None:
+                    step.requantize, step.requantize_scale = fusion
+                    fused.add(fusion[0].name)
         steps.append(step)
     counts = {n: len(readers.get(n, ())) for n in program.tensors}
     return PreparedProgram(program, arith, backend, constants, steps, counts)
@@ -404,7 +404,7 @@ def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, tra
     lo, hi = clamp_bounds(out, rq.attrs)
     y, acc, stats = kernels.conv2d_requantize(
         values[node.inputs[0]], step.state, x.zp_scalar,
-        arith.accumulator_for(_activation_bits(x)), step.requantize_state[1], 1,
+        arith.accumulator_for(_activation_bits(x)), step.requantize_scale, 1,
         acc_t.zp_scalar, out.zp_scalar, lo, hi, keep_acc=trace,
         wide=rq.outputs[0] in p.outputs,   # a result is int64: no second pass to widen it
         # an 8-bit input's type range plans as its values would (the 8-bit engines)

@@ -2,8 +2,8 @@
 
 Same function names, same arguments (specs and ``PreparedScale`` included), same int64 results
 and the same ``OverflowStats``; beyond the reference, ``PreparedConv`` (a conv's weights made
-ready once) and ``conv2d_requantize`` (the two ops as one kernel, the reference's composition). Each public function unpacks its Python-level arguments into
-plain integers and arrays and hands them to ``@njit(cache=True)`` inner functions; the rounding
+ready once) and ``conv2d_requantize`` (the two ops as one kernel, the reference's
+composition). Each public function unpacks its Python-level arguments into plain integers and arrays and hands them to ``@njit(cache=True)`` inner functions; the rounding
 and overflow rules are those of ``fixed_point`` (the spec), written again here in scalar form.
 tests/numerics/test_kernels_vs_reference.py proves the equality over random cases.
 
@@ -788,16 +788,16 @@ def _row_store(acc_tile, tile, stride, oc0, nj, oy, oh, ow, rq, acc_out, y_out):
 
 
 @njit(**_JIT)
-def _depthwise(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fscale, line,
-               acc_out, y_out, ev, mins, maxs):
+def _depthwise(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fscale, acc_out,
+               y_out, ev, mins, maxs):
     """Output rows t0..t1 of a depthwise conv on the padded NHWC input xp [hp, wp, oc] (each
-    input channel repeated for its output channels), vector code across the channels: for each output position the
-    taps' products with wk [kh, kw, oc] summed in lanes of ``line``'s dtype (int32 where the
-    caller proved every partial sum fits, else int64: exact either way, in any order), then
-    cb, the accumulator and the fused requantize per channel as the VNNI epilogue does them,
-    and the row stored transposed into [oc, oh, ow]."""
+    input channel repeated for its output channels), vector code across the channels: for
+    each output position the taps' products with wk [kh, kw, oc] summed in lanes of xp's
+    dtype (int32 where the caller proved every partial sum fits, else int64: exact either
+    way, in any order), then cb, the accumulator and the fused requantize per channel as the
+    VNNI epilogue does them, and the row stored transposed into [oc, oh, ow]."""
     kh, kw, oc = wk.shape
-    sums = np.empty_like(line)
+    sums = np.empty(oc, xp.dtype)
     tile = np.empty(ow * oc, np.int64)
     acc_tile = np.empty(ow * oc, np.int64)
     for oy in range(t0, t1):
@@ -823,12 +823,12 @@ def _depthwise(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fsca
 
 
 @njit(**_JIT)
-def _depthwise_zmm(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fscale, line,
+def _depthwise_zmm(t0, t1, xp, wk, sh, sw, dh, dw, oh, ow, cb, ep, mult, shift, fscale,
                    acc_out, y_out, ev, mins, maxs):
     """``_depthwise`` on 512-bit vectors for int16 operands whose every partial sum fits int32
     (the caller checked): xp and wk int16 with oc padded to a multiple of 16 (zeros), the
     products by VPMADDWD, 16 channels per vector, every tap of a position summed in registers
-    before the epilogue. ``line`` is unused (int32 lanes)."""
+    (int32 lanes) before the epilogue."""
     kh, kw, opad = wk.shape
     oc = cb.size
     xf = xp.reshape(-1)
@@ -1513,8 +1513,8 @@ class PreparedConv:
         self.strides, self.dilations = tuple(strides), tuple(dilations)
         self.pads, self.groups = tuple(int(p) for p in pads), groups
         self.weights = _Weights(self.wz, self.b, groups)
-        self._engines: dict[tuple, object] = {}   # VNNI engines and GEMM matrices, by shape
-        self._wk = None   # depthwise weights [kh, kw, oc]
+        # VNNI engines, GEMM matrices and depthwise weights, by shape and dtype
+        self._engines: dict[tuple, object] = {}
 
     @property
     def depthwise(self) -> bool:
@@ -1544,17 +1544,16 @@ class PreparedConv:
         ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
             fused.ep if fused is not None else _NO_REQUANT)
         mult, shift, fscale, y = fused.arrays(bi) if fused is not None else _NO_REQUANT_ARRAYS
-        if fused is None:
-            mult, shift, fscale = (np.zeros(oc, a.dtype) for a in (mult, shift, fscale))
         ev, mins, maxs = (np.zeros(oh, np.int64) for _ in range(3))
-        if self._wk is None or self._wk.dtype != dtype or self._wk.shape[2] != opad:
+        key = ("depthwise", np.dtype(dtype).str, opad)   # weights [kh, kw, opad]
+        if key not in self._engines:
             wk = np.zeros((kh, kw, opad), dtype)
             wk[:, :, :oc] = self.wz.reshape(oc, kh, kw).transpose(1, 2, 0)
-            self._wk = wk
+            self._engines[key] = wk
         kernel = _depthwise_zmm if zmm else _depthwise
-        _run_tasks(kernel, oh, 4 * oc * oh * ow * kh * kw, xp, self._wk, sh, sw, dh, dw, oh,
-                   ow, self.b, ep, mult, shift, fscale, np.empty(oc, dtype),
-                   acc_out.reshape(-1), y, ev, mins, maxs)
+        _run_tasks(kernel, oh, 4 * oc * oh * ow * kh * kw, xp, self._engines[key], sh, sw, dh,
+                   dw, oh, ow, self.b, ep, mult, shift, fscale, acc_out.reshape(-1), y, ev,
+                   mins, maxs)
         return int(ev.sum()), int(mins.min()), int(maxs.max())
 
     def columns(self, dtype) -> np.ndarray:
@@ -1585,8 +1584,9 @@ def conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups,
     may use different engines for different batches; each is exact. ``prepared``: the same
     weights, bias and geometry made ready beforehand (``PreparedConv``), w and bias unread.
     """
-    out, _, stats = _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc,
-                          prepared, None)
+    if prepared is None:
+        prepared = PreparedConv(w, bias, w_zp, strides, pads, dilations, groups)
+    out, _, stats = _conv(x, prepared, x_zp, acc)
     return out, stats
 
 
@@ -1595,8 +1595,8 @@ def conv2d_requantize(x, prepared: PreparedConv, x_zp, acc: AccumulatorSpec,
                       qmax: int, keep_acc: bool = True, wide: bool = False,
                       x_range: tuple[int, int] | None = None):
     """``requantize(conv2d(...), acc_zp, scale, axis, y_zp, qmin, qmax)`` in one pass where the
-    engine can requantize in its epilogue (the VNNI engines), else the two in turn; returns
-    (y, the accumulators or None unless ``keep_acc``, the conv's statistics).
+    engine can requantize in its epilogue (the VNNI and depthwise engines), else the two in
+    turn; returns (y, the accumulators or None unless ``keep_acc``, the conv's statistics).
 
     x may be any integer dtype (the VNNI engines read it as it is); y is int16 where [qmin,
     qmax] fits it (a quarter of int64's memory traffic) unless ``wide``, else int64, and holds
@@ -1605,8 +1605,7 @@ def conv2d_requantize(x, prepared: PreparedConv, x_zp, acc: AccumulatorSpec,
     x = _ints(x)
     oc = prepared.wz.shape[0]
     fuse = x.ndim == 4 and _FusedRequant.applies(scale, oc, axis)
-    out, y, stats = _conv(x, None, None, x_zp, None, prepared.strides, prepared.pads,
-                          prepared.dilations, prepared.groups, acc, prepared,
+    out, y, stats = _conv(x, prepared, x_zp, acc,
                           (scale, acc_zp, y_zp, qmin, qmax, wide) if fuse else None,
                           keep_acc or not fuse, x_range)
     if y is None:   # not fused, or an engine that does not requantize: the two ops in turn
@@ -1625,39 +1624,32 @@ def _ints(x) -> np.ndarray:
     return np.ascontiguousarray(x) if x.dtype.kind in "iu" and x.dtype.itemsize < 8 else _i64(x)
 
 
-def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepared, requant,
-          keep_acc=True, x_range=None):
-    """conv2d, with the requantize ``requant`` (scale, acc_zp, y_zp, qmin, qmax, wide) after it
-    when given: returns (accumulators or None, y or None, stats). x: any integer dtype (see
-    ``_ints``), read as it is by the VNNI engines' packing, as int64 by the others."""
+def _conv(x, prepared: PreparedConv, x_zp, acc, requant=None, keep_acc=True, x_range=None):
+    """The conv ``prepared``, with the requantize ``requant`` (scale, acc_zp, y_zp, qmin, qmax,
+    wide) after it when given: returns (accumulators or None, y or None, stats). x: any
+    integer dtype (see ``_ints``), read as it is by the VNNI engines' packing, as int64 by the
+    others."""
     x = _ints(x)
     zx = int(x_zp)
     n, c, h, wd = x.shape
-    if prepared is None:
-        w = np.asarray(w, dtype=np.int64)
-        oc, icg, kh, kw = w.shape
-        if min(pads) < 0 or oc % groups or c != icg * groups:
-            return _reference_conv(_i64(x), w, bias, x_zp, w_zp, strides, pads, dilations,
-                                   groups, acc)
-    else:
-        oc, icg, kh, kw = prepared.wz.shape
-        if min(pads) < 0 or oc % groups or c != icg * groups:
-            return _reference_conv(_i64(x), prepared.wz, prepared.b, x_zp, 0, strides, pads,
-                                   dilations, groups, acc)
-    (sh, sw), (dh, dw) = strides, dilations
-    pt, pl, pb, pr = (int(p) for p in pads)
-    if n > 1 and kh == kw == 1 and sh == sw == 1 and not any((pt, pl, pb, pr)):
+    oc, icg, kh, kw = prepared.wz.shape
+    groups = prepared.groups
+    (sh, sw), (dh, dw) = prepared.strides, prepared.dilations
+    pt, pl, pb, pr = prepared.pads
+    if min(prepared.pads) < 0 or oc % groups or c != icg * groups:
+        out, stats = reference.conv2d(_i64(x), prepared.wz, prepared.b, x_zp, 0,
+                                      prepared.strides, prepared.pads, prepared.dilations,
+                                      groups, acc)
+        return out, None, stats
+    if n > 1 and kh == kw == 1 and sh == sw == 1 and not any(prepared.pads):
         # a pointwise conv (a Transformer's per-channel requantize over [tokens, C, 1, 1] among
         # them) reads each position alone: run the batch as one image, its positions side by
         # side, instead of thousands of one-position batches; each output's MACs and their
         # order are unchanged, and the plan's bounds cover every batch (unfused: the caller
         # requantizes the result)
         one = np.ascontiguousarray(_i64(x).transpose(1, 0, 2, 3)).reshape(1, c, n * h, wd)
-        out, _, stats = _conv(one, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc,
-                              prepared, None)
+        out, _, stats = _conv(one, prepared, x_zp, acc)
         return np.ascontiguousarray(out.reshape(oc, n, h, wd).transpose(1, 0, 2, 3)), None, stats
-    if prepared is None:
-        prepared = PreparedConv(w, bias, w_zp, strides, pads, dilations, groups)
     oh = conv_output_size(h, kh, sh, pt, pb, dh)
     ow = conv_output_size(wd, kw, sw, pl, pr, dw)
     out = np.empty((n, oc, oh, ow), np.int64) if keep_acc or requant is None else None
@@ -1672,28 +1664,23 @@ def _conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc, prepare
     x64 = None   # x as int64, made only for a batch an im2col engine takes
     for bi in range(n):
         plan = prepared.weights.plan(x[bi].reshape(-1), zx, acc, x_range)
+        acc_bi = out[bi] if out is not None else _NO_ACC
         if plan.path in ("vnni8", "vnni16"):
             engine = prepared.engine(plan.path, x.shape, oh, ow)
-            stats.add(*engine.run(x, bi, zx, prepared.b, plan,
-                                  out[bi] if out is not None else _NO_ACC, fused))
+            stats.add(*engine.run(x, bi, zx, prepared.b, plan, acc_bi, fused))
             continue
         if (prepared.depthwise and plan.kind == "gemm" and plan.path != "int64"
                 and "depthwise" not in DISABLED_PATHS):
-            stats.add(*prepared.run_depthwise(x, bi, zx, plan, oh, ow,
-                                              out[bi] if out is not None else _NO_ACC, fused))
+            stats.add(*prepared.run_depthwise(x, bi, zx, plan, oh, ow, acc_bi, fused))
             continue
-        acc_bi = out[bi] if out is not None else np.empty((oc, oh, ow), np.int64)
+        if out is None:
+            acc_bi = np.empty((oc, oh, ow), np.int64)
         x64 = _i64(x) if x64 is None else x64
         _conv_batch(x64, bi, prepared.wz, prepared.b, zx, (sh, sw), (pt, pl), (dh, dw), groups,
                     oh, ow, acc, plan, acc_bi.reshape(oc, oh * ow), stats)
         if requant is not None:
             y[bi] = requantize(acc_bi, requant[1], requant[0], 0, *requant[2:5])
     return out, y, stats.result(n * oc * oh * ow)
-
-
-def _reference_conv(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc):
-    out, stats = reference.conv2d(x, w, bias, x_zp, w_zp, strides, pads, dilations, groups, acc)
-    return out, None, stats
 
 
 def _conv_batch(x, bi, wz, b, zx, strides, pads, dilations, groups, oh, ow, acc, plan, out2,

@@ -192,6 +192,25 @@ def test_vnni_engines_requantize_in_their_epilogue(monkeypatch, mode):
     np.testing.assert_array_equal(y, want)
 
 
+def test_depthwise_layers_take_their_engine(monkeypatch):
+    """A depthwise conv under an order-independent policy runs on the depthwise engine, fused
+    requantize included (the property test below would pass on the im2col path alone)."""
+    calls = []
+    original = kernels.PreparedConv.run_depthwise
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(kernels.PreparedConv, "run_depthwise", counted)
+    rng = np.random.default_rng(6)
+    case = ConvCase(rng.integers(-128, 128, (1, 40, 9, 9)), rng.integers(-128, 128, (40, 1, 3, 3)),
+                    rng.integers(-999, 999, 40), -3, 0, (2, 2), (1, 1, 1, 1), (1, 1), 40)
+    acc = AccumulatorSpec(32, Overflow.SATURATE, SaturationPoint.FINAL)
+    scale = fp.prepare_scale(0.004, RequantSpec(RequantMode.FLOAT_SCALE, RoundingMode.HALF_EVEN))
+    assert_conv_requantize_same(case, acc, scale, 1, 0, 5, -128, 127)
+    assert calls
+
+
 @settings(deadline=None, max_examples=max(5, settings.default.max_examples // 4))
 @given(st.data(), accumulator_specs())
 def test_depthwise_conv_equals_reference(data, acc):
