@@ -91,6 +91,12 @@ def _wide(v):
 
 # ---------------------------------------------------------------------- node runners
 
+# ops whose outputs are some of their inputs' values: the kernels run them on the values' own
+# (narrow) dtype, with no round trip through int64
+_SELECTIONS = frozenset({OpKind.MAXPOOL2D, OpKind.CONCAT, OpKind.RESHAPE, OpKind.FLATTEN,
+                         OpKind.TRANSPOSE})
+
+
 def _zp_array(t: TensorInfo) -> np.ndarray:
     return np.asarray(t.zero_point, dtype=np.int64)
 
@@ -285,7 +291,7 @@ RUNNERS: dict[OpKind, Callable] = {
         ins[0], 0 if a.avgpool_sum is AvgPoolSum.RAW else p.tensors[n.inputs[0]].zp_scalar,
         *_window(n), n.attrs["count_include_pad"], a.requant.rounding),
     OpKind.GLOBAL_AVGPOOL2D: lambda n, p, ins, a, be: _run_global_avgpool(n, p, ins, a, be),
-    OpKind.CONCAT: lambda n, p, ins, a, be: reference.concat(ins, n.attrs["axis"]),
+    OpKind.CONCAT: lambda n, p, ins, a, be: be.concat(ins, n.attrs["axis"]),
     OpKind.CLAMP: lambda n, p, ins, a, be: be.clamp(ins[0], n.attrs["min"], n.attrs["max"]),
     OpKind.LOOKUP_TABLE: _run_lookup_table,
     OpKind.MINIMUM: lambda n, p, ins, a, be: be.minimum(ins[0], ins[1]),
@@ -450,8 +456,10 @@ def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarr
             overflow[node.name] = _run_fused(step, program, values, arith, trace)
             ran = (node, step.requantize)
         else:
-            value, stats = run_node(node, program, [_wide(values[n]) for n in node.inputs],
-                                    arith, backend, step.state)
+            narrow = backend == "kernels" and node.op in _SELECTIONS
+            value, stats = run_node(node, program,
+                                    [values[n] if narrow else _wide(values[n])
+                                     for n in node.inputs], arith, backend, step.state)
             values[node.outputs[0]] = value
             if stats is not None:
                 overflow[node.name] = stats

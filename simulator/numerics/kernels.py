@@ -498,27 +498,31 @@ VNNI_POSITIONS = 6   # output positions per VNNI micro-tile (x 64 output channel
 
 
 @njit(**_JIT)
-def _pack_nhwc16(t0, t1, x, bi, zx, pt, pl, xh):
-    """Rows t of batch bi: xh[pt + t, pl + ix, c] = x[bi, c, t, ix] - zx as int16 (the rest of
-    xh stays 0). The caller has checked that int16 holds every value."""
-    c_in, w = x.shape[1], x.shape[3]
-    for iy in range(t0, t1):
-        for ix in range(w):
+def _pack_nhwc16(b0, b1, x, zx, pt, pl, xh):
+    """Images b0..b1: xh[b, pt + t, pl + ix, c] = x[b, c, t, ix] - zx as int16 (the rest of xh
+    stays 0). The caller has checked that int16 holds every value."""
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for bi in range(b0, b1):
+        for iy in range(h):
+            dst = xh[bi, pt + iy, pl:pl + w]
             for c in range(c_in):
-                xh[pt + iy, pl + ix, c] = x[bi, c, iy, ix] - zx
+                src = x[bi, c, iy]
+                for ix in range(w):
+                    dst[ix, c] = src[ix] - zx
 
 
 @njit(**_JIT)
-def _pack_nhwc_u8(t0, t1, x, bi, off, pt, pl, xq):
-    """Rows t of batch bi: xq[pt + t, pl + ix, c] = x[bi, c, t, ix] + off as uint8 (the
-    padding keeps the caller's fill). The caller has checked that uint8 holds every value."""
-    c_in, w = x.shape[1], x.shape[3]
-    for iy in range(t0, t1):
-        dst = xq[pt + iy, pl:pl + w]
-        for c in range(c_in):
-            src = x[bi, c, iy]
-            for ix in range(w):
-                dst[ix, c] = src[ix] + off
+def _pack_nhwc_u8(b0, b1, x, off, pt, pl, xq):
+    """Images b0..b1: xq[b, pt + t, pl + ix, c] = x[b, c, t, ix] + off as uint8 (the padding
+    keeps the caller's fill). The caller has checked that uint8 holds every value."""
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for bi in range(b0, b1):
+        for iy in range(h):
+            dst = xq[bi, pt + iy, pl:pl + w]
+            for c in range(c_in):
+                src = x[bi, c, iy]
+                for ix in range(w):
+                    dst[ix, c] = src[ix] + off
 
 
 # The epilogue of the VNNI engines, one output row of one 64-channel block at a time: ``ep``
@@ -576,15 +580,16 @@ def _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb, ep, mult, shift,
 
 @njit(**_JIT)
 def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, mult, shift,
-                 fscale, oc, oh, ow, acc_out, y_out, ev, mins, maxs):
+                 fscale, oc, oh, ow, acc_out, y_out, ev, mins, maxs, img_words):
     """An int16 conv on AVX512-VNNI (VPDPWSSD), exact in wrapping int32 lanes, then bias and
     wrap/clamp.
 
     xf: the padded NHWC input as int32 words (pairs of int16 channels), rows of ``wpe``
     positions and ``cwn`` words; wp: weights as int32 words [kh, kw, cwn, opad] (pairs of int16
-    taps). Micro-tile: 6 positions x 64 channels in 24 vector registers, summed in any order
-    (the caller proved every sum fits int32, so the wrapped lanes hold it exactly). Task t is
-    output row oy = t // (opad / 64) for the 64 channels of block t % (opad / 64); the
+    taps); the images lie ``img_words`` apart in xf, their outputs oc * oh * ow apart.
+    Micro-tile: 6 positions x 64 channels in 24 vector registers, summed in any order (the
+    caller proved every sum fits int32, so the wrapped lanes hold it exactly). Task t is image
+    t // (oh * opad / 64), then its output row oy for the 64 channels of one block; the
     epilogue (``_vnni_row_out``: cb per channel added, then the accumulator and the fused
     requantize) leaves (events, min, max) of its exact values in ev/mins/maxs[t].
     """
@@ -593,10 +598,14 @@ def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep,
     row = np.empty(nxb * 6 * 64, np.int32)   # row[ox * 64 + j]: position ox, channel oc0 + j
     tile = np.empty(nxb * 6 * 64, np.int64)
     acc_tile = np.empty(nxb * 6 * 64, np.int64)
+    per_image = oh * nob
+    osz = oc * oh * ow
     for t in range(t0, t1):
-        ob = t % nob
-        oy = t // nob
+        bi = t // per_image
+        ob = (t - bi * per_image) % nob
+        oy = (t - bi * per_image) // nob
         oc0 = ob * 64
+        xbase = bi * img_words
         for xb in range(nxb):
             ox0 = xb * 6
             a00 = _vzero(); a01 = _vzero(); a02 = _vzero(); a03 = _vzero()  # noqa: E702
@@ -609,7 +618,7 @@ def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep,
             for ky in range(kh):
                 iy = oy * sh + ky * dh
                 for kx in range(kw):
-                    b0 = (iy * wpe + ox0 * sw + kx * dw) * cwn
+                    b0 = xbase + (iy * wpe + ox0 * sw + kx * dw) * cwn
                     b1 = b0 + step
                     b2 = b1 + step
                     b3 = b2 + step
@@ -653,13 +662,15 @@ def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep,
             _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
             _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
+        acc_i = acc_out[bi * osz:(bi + 1) * osz] if acc_out.size else acc_out
+        y_i = y_out[bi * osz:(bi + 1) * osz] if y_out.size else y_out
         ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
-                                                ep, mult, shift, fscale, acc_out, y_out)
+                                                ep, mult, shift, fscale, acc_i, y_i)
 
 
 @njit(**_JIT)
 def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, mult, shift,
-                fscale, oc, oh, ow, acc_out, y_out, ev, mins, maxs):
+                fscale, oc, oh, ow, acc_out, y_out, ev, mins, maxs, img_words):
     """``_conv_vnni16`` for 8-bit operands on VPDPBUSD, four channels per word: twice the MACs.
 
     VPDPBUSD multiplies unsigned by signed bytes: the broadcast input words are the unsigned
@@ -673,10 +684,14 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, 
     row = np.empty(nxb * 6 * 64, np.int32)   # row[ox * 64 + j]: position ox, channel oc0 + j
     tile = np.empty(nxb * 6 * 64, np.int64)
     acc_tile = np.empty(nxb * 6 * 64, np.int64)
+    per_image = oh * nob
+    osz = oc * oh * ow
     for t in range(t0, t1):
-        ob = t % nob
-        oy = t // nob
+        bi = t // per_image
+        ob = (t - bi * per_image) % nob
+        oy = (t - bi * per_image) // nob
         oc0 = ob * 64
+        xbase = bi * img_words
         for xb in range(nxb):
             ox0 = xb * 6
             a00 = _vzero(); a01 = _vzero(); a02 = _vzero(); a03 = _vzero()  # noqa: E702
@@ -689,7 +704,7 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, 
             for ky in range(kh):
                 iy = oy * sh + ky * dh
                 for kx in range(kw):
-                    b0 = (iy * wpe + ox0 * sw + kx * dw) * cwn
+                    b0 = xbase + (iy * wpe + ox0 * sw + kx * dw) * cwn
                     b1 = b0 + step
                     b2 = b1 + step
                     b3 = b2 + step
@@ -733,8 +748,10 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, 
             _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
             _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
+        acc_i = acc_out[bi * osz:(bi + 1) * osz] if acc_out.size else acc_out
+        y_i = y_out[bi * osz:(bi + 1) * osz] if y_out.size else y_out
         ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
-                                                ep, mult, shift, fscale, acc_out, y_out)
+                                                ep, mult, shift, fscale, acc_i, y_i)
 
 
 @njit(**_JIT)
@@ -1390,32 +1407,34 @@ class _VnniConv:
         self.ntask = oh * (self.opad // 64)
         self.work = self.ntask * owe * 64 * kh * kw * self.cwn
 
-    def run(self, x, bi, zx, b, plan, acc_out, fused: "_FusedRequant | None" = None):
-        """Pack batch bi and convolve it: the accumulators into acc_out [oc, oh, ow] (or none,
-        if it is empty), the fused requantize's output into ``fused.y[bi]``; the caller has
-        checked that the operands fit and the sums are exact. Returns (events, min, max)."""
-        h = x.shape[2]
+    def run(self, x, zx, b, plan, acc_out, fused: "_FusedRequant | None" = None, b0: int = 0):
+        """Pack the images x [n, c, h, w] and convolve them all in one call: the accumulators
+        into acc_out [n, oc, oh, ow] (or none, if it is empty), the fused requantize's output
+        into ``fused.y[b0:b0 + n]``; the caller has checked that the operands fit and the sums
+        are exact. Returns (events, min, max)."""
+        n = x.shape[0]
         ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
             fused.ep if fused is not None else _NO_REQUANT)
-        arrays = fused.arrays(bi) if fused is not None else _NO_REQUANT_ARRAYS
-        ev, mins, maxs = (np.zeros(self.ntask, np.int64) for _ in range(3))
+        arrays = fused.arrays(b0, b0 + n) if fused is not None else _NO_REQUANT_ARRAYS
+        ntask = n * self.ntask
+        ev, mins, maxs = (np.zeros(ntask, np.int64) for _ in range(3))
         if self.width == 8:
             off = plan.x_offset
-            xq = np.full((self.hp, self.wpe, 4 * self.cwn), zx + off, np.uint8)
+            xq = np.full((n, self.hp, self.wpe, 4 * self.cwn), zx + off, np.uint8)
             if 4 * self.cwn > x.shape[1]:
-                xq[:, :, x.shape[1]:] = 0      # channels past C: their weights are 0
-            # serial: a pool thread would take about as long to wake as the copy takes
-            _pack_nhwc_u8(0, h, x, bi, off, self.pads[0], self.pads[1], xq)
+                xq[..., x.shape[1]:] = 0      # channels past C: their weights are 0
+            _run_tasks(_pack_nhwc_u8, n, 2 * x.size, x, off, self.pads[0], self.pads[1], xq)
             cb = b - (zx + off) * self.wsum
             kernel = _conv_vnni8
         else:
-            xq = np.zeros((self.hp, self.wpe, 2 * self.cwn), np.int16)
-            _pack_nhwc16(0, h, x, bi, zx, self.pads[0], self.pads[1], xq)
+            xq = np.zeros((n, self.hp, self.wpe, 2 * self.cwn), np.int16)
+            _run_tasks(_pack_nhwc16, n, 2 * x.size, x, zx, self.pads[0], self.pads[1], xq)
             cb = b
             kernel = _conv_vnni16
-        _run_tasks(kernel, self.ntask, self.work, xq.view(np.int32).ravel(), self.wp,
+        _run_tasks(kernel, ntask, n * self.work, xq.view(np.int32).ravel(), self.wp,
                    *self.geometry, self.wpe, self.cwn, self.opad, cb, ep, *arrays[:3], self.oc,
-                   self.oh, self.ow, acc_out.reshape(-1), arrays[3], ev, mins, maxs)
+                   self.oh, self.ow, acc_out.reshape(-1), arrays[3], ev, mins, maxs,
+                   self.hp * self.wpe * self.cwn)
         return int(ev.sum()), int(mins.min()), int(maxs.max())
 
 
@@ -1456,8 +1475,10 @@ class _FusedRequant:
         return prepared.mode is RequantMode.FLOAT_SCALE or bool(
             sh.size and sh.min() >= 0 and sh.max() <= 62)
 
-    def arrays(self, bi: int):
-        return self.mult, self.shift, self.fscale, self.y[bi].reshape(-1)
+    def arrays(self, b0: int, b1: int | None = None):
+        """The constants and the output of images b0..b1 (one image: b0), flattened."""
+        y = self.y[b0] if b1 is None else self.y[b0:b1]
+        return self.mult, self.shift, self.fscale, y.reshape(-1)
 
 
 def conv_plan(x, w, bias, x_zp, w_zp, groups, acc: AccumulatorSpec) -> MacPlan:
@@ -1661,13 +1682,23 @@ def _conv(x, prepared: PreparedConv, x_zp, acc, requant=None, keep_acc=True, x_r
         return out, y, OverflowStats(0, 0, 1)
     fused = None if requant is None else _FusedRequant(requant[0], oc, *requant[1:5], y)
     stats = _Stats()
+    # the whole batch in one VNNI call where its range allows (one pack, one task list: small
+    # images would otherwise pay a call's overhead per image); else batch by batch, each on
+    # the engine its own range allows
+    whole = prepared.weights.plan(x.reshape(-1), zx, acc, x_range) if n > 1 else None
+    if whole is not None and whole.path in ("vnni8", "vnni16"):
+        engine = prepared.engine(whole.path, x.shape, oh, ow)
+        stats.add(*engine.run(x, zx, prepared.b, whole, out if out is not None else _NO_ACC,
+                              fused))
+        return out, y, stats.result(n * oc * oh * ow)
     x64 = None   # x as int64, made only for a batch an im2col engine takes
     for bi in range(n):
         plan = prepared.weights.plan(x[bi].reshape(-1), zx, acc, x_range)
         acc_bi = out[bi] if out is not None else _NO_ACC
         if plan.path in ("vnni8", "vnni16"):
             engine = prepared.engine(plan.path, x.shape, oh, ow)
-            stats.add(*engine.run(x, bi, zx, prepared.b, plan, acc_bi, fused))
+            stats.add(*engine.run(x[bi:bi + 1], zx, prepared.b, plan,
+                                  acc_bi if out is None else out[bi:bi + 1], fused, bi))
             continue
         if (prepared.depthwise and plan.kind == "gemm" and plan.path != "int64"
                 and "depthwise" not in DISABLED_PATHS):
@@ -1742,7 +1773,7 @@ def fully_connected(x, w, bias, x_zp, w_zp, acc: AccumulatorSpec,
         x4 = np.ascontiguousarray(x.T).reshape(1, k, 1, x.shape[0])
         conv = prepared.engine(plan.path, x4.shape, 1, x.shape[0])
         out_t = np.empty((m_out, 1, x.shape[0]), np.int64)
-        stats.add(*conv.run(x4, 0, zx, b, plan, out_t))
+        stats.add(*conv.run(x4, zx, b, plan, out_t))
         out[:] = out_t.reshape(m_out, -1).T
         return out, stats.result(out.size)
     xz = x - np.int64(zx)
@@ -1922,9 +1953,18 @@ def _pool(t0, t1, x, zx, kh, kw, sh, sw, pt, pl, oh, ow, kind, include_pad, rnd,
 
 
 def maxpool2d(x, kernel, strides, pads):
-    """Max of the integers in each window; padding never wins."""
-    x = _i64(x)
-    return _pool_call(x, 0, kernel, strides, pads, 0, False, 0)
+    """Max of the integers in each window; padding never wins. The result keeps x's dtype
+    (a max is one of its inputs) unless a window can lie wholly in the padding."""
+    x = _ints(x)
+    if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
+        x = _i64(x)
+    return _pool_call(x, 0, kernel, strides, pads, 0, False, 0, x.dtype)
+
+
+def concat(xs, axis: int):
+    """The inputs joined along ``axis``, in the narrowest dtype holding every input's."""
+    xs = [_ints(v) for v in xs]
+    return np.concatenate(xs, axis=axis, dtype=np.result_type(*xs))
 
 
 def avgpool2d(x, x_zp, kernel, strides, pads, count_include_pad: bool, rounding: RoundingMode):
@@ -1934,12 +1974,12 @@ def avgpool2d(x, x_zp, kernel, strides, pads, count_include_pad: bool, rounding:
                       _ROUNDING_CODE[rounding])
 
 
-def _pool_call(x, zx, kernel, strides, pads, kind, include_pad, rnd):
+def _pool_call(x, zx, kernel, strides, pads, kind, include_pad, rnd, dtype=np.int64):
     (kh, kw), (sh, sw) = kernel, strides
     pt, pl, pb, pr = (int(p) for p in pads)
     oh = conv_output_size(x.shape[2], kh, sh, pt, pb, 1)
     ow = conv_output_size(x.shape[3], kw, sw, pl, pr, 1)
-    out = np.empty((x.shape[0], x.shape[1], oh, ow), np.int64)
+    out = np.empty((x.shape[0], x.shape[1], oh, ow), dtype)
     if out.size:
         _run_tasks(_pool, x.shape[0] * x.shape[1], out.size * kh * kw * 2, x, zx, int(kh),
                    int(kw), int(sh), int(sw), pt, pl, oh, ow, kind, include_pad, rnd, out)
