@@ -408,6 +408,8 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     bar = tqdm(total=steps, desc=label, unit="step", leave=False,
                disable=(not dist.is_main()) or (None if cfg.progress is None else not cfg.progress))
     losses, part_sums, mixed = [], None, 0
+    phases = dict.fromkeys(("teacher", "student_forward", "backward", "optimizer"), 0.0)
+    clock = time.perf_counter
     for step, idx in enumerate(_batches(len(data), cfg.batch_size, steps, gen)):
         idx = idx[lo:lo + per_rank]
         batch, side = data.student(idx)
@@ -431,18 +433,23 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
             x_in = rescale(cache[idx])
             if chip_forward:
                 q_in = frozen.qtensor(cache[idx])
+        t = clock()
         targets = taps.features(*teacher_in, blocks=kept.blocks) if mixed_now else \
             kept.features(idx)
+        t, phases["teacher"] = clock(), phases["teacher"] + clock() - t
         loss, parts = model(batch, x_in, targets, side, q_in)
         value = float(loss.detach())
+        t, phases["student_forward"] = clock(), phases["student_forward"] + clock() - t
         if not math.isfinite(value):
             bar.close()
             raise DistillError(f"{label} step {step}: loss is {value}; stopped. The last good "
                                f"checkpoint is kept (lower --lr, or check the data for NaN)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        t, phases["backward"] = clock(), phases["backward"] + clock() - t
         opt.step()
         sched.step()
+        phases["optimizer"] += clock() - t
         losses.append(value)
         stacked = torch.stack(parts)
         part_sums = stacked if part_sums is None else part_sums + stacked
@@ -470,10 +477,16 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
         "simulator_prefix_seconds": round(sim_prefix, 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    # where the period's time went: the rest (batches, mixup, the loss's bookkeeping) is "other"
+    phases["simulator"] = sim_seconds
+    phases["other"] = max(0.0, entry["seconds"] - sum(phases.values()))
+    entry["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
     if dist.is_main():
+        split = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in phases.items()
+                          if k != "simulator")
         log(f"{label}: loss {entry['loss_first']:.4f} -> {entry['loss_last']:.4f} in {steps} steps, "
             f"{entry['seconds']:.1f} s (simulator {sim_seconds:.1f} s on "
-            f"{entry['simulator_images']} images)")
+            f"{entry['simulator_images']} images; {split} s)")
     return entry
 
 

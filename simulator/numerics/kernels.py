@@ -76,7 +76,6 @@ from simulator.numerics.fixed_point import OverflowStats, PreparedScale, signed_
 # data movement carries no arithmetic: the reference's functions are the kernels
 reshape = reference.reshape
 transpose = reference.transpose
-concat = reference.concat
 conv_output_size = reference.conv_output_size
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
@@ -555,26 +554,27 @@ def _store_transposed(tile, stride, oc0, nj, oy, oh, ow, out):
 
 @njit(inline="always", **_JIT)
 def _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb, ep, mult, shift, fscale,
-                  acc_out, y_out):
-    """row[ox * 64 + j] (the exact sum less cb) -> the accumulator of channel oc0 + j at (oy,
+                  acc_out, y_out, lanes=64):
+    """row[ox * lanes + j] (the exact sum less cb) -> the accumulator of channel oc0 + j at (oy,
     ox), wrapped or clamped, into acc_out (if it has elements) and requantized into y_out (if
     ep asks), both [oc, oh, ow] flattened; returns (events, min, max) of the exact values, as
     fixed_point.accumulate counts them. Position by position with the channels innermost
     (contiguous views, so that the loops are vector code; ``_position_out``, the depthwise
     kernels' too), then the transposed stores. Positions past ow (computed on whatever lies
     beyond) are skipped."""
-    nj = min(64, oc - oc0)
+    nj = min(lanes, oc - oc0)
     c, m, s, f = cb[oc0:oc0 + nj], mult[oc0:oc0 + nj], shift[oc0:oc0 + nj], fscale[oc0:oc0 + nj]
     e = 0
     mn = np.int64(0)
     mx = np.int64(0)
     for ox in range(ow):
-        pe, pmn, pmx = _position_out(row[ox * 64:ox * 64 + nj], c, ep, m, s, f,
-                                     acc_tile[ox * 64:ox * 64 + nj], tile[ox * 64:ox * 64 + nj])
+        p = ox * lanes
+        pe, pmn, pmx = _position_out(row[p:p + nj], c, ep, m, s, f, acc_tile[p:p + nj],
+                                     tile[p:p + nj])
         e += pe
         mn = min(mn, pmn)
         mx = max(mx, pmx)
-    _row_store(acc_tile, tile, 64, oc0, nj, oy, oh, ow, ep[4], acc_out, y_out)
+    _row_store(acc_tile, tile, lanes, oc0, nj, oy, oh, ow, ep[4], acc_out, y_out)
     return e, mn, mx
 
 
@@ -752,6 +752,92 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, 
         y_i = y_out[bi * osz:(bi + 1) * osz] if y_out.size else y_out
         ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
                                                 ep, mult, shift, fscale, acc_i, y_i)
+
+
+@njit(**_JIT)
+def _conv_vnni8_n32(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, mult, shift,
+                    fscale, oc, oh, ow, acc_out, y_out, ev, mins, maxs, img_words):
+    """``_conv_vnni8`` for at most 32 output channels (opad 32): a micro-tile of 12 positions x
+    32 channels in the same 24 registers, so that no lane computes a padded channel. Task t
+    is image t // oh, output row t % oh. (The register tiles are unrolled by hand: numba keeps
+    named vector variables in registers, not arrays of them.)"""
+    nxb = (ow + 11) // 12
+    row = np.empty(nxb * 12 * 32, np.int32)   # row[ox * 32 + j]: position ox, channel j
+    tile = np.empty(nxb * 12 * 32, np.int64)
+    acc_tile = np.empty(nxb * 12 * 32, np.int64)
+    osz = oc * oh * ow
+    for t in range(t0, t1):
+        bi = t // oh
+        oy = t - bi * oh
+        xbase = bi * img_words
+        for xb in range(nxb):
+            ox0 = xb * 12
+            a000 = _vzero(); a001 = _vzero(); a010 = _vzero(); a011 = _vzero(); a020 = _vzero(); a021 = _vzero()  # noqa: E702
+            a030 = _vzero(); a031 = _vzero(); a040 = _vzero(); a041 = _vzero(); a050 = _vzero(); a051 = _vzero()  # noqa: E702
+            a060 = _vzero(); a061 = _vzero(); a070 = _vzero(); a071 = _vzero(); a080 = _vzero(); a081 = _vzero()  # noqa: E702
+            a090 = _vzero(); a091 = _vzero(); a100 = _vzero(); a101 = _vzero(); a110 = _vzero(); a111 = _vzero()  # noqa: E702
+            step = sw * cwn
+            for ky in range(kh):
+                iy = oy * sh + ky * dh
+                for kx in range(kw):
+                    b00 = xbase + (iy * wpe + ox0 * sw + kx * dw) * cwn
+                    b01 = b00 + step
+                    b02 = b01 + step
+                    b03 = b02 + step
+                    b04 = b03 + step
+                    b05 = b04 + step
+                    b06 = b05 + step
+                    b07 = b06 + step
+                    b08 = b07 + step
+                    b09 = b08 + step
+                    b10 = b09 + step
+                    b11 = b10 + step
+                    wb = (ky * kw + kx) * cwn * opad
+                    for cw in range(cwn):
+                        wi = wb + cw * opad
+                        w0 = _vload(wp, wi)
+                        w1 = _vload(wp, wi + 16)
+                        i00 = b00 + cw
+                        i01 = b01 + cw
+                        i02 = b02 + cw
+                        i03 = b03 + cw
+                        i04 = b04 + cw
+                        i05 = b05 + cw
+                        i06 = b06 + cw
+                        i07 = b07 + cw
+                        i08 = b08 + cw
+                        i09 = b09 + cw
+                        i10 = b10 + cw
+                        i11 = b11 + cw
+                        a000 = _vdpbusd(a000, w0, xf, i00); a001 = _vdpbusd(a001, w1, xf, i00)  # noqa
+                        a010 = _vdpbusd(a010, w0, xf, i01); a011 = _vdpbusd(a011, w1, xf, i01)  # noqa
+                        a020 = _vdpbusd(a020, w0, xf, i02); a021 = _vdpbusd(a021, w1, xf, i02)  # noqa
+                        a030 = _vdpbusd(a030, w0, xf, i03); a031 = _vdpbusd(a031, w1, xf, i03)  # noqa
+                        a040 = _vdpbusd(a040, w0, xf, i04); a041 = _vdpbusd(a041, w1, xf, i04)  # noqa
+                        a050 = _vdpbusd(a050, w0, xf, i05); a051 = _vdpbusd(a051, w1, xf, i05)  # noqa
+                        a060 = _vdpbusd(a060, w0, xf, i06); a061 = _vdpbusd(a061, w1, xf, i06)  # noqa
+                        a070 = _vdpbusd(a070, w0, xf, i07); a071 = _vdpbusd(a071, w1, xf, i07)  # noqa
+                        a080 = _vdpbusd(a080, w0, xf, i08); a081 = _vdpbusd(a081, w1, xf, i08)  # noqa
+                        a090 = _vdpbusd(a090, w0, xf, i09); a091 = _vdpbusd(a091, w1, xf, i09)  # noqa
+                        a100 = _vdpbusd(a100, w0, xf, i10); a101 = _vdpbusd(a101, w1, xf, i10)  # noqa
+                        a110 = _vdpbusd(a110, w0, xf, i11); a111 = _vdpbusd(a111, w1, xf, i11)  # noqa
+            p = ox0 * 32
+            _vstore(row, p + 0, a000); _vstore(row, p + 16, a001)  # noqa: E702
+            _vstore(row, p + 32, a010); _vstore(row, p + 48, a011)  # noqa: E702
+            _vstore(row, p + 64, a020); _vstore(row, p + 80, a021)  # noqa: E702
+            _vstore(row, p + 96, a030); _vstore(row, p + 112, a031)  # noqa: E702
+            _vstore(row, p + 128, a040); _vstore(row, p + 144, a041)  # noqa: E702
+            _vstore(row, p + 160, a050); _vstore(row, p + 176, a051)  # noqa: E702
+            _vstore(row, p + 192, a060); _vstore(row, p + 208, a061)  # noqa: E702
+            _vstore(row, p + 224, a070); _vstore(row, p + 240, a071)  # noqa: E702
+            _vstore(row, p + 256, a080); _vstore(row, p + 272, a081)  # noqa: E702
+            _vstore(row, p + 288, a090); _vstore(row, p + 304, a091)  # noqa: E702
+            _vstore(row, p + 320, a100); _vstore(row, p + 336, a101)  # noqa: E702
+            _vstore(row, p + 352, a110); _vstore(row, p + 368, a111)  # noqa: E702
+        acc_i = acc_out[bi * osz:(bi + 1) * osz] if acc_out.size else acc_out
+        y_i = y_out[bi * osz:(bi + 1) * osz] if y_out.size else y_out
+        ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, 0, oc, oy, oh, ow, cb, ep,
+                                                mult, shift, fscale, acc_i, y_i, 32)
 
 
 @njit(**_JIT)
@@ -1395,8 +1481,11 @@ class _VnniConv:
         self.pads = pads
         self.oc, self.oh, self.ow = oc, oh, ow
         self.cwn = -(-c // per_word)               # int32 words per position
-        self.opad = -(-oc // 64) * 64
-        owe = -(-ow // VNNI_POSITIONS) * VNNI_POSITIONS
+        # at most 32 channels (8-bit): the 12-position tile of 32 lanes, no padded channels
+        self.n32 = width == 8 and oc <= 32
+        self.opad = 32 if self.n32 else -(-oc // 64) * 64
+        positions = 2 * VNNI_POSITIONS if self.n32 else VNNI_POSITIONS
+        owe = -(-ow // positions) * positions
         (sh, sw), (dh, dw) = strides, dilations
         self.hp = max(pads[0] + h, (oh - 1) * sh + (kh - 1) * dh + 1)
         self.wpe = max(pads[1] + w, (owe - 1) * sw + (kw - 1) * dw + 1)
@@ -1404,8 +1493,8 @@ class _VnniConv:
         _pack_weights(_i64(wz), width, self.cwn, self.opad, self.wp)
         # width 8 reads x + off against w - zw: each sum is (zx + off) * wsum too large
         self.wsum = _i64(wz).reshape(oc, -1).sum(axis=1)
-        self.ntask = oh * (self.opad // 64)
-        self.work = self.ntask * owe * 64 * kh * kw * self.cwn
+        self.ntask = oh * -(-self.opad // 64)
+        self.work = oh * owe * self.opad * kh * kw * self.cwn
 
     def run(self, x, zx, b, plan, acc_out, fused: "_FusedRequant | None" = None, b0: int = 0):
         """Pack the images x [n, c, h, w] and convolve them all in one call: the accumulators
@@ -1425,7 +1514,7 @@ class _VnniConv:
                 xq[..., x.shape[1]:] = 0      # channels past C: their weights are 0
             _run_tasks(_pack_nhwc_u8, n, 2 * x.size, x, off, self.pads[0], self.pads[1], xq)
             cb = b - (zx + off) * self.wsum
-            kernel = _conv_vnni8
+            kernel = _conv_vnni8_n32 if self.n32 else _conv_vnni8
         else:
             xq = np.zeros((n, self.hp, self.wpe, 2 * self.cwn), np.int16)
             _run_tasks(_pack_nhwc16, n, 2 * x.size, x, zx, self.pads[0], self.pads[1], xq)

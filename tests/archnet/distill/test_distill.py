@@ -302,9 +302,9 @@ def test_kept_targets_run_the_teacher_once_per_input_and_equal_fresh_ones(train_
     calls = []
     real = taps.features
 
-    def counted(*inputs):
+    def counted(*inputs, **kwargs):
         calls.append(len(inputs[0]))
-        return real(*inputs)
+        return real(*inputs, **kwargs)
     taps.features = counted
     kept = KeptTargets(taps, data, [1, 2])
     assert kept.enabled
@@ -318,3 +318,39 @@ def test_kept_targets_run_the_teacher_once_per_input_and_equal_fresh_ones(train_
             torch.testing.assert_close(got[b], fresh[b], rtol=1e-5, atol=1e-5)
     assert sum(calls[1:]) == len(kept.kept) <= 40       # each input through the teacher once
     assert not KeptTargets(taps, data, [1, 2], budget_bytes=1000).enabled
+
+
+def test_teacher_taps_stop_after_the_last_tap_a_period_needs(train_images):
+    """The teacher runs only as far as the period's blocks need; their targets are the full
+    forward's. A tapped module run twice per forward (a shared ReLU) never stops it early."""
+    from archnet.distill.taps import TeacherTaps
+    teacher, meta = load_teacher(TEACHER)
+    taps = TeacherTaps(teacher, ["maxpool", "layer1.0", "layer2.0", "fc"])
+    x = train_images[:8]
+    full = taps.features(x)
+    ran = []
+    handle = teacher.layer2.register_forward_hook(lambda *_: ran.append("layer2"))
+    part = taps.features(x, blocks=[0, 1])
+    handle.remove()
+    assert ran == [] and part[2] is None and part[3] is None
+    for b in (0, 1):
+        assert torch.equal(part[b], full[b])
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = torch.nn.ReLU()
+
+        def forward(self, v):
+            return self.act(self.act(v) - 1.0)
+    twice = TeacherTaps(Twice(), ["act"])
+    v = torch.randn(4, 3)
+    twice.features(v)
+    want = torch.relu(torch.relu(v) - 1.0)
+    assert torch.equal(twice.features(v, blocks=[0])[0], want)
+
+
+def test_the_distilled_student_comes_back_in_the_standard_layout(distilled_2w4a):
+    """Training runs channels-last; what distillation returns (and exports) is contiguous."""
+    _, result = distilled_2w4a
+    assert all(p.is_contiguous() for p in result.student.parameters())
