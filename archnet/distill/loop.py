@@ -13,7 +13,7 @@ trains from the image (the paper's pure progressive form; the simulator then onl
 ``window=1`` is strictly blockwise. With ``final_steps`` a last period trains the last
 ``final_window`` blocks together on the head's loss alone (for a sentence encoder: the pooled
 sentence embedding), without adapters: the output must be the teacher's as it is. Within a
-period the teacher's targets are kept per input where they fit (``KeptTargets``).
+run, the teacher's targets are kept per input where they fit (``KeptTargets``).
 
 ``chip_forward`` ("final" or "all") runs those periods' forward on the chip's integers: after
 each block of the window, its fake-quant output is replaced, in value only, by archnet's integer
@@ -325,10 +325,11 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
     sim_seconds = sum(h.get("simulator_seconds", 0.0) for h in history)
     frozen = FrozenPrefix(student, profile, data, cfg.backend, cfg.sim_batch, cfg.progress) \
         if cfg.simulator_in_loop else None
+    kept = KeptTargets(taps, data)
     with _channels_last(student, adapters, teacher):
         for period in range(start, n_blocks + (1 if cfg.final_steps else 0)):
             entry = _run_period(student, adapters, taps, data, profile, cfg, period, log,
-                                step_callback, frozen)
+                                step_callback, frozen, kept)
             sim_seconds += entry["simulator_seconds"]
             history.append(entry)
             if dist.is_main():
@@ -362,7 +363,7 @@ def _channels_last(*modules: nn.Module):
 
 
 def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_callback,
-                frozen: FrozenPrefix | None) -> dict:
+                frozen: FrozenPrefix | None, kept: KeptTargets) -> dict:
     from tqdm import tqdm
     n_blocks = len(student.blocks)
     periods = n_blocks + (1 if cfg.final_steps else 0)
@@ -402,7 +403,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         opt, T_0=max(1, steps // cfg.restarts), eta_min=cfg.lr * 0.01)
     gen = torch.Generator().manual_seed(period_seed(cfg.seed, n_blocks if final else period))
-    kept = KeptTargets(taps, data, [period] if final else range(first, period + 1))
+    blocks = [period] if final else list(range(first, period + 1))
     per_rank = cfg.batch_size // dist.world_size()
     lo = dist.rank() * per_rank
     bar = tqdm(total=steps, desc=label, unit="step", leave=False,
@@ -434,8 +435,8 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
             if chip_forward:
                 q_in = frozen.qtensor(cache[idx])
         t = clock()
-        targets = taps.features(*teacher_in, blocks=kept.blocks) if mixed_now else \
-            kept.features(idx)
+        targets = taps.features(*teacher_in, blocks=blocks) if mixed_now else \
+            kept.features(idx, blocks)
         t, phases["teacher"] = clock(), phases["teacher"] + clock() - t
         loss, parts = model(batch, x_in, targets, side, q_in)
         value = float(loss.detach())

@@ -7,6 +7,7 @@ module, captured with forward hooks (the teacher is only read: eval mode, no gra
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -93,32 +94,63 @@ class GraphTaps:
         return [found[t] if b in keep else None for b, t in enumerate(self.taps)]
 
 
+def memory_budget() -> int:
+    """What the kept targets may take: a quarter of the machine's memory, at most 8 GiB."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        physical = 4 << 30
+    return min(8 << 30, physical // 4)
+
+
 class KeptTargets:
-    """The teacher's targets of one period, computed the first time an input is drawn and kept
-    for the rest of the period, for the blocks the period compares: a period of several passes
-    over a small set (sentences) runs the teacher once per input, not once per step. Used only
-    when the kept targets fit ``budget_bytes``; otherwise every batch runs the teacher."""
+    """The teacher's targets, computed the first time an input is drawn and kept for the rest of
+    the run: every later pass over it, in this period or a later one, reads them instead of
+    running the teacher (a period of several passes over a small set of sentences runs the
+    teacher once per input, and a later period only runs it for the blocks it adds). Kept block
+    by block in tensors over the whole set, the first blocks while they fit ``budget_bytes``; a
+    batch that needs a block past those runs the teacher."""
 
-    def __init__(self, taps, data, blocks: Sequence[int], budget_bytes: int = 1 << 30):
-        self.taps, self.data, self.blocks = taps, data, list(blocks)
-        self.kept: dict[int, list[torch.Tensor]] = {}
-        probe = taps.features(*data.teacher(torch.arange(1)), blocks=self.blocks)
-        per_input = sum(probe[b][0].numel() * probe[b].element_size() for b in self.blocks)
-        self.enabled = per_input * len(data) <= budget_bytes
+    def __init__(self, taps, data, budget_bytes: int | None = None):
+        self.taps, self.data = taps, data
+        budget = memory_budget() if budget_bytes is None else budget_bytes
+        probe = taps.features(*data.teacher(torch.arange(1)))
+        self.keep: set[int] = set()
+        used = 0
+        for b, p in enumerate(probe):
+            used += p[0].numel() * p.element_size() * len(data)
+            if used > budget:
+                break
+            self.keep.add(b)
+        self.store: dict[int, torch.Tensor] = {}
+        self.have = {b: torch.zeros(len(data), dtype=torch.bool) for b in self.keep}
+        self.teacher_inputs = 0     # inputs the teacher ran on, all calls
 
-    def features(self, idx: torch.Tensor) -> list[torch.Tensor | None]:
-        """One target per student block (``None`` for blocks the period does not compare)."""
-        if not self.enabled:
-            return self.taps.features(*self.data.teacher(idx), blocks=self.blocks)
-        order = idx.tolist()
-        missing = [i for i in dict.fromkeys(order) if i not in self.kept]
-        if missing:
-            found = self.taps.features(*self.data.teacher(torch.tensor(missing)),
-                                       blocks=self.blocks)
-            for j, i in enumerate(missing):
-                self.kept[i] = [found[b][j].clone() for b in self.blocks]
-        n = max(self.blocks) + 1
-        out: list[torch.Tensor | None] = [None] * n
-        for k, b in enumerate(self.blocks):
-            out[b] = torch.stack([self.kept[i][k] for i in order])
+    def features(self, idx: torch.Tensor, blocks: Sequence[int]) -> list[torch.Tensor | None]:
+        """One target per student block (``None`` for blocks not in ``blocks``)."""
+        blocks = list(blocks)
+        kept = [b for b in blocks if b in self.keep]
+        if len(kept) < len(blocks):
+            found = self.taps.features(*self.data.teacher(idx), blocks=blocks)
+            self.teacher_inputs += len(idx)
+            self._put(idx, found, kept)
+            return found
+        need = torch.zeros(len(idx), dtype=torch.bool)
+        for b in kept:
+            need |= ~self.have[b][idx]
+        if need.any():
+            missing = torch.unique(idx[need])
+            self._put(missing, self.taps.features(*self.data.teacher(missing), blocks=kept), kept)
+            self.teacher_inputs += len(missing)
+        out: list[torch.Tensor | None] = [None] * len(self.taps.taps)
+        for b in kept:
+            out[b] = self.store[b][idx]
         return out
+
+    def _put(self, idx: torch.Tensor, found: list, blocks: list[int]) -> None:
+        for b in blocks:
+            if b not in self.store:
+                self.store[b] = torch.empty((len(self.data), *found[b].shape[1:]),
+                                            dtype=found[b].dtype)
+            self.store[b][idx] = found[b]
+            self.have[b][idx] = True

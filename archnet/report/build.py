@@ -250,9 +250,10 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
         if pdf.empty:
             md.p("No verify record on the chips of this report: no points to plot.")
         else:
-            prof_paths = sorted({str(p) for p in pdf["profile"].dropna()})
+            # as shown: the same profile verified from another checkout is listed once
+            prof_paths = sorted({show_path(str(p)) for p in pdf["profile"].dropna()})
             footer = (_verify_lines(runs, set(data.chips))
-                      + ["profiles: " + ", ".join(show_path(p) for p in prof_paths),
+                      + ["profiles: " + ", ".join(prof_paths),
                          f"data: {_images_text(recs)}; latency: the estimate in each verify record",
                          f"plotted by: {data.command}"])
             fig = png(plots.plot_pareto, "pareto.png", pdf, footer=footer)
@@ -264,7 +265,7 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
                       f"Table: [{name}]({name}).",
                       [f"accuracy by: {code(rec.source)}" for rec in recs]
                       + [f"converted by: {code(r.command)}" for r in runs]
-                      + [f"profiles: {', '.join(code(show_path(p)) for p in prof_paths)}",
+                      + [f"profiles: {', '.join(code(p) for p in prof_paths)}",
                          f"data: {_images_text(recs)}"])
             cols = ["bits", "chip", "latency_ms", "simulator_accuracy", "fake_quant_accuracy",
                     "teacher_accuracy", "test_images", "pareto_optimal"]
@@ -400,8 +401,10 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
                   [f"data: {code('convert.json')}, written by {code(run.command)}",
                    f"profile: {code(show_path(run.profile_path))}",
                    f"images: {run.summary.get('images')} unlabeled {run.dataset} training images"])
+        phases = [c for c in hdf.columns if c.removesuffix("_seconds") in tables.PHASES]
         md.table(tables.markdown_table(hdf[["period", "new_block", "blocks", "steps", "loss_first",
-                                            "loss_last", "seconds", "simulator_share"]]))
+                                            "loss_last", "seconds", "simulator_share",
+                                            *phases]]))
 
     md.h(2, "Files")
     md.bullets([f"[{f}]({f})" for f in sorted(written)])

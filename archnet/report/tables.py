@@ -192,13 +192,22 @@ def history_frame(summary: dict) -> pd.DataFrame:
                      "simulator_share": sim / secs if secs > 0 else 0.0,
                      "simulator_in_loop": h.get("simulator_in_loop"),
                      "simulator_images": h.get("simulator_images"),
-                     "chip_forward": bool(h.get("chip_forward", False))})
+                     "chip_forward": bool(h.get("chip_forward", False)),
+                     **{f"{k}_seconds": v for k, v in (h.get("phase_seconds") or {}).items()
+                        if k in PHASES}})
     df = pd.DataFrame(rows, columns=["period", "new_block", "blocks", "steps", "loss_first",
                                      "loss_last", "seconds", "simulator_seconds",
                                      "simulator_share", "simulator_in_loop", "simulator_images",
-                                     "chip_forward"])
-    # the column of a run that trained some period on the chip's integers (--chip-forward)
-    return df if df["chip_forward"].any() else df.drop(columns="chip_forward")
+                                     "chip_forward", *(f"{k}_seconds" for k in PHASES)])
+    # the column of a run that trained some period on the chip's integers (--chip-forward), and
+    # the phases of a run that timed them
+    df = df if df["chip_forward"].any() else df.drop(columns="chip_forward")
+    untimed = [f"{k}_seconds" for k in PHASES if df[f"{k}_seconds"].isna().all()]
+    return df.drop(columns=untimed)
+
+
+# where a period's time goes, as the distillation loop times it (besides the simulator)
+PHASES = ("teacher", "student_forward", "backward", "optimizer", "other")
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:

@@ -295,29 +295,37 @@ def test_the_frozen_prefix_advanced_block_by_block_equals_running_it_whole(train
 
 
 def test_kept_targets_run_the_teacher_once_per_input_and_equal_fresh_ones(train_images):
+    """Within a period and across periods: an input's targets for a block come from the teacher
+    once; a later period's new block runs it again for that block only; a budget too small
+    for a block leaves every batch to the teacher."""
     from archnet.distill.inputs import as_inputs
     from archnet.distill.taps import KeptTargets
     _, _, taps = _fresh_graph("4w4a", train_images)
     data = as_inputs(train_images[:40])
-    calls = []
-    real = taps.features
-
-    def counted(*inputs, **kwargs):
-        calls.append(len(inputs[0]))
-        return real(*inputs, **kwargs)
-    taps.features = counted
-    kept = KeptTargets(taps, data, [1, 2])
-    assert kept.enabled
+    kept = KeptTargets(taps, data)
+    assert kept.keep == set(range(len(taps.taps)))
     gen = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        idx = torch.randint(0, 40, (16,), generator=gen)
-        got = kept.features(idx)
-        fresh = real(*data.teacher(idx))
-        assert got[0] is None and len(got) == 3
-        for b in (1, 2):
-            torch.testing.assert_close(got[b], fresh[b], rtol=1e-5, atol=1e-5)
-    assert sum(calls[1:]) == len(kept.kept) <= 40       # each input through the teacher once
-    assert not KeptTargets(taps, data, [1, 2], budget_bytes=1000).enabled
+    seen = set()
+    for blocks in ([1, 2], [2, 3]):
+        before, fresh_seen = kept.teacher_inputs, set()
+        for _ in range(6):
+            idx = torch.randint(0, 40, (16,), generator=gen)
+            got = kept.features(idx, blocks)
+            fresh = taps.features(*data.teacher(idx))
+            assert got[0] is None and len(got) == len(taps.taps)
+            for b in blocks:
+                torch.testing.assert_close(got[b], fresh[b], rtol=1e-5, atol=1e-5)
+            fresh_seen |= set(idx.tolist())
+        # [1, 2]: each input once; [2, 3]: block 3 is new, so each input once more
+        assert kept.teacher_inputs - before == len(fresh_seen if blocks == [2, 3] else
+                                                   fresh_seen - seen)
+        seen |= fresh_seen
+    small = KeptTargets(taps, data, budget_bytes=1000)
+    assert small.keep == set()
+    idx = torch.arange(8)
+    small.features(idx, [1])
+    small.features(idx, [1])
+    assert small.teacher_inputs == 16
 
 
 def test_teacher_taps_stop_after_the_last_tap_a_period_needs(train_images):
