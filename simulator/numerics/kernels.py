@@ -772,10 +772,12 @@ def _conv_vnni8_n32(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, 
         xbase = bi * img_words
         for xb in range(nxb):
             ox0 = xb * 12
-            a000 = _vzero(); a001 = _vzero(); a010 = _vzero(); a011 = _vzero(); a020 = _vzero(); a021 = _vzero()  # noqa: E702
-            a030 = _vzero(); a031 = _vzero(); a040 = _vzero(); a041 = _vzero(); a050 = _vzero(); a051 = _vzero()  # noqa: E702
-            a060 = _vzero(); a061 = _vzero(); a070 = _vzero(); a071 = _vzero(); a080 = _vzero(); a081 = _vzero()  # noqa: E702
-            a090 = _vzero(); a091 = _vzero(); a100 = _vzero(); a101 = _vzero(); a110 = _vzero(); a111 = _vzero()  # noqa: E702
+            a000 = _vzero(); a001 = _vzero(); a010 = _vzero(); a011 = _vzero()  # noqa: E702
+            a020 = _vzero(); a021 = _vzero(); a030 = _vzero(); a031 = _vzero()  # noqa: E702
+            a040 = _vzero(); a041 = _vzero(); a050 = _vzero(); a051 = _vzero()  # noqa: E702
+            a060 = _vzero(); a061 = _vzero(); a070 = _vzero(); a071 = _vzero()  # noqa: E702
+            a080 = _vzero(); a081 = _vzero(); a090 = _vzero(); a091 = _vzero()  # noqa: E702
+            a100 = _vzero(); a101 = _vzero(); a110 = _vzero(); a111 = _vzero()  # noqa: E702
             step = sw * cwn
             for ky in range(kh):
                 iy = oy * sh + ky * dh
@@ -809,18 +811,30 @@ def _conv_vnni8_n32(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, 
                         i09 = b09 + cw
                         i10 = b10 + cw
                         i11 = b11 + cw
-                        a000 = _vdpbusd(a000, w0, xf, i00); a001 = _vdpbusd(a001, w1, xf, i00)  # noqa
-                        a010 = _vdpbusd(a010, w0, xf, i01); a011 = _vdpbusd(a011, w1, xf, i01)  # noqa
-                        a020 = _vdpbusd(a020, w0, xf, i02); a021 = _vdpbusd(a021, w1, xf, i02)  # noqa
-                        a030 = _vdpbusd(a030, w0, xf, i03); a031 = _vdpbusd(a031, w1, xf, i03)  # noqa
-                        a040 = _vdpbusd(a040, w0, xf, i04); a041 = _vdpbusd(a041, w1, xf, i04)  # noqa
-                        a050 = _vdpbusd(a050, w0, xf, i05); a051 = _vdpbusd(a051, w1, xf, i05)  # noqa
-                        a060 = _vdpbusd(a060, w0, xf, i06); a061 = _vdpbusd(a061, w1, xf, i06)  # noqa
-                        a070 = _vdpbusd(a070, w0, xf, i07); a071 = _vdpbusd(a071, w1, xf, i07)  # noqa
-                        a080 = _vdpbusd(a080, w0, xf, i08); a081 = _vdpbusd(a081, w1, xf, i08)  # noqa
-                        a090 = _vdpbusd(a090, w0, xf, i09); a091 = _vdpbusd(a091, w1, xf, i09)  # noqa
-                        a100 = _vdpbusd(a100, w0, xf, i10); a101 = _vdpbusd(a101, w1, xf, i10)  # noqa
-                        a110 = _vdpbusd(a110, w0, xf, i11); a111 = _vdpbusd(a111, w1, xf, i11)  # noqa
+                        a000 = _vdpbusd(a000, w0, xf, i00)
+                        a001 = _vdpbusd(a001, w1, xf, i00)
+                        a010 = _vdpbusd(a010, w0, xf, i01)
+                        a011 = _vdpbusd(a011, w1, xf, i01)
+                        a020 = _vdpbusd(a020, w0, xf, i02)
+                        a021 = _vdpbusd(a021, w1, xf, i02)
+                        a030 = _vdpbusd(a030, w0, xf, i03)
+                        a031 = _vdpbusd(a031, w1, xf, i03)
+                        a040 = _vdpbusd(a040, w0, xf, i04)
+                        a041 = _vdpbusd(a041, w1, xf, i04)
+                        a050 = _vdpbusd(a050, w0, xf, i05)
+                        a051 = _vdpbusd(a051, w1, xf, i05)
+                        a060 = _vdpbusd(a060, w0, xf, i06)
+                        a061 = _vdpbusd(a061, w1, xf, i06)
+                        a070 = _vdpbusd(a070, w0, xf, i07)
+                        a071 = _vdpbusd(a071, w1, xf, i07)
+                        a080 = _vdpbusd(a080, w0, xf, i08)
+                        a081 = _vdpbusd(a081, w1, xf, i08)
+                        a090 = _vdpbusd(a090, w0, xf, i09)
+                        a091 = _vdpbusd(a091, w1, xf, i09)
+                        a100 = _vdpbusd(a100, w0, xf, i10)
+                        a101 = _vdpbusd(a101, w1, xf, i10)
+                        a110 = _vdpbusd(a110, w0, xf, i11)
+                        a111 = _vdpbusd(a111, w1, xf, i11)
             p = ox0 * 32
             _vstore(row, p + 0, a000); _vstore(row, p + 16, a001)  # noqa: E702
             _vstore(row, p + 32, a010); _vstore(row, p + 48, a011)  # noqa: E702
@@ -870,13 +884,25 @@ def _position_out(sums, cb, ep, mult, shift, fscale, acc_tile, tile):
         mx = max(mx, v)
         e += (v < lo) | (v > hi)
         acc_tile[o] = _accumulator(v, lo, hi, bits, wrap)
+    # one loop per rounding mode, the mode a constant in each: branch-free vector loops
     if rq == EP_FLOAT:
         for o in range(acc_tile.size):
             tile[o] = _requant_one_float(acc_tile[o] - azp, fscale[o], yzp, qmin, qmax)
-    elif rq != EP_NONE:
+    elif rq == 0:
         for o in range(acc_tile.size):
-            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], rq, rbits, yzp, qmin,
-                                   qmax)
+            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 0, rbits, yzp, qmin, qmax)
+    elif rq == 1:
+        for o in range(acc_tile.size):
+            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 1, rbits, yzp, qmin, qmax)
+    elif rq == 2:
+        for o in range(acc_tile.size):
+            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 2, rbits, yzp, qmin, qmax)
+    elif rq == 3:
+        for o in range(acc_tile.size):
+            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 3, rbits, yzp, qmin, qmax)
+    elif rq == 4:
+        for o in range(acc_tile.size):
+            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 4, rbits, yzp, qmin, qmax)
     return e, mn, mx
 
 
