@@ -179,7 +179,10 @@ class _PeriodNet(nn.Module):
                 q_in: QTensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``x_in``/``q_in``: the frozen prefix's output as floats / as the chip's integers
         (``q_in`` only when the forward runs on the chip's integers)."""
-        x = self.student.input(images) if self.first == 0 else x_in
+        if self.first == 0:
+            x = self.student.input(images)
+        else:   # the simulator's integers come NCHW: once here, not in every conv reading them
+            x = x_in.contiguous(memory_format=torch.channels_last) if x_in.dim() == 4 else x_in
         q = None
         if self.arith is not None:
             with torch.no_grad():

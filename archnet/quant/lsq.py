@@ -51,7 +51,7 @@ class _LsqFakeQuant(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         inside, ds = ctx.saved_tensors
-        gx = grad * inside if ctx.needs_input_grad[0] else None
+        gx = torch.where(inside, grad, 0.0) if ctx.needs_input_grad[0] else None
         gs = (grad * ds).sum_to_size(ctx.step_shape) if ctx.needs_input_grad[1] else None
         return gx, gs, None, None
 
