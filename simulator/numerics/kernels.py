@@ -884,25 +884,13 @@ def _position_out(sums, cb, ep, mult, shift, fscale, acc_tile, tile):
         mx = max(mx, v)
         e += (v < lo) | (v > hi)
         acc_tile[o] = _accumulator(v, lo, hi, bits, wrap)
-    # one loop per rounding mode, the mode a constant in each: branch-free vector loops
     if rq == EP_FLOAT:
         for o in range(acc_tile.size):
             tile[o] = _requant_one_float(acc_tile[o] - azp, fscale[o], yzp, qmin, qmax)
-    elif rq == 0:
+    elif rq != EP_NONE:
         for o in range(acc_tile.size):
-            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 0, rbits, yzp, qmin, qmax)
-    elif rq == 1:
-        for o in range(acc_tile.size):
-            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 1, rbits, yzp, qmin, qmax)
-    elif rq == 2:
-        for o in range(acc_tile.size):
-            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 2, rbits, yzp, qmin, qmax)
-    elif rq == 3:
-        for o in range(acc_tile.size):
-            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 3, rbits, yzp, qmin, qmax)
-    elif rq == 4:
-        for o in range(acc_tile.size):
-            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], 4, rbits, yzp, qmin, qmax)
+            tile[o] = _requant_one(acc_tile[o] - azp, mult[o], shift[o], rq, rbits, yzp, qmin,
+                                   qmax)
     return e, mn, mx
 
 
