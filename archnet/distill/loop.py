@@ -350,6 +350,22 @@ def distill(student: ArchNetStudent, teacher: nn.Module, images, profile: ChipPr
     return DistillResult(student, history, seconds, sim_seconds, resumed_from)
 
 
+class _Laps:
+    """Seconds per phase of a loop: ``lap(name)`` adds the time since the last mark to name."""
+
+    def __init__(self, *names: str):
+        self.seconds = dict.fromkeys(names, 0.0)
+        self.mark = time.perf_counter()
+
+    def start(self) -> None:
+        self.mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] += now - self.mark
+        self.mark = now
+
+
 @contextmanager
 def _channels_last(*modules: nn.Module):
     """Train with 4-D weights channels-last (NHWC), then give them back in the standard layout:
@@ -412,8 +428,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     bar = tqdm(total=steps, desc=label, unit="step", leave=False,
                disable=(not dist.is_main()) or (None if cfg.progress is None else not cfg.progress))
     losses, part_sums, mixed = [], None, 0
-    phases = dict.fromkeys(("teacher", "student_forward", "backward", "optimizer"), 0.0)
-    clock = time.perf_counter
+    laps = _Laps("teacher", "student_forward", "backward", "optimizer")
     for step, idx in enumerate(_batches(len(data), cfg.batch_size, steps, gen)):
         idx = idx[lo:lo + per_rank]
         batch, side = data.student(idx)
@@ -437,23 +452,23 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
             x_in = rescale(cache[idx])
             if chip_forward:
                 q_in = frozen.qtensor(cache[idx])
-        t = clock()
+        laps.start()
         targets = taps.features(*teacher_in, blocks=blocks) if mixed_now else \
             kept.features(idx, blocks)
-        t, phases["teacher"] = clock(), phases["teacher"] + clock() - t
+        laps.lap("teacher")
         loss, parts = model(batch, x_in, targets, side, q_in)
         value = float(loss.detach())
-        t, phases["student_forward"] = clock(), phases["student_forward"] + clock() - t
+        laps.lap("student_forward")
         if not math.isfinite(value):
             bar.close()
             raise DistillError(f"{label} step {step}: loss is {value}; stopped. The last good "
                                f"checkpoint is kept (lower --lr, or check the data for NaN)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        t, phases["backward"] = clock(), phases["backward"] + clock() - t
+        laps.lap("backward")
         opt.step()
         sched.step()
-        phases["optimizer"] += clock() - t
+        laps.lap("optimizer")
         losses.append(value)
         stacked = torch.stack(parts)
         part_sums = stacked if part_sums is None else part_sums + stacked
@@ -482,7 +497,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
         "seconds": round(time.perf_counter() - t0, 3),
     }
     # where the period's time went: the rest (batches, mixup, the loss's bookkeeping) is "other"
-    phases["simulator"] = sim_seconds
+    phases = {**laps.seconds, "simulator": sim_seconds}
     phases["other"] = max(0.0, entry["seconds"] - sum(phases.values()))
     entry["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
     if dist.is_main():

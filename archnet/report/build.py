@@ -401,7 +401,7 @@ def write_files(data: ReportData, folder: Path) -> list[str]:
                   [f"data: {code('convert.json')}, written by {code(run.command)}",
                    f"profile: {code(show_path(run.profile_path))}",
                    f"images: {run.summary.get('images')} unlabeled {run.dataset} training images"])
-        phases = [c for c in hdf.columns if c.removesuffix("_seconds") in tables.PHASES]
+        phases = [c for c in hdf.columns if c.endswith("_phase_seconds")]
         md.table(tables.markdown_table(hdf[["period", "new_block", "blocks", "steps", "loss_first",
                                             "loss_last", "seconds", "simulator_share",
                                             *phases]]))

@@ -193,21 +193,21 @@ def history_frame(summary: dict) -> pd.DataFrame:
                      "simulator_in_loop": h.get("simulator_in_loop"),
                      "simulator_images": h.get("simulator_images"),
                      "chip_forward": bool(h.get("chip_forward", False)),
-                     **{f"{k}_seconds": v for k, v in (h.get("phase_seconds") or {}).items()
-                        if k in PHASES}})
+                     **phase_columns(h)})
+    phases = list(dict.fromkeys(k for r in rows for k in r if k.endswith("_phase_seconds")))
     df = pd.DataFrame(rows, columns=["period", "new_block", "blocks", "steps", "loss_first",
                                      "loss_last", "seconds", "simulator_seconds",
                                      "simulator_share", "simulator_in_loop", "simulator_images",
-                                     "chip_forward", *(f"{k}_seconds" for k in PHASES)])
-    # the column of a run that trained some period on the chip's integers (--chip-forward), and
-    # the phases of a run that timed them
-    df = df if df["chip_forward"].any() else df.drop(columns="chip_forward")
-    untimed = [f"{k}_seconds" for k in PHASES if df[f"{k}_seconds"].isna().all()]
-    return df.drop(columns=untimed)
+                                     "chip_forward", *phases])
+    # the column of a run that trained some period on the chip's integers (--chip-forward)
+    return df if df["chip_forward"].any() else df.drop(columns="chip_forward")
 
 
-# where a period's time goes, as the distillation loop times it (besides the simulator)
-PHASES = ("teacher", "student_forward", "backward", "optimizer", "other")
+def phase_columns(period: dict) -> dict:
+    """Where a period's time went, as the distillation loop timed it (``phase_seconds`` of
+    convert.json; none in older runs), the simulator's part left to its own column."""
+    return {f"{k}_phase_seconds": v for k, v in (period.get("phase_seconds") or {}).items()
+            if k != "simulator"}
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:

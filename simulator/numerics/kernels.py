@@ -553,6 +553,12 @@ def _store_transposed(tile, stride, oc0, nj, oy, oh, ow, out):
 
 
 @njit(inline="always", **_JIT)
+def _image(out, bi, size):
+    """Image bi's part of a flattened batch output (an empty array stays empty: not asked)."""
+    return out[bi * size:(bi + 1) * size] if out.size else out
+
+
+@njit(inline="always", **_JIT)
 def _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb, ep, mult, shift, fscale,
                   acc_out, y_out, lanes=64):
     """row[ox * lanes + j] (the exact sum less cb) -> the accumulator of channel oc0 + j at (oy,
@@ -662,10 +668,9 @@ def _conv_vnni16(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep,
             _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
             _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
-        acc_i = acc_out[bi * osz:(bi + 1) * osz] if acc_out.size else acc_out
-        y_i = y_out[bi * osz:(bi + 1) * osz] if y_out.size else y_out
         ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
-                                                ep, mult, shift, fscale, acc_i, y_i)
+                                                ep, mult, shift, fscale, _image(acc_out, bi, osz),
+                                                _image(y_out, bi, osz))
 
 
 @njit(**_JIT)
@@ -748,10 +753,9 @@ def _conv_vnni8(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, ep, 
             _vstore(row, p + 288, a42); _vstore(row, p + 304, a43)  # noqa: E702
             _vstore(row, p + 320, a50); _vstore(row, p + 336, a51)  # noqa: E702
             _vstore(row, p + 352, a52); _vstore(row, p + 368, a53)  # noqa: E702
-        acc_i = acc_out[bi * osz:(bi + 1) * osz] if acc_out.size else acc_out
-        y_i = y_out[bi * osz:(bi + 1) * osz] if y_out.size else y_out
         ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, oc0, oc, oy, oh, ow, cb,
-                                                ep, mult, shift, fscale, acc_i, y_i)
+                                                ep, mult, shift, fscale, _image(acc_out, bi, osz),
+                                                _image(y_out, bi, osz))
 
 
 @njit(**_JIT)
@@ -848,10 +852,9 @@ def _conv_vnni8_n32(t0, t1, xf, wp, kh, kw, sh, sw, dh, dw, wpe, cwn, opad, cb, 
             _vstore(row, p + 288, a090); _vstore(row, p + 304, a091)  # noqa: E702
             _vstore(row, p + 320, a100); _vstore(row, p + 336, a101)  # noqa: E702
             _vstore(row, p + 352, a110); _vstore(row, p + 368, a111)  # noqa: E702
-        acc_i = acc_out[bi * osz:(bi + 1) * osz] if acc_out.size else acc_out
-        y_i = y_out[bi * osz:(bi + 1) * osz] if y_out.size else y_out
         ev[t], mins[t], maxs[t] = _vnni_row_out(row, tile, acc_tile, 0, oc, oy, oh, ow, cb, ep,
-                                                mult, shift, fscale, acc_i, y_i, 32)
+                                                mult, shift, fscale, _image(acc_out, bi, osz),
+                                                _image(y_out, bi, osz), 32)
 
 
 @njit(**_JIT)
@@ -1578,10 +1581,9 @@ class _FusedRequant:
         return prepared.mode is RequantMode.FLOAT_SCALE or bool(
             sh.size and sh.min() >= 0 and sh.max() <= 62)
 
-    def arrays(self, b0: int, b1: int | None = None):
-        """The constants and the output of images b0..b1 (one image: b0), flattened."""
-        y = self.y[b0] if b1 is None else self.y[b0:b1]
-        return self.mult, self.shift, self.fscale, y.reshape(-1)
+    def arrays(self, b0: int, b1: int):
+        """The constants and the output of images b0..b1, flattened."""
+        return self.mult, self.shift, self.fscale, self.y[b0:b1].reshape(-1)
 
 
 def conv_plan(x, w, bias, x_zp, w_zp, groups, acc: AccumulatorSpec) -> MacPlan:
@@ -1667,7 +1669,8 @@ class PreparedConv:
         _run_tasks(_pack_nhwc_repeat, h, 8 * x[bi].size, x, bi, zx, oc // c, pt, pl, xp)
         ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
             fused.ep if fused is not None else _NO_REQUANT)
-        mult, shift, fscale, y = fused.arrays(bi) if fused is not None else _NO_REQUANT_ARRAYS
+        mult, shift, fscale, y = fused.arrays(bi, bi + 1) if fused is not None else \
+            _NO_REQUANT_ARRAYS
         ev, mins, maxs = (np.zeros(oh, np.int64) for _ in range(3))
         key = ("depthwise", np.dtype(dtype).str, opad)   # weights [kh, kw, opad]
         if key not in self._engines:
@@ -1801,7 +1804,7 @@ def _conv(x, prepared: PreparedConv, x_zp, acc, requant=None, keep_acc=True, x_r
         if plan.path in ("vnni8", "vnni16"):
             engine = prepared.engine(plan.path, x.shape, oh, ow)
             stats.add(*engine.run(x[bi:bi + 1], zx, prepared.b, plan,
-                                  acc_bi if out is None else out[bi:bi + 1], fused, bi))
+                                  _NO_ACC if out is None else out[bi:bi + 1], fused, bi))
             continue
         if (prepared.depthwise and plan.kind == "gemm" and plan.path != "int64"
                 and "depthwise" not in DISABLED_PATHS):

@@ -218,6 +218,8 @@ def test_a_batch_of_images_runs_in_one_vnni_call(monkeypatch, x_range, oc):
                                                   prepared, 1, 0, 4, 0, 255, True,
                                                   x_range=x_range)
     assert calls == [5]
+    engine, = (e for key, e in conv._engines.items() if key[0] == "vnni8")
+    assert engine.n32 == (oc <= 32)      # the 12 x 32 tile for at most 32 channels
     assert stats == want_stats
     np.testing.assert_array_equal(got_acc, want_acc)
     np.testing.assert_array_equal(y, want)

@@ -358,7 +358,23 @@ def test_teacher_taps_stop_after_the_last_tap_a_period_needs(train_images):
     assert torch.equal(twice.features(v, blocks=[0])[0], want)
 
 
-def test_the_distilled_student_comes_back_in_the_standard_layout(distilled_2w4a):
-    """Training runs channels-last; what distillation returns (and exports) is contiguous."""
-    _, result = distilled_2w4a
+def test_training_runs_channels_last_and_times_its_phases(train_images, tmp_path):
+    """During the periods the convs' weights are channels-last (oneDNN's fast layout); what
+    distillation returns (and exports) is contiguous again; each period records where its
+    time went."""
+    teacher, student = _fresh("4w4a", train_images)
+    layouts = []
+
+    def seen(period, step, loss):
+        weights = [p for p in student.parameters() if p.dim() == 4 and p.shape[1] > 1]
+        layouts.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in weights))
+    result = distill(student, teacher, train_images[:64], CHIP, _cfg(steps_per_period=1),
+                     tmp_path, log=lambda _m: None, step_callback=seen)
+    assert layouts and all(layouts)
     assert all(p.is_contiguous() for p in result.student.parameters())
+    for h in result.history:
+        phases = h["phase_seconds"]
+        assert set(phases) == {"teacher", "student_forward", "backward", "optimizer",
+                               "simulator", "other"}
+        assert min(phases.values()) >= 0
+        assert sum(phases.values()) == pytest.approx(h["seconds"], abs=0.01)
