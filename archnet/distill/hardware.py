@@ -101,6 +101,18 @@ class HardwarePrefix:
         value = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
         return torch.from_numpy(np.ascontiguousarray(value)).to(self.dtype)
 
+    def run_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``run`` over images [N, ...] with no side inputs, in chunks of ``batch_size`` (the
+        last one padded with its first image, so that one Program serves them all)."""
+        bs, parts = self.batch_size, []
+        for start in range(0, len(images), bs):
+            chunk = images[start:start + bs]
+            real = len(chunk)
+            if real < bs and len(images) > bs:
+                chunk = torch.cat([chunk, chunk[:1].expand(bs - real, *chunk.shape[1:])])
+            parts.append(self.run(chunk)[:real])
+        return torch.cat(parts) if parts else torch.zeros((0, *self.out_shape), dtype=self.dtype)
+
     def run_all(self, data, desc: str = "simulator", progress: bool | None = None,
                 boundary: torch.Tensor | None = None) -> torch.Tensor:
         """``run`` over a whole input set (``archnet.distill.inputs``, or an image tensor) in
@@ -138,6 +150,56 @@ class HardwarePrefix:
     def qtensor(self, value: torch.Tensor) -> QTensor:
         """Integers -> the QTensor the next block's integer forward reads."""
         return QTensor(value.to(torch.int64), self.scale, self.qtype)
+
+
+class MixedPrefix:
+    """The frozen prefix on the simulator for a period's mixed batches (their pixels have no kept
+    integers), run ahead of the training steps: the mixed batches of the next ``window`` images'
+    worth of steps go through in chunks of ``batch_size``. In bulk the simulator costs 10 % to
+    30 % less per image than one training batch at a time between PyTorch's own parallel ops,
+    and the integers are the same (the simulator is deterministic and batch-independent).
+    ``schedule``: the period's (indices, mixup draw or None) per step, drawn up front."""
+
+    def __init__(self, student: ArchNetStudent, n_blocks: int, profile: ChipProfile, backend: str,
+                 batch_size: int, data, schedule: list, window: int | None = None):
+        self.hw = HardwarePrefix(student, n_blocks, profile, backend, batch_size)
+        self.data, self.schedule = data, schedule
+        self.window = window or 4 * batch_size
+        self.ready: dict[int, torch.Tensor] = {}
+
+    @property
+    def seconds(self) -> float:
+        return self.hw.seconds
+
+    @property
+    def images_run(self) -> int:
+        return self.hw.images_run
+
+    def outputs(self, step: int) -> torch.Tensor:
+        """The prefix's output integers for step ``step``'s mixed batch."""
+        if step not in self.ready:
+            self._run_ahead(step)
+        return self.ready.pop(step)
+
+    def _run_ahead(self, step: int) -> None:
+        steps, images, total = [], [], 0
+        for k in range(step, len(self.schedule)):
+            idx, draw = self.schedule[k]
+            if draw is None:
+                continue
+            if total >= self.window:
+                break
+            steps.append(k)
+            images.append(self.data.mixed(idx, draw))
+            total += len(idx)
+        if not steps or steps[0] != step:
+            raise ValueError(f"step {step} has no mixed batch")
+        ints = self.hw.run_images(torch.cat(images))
+        for k, part in zip(steps, torch.split(ints, [len(x) for x in images]), strict=True):
+            self.ready[k] = part
+
+    def qtensor(self, value: torch.Tensor) -> QTensor:
+        return self.hw.qtensor(value)
 
 
 def _blocks_digest(student: ArchNetStudent, n_blocks: int) -> str:

@@ -38,9 +38,14 @@ class ImageInputs:
     def token_mask(self, idx) -> None:
         return None
 
-    def mix(self, x: torch.Tensor, generator: torch.Generator, alpha: float) -> torch.Tensor:
-        from archnet.distill.losses import mixup
-        return mixup(x, generator, alpha)
+    def mix(self, x: torch.Tensor, draw: tuple[float, torch.Tensor]) -> torch.Tensor:
+        """The batch x mixed up as ``losses.mixup_draw`` drew it."""
+        from archnet.distill.losses import mixup_apply
+        return mixup_apply(x, *draw)
+
+    def mixed(self, idx, draw: tuple[float, torch.Tensor]) -> torch.Tensor:
+        """The student's (and teacher's) input of a mixed batch."""
+        return self.mix(self.images[idx], draw)
 
     @staticmethod
     def block_loss(x, target, side: dict, head: bool, cfg) -> torch.Tensor:
@@ -84,8 +89,10 @@ class TokenInputs:
         """Which tokens are real (1) or padding (0), [sentences, tokens]."""
         return self.mask[idx]
 
-    def mix(self, x, generator, alpha):
+    def mix(self, x, draw):
         raise DataError("token inputs cannot be mixed up")
+
+    mixed = mix
 
     def block_loss(self, x, target, side: dict, head: bool, cfg) -> torch.Tensor:
         """Over the tokens the mask keeps; the head (the token embeddings) adds the cosine of

@@ -24,7 +24,8 @@ tables, the integer softmax), training follows the integers. It costs one intege
 window per step.
 
 No labels exist here: the data is an ``UnlabeledImages``. A fraction of batches is mixup of
-two images (their simulator prefix computed for the mixed pixels on the fly). Adam, with a
+two images (the period's batches and mixes are drawn up front, so that the simulator runs the
+prefix on the mixed pixels ahead of the steps, in bulk: ``MixedPrefix``). Adam, with a
 cosine schedule restarting ``restarts`` times per period (and at every period).
 
 After each period a checkpoint (student, adapters, history) is written atomically to
@@ -57,9 +58,9 @@ from torch import nn
 from archnet import distributed as dist
 from archnet.distill.adapters import adapt, build_adapters
 from archnet.distill.checkpoint import load_checkpoint, save_atomic
-from archnet.distill.hardware import FrozenPrefix, HardwarePrefix
+from archnet.distill.hardware import FrozenPrefix, MixedPrefix
 from archnet.distill.inputs import as_inputs
-from archnet.distill.losses import block_weights
+from archnet.distill.losses import block_weights, mixup_draw
 from archnet.distill.taps import KeptTargets, TeacherTaps
 from archnet.errors import ConversionError, DistillError
 from archnet.quant.modules import QEmbedding
@@ -254,6 +255,21 @@ def _batches(n: int, batch: int, steps: int, gen: torch.Generator):
         pool = pool[batch:]
 
 
+def _schedule(data, cfg, steps: int, gen: torch.Generator, lo: int, per_rank: int) -> list:
+    """The period's batches drawn up front, in the order a step-by-step loop draws them (so the
+    same stream gives the same batches and mixes): per step, this rank's slice of the indices
+    and, for a mixed-up batch, its ``mixup_draw``, else None."""
+    schedule = []
+    for idx in _batches(len(data), cfg.batch_size, steps, gen):
+        idx = idx[lo:lo + per_rank]
+        draw = None
+        if data.mixable and cfg.mixup_fraction > 0 and \
+                float(torch.rand((), generator=gen)) < cfg.mixup_fraction:
+            draw = mixup_draw(gen, len(idx), cfg.mixup_alpha)
+        schedule.append((idx, draw))
+    return schedule
+
+
 def _fingerprint(student, teacher, data, profile, cfg) -> dict:
     """What a resumed run must share with the run it resumes (else it would train other weights)."""
     t_sum = float(sum(p.detach().double().sum() for p in teacher.state_dict().values()
@@ -395,7 +411,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     label = (f"period {periods}/{periods} (final: {names[first]}..{names[period]})" if final else
              f"period {period + 1}/{periods} ({'+'.join(names[first:period + 1])})")
     t0 = time.perf_counter()
-    hw, cache, rescale = None, None, None
+    cache, rescale = None, None
     sim_before = (frozen.seconds, frozen.images_run) if frozen else (0.0, 0)
     if first > 0:
         if frozen is not None:
@@ -427,25 +443,25 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     lo = dist.rank() * per_rank
     bar = tqdm(total=steps, desc=label, unit="step", leave=False,
                disable=(not dist.is_main()) or (None if cfg.progress is None else not cfg.progress))
-    losses, part_sums, mixed = [], None, 0
+    schedule = _schedule(data, cfg, steps, gen, lo, per_rank)
+    mixed = sum(draw is not None for _, draw in schedule)
+    ahead = MixedPrefix(student, first, profile, cfg.backend, cfg.sim_batch, data, schedule) \
+        if first > 0 and frozen is not None and mixed else None
+    losses, part_sums = [], None
     laps = _Laps("teacher", "student_forward", "backward", "optimizer")
-    for step, idx in enumerate(_batches(len(data), cfg.batch_size, steps, gen)):
-        idx = idx[lo:lo + per_rank]
+    for step, (idx, draw) in enumerate(schedule):
         batch, side = data.student(idx)
         teacher_in = data.teacher(idx)
-        x_in, q_in, mixed_now = None, None, False
-        if data.mixable and cfg.mixup_fraction > 0 and \
-                float(torch.rand((), generator=gen)) < cfg.mixup_fraction:
-            batch = data.mix(batch, gen, cfg.mixup_alpha)
+        x_in, q_in = None, None
+        if draw is not None:
+            batch = data.mix(batch, draw)
             teacher_in = (batch,)
-            mixed, mixed_now = mixed + 1, True
-            if first > 0 and frozen is not None:
+            if ahead is not None:
                 # the mixed pixels have no kept integers: the whole prefix runs on them
-                hw = hw or HardwarePrefix(student, first, profile, cfg.backend, cfg.sim_batch)
-                ints = hw.run(batch, side)
+                ints = ahead.outputs(step)
                 x_in = rescale(ints)
                 if chip_forward:
-                    q_in = hw.qtensor(ints)
+                    q_in = ahead.qtensor(ints)
             elif first > 0:
                 x_in = _prefix_float(student, batch, side, first)
         elif first > 0:
@@ -453,7 +469,7 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
             if chip_forward:
                 q_in = frozen.qtensor(cache[idx])
         laps.start()
-        targets = taps.features(*teacher_in, blocks=blocks) if mixed_now else \
+        targets = taps.features(*teacher_in, blocks=blocks) if draw is not None else \
             kept.features(idx, blocks)
         laps.lap("teacher")
         loss, parts = model(batch, x_in, targets, side, q_in)
@@ -480,8 +496,9 @@ def _run_period(student, adapters, taps, data, profile, cfg, period, log, step_c
     bar.close()
     student.eval()
     on_chip = frozen is not None and first > 0
-    sim_seconds = sim_prefix + (hw.seconds if hw else 0.0)
-    sim_images = (frozen.images_run - sim_before[1] if frozen else 0) + (hw.images_run if hw else 0)
+    sim_seconds = sim_prefix + (ahead.seconds if ahead else 0.0)
+    sim_images = (frozen.images_run - sim_before[1] if frozen else 0) + \
+        (ahead.images_run if ahead else 0)
     tail = losses[-max(1, len(losses) // 10):]
     entry = {
         "period": n_blocks if final else period, "final": final,

@@ -68,13 +68,21 @@ def pooled_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch
                        (teacher.detach() * keep).sum(dim=1) / count)
 
 
-def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.4) -> torch.Tensor:
-    """Label-free mixup: convex combinations of shuffled images (no targets involved).
-
-    The weight is Beta(alpha, alpha), drawn from a NumPy stream seeded by ``generator`` (torch's
-    Beta sampler only reads the global RNG), so a resumed run mixes the same images as an
-    uninterrupted one."""
+def mixup_draw(generator: torch.Generator, n: int, alpha: float = 0.4
+               ) -> tuple[float, torch.Tensor]:
+    """A mixup of n images drawn: its weight, Beta(alpha, alpha) from a NumPy stream seeded by
+    ``generator`` (torch's Beta sampler only reads the global RNG, so a resumed run mixes the
+    same images as an uninterrupted one), and the partner of each image."""
     seed = int(torch.randint(2 ** 31 - 1, (), generator=generator))
     lam = float(np.random.default_rng(seed).beta(alpha, alpha)) if alpha > 0 else 1.0
-    order = torch.randperm(images.shape[0], generator=generator)
+    return lam, torch.randperm(n, generator=generator)
+
+
+def mixup_apply(images: torch.Tensor, lam: float, order: torch.Tensor) -> torch.Tensor:
+    """Label-free mixup: convex combinations of shuffled images (no targets involved)."""
     return lam * images + (1 - lam) * images[order]
+
+
+def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.4) -> torch.Tensor:
+    """``mixup_apply`` of a fresh ``mixup_draw``."""
+    return mixup_apply(images, *mixup_draw(generator, images.shape[0], alpha))

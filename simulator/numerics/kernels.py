@@ -38,10 +38,8 @@ How the MAC ops are made fast without changing a single bit:
   are 64 outputs per task held in 16 zmm registers for the whole reduction.
 
 Threads: the heavy kernels are serial ``nogil`` functions over a range of independent tasks,
-spread over a small pool of Python threads (``numba.config.NUMBA_NUM_THREADS`` of them). No
-numba parallel region is used: on a loaded machine (and next to OpenBLAS, whose workers spin
-after each call) OpenMP's spinning barriers made a 1 ms conv take 50 ms; blocked Python threads
-cost nothing while they wait, and the pool is safe to call from several threads at once.
+spread over a small pool of Python threads (``tasks.run_tasks``; ``tasks`` says why no numba
+parallel region is used).
 
 Arguments outside the domain the inner kernels are written for (a shift outside 0..62, a
 per-channel multiplier that does not match the axis, negative pads, ...) are handed to the
@@ -50,13 +48,7 @@ reference, which is the definition, so the answer is still the reference's.
 
 from __future__ import annotations
 
-import ctypes
-import itertools
 import math
-import os
-import platform
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -72,6 +64,7 @@ from simulator.contract import (INTERPOLATED_TABLE_ENTRIES, INTERPOLATION_FRACTI
 from simulator.numerics import fixed_point as fp
 from simulator.numerics import reference
 from simulator.numerics.fixed_point import OverflowStats, PreparedScale, signed_bits_needed
+from simulator.numerics.tasks import run_tasks, thread_count  # noqa: F401 - thread_count: benchmarks
 
 # data movement carries no arithmetic: the reference's functions are the kernels
 reshape = reference.reshape
@@ -84,7 +77,6 @@ FLOAT32_EXACT = 1 << 24   # every integer of magnitude <= 2**24 is a float32
 FLOAT64_EXACT = 1 << 53   # ... <= 2**53 is a float64
 INT32_LANE = 1 << 31
 LANE = 256                # outputs per vector lane block in the order-dependent engine
-PARALLEL_WORK = 1 << 20   # below this many scalar operations a kernel runs on the caller's thread
 COL_BUDGET_BYTES = 32 << 20  # an im2col chunk is at most this big
 
 _ROUNDING_CODE = {RoundingMode.FLOOR: 0, RoundingMode.HALF_UP: 1, RoundingMode.HALF_EVEN: 2,
@@ -174,113 +166,6 @@ def _tflite_multiply(acc, m, s):
     right = -exponent if exponent < 0 else 0
     x = _wrap(acc << left, 32)
     return _rdbpot(_srdhm(x, m), right)
-
-
-# ============================================================================ memory
-
-def _reuse_freed_memory() -> None:
-    """Ask glibc to keep freed blocks for reuse. By default a block over 128 KiB is mapped
-    afresh at each allocation and unmapped when freed (the threshold adapts, but not to arrays
-    of several sizes alive at once), so every layer's output is page-faulted in again: 0.65 ms
-    per 1.6 MB array on a 2-core VM, longer than the 115 MMAC conv that wrote it. Blocks up to
-    32 MiB now come from the heap, which keeps up to 128 MiB of free space before returning
-    it. Left alone where the user set either threshold (MALLOC_*_THRESHOLD_) or the C library
-    is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or any(
-            f"MALLOC_{k}_THRESHOLD_" in os.environ for k in ("MMAP", "TRIM")):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    m_trim_threshold, m_mmap_threshold = -1, -3   # malloc.h
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 128 << 20)
-
-
-_reuse_freed_memory()
-
-
-# ============================================================================ threads
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool_after_fork() -> None:
-    """A forked child has none of the parent's threads: start a fresh pool there if needed."""
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def thread_count() -> int:
-    """Threads the heavy kernels use: numba's own setting (NUMBA_NUM_THREADS), at least 1."""
-    return max(1, int(numba.config.NUMBA_NUM_THREADS))
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max(1, thread_count() - 1),
-                                       thread_name_prefix="archnet-kernels")
-        return _POOL
-
-
-class _Pieces:
-    """Task ranges claimed one at a time by whichever thread is free (the caller included)."""
-
-    def __init__(self, fn, bounds, args):
-        self.fn, self.bounds, self.args = fn, bounds, args
-        self.claims = itertools.count()   # next() is atomic under the GIL
-        self.lock = threading.Lock()
-        self.finished = 0
-        self.error: BaseException | None = None
-        self.all_done = threading.Event()
-
-    def work(self) -> None:
-        pieces = len(self.bounds) - 1
-        while True:
-            i = next(self.claims)
-            if i >= pieces:
-                return
-            try:
-                if self.error is None:
-                    self.fn(self.bounds[i], self.bounds[i + 1], *self.args)
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
-                self.error = exc
-            with self.lock:
-                self.finished += 1
-                if self.finished == pieces:
-                    self.all_done.set()
-
-
-def _run_tasks(fn, ntask: int, work: int, *args) -> None:
-    """fn(t0, t1, *args) for task ranges covering [0, ntask), on the pool when it pays.
-
-    ``fn`` is a serial ``nogil`` kernel whose tasks write disjoint outputs; ``work`` estimates
-    the scalar operations of the whole call. The calling thread works too and the pool's
-    threads join in as they wake, each claiming the next range: on a busy machine, where a
-    sleeping thread may take milliseconds to be scheduled, the call never waits for a thread
-    that has not started, and the ranges are finer than the threads (8 per thread) so that a
-    thread slowed in the middle of one holds the others up as little as possible.
-    """
-    threads = thread_count()
-    if threads == 1 or ntask < 2 or work < PARALLEL_WORK:
-        fn(0, ntask, *args)
-        return
-    pieces = min(ntask, 8 * threads)
-    job = _Pieces(fn, [ntask * i // pieces for i in range(pieces + 1)], args)
-    for _ in range(threads - 1):
-        _executor().submit(job.work)
-    job.work()
-    job.all_done.wait()
-    if job.error is not None:
-        raise job.error
 
 
 # ============================================================================ SIMD vocabulary
@@ -1444,21 +1329,21 @@ class MacPlan:
                     col = padded
                 ntask = rr * (jp // ZMM_LANES)
                 ev, mins, maxs = (np.zeros(ntask, np.int64) for _ in range(3))
-                _run_tasks(_per_mac_lanes_zmm, ntask, 8 * work, a, col.reshape(-1), jp, jj,
+                run_tasks(_per_mac_lanes_zmm, ntask, 8 * work, a, col.reshape(-1), jp, jj,
                            rows_per_group, bias_r, bias_j, self.lo, self.hi, out, r0, c0, ev,
                            mins, maxs)
             elif self.path == "int32" and self.step == 1:
-                _run_tasks(_per_mac_lanes_i32, ntask, 8 * work, a, col, rows_per_group, bias_r,
+                run_tasks(_per_mac_lanes_i32, ntask, 8 * work, a, col, rows_per_group, bias_r,
                            bias_j, self.lo, self.hi, out, r0, c0, ev, mins, maxs)
             else:
-                _run_tasks(_saturating_lanes, ntask, 8 * work, a, col, rows_per_group, bias_r,
+                run_tasks(_saturating_lanes, ntask, 8 * work, a, col, rows_per_group, bias_r,
                            bias_j, self.lo, self.hi, self.step, out, r0, c0, ev, mins, maxs)
             if ntask == 0:
                 return 0, 0, 0
             return int(ev.sum()), int(mins.min()), int(maxs.max())
         if self.path == "int64":
             g = np.empty((a.shape[0], col.shape[1]), np.int64)
-            _run_tasks(_gemm_exact, ntask, 2 * work, a, col, rows_per_group, g)
+            run_tasks(_gemm_exact, ntask, 2 * work, a, col, rows_per_group, g)
         else:
             groups = a.shape[0] // rows_per_group
             kk = a.shape[1]
@@ -1529,15 +1414,15 @@ class _VnniConv:
             xq = np.full((n, self.hp, self.wpe, 4 * self.cwn), zx + off, np.uint8)
             if 4 * self.cwn > x.shape[1]:
                 xq[..., x.shape[1]:] = 0      # channels past C: their weights are 0
-            _run_tasks(_pack_nhwc_u8, n, 2 * x.size, x, off, self.pads[0], self.pads[1], xq)
+            run_tasks(_pack_nhwc_u8, n, 2 * x.size, x, off, self.pads[0], self.pads[1], xq)
             cb = b - (zx + off) * self.wsum
             kernel = _conv_vnni8_n32 if self.n32 else _conv_vnni8
         else:
             xq = np.zeros((n, self.hp, self.wpe, 2 * self.cwn), np.int16)
-            _run_tasks(_pack_nhwc16, n, 2 * x.size, x, zx, self.pads[0], self.pads[1], xq)
+            run_tasks(_pack_nhwc16, n, 2 * x.size, x, zx, self.pads[0], self.pads[1], xq)
             cb = b
             kernel = _conv_vnni16
-        _run_tasks(kernel, ntask, n * self.work, xq.view(np.int32).ravel(), self.wp,
+        run_tasks(kernel, ntask, n * self.work, xq.view(np.int32).ravel(), self.wp,
                    *self.geometry, self.wpe, self.cwn, self.opad, cb, ep, *arrays[:3], self.oc,
                    self.oh, self.ow, acc_out.reshape(-1), arrays[3], ev, mins, maxs,
                    self.hp * self.wpe * self.cwn)
@@ -1666,7 +1551,7 @@ class PreparedConv:
         if zmm:
             dtype = np.int16
         xp = np.zeros((hp, wp, opad), dtype)
-        _run_tasks(_pack_nhwc_repeat, h, 8 * x[bi].size, x, bi, zx, oc // c, pt, pl, xp)
+        run_tasks(_pack_nhwc_repeat, h, 8 * x[bi].size, x, bi, zx, oc // c, pt, pl, xp)
         ep = (plan.lo, plan.hi, plan.bits, int(plan.wrap)) + (
             fused.ep if fused is not None else _NO_REQUANT)
         mult, shift, fscale, y = fused.arrays(bi, bi + 1) if fused is not None else \
@@ -1678,7 +1563,7 @@ class PreparedConv:
             wk[:, :, :oc] = self.wz.reshape(oc, kh, kw).transpose(1, 2, 0)
             self._engines[key] = wk
         kernel = _depthwise_zmm if zmm else _depthwise
-        _run_tasks(kernel, oh, 4 * oc * oh * ow * kh * kw, xp, self._engines[key], sh, sw, dh,
+        run_tasks(kernel, oh, 4 * oc * oh * ow * kh * kw, xp, self._engines[key], sh, sw, dh,
                    dw, oh, ow, self.b, ep, mult, shift, fscale, acc_out.reshape(-1), y, ev,
                    mins, maxs)
         return int(ev.sum()), int(mins.min()), int(maxs.max())
@@ -1845,7 +1730,7 @@ def _conv_batch(x, bi, wz, b, zx, strides, pads, dilations, groups, oh, ow, acc,
         im2col_args = (x, bi, zx, row_c, row_ky, row_kx, sh, sw, dh, dw, pt, pl, oy0, oy1, ow,
                        col)
         if plan.kind == "lanes":
-            _run_tasks(_im2col, col.shape[0], col.size, *im2col_args)
+            run_tasks(_im2col, col.shape[0], col.size, *im2col_args)
         else:
             _im2col(0, col.shape[0], *im2col_args)
         stats.add(*plan.run(a, col, per_group, b, np.zeros(col.shape[1], np.int64), out2, 0,
@@ -2011,7 +1896,7 @@ def requantize(x, x_zp, prepared: PreparedScale, axis: int, y_zp: int, qmin: int
     zx, yzp, lo, hi = int(x_zp), int(y_zp), int(qmin), int(qmax)
     if prepared.mode is RequantMode.FLOAT_SCALE:
         f = np.ascontiguousarray(m, dtype=np.float32).ravel()
-        _run_tasks(_requant_float, ntask, flat.size, flat, inner, zx, f, yzp, lo, hi, out)
+        run_tasks(_requant_float, ntask, flat.size, flat, inner, zx, f, yzp, lo, hi, out)
     else:
         mult = np.ascontiguousarray(m, dtype=np.int64).ravel()
         shift = np.ascontiguousarray(s, dtype=np.int64).ravel()
@@ -2019,7 +1904,7 @@ def requantize(x, x_zp, prepared: PreparedScale, axis: int, y_zp: int, qmin: int
             return reference.requantize(x, x_zp, prepared, axis, y_zp, qmin, qmax)
         rnd = _ROUNDING_CODE[prepared.rounding]
         bits = min(max(int(prepared.result_bits), 1), 64)
-        _run_tasks(_requant_int, ntask, flat.size, flat, inner, zx, mult, shift, rnd, bits, yzp,
+        run_tasks(_requant_int, ntask, flat.size, flat, inner, zx, mult, shift, rnd, bits, yzp,
                    lo, hi, out)
     return out.reshape(v.shape)
 
@@ -2087,7 +1972,7 @@ def _pool_call(x, zx, kernel, strides, pads, kind, include_pad, rnd, dtype=np.in
     ow = conv_output_size(x.shape[3], kw, sw, pl, pr, 1)
     out = np.empty((x.shape[0], x.shape[1], oh, ow), dtype)
     if out.size:
-        _run_tasks(_pool, x.shape[0] * x.shape[1], out.size * kh * kw * 2, x, zx, int(kh),
+        run_tasks(_pool, x.shape[0] * x.shape[1], out.size * kh * kw * 2, x, zx, int(kh),
                    int(kw), int(sh), int(sw), pt, pl, oh, ow, kind, include_pad, rnd, out)
     return out
 
@@ -2137,7 +2022,7 @@ def add(a, a_zp, b, b_zp, multiplier_a, multiplier_b, shift, mode: RequantMode,
         return reference.add(a, a_zp, b, b_zp, multiplier_a, multiplier_b, shift, mode,
                              rounding, y_zp, qmin, qmax)
     single = RoundingMode.HALF_AWAY if rounding is RoundingMode.TFLITE else rounding
-    _run_tasks(_add_int, a1.size, 8 * a1.size, a1, za, b1, zb, int(multiplier_a),
+    run_tasks(_add_int, a1.size, 8 * a1.size, a1, za, b1, zb, int(multiplier_a),
                int(multiplier_b), int(shift), _ROUNDING_CODE[single], yzp, lo, hi, out)
     return out.reshape(shape)
 
@@ -2192,7 +2077,7 @@ def add_per_operand(a, a_zp, b, b_zp, prepared, rounding: RoundingMode, y_zp, qm
     shape = a.shape
     a1, b1 = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel()
     out = np.empty(a1.size, np.int64)
-    _run_tasks(_add_per_operand, a1.size, 16 * a1.size, a1, int(a_zp), b1, int(b_zp), p,
+    run_tasks(_add_per_operand, a1.size, 16 * a1.size, a1, int(a_zp), b1, int(b_zp), p,
                _ROUNDING_CODE[rounding], int(left_shift), int(y_zp), int(qmin), int(qmax), out)
     return out.reshape(shape)
 
@@ -2221,7 +2106,7 @@ def requantize_float64(x, x_zp, scales, axis: int, y_zp: int, qmin: int, qmax: i
     out = np.empty(flat.size, np.int64)
     if flat.size:
         ntask = (flat.size // inner) * -(-inner // SEGMENT)
-        _run_tasks(_requant_f64, ntask, flat.size, flat, inner, int(x_zp), f, int(y_zp),
+        run_tasks(_requant_f64, ntask, flat.size, flat, inner, int(x_zp), f, int(y_zp),
                    int(qmin), int(qmax), out)
     return out.reshape(v.shape)
 
@@ -2349,7 +2234,7 @@ def softmax(x, axis: int, exp_table, out_shift: int, y_zp: int, qmin: int, qmax:
         valid = valid.reshape(x2.shape)
     out = np.empty(x2.shape, np.int64)
     bad = np.zeros(1, np.uint8)
-    _run_tasks(_softmax_rows, x2.shape[0], 8 * x2.size, x2, valid, mask is not None,
+    run_tasks(_softmax_rows, x2.shape[0], 8 * x2.size, x2, valid, mask is not None,
                _i64(exp_table).ravel(), int(out_shift), int(y_zp), int(qmin), int(qmax),
                _ROUNDING_CODE[rounding], out, bad)
     if bad[0]:

@@ -24,7 +24,7 @@ from numerics.strategies import (ConvCase, accumulator_specs, conv_cases, edgy_i
 from simulator.contract import (AccumulatorSpec, MacOrder, Overflow, RequantMode, RequantSpec,
                                 RoundingMode, SaturationPoint)
 from simulator.numerics import fixed_point as fp
-from simulator.numerics import kernels, reference
+from simulator.numerics import kernels, reference, tasks
 from simulator.numerics.fixed_point import INT32_MAX, INT32_MIN, OverflowStats, PreparedScale
 
 FAST = settings(deadline=None)
@@ -361,12 +361,12 @@ def test_requantize_equals_reference(data):
 @contextlib.contextmanager
 def threaded_always():
     """Every kernel splits its tasks over the thread pool, however small the call."""
-    saved = kernels.PARALLEL_WORK
-    kernels.PARALLEL_WORK = 0
+    saved = tasks.PARALLEL_WORK
+    tasks.PARALLEL_WORK = 0
     try:
         yield
     finally:
-        kernels.PARALLEL_WORK = saved
+        tasks.PARALLEL_WORK = saved
 
 
 @settings(deadline=None, max_examples=max(5, settings.default.max_examples // 2))

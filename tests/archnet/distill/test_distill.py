@@ -294,6 +294,36 @@ def test_the_frozen_prefix_advanced_block_by_block_equals_running_it_whole(train
                        .run_all(images, progress=False))
 
 
+def test_mixed_batches_run_ahead_equal_each_batch_run_alone(train_images):
+    """The period's batches and mixes drawn up front are those a step-by-step loop draws from
+    the same stream; the prefix's integers for each mixed batch, run ahead in padded chunks over
+    several windows, equal that batch run alone on the simulator."""
+    from archnet.distill.hardware import HardwarePrefix, MixedPrefix
+    from archnet.distill.inputs import as_inputs
+    from archnet.distill.loop import _batches, _schedule
+    from archnet.distill.losses import mixup
+    _, student, _ = _fresh_graph("4w4a", train_images)
+    profile, data = load_profile(CHIP), as_inputs(train_images[:100])
+    cfg = _cfg(batch_size=12, mixup_fraction=0.5)
+    schedule = _schedule(data, cfg, 20, torch.Generator().manual_seed(5), 2, 8)
+    gen = torch.Generator().manual_seed(5)
+    for (idx, draw), want in zip(schedule, _batches(100, 12, 20, gen), strict=True):
+        assert torch.equal(idx, want[2:10])
+        mixed = float(torch.rand((), generator=gen)) < 0.5
+        assert (draw is not None) == mixed
+        if mixed:
+            assert torch.equal(data.mix(data.images[idx], draw),
+                               mixup(data.images[idx], gen, cfg.mixup_alpha))
+    steps = [k for k, (_, draw) in enumerate(schedule) if draw is not None]
+    assert 3 <= len(steps) < 20
+    ahead = MixedPrefix(student, 2, profile, "kernels", 16, data, schedule, window=20)
+    alone = HardwarePrefix(student, 2, profile, "kernels", 8)
+    for k in steps:
+        idx, draw = schedule[k]
+        assert torch.equal(ahead.outputs(k), alone.run(data.mixed(idx, draw)))
+    assert not ahead.ready and ahead.images_run >= 8 * len(steps)
+
+
 def test_kept_targets_run_the_teacher_once_per_input_and_equal_fresh_ones(train_images):
     """Within a period and across periods: an input's targets for a block come from the teacher
     once; a later period's new block runs it again for that block only; a budget too small
