@@ -400,7 +400,8 @@ def prepare(program: Program, chip, backend: str = "kernels") -> PreparedProgram
     return PreparedProgram(program, arith, backend, constants, steps, counts)
 
 
-def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, trace: bool):
+def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, trace: bool,
+               wide_results: bool = True):
     """A conv and the requantize in its epilogue: the requantize's output (and, traced, the
     accumulator) into ``values``; returns the conv's statistics."""
     from simulator.numerics import kernels
@@ -412,7 +413,8 @@ def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, tra
         values[node.inputs[0]], step.state, x.zp_scalar,
         arith.accumulator_for(_activation_bits(x)), step.requantize_scale, 1,
         acc_t.zp_scalar, out.zp_scalar, lo, hi, keep_acc=trace,
-        wide=rq.outputs[0] in p.outputs,   # a result is int64: no second pass to widen it
+        # a result returned as int64 is made int64: no second pass to widen it
+        wide=wide_results and rq.outputs[0] in p.outputs,
         # an 8-bit input's type range plans as its values would (the 8-bit engines)
         x_range=(x.dtype.qmin, x.dtype.qmax) if x.dtype.bits <= 8 else None)
     if trace:
@@ -423,10 +425,12 @@ def _run_fused(step: _Step, p: Program, values: dict, arith: ArithmeticSpec, tra
 
 def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarray],
             backend: str = "kernels", trace: bool = True,
-            progress: Callable[[int, int, Node], None] | None = None) -> ExecutionResult:
+            progress: Callable[[int, int, Node], None] | None = None,
+            narrow_outputs: bool = False) -> ExecutionResult:
     """Run ``program`` on the chip's arithmetic; every tensor is kept when ``trace``. A
     ``PreparedProgram`` (``prepare``) skips the preparation; it must be for this chip's
-    arithmetic and this backend."""
+    arithmetic and this backend. Results are int64, or with ``narrow_outputs`` (and no
+    ``trace``) the outputs in whatever integer dtype computed them (same values)."""
     arith = arithmetic_of(chip)
     if isinstance(program, PreparedProgram):
         prepared = program
@@ -453,7 +457,8 @@ def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarr
         if progress:
             progress(done, len(program.nodes), node)
         if step.requantize is not None:
-            overflow[node.name] = _run_fused(step, program, values, arith, trace)
+            overflow[node.name] = _run_fused(step, program, values, arith, trace,
+                                             trace or not narrow_outputs)
             ran = (node, step.requantize)
         else:
             narrow = backend == "kernels" and node.op in _SELECTIONS
@@ -471,7 +476,8 @@ def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarr
                 if (remaining[name] == 0 and name not in keep and name in values
                         and program.tensors[name].data is None):
                     del values[name]
-    outputs = {n: _wide(values[n]) for n in program.outputs}
+    outputs = {n: values[n] if narrow_outputs and not trace else _wide(values[n])
+               for n in program.outputs}
     tensors = {n: _wide(v) for n, v in values.items()} if trace else dict(outputs)
     return ExecutionResult(outputs, tensors, overflow, backend)
 

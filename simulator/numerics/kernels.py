@@ -1610,9 +1610,10 @@ def conv2d_requantize(x, prepared: PreparedConv, x_zp, acc: AccumulatorSpec,
     engine can requantize in its epilogue (the VNNI and depthwise engines), else the two in
     turn; returns (y, the accumulators or None unless ``keep_acc``, the conv's statistics).
 
-    x may be any integer dtype (the VNNI engines read it as it is); y is int16 where [qmin,
-    qmax] fits it (a quarter of int64's memory traffic) unless ``wide``, else int64, and holds
-    the same values as the unfused ops' int64 result. ``x_range``: bounds of x's type, planned
+    x may be any integer dtype (the VNNI engines read it as it is); y is the smallest of int8,
+    uint8 and int16 that holds [qmin, qmax] (an eighth or a quarter of int64's memory traffic,
+    for the epilogue's stores and the next layer's packing) unless ``wide``, else int64, and
+    holds the same values as the unfused ops' int64 result. ``x_range``: bounds of x's type, planned
     on instead of scanning x."""
     x = _ints(x)
     oc = prepared.wz.shape[0]
@@ -1622,12 +1623,18 @@ def conv2d_requantize(x, prepared: PreparedConv, x_zp, acc: AccumulatorSpec,
                           keep_acc or not fuse, x_range)
     if y is None:   # not fused, or an engine that does not requantize: the two ops in turn
         y = requantize(out, acc_zp, scale, axis, y_zp, qmin, qmax)
-        if not wide and _Y16_MIN <= qmin and qmax <= _Y16_MAX:
-            y = y.astype(np.int16)
+        if not wide:
+            y = y.astype(narrow_dtype(qmin, qmax))
     return y, out if keep_acc else None, stats
 
 
-_Y16_MIN, _Y16_MAX = -(1 << 15), (1 << 15) - 1
+def narrow_dtype(lo: int, hi: int) -> np.dtype:
+    """The smallest of int8, uint8, int16 holding [lo, hi], else int64."""
+    for t in (np.int8, np.uint8, np.int16):
+        info = np.iinfo(t)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(t)
+    return np.dtype(np.int64)
 
 
 def _ints(x) -> np.ndarray:
@@ -1667,8 +1674,7 @@ def _conv(x, prepared: PreparedConv, x_zp, acc, requant=None, keep_acc=True, x_r
     out = np.empty((n, oc, oh, ow), np.int64) if keep_acc or requant is None else None
     y = None
     if requant is not None:
-        narrow = not requant[5] and _Y16_MIN <= requant[3] and requant[4] <= _Y16_MAX
-        y = np.empty((n, oc, oh, ow), np.int16 if narrow else np.int64)
+        y = np.empty((n, oc, oh, ow), np.int64 if requant[5] else narrow_dtype(*requant[3:5]))
     if n * oc * oh * ow == 0:
         return out, y, OverflowStats(0, 0, 1)
     fused = None if requant is None else _FusedRequant(requant[0], oc, *requant[1:5], y)
@@ -1947,9 +1953,27 @@ def maxpool2d(x, kernel, strides, pads):
     """Max of the integers in each window; padding never wins. The result keeps x's dtype
     (a max is one of its inputs) unless a window can lie wholly in the padding."""
     x = _ints(x)
+    if not any(pads) and x.ndim == 4:
+        return _maxpool_unpadded(x, kernel, strides)
     if max(pads[0], pads[2]) >= kernel[0] or max(pads[1], pads[3]) >= kernel[1]:
         x = _i64(x)
     return _pool_call(x, 0, kernel, strides, pads, 0, False, 0, x.dtype)
+
+
+def _maxpool_unpadded(x, kernel, strides):
+    """Every window inside the map: the elementwise max of its kh * kw taps' strided views
+    (NumPy's vector loops, twice as fast as a window-by-window kernel on 2x2 windows)."""
+    (kh, kw), (sh, sw) = kernel, strides
+    oh = conv_output_size(x.shape[2], kh, sh, 0, 0, 1)
+    ow = conv_output_size(x.shape[3], kw, sw, 0, 0, 1)
+    if min(oh, ow) <= 0 or 0 in x.shape[:2]:
+        return np.empty((*x.shape[:2], max(oh, 0), max(ow, 0)), x.dtype)
+    out = None
+    for ky in range(kh):
+        for kx in range(kw):
+            tap = x[:, :, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw]
+            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+    return out
 
 
 def concat(xs, axis: int):

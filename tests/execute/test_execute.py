@@ -180,6 +180,10 @@ def test_prepared_program_runs_as_the_program_does(arith):
             assert lean.outputs[name].dtype == np.int64
             np.testing.assert_array_equal(lean.outputs[name], want.outputs[name])
         assert lean.overflow == want.overflow
+        narrow = execute(prepared, arith, x, trace=False, narrow_outputs=True).outputs
+        for name in narrow:     # u8 outputs: the fused requantize's and the max-pool's own dtype
+            assert narrow[name].dtype == np.uint8, name
+            np.testing.assert_array_equal(narrow[name], want.outputs[name])
 
 
 def test_a_program_prepared_for_another_chip_is_refused():

@@ -130,8 +130,7 @@ def assert_conv_requantize_same(case: ConvCase, acc, prepared, axis, acc_zp, y_z
                 y, got_acc, stats = kernels.conv2d_requantize(
                     xs, conv, case.x_zp, acc, prepared, axis, acc_zp, y_zp, qmin, qmax, keep)
                 assert stats == want_stats
-                assert y.dtype == (np.int16 if -(1 << 15) <= qmin and qmax < (1 << 15)
-                                   else np.int64)
+                assert y.dtype == kernels.narrow_dtype(qmin, qmax)
                 np.testing.assert_array_equal(y, want)
                 if keep:
                     np.testing.assert_array_equal(got_acc, want_acc)
@@ -235,6 +234,11 @@ def test_max_pooling_and_concat_keep_a_narrow_dtype():
     np.testing.assert_array_equal(got, reference.maxpool2d(x, (3, 3), (2, 2), (1, 1, 1, 1)))
     assert kernels.maxpool2d(x, (2, 2), (2, 2), (0, 0, 2, 0)).dtype == np.int64
     u = rng.integers(0, 256, (2, 4, 7, 8)).astype(np.uint8)
+    for kernel, strides in (((2, 2), (2, 2)), ((3, 2), (1, 3)), ((7, 8), (1, 1))):
+        unpadded = kernels.maxpool2d(u, kernel, strides, (0, 0, 0, 0))   # strided views' max
+        assert unpadded.dtype == np.uint8
+        np.testing.assert_array_equal(unpadded, reference.maxpool2d(u, kernel, strides,
+                                                                    (0, 0, 0, 0)))
     joined = kernels.concat([x, u], 1)
     assert joined.dtype == np.int16
     np.testing.assert_array_equal(joined, reference.concat([x, u], 1))
