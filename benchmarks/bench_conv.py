@@ -47,7 +47,7 @@ from simulator.contract import (AccumulatorSpec, ArithmeticSpec, Overflow,  # no
                                 RequantMode, RequantSpec, RoundingMode, SaturationPoint)
 from simulator.execute import execute, prepare  # noqa: E402
 from simulator.ir import Program, ProgramBuilder  # noqa: E402
-from simulator.numerics import kernels  # noqa: E402
+from simulator.numerics import kernels, tasks  # noqa: E402
 
 N, C_IN, C_OUT, H, W, K = 1, 64, 64, 56, 56, 3
 MACS = N * C_OUT * C_IN * K * K * H * W
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     print(f"layer: N={N} C={C_IN}->{C_OUT} {H}x{W} k{K} pad1, u8 x s8, {MACS / 1e6:.1f} MMAC; "
           f"median of {args.repeats} (per-MAC: {len(t_mac16)}); ORT intra_op_num_threads="
           f"{args.threads}, QLinearConv (MACs and requantization); simulator threads "
-          f"{kernels.thread_count()}, 8-bit engine {plan.path}")
+          f"{tasks.thread_count()}, 8-bit engine {plan.path}")
 
     def ms(times):
         return f"{np.median(times) * 1e3:.3f} ms (best {min(times) * 1e3:.3f})"

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
     from benchmarks.checks import report
     from simulator.execute import execute, prepare
-    from simulator.numerics import kernels
+    from simulator.numerics import tasks
     from simulator.profiles import load_profile
 
     profile = load_profile("tflite-reference")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"machine: {os.cpu_count()} cores, load average {load}; simulator threads "
-          f"{kernels.thread_count()}, onnxruntime intra_op_num_threads {args.threads}; "
+          f"{tasks.thread_count()}, onnxruntime intra_op_num_threads {args.threads}; "
           f"{SIZE}x{SIZE}, batch 1, medians")
     table = [(name, nodes, f"{1e3 / ms_sim:.1f}", f"{1e3 / ms_ort:.1f}", f"{ratio:.2f}x",
               f"<= {TARGET_RATIO:.0f}x", f"{same:.1%}", ratio <= TARGET_RATIO)

@@ -64,7 +64,7 @@ from simulator.contract import (INTERPOLATED_TABLE_ENTRIES, INTERPOLATION_FRACTI
 from simulator.numerics import fixed_point as fp
 from simulator.numerics import reference
 from simulator.numerics.fixed_point import OverflowStats, PreparedScale, signed_bits_needed
-from simulator.numerics.tasks import run_tasks, thread_count  # noqa: F401 - thread_count: benchmarks
+from simulator.numerics.tasks import run_tasks
 
 # data movement carries no arithmetic: the reference's functions are the kernels
 reshape = reference.reshape
