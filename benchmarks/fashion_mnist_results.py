@@ -34,12 +34,14 @@ RECIPES = {"8w8a": (1.0, 0.5), "4w4a": (2.0, 1.0), "2w4a": (3.0, 2.5)}
 
 
 def run(cmd: list[str], log) -> float:
+    """Run ``cmd`` from the repository root; logged once it succeeded (the log names the
+    commands whose outputs are in the tree)."""
     line = " ".join(shlex.quote(c) for c in cmd)
     print(f"$ {line}", flush=True)
-    log.write(f"$ {line}\n")
-    log.flush()
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
+    log.write(f"$ {line}\n")
+    log.flush()
     return time.perf_counter() - t0
 
 
@@ -60,13 +62,19 @@ def convert_and_verify(bits: str, threads: int, progress: bool, verify_only: boo
                  "--chip", chip, "--out", str(out.relative_to(ROOT)), *bar], log)
 
 
-def run_reports() -> None:
-    """``archnet report`` of every converted width, each with the others in its Pareto figure."""
+def run_reports() -> list[str]:
+    """``archnet report`` of every converted width, each with the others in its Pareto figure;
+    returns the widths whose report was refused (its message printed; the others written)."""
     done = [b for b in RECIPES if (OUT / b / "convert.json").is_file()]
+    refused = []
     with open(OUT / "commands.log", "a") as log:
         for bits in done:
             others = [a for b in done if b != bits for a in ("--with", f"reports/fashion_mnist/{b}")]
-            run(["archnet", "report", f"reports/fashion_mnist/{bits}", *others], log)
+            try:
+                run(["archnet", "report", f"reports/fashion_mnist/{bits}", *others], log)
+            except subprocess.CalledProcessError:
+                refused.append(bits)
+    return refused
 
 
 def _load(path: Path) -> dict | None:
@@ -162,8 +170,13 @@ def main(argv=None) -> int:
     if not args.report_only:
         for bits in args.bits or list(RECIPES):
             convert_and_verify(bits, args.threads, args.progress, args.verify_only)
-    run_reports()
+    refused = run_reports()
     write_report()
+    if refused:
+        print(f"fashion_mnist_results: archnet report refused reports/fashion_mnist/"
+              f"{{{','.join(refused)}}} (its message is above); the other reports and "
+              f"{OUT.relative_to(ROOT)}/README.md were written", file=sys.stderr)
+        return 1
     return 0
 
 
