@@ -447,6 +447,7 @@ def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarr
     if extra:
         raise InputError(f"unknown input(s) {extra}; the Program takes {program.inputs}")
     values = {n: check_input(program.tensors[n], inputs[n]) for n in program.inputs}
+    wide_results = trace or not narrow_outputs
     values.update(prepared.constants)
     overflow: dict[str, OverflowStats] = {}
     remaining = dict(prepared.readers)
@@ -457,8 +458,7 @@ def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarr
         if progress:
             progress(done, len(program.nodes), node)
         if step.requantize is not None:
-            overflow[node.name] = _run_fused(step, program, values, arith, trace,
-                                             trace or not narrow_outputs)
+            overflow[node.name] = _run_fused(step, program, values, arith, trace, wide_results)
             ran = (node, step.requantize)
         else:
             narrow = backend == "kernels" and node.op in _SELECTIONS
@@ -476,8 +476,7 @@ def execute(program: Program | PreparedProgram, chip, inputs: dict[str, np.ndarr
                 if (remaining[name] == 0 and name not in keep and name in values
                         and program.tensors[name].data is None):
                     del values[name]
-    outputs = {n: values[n] if narrow_outputs and not trace else _wide(values[n])
-               for n in program.outputs}
+    outputs = {n: _wide(values[n]) if wide_results else values[n] for n in program.outputs}
     tensors = {n: _wide(v) for n, v in values.items()} if trace else dict(outputs)
     return ExecutionResult(outputs, tensors, overflow, backend)
 

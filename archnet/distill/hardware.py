@@ -31,6 +31,14 @@ def _smallest_int_dtype(lo: int, hi: int) -> torch.dtype:
     return torch.int64
 
 
+def _padded(chunk: torch.Tensor, bs: int, total: int) -> torch.Tensor:
+    """The last chunk of a set larger than one chunk, padded to ``bs`` with its first element:
+    every chunk then has the batch of one Program."""
+    if len(chunk) < bs and total > bs:
+        return torch.cat([chunk, chunk[:1].expand(bs - len(chunk), *chunk.shape[1:])])
+    return chunk
+
+
 class HardwarePrefix:
     """Blocks ``start..n_blocks-1`` of ``student`` on ``profile``'s simulator: from the input
     (``start=0``), or from block ``start-1``'s integers kept from an earlier run, so that each
@@ -104,14 +112,11 @@ class HardwarePrefix:
 
     def run_images(self, images: torch.Tensor) -> torch.Tensor:
         """``run`` over images [N, ...] with no side inputs, in chunks of ``batch_size`` (the
-        last one padded with its first image, so that one Program serves them all)."""
+        last one padded, so that one Program serves them all)."""
         bs, parts = self.batch_size, []
         for start in range(0, len(images), bs):
             chunk = images[start:start + bs]
-            real = len(chunk)
-            if real < bs and len(images) > bs:
-                chunk = torch.cat([chunk, chunk[:1].expand(bs - real, *chunk.shape[1:])])
-            parts.append(self.run(chunk)[:real])
+            parts.append(self.run(_padded(chunk, bs, len(images)))[:len(chunk)])
         return torch.cat(parts) if parts else torch.zeros((0, *self.out_shape), dtype=self.dtype)
 
     def run_all(self, data, desc: str = "simulator", progress: bool | None = None,
@@ -132,8 +137,7 @@ class HardwarePrefix:
         for start in range(0, n, bs):
             idx = torch.arange(mine.start + start, mine.start + min(start + bs, n))
             real = len(idx)
-            if real < bs and n > bs:      # padded with the chunk's first input
-                idx = torch.cat([idx, idx[:1].expand(bs - real)])
+            idx = _padded(idx, bs, n)
             chunk, side = data.student(idx)
             if boundary is None:
                 parts.append(self.run(chunk, side)[:real])
@@ -191,7 +195,7 @@ class MixedPrefix:
             if total >= self.window:
                 break
             steps.append(k)
-            images.append(self.data.mixed(idx, draw))
+            images.append(self.data.mix(self.data.student(idx)[0], draw))   # as the step does
             total += len(idx)
         if not steps or steps[0] != step:
             raise ValueError(f"step {step} has no mixed batch")

@@ -43,10 +43,6 @@ class ImageInputs:
         from archnet.distill.losses import mixup_apply
         return mixup_apply(x, *draw)
 
-    def mixed(self, idx, draw: tuple[float, torch.Tensor]) -> torch.Tensor:
-        """The student's (and teacher's) input of a mixed batch."""
-        return self.mix(self.images[idx], draw)
-
     @staticmethod
     def block_loss(x, target, side: dict, head: bool, cfg) -> torch.Tensor:
         """A block's loss against its teacher feature; the head adds the logits' cosine."""
@@ -91,8 +87,6 @@ class TokenInputs:
 
     def mix(self, x, draw):
         raise DataError("token inputs cannot be mixed up")
-
-    mixed = mix
 
     def block_loss(self, x, target, side: dict, head: bool, cfg) -> torch.Tensor:
         """Over the tokens the mask keeps; the head (the token embeddings) adds the cosine of

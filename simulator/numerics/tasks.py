@@ -2,8 +2,8 @@
 library told to reuse freed blocks, and a small pool of Python threads that runs serial
 ``nogil`` kernels over ranges of independent tasks.
 
-Why threads and not a numba parallel region: on a loaded machine (and next to OpenBLAS or
-PyTorch, whose workers spin after each call) OpenMP's spinning barriers made a 1 ms conv take
+Why threads and not a numba parallel region: on a loaded machine (and next to OpenBLAS, whose
+workers spin after each call) OpenMP's spinning barriers made a 1 ms conv take
 50 ms; blocked Python threads cost nothing while they wait, and the pool is safe to call from
 several threads at once.
 """

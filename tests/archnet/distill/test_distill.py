@@ -320,7 +320,7 @@ def test_mixed_batches_run_ahead_equal_each_batch_run_alone(train_images):
     alone = HardwarePrefix(student, 2, profile, "kernels", 8)
     for k in steps:
         idx, draw = schedule[k]
-        assert torch.equal(ahead.outputs(k), alone.run(data.mixed(idx, draw)))
+        assert torch.equal(ahead.outputs(k), alone.run(data.mix(data.images[idx], draw)))
     assert not ahead.ready and ahead.images_run >= 8 * len(steps)
 
 
